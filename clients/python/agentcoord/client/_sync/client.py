@@ -1,0 +1,60 @@
+# Generated from ../_async by `make generate` (unasync); do not edit.
+"""AsyncClient: one object per caller identity, holding a channel and one client per service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._transport import SyncTransport, Metadata
+from .admin import AdminClient
+
+
+class Client:
+    """The agentcoord client.
+
+    Args:
+        target: server address, `host:port`.
+        token: bearer token; default the AGENTCOORD_TOKEN environment variable.
+        metadata: extra metadata sent with every call (e.g. development identity headers).
+        root_certificates: PEM roots to verify the server's TLS certificate; implies TLS.
+        tls: use TLS with the system roots.
+        timeout: default deadline per unary call, seconds (None: no deadline).
+        options: extra gRPC channel options.
+
+    Service calls live on `admin` (and the other services' attributes); every failure raises
+    `AgentcoordError`. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        metadata: Metadata = (),
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self._transport = SyncTransport(
+            target,
+            token=token,
+            metadata=metadata,
+            root_certificates=root_certificates,
+            tls=tls,
+            timeout=timeout,
+            options=options,
+        )
+        self.admin = AdminClient(self._transport)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,67 @@
+"""Server settings: one frozen object built once at start from flags and environment variables.
+
+Every setting has a flag and an environment variable (see `agentcoord serve --help` and the
+README's configuration table); defaults come from DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TtlPolicy:
+    """Lifetimes of each TTL strategy, in seconds (DESIGN.md, "TTL strategies")."""
+
+    working_results: int = 3600
+    staged_patterns: int = 24 * 3600
+    coordination: int = 300
+    conflict_context: int = 7 * 24 * 3600
+    session: int = 1800
+    task: int = 4 * 3600
+
+    @classmethod
+    def parse(cls, spec: str | None) -> TtlPolicy:
+        """Builds a policy from `"coordination=60,session=600"`; unnamed strategies keep defaults.
+
+        Raises ValueError on an unknown strategy or a value that is not a positive integer.
+        """
+        if not spec:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, int] = {}
+        for item in spec.split(","):
+            name, sep, raw = item.strip().partition("=")
+            name = name.strip().lower()
+            if not sep or name not in names:
+                raise ValueError(f"unknown TTL strategy in {item!r}; known: {sorted(names)}")
+            seconds = int(raw)
+            if seconds <= 0:
+                raise ValueError(f"TTL for {name} must be a positive number of seconds")
+            values[name] = seconds
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `agentcoord serve` is configured with.
+
+    Sizes are bytes, durations seconds. `redis_url=None` means: start an embedded redis-server
+    with its data in `data_dir`.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    redis_url: str | None = None
+    data_dir: Path = Path(".agentcoord")
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    shutdown_grace: float = 10.0
+    max_message_bytes: int = 4 * MiB
+    max_concurrent_rpcs: int | None = None
+    redis_max_connections: int = 128
+    insecure_dev_identity: bool = False
+    ttl: TtlPolicy = field(default_factory=TtlPolicy)

@@ -1,0 +1,308 @@
+"""Server interceptors: the canonical log line, error mapping and identity.
+
+Installed outermost first: LoggingInterceptor → ErrorInterceptor → IdentityInterceptor → servicer.
+Each wraps a method's handler once (cached per method), so per-call work is only the call itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import redis.exceptions
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from . import errors
+from .identity import AccessTier, Authenticator, bind_principal, metadata_value, tier_name
+
+log = structlog.get_logger("agentcoord.rpc")
+
+ERROR_DOMAIN = "agentcoord"
+
+# The one table from domain errors to status codes (looked up along the class's MRO).
+STATUS_CODES: Mapping[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DomainError: grpc.StatusCode.INTERNAL,
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+Wrapper = Callable[[Behavior, str], Behavior]
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, unary: Wrapper, stream: Wrapper, method: str
+) -> grpc.RpcMethodHandler:
+    """Returns handler with its behaviour wrapped (unary or server-streaming responses)."""
+    if handler.request_streaming:
+        return handler  # agentcoord has no client-streaming RPCs
+    if handler.response_streaming:
+        return handler._replace(unary_stream=stream(handler.unary_stream, method))  # type: ignore[attr-defined]
+    return handler._replace(unary_unary=unary(handler.unary_unary, method))  # type: ignore[attr-defined]
+
+
+class _CachingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once and reuses it for every later call."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        try:
+            return self._cache[method]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        handler = await continuation(handler_call_details)
+        wrapped = None if handler is None else self.wrap(handler, method)
+        self._cache[method] = wrapped
+        return wrapped  # type: ignore[return-value]
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _code_of(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    """The status the call ended with: the one set by an abort, else `default`."""
+    code = context.code()
+    if code is None:
+        return default.name
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return _CODE_NAMES.get(int(code), str(code))
+
+
+class LoggingInterceptor(_CachingInterceptor):
+    """Binds request_id and method to the log context and writes one canonical line per RPC.
+
+    The request id is the caller's `x-request-id` metadata or a new one; it is returned in the
+    trailing metadata and in every error's ErrorInfo.
+    """
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap_handler(handler, self._unary, self._stream, method)
+
+    @staticmethod
+    def _begin(context: grpc.aio.ServicerContext, method: str) -> str:
+        request_id = metadata_value(context.invocation_metadata() or (), "x-request-id")
+        if not request_id or len(request_id) > 128:
+            request_id = uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        return request_id
+
+    @staticmethod
+    def _end(context: grpc.aio.ServicerContext, started: float, default: grpc.StatusCode) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        log.info("rpc", code=_code_of(context, default), duration_ms=duration_ms)
+
+    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._begin(context, method)
+            started = time.perf_counter()
+            outcome = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behavior(request, context)
+                outcome = grpc.StatusCode.OK
+                return response
+            except asyncio.CancelledError:
+                outcome = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._end(context, started, outcome)
+
+        return logged
+
+    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self._begin(context, method)
+            started = time.perf_counter()
+            outcome = grpc.StatusCode.UNKNOWN
+            try:
+                async for item in behavior(request, context):
+                    yield item
+                outcome = grpc.StatusCode.OK
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._end(context, started, outcome)
+
+        return logged
+
+
+def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
+    )
+    details = [info]
+    if exc.field_violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in exc.field_violations
+                ]
+            )
+        )
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=code.value[0], message=exc.message, details=packed)
+    converted = rpc_status.to_status(status)
+    # Keep the request id in the trailers of failed calls too.
+    return _StatusWithTrailers(
+        converted.code,
+        converted.details,
+        (*converted.trailing_metadata, ("x-request-id", request_id)),
+    )
+
+
+class _StatusWithTrailers(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def status_code_for(exc: errors.DomainError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def _translate(exc: BaseException) -> errors.DomainError:
+    """Any exception that escaped a servicer, as the domain error the client should see."""
+    if isinstance(exc, errors.DomainError):
+        return exc
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        log.warning("redis unavailable", error=type(exc).__name__)
+        return errors.Unavailable("Redis is unavailable; retry later", reason="REDIS_UNAVAILABLE")
+    log.error("unhandled error", exc_info=exc)
+    return errors.DomainError(
+        "internal error; quote the request_id when reporting it", reason="INTERNAL"
+    )
+
+
+class ErrorInterceptor(_CachingInterceptor):
+    """Maps every exception to a `google.rpc.Status` with ErrorInfo (and BadRequest).
+
+    DomainError subclasses map through STATUS_CODES; Redis connection failures become
+    UNAVAILABLE (retryable); anything else is a bug: INTERNAL with the request id and no stack
+    trace on the wire (the trace is logged).
+    """
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap_handler(handler, self._unary, self._stream, method)
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        domain = _translate(exc)
+        await context.abort_with_status(_status_for(domain, status_code_for(domain)))
+
+    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._abort(context, exc)
+
+        return mapped
+
+    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._abort(context, exc)
+
+        return mapped
+
+
+class IdentityInterceptor(_CachingInterceptor):
+    """Authenticates every agentcoord RPC and enforces its declared required_tier.
+
+    Both happen before the servicer runs, so no storage is touched for a refused call.
+    Methods outside `agentcoord.` (health, reflection) pass through unauthenticated; an
+    agentcoord method that declares no tier is refused (fail closed).
+
+    Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied.
+    """
+
+    def __init__(self, authenticator: Authenticator, tiers: Mapping[str, AccessTier]) -> None:
+        super().__init__()
+        self._authenticator = authenticator
+        self._tiers = dict(tiers)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if not method.startswith("/agentcoord."):
+            return handler
+        return _wrap_handler(handler, self._unary, self._stream, method)
+
+    async def _admit(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        required = self._tiers.get(method, 0)
+        if required == 0:
+            raise errors.PermissionDenied(
+                f"{method} declares no required tier", reason="NO_REQUIRED_TIER"
+            )
+        principal = await self._authenticator.authenticate(context.invocation_metadata() or ())
+        structlog.contextvars.bind_contextvars(
+            agent=principal.agent_id, namespace=principal.namespace
+        )
+        if principal.tier < required:
+            raise errors.PermissionDenied(
+                f"{method} needs tier {tier_name(required)}; caller has {tier_name(principal.tier)}",
+                reason="TIER_TOO_LOW",
+                metadata={
+                    "required_tier": tier_name(required),
+                    "caller_tier": tier_name(principal.tier),
+                },
+            )
+        bind_principal(principal)
+
+    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context, method)
+            return await behavior(request, context)
+
+        return admitted
+
+    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._admit(context, method)
+            async for item in behavior(request, context):
+                yield item
+
+        return admitted

