@@ -42,5 +42,9 @@ run: install
 test: install $(GRPCURL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Timing is measured here, never asserted in tests.
+bench: install
+	@for f in bench/bench_*.py; do [ -e "$$f" ] || continue; m=$$(basename $$f .py); echo "== $$m"; $(PY) -m bench.$$m || exit 1; done
+
 clean:
 	rm -rf $(VENV) $(BIN) .pytest_cache .mypy_cache .ruff_cache

@@ -11,8 +11,10 @@ can fail CI on any drift.
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import unasync
@@ -35,9 +37,28 @@ SYNC_NAMES = {
 }
 
 
+def sync_tree(source: Path, target: Path) -> None:
+    """Makes `target` hold exactly `source`'s files, rewriting only those that changed, so a
+    test run importing from `target` meanwhile never sees it empty."""
+    target.mkdir(parents=True, exist_ok=True)
+    fresh = {p.relative_to(source) for p in source.rglob("*") if p.is_file()}
+    for old in [p for p in target.rglob("*") if p.is_file()]:
+        if old.relative_to(target) not in fresh and "__pycache__" not in old.parts:
+            old.unlink()
+    for rel in sorted(fresh):
+        dest = target / rel
+        if not dest.exists() or not filecmp.cmp(source / rel, dest, shallow=False):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, dest)
+
+
 def generate_protos() -> None:
-    shutil.rmtree(GENERATED, ignore_errors=True)
-    GENERATED.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _generate_protos(Path(tmp))
+        sync_tree(Path(tmp) / "agentcoord" / "v1", GENERATED)
+
+
+def _generate_protos(out: Path) -> None:
     bin_dir = Path(sys.executable).parent
     well_known = Path(protoc.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
@@ -47,28 +68,30 @@ def generate_protos() -> None:
         f"-I{well_known}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-        f"--python_out={OUT}",
-        f"--grpc_python_out={OUT}",
-        f"--mypy_out={OUT}",
-        f"--mypy_grpc_out={OUT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *protos,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    (GENERATED / "__init__.py").write_text(
+    (out / "agentcoord" / "v1" / "__init__.py").write_text(
         '"""Generated from proto/agentcoord/v1 by make generate; do not edit."""\n'
     )
 
 
 def generate_sync_client() -> None:
-    sync_dir = CLIENT / "_sync"
-    shutil.rmtree(sync_dir, ignore_errors=True)
-    sources = sorted(str(p) for p in (CLIENT / "_async").glob("*.py"))
-    rule = unasync.Rule(str(CLIENT / "_async"), str(sync_dir), additional_replacements=SYNC_NAMES)
-    unasync.unasync_files(sources, [rule])
-    header = "# Generated from ../_async by `make generate` (unasync); do not edit.\n"
-    for path in sorted(sync_dir.glob("*.py")):
-        path.write_text(header + path.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        async_dir, sync_dir = Path(tmp) / "_async", Path(tmp) / "_sync"
+        shutil.copytree(CLIENT / "_async", async_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        sources = sorted(str(p) for p in async_dir.glob("*.py"))
+        rule = unasync.Rule(str(async_dir), str(sync_dir), additional_replacements=SYNC_NAMES)
+        unasync.unasync_files(sources, [rule])
+        header = "# Generated from ../_async by `make generate` (unasync); do not edit.\n"
+        for path in sorted(sync_dir.glob("*.py")):
+            path.write_text(header + path.read_text())
+        sync_tree(sync_dir, CLIENT / "_sync")
 
 
 if __name__ == "__main__":
