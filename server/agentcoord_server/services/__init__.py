@@ -15,9 +15,9 @@ from types import ModuleType
 from redis.asyncio import Redis
 
 from ..config import Settings
-from . import admin
+from . import admin, staging
 
-SERVICE_MODULES: tuple[ModuleType, ...] = (admin,)
+SERVICE_MODULES: tuple[ModuleType, ...] = (admin, staging)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from .._transport import AsyncTransport, Metadata
 from .admin import AdminClient
+from .staging import StagingClient
 
 
 class AsyncClient:
@@ -47,6 +48,7 @@ class AsyncClient:
             options=options,
         )
         self.admin = AdminClient(self._transport)
+        self.staging = StagingClient(self._transport)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

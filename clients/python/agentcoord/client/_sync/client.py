@@ -8,6 +8,7 @@ from typing import Any
 
 from .._transport import SyncTransport, Metadata
 from .admin import AdminClient
+from .staging import StagingClient
 
 
 class Client:
@@ -48,6 +49,7 @@ class Client:
             options=options,
         )
         self.admin = AdminClient(self._transport)
+        self.staging = StagingClient(self._transport)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

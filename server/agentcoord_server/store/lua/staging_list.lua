@@ -1,0 +1,65 @@
+-- One page of an index (sorted set, all scores 0, ordered by member) of hashes, filtered.
+-- Serves ListStagedPatterns, ListPatterns and ListConflicts.
+-- KEYS[1] index
+-- ARGV[1] item key prefix (the item's key is prefix .. the member's last ':' part, its id)
+-- ARGV[2] resume after this member ('' from the start), ARGV[3] page size,
+-- ARGV[4] examine at most this many members, ARGV[5..] filter triples (field, op, value):
+--   op 'eq' string equality, 'ge' numeric >=, 'has' plain substring.
+-- A member whose hash is gone (expired) or belongs to a newer entry (hash's idx differs) is
+-- stale: it is never returned, and is removed here (lazy pruning).
+-- Returns {next cursor ('' when nothing follows), hash1 as a flat array, hash2, …}.
+local want = tonumber(ARGV[3])
+local budget = tonumber(ARGV[4])
+local filters = {}
+for i = 5, #ARGV, 3 do
+  filters[#filters + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
+end
+local function matches(h)
+  for _, f in ipairs(filters) do
+    local v = h[f[1]]
+    if v == nil then return false end
+    if f[2] == 'eq' then
+      if v ~= f[3] then return false end
+    elseif f[2] == 'ge' then
+      if tonumber(v) < tonumber(f[3]) then return false end
+    elseif f[2] == 'has' then
+      if not string.find(v, f[3], 1, true) then return false end
+    end
+  end
+  return true
+end
+local out = {''}
+local stale = {}
+local min = ARGV[2] == '' and '-' or ('(' .. ARGV[2])
+local last = nil
+local count = 0
+while budget > 0 and count < want do
+  local members = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0,
+    math.min(budget, want - count + 16))
+  if #members == 0 then
+    last = nil
+    break
+  end
+  for _, m in ipairs(members) do
+    budget = budget - 1
+    last = m
+    local flat = redis.call('HGETALL', ARGV[1] .. string.match(m, '[^:]+$'))
+    local h = {}
+    for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
+    if h['idx'] ~= m then
+      stale[#stale + 1] = m
+    elseif matches(h) then
+      out[#out + 1] = flat
+      count = count + 1
+      if count >= want then break end
+    end
+  end
+  min = '(' .. last
+end
+if #stale > 0 then
+  redis.call('ZREM', KEYS[1], unpack(stale))
+end
+if last and #redis.call('ZRANGEBYLEX', KEYS[1], '(' .. last, '+', 'LIMIT', 0, 1) > 0 then
+  out[1] = last
+end
+return out
