@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from agentcoord.v1 import staging_pb2, staging_pb2_grpc
@@ -91,7 +91,7 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _struct(value: dict[str, object]) -> struct_pb2.Struct:
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(value)
     return s
@@ -286,9 +286,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v = Violations()
         v.id(request.pattern_id, "pattern_id")
         v.raise_if_any()
-        record = await self._store.get_rejection(
-            current_principal().namespace, request.pattern_id
-        )
+        record = await self._store.get_rejection(current_principal().namespace, request.pattern_id)
         return staging_pb2.GetPatternRejectionResponse(rejection=rejection_pb(record))
 
     # -- library ---------------------------------------------------------------------------
@@ -360,9 +358,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v = Violations()
         v.id(request.conflict_id, "conflict_id")
         v.raise_if_any()
-        record = await self._store.get_conflict(
-            current_principal().namespace, request.conflict_id
-        )
+        record = await self._store.get_conflict(current_principal().namespace, request.conflict_id)
         return staging_pb2.GetConflictResponse(conflict=conflict_pb(record))
 
     async def ListConflicts(

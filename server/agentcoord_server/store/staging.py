@@ -27,7 +27,7 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -303,7 +303,7 @@ class StagingStore:
 
     async def get_staged(self, namespace: str, pattern_id: str) -> PatternRecord:
         """The staged pattern. Raises NotFound (STAGED_PATTERN_NOT_FOUND)."""
-        h = await self._redis.hgetall(Keyspace(namespace).key("staging", "pattern", pattern_id))
+        h = await self._hgetall(Keyspace(namespace).key("staging", "pattern", pattern_id))
         if not h:
             raise _staged_not_found(pattern_id)
         return PatternRecord.from_hash(h)
@@ -416,7 +416,7 @@ class StagingStore:
 
     async def get_rejection(self, namespace: str, pattern_id: str) -> RejectionRecord:
         """The latest rejection of `pattern_id`. Raises NotFound (REJECTION_NOT_FOUND)."""
-        h = await self._redis.hgetall(Keyspace(namespace).key("staging", "rejection", pattern_id))
+        h = await self._hgetall(Keyspace(namespace).key("staging", "rejection", pattern_id))
         if not h:
             raise NotFound(
                 f"no rejection of pattern {pattern_id!r}",
@@ -429,7 +429,7 @@ class StagingStore:
 
     async def get_pattern(self, namespace: str, pattern_id: str) -> PatternRecord:
         """The library pattern. Raises NotFound (PATTERN_NOT_FOUND)."""
-        h = await self._redis.hgetall(Keyspace(namespace).key("patterns", "pattern", pattern_id))
+        h = await self._hgetall(Keyspace(namespace).key("patterns", "pattern", pattern_id))
         if not h:
             raise NotFound(
                 f"pattern {pattern_id!r} is not in the library",
@@ -509,9 +509,7 @@ class StagingStore:
 
     async def get_conflict(self, namespace: str, conflict_id: str) -> ConflictRecord:
         """The conflict. Raises NotFound (CONFLICT_NOT_FOUND)."""
-        h = await self._redis.hgetall(
-            Keyspace(namespace).key("conflicts", "conflict", conflict_id)
-        )
+        h = await self._hgetall(Keyspace(namespace).key("conflicts", "conflict", conflict_id))
         if not h:
             raise _conflict_not_found(conflict_id)
         return ConflictRecord.from_hash(h)
@@ -562,6 +560,10 @@ class StagingStore:
         return ConflictRecord.from_hash(_flat_to_dict(result[1]))
 
     # -- shared ----------------------------------------------------------------------------
+
+    async def _hgetall(self, key: str) -> dict[str, str]:
+        # decode_responses=True: redis-py's bytes|str typing does not know that.
+        return cast("dict[str, str]", await self._redis.hgetall(key))
 
     async def _list_page(
         self,

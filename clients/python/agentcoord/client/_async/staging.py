@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from agentcoord.v1 import staging_pb2, staging_pb2_grpc
 from google.protobuf import struct_pb2
+
+from agentcoord.v1 import staging_pb2, staging_pb2_grpc
 
 from .._transport import AsyncTransport
 from ._base import ServiceClient

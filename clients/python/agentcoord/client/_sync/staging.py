@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Iterable, Mapping
 from typing import Any
 
-from agentcoord.v1 import staging_pb2, staging_pb2_grpc
 from google.protobuf import struct_pb2
+
+from agentcoord.v1 import staging_pb2, staging_pb2_grpc
 
 from .._transport import SyncTransport
 from ._base import ServiceClient

@@ -1,0 +1,352 @@
+"""StagingService, staging half: StagePattern, GetStagedPattern, ListStagedPatterns."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from agentcoord import AgentcoordError, Client
+from agentcoord_server.config import TtlPolicy
+
+from .conftest import server_settings
+from .support import ServerThread
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def stage(client, pattern_id="p1", **overrides):
+    fields = {
+        "pattern_id": pattern_id,
+        "pattern_type": "security",
+        "name": "Parameterized queries",
+        "description": "Always use parameterized queries",
+        "confidence": 0.9,
+        "code": "cursor.execute(sql, params)",
+        "context": {"file": "db.py", "lines": [10, 12], "nested": {"ok": True}},
+        "interests": ["safety", "correctness"],
+    }
+    fields.update(overrides)
+    return client.staging.stage_pattern(**fields)
+
+
+def keys_of(redis_client, namespace):
+    """The namespace's keys of the staging service's areas (tokens live in the namespace too)."""
+    return sorted(
+        key
+        for area in ("staging", "patterns", "conflicts")
+        for key in redis_client.scan_iter(match=f"ac:{{{namespace}}}:{area}:*")
+    )
+
+
+def test_staged_pattern_has_caller_as_author_revision_one_and_a_24h_expiry(make_client):
+    pattern = stage(make_client("finder"))
+
+    assert pattern.author == "finder"
+    assert pattern.revision == 1
+    assert pattern.expire_time.ToMilliseconds() - pattern.stage_time.ToMilliseconds() == DAY_MS
+    assert abs(pattern.stage_time.ToMilliseconds() - time.time() * 1000) < 60_000
+
+
+def test_get_staged_pattern_returns_every_field_as_staged(make_client):
+    client = make_client("finder")
+    stage(client)
+
+    got = client.staging.get_staged_pattern("p1")
+
+    assert (got.pattern_id, got.pattern_type, got.name, got.author) == (
+        "p1",
+        "security",
+        "Parameterized queries",
+        "finder",
+    )
+    assert got.description == "Always use parameterized queries"
+    assert got.confidence == 0.9
+    assert got.code == "cursor.execute(sql, params)"
+    assert dict(got.context) == {"file": "db.py", "lines": [10, 12], "nested": {"ok": True}}
+    assert list(got.interests) == ["safety", "correctness"]
+
+
+def test_staged_pattern_key_has_the_staged_patterns_ttl(make_client, namespace, redis_client):
+    stage(make_client())
+
+    pttl = redis_client.pttl(f"ac:{{{namespace}}}:staging:pattern:p1")
+
+    assert DAY_MS - 60_000 < pttl <= DAY_MS
+
+
+def test_author_restaging_same_id_replaces_it_and_increments_revision(make_client):
+    client = make_client("finder")
+    stage(client, confidence=0.5, name="first")
+
+    second = stage(client, confidence=0.7, name="second", interests=[])
+    third = stage(client, confidence=0.8, name="third")
+
+    assert (second.revision, third.revision) == (2, 3)
+    got = client.staging.get_staged_pattern("p1")
+    assert (got.revision, got.name, got.confidence) == (3, "third", 0.8)
+    listed = client.staging.list_staged_patterns().patterns
+    assert [(p.pattern_id, p.revision) for p in listed] == [("p1", 3)]
+
+
+def test_other_contributor_staging_same_id_gets_already_exists_and_nothing_changes(
+    make_client,
+):
+    stage(make_client("finder"), name="original")
+    other = make_client("intruder")
+
+    with pytest.raises(AgentcoordError) as caught:
+        stage(other, name="hijacked", confidence=1.0)
+
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.reason == "PATTERN_STAGED_BY_OTHER_AGENT"
+    got = other.staging.get_staged_pattern("p1")
+    assert (got.name, got.author, got.revision) == ("original", "finder", 1)
+
+
+def test_bad_fields_get_one_violation_each_and_nothing_is_written(
+    make_client, namespace, redis_client
+):
+    client = make_client()
+
+    with pytest.raises(AgentcoordError) as caught:
+        stage(
+            client,
+            pattern_id="bad:id*",
+            pattern_type="",
+            name="",
+            confidence=1.5,
+            interests=["ok", ""],
+        )
+
+    error = caught.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(field for field, _ in error.field_violations) == [
+        "confidence",
+        "interests[1]",
+        "name",
+        "pattern_id",
+        "pattern_type",
+    ]
+    assert keys_of(redis_client, namespace) == []
+
+
+@pytest.mark.parametrize("confidence", [-0.01, 1.0000001, float("nan"), float("inf")])
+def test_confidence_outside_zero_to_one_is_invalid(
+    make_client, namespace, redis_client, confidence
+):
+    with pytest.raises(AgentcoordError) as caught:
+        stage(make_client(), confidence=confidence)
+
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in caught.value.field_violations] == ["confidence"]
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_confidence_bounds_zero_and_one_are_accepted(make_client):
+    client = make_client()
+
+    assert stage(client, "low", confidence=0.0).confidence == 0.0
+    assert stage(client, "high", confidence=1.0).confidence == 1.0
+
+
+def test_observer_cannot_stage_and_nothing_is_written(make_client, namespace, redis_client):
+    with pytest.raises(AgentcoordError) as caught:
+        stage(make_client("watcher", "OBSERVER"))
+
+    assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_unknown_staged_pattern_is_not_found(make_client):
+    with pytest.raises(AgentcoordError) as caught:
+        make_client(tier="OBSERVER").staging.get_staged_pattern("nothing-here")
+
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.reason == "STAGED_PATTERN_NOT_FOUND"
+
+
+def test_staged_patterns_list_by_confidence_descending_then_oldest_first(make_client):
+    client = make_client()
+    for pattern_id, confidence in [
+        ("z-mid-first", 0.5),
+        ("a-low", 0.1),
+        ("m-mid-second", 0.5),
+        ("b-top", 0.99),
+        ("c-mid-third", 0.5),
+    ]:
+        stage(client, pattern_id, confidence=confidence)
+        time.sleep(0.003)  # distinct stage milliseconds, so the tie-break is stage time
+
+    listed = client.staging.list_staged_patterns().patterns
+
+    assert [p.pattern_id for p in listed] == [
+        "b-top",
+        "z-mid-first",
+        "m-mid-second",
+        "c-mid-third",
+        "a-low",
+    ]
+
+
+def test_restaging_moves_a_pattern_to_its_new_confidence_rank(make_client):
+    client = make_client()
+    stage(client, "a", confidence=0.9)
+    stage(client, "b", confidence=0.5)
+
+    stage(client, "a", confidence=0.1)
+
+    assert [p.pattern_id for p in client.staging.list_staged_patterns().patterns] == ["b", "a"]
+
+
+def test_staged_list_pages_cover_every_pattern_once_in_order(make_client):
+    client = make_client()
+    for i in range(7):
+        stage(client, f"p{i}", confidence=i / 10)
+
+    seen, token, pages = [], "", 0
+    while True:
+        page = client.staging.list_staged_patterns(page_size=3, page_token=token)
+        pages += 1
+        assert len(page.patterns) <= 3
+        seen += [p.pattern_id for p in page.patterns]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == [f"p{i}" for i in reversed(range(7))]
+    assert pages == 3
+
+
+def test_iter_staged_patterns_follows_every_page(make_client):
+    client = make_client()
+    for i in range(5):
+        stage(client, f"p{i}", confidence=0.5)
+
+    assert sorted(p.pattern_id for p in client.staging.iter_staged_patterns(page_size=2)) == [
+        f"p{i}" for i in range(5)
+    ]
+
+
+def test_staged_list_filters_by_type_author_and_minimum_confidence(make_client):
+    alice, bob = make_client("alice"), make_client("bob")
+    stage(alice, "a-sec-high", pattern_type="security", confidence=0.9)
+    stage(alice, "a-sec-low", pattern_type="security", confidence=0.3)
+    stage(alice, "a-perf-high", pattern_type="performance", confidence=0.95)
+    stage(bob, "b-sec-high", pattern_type="security", confidence=0.8)
+
+    def ids(**filters):
+        return sorted(p.pattern_id for p in alice.staging.list_staged_patterns(**filters).patterns)
+
+    assert ids(pattern_type="security") == ["a-sec-high", "a-sec-low", "b-sec-high"]
+    assert ids(author="bob") == ["b-sec-high"]
+    assert ids(minimum_confidence=0.8) == ["a-perf-high", "a-sec-high", "b-sec-high"]
+    assert ids(pattern_type="security", author="alice", minimum_confidence=0.5) == ["a-sec-high"]
+
+
+def test_filtered_list_pages_hold_only_matches_and_cover_all_of_them(make_client):
+    client = make_client()
+    for i in range(12):
+        stage(client, f"p{i:02d}", pattern_type="even" if i % 2 == 0 else "odd", confidence=0.5)
+
+    seen, token = [], ""
+    while True:
+        page = client.staging.list_staged_patterns(
+            pattern_type="even", page_size=2, page_token=token
+        )
+        assert {p.pattern_type for p in page.patterns} <= {"even"}
+        seen += [p.pattern_id for p in page.patterns]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert sorted(seen) == [f"p{i:02d}" for i in range(0, 12, 2)]
+
+
+def test_garbage_page_token_is_invalid_argument(make_client):
+    with pytest.raises(AgentcoordError) as caught:
+        make_client().staging.list_staged_patterns(page_token="not-a-token")
+
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field_violations[0][0] == "page_token"
+
+
+def test_page_token_of_another_list_is_invalid_argument(make_client):
+    client = make_client("v", "VALIDATOR")
+    for i in range(3):
+        client.staging.create_conflict(conflict_id=f"c{i}", positions={"a": "x"})
+    token = client.staging.list_conflicts(page_size=1).next_page_token
+    assert token
+
+    with pytest.raises(AgentcoordError) as caught:
+        client.staging.list_staged_patterns(page_token=token)
+
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_negative_page_size_is_invalid_argument(make_client):
+    with pytest.raises(AgentcoordError) as caught:
+        make_client().staging.list_staged_patterns(page_size=-1)
+
+    assert caught.value.field_violations == [("page_size", "must not be negative")]
+
+
+def test_staged_patterns_of_another_namespace_are_invisible(make_client, namespace):
+    stage(make_client("finder"))
+    outsider = make_client("finder", ns=f"{namespace}-other")
+
+    assert list(outsider.staging.list_staged_patterns().patterns) == []
+    with pytest.raises(AgentcoordError) as caught:
+        outsider.staging.get_staged_pattern("p1")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture
+def short_ttl_server(redis_url):
+    handle = ServerThread(
+        server_settings(redis_url, ttl=TtlPolicy(staged_patterns=1, conflict_context=1))
+    ).start()
+    yield handle
+    handle.stop()
+
+
+def test_expired_patterns_are_never_listed_and_leave_the_index(
+    short_ttl_server, credentials, namespace, redis_client
+):
+    with Client(short_ttl_server.address, **credentials("finder")) as client:
+        stage(client, "old")
+        index = f"ac:{{{namespace}}}:staging:index"
+        assert redis_client.zcard(index) == 1
+        redis_client.persist(index)  # keep the index so we see the stale member being pruned
+        time.sleep(1.1)
+
+        assert list(client.staging.list_staged_patterns().patterns) == []
+        assert redis_client.zcard(index) == 0
+        with pytest.raises(AgentcoordError):
+            client.staging.get_staged_pattern("old")
+
+
+def test_pattern_restaged_after_expiry_is_listed_once_as_revision_one(
+    short_ttl_server, credentials, namespace, redis_client
+):
+    with Client(short_ttl_server.address, **credentials("finder")) as client:
+        stage(client, "p", confidence=0.9)
+        redis_client.persist(f"ac:{{{namespace}}}:staging:index")
+        time.sleep(1.1)
+
+        again = stage(client, "p", confidence=0.2)
+        listed = client.staging.list_staged_patterns().patterns
+
+    assert again.revision == 1
+    assert [(p.pattern_id, p.confidence) for p in listed] == [("p", 0.2)]
+
+
+def test_expired_pattern_of_another_agent_can_be_staged_by_anyone(short_ttl_server, credentials):
+    with (
+        Client(short_ttl_server.address, **credentials("first")) as first,
+        Client(short_ttl_server.address, **credentials("second")) as second,
+    ):
+        stage(first, "p")
+        time.sleep(1.1)
+
+        assert stage(second, "p").author == "second"
