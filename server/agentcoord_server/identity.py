@@ -7,7 +7,10 @@ tiers"); servicers read it with `current_principal()` and never from request fie
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import hmac
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -87,9 +90,17 @@ def required_tiers(modules: Iterable[ModuleType]) -> dict[str, AccessTier]:
 
 
 class Authenticator(Protocol):
-    """Turns a call's invocation metadata into a Principal, or raises Unauthenticated."""
+    """Turns a call's invocation metadata into a Principal, or raises Unauthenticated.
 
-    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal: ...
+    `revocable` says whether a principal can be taken back while its call runs (then open
+    streams are re-checked with `fresh=True`, which must bypass any cache).
+    """
+
+    revocable: bool
+
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
+    ) -> Principal: ...
 
 
 def metadata_value(metadata: Sequence[tuple[str, str | bytes]], key: str) -> str | None:
@@ -107,7 +118,11 @@ class DevIdentityAuthenticator:
     `x-namespace` defaults to `default`; the other two are required.
     """
 
-    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
+    revocable = False
+
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
+    ) -> Principal:
         agent_id = metadata_value(metadata, "x-agent-id")
         namespace = metadata_value(metadata, "x-namespace") or "default"
         raw_tier = metadata_value(metadata, "x-access-tier")
@@ -132,8 +147,106 @@ class DevIdentityAuthenticator:
 class NoAuthenticator:
     """Refuses every call: used when no way of authenticating is configured."""
 
-    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
+    revocable = False
+
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
+    ) -> Principal:
         raise Unauthenticated("no credentials accepted by this server", reason="NO_AUTHENTICATION")
+
+
+MAX_TOKEN_CHARS = 512
+"""Longer `authorization` values are refused before hashing (issued tokens have 47 chars)."""
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 hex digest of a bearer token: all the server ever stores of it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a token grants: its principal, its id and hash, and when it expires (Unix seconds,
+    None: never)."""
+
+    principal: Principal
+    token_id: str
+    digest: str
+    expires_at: float | None = None
+
+
+class TokenLookup(Protocol):
+    """Finds the grant stored under a token's SHA-256 hex digest (store/tokens.TokenStore)."""
+
+    async def lookup(self, digest: str) -> TokenGrant | None: ...
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    """The token of an `authorization: Bearer <token>` header.
+
+    Raises Unauthenticated: MISSING_TOKEN without the header, INVALID_TOKEN if it is not a
+    bearer token of sane length. Messages never contain the token.
+    """
+    value = metadata_value(metadata, "authorization")
+    if not value:
+        raise Unauthenticated(
+            "this call needs an `authorization: Bearer <token>` header", reason="MISSING_TOKEN"
+        )
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+        raise Unauthenticated(
+            "the authorization header is not `Bearer <token>`", reason="INVALID_TOKEN"
+        )
+    return token
+
+
+class TokenAuthenticator:
+    """`authorization: Bearer <token>` → the principal the token was issued for.
+
+    The token is hashed (SHA-256) and its grant looked up by that hash; the stored hash is
+    compared to the computed one in constant time (hmac.compare_digest). Grants are cached
+    in-process for at most `cache_seconds` (≤ 5 s: DESIGN.md bounds how stale a revocation may
+    be), keyed by hash, never by the token; at most `max_entries` are kept (oldest evicted).
+    A token's own expiry is checked on every call, cached or not.
+
+    Raises Unauthenticated: MISSING_TOKEN, INVALID_TOKEN, UNKNOWN_TOKEN (never issued, or
+    revoked), TOKEN_EXPIRED.
+    """
+
+    revocable = True
+
+    def __init__(
+        self, tokens: TokenLookup, *, cache_seconds: float = 5.0, max_entries: int = 10_000
+    ) -> None:
+        if not 0 <= cache_seconds <= 5:
+            raise ValueError("the auth cache bound must be between 0 and 5 seconds")
+        self._tokens = tokens
+        self.cache_seconds = cache_seconds
+        self._max_entries = max_entries
+        self._cache: dict[str, tuple[TokenGrant, float]] = {}
+
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
+    ) -> Principal:
+        digest = token_digest(bearer_token(metadata))
+        now = time.monotonic()
+        cached = None if fresh else self._cache.get(digest)
+        if cached is not None and now - cached[1] < self.cache_seconds:
+            grant = cached[0]
+        else:
+            self._cache.pop(digest, None)
+            found = await self._tokens.lookup(digest)
+            if found is None or not hmac.compare_digest(found.digest, digest):
+                raise Unauthenticated("the token is unknown or revoked", reason="UNKNOWN_TOKEN")
+            grant = found
+            if self.cache_seconds > 0:
+                if len(self._cache) >= self._max_entries:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[digest] = (grant, now)
+        if grant.expires_at is not None and time.time() >= grant.expires_at:
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        return grant.principal
 
 
 def describe_tiers(tiers: Mapping[str, AccessTier]) -> dict[str, str]:

@@ -258,13 +258,28 @@ class IdentityInterceptor(_CachingInterceptor):
     Methods outside `agentcoord.` (health, reflection) pass through unauthenticated; an
     agentcoord method that declares no tier is refused (fail closed).
 
+    Server streams of a revocable identity (tokens) are re-authenticated, bypassing the auth
+    cache, every `recheck_seconds` while they are open, racing the handler's iteration: a
+    stream whose token was revoked or expired ends with UNAUTHENTICATED within that bound even
+    if the handler is waiting for something to send (DESIGN.md: "Long-lived streams re-check
+    revocation"). Servicers need do nothing for this.
+
     Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied.
     """
 
-    def __init__(self, authenticator: Authenticator, tiers: Mapping[str, AccessTier]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        tiers: Mapping[str, AccessTier],
+        *,
+        recheck_seconds: float = 5.0,
+    ) -> None:
         super().__init__()
+        if recheck_seconds <= 0:
+            raise ValueError("recheck_seconds must be positive")
         self._authenticator = authenticator
         self._tiers = dict(tiers)
+        self._recheck_seconds = recheck_seconds
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if not method.startswith("/agentcoord."):
@@ -302,7 +317,51 @@ class IdentityInterceptor(_CachingInterceptor):
     def _stream(self, behavior: Behavior, method: str) -> Behavior:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._admit(context, method)
-            async for item in behavior(request, context):
+            if not self._authenticator.revocable:
+                async for item in behavior(request, context):
+                    yield item
+                return
+            async for item in self._rechecked(behavior(request, context), context):
                 yield item
 
         return admitted
+
+    async def _rechecked(
+        self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Yields `items` while re-authenticating (uncached) every recheck_seconds.
+
+        Each `__anext__` of the handler runs as a task (created in this context, so it sees the
+        bound principal and log context) that is raced against the next re-check deadline; an
+        Unauthenticated from the re-check propagates and ends the stream with that status.
+        """
+        metadata = context.invocation_metadata() or ()
+        interval = self._recheck_seconds
+        next_check = time.monotonic() + interval
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(items.__anext__())
+                wait = max(0.0, next_check - time.monotonic())
+                done, _ = await asyncio.wait((pending,), timeout=wait)
+                if done:
+                    finished, pending = pending, None
+                    try:
+                        item = finished.result()
+                    except StopAsyncIteration:
+                        return
+                    yield item
+                if time.monotonic() >= next_check:
+                    await self._authenticator.authenticate(metadata, fresh=True)
+                    next_check = time.monotonic() + interval
+        finally:
+            if pending is not None:
+                pending.cancel()
+                # Let the cancelled step finish before closing the generator it is running.
+                await asyncio.wait((pending,))
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: it ends with the stream, not in a warning
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from agentcoord.v1 import access_pb2 as agentcoord_dot_v1_dot_access__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\"\x0f\n\rWhoAmIRequest\"=\n\x0eWhoAmIResponse\x12+\n\tprincipal\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.Principal\"\x17\n\x15GetServerStatsRequest\"\xb7\x02\n\x16GetServerStatsResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12,\n\nredis_mode\x18\x02 \x01(\x0e\x32\x18.agentcoord.v1.RedisMode\x12\x15\n\rredis_version\x18\x03 \x01(\t\x12H\n\nkey_counts\x18\x04 \x03(\x0b\x32\x34.agentcoord.v1.GetServerStatsResponse.KeyCountsEntry\x12\x19\n\x11used_memory_bytes\x18\x05 \x01(\x03\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x30\n\x0eKeyCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*q\n\tRedisMode\x12\x1a\n\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n\x12REDIS_MODE_CLUSTER\x10\x03\x32\xc0\x01\n\x0c\x41\x64minService\x12K\n\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\x04\x88\xb5\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"=\n\x0eWhoAmIResponse\x12+\n\tprincipal\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.Principal\"\x17\n\x15GetServerStatsRequest\"\xb7\x02\n\x16GetServerStatsResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12,\n\nredis_mode\x18\x02 \x01(\x0e\x32\x18.agentcoord.v1.RedisMode\x12\x15\n\rredis_version\x18\x03 \x01(\t\x12H\n\nkey_counts\x18\x04 \x03(\x0b\x32\x34.agentcoord.v1.GetServerStatsResponse.KeyCountsEntry\x12\x19\n\x11used_memory_bytes\x18\x05 \x01(\x03\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x30\n\x0eKeyCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xf5\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\'\n\x04tier\x18\x04 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x08 \x01(\t\"\xa3\x01\n\x11IssueTokenRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12+\n\x08lifetime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"K\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12&\n\x04info\x18\x02 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"=\n\x13RevokeTokenResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListTokensResponse\x12(\n\x06tokens\x18\x01 \x03(\x0b\x32\x18.agentcoord.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*q\n\tRedisMode\x12\x1a\n\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n\x12REDIS_MODE_CLUSTER\x10\x03\x32\xce\x03\n\x0c\x41\x64minService\x12K\n\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\x04\x88\xb5\x18\x01\x12W\n\nIssueToken\x12 .agentcoord.v1.IssueTokenRequest\x1a!.agentcoord.v1.IssueTokenResponse\"\x04\x88\xb5\x18\x04\x12Z\n\x0bRevokeToken\x12!.agentcoord.v1.RevokeTokenRequest\x1a\".agentcoord.v1.RevokeTokenResponse\"\x04\x88\xb5\x18\x04\x12W\n\nListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\x04\x88\xb5\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,18 +40,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['WhoAmI']._serialized_options = b'\210\265\030\001'
   _globals['_ADMINSERVICE'].methods_by_name['GetServerStats']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['GetServerStats']._serialized_options = b'\210\265\030\001'
-  _globals['_REDISMODE']._serialized_start=523
-  _globals['_REDISMODE']._serialized_end=636
-  _globals['_WHOAMIREQUEST']._serialized_start=104
-  _globals['_WHOAMIREQUEST']._serialized_end=119
-  _globals['_WHOAMIRESPONSE']._serialized_start=121
-  _globals['_WHOAMIRESPONSE']._serialized_end=182
-  _globals['_GETSERVERSTATSREQUEST']._serialized_start=184
-  _globals['_GETSERVERSTATSREQUEST']._serialized_end=207
-  _globals['_GETSERVERSTATSRESPONSE']._serialized_start=210
-  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=521
-  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_start=473
-  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_end=521
-  _globals['_ADMINSERVICE']._serialized_start=639
-  _globals['_ADMINSERVICE']._serialized_end=831
+  _globals['_ADMINSERVICE'].methods_by_name['IssueToken']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['IssueToken']._serialized_options = b'\210\265\030\004'
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeToken']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeToken']._serialized_options = b'\210\265\030\004'
+  _globals['_ADMINSERVICE'].methods_by_name['ListTokens']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListTokens']._serialized_options = b'\210\265\030\004'
+  _globals['_REDISMODE']._serialized_start=1299
+  _globals['_REDISMODE']._serialized_end=1412
+  _globals['_WHOAMIREQUEST']._serialized_start=137
+  _globals['_WHOAMIREQUEST']._serialized_end=152
+  _globals['_WHOAMIRESPONSE']._serialized_start=154
+  _globals['_WHOAMIRESPONSE']._serialized_end=215
+  _globals['_GETSERVERSTATSREQUEST']._serialized_start=217
+  _globals['_GETSERVERSTATSREQUEST']._serialized_end=240
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_start=243
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=554
+  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_start=506
+  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_end=554
+  _globals['_TOKENINFO']._serialized_start=557
+  _globals['_TOKENINFO']._serialized_end=802
+  _globals['_ISSUETOKENREQUEST']._serialized_start=805
+  _globals['_ISSUETOKENREQUEST']._serialized_end=968
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=970
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=1045
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1047
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1085
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1087
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1148
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1150
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1208
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1210
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1297
+  _globals['_ADMINSERVICE']._serialized_start=1415
+  _globals['_ADMINSERVICE']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

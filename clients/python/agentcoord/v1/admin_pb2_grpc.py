@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService tells callers who they are and how the server is doing.
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,26 @@ class AdminServiceStub:
                 request_serializer=agentcoord_dot_v1_dot_admin__pb2.GetServerStatsRequest.SerializeToString,
                 response_deserializer=agentcoord_dot_v1_dot_admin__pb2.GetServerStatsResponse.FromString,
                 _registered_method=True)
+        self.IssueToken = channel.unary_unary(
+                '/agentcoord.v1.AdminService/IssueToken',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.IssueTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/agentcoord.v1.AdminService/RevokeToken',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/agentcoord.v1.AdminService/ListTokens',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService tells callers who they are and how the server is doing.
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
     """
 
     def WhoAmI(self, request, context):
@@ -60,6 +77,31 @@ class AdminServiceServicer:
 
     def GetServerStats(self, request, context):
         """Returns the server's version, its Redis and the caller's namespace's key counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueToken(self, request, context):
+        """Issues a bearer token for an agent of the caller's namespace. The secret is in
+        the response only: the server keeps just its SHA-256 hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes a token of the caller's namespace. Calls made with it fail with
+        UNAUTHENTICATED within the server's auth cache bound (at most 5 s), and open
+        streams authenticated by it end with UNAUTHENTICATED within the same bound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Lists the live tokens of the caller's namespace, oldest first. Never returns
+        secrets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +120,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=agentcoord_dot_v1_dot_admin__pb2.GetServerStatsRequest.FromString,
                     response_serializer=agentcoord_dot_v1_dot_admin__pb2.GetServerStatsResponse.SerializeToString,
             ),
+            'IssueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueToken,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.IssueTokenRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.IssueTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentcoord.v1.AdminService', rpc_method_handlers)
@@ -87,7 +144,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService tells callers who they are and how the server is doing.
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
     """
 
     @staticmethod
@@ -134,6 +192,87 @@ class AdminService:
             '/agentcoord.v1.AdminService/GetServerStats',
             agentcoord_dot_v1_dot_admin__pb2.GetServerStatsRequest.SerializeToString,
             agentcoord_dot_v1_dot_admin__pb2.GetServerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/IssueToken',
+            agentcoord_dot_v1_dot_admin__pb2.IssueTokenRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/RevokeToken',
+            agentcoord_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/ListTokens',
+            agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService tells callers who they are and how the server is doing."""
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,19 +39,49 @@ class AdminServiceStub:
     """Returns the principal the call was authenticated as. Any tier."""
     GetServerStats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]
     """Returns the server's version, its Redis and the caller's namespace's key counts."""
+    IssueToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]
+    """Issues a bearer token for an agent of the caller's namespace. The secret is in
+    the response only: the server keeps just its SHA-256 hash.
+    """
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeTokenRequest, _admin_pb2.RevokeTokenResponse]
+    """Revokes a token of the caller's namespace. Calls made with it fail with
+    UNAUTHENTICATED within the server's auth cache bound (at most 5 s), and open
+    streams authenticated by it end with UNAUTHENTICATED within the same bound.
+    """
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]
+    """Lists the live tokens of the caller's namespace, oldest first. Never returns
+    secrets.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService tells callers who they are and how the server is doing."""
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns the principal the call was authenticated as. Any tier."""
     GetServerStats: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]  # type: ignore[assignment]
     """Returns the server's version, its Redis and the caller's namespace's key counts."""
+    IssueToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]  # type: ignore[assignment]
+    """Issues a bearer token for an agent of the caller's namespace. The secret is in
+    the response only: the server keeps just its SHA-256 hash.
+    """
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeTokenRequest, _admin_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Revokes a token of the caller's namespace. Calls made with it fail with
+    UNAUTHENTICATED within the server's auth cache bound (at most 5 s), and open
+    streams authenticated by it end with UNAUTHENTICATED within the same bound.
+    """
+    ListTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """Lists the live tokens of the caller's namespace, oldest first. Never returns
+    secrets.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService tells callers who they are and how the server is doing."""
+    """AdminService tells callers who they are and how the server is doing, and lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """
 
     @_abc_1.abstractmethod
     def WhoAmI(
@@ -66,5 +98,36 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetServerStatsResponse, _abc.Awaitable[_admin_pb2.GetServerStatsResponse]]:
         """Returns the server's version, its Redis and the caller's namespace's key counts."""
+
+    @_abc_1.abstractmethod
+    def IssueToken(
+        self,
+        request: _admin_pb2.IssueTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.IssueTokenResponse, _abc.Awaitable[_admin_pb2.IssueTokenResponse]]:
+        """Issues a bearer token for an agent of the caller's namespace. The secret is in
+        the response only: the server keeps just its SHA-256 hash.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _admin_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeTokenResponse, _abc.Awaitable[_admin_pb2.RevokeTokenResponse]]:
+        """Revokes a token of the caller's namespace. Calls made with it fail with
+        UNAUTHENTICATED within the server's auth cache bound (at most 5 s), and open
+        streams authenticated by it end with UNAUTHENTICATED within the same bound.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _admin_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTokensResponse, _abc.Awaitable[_admin_pb2.ListTokensResponse]]:
+        """Lists the live tokens of the caller's namespace, oldest first. Never returns
+        secrets.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

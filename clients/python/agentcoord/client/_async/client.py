@@ -7,7 +7,10 @@ from typing import Any
 
 from .._transport import AsyncTransport, Metadata
 from .admin import AdminClient
+from .memory import MemoryClient
+from .signals import SignalsClient
 from .staging import StagingClient
+from .tasks import TasksClient
 
 
 class AsyncClient:
@@ -21,6 +24,8 @@ class AsyncClient:
         tls: use TLS with the system roots.
         timeout: default deadline per unary call, seconds (None: no deadline).
         options: extra gRPC channel options.
+        client_certificate, client_key: PEM client certificate chain and private key, for
+            servers that require client certificates (mTLS); imply TLS.
 
     Service calls live on `admin` (and the other services' attributes); every failure raises
     `AgentcoordError`. Use as a context manager, or call `close()`.
@@ -36,6 +41,8 @@ class AsyncClient:
         tls: bool = False,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
         self.target = target
         self._transport = AsyncTransport(
@@ -46,9 +53,14 @@ class AsyncClient:
             tls=tls,
             timeout=timeout,
             options=options,
+            client_certificate=client_certificate,
+            client_key=client_key,
         )
         self.admin = AdminClient(self._transport)
+        self.memory = MemoryClient(self._transport)
+        self.signals = SignalsClient(self._transport)
         self.staging = StagingClient(self._transport)
+        self.tasks = TasksClient(self._transport)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -1,12 +1,28 @@
 # Generated from ../_async by `make generate` (unasync); do not edit.
-"""AdminService calls: who_am_i, get_server_stats."""
+"""AdminService calls: who_am_i, get_server_stats, and token administration (STEWARD)."""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterator
+
 from agentcoord.v1 import access_pb2, admin_pb2, admin_pb2_grpc
+from google.protobuf import duration_pb2
 
 from .._transport import SyncTransport
 from ._base import ServiceClient
+
+Tier = int | str  # an access_pb2.AccessTier value, or its name: "CONTRIBUTOR"
+
+
+def _tier(value: Tier) -> access_pb2.AccessTier.ValueType:
+    """`"contributor"`, `"ACCESS_TIER_CONTRIBUTOR"` or `access_pb2.ACCESS_TIER_CONTRIBUTOR`."""
+    if isinstance(value, int):
+        return access_pb2.AccessTier.ValueType(value)
+    name = value.strip().upper()
+    if not name.startswith("ACCESS_TIER_"):
+        name = "ACCESS_TIER_" + name
+    return access_pb2.AccessTier.Value(name)
 
 
 class AdminClient(ServiceClient):
@@ -23,3 +39,69 @@ class AdminClient(ServiceClient):
         """Server version, Redis mode and version, key counts per area of the caller's namespace,
         used memory (bytes) and uptime. OBSERVER or above."""
         return self._unary(self._stub.GetServerStats, admin_pb2.GetServerStatsRequest())  # type: ignore[no-any-return]
+
+    def issue_token(
+        self,
+        agent_id: str,
+        tier: Tier,
+        *,
+        lifetime: float | datetime.timedelta | None = None,
+        description: str = "",
+        namespace: str = "",
+    ) -> admin_pb2.IssueTokenResponse:
+        """Issues a bearer token for `agent_id` at `tier` in the caller's namespace. STEWARD.
+
+        Args:
+            lifetime: seconds (or a timedelta) the token works, at least 1 s; None: until revoked.
+            description: up to 256 characters, shown by list_tokens.
+            namespace: empty or the caller's own; any other is refused (PERMISSION_DENIED).
+
+        Returns the response: `.token` is the secret (shown only here), `.info` its TokenInfo.
+        Raises AgentcoordError: INVALID_ARGUMENT (bad agent id, tier, lifetime, description),
+        PERMISSION_DENIED (not a STEWARD: TIER_TOO_LOW, raised locally; other namespace:
+        NAMESPACE_MISMATCH).
+        """
+        request = admin_pb2.IssueTokenRequest(
+            agent_id=agent_id, namespace=namespace, tier=_tier(tier), description=description
+        )
+        if lifetime is not None:
+            seconds = (
+                lifetime.total_seconds()
+                if isinstance(lifetime, datetime.timedelta)
+                else float(lifetime)
+            )
+            request.lifetime.CopyFrom(duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9)))
+        return self._unary(self._stub.IssueToken, request)  # type: ignore[no-any-return]
+
+    def revoke_token(self, token_id: str) -> admin_pb2.TokenInfo:
+        """Revokes a token of the caller's namespace by id; returns what was revoked. STEWARD.
+
+        Calls with it fail (UNAUTHENTICATED) within the server's auth cache bound (≤ 5 s), open
+        streams end within the same bound. Raises AgentcoordError NOT_FOUND (TOKEN_NOT_FOUND)
+        for an id this namespace does not have.
+        """
+        response = self._unary(
+            self._stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id)
+        )
+        return response.info  # type: ignore[no-any-return]
+
+    def list_tokens(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb2.ListTokensResponse:
+        """One page (page_size 1..1000, 0: 100) of the caller's namespace's live tokens, in issue
+        order, without secrets; `.next_page_token` is empty on the last page. STEWARD."""
+        return self._unary(  # type: ignore[no-any-return]
+            self._stub.ListTokens,
+            admin_pb2.ListTokensRequest(page_size=page_size, page_token=page_token),
+        )
+
+    def iter_tokens(self, *, page_size: int = 0) -> Iterator[admin_pb2.TokenInfo]:
+        """Every live token of the caller's namespace, fetching page after page. STEWARD."""
+        page_token = ""
+        while True:
+            page = self.list_tokens(page_size=page_size, page_token=page_token)
+            for info in page.tokens:
+                yield info
+            page_token = page.next_page_token
+            if not page_token:
+                return

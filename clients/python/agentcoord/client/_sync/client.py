@@ -8,7 +8,10 @@ from typing import Any
 
 from .._transport import SyncTransport, Metadata
 from .admin import AdminClient
+from .memory import MemoryClient
+from .signals import SignalsClient
 from .staging import StagingClient
+from .tasks import TasksClient
 
 
 class Client:
@@ -22,6 +25,8 @@ class Client:
         tls: use TLS with the system roots.
         timeout: default deadline per unary call, seconds (None: no deadline).
         options: extra gRPC channel options.
+        client_certificate, client_key: PEM client certificate chain and private key, for
+            servers that require client certificates (mTLS); imply TLS.
 
     Service calls live on `admin` (and the other services' attributes); every failure raises
     `AgentcoordError`. Use as a context manager, or call `close()`.
@@ -37,6 +42,8 @@ class Client:
         tls: bool = False,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
         self.target = target
         self._transport = SyncTransport(
@@ -47,9 +54,14 @@ class Client:
             tls=tls,
             timeout=timeout,
             options=options,
+            client_certificate=client_certificate,
+            client_key=client_key,
         )
         self.admin = AdminClient(self._transport)
+        self.memory = MemoryClient(self._transport)
+        self.signals = SignalsClient(self._transport)
         self.staging = StagingClient(self._transport)
+        self.tasks = TasksClient(self._transport)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -1,0 +1,201 @@
+"""Bearer tokens in Redis: stored only as SHA-256 hashes, found by hash, listed per namespace.
+
+Layout (DESIGN.md "Identity and tiers"; tokens are exempt from the TTL strategies and expire
+only at their own optional lifetime):
+
+- `ac:tokens:<sha256 hex>` — the global index a bare bearer token is looked up in: a hash with
+  the token's namespace, id, agent id, tier and expiry. A bearer token carries no namespace, and
+  the hash of the secret is all the server keeps, so the hash itself is the key: one HGETALL
+  authenticates a call, and nothing in Redis can be replayed as a credential.
+- `ac:{<ns>}:tokens:<token id>` — the namespace's record of the token (agent, tier,
+  description, times, issuer, and the hash to find the global entry when revoking).
+- `ac:{<ns>}:tokens:index` — a sorted set of the namespace's token ids (all scores 0, so it
+  orders by id; ids start with the issue time in hex, so that is issue order) for paging.
+
+The global key lives outside the namespace's hash tag, so issue and revoke are MULTI/EXEC
+transactions over two slots: atomic on a standalone Redis (what agentcoord runs on today).
+Their order is chosen so a partial failure can only leave a token unusable, never usable
+without its namespace record: issue writes the global entry last, revoke deletes it first.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from ..errors import NotFound
+from ..identity import Principal, TokenGrant, token_digest
+from .keys import Keyspace
+from .scripts import load_script
+
+TOKEN_PREFIX = "agc_"
+"""Every issued token starts with this, so secret scanners and humans can recognise one."""
+
+GLOBAL_PREFIX = "ac:tokens:"
+
+
+def global_key(digest: str) -> str:
+    return GLOBAL_PREFIX + digest
+
+
+def new_token() -> str:
+    """A fresh bearer token: the prefix and 256 random bits, URL-safe base64 (47 characters)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_token_id(now_ms: int) -> str:
+    """`tok-<issue time, ms, 12 hex digits><8 random hex digits>`: unique and sorting by issue
+    time, which makes the namespace index's lexicographic order the issue order."""
+    return f"tok-{now_ms:012x}{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What the server keeps about a token (never the secret). Times are Unix milliseconds;
+    expires_ms 0 means never."""
+
+    token_id: str
+    agent_id: str
+    namespace: str
+    tier: int
+    description: str
+    created_ms: int
+    expires_ms: int
+    issued_by: str
+
+
+def _record(namespace: str, token_id: str, fields: dict[str, str]) -> TokenRecord:
+    return TokenRecord(
+        token_id=token_id,
+        agent_id=fields.get("agent_id", ""),
+        namespace=namespace,
+        tier=int(fields.get("tier", 0)),
+        description=fields.get("description", ""),
+        created_ms=int(fields.get("created_ms", 0)),
+        expires_ms=int(fields.get("expires_ms", 0)),
+        issued_by=fields.get("issued_by", ""),
+    )
+
+
+class TokenStore:
+    """Issues, revokes, lists and looks up tokens. Redis only; raises domain errors."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._list = load_script(redis, "tokens_list")
+
+    async def issue(
+        self,
+        namespace: str,
+        agent_id: str,
+        tier: int,
+        *,
+        lifetime_s: float | None = None,
+        description: str = "",
+        issued_by: str = "",
+        token: str | None = None,
+    ) -> tuple[str, TokenRecord]:
+        """Creates a token and returns (the secret token, its record). One round trip.
+
+        `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
+        checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
+        `token` registers a given secret instead of a fresh one (the `--bootstrap-token` flag).
+        """
+        token = token or new_token()
+        digest = token_digest(token)
+        now_ms = int(time.time() * 1000)
+        expires_ms = now_ms + int(lifetime_s * 1000) if lifetime_s else 0
+        token_id = new_token_id(now_ms)
+        keys = Keyspace(namespace)
+        record_key = keys.key("tokens", token_id)
+        record = {
+            "agent_id": agent_id,
+            "tier": str(tier),
+            "description": description,
+            "created_ms": str(now_ms),
+            "expires_ms": str(expires_ms),
+            "issued_by": issued_by,
+            "digest": digest,
+        }
+        grant = {
+            "namespace": namespace,
+            "token_id": token_id,
+            "agent_id": agent_id,
+            "tier": str(tier),
+            "expires_ms": str(expires_ms),
+            "digest": digest,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record_key, mapping=record)
+            pipe.zadd(keys.key("tokens", "index"), {token_id: 0})
+            pipe.hset(global_key(digest), mapping=grant)
+            if expires_ms:
+                pipe.pexpireat(record_key, expires_ms)
+                pipe.pexpireat(global_key(digest), expires_ms)
+            await pipe.execute()
+        return token, _record(namespace, token_id, record)
+
+    async def revoke(self, namespace: str, token_id: str) -> TokenRecord:
+        """Deletes a token of `namespace`: its global entry first, then its record and index entry.
+
+        Two round trips (read the record to learn the hash, then one transaction).
+        Raises NotFound (TOKEN_NOT_FOUND) if the namespace has no such live token — including
+        when the id belongs to another namespace, which is not distinguishable on purpose.
+        """
+        keys = Keyspace(namespace)
+        record_key = keys.key("tokens", token_id)
+        fields = await self._redis.hgetall(record_key)
+        if not fields:
+            raise NotFound(
+                f"no token {token_id} in this namespace",
+                reason="TOKEN_NOT_FOUND",
+                metadata={"token_id": token_id},
+            )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(global_key(fields["digest"]))
+            pipe.delete(record_key)
+            pipe.zrem(keys.key("tokens", "index"), token_id)
+            await pipe.execute()
+        return _record(namespace, token_id, fields)
+
+    async def list(
+        self, namespace: str, page_size: int, after: str = ""
+    ) -> tuple[list[TokenRecord], str]:
+        """Up to `page_size` live tokens with ids greater than `after`, in issue order, and the id
+        to continue after ("" when this is the last page). One round trip (tokens_list.lua)."""
+        keys = Keyspace(namespace)
+        start = f"({after}" if after else "-"
+        rows = await self._list(
+            keys=[keys.key("tokens", "index")],
+            args=[keys.key("tokens", ""), start, page_size + 1],
+        )
+        records = []
+        for row in rows[:page_size]:
+            token_id, flat = row[0], row[1:]
+            records.append(_record(namespace, token_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+        next_after = records[-1].token_id if len(rows) > page_size else ""
+        return records, next_after
+
+    async def lookup(self, digest: str) -> TokenGrant | None:
+        """The grant stored under a token's SHA-256 hex digest, or None if unknown, revoked or
+        expired. One round trip (HGETALL)."""
+        fields = await self._redis.hgetall(global_key(digest))
+        if not fields:
+            return None
+        expires_ms = int(fields.get("expires_ms", 0))
+        principal = Principal(fields["agent_id"], fields["namespace"], int(fields["tier"]))
+        return TokenGrant(
+            principal=principal,
+            token_id=fields["token_id"],
+            digest=fields.get("digest", ""),
+            expires_at=expires_ms / 1000 if expires_ms else None,
+        )
+
+    async def any_exist(self) -> bool:
+        """True if any namespace has a token. SCANs the global index (start-up only)."""
+        async for _ in self._redis.scan_iter(match=GLOBAL_PREFIX + "*", count=1000):
+            return True
+        return False
