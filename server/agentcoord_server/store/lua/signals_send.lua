@@ -1,0 +1,47 @@
+-- SendSignal: appends one signal to the namespace's stream, then drops every entry older
+-- than the retention (exact MINID) and remembers the newest id it dropped, so a reader can
+-- tell a trimmed cursor (OUT_OF_RANGE) from one that simply has nothing after it.
+--
+-- KEYS[1] the stream, KEYS[2] the "trimmed up to" marker (a string: the largest dropped id),
+-- KEYS[3] (session signals only) the session's participants SET.
+-- ARGV[1] retention in ms, ARGV[2] signal type, ARGV[3] data as JSON ('' for none),
+-- ARGV[4] sender, ARGV[5] target agent ('' for none), ARGV[6] session id ('' for none).
+-- Returns {'OK', id} or {'SESSION_NOT_FOUND'} (nothing written).
+--
+-- Session signals store their recipients (",a,b,") on the entry: visibility is decided at
+-- send time, so a later join or leave does not change who saw what, and reading never needs
+-- a second key.
+redis.replicate_commands()
+
+local fields = {'t', ARGV[2], 's', ARGV[4]}
+if ARGV[3] ~= '' then
+  fields[#fields + 1] = 'd'
+  fields[#fields + 1] = ARGV[3]
+end
+if ARGV[5] ~= '' then
+  fields[#fields + 1] = 'a'
+  fields[#fields + 1] = ARGV[5]
+end
+if ARGV[6] ~= '' then
+  local members = redis.call('SMEMBERS', KEYS[3])
+  if #members == 0 then
+    return {'SESSION_NOT_FOUND'}
+  end
+  fields[#fields + 1] = 'n'
+  fields[#fields + 1] = ARGV[6]
+  fields[#fields + 1] = 'r'
+  fields[#fields + 1] = ',' .. table.concat(members, ',') .. ','
+end
+
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local minid = string.format('%.0f', now_ms - tonumber(ARGV[1])) .. '-0'
+local dropped = redis.call('XREVRANGE', KEYS[1], '(' .. minid, '-', 'COUNT', 1)
+if #dropped > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', minid)
+  redis.call('SET', KEYS[2], dropped[1][1])
+end
+
+return {'OK', id}

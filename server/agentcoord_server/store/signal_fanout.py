@@ -1,0 +1,285 @@
+"""Live signal fan-out: one Redis reader per namespace per process feeds every local subscriber.
+
+DESIGN.md, "Redis": a subscriber never costs its own Redis connection. `SignalHub` keeps one
+`_NamespaceReader` per namespace that has subscribers: a task blocked in XREAD on its own
+single-connection client (named `agentcoord-signals:<ns>` in CLIENT LIST), started when the
+namespace's first subscriber arrives and stopped when its last one leaves. Each entry read is
+parsed once and offered to every subscriber, which keeps it if the subscriber may see it and
+wants its type.
+
+No gaps, no duplicates: a subscriber registers with the reader first, waits until the reader
+knows its position P (everything after P will be offered to it), then catches up from its own
+cursor with the store's receive script until the end of the stream (≥ P), and from then on takes
+live entries, skipping any at or before the last id the catch-up covered.
+
+Bounded memory: each subscription buffers at most `queue_size` entries; when a slow reader lets
+it fill, the subscription ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) and its buffer is
+dropped — the client resumes from its last id. On graceful shutdown every subscription ends
+with UNAVAILABLE (SERVER_SHUTTING_DOWN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import structlog
+from redis.asyncio import ConnectionPool, Redis
+
+from ..errors import DomainError, ResourceExhausted, Unavailable
+from .signals import SignalEntry, SignalStore, id_key
+
+log = structlog.get_logger("agentcoord.signals")
+
+BLOCK_MS = 5000
+"""How long one XREAD waits for new entries before asking again (ms)."""
+
+READ_COUNT = 1000
+"""Most entries one XREAD returns."""
+
+CATCH_UP_LIMIT = 500
+"""Signals per catch-up page."""
+
+
+class Subscription:
+    """One live stream's state: its filter, its bounded buffer and how it ended.
+
+    `entries()` yields SignalEntry objects: stored ones after `start_cursor`, then live
+    ones. It raises the DomainError that ended it (OutOfRange for a trimmed cursor,
+    ResourceExhausted for overflow, Unavailable for shutdown or a lost Redis connection).
+    """
+
+    def __init__(
+        self,
+        hub: SignalHub,
+        namespace: str,
+        agent_id: str,
+        signal_types: Sequence[str],
+        queue_size: int,
+    ) -> None:
+        self._hub = hub
+        self.namespace = namespace
+        self.agent_id = agent_id
+        self.signal_types = frozenset(signal_types)
+        self.start_cursor = ""
+        self._queue_size = queue_size
+        self._items: deque[SignalEntry] = deque()
+        self._wake = asyncio.Event()
+        self.error: DomainError | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def offer(self, entry: SignalEntry) -> None:
+        """Called by the reader for every new entry of the namespace (never blocks)."""
+        if self.error is not None:
+            return
+        if self.signal_types and entry.signal_type not in self.signal_types:
+            return
+        if not entry.visible_to(self.agent_id):
+            return
+        if len(self._items) >= self._queue_size:
+            self.fail(
+                ResourceExhausted(
+                    f"the subscriber fell {self._queue_size} signals behind; resume from the "
+                    "last signal id received",
+                    reason="SUBSCRIBER_TOO_SLOW",
+                    metadata={"queue_size": str(self._queue_size)},
+                )
+            )
+            return
+        self._items.append(entry)
+        self._wake.set()
+
+    def fail(self, error: DomainError) -> None:
+        """Ends the subscription with `error` (the first error wins) and drops its buffer."""
+        if self.error is None:
+            self.error = error
+            self._items.clear()
+            self._wake.set()
+
+    async def _next_live(self) -> SignalEntry:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._items:
+                return self._items.popleft()
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def entries(self) -> AsyncIterator[SignalEntry]:
+        """Stored signals after `start_cursor`, then live ones; iterate once."""
+        store = self._hub.store
+        cursor = self.start_cursor
+        while True:
+            if self.error is not None:
+                raise self.error
+            page = await store.receive(
+                self.namespace,
+                self.agent_id,
+                sorted(self.signal_types),
+                after=cursor,
+                limit=CATCH_UP_LIMIT,
+            )
+            for entry in page.entries:
+                yield entry
+            cursor = page.next_after or cursor
+            if not page.more:
+                break
+        covered = id_key(cursor) if cursor else (0, 0)
+        while True:
+            entry = await self._next_live()
+            key = id_key(entry.id)
+            if key <= covered:
+                continue
+            covered = key
+            yield entry
+
+
+class _NamespaceReader:
+    """The one XREAD loop of a namespace in this process."""
+
+    def __init__(self, hub: SignalHub, namespace: str) -> None:
+        self.hub = hub
+        self.namespace = namespace
+        self.subscribers: set[Subscription] = set()
+        self.position = "0-0"
+        self.ready = asyncio.Event()
+        self.error: DomainError | None = None
+        self.task = asyncio.create_task(self._run(), name=f"signals-reader:{namespace}")
+
+    def _connect(self) -> tuple[Redis, ConnectionPool]:
+        shared = self.hub.redis.connection_pool
+        kwargs = dict(shared.connection_kwargs)
+        kwargs["client_name"] = f"agentcoord-signals:{self.namespace}"
+        # The read blocks for BLOCK_MS; a socket timeout shorter than that would cut it.
+        kwargs["socket_timeout"] = BLOCK_MS / 1000 + 10
+        pool = ConnectionPool(connection_class=shared.connection_class, max_connections=1, **kwargs)
+        return Redis(connection_pool=pool, single_connection_client=True), pool
+
+    async def _run(self) -> None:
+        redis, pool = self._connect()
+        key = SignalStore.stream_key(self.namespace)
+        try:
+            self.position, _ = await self.hub.store.positions(self.namespace, redis)
+            self.ready.set()
+            while True:
+                reply: Any = await redis.xread(
+                    {key: self.position}, count=READ_COUNT, block=BLOCK_MS
+                )
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        entry = SignalEntry.from_fields(entry_id, fields)
+                        self.position = entry_id
+                        for subscriber in tuple(self.subscribers):
+                            subscriber.offer(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("signal reader failed", namespace=self.namespace, error=type(exc).__name__)
+            self.error = Unavailable(
+                "the signal stream's Redis connection failed; resume later",
+                reason="REDIS_UNAVAILABLE",
+            )
+            for subscriber in tuple(self.subscribers):
+                subscriber.fail(self.error)
+            self.ready.set()
+            self.hub._forget(self)
+        finally:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+                await pool.disconnect()
+
+
+class SignalHub:
+    """Every live subscription of this server process, grouped by namespace.
+
+    Args:
+        redis: the shared client; readers copy its connection settings, never its connections.
+        store: the SignalStore used for catch-up.
+        queue_size: the most signals one subscription buffers (Settings.signal_queue_size).
+        shutdown: set when a graceful stop begins; every subscription then ends UNAVAILABLE.
+    """
+
+    def __init__(
+        self, redis: Redis, store: SignalStore, queue_size: int, shutdown: asyncio.Event
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.queue_size = queue_size
+        self._shutdown = shutdown
+        self._readers: dict[str, _NamespaceReader] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def stats(self) -> dict[str, int]:
+        """{namespace: live subscribers} for every namespace with a running reader."""
+        return {ns: len(reader.subscribers) for ns, reader in self._readers.items()}
+
+    def reader_tasks(self) -> list[asyncio.Task[Any]]:
+        return [reader.task for reader in self._readers.values()]
+
+    def _forget(self, reader: _NamespaceReader) -> None:
+        if self._readers.get(reader.namespace) is reader:
+            del self._readers[reader.namespace]
+
+    async def _watch_shutdown(self) -> None:
+        await self._shutdown.wait()
+        error = Unavailable(
+            "the server is shutting down; resume on another server",
+            reason="SERVER_SHUTTING_DOWN",
+        )
+        for reader in tuple(self._readers.values()):
+            for subscriber in tuple(reader.subscribers):
+                subscriber.fail(error)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        namespace: str,
+        agent_id: str,
+        signal_types: Sequence[str],
+        *,
+        after: str | None,
+        earliest: bool = False,
+    ) -> AsyncIterator[Subscription]:
+        """Registers a subscription for the block's duration and releases it on exit.
+
+        `after` is a validated cursor, or None to start after the latest signal (or, with
+        `earliest`, before the oldest retained one). The subscription's `start_cursor` is set
+        before it is yielded.
+
+        Raises Unavailable (SERVER_SHUTTING_DOWN) once a graceful stop has begun, or
+        (REDIS_UNAVAILABLE) if the namespace's reader cannot reach Redis.
+        """
+        if self._shutdown.is_set():
+            raise Unavailable(
+                "the server is shutting down; resume on another server",
+                reason="SERVER_SHUTTING_DOWN",
+            )
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_shutdown(), name="signals-shutdown")
+        reader = self._readers.get(namespace)
+        if reader is None:
+            reader = self._readers[namespace] = _NamespaceReader(self, namespace)
+        subscription = Subscription(self, namespace, agent_id, signal_types, self.queue_size)
+        reader.subscribers.add(subscription)
+        try:
+            await reader.ready.wait()
+            if reader.error is not None:
+                raise reader.error
+            if after is not None:
+                subscription.start_cursor = after
+            elif earliest:
+                _, subscription.start_cursor = await self.store.positions(namespace)
+            else:
+                subscription.start_cursor = reader.position
+            yield subscription
+        finally:
+            reader.subscribers.discard(subscription)
+            if not reader.subscribers:
+                self._forget(reader)
+                reader.task.cancel()
