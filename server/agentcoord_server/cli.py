@@ -122,6 +122,13 @@ def main() -> None:
     help="PEM CA bundle: require client certificates signed by it (mTLS).",
 )
 @click.option(
+    "--signal-queue-size",
+    envvar="AGENTCOORD_SIGNAL_QUEUE_SIZE",
+    default=1024,
+    type=click.IntRange(min=1),
+    help="Signals one subscription buffers for a slow reader; beyond it the stream ends RESOURCE_EXHAUSTED.",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -139,6 +146,7 @@ def serve(
     max_concurrent_rpcs: int | None,
     redis_max_connections: int,
     ttl_spec: str | None,
+    signal_queue_size: int,
     insecure_dev_identity: bool,
     bootstrap_token: str | None,
     auth_cache_seconds: float,
@@ -177,6 +185,7 @@ def serve(
         redis_max_connections=redis_max_connections,
         insecure_dev_identity=insecure_dev_identity,
         ttl=ttl,
+        signal_queue_size=signal_queue_size,
         bootstrap_token=bootstrap_token or None,
         auth_cache_seconds=auth_cache_seconds,
         tls_cert=tls_cert,

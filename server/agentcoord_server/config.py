@@ -65,6 +65,7 @@ class Settings:
     redis_max_connections: int = 128
     insecure_dev_identity: bool = False
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
+    signal_queue_size: int = 1024  # signals one subscription buffers; more: RESOURCE_EXHAUSTED
     # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
     bootstrap_token: str | None = field(default=None, repr=False)
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)

@@ -15,9 +15,9 @@ from types import ModuleType
 from redis.asyncio import Redis
 
 from ..config import Settings
-from . import admin, staging
+from . import admin, signals, staging
 
-SERVICE_MODULES: tuple[ModuleType, ...] = (admin, staging)
+SERVICE_MODULES: tuple[ModuleType, ...] = (admin, staging, signals)
 
 
 @dataclass
