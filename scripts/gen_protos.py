@@ -32,6 +32,8 @@ SYNC_NAMES = {
     "_async": "_sync",
     "AsyncTransport": "SyncTransport",
     "AsyncWorker": "Worker",
+    "AsyncLeaseKeeper": "LeaseKeeper",
+    "AsyncTaskHandler": "TaskHandler",
     "async_sleep": "sync_sleep",
     "async_monotonic": "sync_monotonic",
 }

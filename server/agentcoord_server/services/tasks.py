@@ -1,0 +1,388 @@
+"""TaskService: agents, priority queues, leases, dead letters, aggregation
+(proto/agentcoord/v1/tasks.proto → here → store/tasks.py + store/lua/tasks_*.lua).
+
+Thin: validate the request, one store call, build the response. Bounds enforced here (all
+INVALID_ARGUMENT with a field violation, nothing written): priority 1..10 (0 → 5),
+max_attempts 1..100 (0 → 3), leases 1 s..1 h (unset → 5 min), claim waits 0..60 s, backoffs
+0..1 h, descriptions and errors ≤ 4096 characters, ≤ 64 capabilities, ≤ 32 claim types.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import grpc
+from agentcoord.v1 import access_pb2, tasks_pb2, tasks_pb2_grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from ..errors import invalid_field
+from ..identity import current_principal
+from ..store import tasks as store
+from ..store.keys import validate_id
+
+if TYPE_CHECKING:
+    from . import ServiceContext
+
+PB2 = tasks_pb2
+
+DEFAULT_PRIORITY = 5
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 100
+DEFAULT_LEASE_MS = 5 * 60 * 1000
+MIN_LEASE_MS, MAX_LEASE_MS = 1000, 3600 * 1000
+MAX_WAIT_MS = 60 * 1000
+MAX_BACKOFF_MS = 3600 * 1000
+MAX_TEXT_CHARS = 4096
+MAX_CAPABILITIES = 64
+MAX_CLAIM_TYPES = 32
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+
+_STATUS_TO_PROTO = {
+    store.PENDING: tasks_pb2.TASK_STATUS_PENDING,
+    store.CLAIMED: tasks_pb2.TASK_STATUS_CLAIMED,
+    store.COMPLETED: tasks_pb2.TASK_STATUS_COMPLETED,
+    store.DEAD: tasks_pb2.TASK_STATUS_DEAD_LETTERED,
+    store.CANCELLED: tasks_pb2.TASK_STATUS_CANCELLED,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+
+
+# -- conversions ---------------------------------------------------------------------------
+
+
+def _ts(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _struct(text: str) -> struct_pb2.Struct:
+    value = struct_pb2.Struct()
+    if text:
+        value.update(json.loads(text))
+    return value
+
+
+def _json(value: struct_pb2.Struct) -> str:
+    if not value.fields:
+        return ""
+    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"))
+
+
+def task_proto(rec: store.TaskRecord) -> tasks_pb2.Task:
+    task = tasks_pb2.Task(
+        task_id=rec.task_id,
+        task_type=rec.task_type,
+        description=rec.description,
+        priority=rec.priority,
+        payload=_struct(rec.payload_json),
+        status=_STATUS_TO_PROTO.get(rec.status, tasks_pb2.TASK_STATUS_UNSPECIFIED),
+        attempts=rec.attempts,
+        max_attempts=rec.max_attempts,
+        created_by=rec.created_by,
+        assignee=rec.assignee,
+        last_error=rec.last_error,
+        create_time=_ts(rec.create_ms),
+        update_time=_ts(rec.update_ms),
+        expire_time=_ts(rec.expire_ms),
+    )
+    if rec.status in (store.CLAIMED, store.COMPLETED) and rec.fencing_token:
+        task.lease.fencing_token = rec.fencing_token
+        task.lease.expire_time.FromMilliseconds(rec.lease_expire_ms)
+    if rec.status == store.COMPLETED:
+        task.result.CopyFrom(_struct(rec.result_json))
+        task.complete_time.FromMilliseconds(rec.complete_ms)
+    if rec.available_ms:
+        task.available_time.FromMilliseconds(rec.available_ms)
+    return task
+
+
+def agent_proto(rec: store.AgentRecord) -> tasks_pb2.Agent:
+    return tasks_pb2.Agent(
+        agent_id=rec.agent_id,
+        capabilities=rec.capabilities,
+        register_time=_ts(rec.register_ms),
+        last_seen_time=_ts(rec.last_seen_ms),
+        expire_time=_ts(rec.expire_ms),
+    )
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _duration_ms(
+    request: object, field: str, *, default: int, low: int, high: int, what: str
+) -> int:
+    """The Duration field `field` in ms, `default` when unset; InvalidArgument outside
+    [low, high] ms."""
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        return default
+    value: duration_pb2.Duration = getattr(request, field)
+    ms = value.ToMilliseconds()
+    if ms < low or ms > high or value.nanos < 0 or value.seconds < 0:
+        raise invalid_field(field, what)
+    return ms
+
+
+def _ids(values: Sequence[str], field: str, limit: int) -> list[str]:
+    if len(values) > limit:
+        raise invalid_field(field, f"at most {limit} entries")
+    unique: list[str] = []
+    for i, value in enumerate(values):
+        validate_id(value, f"{field}[{i}]")
+        if value not in unique:
+            unique.append(value)
+    return unique
+
+
+def _text(value: str, field: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise invalid_field(field, f"at most {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise invalid_field("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _token(value: int) -> int:
+    if value <= 0:
+        raise invalid_field("fencing_token", "must be the positive token of a claim")
+    return value
+
+
+class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._store = store.TaskStore(
+            ctx.redis, task_ttl=ctx.settings.ttl.task, agent_ttl=ctx.settings.ttl.coordination
+        )
+
+    async def RegisterAgent(
+        self, request: tasks_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.RegisterAgentResponse:
+        capabilities = _ids(request.capabilities, "capabilities", MAX_CAPABILITIES)
+        p = current_principal()
+        rec = await self._store.register_agent(p.namespace, p.agent_id, capabilities)
+        return tasks_pb2.RegisterAgentResponse(agent=agent_proto(rec))
+
+    async def Heartbeat(
+        self, request: tasks_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.HeartbeatResponse:
+        p = current_principal()
+        rec = await self._store.heartbeat(p.namespace, p.agent_id)
+        return tasks_pb2.HeartbeatResponse(agent=agent_proto(rec))
+
+    async def DeregisterAgent(
+        self, request: tasks_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.DeregisterAgentResponse:
+        p = current_principal()
+        removed = await self._store.deregister_agent(p.namespace, p.agent_id)
+        return tasks_pb2.DeregisterAgentResponse(deregistered=removed)
+
+    async def ListAgents(
+        self, request: tasks_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListAgentsResponse:
+        size = _page_size(request.page_size)
+        agents, token = await self._store.list_agents(
+            current_principal().namespace, size, request.page_token
+        )
+        return tasks_pb2.ListAgentsResponse(
+            agents=[agent_proto(a) for a in agents], next_page_token=token
+        )
+
+    async def AddTask(
+        self, request: tasks_pb2.AddTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.AddTaskResponse:
+        task_id = validate_id(request.task_id, "task_id") if request.task_id else uuid.uuid4().hex
+        task_type = validate_id(request.task_type, "task_type")
+        priority = request.priority or DEFAULT_PRIORITY
+        if not 1 <= priority <= 10:
+            raise invalid_field("priority", "must be 1 (lowest) to 10 (highest)")
+        max_attempts = request.max_attempts or DEFAULT_MAX_ATTEMPTS
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise invalid_field("max_attempts", f"must be 1 to {MAX_ATTEMPTS_LIMIT}")
+        if request.request_id:
+            validate_id(request.request_id, "request_id")
+        p = current_principal()
+        rec, replayed = await self._store.add_task(
+            p.namespace,
+            p.agent_id,
+            task_id=task_id,
+            task_type=task_type,
+            description=_text(request.description, "description"),
+            priority=priority,
+            payload_json=_json(request.payload),
+            max_attempts=max_attempts,
+            request_id=request.request_id,
+        )
+        return tasks_pb2.AddTaskResponse(task=task_proto(rec), replayed=replayed)
+
+    async def ClaimTask(
+        self, request: tasks_pb2.ClaimTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ClaimTaskResponse:
+        task_types = _ids(request.task_types, "task_types", MAX_CLAIM_TYPES)
+        lease_ms = _duration_ms(
+            request,
+            "lease_duration",
+            default=DEFAULT_LEASE_MS,
+            low=MIN_LEASE_MS,
+            high=MAX_LEASE_MS,
+            what="must be 1 s to 1 h",
+        )
+        wait_ms = _duration_ms(
+            request, "wait", default=0, low=0, high=MAX_WAIT_MS, what="must be 0 to 60 s"
+        )
+        p = current_principal()
+        rec = await self._store.claim_task(
+            p.namespace,
+            p.agent_id,
+            task_types=task_types,
+            lease_ms=lease_ms,
+            wait_seconds=wait_ms / 1000,
+            shutdown=self._ctx.shutdown,
+        )
+        if rec is None:
+            return tasks_pb2.ClaimTaskResponse()
+        return tasks_pb2.ClaimTaskResponse(task=task_proto(rec))
+
+    async def RenewTaskLease(
+        self, request: tasks_pb2.RenewTaskLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.RenewTaskLeaseResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        token = _token(request.fencing_token)
+        lease_ms = _duration_ms(
+            request,
+            "lease_duration",
+            default=DEFAULT_LEASE_MS,
+            low=MIN_LEASE_MS,
+            high=MAX_LEASE_MS,
+            what="must be 1 s to 1 h",
+        )
+        p = current_principal()
+        expiry = await self._store.renew_lease(p.namespace, p.agent_id, task_id, token, lease_ms)
+        return tasks_pb2.RenewTaskLeaseResponse(
+            lease=tasks_pb2.TaskLease(fencing_token=token, expire_time=_ts(expiry))
+        )
+
+    async def CompleteTask(
+        self, request: tasks_pb2.CompleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.CompleteTaskResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        token = _token(request.fencing_token)
+        p = current_principal()
+        rec = await self._store.complete_task(
+            p.namespace, p.agent_id, task_id, token, _json(request.result)
+        )
+        return tasks_pb2.CompleteTaskResponse(task=task_proto(rec))
+
+    async def FailTask(
+        self, request: tasks_pb2.FailTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.FailTaskResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        token = _token(request.fencing_token)
+        backoff_ms = _duration_ms(
+            request, "backoff", default=0, low=0, high=MAX_BACKOFF_MS, what="must be 0 to 1 h"
+        )
+        p = current_principal()
+        rec = await self._store.fail_task(
+            p.namespace,
+            p.agent_id,
+            task_id,
+            token,
+            error=_text(request.error, "error"),
+            retryable=request.retryable,
+            backoff_ms=backoff_ms,
+        )
+        return tasks_pb2.FailTaskResponse(task=task_proto(rec))
+
+    async def GetTask(
+        self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.GetTaskResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        rec = await self._store.get_task(current_principal().namespace, task_id)
+        return tasks_pb2.GetTaskResponse(task=task_proto(rec))
+
+    async def ListTasks(
+        self, request: tasks_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListTasksResponse:
+        status = ""
+        if request.status:
+            if request.status not in _STATUS_FROM_PROTO:
+                raise invalid_field("status", "unknown task status")
+            status = _STATUS_FROM_PROTO[request.status]
+        task_type = validate_id(request.task_type, "task_type") if request.task_type else ""
+        assignee = validate_id(request.assignee, "assignee") if request.assignee else ""
+        tasks, token = await self._store.list_tasks(
+            current_principal().namespace,
+            status=status,
+            task_type=task_type,
+            assignee=assignee,
+            page_size=_page_size(request.page_size),
+            page_token=request.page_token,
+        )
+        return tasks_pb2.ListTasksResponse(
+            tasks=[task_proto(t) for t in tasks], next_page_token=token
+        )
+
+    async def CancelTask(
+        self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.CancelTaskResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        p = current_principal()
+        rec = await self._store.cancel_task(
+            p.namespace,
+            p.agent_id,
+            task_id,
+            privileged=p.tier >= access_pb2.ACCESS_TIER_VALIDATOR,
+        )
+        return tasks_pb2.CancelTaskResponse(task=task_proto(rec))
+
+    async def ListDeadLetters(
+        self, request: tasks_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.ListDeadLettersResponse:
+        tasks, token = await self._store.list_dead_letters(
+            current_principal().namespace,
+            page_size=_page_size(request.page_size),
+            page_token=request.page_token,
+        )
+        return tasks_pb2.ListDeadLettersResponse(
+            tasks=[task_proto(t) for t in tasks], next_page_token=token
+        )
+
+    async def RequeueDeadLetter(
+        self, request: tasks_pb2.RequeueDeadLetterRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.RequeueDeadLetterResponse:
+        task_id = validate_id(request.task_id, "task_id")
+        rec = await self._store.requeue_dead_letter(current_principal().namespace, task_id)
+        return tasks_pb2.RequeueDeadLetterResponse(task=task_proto(rec))
+
+    async def AggregateResults(
+        self, request: tasks_pb2.AggregateResultsRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.AggregateResultsResponse:
+        task_type = validate_id(request.task_type, "task_type") if request.task_type else ""
+        agg = await self._store.aggregate_results(current_principal().namespace, task_type)
+        response = tasks_pb2.AggregateResultsResponse(
+            total_completed=agg.total_completed, by_agent=agg.by_agent, by_type=agg.by_type
+        )
+        for item in agg.recent:
+            summary = response.recent_results.add(
+                task_id=item.task_id,
+                task_type=item.task_type,
+                agent_id=item.agent_id,
+                complete_time=_ts(item.complete_ms),
+                result_omitted=item.result_json is None,
+            )
+            if item.result_json is not None:
+                summary.result.CopyFrom(_struct(item.result_json))
+        return response
+
+
+def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(ctx), server)  # type: ignore[no-untyped-call]
+    return tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name

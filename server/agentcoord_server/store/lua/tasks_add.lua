@@ -1,0 +1,45 @@
+-- AddTask. ARGV: prefix, task_id, agent, type, description, priority (1..10), payload JSON,
+-- max_attempts, request_id ('' for none), task TTL ms.
+-- Returns {'ok', task} | {'replayed', task} | {'exists'}.
+local P, id, agent, ttype = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local desc, pri, payload, max_attempts = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local req, ttl = ARGV[9], tonumber(ARGV[10])
+local now = now_ms()
+
+local rkey = nil
+if req ~= '' then
+  rkey = P .. 'tasks:req:' .. agent .. ':' .. req
+  local earlier = redis.call('GET', rkey)
+  if earlier then
+    local ekey = P .. 'tasks:t:' .. earlier
+    if redis.call('EXISTS', ekey) == 1 then
+      return {'replayed', redis.call('HGETALL', ekey)}
+    end
+  end
+end
+
+local tkey = P .. 'tasks:t:' .. id
+if redis.call('EXISTS', tkey) == 1 then
+  return {'exists'}
+end
+
+local seq = redis.call('INCR', P .. 'tasks:seq')
+-- (10 - priority) band then add order: ZRANGE 0 0 is the highest priority, oldest first.
+-- Built as a string so the 14-digit score never goes through Lua's number formatting.
+local score = tostring(10 - pri) .. string.format('%013d', seq)
+redis.call('HSET', tkey,
+  'id', id, 'type', ttype, 'desc', desc, 'pri', pri, 'payload', payload,
+  'status', 'pending', 'attempts', 0, 'max', max_attempts, 'by', agent,
+  'created', now, 'updated', now, 'score', score, 'seq', seq)
+set_task_ttl(tkey, ttl, now)
+
+local queue = P .. 'tasks:q:' .. ttype
+redis.call('ZADD', queue, score, id)
+extend_ttl(queue, ttl)
+local index = P .. 'tasks:index'
+redis.call('ZADD', index, seq, id)
+extend_ttl(index, ttl)
+if rkey then
+  redis.call('SET', rkey, id, 'PX', ttl)
+end
+return {'ok', redis.call('HGETALL', tkey)}

@@ -1,0 +1,613 @@
+"""Tasks and agent registrations in Redis (TaskService's store; no gRPC types).
+
+Every state change is one Lua script in store/lua/tasks_*.lua (tasks_common.lua, prepended to
+each, documents the key layout). Rules that live here, from the TaskService issue and DESIGN.md:
+
+- Exactly one claimant per task: choosing a task and leasing it is one atomic script.
+- A dead worker's task is handed out again: the claim script first returns the expired leases
+  (and due backoffs) of the types it looks at, so no background job has to have run.
+- Priority 10 first, FIFO among equal priorities: queue score = (10 - priority) band followed
+  by a 13-digit add sequence. A task that goes back to pending keeps its place in line.
+- Times are Redis server time (`TIME` inside the scripts), in ms.
+- Lifetimes: a task's hash lives TtlPolicy.task after its last state change (plus the lease
+  while claimed, plus the backoff while backing off). A pending task nobody claims within that
+  time expires with its data; its queue entry is dropped when a claim meets it. Registrations
+  live TtlPolicy.coordination after the last register, heartbeat or claim. The sequence and
+  fencing counters have no TTL, so fencing tokens never repeat within a namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    invalid_field,
+)
+from .keys import Keyspace, validate_id
+
+PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
+    "pending",
+    "claimed",
+    "completed",
+    "dead",
+    "cancelled",
+)
+STATUSES = (PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED)
+
+RECENT_RESULTS = 20
+"""How many recent completions AggregateResults returns (per type and overall)."""
+SUMMARY_RESULT_MAX_BYTES = 4096
+"""A result whose JSON is larger is left out of the recent summaries (kept on the task)."""
+LIST_BUDGET = 1000
+"""Index entries one ListTasks/ListDeadLetters call examines at most (bounds a script's run)."""
+RECHECK_SECONDS = 0.25
+"""A waiting claim re-checks Redis this often, for tasks added through other server processes;
+AddTask, FailTask and RequeueDeadLetter in this process wake it at once."""
+
+
+def _script(redis: Redis, name: str) -> AsyncScript:
+    lua = resources.files(__package__).joinpath("lua")
+    common = lua.joinpath("tasks_common.lua").read_text()
+    return redis.register_script(common + "\n" + lua.joinpath(f"{name}.lua").read_text())
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value else 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task as stored. Times are ms since the epoch (Redis time); 0 means unset.
+
+    payload_json/result_json are JSON objects as text ('' when absent); status is one of
+    STATUSES; fencing_token is 0 before the first claim.
+    """
+
+    task_id: str
+    task_type: str
+    description: str
+    priority: int
+    payload_json: str
+    status: str
+    attempts: int
+    max_attempts: int
+    created_by: str
+    assignee: str
+    fencing_token: int
+    lease_expire_ms: int
+    result_json: str
+    last_error: str
+    create_ms: int
+    update_ms: int
+    available_ms: int
+    complete_ms: int
+    expire_ms: int
+
+    @classmethod
+    def from_flat(cls, flat: Sequence[str]) -> TaskRecord:
+        """From an HGETALL reply as a script returns it: [field, value, field, value, …]."""
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls(
+            task_id=h.get("id", ""),
+            task_type=h.get("type", ""),
+            description=h.get("desc", ""),
+            priority=_int(h.get("pri")),
+            payload_json=h.get("payload", ""),
+            status=h.get("status", ""),
+            attempts=_int(h.get("attempts")),
+            max_attempts=_int(h.get("max")),
+            created_by=h.get("by", ""),
+            assignee=h.get("assignee", ""),
+            fencing_token=_int(h.get("token")),
+            lease_expire_ms=_int(h.get("lease_exp")),
+            result_json=h.get("result", ""),
+            last_error=h.get("err", ""),
+            create_ms=_int(h.get("created")),
+            update_ms=_int(h.get("updated")),
+            available_ms=_int(h.get("avail")),
+            complete_ms=_int(h.get("completed")),
+            expire_ms=_int(h.get("exp")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """A registration. Times are ms since the epoch (Redis time)."""
+
+    agent_id: str
+    capabilities: tuple[str, ...]
+    register_ms: int
+    last_seen_ms: int
+    expire_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSummary:
+    task_id: str
+    task_type: str
+    agent_id: str
+    complete_ms: int
+    result_json: str | None  # None when the result was too large to keep in the summary
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    total_completed: int
+    by_agent: dict[str, int]
+    by_type: dict[str, int]
+    recent: list[ResultSummary]
+
+
+class _Wakeups:
+    """Wakes the claims waiting in this process for a namespace when a task becomes pending.
+
+    One asyncio.Event per namespace with waiters, replaced on every notify; waiting costs no
+    Redis connection.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def notify(self, namespace: str) -> None:
+        event = self._events.pop(namespace, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, namespace: str, timeout: float) -> None:
+        event = self._events.get(namespace)
+        if event is None:
+            event = self._events[namespace] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def _cursor(token: str) -> tuple[str, str]:
+    """A ListTasks/ListDeadLetters page token `<score>:<id>` → (score, id); '' → ('', '')."""
+    if not token:
+        return "", ""
+    score, sep, task_id = token.partition(":")
+    if not sep or not score.isdigit() or not task_id:
+        raise invalid_field("page_token", "is not a token this server returned")
+    return score, task_id
+
+
+def _lease_lost(task_id: str, reply: list[Any]) -> FailedPrecondition:
+    why = reply[1] if len(reply) > 1 else ""
+    if why == "expired":
+        message = f"the lease on task {task_id} has expired"
+    else:
+        message = f"the caller holds no lease with that fencing token on task {task_id} ({why})"
+    return FailedPrecondition(message, reason="LEASE_LOST", metadata={"task_id": task_id})
+
+
+def _not_found(task_id: str) -> NotFound:
+    return NotFound(
+        f"task {task_id} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id}
+    )
+
+
+class TaskStore:
+    """Tasks and registrations of every namespace.
+
+    Args:
+        redis: the shared client (decode_responses=True).
+        task_ttl: TtlPolicy.task, seconds. agent_ttl: TtlPolicy.coordination, seconds.
+    """
+
+    def __init__(self, redis: Redis, *, task_ttl: int, agent_ttl: int) -> None:
+        self._redis = redis
+        self._task_ttl_ms = task_ttl * 1000
+        self._agent_ttl_ms = agent_ttl * 1000
+        self._wakeups = _Wakeups()
+        self._add = _script(redis, "tasks_add")
+        self._claim = _script(redis, "tasks_claim")
+        self._renew = _script(redis, "tasks_renew")
+        self._complete = _script(redis, "tasks_complete")
+        self._fail = _script(redis, "tasks_fail")
+        self._cancel = _script(redis, "tasks_cancel")
+        self._requeue = _script(redis, "tasks_requeue")
+        self._list = _script(redis, "tasks_list")
+        self._register = _script(redis, "tasks_register_agent")
+        self._heartbeat = _script(redis, "tasks_heartbeat")
+        self._list_agents = _script(redis, "tasks_list_agents")
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def _agent(self, flat: Sequence[str]) -> AgentRecord:
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
+        seen = _int(h.get("seen"))
+        return AgentRecord(
+            agent_id=h.get("id", ""),
+            capabilities=tuple(c for c in h.get("caps", "").split(",") if c),
+            register_ms=_int(h.get("registered")),
+            last_seen_ms=seen,
+            expire_ms=seen + self._agent_ttl_ms,
+        )
+
+    async def register_agent(
+        self, namespace: str, agent_id: str, capabilities: Sequence[str]
+    ) -> AgentRecord:
+        """(Re)registers `agent_id` with `capabilities` (validated ids) for the agent TTL."""
+        prefix = Keyspace(namespace).prefix
+        flat = await self._register(
+            args=[prefix, agent_id, ",".join(capabilities), self._agent_ttl_ms]
+        )
+        return self._agent(flat)
+
+    async def heartbeat(self, namespace: str, agent_id: str) -> AgentRecord:
+        """Extends the registration by the agent TTL.
+
+        Raises NotFound (AGENT_NOT_REGISTERED) if it is not registered or has lapsed.
+        """
+        flat = await self._heartbeat(
+            args=[Keyspace(namespace).prefix, agent_id, self._agent_ttl_ms]
+        )
+        if not flat:
+            raise NotFound(
+                f"agent {agent_id} is not registered (or its registration lapsed)",
+                reason="AGENT_NOT_REGISTERED",
+            )
+        return self._agent(flat)
+
+    async def deregister_agent(self, namespace: str, agent_id: str) -> bool:
+        """Removes the registration; False if there was none."""
+        ks = Keyspace(namespace)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(ks.key("agents", "a", agent_id))
+            pipe.zrem(ks.key("agents", "index"), agent_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def list_agents(
+        self, namespace: str, page_size: int, page_token: str
+    ) -> tuple[list[AgentRecord], str]:
+        """Active registrations ordered by agent id, and the next page token ('' at the end).
+
+        Raises InvalidArgument for a page token that is not an agent id.
+        """
+        if page_token:
+            try:
+                validate_id(page_token, "page_token")  # the token is the last agent id
+            except InvalidArgument:
+                raise invalid_field("page_token", "is not a token this server returned") from None
+        cursor, flats = await self._list_agents(
+            args=[Keyspace(namespace).prefix, page_token, page_size]
+        )
+        return [self._agent(f) for f in flats], cursor
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def add_task(
+        self,
+        namespace: str,
+        agent_id: str,
+        *,
+        task_id: str,
+        task_type: str,
+        description: str,
+        priority: int,
+        payload_json: str,
+        max_attempts: int,
+        request_id: str,
+    ) -> tuple[TaskRecord, bool]:
+        """Adds a pending task; returns (task, replayed).
+
+        replayed is True when `request_id` (scoped to `agent_id`) matched an earlier AddTask
+        whose task still exists: that task is returned and nothing is written.
+        Raises AlreadyExists (TASK_EXISTS) if `task_id` is taken.
+        """
+        reply = await self._add(
+            args=[
+                Keyspace(namespace).prefix,
+                task_id,
+                agent_id,
+                task_type,
+                description,
+                priority,
+                payload_json,
+                max_attempts,
+                request_id,
+                self._task_ttl_ms,
+            ]
+        )
+        if reply[0] == "exists":
+            raise AlreadyExists(
+                f"task {task_id} already exists",
+                reason="TASK_EXISTS",
+                metadata={"task_id": task_id},
+            )
+        if reply[0] == "ok":
+            self._wakeups.notify(namespace)
+        return TaskRecord.from_flat(reply[1]), reply[0] == "replayed"
+
+    async def claim_task(
+        self,
+        namespace: str,
+        agent_id: str,
+        *,
+        task_types: Sequence[str],
+        lease_ms: int,
+        wait_seconds: float,
+        shutdown: asyncio.Event,
+    ) -> TaskRecord | None:
+        """Claims the best pending task of `task_types` (none: the agent's capabilities) under a
+        `lease_ms` lease, waiting up to `wait_seconds` for one; None when none came.
+
+        While waiting it holds no Redis connection: it sleeps until this process adds or
+        returns a task of the namespace, or RECHECK_SECONDS pass, or `shutdown` is set (then
+        it answers None at the next check).
+        Raises InvalidArgument (NO_TASK_TYPES) when no types are given and the agent has no
+        registered capabilities.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        args: list[str | int] = [
+            Keyspace(namespace).prefix,
+            agent_id,
+            lease_ms,
+            self._task_ttl_ms,
+            self._agent_ttl_ms,
+            *task_types,
+        ]
+        while True:
+            reply = await self._claim(args=args)
+            if reply[0] == "ok":
+                return TaskRecord.from_flat(reply[1])
+            if reply[0] == "no_types":
+                raise invalid_field(
+                    "task_types",
+                    "name the task types to claim, or register capabilities first",
+                    reason="NO_TASK_TYPES",
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0 or shutdown.is_set():
+                return None
+            await self._wakeups.wait(namespace, min(remaining, RECHECK_SECONDS))
+
+    async def renew_lease(
+        self, namespace: str, agent_id: str, task_id: str, fencing_token: int, lease_ms: int
+    ) -> int:
+        """Extends the caller's live lease to now + `lease_ms`; returns the new expiry (ms).
+
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+        """
+        reply = await self._renew(
+            args=[
+                Keyspace(namespace).prefix,
+                task_id,
+                fencing_token,
+                agent_id,
+                lease_ms,
+                self._task_ttl_ms,
+            ]
+        )
+        self._check(task_id, reply)
+        return int(reply[2])
+
+    async def complete_task(
+        self, namespace: str, agent_id: str, task_id: str, fencing_token: int, result_json: str
+    ) -> TaskRecord:
+        """Completes the task held under the caller's live lease, counting it for
+        AggregateResults. Repeating a successful completion returns the task unchanged.
+
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+        """
+        reply = await self._complete(
+            args=[
+                Keyspace(namespace).prefix,
+                task_id,
+                fencing_token,
+                agent_id,
+                result_json,
+                self._task_ttl_ms,
+                RECENT_RESULTS,
+                SUMMARY_RESULT_MAX_BYTES,
+            ]
+        )
+        self._check(task_id, reply)
+        return TaskRecord.from_flat(reply[1])
+
+    async def fail_task(
+        self,
+        namespace: str,
+        agent_id: str,
+        task_id: str,
+        fencing_token: int,
+        *,
+        error: str,
+        retryable: bool,
+        backoff_ms: int,
+    ) -> TaskRecord:
+        """Ends the caller's claim unsuccessfully: pending again (after `backoff_ms`) or dead
+        when not retryable or attempts reached max_attempts.
+
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+        """
+        reply = await self._fail(
+            args=[
+                Keyspace(namespace).prefix,
+                task_id,
+                fencing_token,
+                agent_id,
+                error,
+                "1" if retryable else "0",
+                backoff_ms,
+                self._task_ttl_ms,
+            ]
+        )
+        self._check(task_id, reply)
+        record = TaskRecord.from_flat(reply[1])
+        if record.status == PENDING:
+            self._wakeups.notify(namespace)
+        return record
+
+    @staticmethod
+    def _check(task_id: str, reply: list[Any]) -> None:
+        if reply[0] == "not_found":
+            raise _not_found(task_id)
+        if reply[0] == "lease_lost":
+            raise _lease_lost(task_id, reply)
+
+    async def get_task(self, namespace: str, task_id: str) -> TaskRecord:
+        """Raises NotFound (TASK_NOT_FOUND)."""
+        flat = await self._redis.execute_command(
+            "HGETALL", Keyspace(namespace).key("tasks", "t", task_id)
+        )
+        if not flat:
+            raise _not_found(task_id)
+        if isinstance(flat, dict):  # RESP parsers may already pair the fields
+            flat = [x for kv in flat.items() for x in kv]
+        return TaskRecord.from_flat(flat)
+
+    async def list_tasks(
+        self,
+        namespace: str,
+        *,
+        status: str,
+        task_type: str,
+        assignee: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[TaskRecord], str]:
+        """Tasks in add order matching the filters ('' = any); returns (page, next token).
+
+        Raises InvalidArgument for a malformed page token.
+        """
+        return await self._walk(
+            namespace, "index", status, task_type, assignee, page_size, page_token
+        )
+
+    async def list_dead_letters(
+        self, namespace: str, *, page_size: int, page_token: str
+    ) -> tuple[list[TaskRecord], str]:
+        """Dead-lettered tasks, oldest dead-lettering first; returns (page, next token)."""
+        return await self._walk(namespace, "dead", "", "", "", page_size, page_token)
+
+    async def _walk(
+        self,
+        namespace: str,
+        index: str,
+        status: str,
+        task_type: str,
+        assignee: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[TaskRecord], str]:
+        score, after_id = _cursor(page_token)
+        next_score, next_id, flats = await self._list(
+            args=[
+                Keyspace(namespace).prefix,
+                index,
+                score,
+                after_id,
+                page_size,
+                status,
+                task_type,
+                assignee,
+                LIST_BUDGET,
+            ]
+        )
+        token = f"{next_score}:{next_id}" if next_score else ""
+        return [TaskRecord.from_flat(f) for f in flats], token
+
+    async def cancel_task(
+        self, namespace: str, agent_id: str, task_id: str, *, privileged: bool
+    ) -> TaskRecord:
+        """Cancels a task that is not completed (revoking any lease). Only its adder, or a
+        `privileged` caller (VALIDATOR+, per the TaskService issue), may.
+
+        Raises NotFound (TASK_NOT_FOUND), PermissionDenied (NOT_TASK_ADDER),
+        FailedPrecondition (TASK_COMPLETED).
+        """
+        reply = await self._cancel(
+            args=[
+                Keyspace(namespace).prefix,
+                task_id,
+                agent_id,
+                "1" if privileged else "0",
+                self._task_ttl_ms,
+            ]
+        )
+        if reply[0] == "not_found":
+            raise _not_found(task_id)
+        if reply[0] == "denied":
+            raise PermissionDenied(
+                f"only the agent that added task {task_id}, or a VALIDATOR, may cancel it",
+                reason="NOT_TASK_ADDER",
+                metadata={"task_id": task_id},
+            )
+        if reply[0] == "completed":
+            raise FailedPrecondition(
+                f"task {task_id} is already completed",
+                reason="TASK_COMPLETED",
+                metadata={"task_id": task_id},
+            )
+        return TaskRecord.from_flat(reply[1])
+
+    async def requeue_dead_letter(self, namespace: str, task_id: str) -> TaskRecord:
+        """Puts a dead-lettered task back in its queue with attempts reset to 0.
+
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (NOT_DEAD_LETTERED).
+        """
+        reply = await self._requeue(args=[Keyspace(namespace).prefix, task_id, self._task_ttl_ms])
+        if reply[0] == "not_found":
+            raise _not_found(task_id)
+        if reply[0] == "not_dead":
+            raise FailedPrecondition(
+                f"task {task_id} is not dead-lettered (it is {reply[1]})",
+                reason="NOT_DEAD_LETTERED",
+                metadata={"task_id": task_id, "status": str(reply[1])},
+            )
+        self._wakeups.notify(namespace)
+        return TaskRecord.from_flat(reply[1])
+
+    async def aggregate_results(self, namespace: str, task_type: str) -> Aggregate:
+        """Exact completion counts (kept by the completion script) and recent summaries, for
+        all types or one (`task_type`). One pipelined round trip."""
+        ks = Keyspace(namespace)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if task_type:
+                pipe.hget(ks.key("tasks", "stats", "types"), task_type)
+                pipe.hgetall(ks.key("tasks", "stats", "agents", task_type))
+                pipe.lrange(ks.key("tasks", "recent", task_type), 0, RECENT_RESULTS - 1)
+            else:
+                pipe.hget(ks.key("tasks", "stats"), "total")
+                pipe.hgetall(ks.key("tasks", "stats", "agents"))
+                pipe.lrange(ks.key("tasks", "recent"), 0, RECENT_RESULTS - 1)
+                pipe.hgetall(ks.key("tasks", "stats", "types"))
+            replies = await pipe.execute()
+        total = _int(replies[0])
+        by_agent = {k: int(v) for k, v in replies[1].items()}
+        if task_type:
+            by_type = {task_type: total} if total else {}
+        else:
+            by_type = {k: int(v) for k, v in replies[3].items()}
+        recent = []
+        for raw in replies[2]:
+            item = json.loads(raw)
+            result = item.get("result")
+            recent.append(
+                ResultSummary(
+                    task_id=item["id"],
+                    task_type=item["type"],
+                    agent_id=item["agent"],
+                    complete_ms=int(item["at"]),
+                    result_json=result if isinstance(result, str) else None,
+                )
+            )
+        return Aggregate(total, by_agent, by_type, recent)
