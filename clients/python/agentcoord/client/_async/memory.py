@@ -1,0 +1,343 @@
+"""MemoryService calls: working memory (stash/retrieve), team sessions, collaboration state.
+
+Values are any JSON-like Python value (dict, list, str, int, float, bool, None); they travel as
+google.protobuf.Value and come back unchanged (JSON numbers are doubles: integer-valued numbers
+come back as int). Tiers: reads need OBSERVER, writes (stash, sessions, share, save) CONTRIBUTOR.
+Every failure raises AgentcoordError; its `reason` tells the cases apart (ENTRY_NOT_FOUND,
+VALUE_TOO_LARGE, INVALID_ID, SESSION_EXISTS, SESSION_NOT_FOUND, NOT_A_PARTICIPANT,
+VERSION_MISMATCH, COLLABORATION_STATE_NOT_FOUND…).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from agentcoord.v1 import memory_pb2, memory_pb2_grpc
+
+from .._transport import AsyncTransport
+from ._base import ServiceClient
+
+Ttl = float | datetime.timedelta
+
+
+def to_value(obj: Any) -> struct_pb2.Value:
+    """A JSON-like Python value as a google.protobuf.Value. Raises TypeError for anything else
+    (mapping keys must be strings)."""
+    value = struct_pb2.Value()
+    _fill(value, obj)
+    return value
+
+
+def _fill(value: struct_pb2.Value, obj: Any) -> None:
+    if obj is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(obj, bool):
+        value.bool_value = obj
+    elif isinstance(obj, (int, float)):
+        value.number_value = obj
+    elif isinstance(obj, str):
+        value.string_value = obj
+    elif isinstance(obj, Mapping):
+        fields = value.struct_value.fields
+        value.struct_value.SetInParent()
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"JSON object keys must be str, not {type(k).__name__}")
+            _fill(fields[k], v)
+        return
+    elif isinstance(obj, (list, tuple)):
+        items = value.list_value.values
+        value.list_value.SetInParent()
+        for v in obj:
+            _fill(items.add(), v)
+    else:
+        raise TypeError(f"{type(obj).__name__} is not a JSON-like value")
+
+
+def from_value(value: struct_pb2.Value) -> Any:
+    """A google.protobuf.Value as a Python value; integer-valued numbers become int."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: from_value(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [from_value(v) for v in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        if math.isfinite(number) and number.is_integer() and abs(number) <= 2**53:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if value:
+        struct.CopyFrom(to_value(dict(value)).struct_value)
+    return struct
+
+
+def _strategy(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    text = name.strip().upper()
+    full = text if text.startswith("TTL_STRATEGY_") else f"TTL_STRATEGY_{text}"
+    return memory_pb2.TtlStrategy.Value(full)
+
+
+def _set_ttl(
+    message: memory_pb2.StashRequest | memory_pb2.StashItem,
+    ttl: Ttl | None,
+    ttl_strategy: str | int | None,
+) -> None:
+    if ttl is not None and ttl_strategy is not None:
+        raise ValueError("give ttl or ttl_strategy, not both")
+    if ttl is not None:
+        seconds = ttl.total_seconds() if isinstance(ttl, datetime.timedelta) else float(ttl)
+        message.ttl_duration.FromNanoseconds(round(seconds * 1e9))
+    elif ttl_strategy is not None:
+        message.ttl_strategy = _strategy(ttl_strategy)  # type: ignore[assignment]
+
+
+class MemoryClient(ServiceClient):
+    def __init__(self, transport: AsyncTransport) -> None:
+        super().__init__(transport)
+        self._stub = memory_pb2_grpc.MemoryServiceStub(transport.channel)
+
+    # -- working memory --------------------------------------------------------------------
+
+    async def stash(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: Ttl | None = None,
+        ttl_strategy: str | int | None = None,
+    ) -> memory_pb2.MemoryEntry:
+        """Stores `value` under `key` in this agent's working memory; overwriting restarts the
+        TTL. `ttl` is an explicit lifetime (seconds or timedelta, 1 ms to 30 days);
+        `ttl_strategy` a strategy name ("working_results", "coordination", "session"…) whose
+        seconds the server configures. Neither: WORKING_RESULTS (1 h by default).
+
+        Returns the entry's metadata (owner, stash_time, expire_time, size_bytes; no value).
+        Raises AgentcoordError: INVALID_ARGUMENT (INVALID_ID for a bad key),
+        RESOURCE_EXHAUSTED (VALUE_TOO_LARGE, default limit 1 MiB), PERMISSION_DENIED below
+        CONTRIBUTOR. ValueError if both ttl and ttl_strategy are given.
+        """
+        request = memory_pb2.StashRequest(key=key, value=to_value(value))
+        _set_ttl(request, ttl, ttl_strategy)
+        response = await self._unary(self._stub.Stash, request)
+        return response.entry  # type: ignore[no-any-return]
+
+    async def retrieve(self, key: str, *, owner: str | None = None) -> Any:
+        """The value stored under `key` by `owner` (default: this agent), as a Python value.
+        Raises AgentcoordError NOT_FOUND (ENTRY_NOT_FOUND) if it is missing or expired."""
+        entry = await self.retrieve_entry(key, owner=owner)
+        return from_value(entry.value)
+
+    async def retrieve_entry(self, key: str, *, owner: str | None = None) -> memory_pb2.MemoryEntry:
+        """Like `retrieve`, but returns the whole entry: value, owner, stash/expire times and
+        size in bytes."""
+        request = memory_pb2.RetrieveRequest(key=key, owner=owner or "")
+        response = await self._unary(self._stub.Retrieve, request)
+        return response.entry  # type: ignore[no-any-return]
+
+    async def batch_stash(
+        self,
+        items: Mapping[str, Any],
+        *,
+        ttl: Ttl | None = None,
+        ttl_strategy: str | int | None = None,
+    ) -> list[memory_pb2.MemoryEntry]:
+        """Stores 1-100 key → value pairs atomically in one call, all with the same TTL (see
+        `stash`). If any item is refused (bad key, too large), nothing is written. Returns the
+        entries' metadata in the mapping's order."""
+        request = memory_pb2.BatchStashRequest()
+        for key, value in items.items():
+            item = request.items.add(key=key, value=to_value(value))
+            _set_ttl(item, ttl, ttl_strategy)
+        response = await self._unary(self._stub.BatchStash, request)
+        return list(response.entries)
+
+    async def batch_retrieve(
+        self, keys: Iterable[str], *, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Values of 1-100 keys of `owner` (default: this agent) in one call, as {key: value};
+        keys that are missing or expired are left out (a stored JSON null is present as None).
+        """
+        results = await self.batch_retrieve_entries(keys, owner=owner)
+        return {r.key: from_value(r.entry.value) for r in results if r.found}
+
+    async def batch_retrieve_entries(
+        self, keys: Iterable[str], *, owner: str | None = None
+    ) -> list[memory_pb2.RetrieveResult]:
+        """Like `batch_retrieve`, but one RetrieveResult (key, found, entry) per requested key,
+        in order."""
+        request = memory_pb2.BatchRetrieveRequest(keys=list(keys), owner=owner or "")
+        response = await self._unary(self._stub.BatchRetrieve, request)
+        return list(response.results)
+
+    async def delete_entry(self, key: str) -> None:
+        """Deletes one of this agent's entries. Raises AgentcoordError NOT_FOUND
+        (ENTRY_NOT_FOUND) if it is missing or expired."""
+        await self._unary(self._stub.DeleteEntry, memory_pb2.DeleteEntryRequest(key=key))
+
+    async def clear_working_memory(self) -> int:
+        """Deletes all of this agent's entries; returns how many live entries there were."""
+        response = await self._unary(
+            self._stub.ClearWorkingMemory, memory_pb2.ClearWorkingMemoryRequest()
+        )
+        return int(response.deleted_count)
+
+    async def list_entries(
+        self,
+        *,
+        owner: str | None = None,
+        key_prefix: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> memory_pb2.ListEntriesResponse:
+        """One page of `owner`'s (default: this agent's) live entries in key order, metadata
+        only, optionally only keys starting with `key_prefix`. page_size 1-1000 (0: 100); pass
+        the response's next_page_token to get the next page (empty: no more)."""
+        request = memory_pb2.ListEntriesRequest(
+            owner=owner or "", key_prefix=key_prefix, page_size=page_size, page_token=page_token
+        )
+        return await self._unary(self._stub.ListEntries, request)  # type: ignore[no-any-return]
+
+    async def iter_entries(
+        self, *, owner: str | None = None, key_prefix: str = "", page_size: int = 0
+    ) -> AsyncIterator[memory_pb2.MemoryEntry]:
+        """Every live entry of `owner` (default: this agent) with `key_prefix`, page by page."""
+        token = ""
+        while True:
+            page = await self.list_entries(
+                owner=owner, key_prefix=key_prefix, page_size=page_size, page_token=token
+            )
+            for entry in page.entries:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    # -- team sessions ---------------------------------------------------------------------
+
+    async def create_session(
+        self, session_id: str, *, purpose: str = "", metadata: Mapping[str, Any] | None = None
+    ) -> memory_pb2.Session:
+        """Creates a team session with this agent as its first participant; it expires after
+        the SESSION TTL (30 min by default) without activity. Raises AgentcoordError
+        ALREADY_EXISTS (SESSION_EXISTS) if it exists (it is left untouched)."""
+        request = memory_pb2.CreateSessionRequest(
+            session_id=session_id, purpose=purpose, metadata=_struct(metadata)
+        )
+        response = await self._unary(self._stub.CreateSession, request)
+        return response.session  # type: ignore[no-any-return]
+
+    async def join_session(self, session_id: str) -> memory_pb2.Session:
+        """Joins a session (idempotent) and restarts its TTL; returns it with its participants.
+        Raises AgentcoordError NOT_FOUND (SESSION_NOT_FOUND)."""
+        request = memory_pb2.JoinSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.JoinSession, request)
+        return response.session  # type: ignore[no-any-return]
+
+    async def leave_session(self, session_id: str) -> memory_pb2.Session:
+        """Leaves a session and restarts its TTL; returns it with its remaining participants.
+        Raises AgentcoordError NOT_FOUND (SESSION_NOT_FOUND), FAILED_PRECONDITION
+        (NOT_A_PARTICIPANT)."""
+        request = memory_pb2.LeaveSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.LeaveSession, request)
+        return response.session  # type: ignore[no-any-return]
+
+    async def get_session(self, session_id: str) -> memory_pb2.Session:
+        """A session: purpose, metadata, created_by, participants, create/expire time. Does not
+        refresh its TTL. Raises AgentcoordError NOT_FOUND (SESSION_NOT_FOUND)."""
+        request = memory_pb2.GetSessionRequest(session_id=session_id)
+        response = await self._unary(self._stub.GetSession, request)
+        return response.session  # type: ignore[no-any-return]
+
+    async def list_sessions(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> memory_pb2.ListSessionsResponse:
+        """One page of the namespace's live sessions in id order; page_size 1-100 (0: 50)."""
+        request = memory_pb2.ListSessionsRequest(page_size=page_size, page_token=page_token)
+        return await self._unary(self._stub.ListSessions, request)  # type: ignore[no-any-return]
+
+    async def share_context(
+        self, session_id: str, key: str, value: Any
+    ) -> memory_pb2.SharedContextItem:
+        """Shares `value` under `key` with the session's participants (overwriting) and restarts
+        the session's TTL; the context expires with the session. Returns the item's metadata.
+        Raises AgentcoordError PERMISSION_DENIED (NOT_A_PARTICIPANT) unless this agent has
+        joined, NOT_FOUND (SESSION_NOT_FOUND), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)."""
+        request = memory_pb2.ShareContextRequest(
+            session_id=session_id, key=key, value=to_value(value)
+        )
+        response = await self._unary(self._stub.ShareContext, request)
+        return response.item  # type: ignore[no-any-return]
+
+    async def get_shared_context(
+        self, session_id: str, *, key: str | None = None
+    ) -> dict[str, Any]:
+        """The session's shared context as {key: value} (only `key` if given); restarts the
+        session's TTL. Raises AgentcoordError PERMISSION_DENIED (NOT_A_PARTICIPANT), NOT_FOUND
+        (SESSION_NOT_FOUND; CONTEXT_NOT_FOUND for a missing `key`)."""
+        items = await self.get_shared_items(session_id, key=key)
+        return {item.key: from_value(item.value) for item in items}
+
+    async def get_shared_items(
+        self, session_id: str, *, key: str | None = None
+    ) -> list[memory_pb2.SharedContextItem]:
+        """Like `get_shared_context`, but the items with shared_by and share_time, in key order."""
+        request = memory_pb2.GetSharedContextRequest(session_id=session_id, key=key or "")
+        response = await self._unary(self._stub.GetSharedContext, request)
+        return list(response.items)
+
+    # -- collaboration state ---------------------------------------------------------------
+
+    async def save_collaboration_state(
+        self,
+        session_id: str,
+        state: memory_pb2.CollaborationState | Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        """Saves this agent's collaboration state for a session (kept with no TTL; only the
+        last 100 trust_trajectory points are kept) and returns its new version. `state` is a
+        CollaborationState or a dict of its fields (JSON names, e.g. {"trust_level": 0.8}).
+        With `expected_version` (0: not saved yet) the save happens only if the stored version
+        matches. Raises AgentcoordError ABORTED (VERSION_MISMATCH; metadata["version"] is the
+        stored one), INVALID_ARGUMENT for out-of-range fields."""
+        if not isinstance(state, memory_pb2.CollaborationState):
+            state = json_format.ParseDict(dict(state), memory_pb2.CollaborationState())
+        request = memory_pb2.SaveCollaborationStateRequest(session_id=session_id, state=state)
+        if expected_version is not None:
+            request.expected_version = expected_version
+        response = await self._unary(self._stub.SaveCollaborationState, request)
+        return int(response.version)
+
+    async def load_collaboration_state(
+        self, session_id: str
+    ) -> memory_pb2.CollaborationStateRecord:
+        """This agent's saved state for a session, with its version and update_time. Raises
+        AgentcoordError NOT_FOUND (COLLABORATION_STATE_NOT_FOUND)."""
+        request = memory_pb2.LoadCollaborationStateRequest(session_id=session_id)
+        response = await self._unary(self._stub.LoadCollaborationState, request)
+        return response.record  # type: ignore[no-any-return]
+
+    async def list_collaboration_states(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> memory_pb2.ListCollaborationStatesResponse:
+        """One page of this agent's saved states in session id order; page_size 1-100 (0: 50)."""
+        request = memory_pb2.ListCollaborationStatesRequest(
+            page_size=page_size, page_token=page_token
+        )
+        return await self._unary(self._stub.ListCollaborationStates, request)  # type: ignore[no-any-return]

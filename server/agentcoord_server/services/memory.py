@@ -1,0 +1,463 @@
+"""MemoryService: working memory, team sessions, collaboration state
+(proto/agentcoord/v1/memory.proto → store/memory.py).
+
+Each handler validates its request, makes one store call and builds the response. The caller
+(`current_principal()`) is the owner of every write and its namespace is the only one reached.
+Validation happens completely before the store call, so a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import grpc
+from agentcoord.v1 import memory_pb2, memory_pb2_grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from ..errors import NotFound, ResourceExhausted, invalid_field
+from ..identity import ID_RE, current_principal
+from ..store.keys import validate_id
+from ..store.memory import (
+    MemoryStore,
+    StashItem,
+    StoredCollaborationState,
+    StoredEntry,
+    StoredSession,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from . import ServiceContext
+
+PB2 = memory_pb2
+
+MAX_BATCH = 100  # items per BatchStash / keys per BatchRetrieve (issue #4)
+MAX_EXPLICIT_TTL_MS = 30 * 24 * 3600 * 1000  # an explicit ttl_duration may not exceed 30 days
+MAX_PURPOSE_CHARS = 1024
+MAX_TRAJECTORY = 100  # trust_trajectory keeps the last 100 points (issue #4)
+MAX_EMPATHY_LEVEL = 5
+ENTRY_PAGE = (100, 1000)  # (default, maximum) page size of ListEntries
+SESSION_PAGE = (50, 100)  # (default, maximum) page size of ListSessions, ListCollaborationStates
+
+# TtlStrategy → the TtlPolicy attribute holding its seconds.
+TTL_FIELDS: dict[int, str] = {
+    memory_pb2.TTL_STRATEGY_WORKING_RESULTS: "working_results",
+    memory_pb2.TTL_STRATEGY_STAGED_PATTERNS: "staged_patterns",
+    memory_pb2.TTL_STRATEGY_COORDINATION: "coordination",
+    memory_pb2.TTL_STRATEGY_CONFLICT_CONTEXT: "conflict_context",
+    memory_pb2.TTL_STRATEGY_SESSION: "session",
+    memory_pb2.TTL_STRATEGY_TASK: "task",
+}
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _ttl_ms(
+    message: memory_pb2.StashRequest | memory_pb2.StashItem, settings: Settings, path: str
+) -> int:
+    """The TTL a stash asks for, in ms: its strategy's (default WORKING_RESULTS) or its explicit
+    duration (1 ms .. 30 days). Raises InvalidArgument naming `path`."""
+    which = message.WhichOneof("ttl")
+    if which == "ttl_duration":
+        duration = message.ttl_duration
+        nanos = duration.seconds * 1_000_000_000 + duration.nanos
+        if duration.seconds < 0 or duration.nanos < 0 or duration.nanos >= 1_000_000_000:
+            raise invalid_field(f"{path}ttl_duration", "must be a valid positive duration")
+        ms = nanos // 1_000_000
+        if not 1 <= ms <= MAX_EXPLICIT_TTL_MS:
+            raise invalid_field(f"{path}ttl_duration", "must be between 1 millisecond and 30 days")
+        return ms
+    strategy = message.ttl_strategy if which == "ttl_strategy" else 0
+    if strategy == memory_pb2.TTL_STRATEGY_UNSPECIFIED:
+        strategy = memory_pb2.TTL_STRATEGY_WORKING_RESULTS
+    if strategy not in TTL_FIELDS:
+        raise invalid_field(f"{path}ttl_strategy", f"unknown TTL strategy {strategy}")
+    return int(getattr(settings.ttl, TTL_FIELDS[strategy])) * 1000
+
+
+def _value_bytes(value: struct_pb2.Value, has: bool, limit: int, path: str, key: str) -> bytes:
+    """The serialized value, checked: present, a JSON kind set, at most `limit` bytes
+    (ResourceExhausted VALUE_TOO_LARGE)."""
+    if not has or value.WhichOneof("kind") is None:
+        raise invalid_field(path, "is required (any JSON value, including null)")
+    size = value.ByteSize()
+    if size > limit:
+        raise ResourceExhausted(
+            f"{path} is {size} bytes; the limit is {limit} bytes",
+            reason="VALUE_TOO_LARGE",
+            metadata={"key": key, "size_bytes": str(size), "limit_bytes": str(limit)},
+        )
+    return value.SerializeToString()
+
+
+def _owner(owner: str, caller: str) -> str:
+    return validate_id(owner, "owner") if owner else caller
+
+
+def _page_size(requested: int, bounds: tuple[int, int]) -> int:
+    default, maximum = bounds
+    if requested < 0:
+        raise invalid_field("page_size", "must not be negative")
+    return min(requested or default, maximum)
+
+
+def _page_token(token: str, prefix: str = "") -> str:
+    """Tokens are the last id of the previous page; anything else is refused."""
+    if token and (not ID_RE.fullmatch(token) or not token.startswith(prefix)):
+        raise invalid_field(
+            "page_token", "is not a token this listing returned", reason="INVALID_PAGE_TOKEN"
+        )
+    return token
+
+
+def _entry(stored: StoredEntry) -> memory_pb2.MemoryEntry:
+    entry = memory_pb2.MemoryEntry(
+        key=stored.key,
+        owner=stored.owner,
+        stash_time=_timestamp(stored.stash_ms),
+        expire_time=_timestamp(stored.expire_ms),
+        size_bytes=stored.size,
+    )
+    if stored.value is not None:
+        entry.value.ParseFromString(stored.value)
+    return entry
+
+
+def _session(stored: StoredSession) -> memory_pb2.Session:
+    session = memory_pb2.Session(
+        session_id=stored.session_id,
+        purpose=stored.purpose,
+        created_by=stored.created_by,
+        participants=stored.participants,
+        create_time=_timestamp(stored.create_ms),
+        expire_time=_timestamp(stored.expire_ms),
+    )
+    session.metadata.ParseFromString(stored.metadata)
+    return session
+
+
+def _record(stored: StoredCollaborationState) -> memory_pb2.CollaborationStateRecord:
+    record = memory_pb2.CollaborationStateRecord(
+        session_id=stored.session_id,
+        owner=stored.owner,
+        version=stored.version,
+        update_time=_timestamp(stored.update_ms),
+    )
+    record.state.ParseFromString(stored.state)
+    return record
+
+
+def _collaboration_state(state: memory_pb2.CollaborationState, limit: int) -> bytes:
+    """Validates a CollaborationState (ranges in memory.proto) and serializes it with its
+    trust_trajectory cut to the last MAX_TRAJECTORY points."""
+
+    def unit(value: float) -> bool:
+        return not math.isnan(value) and 0.0 <= value <= 1.0
+
+    if not unit(state.trust_level):
+        raise invalid_field("state.trust_level", "must be between 0.0 and 1.0")
+    for name in ("successful_interventions", "failed_interventions", "total_interactions"):
+        if getattr(state, name) < 0:
+            raise invalid_field(f"state.{name}", "must not be negative")
+    if not 0 <= state.current_empathy_level <= MAX_EMPATHY_LEVEL:
+        raise invalid_field(
+            "state.current_empathy_level", f"must be between 0 and {MAX_EMPATHY_LEVEL}"
+        )
+    for i, point in enumerate(state.trust_trajectory):
+        if not unit(point):
+            raise invalid_field(f"state.trust_trajectory[{i}]", "must be between 0.0 and 1.0")
+    if state.HasField("session_start") and not 0 <= state.session_start.nanos < 1_000_000_000:
+        raise invalid_field("state.session_start", "is not a valid timestamp")
+    kept = memory_pb2.CollaborationState()
+    kept.CopyFrom(state)
+    if len(kept.trust_trajectory) > MAX_TRAJECTORY:
+        del kept.trust_trajectory[: len(kept.trust_trajectory) - MAX_TRAJECTORY]
+    data = kept.SerializeToString()
+    if len(data) > limit:
+        raise ResourceExhausted(
+            f"state is {len(data)} bytes; the limit is {limit} bytes",
+            reason="VALUE_TOO_LARGE",
+            metadata={"size_bytes": str(len(data)), "limit_bytes": str(limit)},
+        )
+    return data
+
+
+def _check_batch(count: int, field: str) -> None:
+    if not 1 <= count <= MAX_BATCH:
+        raise invalid_field(
+            field, f"must hold 1 to {MAX_BATCH} items, not {count}", reason="BATCH_SIZE"
+        )
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._settings = ctx.settings
+        self._store = MemoryStore(ctx.redis)
+        self._session_ttl_ms = ctx.settings.ttl.session * 1000
+
+    # --- working memory -------------------------------------------------------------------
+
+    def _stash_item(
+        self, message: memory_pb2.StashRequest | memory_pb2.StashItem, path: str
+    ) -> StashItem:
+        key = validate_id(message.key, f"{path}key")
+        ttl = _ttl_ms(message, self._settings, path)
+        value = _value_bytes(
+            message.value,
+            message.HasField("value"),
+            self._settings.max_value_bytes,
+            f"{path}value",
+            key,
+        )
+        return StashItem(key, value, ttl)
+
+    async def Stash(
+        self, request: memory_pb2.StashRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.StashResponse:
+        caller = current_principal()
+        item = self._stash_item(request, "")
+        (stored,) = await self._store.stash(caller.namespace, caller.agent_id, [item])
+        return memory_pb2.StashResponse(entry=_entry(stored))
+
+    async def BatchStash(
+        self, request: memory_pb2.BatchStashRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.BatchStashResponse:
+        caller = current_principal()
+        _check_batch(len(request.items), "items")
+        items: list[StashItem] = []
+        seen: set[str] = set()
+        for i, message in enumerate(request.items):
+            item = self._stash_item(message, f"items[{i}].")
+            if item.key in seen:
+                raise invalid_field(
+                    f"items[{i}].key", "repeats a key of this batch", reason="DUPLICATE_KEY"
+                )
+            seen.add(item.key)
+            items.append(item)
+        stored = await self._store.stash(caller.namespace, caller.agent_id, items)
+        return memory_pb2.BatchStashResponse(entries=[_entry(s) for s in stored])
+
+    async def Retrieve(
+        self, request: memory_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.RetrieveResponse:
+        caller = current_principal()
+        key = validate_id(request.key, "key")
+        owner = _owner(request.owner, caller.agent_id)
+        (stored,) = await self._store.retrieve(caller.namespace, owner, [key])
+        if stored is None:
+            raise NotFound(
+                f"no entry {key!r} of {owner!r}",
+                reason="ENTRY_NOT_FOUND",
+                metadata={"key": key, "owner": owner},
+            )
+        return memory_pb2.RetrieveResponse(entry=_entry(stored))
+
+    async def BatchRetrieve(
+        self, request: memory_pb2.BatchRetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.BatchRetrieveResponse:
+        caller = current_principal()
+        _check_batch(len(request.keys), "keys")
+        keys = [validate_id(key, f"keys[{i}]") for i, key in enumerate(request.keys)]
+        owner = _owner(request.owner, caller.agent_id)
+        stored = await self._store.retrieve(caller.namespace, owner, keys)
+        return memory_pb2.BatchRetrieveResponse(
+            results=[
+                memory_pb2.RetrieveResult(key=key)
+                if s is None
+                else memory_pb2.RetrieveResult(key=key, found=True, entry=_entry(s))
+                for key, s in zip(keys, stored, strict=True)
+            ]
+        )
+
+    async def DeleteEntry(
+        self, request: memory_pb2.DeleteEntryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.DeleteEntryResponse:
+        caller = current_principal()
+        key = validate_id(request.key, "key")
+        await self._store.delete(caller.namespace, caller.agent_id, key)
+        return memory_pb2.DeleteEntryResponse()
+
+    async def ClearWorkingMemory(
+        self, request: memory_pb2.ClearWorkingMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ClearWorkingMemoryResponse:
+        caller = current_principal()
+        count = await self._store.clear(caller.namespace, caller.agent_id)
+        return memory_pb2.ClearWorkingMemoryResponse(deleted_count=count)
+
+    async def ListEntries(
+        self, request: memory_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListEntriesResponse:
+        caller = current_principal()
+        owner = _owner(request.owner, caller.agent_id)
+        prefix = request.key_prefix
+        if prefix and not ID_RE.fullmatch(prefix):
+            raise invalid_field(
+                "key_prefix",
+                "must be up to 128 letters, digits, '.', '_' or '-'",
+                reason="INVALID_ID",
+            )
+        size = _page_size(request.page_size, ENTRY_PAGE)
+        token = _page_token(request.page_token, prefix)
+        entries, next_token = await self._store.list_entries(
+            caller.namespace, owner, prefix, token, size
+        )
+        return memory_pb2.ListEntriesResponse(
+            entries=[_entry(e) for e in entries], next_page_token=next_token
+        )
+
+    # --- team sessions --------------------------------------------------------------------
+
+    async def CreateSession(
+        self, request: memory_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.CreateSessionResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        if len(request.purpose) > MAX_PURPOSE_CHARS:
+            raise invalid_field("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
+        metadata = request.metadata.SerializeToString()
+        limit = self._settings.max_value_bytes
+        if len(metadata) > limit:
+            raise ResourceExhausted(
+                f"metadata is {len(metadata)} bytes; the limit is {limit} bytes",
+                reason="VALUE_TOO_LARGE",
+                metadata={"size_bytes": str(len(metadata)), "limit_bytes": str(limit)},
+            )
+        stored = await self._store.create_session(
+            caller.namespace,
+            session_id,
+            purpose=request.purpose,
+            metadata=metadata,
+            creator=caller.agent_id,
+            ttl_ms=self._session_ttl_ms,
+        )
+        return memory_pb2.CreateSessionResponse(session=_session(stored))
+
+    async def JoinSession(
+        self, request: memory_pb2.JoinSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.JoinSessionResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        stored = await self._store.join_session(
+            caller.namespace, session_id, caller.agent_id, self._session_ttl_ms
+        )
+        return memory_pb2.JoinSessionResponse(session=_session(stored))
+
+    async def LeaveSession(
+        self, request: memory_pb2.LeaveSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.LeaveSessionResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        stored = await self._store.leave_session(
+            caller.namespace, session_id, caller.agent_id, self._session_ttl_ms
+        )
+        return memory_pb2.LeaveSessionResponse(session=_session(stored))
+
+    async def GetSession(
+        self, request: memory_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetSessionResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        stored = await self._store.get_session(caller.namespace, session_id)
+        return memory_pb2.GetSessionResponse(session=_session(stored))
+
+    async def ListSessions(
+        self, request: memory_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListSessionsResponse:
+        caller = current_principal()
+        size = _page_size(request.page_size, SESSION_PAGE)
+        token = _page_token(request.page_token)
+        sessions, next_token = await self._store.list_sessions(caller.namespace, token, size)
+        return memory_pb2.ListSessionsResponse(
+            sessions=[_session(s) for s in sessions], next_page_token=next_token
+        )
+
+    async def ShareContext(
+        self, request: memory_pb2.ShareContextRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ShareContextResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        key = validate_id(request.key, "key")
+        _value_bytes(
+            request.value, request.HasField("value"), self._settings.max_value_bytes, "value", key
+        )
+        item = memory_pb2.SharedContextItem(
+            key=key, value=request.value, shared_by=caller.agent_id, share_time=_timestamp(now_ms())
+        )
+        await self._store.share_context(
+            caller.namespace,
+            session_id,
+            caller.agent_id,
+            key,
+            item.SerializeToString(),
+            self._session_ttl_ms,
+        )
+        item.ClearField("value")
+        return memory_pb2.ShareContextResponse(item=item)
+
+    async def GetSharedContext(
+        self, request: memory_pb2.GetSharedContextRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.GetSharedContextResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        key = validate_id(request.key, "key") if request.key else ""
+        raw = await self._store.read_context(
+            caller.namespace, session_id, caller.agent_id, key, self._session_ttl_ms
+        )
+        items = sorted(
+            (memory_pb2.SharedContextItem.FromString(b) for b in raw), key=lambda i: i.key
+        )
+        return memory_pb2.GetSharedContextResponse(items=items)
+
+    # --- collaboration state --------------------------------------------------------------
+
+    async def SaveCollaborationState(
+        self, request: memory_pb2.SaveCollaborationStateRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.SaveCollaborationStateResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        state = _collaboration_state(request.state, self._settings.max_value_bytes)
+        expected: int | None = None
+        if request.HasField("expected_version"):
+            expected = request.expected_version
+            if expected < 0:
+                raise invalid_field("expected_version", "must not be negative")
+        version, update_ms = await self._store.save_collaboration_state(
+            caller.namespace, caller.agent_id, session_id, state, expected
+        )
+        return memory_pb2.SaveCollaborationStateResponse(
+            version=version, update_time=_timestamp(update_ms)
+        )
+
+    async def LoadCollaborationState(
+        self, request: memory_pb2.LoadCollaborationStateRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.LoadCollaborationStateResponse:
+        caller = current_principal()
+        session_id = validate_id(request.session_id, "session_id")
+        stored = await self._store.load_collaboration_state(
+            caller.namespace, caller.agent_id, session_id
+        )
+        return memory_pb2.LoadCollaborationStateResponse(record=_record(stored))
+
+    async def ListCollaborationStates(
+        self, request: memory_pb2.ListCollaborationStatesRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.ListCollaborationStatesResponse:
+        caller = current_principal()
+        size = _page_size(request.page_size, SESSION_PAGE)
+        token = _page_token(request.page_token)
+        records, next_token = await self._store.list_collaboration_states(
+            caller.namespace, caller.agent_id, token, size
+        )
+        return memory_pb2.ListCollaborationStatesResponse(
+            records=[_record(r) for r in records], next_page_token=next_token
+        )
+
+
+def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(ctx), server)  # type: ignore[no-untyped-call]
+    return memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name

@@ -1,0 +1,444 @@
+"""Working memory, team sessions and collaboration state in Redis (MemoryService's store).
+
+Layout (all keys of a namespace share its `{ns}` hash tag, so every script is single-slot):
+
+    ac:{ns}:memory:<owner>:<key>              HASH  v = value bytes, t = stash ms, e = expire ms
+                                                    (PEXPIRE = the entry's TTL)
+    ac:{ns}:memory-index:<owner>:keys         ZSET  score 0, member key: listing in key order
+    ac:{ns}:memory-index:<owner>:expiry       ZSET  score expire ms, member key: pruning
+    ac:{ns}:sessions:<id>:info                HASH  p purpose, m metadata bytes, b created by,
+                                                    c create ms, e expire ms
+    ac:{ns}:sessions:<id>:participants        SET   agent ids  (documented for the Signals
+                                                    service: see `SessionStore.participants`)
+    ac:{ns}:sessions:<id>:context             HASH  context key → serialized SharedContextItem
+    ac:{ns}:session-index:ids / :expiry       ZSET  as for memory, over session ids
+    ac:{ns}:collab:<owner>:<session id>       HASH  s state bytes, v version, u update ms (no TTL)
+    ac:{ns}:collab-index:<owner>              ZSET  score 0, member session id (no TTL)
+
+Values are stored as the serialized protobuf bytes of the message the client sent
+(google.protobuf.Value, Struct, CollaborationState, SharedContextItem): they round-trip
+bit-exactly (JSON text would not carry NaN/Infinity, and json_format is ~40x slower than the C
+protobuf codec for a 17 kB value). The shared Redis client decodes replies as UTF-8, so every
+read that returns such bytes is sent with redis-py's NEVER_DECODE option and the few text fields
+are decoded here.
+
+Listing never uses KEYS or SCAN: each owner (and each namespace, for sessions) keeps a sorted
+set of its keys, all with score 0 so ZRANGEBYLEX gives prefix ranges and key-ordered pages, plus
+a second sorted set scored by expiry that every write prunes (up to 100 members), so the
+indexes stay close to the live entries without a sweeper. Index keys carry the TTL of their
+longest-lived member, so an idle owner leaves nothing behind. Times are the server's clock,
+in milliseconds since the epoch; TTLs are enforced by Redis (PEXPIRE).
+
+Store methods take validated ids and raise domain errors (errors.py); no gRPC types here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from ..errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from .keys import Keyspace
+from .scripts import load_script
+
+RAW = {NEVER_DECODE: True}
+CLEAR_BATCH = 1000  # entries deleted per script call by `clear`, so Redis is never blocked long
+
+
+def now_ms() -> int:
+    """The server's clock, milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int:
+    # Lua writes numbers with %.17g: integers, but parse floats defensively.
+    return int(float(_text(value)))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """A working-memory entry. `value` is the serialized google.protobuf.Value, or None where
+    only metadata was read; times are ms since the epoch; `size` is the value's size in bytes."""
+
+    key: str
+    owner: str
+    stash_ms: int
+    expire_ms: int
+    size: int
+    value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StashItem:
+    """One entry to stash: key (a validated id), serialized Value bytes, TTL in milliseconds."""
+
+    key: str
+    value: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A team session. `metadata` is the serialized google.protobuf.Struct; times in ms."""
+
+    session_id: str
+    purpose: str
+    metadata: bytes
+    created_by: str
+    create_ms: int
+    expire_ms: int
+    participants: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCollaborationState:
+    """An agent's collaboration state for a session: serialized CollaborationState bytes."""
+
+    session_id: str
+    owner: str
+    state: bytes
+    version: int
+    update_ms: int
+
+
+class MemoryStore:
+    """Working memory, sessions and collaboration state of every namespace on one Redis.
+
+    Scripts are registered once here (at server start) and run with EVALSHA.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._stash = load_script(redis, "memory_stash")
+        self._delete = load_script(redis, "memory_delete")
+        self._clear = load_script(redis, "memory_clear")
+        self._list = load_script(redis, "memory_list")
+        self._session_create = load_script(redis, "memory_session_create")
+        self._session_activity = load_script(redis, "memory_session_activity")
+        self._session_list = load_script(redis, "memory_session_list")
+        self._collab_save = load_script(redis, "memory_collab_save")
+        self._collab_list = load_script(redis, "memory_collab_list")
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA with undecoded replies (values are protobuf bytes); loads the script on
+        NOSCRIPT (e.g. after a Redis restart) and retries once."""
+        try:
+            return await self._redis.execute_command(
+                "EVALSHA", script.sha, len(keys), *keys, *args, **RAW
+            )
+        except NoScriptError:
+            await self._redis.script_load(script.script)
+            return await self._redis.execute_command(
+                "EVALSHA", script.sha, len(keys), *keys, *args, **RAW
+            )
+
+    # --- working memory -------------------------------------------------------------------
+
+    @staticmethod
+    def _owner_keys(ks: Keyspace, owner: str) -> tuple[str, str]:
+        return ks.key("memory-index", owner, "keys"), ks.key("memory-index", owner, "expiry")
+
+    async def stash(
+        self, namespace: str, owner: str, items: Sequence[StashItem]
+    ) -> list[StoredEntry]:
+        """Writes `items` (1..100, distinct validated keys) for `owner` atomically, in one round
+        trip; an existing key is overwritten and its TTL restarted. Returns their metadata
+        (no values) in order."""
+        ks = Keyspace(namespace)
+        keys = [*self._owner_keys(ks, owner), *(ks.key("memory", owner, i.key) for i in items)]
+        now = now_ms()
+        args: list[Any] = [now]
+        for item in items:
+            args += [item.key, item.value, item.ttl_ms]
+        expires = await self._run(self._stash, keys, args)
+        return [
+            StoredEntry(i.key, owner, now, int(expire), len(i.value))
+            for i, expire in zip(items, expires, strict=True)
+        ]
+
+    async def retrieve(
+        self, namespace: str, owner: str, keys: Sequence[str]
+    ) -> list[StoredEntry | None]:
+        """Reads `keys` of `owner` in one round trip (a pipeline of HMGETs); None for a key that
+        is missing or expired. Order follows `keys`."""
+        ks = Keyspace(namespace)
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command("HMGET", ks.key("memory", owner, key), "v", "t", "e", **RAW)
+        rows = await pipe.execute()
+        out: list[StoredEntry | None] = []
+        for key, (value, stash, expire) in zip(keys, rows, strict=True):
+            if value is None:
+                out.append(None)
+            else:
+                out.append(StoredEntry(key, owner, _int(stash), _int(expire), len(value), value))
+        return out
+
+    async def delete(self, namespace: str, owner: str, key: str) -> None:
+        """Deletes `owner`'s entry `key`. Raises NotFound (ENTRY_NOT_FOUND) if there is none."""
+        ks = Keyspace(namespace)
+        keys = [ks.key("memory", owner, key), *self._owner_keys(ks, owner)]
+        if not await self._run(self._delete, keys, [key]):
+            raise NotFound(
+                f"no entry {key!r} of {owner!r}", reason="ENTRY_NOT_FOUND", metadata={"key": key}
+            )
+
+    async def clear(self, namespace: str, owner: str) -> int:
+        """Deletes all of `owner`'s entries, CLEAR_BATCH per script call. Returns how many live
+        entries were deleted. Entries stashed while it runs may or may not be deleted."""
+        ks = Keyspace(namespace)
+        prefix = ks.key("memory", owner, "")
+        total = 0
+        while True:
+            deleted, left = await self._run(
+                self._clear, self._owner_keys(ks, owner), [prefix, CLEAR_BATCH]
+            )
+            total += int(deleted)
+            if not left:
+                return total
+
+    async def list_entries(
+        self, namespace: str, owner: str, key_prefix: str, page_token: str, page_size: int
+    ) -> tuple[list[StoredEntry], str]:
+        """One page of `owner`'s live entries whose key starts with `key_prefix`, in key order,
+        metadata only. `page_token` is the previous page's last key ('' to start); returns
+        (entries, next token or '')."""
+        ks = Keyspace(namespace)
+        token, rows = await self._run(
+            self._list,
+            self._owner_keys(ks, owner),
+            [ks.key("memory", owner, ""), key_prefix, page_token, page_size],
+        )
+        entries = [
+            StoredEntry(_text(key), owner, _int(stash), _int(expire), int(size))
+            for key, stash, expire, size in rows
+        ]
+        return entries, _text(token)
+
+    # --- team sessions --------------------------------------------------------------------
+
+    @staticmethod
+    def _session_keys(ks: Keyspace, session_id: str) -> list[str]:
+        return [
+            ks.key("sessions", session_id, "info"),
+            ks.key("sessions", session_id, "participants"),
+            ks.key("sessions", session_id, "context"),
+            ks.key("session-index", "ids"),
+            ks.key("session-index", "expiry"),
+        ]
+
+    async def create_session(
+        self,
+        namespace: str,
+        session_id: str,
+        *,
+        purpose: str,
+        metadata: bytes,
+        creator: str,
+        ttl_ms: int,
+    ) -> StoredSession:
+        """Creates a session with `creator` as its only participant, expiring in `ttl_ms`.
+        Raises AlreadyExists (SESSION_EXISTS), changing nothing, if it is live."""
+        now = now_ms()
+        reply = await self._run(
+            self._session_create,
+            self._session_keys(Keyspace(namespace), session_id),
+            [session_id, purpose, metadata, creator, now, ttl_ms],
+        )
+        if reply[0] == b"EXISTS":
+            raise AlreadyExists(
+                f"session {session_id!r} already exists",
+                reason="SESSION_EXISTS",
+                metadata={"session_id": session_id},
+            )
+        return StoredSession(session_id, purpose, metadata, creator, now, int(reply[1]), [creator])
+
+    async def _activity(
+        self, namespace: str, session_id: str, op: str, agent: str, ttl_ms: int, *extra: Any
+    ) -> list[Any]:
+        reply = await self._run(
+            self._session_activity,
+            self._session_keys(Keyspace(namespace), session_id),
+            [session_id, op, agent, now_ms(), ttl_ms, *extra],
+        )
+        status = _text(reply[0])
+        if status == "NO_SESSION":
+            raise NotFound(
+                f"no session {session_id!r}",
+                reason="SESSION_NOT_FOUND",
+                metadata={"session_id": session_id},
+            )
+        if status == "NOT_A_PARTICIPANT":
+            message = f"{agent!r} is not a participant of session {session_id!r}"
+            meta = {"session_id": session_id}
+            if op == "leave":
+                raise FailedPrecondition(message, reason="NOT_A_PARTICIPANT", metadata=meta)
+            raise PermissionDenied(message, reason="NOT_A_PARTICIPANT", metadata=meta)
+        return list(reply)
+
+    @staticmethod
+    def _session(session_id: str, row: Sequence[Any]) -> StoredSession:
+        purpose, metadata, created_by, create, expire, members = row
+        return StoredSession(
+            session_id,
+            _text(purpose),
+            metadata or b"",
+            _text(created_by),
+            _int(create),
+            _int(expire),
+            sorted(_text(m) for m in members),
+        )
+
+    async def join_session(
+        self, namespace: str, session_id: str, agent: str, ttl_ms: int
+    ) -> StoredSession:
+        """Adds `agent` to the participants (idempotent, atomic) and restarts the session TTL.
+        Raises NotFound (SESSION_NOT_FOUND)."""
+        reply = await self._activity(namespace, session_id, "join", agent, ttl_ms)
+        return self._session(session_id, reply[1:])
+
+    async def leave_session(
+        self, namespace: str, session_id: str, agent: str, ttl_ms: int
+    ) -> StoredSession:
+        """Removes `agent` from the participants and restarts the session TTL. Raises NotFound
+        (SESSION_NOT_FOUND) or FailedPrecondition (NOT_A_PARTICIPANT)."""
+        reply = await self._activity(namespace, session_id, "leave", agent, ttl_ms)
+        return self._session(session_id, reply[1:])
+
+    async def get_session(self, namespace: str, session_id: str) -> StoredSession:
+        """Reads a session without refreshing it. Raises NotFound (SESSION_NOT_FOUND)."""
+        info, participants, *_ = self._session_keys(Keyspace(namespace), session_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.execute_command("HMGET", info, "p", "m", "b", "c", "e", **RAW)
+        pipe.execute_command("SMEMBERS", participants, **RAW)
+        row, members = await pipe.execute()
+        if row[0] is None:
+            raise NotFound(
+                f"no session {session_id!r}",
+                reason="SESSION_NOT_FOUND",
+                metadata={"session_id": session_id},
+            )
+        return self._session(session_id, [*row, members])
+
+    async def list_sessions(
+        self, namespace: str, page_token: str, page_size: int
+    ) -> tuple[list[StoredSession], str]:
+        """One page of live sessions in id order; `page_token` is the previous page's last id
+        ('' to start). Returns (sessions, next token or '')."""
+        ks = Keyspace(namespace)
+        token, rows = await self._run(
+            self._session_list,
+            [ks.key("session-index", "ids"), ks.key("session-index", "expiry")],
+            [ks.key("sessions", ""), page_token, page_size],
+        )
+        return [self._session(_text(row[0]), row[1:]) for row in rows], _text(token)
+
+    async def participants(self, namespace: str, session_id: str) -> set[str]:
+        """The agent ids currently in a session; empty if it does not exist or has expired.
+
+        For other services (session-targeted signals): the SET at
+        `Keyspace(ns).key("sessions", session_id, "participants")`, kept atomically by
+        join/leave and expiring with its session.
+        """
+        members = await self._redis.smembers(
+            Keyspace(namespace).key("sessions", session_id, "participants")
+        )  # type: ignore[misc]
+        return {_text(m) for m in members}
+
+    async def share_context(
+        self, namespace: str, session_id: str, agent: str, key: str, item: bytes, ttl_ms: int
+    ) -> int:
+        """Stores `item` (a serialized SharedContextItem) under `key` in the session's context
+        and restarts the session TTL. Returns the session's new expire time (ms). Raises NotFound
+        (SESSION_NOT_FOUND) or PermissionDenied (NOT_A_PARTICIPANT)."""
+        reply = await self._activity(namespace, session_id, "share", agent, ttl_ms, key, item)
+        return int(reply[1])
+
+    async def read_context(
+        self, namespace: str, session_id: str, agent: str, key: str, ttl_ms: int
+    ) -> list[bytes]:
+        """The serialized SharedContextItems of the session (one if `key` is given, else all, in
+        no particular order); restarts the session TTL. Raises NotFound (SESSION_NOT_FOUND,
+        CONTEXT_NOT_FOUND) or PermissionDenied (NOT_A_PARTICIPANT)."""
+        reply = await self._activity(namespace, session_id, "read", agent, ttl_ms, key)
+        if _text(reply[0]) == "NO_CONTEXT":
+            raise NotFound(
+                f"no shared context {key!r} in session {session_id!r}",
+                reason="CONTEXT_NOT_FOUND",
+                metadata={"session_id": session_id, "key": key},
+            )
+        return list(reply[2])
+
+    # --- collaboration state --------------------------------------------------------------
+
+    async def save_collaboration_state(
+        self,
+        namespace: str,
+        owner: str,
+        session_id: str,
+        state: bytes,
+        expected_version: int | None,
+    ) -> tuple[int, int]:
+        """Replaces `owner`'s state for `session_id` (no TTL). With `expected_version`, only if
+        the stored version equals it (0: none stored), else raises Aborted (VERSION_MISMATCH)
+        without writing. Returns (new version, update ms)."""
+        ks = Keyspace(namespace)
+        now = now_ms()
+        ok, version = await self._run(
+            self._collab_save,
+            [ks.key("collab", owner, session_id), ks.key("collab-index", owner)],
+            [session_id, state, "" if expected_version is None else expected_version, now],
+        )
+        if not ok:
+            raise Aborted(
+                f"collaboration state of session {session_id!r} is at version {version}, "
+                f"not {expected_version}",
+                reason="VERSION_MISMATCH",
+                metadata={"session_id": session_id, "version": str(version)},
+            )
+        return int(version), now
+
+    async def load_collaboration_state(
+        self, namespace: str, owner: str, session_id: str
+    ) -> StoredCollaborationState:
+        """Reads `owner`'s state for `session_id`. Raises NotFound
+        (COLLABORATION_STATE_NOT_FOUND)."""
+        key = Keyspace(namespace).key("collab", owner, session_id)
+        state, version, update = await self._redis.execute_command(
+            "HMGET", key, "s", "v", "u", **RAW
+        )
+        if state is None:
+            raise NotFound(
+                f"no collaboration state for session {session_id!r}",
+                reason="COLLABORATION_STATE_NOT_FOUND",
+                metadata={"session_id": session_id},
+            )
+        return StoredCollaborationState(session_id, owner, state, _int(version), _int(update))
+
+    async def list_collaboration_states(
+        self, namespace: str, owner: str, page_token: str, page_size: int
+    ) -> tuple[list[StoredCollaborationState], str]:
+        """One page of `owner`'s states in session id order; `page_token` is the previous page's
+        last session id ('' to start). Returns (states, next token or '')."""
+        ks = Keyspace(namespace)
+        token, rows = await self._run(
+            self._collab_list,
+            [ks.key("collab-index", owner)],
+            [ks.key("collab", owner, ""), page_token, page_size],
+        )
+        states = [
+            StoredCollaborationState(_text(sid), owner, state, _int(version), _int(update))
+            for sid, state, version, update in rows
+        ]
+        return states, _text(token)
