@@ -129,6 +129,13 @@ def main() -> None:
     help="Signals one subscription buffers for a slow reader; beyond it the stream ends RESOURCE_EXHAUSTED.",
 )
 @click.option(
+    "--max-value-bytes",
+    envvar="AGENTCOORD_MAX_VALUE_BYTES",
+    default=1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest value a working-memory entry, shared context item or collaboration state may hold, in bytes.",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -153,6 +160,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    max_value_bytes: int,
 ) -> None:
     """Serve agentcoord over gRPC until SIGTERM or SIGINT."""
     from .app import is_loopback
@@ -191,6 +199,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        max_value_bytes=max_value_bytes,
     )
     configure_logging(log_format, log_level)
     try:

@@ -65,6 +65,7 @@ class Settings:
     redis_max_connections: int = 128
     insecure_dev_identity: bool = False
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
+    max_value_bytes: int = 1 * MiB  # largest stashed/shared value (serialized), bytes
     signal_queue_size: int = 1024  # signals one subscription buffers; more: RESOURCE_EXHAUSTED
     # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
     bootstrap_token: str | None = field(default=None, repr=False)
