@@ -154,6 +154,21 @@ class _AsyncMetadataInterceptor(
         return await continuation(details, request)
 
 
+class _AsyncStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
+    """The unary-stream face of an _AsyncMetadataInterceptor.
+
+    grpc.aio files each interceptor under the FIRST kind it is an instance of (unary-unary
+    wins), so one object implementing both kinds never sees streaming calls: they would go
+    out without the token. This adapter is passed alongside it.
+    """
+
+    def __init__(self, inner: _AsyncMetadataInterceptor) -> None:
+        self._inner = inner
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await self._inner.intercept_unary_stream(continuation, client_call_details, request)
+
+
 class _SyncMetadataInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     def __init__(self, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> None:
         self._metadata = metadata
@@ -245,15 +260,16 @@ class AsyncTransport:
     ) -> None:
         self.timeout = timeout
         interceptor = _AsyncMetadataInterceptor(call_metadata(token, metadata), timeout)
+        interceptors = [interceptor, _AsyncStreamInterceptor(interceptor)]
         opts = [*CHANNEL_OPTIONS, *options]
         creds = _credentials(root_certificates, tls, client_certificate, client_key)
         if creds is None:
             self.channel = grpc.aio.insecure_channel(
-                target, options=opts, interceptors=[interceptor]
+                target, options=opts, interceptors=interceptors
             )
         else:
             self.channel = grpc.aio.secure_channel(
-                target, creds, options=opts, interceptors=[interceptor]
+                target, creds, options=opts, interceptors=interceptors
             )
         interceptor.bind(self.channel)
 
