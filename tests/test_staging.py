@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -350,3 +351,34 @@ def test_expired_pattern_of_another_agent_can_be_staged_by_anyone(short_ttl_serv
         time.sleep(1.1)
 
         assert stage(second, "p").author == "second"
+
+
+async def test_contributors_racing_to_stage_one_new_id_leave_exactly_one_author(make_aclient):
+    contributors = [make_aclient(f"finder-{i}") for i in range(16)]
+
+    results = await asyncio.gather(
+        *(stage(c, "contested", name=f"by {i}") for i, c in enumerate(contributors)),
+        return_exceptions=True,
+    )
+
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(
+        isinstance(r, AgentcoordError) and r.reason == "PATTERN_STAGED_BY_OTHER_AGENT"
+        for r in results
+        if isinstance(r, BaseException)
+    )
+    got = await contributors[0].staging.get_staged_pattern("contested")
+    assert (got.author, got.name, got.revision) == (winners[0].author, winners[0].name, 1)
+
+
+async def test_concurrent_restages_by_the_author_get_distinct_consecutive_revisions(
+    make_aclient,
+):
+    channels = [make_aclient("finder") for _ in range(12)]
+
+    staged = await asyncio.gather(*(stage(c, "p", name=f"v{i}") for i, c in enumerate(channels)))
+
+    assert sorted(p.revision for p in staged) == list(range(1, 13))
+    latest = max(staged, key=lambda p: p.revision)
+    assert (await channels[0].staging.get_staged_pattern("p")).name == latest.name
