@@ -18,8 +18,7 @@ def all_rpcs():
     """Every method of every service the server registers, so new services are covered."""
     for module in SERVICE_MODULES:
         for service in module.PB2.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                yield method
+            yield from service.methods
 
 
 RPCS = list(all_rpcs())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -111,7 +112,7 @@ class TokenStore:
         token_id = new_token_id(now_ms)
         keys = Keyspace(namespace)
         record_key = keys.key("tokens", token_id)
-        record = {
+        record: dict[Any, Any] = {
             "agent_id": agent_id,
             "tier": str(tier),
             "description": description,
@@ -120,7 +121,7 @@ class TokenStore:
             "issued_by": issued_by,
             "digest": digest,
         }
-        grant = {
+        grant: dict[Any, Any] = {
             "namespace": namespace,
             "token_id": token_id,
             "agent_id": agent_id,
@@ -147,7 +148,8 @@ class TokenStore:
         """
         keys = Keyspace(namespace)
         record_key = keys.key("tokens", token_id)
-        fields = await self._redis.hgetall(record_key)
+        # decode_responses=True: every field and value is a str
+        fields = cast(dict[str, str], await self._redis.hgetall(record_key))
         if not fields:
             raise NotFound(
                 f"no token {token_id} in this namespace",
@@ -182,7 +184,7 @@ class TokenStore:
     async def lookup(self, digest: str) -> TokenGrant | None:
         """The grant stored under a token's SHA-256 hex digest, or None if unknown, revoked or
         expired. One round trip (HGETALL)."""
-        fields = await self._redis.hgetall(global_key(digest))
+        fields = cast(dict[str, str], await self._redis.hgetall(global_key(digest)))
         if not fields:
             return None
         expires_ms = int(fields.get("expires_ms", 0))
