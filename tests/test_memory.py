@@ -20,7 +20,7 @@ NESTED = {
     "big": 1e300,
     "ok": True,
     "missing": None,
-    "name": "naïve ✓ \u0000 \"quoted\"",
+    "name": 'naïve ✓ \u0000 "quoted"',
     "empty_list": [],
     "empty_object": {},
     "deep": {"a": [{"b": [[1, 2], [], {"c": None}]}, "x"], "d": {"e": {"f": {"g": [False]}}}},
@@ -58,7 +58,14 @@ def test_nested_json_round_trips_unchanged(make_client):
 
 def test_scalar_and_list_values_round_trip(make_client):
     client = make_client()
-    for key, value in {"s": "text", "n": 42, "f": 2.5, "b": False, "z": None, "l": [1, "a", None]}.items():
+    for key, value in {
+        "s": "text",
+        "n": 42,
+        "f": 2.5,
+        "b": False,
+        "z": None,
+        "l": [1, "a", None],
+    }.items():
         client.memory.stash(key, value)
 
     assert client.memory.batch_retrieve(["s", "n", "f", "b", "z", "l"]) == {
@@ -184,7 +191,9 @@ def test_value_size_limit_is_configurable(redis_url):
     try:
         from agentcoord import Client
 
-        with Client(handle.address, token=handle.issue_token("a", "CONTRIBUTOR", "limits")) as client:
+        with Client(
+            handle.address, token=handle.issue_token("a", "CONTRIBUTOR", "limits")
+        ) as client:
             client.memory.stash("small", "x" * 50)
             error = error_of(client.memory.stash, "big", "x" * 200)
             missing = error_of(client.memory.retrieve, "big")
@@ -224,7 +233,11 @@ def test_batch_stash_writes_every_item(make_client, namespace, redis_client):
 
     assert [e.key for e in entries] == list(items)
     assert client.memory.batch_retrieve(list(items)) == items
-    assert 4 * 3600_000 - 10_000 < redis_client.pttl(entry_key(namespace, "agent-1", "k99")) <= 4 * 3600_000
+    assert (
+        4 * 3600_000 - 10_000
+        < redis_client.pttl(entry_key(namespace, "agent-1", "k99"))
+        <= 4 * 3600_000
+    )
 
 
 def test_batch_with_one_bad_key_writes_nothing(make_client, namespace, redis_client):
@@ -285,14 +298,18 @@ def test_batch_retrieve_of_more_than_100_keys_is_refused(make_client):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_delete_entry_removes_it_and_a_second_delete_is_not_found(make_client, namespace, redis_client):
+def test_delete_entry_removes_it_and_a_second_delete_is_not_found(
+    make_client, namespace, redis_client
+):
     client = make_client()
     client.memory.stash("k", 1)
 
     client.memory.delete_entry("k")
 
     assert error_of(client.memory.retrieve, "k").code == grpc.StatusCode.NOT_FOUND
-    assert redis_client.zrange(Keyspace(namespace).key("memory-index", "agent-1", "keys"), 0, -1) == []
+    assert (
+        redis_client.zrange(Keyspace(namespace).key("memory-index", "agent-1", "keys"), 0, -1) == []
+    )
     assert error_of(client.memory.delete_entry, "k").reason == "ENTRY_NOT_FOUND"
 
 
@@ -305,7 +322,9 @@ def test_delete_entry_cannot_reach_another_agents_entry(make_client):
     assert make_client("owner").memory.retrieve("k") == 1
 
 
-def test_clear_working_memory_deletes_own_entries_and_returns_the_count(make_client, namespace, redis_client):
+def test_clear_working_memory_deletes_own_entries_and_returns_the_count(
+    make_client, namespace, redis_client
+):
     mine, theirs = make_client("agent-1"), make_client("agent-2")
     mine.memory.batch_stash({"a": 1, "b": 2, "c": 3})
     theirs.memory.stash("a", "kept")
@@ -341,9 +360,13 @@ def test_list_entries_pages_in_key_order_within_a_prefix(make_client):
         if not token:
             break
 
+    listed = [key for page in pages for key in page]
     assert [len(p) for p in pages] == [10, 10, 5]
-    assert sum(pages, []) == [f"task-{i:02d}" for i in range(25)]
-    assert [e.key for e in client.memory.iter_entries(key_prefix="task")] == ["task", *sum(pages, [])]
+    assert listed == [f"task-{i:02d}" for i in range(25)]
+    assert [e.key for e in client.memory.iter_entries(key_prefix="task")] == [
+        "task",
+        *listed,
+    ]
 
 
 def test_list_entries_reports_metadata_without_values(make_client):

@@ -20,12 +20,18 @@ from .test_memory import error_of, namespace_keys
 
 def session_keys(namespace: str, session_id: str) -> dict[str, str]:
     ks = Keyspace(namespace)
-    return {part: ks.key("sessions", session_id, part) for part in ("info", "participants", "context")}
+    return {
+        part: ks.key("sessions", session_id, part) for part in ("info", "participants", "context")
+    }
 
 
-def test_create_session_makes_the_creator_its_first_participant(make_client, namespace, redis_client):
+def test_create_session_makes_the_creator_its_first_participant(
+    make_client, namespace, redis_client
+):
     session = make_client("lead").memory.create_session(
-        "review-42", purpose="code review", metadata={"repo": "x", "files": [1, 2], "opts": {"deep": None}}
+        "review-42",
+        purpose="code review",
+        metadata={"repo": "x", "files": [1, 2], "opts": {"deep": None}},
     )
 
     assert session.session_id == "review-42"
@@ -39,7 +45,9 @@ def test_create_session_makes_the_creator_its_first_participant(make_client, nam
 
 def test_get_session_returns_purpose_metadata_creator_participants_and_times(make_client):
     lead = make_client("lead")
-    created = lead.memory.create_session("s1", purpose="triage", metadata={"a": {"b": [1, "c", None]}})
+    created = lead.memory.create_session(
+        "s1", purpose="triage", metadata={"a": {"b": [1, "c", None]}}
+    )
     make_client("helper").memory.join_session("s1")
 
     session = make_client("watcher", tier="OBSERVER").memory.get_session("s1")
@@ -189,7 +197,10 @@ def test_participants_share_context_with_each_other(make_client):
     assert helper.memory.get_shared_context("s1") == {"perf": [1, 2], "security_findings": findings}
     assert lead.memory.get_shared_context("s1", key="perf") == {"perf": [1, 2]}
     items = lead.memory.get_shared_items("s1")
-    assert [(i.key, i.shared_by) for i in items] == [("perf", "helper"), ("security_findings", "lead")]
+    assert [(i.key, i.shared_by) for i in items] == [
+        ("perf", "helper"),
+        ("security_findings", "lead"),
+    ]
 
 
 def test_outsiders_cannot_share_or_read_context(make_client, namespace, redis_client):
@@ -213,7 +224,9 @@ def test_a_participant_who_left_can_no_longer_read_context(make_client):
     helper.memory.join_session("s1")
     helper.memory.leave_session("s1")
 
-    assert error_of(helper.memory.get_shared_context, "s1").code == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        error_of(helper.memory.get_shared_context, "s1").code == grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 def test_reading_a_missing_context_key_is_not_found(make_client):
@@ -236,7 +249,9 @@ def test_sharing_into_a_missing_session_is_not_found(make_client, namespace, red
 def test_session_and_its_shared_context_expire_together(redis_url, namespace, redis_client):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(session=1))).start()
     try:
-        with Client(handle.address, token=handle.issue_token("lead", "CONTRIBUTOR", namespace)) as lead:
+        with Client(
+            handle.address, token=handle.issue_token("lead", "CONTRIBUTOR", namespace)
+        ) as lead:
             lead.memory.create_session("brief")
             lead.memory.share_context("brief", "k", {"v": 1})
             keys = session_keys(namespace, "brief")
@@ -295,7 +310,9 @@ def test_sessions_are_invisible_to_other_namespaces(make_client):
 
 
 @pytest.mark.parametrize("session_id", ["a:b", "*", "", "x" * 129])
-def test_invalid_session_id_is_refused_and_nothing_is_written(make_client, namespace, redis_client, session_id):
+def test_invalid_session_id_is_refused_and_nothing_is_written(
+    make_client, namespace, redis_client, session_id
+):
     error = error_of(make_client().memory.create_session, session_id)
 
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -303,7 +320,9 @@ def test_invalid_session_id_is_refused_and_nothing_is_written(make_client, names
     assert namespace_keys(redis_client, namespace) == []
 
 
-def test_oversized_shared_value_is_refused_and_nothing_is_written(make_client, namespace, redis_client):
+def test_oversized_shared_value_is_refused_and_nothing_is_written(
+    make_client, namespace, redis_client
+):
     lead = make_client("lead")
     lead.memory.create_session("s1")
 
@@ -313,7 +332,9 @@ def test_oversized_shared_value_is_refused_and_nothing_is_written(make_client, n
     assert redis_client.exists(session_keys(namespace, "s1")["context"]) == 0
 
 
-def test_participants_store_method_reads_the_documented_set(server, make_client, namespace, redis_client):
+def test_participants_store_method_reads_the_documented_set(
+    server, make_client, namespace, redis_client
+):
     make_client("lead").memory.create_session("s1")
     make_client("helper").memory.join_session("s1")
     store = MemoryStore(server.server.ctx.redis)
@@ -322,5 +343,7 @@ def test_participants_store_method_reads_the_documented_set(server, make_client,
     missing = server.run(store.participants(namespace, "no-such-session"))
 
     assert members == {"lead", "helper"}
-    assert redis_client.smembers(Keyspace(namespace).key("sessions", "s1", "participants")) == members
+    assert (
+        redis_client.smembers(Keyspace(namespace).key("sessions", "s1", "participants")) == members
+    )
     assert missing == set()
