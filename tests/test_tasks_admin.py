@@ -63,6 +63,17 @@ def test_heartbeat_renews_the_registration(make_client, redis_client, namespace)
     assert list(agent.capabilities) == ["review"]
 
 
+def test_a_claim_counts_as_a_heartbeat(make_client, redis_client, namespace):
+    client = make_client("a1")
+    client.tasks.register_agent(["review"])
+    key = f"ac:{{{namespace}}}:agents:a:a1"
+    redis_client.pexpire(key, 1000)
+
+    assert client.tasks.claim_task() is None
+
+    assert redis_client.pttl(key) > 295_000
+
+
 def test_deregistered_agent_is_not_listed(make_client):
     client = make_client("a1")
     client.tasks.register_agent(["review"])

@@ -58,10 +58,23 @@ RECHECK_SECONDS = 0.25
 AddTask, FailTask and RequeueDeadLetter in this process wake it at once."""
 
 
-def _script(redis: Redis, name: str) -> AsyncScript:
-    lua = resources.files(__package__).joinpath("lua")
-    common = lua.joinpath("tasks_common.lua").read_text()
-    return redis.register_script(common + "\n" + lua.joinpath(f"{name}.lua").read_text())
+class _Script:
+    """A tasks_*.lua script (tasks_common.lua prepended), run with EVALSHA.
+
+    Called with `args` whose first element is the namespace's key prefix; it also passes one
+    key of that namespace as KEYS[1], so a cluster-aware client routes the call to the
+    namespace's slot (every key the script builds shares its `{ns}` hash tag).
+    """
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        lua = resources.files(__package__).joinpath("lua")
+        common = lua.joinpath("tasks_common.lua").read_text()
+        self._script: AsyncScript = redis.register_script(
+            common + "\n" + lua.joinpath(f"{name}.lua").read_text()
+        )
+
+    async def __call__(self, *, args: Sequence[str | int]) -> Any:
+        return await self._script(keys=[f"{args[0]}tasks:seq"], args=args)
 
 
 def _int(value: str | None) -> int:
@@ -214,17 +227,17 @@ class TaskStore:
         self._task_ttl_ms = task_ttl * 1000
         self._agent_ttl_ms = agent_ttl * 1000
         self._wakeups = _Wakeups()
-        self._add = _script(redis, "tasks_add")
-        self._claim = _script(redis, "tasks_claim")
-        self._renew = _script(redis, "tasks_renew")
-        self._complete = _script(redis, "tasks_complete")
-        self._fail = _script(redis, "tasks_fail")
-        self._cancel = _script(redis, "tasks_cancel")
-        self._requeue = _script(redis, "tasks_requeue")
-        self._list = _script(redis, "tasks_list")
-        self._register = _script(redis, "tasks_register_agent")
-        self._heartbeat = _script(redis, "tasks_heartbeat")
-        self._list_agents = _script(redis, "tasks_list_agents")
+        self._add = _Script(redis, "tasks_add")
+        self._claim = _Script(redis, "tasks_claim")
+        self._renew = _Script(redis, "tasks_renew")
+        self._complete = _Script(redis, "tasks_complete")
+        self._fail = _Script(redis, "tasks_fail")
+        self._cancel = _Script(redis, "tasks_cancel")
+        self._requeue = _Script(redis, "tasks_requeue")
+        self._list = _Script(redis, "tasks_list")
+        self._register = _Script(redis, "tasks_register_agent")
+        self._heartbeat = _Script(redis, "tasks_heartbeat")
+        self._list_agents = _Script(redis, "tasks_list_agents")
 
     # -- agents ---------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ end
 if redis.call('EXISTS', akey) == 1 then
   redis.call('HSET', akey, 'seen', now)
   redis.call('PEXPIRE', akey, agent_ttl)
+  local index = P .. 'agents:index'
+  redis.call('ZADD', index, 0, agent)
+  extend_ttl(index, agent_ttl)
 end
 
 local BATCH = 100
