@@ -382,3 +382,27 @@ async def test_concurrent_restages_by_the_author_get_distinct_consecutive_revisi
     assert sorted(p.revision for p in staged) == list(range(1, 13))
     latest = max(staged, key=lambda p: p.revision)
     assert (await channels[0].staging.get_staged_pattern("p")).name == latest.name
+
+
+def test_pages_of_large_patterns_stop_at_half_the_message_limit_and_cover_everything(
+    redis_url, credentials
+):
+    handle = ServerThread(server_settings(redis_url, max_message_bytes=64 * 1024)).start()
+    try:
+        with Client(handle.address, **credentials("finder")) as client:
+            for i in range(5):
+                stage(client, f"big-{i}", confidence=0.5, code="x" * 12_000)
+
+            sizes, seen, token = [], [], ""
+            while True:
+                page = client.staging.list_staged_patterns(page_size=100, page_token=token)
+                sizes.append(len(page.patterns))
+                seen += [p.pattern_id for p in page.patterns]
+                token = page.next_page_token
+                if not token:
+                    break
+    finally:
+        handle.stop()
+
+    assert max(sizes) == 2  # 32 KiB of values per page: two 12 KB patterns, not three
+    assert sorted(seen) == [f"big-{i}" for i in range(5)]

@@ -176,6 +176,8 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
             ctx.redis,
             staged_ttl=ctx.settings.ttl.staged_patterns,
             conflict_ttl=ctx.settings.ttl.conflict_context,
+            # Half the message limit leaves room for the proto encoding's overhead.
+            page_bytes=ctx.settings.max_message_bytes // 2,
         )
 
     # -- staging ---------------------------------------------------------------------------

@@ -221,10 +221,16 @@ class StagingStore:
         redis: a redis.asyncio client with decode_responses=True.
         staged_ttl: STAGED_PATTERNS TTL in seconds (staged patterns and rejection records).
         conflict_ttl: CONFLICT_CONTEXT TTL in seconds.
+        page_bytes: a list page stops before its stored values exceed this many bytes (it
+            always holds at least one item), so a page of large patterns still fits the
+            server's message size limit; the rest follows on the next page.
     """
 
-    def __init__(self, redis: Redis, *, staged_ttl: int, conflict_ttl: int) -> None:
+    def __init__(
+        self, redis: Redis, *, staged_ttl: int, conflict_ttl: int, page_bytes: int = 2 * 1024**2
+    ) -> None:
         self._redis = redis
+        self._page_bytes = page_bytes
         self._staged_ttl_ms = staged_ttl * 1000
         self._conflict_ttl_ms = conflict_ttl * 1000
         self._stage = load_script(redis, "staging_stage")
@@ -577,7 +583,8 @@ class StagingStore:
         after = decode_page_token(kind, page_token)
         size = clamp_page_size(page_size)
         result = await self._list(
-            keys=[index], args=[item_prefix, after, size, max(SCAN_BUDGET, size), *filters]
+            keys=[index],
+            args=[item_prefix, after, size, max(SCAN_BUDGET, size), self._page_bytes, *filters],
         )
         return [_flat_to_dict(flat) for flat in result[1:]], encode_page_token(kind, result[0])
 

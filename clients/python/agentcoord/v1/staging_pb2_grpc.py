@@ -37,7 +37,8 @@ class StagingServiceStub:
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     def __init__(self, channel):
@@ -120,7 +121,8 @@ class StagingServiceServicer:
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     def StagePattern(self, request, context):
@@ -305,7 +307,8 @@ class StagingService:
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     @staticmethod

@@ -38,7 +38,8 @@ class StagingServiceStub:
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     @_typing.overload
@@ -106,7 +107,8 @@ class StagingServiceAsyncStub(StagingServiceStub):
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -170,7 +172,8 @@ class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Lists are paginated: pass the previous response's next_page_token as page_token, with the
     same filters, until next_page_token is empty. A page may hold fewer than page_size items
-    (even none) while next_page_token is set: the server bounds the entries it examines per call.
+    (even none) while next_page_token is set: the server bounds the entries it examines per call
+    and the bytes per page (half the message size limit).
     """
 
     @_abc_1.abstractmethod

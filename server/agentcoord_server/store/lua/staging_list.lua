@@ -3,15 +3,17 @@
 -- KEYS[1] index
 -- ARGV[1] item key prefix (the item's key is prefix .. the member's last ':' part, its id)
 -- ARGV[2] resume after this member ('' from the start), ARGV[3] page size,
--- ARGV[4] examine at most this many members, ARGV[5..] filter triples (field, op, value):
+-- ARGV[4] examine at most this many members, ARGV[5] stop before the values returned exceed
+-- this many bytes (at least one item is returned), ARGV[6..] filter triples (field, op, value):
 --   op 'eq' string equality, 'ge' numeric >=, 'has' plain substring.
 -- A member whose hash is gone (expired) or belongs to a newer entry (hash's idx differs) is
 -- stale: it is never returned, and is removed here (lazy pruning).
 -- Returns {next cursor ('' when nothing follows), hash1 as a flat array, hash2, …}.
 local want = tonumber(ARGV[3])
 local budget = tonumber(ARGV[4])
+local max_bytes = tonumber(ARGV[5])
 local filters = {}
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   filters[#filters + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
 end
 local function matches(h)
@@ -32,8 +34,11 @@ local out = {''}
 local stale = {}
 local min = ARGV[2] == '' and '-' or ('(' .. ARGV[2])
 local last = nil
+local prev = nil
 local count = 0
-while budget > 0 and count < want do
+local used = 0
+local full = false
+while budget > 0 and count < want and not full do
   local members = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0,
     math.min(budget, want - count + 16))
   if #members == 0 then
@@ -49,10 +54,20 @@ while budget > 0 and count < want do
     if h['idx'] ~= m then
       stale[#stale + 1] = m
     elseif matches(h) then
+      local size = 0
+      for j = 2, #flat, 2 do size = size + #flat[j] end
+      if count > 0 and used + size > max_bytes then
+        -- The page is full by size: the next one starts at this member.
+        last = prev
+        full = true
+        break
+      end
+      used = used + size
       out[#out + 1] = flat
       count = count + 1
       if count >= want then break end
     end
+    prev = m
   end
   min = '(' .. last
 end
