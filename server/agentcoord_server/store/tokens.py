@@ -177,7 +177,9 @@ class TokenStore:
         records = []
         for row in rows[:page_size]:
             token_id, flat = row[0], row[1:]
-            records.append(_record(namespace, token_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+            records.append(
+                _record(namespace, token_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            )
         next_after = records[-1].token_id if len(rows) > page_size else ""
         return records, next_after
 

@@ -7,7 +7,6 @@ import datetime
 from collections.abc import Iterator
 
 from agentcoord.v1 import access_pb2, admin_pb2, admin_pb2_grpc
-from google.protobuf import duration_pb2
 
 from .._transport import SyncTransport
 from ._base import ServiceClient
@@ -70,7 +69,7 @@ class AdminClient(ServiceClient):
                 if isinstance(lifetime, datetime.timedelta)
                 else float(lifetime)
             )
-            request.lifetime.CopyFrom(duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9)))
+            request.lifetime.FromNanoseconds(round(seconds * 1e9))
         return self._unary(self._stub.IssueToken, request)  # type: ignore[no-any-return]
 
     def revoke_token(self, token_id: str) -> admin_pb2.TokenInfo:
