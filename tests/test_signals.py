@@ -63,7 +63,9 @@ def test_targeted_signal_is_seen_only_by_its_sender_and_its_target(make_client):
     assert carol.signals.receive_signals(["secret"]).signals == []
 
 
-def test_type_filter_applies_to_broadcast_targeted_and_session_signals(make_client, redis_client, namespace):
+def test_type_filter_applies_to_broadcast_targeted_and_session_signals(
+    make_client, redis_client, namespace
+):
     add_participants(redis_client, namespace, "review", "alice", "bob")
     alice, bob = make_client("alice"), make_client("bob")
     alice.signals.send_signal("noise")
@@ -83,7 +85,9 @@ def test_type_filter_applies_to_broadcast_targeted_and_session_signals(make_clie
     assert types_of(bob.signals.receive_signals(["done", "other"])) == ["done"] * 3 + ["other"]
 
 
-def test_session_signal_reaches_the_participants_at_send_time_only(make_client, redis_client, namespace):
+def test_session_signal_reaches_the_participants_at_send_time_only(
+    make_client, redis_client, namespace
+):
     add_participants(redis_client, namespace, "s1", "alice", "bob")
     alice, bob, carol = make_client("alice"), make_client("bob"), make_client("carol")
     first = alice.signals.send_signal("sync", session_id="s1")
@@ -221,7 +225,9 @@ def test_signals_older_than_retention_are_trimmed_and_an_older_cursor_is_out_of_
     assert caught.value.reason == "CURSOR_TRIMMED"
 
 
-def test_an_idle_stream_is_trimmed_when_read(short_retention_server, credentials, redis_client, namespace):
+def test_an_idle_stream_is_trimmed_when_read(
+    short_retention_server, credentials, redis_client, namespace
+):
     from agentcoord import Client
 
     with Client(short_retention_server.address, **credentials("alice")) as alice:

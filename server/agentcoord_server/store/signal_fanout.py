@@ -219,7 +219,13 @@ class SignalHub:
         """{namespace: live subscribers} for every namespace with a running reader."""
         return {ns: len(reader.subscribers) for ns, reader in self._readers.items()}
 
+    def subscriptions(self, namespace: str) -> list[Subscription]:
+        """The live subscriptions of a namespace in this process (empty without a reader)."""
+        reader = self._readers.get(namespace)
+        return list(reader.subscribers) if reader is not None else []
+
     def reader_tasks(self) -> list[asyncio.Task[Any]]:
+        """The running reader tasks, one per namespace with subscribers."""
         return [reader.task for reader in self._readers.values()]
 
     def _forget(self, reader: _NamespaceReader) -> None:
