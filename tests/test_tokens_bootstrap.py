@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import stat
+import threading
 
 import grpc
 import pytest
@@ -166,3 +167,27 @@ def test_tokens_never_appear_in_the_log_output(empty_redis_url, tmp_path, captur
     for token in seen:
         assert token not in output
         assert token.split("_", 1)[1][:16] not in output
+
+
+def test_servers_starting_together_on_an_empty_redis_make_one_bootstrap_token(
+    empty_redis_url, tmp_path
+):
+    handles = [
+        ServerThread(server_settings(empty_redis_url, data_dir=tmp_path / f"s{i}")) for i in range(4)
+    ]
+    threads = [threading.Thread(target=h.start) for h in handles]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        written = [p for p in tmp_path.glob("s*/bootstrap-token")]
+        client = redis.Redis.from_url(empty_redis_url, decode_responses=True)
+        global_entries = list(client.scan_iter(match="ac:tokens:*"))
+        client.close()
+    finally:
+        for handle in handles:
+            handle.stop()
+
+    assert len(written) == 1
+    assert len(global_entries) == 1

@@ -161,6 +161,8 @@ class AgentcoordServer:
             log.info("another server is bootstrapping the first token")
             return
         try:
+            if await tokens.any_exist():  # another server finished bootstrapping meanwhile
+                return
             supplied = self.settings.bootstrap_token
             token, record = await tokens.issue(
                 BOOTSTRAP_NAMESPACE,
