@@ -125,3 +125,49 @@ async def test_stream_without_token_is_refused_before_the_handler_runs(stream_se
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not handlers.closed.is_set()
+
+
+def server_streaming_rpcs():
+    from agentcoord_server.services import SERVICE_MODULES
+
+    for module in SERVICE_MODULES:
+        for service in module.PB2.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if method.server_streaming:
+                    yield method
+
+
+@pytest.mark.parametrize(
+    "method", list(server_streaming_rpcs()), ids=lambda m: f"{m.containing_service.name}.{m.name}"
+)
+async def test_every_registered_stream_ends_unauthenticated_when_its_token_is_revoked(
+    method, server, namespace
+):
+    """On the real server, for every server-streaming RPC that an empty request keeps open."""
+    from agentcoord_server.identity import required_tiers
+    from agentcoord_server.services import SERVICE_MODULES
+    from google.protobuf import message_factory
+
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    tier = required_tiers(m.PB2 for m in SERVICE_MODULES)[path]
+    store = TokenStore(server.server.ctx.redis)
+    token, record = server.run(store.issue(namespace, "watcher", tier))
+    request = message_factory.GetMessageClass(method.input_type)()
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.unary_stream(path, request_serializer=type(request).SerializeToString)(
+            request, metadata=[("authorization", f"Bearer {token}")]
+        )
+        reading = asyncio.ensure_future(call.read())
+        done, _ = await asyncio.wait((reading,), timeout=0.3)
+        if done and reading.exception() is not None:
+            pytest.skip(f"an empty request does not keep {path} open: {reading.exception()}")
+        server.run(store.revoke(namespace, record.token_id))
+        bound = server.settings.auth_cache_seconds
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:  # drain anything sent before the revocation took effect
+                item = await asyncio.wait_for(reading, timeout=bound + 2)
+                assert item is not grpc.aio.EOF, "the stream ended OK instead of UNAUTHENTICATED"
+                reading = asyncio.ensure_future(call.read())
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
