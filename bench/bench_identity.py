@@ -5,7 +5,7 @@ the cache off so every call reads Redis), and the client's fail-fast refusal.
 
 Rows: WhoAmI on a server with --insecure-dev-identity (no Redis); WhoAmI with a token, cache on
 (the default, ≤ 5 s stale); WhoAmI with a token and --auth-cache-seconds 0 (one HGETALL per
-call); IssueToken (one MULTI/EXEC); a call refused locally by the client (no round trip). The
+call); IssueToken (one pipeline); a call refused locally by the client (no round trip). The
 server runs in its own thread and loop (uvloop), the client in this one.
 """
 
@@ -51,7 +51,7 @@ async def main() -> None:
         async with AsyncClient(cached.address, token=token) as c:
             await measure("WhoAmI, token, auth cache 5 s", c.admin.who_am_i)
             await measure(
-                "IssueToken (MULTI/EXEC, 2 slots)",
+                "IssueToken (one pipeline, 2 slots)",
                 lambda: c.admin.issue_token("w", "OBSERVER"),
                 total=2000,
             )

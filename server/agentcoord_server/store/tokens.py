@@ -12,10 +12,12 @@ only at their own optional lifetime):
 - `ac:{<ns>}:tokens:index` — a sorted set of the namespace's token ids (all scores 0, so it
   orders by id; ids start with the issue time in hex, so that is issue order) for paging.
 
-The global key lives outside the namespace's hash tag, so issue and revoke are MULTI/EXEC
-transactions over two slots: atomic on a standalone Redis (what agentcoord runs on today).
-Their order is chosen so a partial failure can only leave a token unusable, never usable
-without its namespace record: issue writes the global entry last, revoke deletes it first.
+The global key lives outside the namespace's hash tag (a bare token names no namespace), so
+issue and revoke touch two cluster slots and cannot be one Lua script or MULTI. They are
+ordered pipelines instead (one round trip; they also run on Redis Cluster), ordered so that a
+failure half-way can only leave a token unusable, never usable without its namespace record:
+issue writes the global entry last, revoke deletes it first. A leftover namespace record shows
+in ListTokens and is removed by revoking it again.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ class TokenStore:
         issued_by: str = "",
         token: str | None = None,
     ) -> tuple[str, TokenRecord]:
-        """Creates a token and returns (the secret token, its record). One round trip.
+        """Creates a token and returns (the secret token, its record). One round trip (an
+        ordered pipeline: the namespace record first, the global entry that makes it usable last).
 
         `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
@@ -129,12 +132,13 @@ class TokenStore:
             "expires_ms": str(expires_ms),
             "digest": digest,
         }
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(record_key, mapping=record)
             pipe.zadd(keys.key("tokens", "index"), {token_id: 0})
-            pipe.hset(global_key(digest), mapping=grant)
             if expires_ms:
                 pipe.pexpireat(record_key, expires_ms)
+            pipe.hset(global_key(digest), mapping=grant)
+            if expires_ms:
                 pipe.pexpireat(global_key(digest), expires_ms)
             await pipe.execute()
         return token, _record(namespace, token_id, record)
@@ -142,7 +146,7 @@ class TokenStore:
     async def revoke(self, namespace: str, token_id: str) -> TokenRecord:
         """Deletes a token of `namespace`: its global entry first, then its record and index entry.
 
-        Two round trips (read the record to learn the hash, then one transaction).
+        Two round trips (read the record to learn the hash, then one ordered pipeline).
         Raises NotFound (TOKEN_NOT_FOUND) if the namespace has no such live token — including
         when the id belongs to another namespace, which is not distinguishable on purpose.
         """
@@ -156,7 +160,7 @@ class TokenStore:
                 reason="TOKEN_NOT_FOUND",
                 metadata={"token_id": token_id},
             )
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(global_key(fields["digest"]))
             pipe.delete(record_key)
             pipe.zrem(keys.key("tokens", "index"), token_id)
