@@ -95,6 +95,41 @@ async def test_32_concurrent_claimers_complete_each_of_500_tasks_exactly_once(ma
     assert dict(totals.by_type) == {"load": 500}
 
 
+async def test_tasks_abandoned_by_crashed_workers_are_completed_exactly_once_by_the_others(
+    make_aclient,
+):
+    adder = make_aclient("adder")
+    ids = [f"t{i:03d}" for i in range(100)]
+    await asyncio.gather(*(adder.tasks.add_task(task_id=i, task_type="job") for i in ids))
+    abandoned: list[str] = []
+
+    async def crash(client):
+        for _ in range(5):  # claims under a 1 s lease, then dies without a word
+            task = await client.tasks.claim_task(task_types=["job"], lease=1)
+            abandoned.append(task.task_id)
+
+    await asyncio.gather(*(crash(make_aclient(f"crasher-{n}")) for n in range(2)))
+    completed: list[str] = []
+
+    async def work(client):
+        while len(completed) < len(ids):
+            task = await client.tasks.claim_task(task_types=["job"], lease=30, wait=2)
+            if task is None:
+                return
+            await client.tasks.complete_task(
+                task_id=task.task_id, fencing_token=task.lease.fencing_token
+            )
+            completed.append(task.task_id)
+
+    await asyncio.gather(*(work(make_aclient(f"worker-{n}")) for n in range(8)))
+
+    assert sorted(completed) == ids  # every task, each exactly once
+    assert (await adder.tasks.aggregate_results()).total_completed == 100
+    redelivered = [await adder.tasks.get_task(i) for i in abandoned]
+    assert len(abandoned) == 10
+    assert all(t.attempts == 2 and not t.assignee.startswith("crasher") for t in redelivered)
+
+
 async def test_concurrent_claims_of_one_task_have_exactly_one_winner(make_aclient):
     await make_aclient("adder").tasks.add_task(task_id="prize", task_type="race")
     clients = [make_aclient(f"w{n}") for n in range(32)]

@@ -50,3 +50,25 @@ async def test_waiting_claim_ends_with_no_task_when_the_server_shuts_down(redis_
     finally:
         if stopping is None:
             handle.stop()
+
+
+async def test_waiting_claim_gets_a_task_added_through_another_server_process(
+    server, redis_url, namespace
+):
+    other = ServerThread(server_settings(redis_url)).start()
+    try:
+        waiter_token = server.issue_token("waiter", "CONTRIBUTOR", namespace)
+        adder_token = other.issue_token("adder", "CONTRIBUTOR", namespace)
+        async with (
+            AsyncClient(server.address, token=waiter_token) as waiter,
+            AsyncClient(other.address, token=adder_token) as adder,
+        ):
+            waiting = asyncio.create_task(waiter.tasks.claim_task(task_types=["review"], wait=10))
+            await asyncio.sleep(0.3)
+
+            await adder.tasks.add_task(task_id="remote", task_type="review")
+
+            task = await asyncio.wait_for(waiting, 5)
+            assert task is not None and task.task_id == "remote"
+    finally:
+        other.stop()
