@@ -21,7 +21,6 @@ import asyncio
 import logging
 import statistics
 import time
-from typing import Any
 
 import structlog
 from agentcoord import AsyncClient
@@ -62,11 +61,14 @@ async def fan_out(
 ) -> None:
     anchor = await sender.signals.send_signal("start")
     received: list[list[float]] = [[] for _ in range(subscribers)]
+    everyone_listening = asyncio.Event()
 
     async def listen(index: int, client: AsyncClient) -> None:
         stream = client.signals.subscribe(["news"], after_id=anchor.id)
         async for _signal in stream:
             received[index].append(time.perf_counter())
+            if len(received[index]) == 1 and all(received):
+                everyone_listening.set()
             if len(received[index]) == count:
                 break
         await stream.aclose()
@@ -75,11 +77,9 @@ async def fan_out(
         asyncio.ensure_future(listen(i, listeners[i % len(listeners)])) for i in range(subscribers)
     ]
     # Let every stream register before timing (catch-up would deliver them anyway).
-    warm = await sender.signals.send_signal("news", PAYLOAD)
-    while any(not r for r in received):
-        await asyncio.sleep(0.01)
+    await sender.signals.send_signal("news", PAYLOAD)
+    await asyncio.wait_for(everyone_listening.wait(), 120)
     sent_at = [time.perf_counter()]
-    del warm
     for _ in range(count - 1):
         await sender.signals.send_signal("news", PAYLOAD)
         sent_at.append(time.perf_counter())
@@ -134,5 +134,3 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
-
-__all__: list[Any] = []
