@@ -20,9 +20,12 @@ def stream_key(ns: str) -> str:
     return f"ac:{{{ns}}}:signals"
 
 
-def add_participants(redis_client, ns: str, session_id: str, *agents: str) -> None:
-    """Session participants as MemoryService keeps them (a SET; see store/memory.py)."""
-    redis_client.sadd(f"ac:{{{ns}}}:sessions:{session_id}:participants", *agents)
+def make_session(clients, session_id: str) -> None:
+    """A MemoryService session: the first client creates it, the others join."""
+    first, *others = clients
+    first.memory.create_session(session_id)
+    for other in others:
+        other.memory.join_session(session_id)
 
 
 def types_of(response) -> list[str]:
@@ -63,11 +66,9 @@ def test_targeted_signal_is_seen_only_by_its_sender_and_its_target(make_client):
     assert carol.signals.receive_signals(["secret"]).signals == []
 
 
-def test_type_filter_applies_to_broadcast_targeted_and_session_signals(
-    make_client, redis_client, namespace
-):
-    add_participants(redis_client, namespace, "review", "alice", "bob")
+def test_type_filter_applies_to_broadcast_targeted_and_session_signals(make_client):
     alice, bob = make_client("alice"), make_client("bob")
+    make_session([alice, bob], "review")
     alice.signals.send_signal("noise")
     alice.signals.send_signal("noise", target_agent="bob")
     alice.signals.send_signal("noise", session_id="review")
@@ -85,22 +86,30 @@ def test_type_filter_applies_to_broadcast_targeted_and_session_signals(
     assert types_of(bob.signals.receive_signals(["done", "other"])) == ["done"] * 3 + ["other"]
 
 
-def test_session_signal_reaches_the_participants_at_send_time_only(
-    make_client, redis_client, namespace
-):
-    add_participants(redis_client, namespace, "s1", "alice", "bob")
-    alice, bob, carol = make_client("alice"), make_client("bob"), make_client("carol")
+def test_session_signal_reaches_the_participants_at_send_time_only(make_client):
+    alice, bob, carol, dave = (make_client(a) for a in ("alice", "bob", "carol", "dave"))
+    make_session([alice, bob], "s1")
     first = alice.signals.send_signal("sync", session_id="s1")
-    add_participants(redis_client, namespace, "s1", "carol")
-    redis_client.srem(f"ac:{{{namespace}}}:sessions:s1:participants", "bob")
+    carol.memory.join_session("s1")
+    bob.memory.leave_session("s1")
     second = alice.signals.send_signal("sync", session_id="s1")
 
     assert [s.id for s in bob.signals.receive_signals().signals] == [first.id]
     assert [s.id for s in carol.signals.receive_signals().signals] == [second.id]
     assert [s.id for s in alice.signals.receive_signals().signals] == [first.id, second.id]
+    assert dave.signals.receive_signals().signals == []
 
 
-def test_sending_to_a_session_without_participants_is_not_found_and_writes_nothing(
+def test_a_session_signal_from_a_non_participant_reaches_the_participants(make_client):
+    alice, bob = make_client("alice"), make_client("bob")
+    make_session([bob], "s2")
+    sent = alice.signals.send_signal("ping", session_id="s2")
+
+    assert [s.id for s in bob.signals.receive_signals().signals] == [sent.id]
+    assert [s.id for s in alice.signals.receive_signals().signals] == [sent.id]
+
+
+def test_sending_to_a_missing_session_is_not_found_and_writes_nothing(
     make_client, redis_client, namespace
 ):
     alice = make_client("alice")

@@ -113,10 +113,11 @@ async def test_subscription_from_earliest_starts_with_the_oldest_retained(make_a
 
 
 async def test_live_stream_keeps_targeted_signals_private_and_filters_every_kind(
-    make_aclient, redis_client, namespace
+    make_aclient,
 ):
-    redis_client.sadd(f"ac:{{{namespace}}}:sessions:review:participants", "alice", "bob")
-    alice, carol = make_aclient("alice"), make_aclient("carol")
+    alice, bob, carol = make_aclient("alice"), make_aclient("bob"), make_aclient("carol")
+    await alice.memory.create_session("review")
+    await bob.memory.join_session("review")
     anchor = await alice.signals.send_signal("start")
     carol_all = carol.signals.subscribe(after_id=anchor.id)
     carol_done = carol.signals.subscribe(["done"], after_id=anchor.id)

@@ -143,14 +143,16 @@ class SignalStore:
         """Appends a signal (one EVALSHA) and returns it with its id.
 
         Ids must already be validated. A session signal's recipients are the session's
-        participants SET (`ac:{ns}:sessions:<id>:participants`, MemoryService) at send time.
+        participants SET (`ac:{ns}:sessions:<id>:participants`, MemoryService) at send time;
+        the session exists while its `…:info` HASH does.
 
-        Raises NotFound (SESSION_NOT_FOUND) when the session has no participants; nothing is
+        Raises NotFound (SESSION_NOT_FOUND) when the session is missing or expired; nothing is
         written then.
         """
         ks = Keyspace(namespace)
         keys = [self.stream_key(namespace), self.trimmed_key(namespace)]
         if session_id:
+            keys.append(ks.key("sessions", session_id, "info"))
             keys.append(ks.key("sessions", session_id, "participants"))
         payload = json.dumps(data, separators=(",", ":")) if data else ""
         reply = await self._send(
@@ -159,7 +161,7 @@ class SignalStore:
         )
         if reply[0] != "OK":
             raise NotFound(
-                f"session {session_id!r} has no participants (missing or expired)",
+                f"session {session_id!r} does not exist or has expired",
                 reason="SESSION_NOT_FOUND",
                 metadata={"session_id": session_id},
             )

@@ -84,8 +84,8 @@ class SignalServiceServicer:
 
     def SendSignal(self, request, context):
         """Sends a signal as the caller. Broadcast when neither target_agent nor
-        session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session without
-        participants (missing or expired).
+        session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
+        missing or expired (MemoryService sessions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

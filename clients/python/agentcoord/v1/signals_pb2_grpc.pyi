@@ -49,8 +49,8 @@ class SignalServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SignalServiceAsyncStub: ...
     SendSignal: _grpc.UnaryUnaryMultiCallable[_signals_pb2.SendSignalRequest, _signals_pb2.SendSignalResponse]
     """Sends a signal as the caller. Broadcast when neither target_agent nor
-    session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session without
-    participants (missing or expired).
+    session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
+    missing or expired (MemoryService sessions).
     """
     ReceiveSignals: _grpc.UnaryUnaryMultiCallable[_signals_pb2.ReceiveSignalsRequest, _signals_pb2.ReceiveSignalsResponse]
     """Reads the signals visible to the caller after a cursor, oldest first. Does
@@ -93,8 +93,8 @@ class SignalServiceAsyncStub(SignalServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendSignal: _aio.UnaryUnaryMultiCallable[_signals_pb2.SendSignalRequest, _signals_pb2.SendSignalResponse]  # type: ignore[assignment]
     """Sends a signal as the caller. Broadcast when neither target_agent nor
-    session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session without
-    participants (missing or expired).
+    session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
+    missing or expired (MemoryService sessions).
     """
     ReceiveSignals: _aio.UnaryUnaryMultiCallable[_signals_pb2.ReceiveSignalsRequest, _signals_pb2.ReceiveSignalsResponse]  # type: ignore[assignment]
     """Reads the signals visible to the caller after a cursor, oldest first. Does
@@ -140,8 +140,8 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_signals_pb2.SendSignalResponse, _abc.Awaitable[_signals_pb2.SendSignalResponse]]:
         """Sends a signal as the caller. Broadcast when neither target_agent nor
-        session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session without
-        participants (missing or expired).
+        session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
+        missing or expired (MemoryService sessions).
         """
 
     @_abc_1.abstractmethod

@@ -3,10 +3,11 @@
 -- tell a trimmed cursor (OUT_OF_RANGE) from one that simply has nothing after it.
 --
 -- KEYS[1] the stream, KEYS[2] the "trimmed up to" marker (a string: the largest dropped id),
--- KEYS[3] (session signals only) the session's participants SET.
+-- KEYS[3], KEYS[4] (session signals only) the session's info HASH and participants SET
+-- (MemoryService's keys, store/memory.py).
 -- ARGV[1] retention in ms, ARGV[2] signal type, ARGV[3] data as JSON ('' for none),
 -- ARGV[4] sender, ARGV[5] target agent ('' for none), ARGV[6] session id ('' for none).
--- Returns {'OK', id} or {'SESSION_NOT_FOUND'} (nothing written).
+-- Returns {'OK', id} or {'SESSION_NOT_FOUND'} (no live session; nothing written).
 --
 -- Session signals store their recipients (",a,b,") on the entry: visibility is decided at
 -- send time, so a later join or leave does not change who saw what, and reading never needs
@@ -23,10 +24,10 @@ if ARGV[5] ~= '' then
   fields[#fields + 1] = ARGV[5]
 end
 if ARGV[6] ~= '' then
-  local members = redis.call('SMEMBERS', KEYS[3])
-  if #members == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 0 then
     return {'SESSION_NOT_FOUND'}
   end
+  local members = redis.call('SMEMBERS', KEYS[4])
   fields[#fields + 1] = 'n'
   fields[#fields + 1] = ARGV[6]
   fields[#fields + 1] = 'r'

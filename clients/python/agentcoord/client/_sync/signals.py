@@ -40,7 +40,7 @@ class SignalsClient(ServiceClient):
         sender always sees its own signals. `data` is any JSON-like dict. CONTRIBUTOR or above.
 
         Raises AgentcoordError: INVALID_ARGUMENT for a bad id or both targets set, NOT_FOUND
-        (SESSION_NOT_FOUND) for a session without participants.
+        (SESSION_NOT_FOUND) for a missing or expired session.
         """
         request = signals_pb2.SendSignalRequest(
             signal_type=signal_type, target_agent=target_agent, session_id=session_id
