@@ -292,6 +292,18 @@ def test_lease_expiry_on_the_last_attempt_dead_letters_the_task(
     assert task.last_error == "lease expired"
 
 
+def test_failure_that_does_not_say_whether_it_is_retryable_is_retried(make_client):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    task = client.tasks.claim_task(task_types=["review"])
+    # As grpcurl or another language's client would send it: no retryable field at all.
+    request = tasks_pb2.FailTaskRequest(task_id="t1", fencing_token=task.lease.fencing_token)
+
+    response = client.tasks._unary(client.tasks._stub.FailTask, request)
+
+    assert response.task.status == tasks_pb2.TASK_STATUS_PENDING
+
+
 def test_non_retryable_failure_dead_letters_at_once(make_client):
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review", max_attempts=5)

@@ -296,7 +296,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             task_id,
             token,
             error=_text(request.error, "error"),
-            retryable=request.retryable,
+            retryable=request.retryable if request.HasField("retryable") else True,
             backoff_ms=backoff_ms,
         )
         return tasks_pb2.FailTaskResponse(task=task_proto(rec))

@@ -714,7 +714,7 @@ class FailTaskRequest(_message.Message):
     error: _builtins.str
     """What went wrong, at most 4096 characters."""
     retryable: _builtins.bool
-    """False dead-letters the task at once."""
+    """False dead-letters the task at once; unset means true (retry until max_attempts)."""
     @_builtins.property
     def backoff(self) -> _duration_pb2.Duration:
         """How long the task waits before it is claimable again, 0 to 1 h."""
@@ -725,14 +725,16 @@ class FailTaskRequest(_message.Message):
         task_id: _builtins.str = ...,
         fencing_token: _builtins.int = ...,
         error: _builtins.str = ...,
-        retryable: _builtins.bool = ...,
+        retryable: _builtins.bool | None = ...,
         backoff: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "retryable", b"retryable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "error", b"error", "fencing_token", b"fencing_token", "retryable", b"retryable", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "error", b"error", "fencing_token", b"fencing_token", "retryable", b"retryable", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__retryable: _TypeAlias = _typing.Literal["retryable"]  # noqa: Y015
+    _WhichOneofArgType__retryable: _TypeAlias = _typing.Literal["_retryable", b"_retryable"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retryable) -> _WhichOneofReturnType__retryable | None: ...
 
 Global___FailTaskRequest: _TypeAlias = FailTaskRequest  # noqa: Y015
 
