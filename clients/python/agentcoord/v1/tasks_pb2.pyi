@@ -1022,6 +1022,10 @@ Global___AggregateResultsRequest: _TypeAlias = AggregateResultsRequest  # noqa: 
 
 @_typing.final
 class AggregateResultsResponse(_message.Message):
+    """The counts are exact: the completion script increments them in the same atomic step.
+    They live TASK TTL after the namespace's last completion, then start again from zero.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
