@@ -16,10 +16,14 @@ local filters = {}
 for i = 6, #ARGV, 3 do
   filters[#filters + 1] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
 end
-local function matches(h)
-  for _, f in ipairs(filters) do
-    local v = h[f[1]]
-    if v == nil then return false end
+-- Only the index field and the filtered fields are read before an entry is known to match,
+-- so a selective filter does not copy every non-matching entry's payload.
+local probe = {'idx'}
+for _, f in ipairs(filters) do probe[#probe + 1] = f[1] end
+local function matches(values)
+  for i, f in ipairs(filters) do
+    local v = values[i + 1]
+    if not v then return false end
     if f[2] == 'eq' then
       if v ~= f[3] then return false end
     elseif f[2] == 'ge' then
@@ -48,12 +52,12 @@ while budget > 0 and count < want and not full do
   for _, m in ipairs(members) do
     budget = budget - 1
     last = m
-    local flat = redis.call('HGETALL', ARGV[1] .. string.match(m, '[^:]+$'))
-    local h = {}
-    for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
-    if h['idx'] ~= m then
+    local key = ARGV[1] .. string.match(m, '[^:]+$')
+    local values = redis.call('HMGET', key, unpack(probe))
+    if values[1] ~= m then
       stale[#stale + 1] = m
-    elseif matches(h) then
+    elseif matches(values) then
+      local flat = redis.call('HGETALL', key)
       local size = 0
       for j = 2, #flat, 2 do size = size + #flat[j] end
       if count > 0 and used + size > max_bytes then
