@@ -179,14 +179,18 @@ class _Wakeups:
         if event is not None:
             event.set()
 
-    async def wait(self, namespace: str, timeout: float) -> None:
+    async def wait(self, namespace: str, timeout: float, shutdown: asyncio.Event) -> None:
+        """Returns after a notify for `namespace`, when `shutdown` is set, or after `timeout`
+        seconds, whichever is first. Cancellation propagates."""
         event = self._events.get(namespace)
         if event is None:
             event = self._events[namespace] = asyncio.Event()
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(shutdown.wait())]
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
 
 def _cursor(token: str) -> tuple[str, str]:
@@ -363,7 +367,7 @@ class TaskStore:
 
         While waiting it holds no Redis connection: it sleeps until this process adds or
         returns a task of the namespace, or RECHECK_SECONDS pass, or `shutdown` is set (then
-        it answers None at the next check).
+        it checks once more and answers).
         Raises InvalidArgument (NO_TASK_TYPES) when no types are given and the agent has no
         registered capabilities.
         """
@@ -390,7 +394,7 @@ class TaskStore:
             remaining = deadline - loop.time()
             if remaining <= 0 or shutdown.is_set():
                 return None
-            await self._wakeups.wait(namespace, min(remaining, RECHECK_SECONDS))
+            await self._wakeups.wait(namespace, min(remaining, RECHECK_SECONDS), shutdown)
 
     async def renew_lease(
         self, namespace: str, agent_id: str, task_id: str, fencing_token: int, lease_ms: int
