@@ -16,10 +16,13 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from agentcoord.v1 import tasks_pb2, tasks_pb2_grpc
 
-from .._transport import AsyncTransport
+from .._transport import AsyncTransport, async_sleep
 from ..errors import AgentcoordError
 from ..task_worker import AsyncLeaseKeeper, AsyncTaskHandler, PermanentTaskError
 from ._base import ServiceClient
+
+IDLE_PAUSE = 0.5
+"""Seconds a worker with wait=0 pauses after finding nothing to claim."""
 
 _STATUSES = {
     None: tasks_pb2.TASK_STATUS_UNSPECIFIED,
@@ -352,6 +355,8 @@ class AsyncWorker:
             if task is None:
                 if stop_when_idle:
                     break
+                if self._wait <= 0:
+                    await async_sleep(IDLE_PAUSE)  # a worker told not to wait must not spin
                 continue
             processed += 1
         return processed

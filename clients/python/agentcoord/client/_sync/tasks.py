@@ -17,10 +17,13 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from agentcoord.v1 import tasks_pb2, tasks_pb2_grpc
 
-from .._transport import SyncTransport
+from .._transport import SyncTransport, sync_sleep
 from ..errors import AgentcoordError
 from ..task_worker import LeaseKeeper, TaskHandler, PermanentTaskError
 from ._base import ServiceClient
+
+IDLE_PAUSE = 0.5
+"""Seconds a worker with wait=0 pauses after finding nothing to claim."""
 
 _STATUSES = {
     None: tasks_pb2.TASK_STATUS_UNSPECIFIED,
@@ -353,6 +356,8 @@ class Worker:
             if task is None:
                 if stop_when_idle:
                     break
+                if self._wait <= 0:
+                    sync_sleep(IDLE_PAUSE)  # a worker told not to wait must not spin
                 continue
             processed += 1
         return processed
