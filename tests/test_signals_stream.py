@@ -361,3 +361,25 @@ def test_bad_subscribe_is_invalid_argument(make_client):
 
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in caught.value.field_violations] == ["after_id"]
+
+
+async def test_a_long_catch_up_does_not_fill_the_live_buffer(small_queue_server, credentials):
+    """While bob is still reading stored signals (transport full), new ones must not pile up in
+    his 4-signal server buffer: they are read from Redis when the catch-up reaches them."""
+    async with (
+        AsyncClient(small_queue_server.address, **credentials("alice")) as alice,
+        AsyncClient(small_queue_server.address, **credentials("bob")) as bob,
+    ):
+        anchor = await alice.signals.send_signal("start")
+        blob = "x" * 131_072
+        sent = [
+            (await alice.signals.send_signal("big", {"n": i, "blob": blob})).id for i in range(60)
+        ]
+        stream = bob.signals.subscribe(after_id=anchor.id, max_retries=0)
+        got = [s.id for s in await take(stream, 1)]
+        await asyncio.sleep(0.3)  # bob's server-side catch-up is now blocked on the transport
+        sent += [(await alice.signals.send_signal("small", {"n": i})).id for i in range(10)]
+        got += [s.id for s in await take(stream, len(sent) - 1)]
+        await stream.aclose()
+
+    assert got == sent

@@ -7,10 +7,13 @@ namespace's first subscriber arrives and stopped when its last one leaves. Each 
 parsed once and offered to every subscriber, which keeps it if the subscriber may see it and
 wants its type.
 
-No gaps, no duplicates: a subscriber registers with the reader first, waits until the reader
-knows its position P (everything after P will be offered to it), then catches up from its own
-cursor with the store's receive script until the end of the stream (≥ P), and from then on takes
-live entries, skipping any at or before the last id the catch-up covered.
+No gaps, no duplicates: a subscriber registers with the reader first and waits until the reader
+knows its position P (everything after P will be offered to it). It then catches up from its own
+cursor with the store's receive script; meanwhile live entries are not buffered (Redis has
+them). When a catch-up page reaches the end of the stream, the subscription turns live — from
+then on every new entry is buffered — and reads one more page, which fetches whatever arrived
+before the switch. Live entries at or before the last id the catch-up covered are skipped. So a
+long catch-up never fills the buffer, and nothing falls between the two phases.
 
 Bounded memory: each subscription buffers at most `queue_size` entries; when a slow reader lets
 it fill, the subscription ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) and its buffer is
@@ -68,6 +71,7 @@ class Subscription:
         self._queue_size = queue_size
         self._items: deque[SignalEntry] = deque()
         self._wake = asyncio.Event()
+        self._live = False
         self.error: DomainError | None = None
 
     @property
@@ -76,8 +80,8 @@ class Subscription:
 
     def offer(self, entry: SignalEntry) -> None:
         """Called by the reader for every new entry of the namespace (never blocks)."""
-        if self.error is not None:
-            return
+        if self.error is not None or not self._live:
+            return  # during catch-up the store read will return this entry
         if self.signal_types and entry.signal_type not in self.signal_types:
             return
         if not entry.visible_to(self.agent_id):
@@ -129,7 +133,11 @@ class Subscription:
                 yield entry
             cursor = page.next_after or cursor
             if not page.more:
-                break
+                if self._live:
+                    break
+                # Buffer live entries from here on; the next page picks up whatever was
+                # appended between this page's read and this line.
+                self._live = True
         covered = id_key(cursor) if cursor else (0, 0)
         while True:
             entry = await self._next_live()
