@@ -383,3 +383,24 @@ async def test_a_long_catch_up_does_not_fill_the_live_buffer(small_queue_server,
         await stream.aclose()
 
     assert got == sent
+
+
+async def test_losing_the_readers_redis_connection_loses_no_signal(
+    server, make_aclient, redis_client, namespace
+):
+    alice, bob = make_aclient("alice"), make_aclient("bob")
+    anchor = await alice.signals.send_signal("start")
+    stream = bob.signals.subscribe(after_id=anchor.id, backoff=0.05)
+    sent = [(await alice.signals.send_signal("x")).id]
+    got = [s.id for s in await take(stream, 1)]
+    await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
+    (reader,) = [
+        c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
+    ]
+
+    redis_client.execute_command("CLIENT", "KILL", "ID", reader["id"])
+    sent += [(await alice.signals.send_signal("x")).id for _ in range(3)]
+    got += [s.id for s in await take(stream, 3)]
+    await stream.aclose()
+
+    assert got == sent

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -158,7 +159,11 @@ class _NamespaceReader:
         self.position = "0-0"
         self.ready = asyncio.Event()
         self.error: DomainError | None = None
-        self.task = asyncio.create_task(self._run(), name=f"signals-reader:{namespace}")
+        # A fresh context: the reader outlives the request that started it and must not log
+        # with that request's id and agent.
+        self.task = asyncio.create_task(
+            self._run(), name=f"signals-reader:{namespace}", context=contextvars.Context()
+        )
 
     def _connect(self) -> tuple[Redis, ConnectionPool]:
         shared = self.hub.redis.connection_pool
@@ -275,7 +280,9 @@ class SignalHub:
                 reason="SERVER_SHUTTING_DOWN",
             )
         if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch_shutdown(), name="signals-shutdown")
+            self._watcher = asyncio.create_task(
+                self._watch_shutdown(), name="signals-shutdown", context=contextvars.Context()
+            )
         reader = self._readers.get(namespace)
         if reader is None:
             reader = self._readers[namespace] = _NamespaceReader(self, namespace)
