@@ -101,6 +101,8 @@ Global___Signal: _TypeAlias = Signal  # noqa: Y015
 
 @_typing.final
 class SendSignalRequest(_message.Message):
+    """SendSignalRequest is one signal to send; the sender is the authenticated caller."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_TYPE_FIELD_NUMBER: _builtins.int
@@ -141,6 +143,8 @@ Global___SendSignalRequest: _TypeAlias = SendSignalRequest  # noqa: Y015
 
 @_typing.final
 class SendSignalResponse(_message.Message):
+    """SendSignalResponse returns what was stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_FIELD_NUMBER: _builtins.int
@@ -163,6 +167,8 @@ Global___SendSignalResponse: _TypeAlias = SendSignalResponse  # noqa: Y015
 
 @_typing.final
 class ReceiveSignalsRequest(_message.Message):
+    """ReceiveSignalsRequest reads the caller's visible signals after a cursor."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_TYPES_FIELD_NUMBER: _builtins.int
@@ -197,6 +203,8 @@ Global___ReceiveSignalsRequest: _TypeAlias = ReceiveSignalsRequest  # noqa: Y015
 
 @_typing.final
 class ReceiveSignalsResponse(_message.Message):
+    """ReceiveSignalsResponse is one page of signals, oldest first, and where to go on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNALS_FIELD_NUMBER: _builtins.int
@@ -232,6 +240,8 @@ Global___ReceiveSignalsResponse: _TypeAlias = ReceiveSignalsResponse  # noqa: Y0
 
 @_typing.final
 class SubscribeRequest(_message.Message):
+    """SubscribeRequest opens a live stream of the caller's visible signals."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_TYPES_FIELD_NUMBER: _builtins.int
@@ -264,6 +274,8 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
+    """SubscribeResponse is one step of a subscription."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_FIELD_NUMBER: _builtins.int
