@@ -9,7 +9,7 @@ Layout (all keys of a namespace share its `{ns}` hash tag, so every script is si
     ac:{ns}:sessions:<id>:info                HASH  p purpose, m metadata bytes, b created by,
                                                     c create ms, e expire ms
     ac:{ns}:sessions:<id>:participants        SET   agent ids  (documented for the Signals
-                                                    service: see `SessionStore.participants`)
+                                                    service: see `MemoryStore.participants`)
     ac:{ns}:sessions:<id>:context             HASH  context key → serialized SharedContextItem
     ac:{ns}:session-index:ids / :expiry       ZSET  as for memory, over session ids
     ac:{ns}:collab:<owner>:<session id>       HASH  s state bytes, v version, u update ms (no TTL)
@@ -28,6 +28,10 @@ a second sorted set scored by expiry that every write prunes (up to 100 members)
 indexes stay close to the live entries without a sweeper. Index keys carry the TTL of their
 longest-lived member, so an idle owner leaves nothing behind. Times are the server's clock,
 in milliseconds since the epoch; TTLs are enforced by Redis (PEXPIRE).
+
+The clear and list scripts build per-entry key names from a prefix passed in ARGV instead of
+declaring each key: every key they touch carries the same `{ns}` hash tag as their KEYS, so they
+stay single-slot (and atomic) on Redis Cluster.
 
 Store methods take validated ids and raise domain errors (errors.py); no gRPC types here.
 """

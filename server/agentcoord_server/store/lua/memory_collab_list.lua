@@ -1,4 +1,4 @@
--- One page of an agent's collaboration states in session id order (CollaborationStore.list).
+-- One page of an agent's collaboration states in session id order (MemoryStore.list_collaboration_states).
 -- KEYS[1] the owner's state index; ARGV[1] the owner's state key prefix, ARGV[2] page token (last
 -- session id of the previous page, exclusive; '' to start), ARGV[3] page size.
 -- Returns {next token or '', {{session id, state bytes, version, update ms}, ...}}.

@@ -1,5 +1,5 @@
 -- Saves an agent's collaboration state for a session, with an optional compare-and-set on its
--- version (CollaborationStore.save). No TTL: collaboration state is kept (DESIGN.md, "Redis").
+-- version (MemoryStore.save_collaboration_state). No TTL: collaboration state is kept (DESIGN.md, "Redis").
 -- KEYS[1] state hash {s = serialized CollaborationState, v = version, u = update ms}
 -- KEYS[2] the owner's state index (zset, scores 0, ordered by session id)
 -- ARGV[1] session id, ARGV[2] state bytes, ARGV[3] expected version ('' = unconditional),

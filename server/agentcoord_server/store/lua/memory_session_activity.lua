@@ -1,5 +1,5 @@
 -- A participant's activity in a session, atomically with its check and the TTL refresh
--- (SessionStore.join / leave / share / read_context).
+-- (MemoryStore.join_session / leave_session / share_context / read_context).
 -- KEYS[1] info hash, KEYS[2] participants set, KEYS[3] shared context hash (field = context key,
 -- value = serialized SharedContextItem), KEYS[4] session index, KEYS[5] session expiry index
 -- ARGV[1] session id, ARGV[2] op: join | leave | share | read, ARGV[3] the caller's agent id,

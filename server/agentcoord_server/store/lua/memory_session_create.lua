@@ -1,4 +1,4 @@
--- Creates a team session with its creator as the first participant (SessionStore.create).
+-- Creates a team session with its creator as the first participant (MemoryStore.create_session).
 -- KEYS[1] info hash {p = purpose, m = metadata bytes, b = created by, c = create ms, e = expire ms}
 -- KEYS[2] participants set, KEYS[3] shared context hash
 -- KEYS[4] session index (zset, scores 0, ordered by id), KEYS[5] session expiry index (zset)

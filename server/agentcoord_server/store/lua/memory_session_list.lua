@@ -1,4 +1,4 @@
--- One page of the namespace's live sessions in id order (SessionStore.list).
+-- One page of the namespace's live sessions in id order (MemoryStore.list_sessions).
 -- KEYS[1] session index, KEYS[2] session expiry index
 -- ARGV[1] session key prefix ('ac:{ns}:sessions:'), ARGV[2] page token (last id of the previous
 -- page, exclusive; '' to start), ARGV[3] page size
