@@ -157,6 +157,16 @@ def test_states_are_per_agent(make_client):
     assert error.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_states_are_invisible_to_other_namespaces(make_client):
+    make_client("agent-1").memory.save_collaboration_state("s1", sample_state())
+    outsider = make_client("agent-1", ns="other")
+
+    assert (
+        error_of(outsider.memory.load_collaboration_state, "s1").code == grpc.StatusCode.NOT_FOUND
+    )
+    assert list(outsider.memory.list_collaboration_states().records) == []
+
+
 def test_collaboration_state_has_no_ttl(make_client, namespace, redis_client):
     make_client().memory.save_collaboration_state("s1", sample_state())
 

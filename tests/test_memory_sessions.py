@@ -266,6 +266,7 @@ def test_session_and_its_shared_context_expire_together(redis_url, namespace, re
     assert error.code == grpc.StatusCode.NOT_FOUND
     assert redis_client.exists(*keys.values()) == 0
     assert list(listed) == []
+    assert redis_client.zrange(Keyspace(namespace).key("session-index", "ids"), 0, -1) == []
 
 
 def test_an_expired_session_id_can_be_created_again(redis_url, namespace):
