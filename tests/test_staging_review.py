@@ -310,3 +310,28 @@ def test_library_survives_a_server_restart(redis_url, credentials):
             assert [p.pattern_id for p in reader.staging.list_patterns().patterns] == ["p1"]
     finally:
         second.stop()
+
+
+def test_library_survives_a_restart_of_the_server_and_its_embedded_redis(tmp_path, namespace):
+    # redis_url None: the server starts (and on stop shuts down) its own embedded Redis.
+    settings = server_settings(None, data_dir=tmp_path)
+    first = ServerThread(settings).start()
+    try:
+        with Client(
+            first.address, token=first.issue_token("finder", "CONTRIBUTOR", namespace)
+        ) as c:
+            stage(c)
+        with Client(first.address, token=first.issue_token("judge", "VALIDATOR", namespace)) as v:
+            v.staging.promote_pattern("p1", note="keep")
+    finally:
+        first.stop()
+
+    second = ServerThread(settings).start()
+    try:
+        token = second.issue_token("reader", "OBSERVER", namespace)
+        with Client(second.address, token=token) as reader:
+            got = reader.staging.get_pattern("p1")
+    finally:
+        second.stop()
+
+    assert (got.promoted_by, got.note, got.author) == ("judge", "keep", "finder")
