@@ -426,3 +426,33 @@ async def test_async_client_stashes_and_retrieves(make_aclient):
     await client.memory.stash("k", NESTED)
 
     assert await client.memory.retrieve("k") == NESTED
+
+
+def test_batch_stash_and_batch_retrieve_are_one_redis_command_each(redis_url):
+    from agentcoord import Client
+
+    handle = ServerThread(server_settings(redis_url, auth_cache_seconds=5.0)).start()
+    redis = handle.server.ctx.redis
+    original = redis.execute_command
+    commands: list[str] = []
+
+    async def counting(*args, **options):
+        commands.append(str(args[0]))
+        return await original(*args, **options)
+
+    try:
+        with Client(handle.address, token=handle.issue_token("a", "CONTRIBUTOR", "rt")) as client:
+            # Authenticates once (the token is then cached) and loads both scripts on this Redis.
+            client.memory.stash("warm-up", 1)
+            client.memory.retrieve("warm-up")
+            redis.execute_command = counting
+            try:
+                client.memory.batch_stash({f"k{i}": {"i": i} for i in range(100)})
+                found = client.memory.batch_retrieve([f"k{i}" for i in range(100)])
+            finally:
+                del redis.execute_command
+    finally:
+        handle.stop()
+
+    assert len(found) == 100
+    assert commands == ["EVALSHA", "EVALSHA"]
