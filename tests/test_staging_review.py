@@ -335,3 +335,17 @@ def test_library_survives_a_restart_of_the_server_and_its_embedded_redis(tmp_pat
         second.stop()
 
     assert (got.promoted_by, got.note, got.author) == ("judge", "keep", "finder")
+
+
+async def test_async_iter_patterns_follows_every_page(make_aclient):
+    author, validator = make_aclient("finder"), make_aclient("judge", "VALIDATOR")
+    for i in range(5):
+        await stage(author, f"p{i}", pattern_type="odd" if i % 2 else "even")
+        await validator.staging.promote_pattern(f"p{i}")
+    reader = make_aclient("reader", "OBSERVER")
+
+    ids = [
+        p.pattern_id async for p in reader.staging.iter_patterns(pattern_type="even", page_size=1)
+    ]
+
+    assert ids == ["p0", "p2", "p4"]
