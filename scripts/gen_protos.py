@@ -34,6 +34,9 @@ SYNC_NAMES = {
     "AsyncWorker": "Worker",
     "AsyncLeaseKeeper": "LeaseKeeper",
     "AsyncTaskHandler": "TaskHandler",
+    "AsyncAgent": "Agent",
+    "AsyncCoordinator": "Coordinator",
+    "AsyncTeamSession": "TeamSession",
     "async_sleep": "sync_sleep",
     "async_monotonic": "sync_monotonic",
 }

@@ -1,11 +1,24 @@
-"""The typed client, in an asyncio flavour (`AsyncClient`) and a sync one (`Client`).
+"""The typed client, in an asyncio flavour (`AsyncClient`) and a sync one (`Client`), and the
+domain layer over it (`Agent`, `Coordinator`, `TeamSession` and their Async twins).
 
-Both have the same surface: `_async/` is written by hand, `_sync/` is made from it by
+Both flavours have the same surface: `_async/` is written by hand, `_sync/` is made from it by
 `make generate` (unasync), so they cannot drift apart.
 """
 
+from ._async.agents import AsyncAgent, AsyncCoordinator, AsyncTeamSession
 from ._async.client import AsyncClient
+from ._sync.agents import Agent, Coordinator, TeamSession
 from ._sync.client import Client
 from .errors import AgentcoordError
 
-__all__ = ["AgentcoordError", "AsyncClient", "Client"]
+__all__ = [
+    "AgentcoordError",
+    "Agent",
+    "AsyncAgent",
+    "AsyncClient",
+    "AsyncCoordinator",
+    "AsyncTeamSession",
+    "Client",
+    "Coordinator",
+    "TeamSession",
+]
