@@ -9,7 +9,7 @@ GRPCURL_VERSION := v1.9.4
 GRPCURL := $(BIN)/grpcurl
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install generate check-generated lint run test bench clean
+.PHONY: install generate check-generated lint run test bench demo clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ run: install
 
 test: install $(GRPCURL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The code-review fleet end to end: a server on an embedded Redis, agents as separate processes.
+demo: install
+	$(PY) examples/code_review/fleet.py
 
 # Timing is measured here, never asserted in tests.
 bench: install

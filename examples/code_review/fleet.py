@@ -1,0 +1,234 @@
+"""Runs the code-review fleet end to end and checks its outcome; `make demo` runs this.
+
+1. Starts `agentcoord serve` on a free loopback port with an embedded Redis in a temp dir.
+2. As the steward (the bootstrap token), issues a token per agent.
+3. Starts the lead (it opens the session and adds the tasks), the monitor and the reviewers,
+   each its own OS process; kills performance-1 while it holds a task and starts
+   performance-2, which must get that task once the lease expires.
+4. Waits for everyone, then checks the aggregate, the library and the redelivered task against
+   the scenario. Exit status 0 only if all of it is what the scenario implies.
+
+    python examples/code_review/fleet.py [--keep-logs]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from agentcoord import Client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scenario import (
+    EXPECTED_LIBRARY,
+    EXPECTED_REJECTED,
+    LEAD,
+    MONITOR,
+    REPLACEMENT,
+    TASKS,
+    TIERS,
+    VICTIM,
+    WORKERS,
+    count_by_type,
+    say,
+)
+
+HERE = Path(__file__).resolve().parent
+ME = "fleet"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(address: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"agentcoord did not start serving on {address}")
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Fleet:
+    def __init__(self, data_dir: Path) -> None:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.data_dir = data_dir
+        os.environ["FLEET_T0"] = str(time.time())
+        self.env = {**os.environ, "AGENTCOORD_TARGET": self.address}
+        self.env.pop("REDIS_URL", None)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(HERE), self.env.get("PYTHONPATH", "")])
+        self.tokens: dict[str, str] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def start_server(self) -> None:
+        log = open(self.data_dir / "server.log", "wb")
+        self.server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentcoord_server.cli",
+                "serve",
+                "--listen",
+                self.address,
+                "--data-dir",
+                str(self.data_dir / "redis"),
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        wait_until_serving(self.address)
+        say(ME, f"agentcoord serving on {self.address} (embedded Redis, logs in server.log)")
+
+    def issue_tokens(self, steward: Client) -> None:
+        for agent_id, tier in TIERS.items():
+            issued = steward.admin.issue_token(agent_id, tier, description="code-review demo")
+            self.tokens[agent_id] = issued.token
+        say(ME, "steward issued tokens: " + ", ".join(f"{a}={t}" for a, t in TIERS.items()))
+
+    def spawn(self, agent_id: str, script: str, *args: str) -> None:
+        env = {**self.env, "AGENTCOORD_TOKEN": self.tokens[agent_id]}
+        self.processes[agent_id] = subprocess.Popen(
+            [sys.executable, str(HERE / script), *args], env=env
+        )
+
+    def wait_all(self, timeout: float = 90.0) -> dict[str, int]:
+        codes = {}
+        deadline = time.monotonic() + timeout
+        for agent_id, process in self.processes.items():
+            try:
+                codes[agent_id] = process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[agent_id] = process.wait()
+        return codes
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            self.server.wait(30)
+
+
+def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]:
+    """What the scenario implies, compared with what the server holds; returns the failures."""
+    problems = []
+    expected_codes = {agent: 0 for agent in codes} | {VICTIM: -signal.SIGKILL}
+    if codes != expected_codes:
+        problems.append(f"exit codes {codes}, expected {expected_codes}")
+
+    aggregate = steward.tasks.aggregate_results()
+    by_agent = dict(aggregate.by_agent)
+    expected_by_agent = {"security-1": 2, "style-1": 2, REPLACEMENT: 2}
+    if aggregate.total_completed != len(TASKS):
+        problems.append(f"total completed {aggregate.total_completed}, expected {len(TASKS)}")
+    if dict(aggregate.by_type) != count_by_type():
+        problems.append(f"by type {dict(aggregate.by_type)}, expected {count_by_type()}")
+    if by_agent != expected_by_agent:
+        problems.append(f"by agent {by_agent}, expected {expected_by_agent}")
+
+    task = steward.tasks.get_task(victim_task)
+    if (task.assignee, task.attempts, task.status) != (REPLACEMENT, 2, 3):  # 3: COMPLETED
+        problems.append(
+            f"{victim_task}: assignee {task.assignee}, attempts {task.attempts}, status {task.status}"
+        )
+
+    library = sorted(p.pattern_id for p in steward.staging.list_patterns(page_size=100).patterns)
+    if library != EXPECTED_LIBRARY:
+        problems.append(f"library {library}, expected {EXPECTED_LIBRARY}")
+    for pattern_id in EXPECTED_REJECTED:
+        rejection = steward.staging.get_pattern_rejection(pattern_id)
+        if rejection.rejected_by != LEAD:
+            problems.append(f"{pattern_id} rejected by {rejection.rejected_by!r}")
+    return problems
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="agentcoord-demo-") as tmp:
+        fleet = Fleet(Path(tmp))
+        try:
+            fleet.start_server()
+            steward_token = (fleet.data_dir / "redis" / "bootstrap-token").read_text().strip()
+            with Client(fleet.address, token=steward_token) as steward:
+                fleet.issue_tokens(steward)
+
+                fleet.spawn(LEAD, "lead.py")
+                wait_for(
+                    lambda: len(steward.tasks.list_tasks(page_size=100).tasks) == len(TASKS),
+                    "the lead's tasks",
+                )
+                fleet.spawn(MONITOR, "monitor.py")
+                for agent_id, capability in WORKERS.items():
+                    if agent_id != REPLACEMENT:
+                        fleet.spawn(
+                            agent_id,
+                            "worker.py",
+                            capability,
+                            *(["--hang"] if agent_id == VICTIM else []),
+                        )
+
+                held = wait_for(
+                    lambda: steward.tasks.list_tasks(status="claimed", assignee=VICTIM).tasks,
+                    f"{VICTIM} to claim a task",
+                )
+                victim_task = held[0].task_id
+                fleet.processes[VICTIM].kill()
+                say(
+                    ME,
+                    f"killed {VICTIM} (SIGKILL) while it held {victim_task}; starting {REPLACEMENT}",
+                )
+                fleet.spawn(REPLACEMENT, "worker.py", WORKERS[REPLACEMENT])
+
+                codes = fleet.wait_all()
+                problems = check(steward, victim_task, codes)
+        finally:
+            fleet.stop()
+        if problems:
+            for problem in problems:
+                say(ME, f"CHECK FAILED: {problem}")
+            print(
+                (fleet.data_dir / "server.log").read_text()[-3000:]
+                if (fleet.data_dir / "server.log").exists()
+                else ""
+            )
+            return 1
+        say(
+            ME,
+            f"all checks passed: {len(TASKS)} tasks completed once each, {victim_task} redelivered "
+            f"to {REPLACEMENT}, library = {EXPECTED_LIBRARY}",
+        )
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
