@@ -404,3 +404,46 @@ async def test_losing_the_readers_redis_connection_loses_no_signal(
     await stream.aclose()
 
     assert got == sent
+
+
+async def test_concurrent_senders_are_seen_in_one_order_by_every_reader(make_aclient):
+    senders = [make_aclient(f"sender-{i}") for i in range(10)]
+    watchers = [make_aclient(f"watcher-{i}", tier="OBSERVER") for i in range(3)]
+    anchor = await senders[0].signals.send_signal("start")
+    streams = [w.signals.subscribe(after_id=anchor.id) for w in watchers]
+    receiving = [asyncio.ensure_future(take(s, 200)) for s in streams]
+
+    async def send_all(client: AsyncClient) -> list[str]:
+        return [(await client.signals.send_signal("burst")).id for _ in range(20)]
+
+    sent = {i for ids in await asyncio.gather(*(send_all(c) for c in senders)) for i in ids}
+    seen = [[s.id for s in got] for got in await asyncio.gather(*receiving)]
+    for stream in streams:
+        await stream.aclose()
+    page = await watchers[0].signals.receive_signals(after_id=anchor.id, limit=1000)
+    polled = [s.id for s in page.signals]
+
+    keys = [tuple(int(p) for p in i.split("-")) for i in polled]
+    assert set(polled) == sent and len(polled) == 200
+    assert keys == sorted(keys)
+    assert all(order == polled for order in seen)
+
+
+def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
+    server, make_client, redis_client, namespace
+):
+    alice, bob = make_client("alice"), make_client("bob")
+    anchor = alice.signals.send_signal("start")
+    stream = bob.signals.subscribe(after_id=anchor.id, backoff=0.05)
+    sent = [alice.signals.send_signal("x").id]
+    got = [next(stream).id]
+    (reader,) = [
+        c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
+    ]
+
+    redis_client.execute_command("CLIENT", "KILL", "ID", reader["id"])  # stream ends UNAVAILABLE
+    sent += [alice.signals.send_signal("x").id for _ in range(3)]
+    got += [next(stream).id for _ in range(3)]
+    stream.close()
+
+    assert got == sent
