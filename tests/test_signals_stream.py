@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from agentcoord import AgentcoordError, AsyncClient
+from agentcoord.v1 import signals_pb2
 from agentcoord_server.config import TtlPolicy
 from agentcoord_server.services.signals import hub_for
 
@@ -447,3 +448,41 @@ def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
     stream.close()
 
     assert got == sent
+
+
+async def test_a_filtered_subscriber_is_told_its_progress_so_its_cursor_stays_resumable(
+    redis_url, credentials
+):
+    handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(coordination=1))).start()
+
+    async def fast_progress() -> None:
+        hub_for(handle.server.ctx).progress_interval = 0.1
+
+    handle.run(fast_progress())
+    try:
+        async with (
+            AsyncClient(handle.address, **credentials("alice")) as alice,
+            AsyncClient(handle.address, **credentials("carol")) as carol,
+        ):
+            call = carol.signals._stub.Subscribe(
+                signals_pb2.SubscribeRequest(signal_types=["rare"])
+            )
+            responses = call.__aiter__()
+            start = await asyncio.wait_for(responses.__anext__(), TIMEOUT)
+            for _ in range(3):
+                passed = await alice.signals.send_signal("common", target_agent="bob")
+            progress = await asyncio.wait_for(responses.__anext__(), TIMEOUT)
+            call.cancel()
+            await asyncio.sleep(1.1)
+            newer = await alice.signals.send_signal("rare")  # trims everything older than 1 s
+            resumed = carol.signals.subscribe(["rare"], after_id=progress.cursor, max_retries=0)
+            got = await take(resumed, 1)
+            await resumed.aclose()
+            with pytest.raises(AgentcoordError) as caught:
+                await take(carol.signals.subscribe(["rare"], after_id=start.cursor), 1)
+    finally:
+        handle.stop()
+
+    assert not progress.HasField("signal") and progress.cursor == passed.id
+    assert [s.id for s in got] == [newer.id]
+    assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from ..errors import invalid_field
 from ..identity import current_principal
 from ..store.keys import validate_id
-from ..store.signal_fanout import SignalHub
+from ..store.signal_fanout import Progress, SignalHub
 from ..store.signals import SignalEntry, SignalStore, validate_cursor
 
 if TYPE_CHECKING:
@@ -130,8 +130,11 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
             principal.namespace, principal.agent_id, types, after=after, earliest=earliest
         ) as subscription:
             yield signals_pb2.SubscribeResponse(cursor=subscription.start_cursor)
-            async for entry in subscription.entries():
-                yield _live_response(entry)
+            async for item in subscription.entries():
+                if isinstance(item, Progress):
+                    yield signals_pb2.SubscribeResponse(cursor=item.cursor)
+                else:
+                    yield _live_response(item)
 
 
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:

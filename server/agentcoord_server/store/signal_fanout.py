@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -46,6 +47,18 @@ READ_COUNT = 1000
 
 CATCH_UP_LIMIT = 500
 """Signals per catch-up page."""
+
+PROGRESS_SECONDS = 10.0
+"""After this long without a visible signal, a subscription whose namespace moved on reports
+its new position (a Progress), so a filtered or quiet subscriber's resume cursor never falls
+behind the retention while it misses nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Everything up to `cursor` was considered for the subscriber: resume after it."""
+
+    cursor: str
 
 
 class Subscription:
@@ -73,6 +86,7 @@ class Subscription:
         self._items: deque[SignalEntry] = deque()
         self._wake = asyncio.Event()
         self._live = False
+        self._passed = ""  # the newest live entry offered, visible or not
         self.error: DomainError | None = None
 
     @property
@@ -83,6 +97,7 @@ class Subscription:
         """Called by the reader for every new entry of the namespace (never blocks)."""
         if self.error is not None or not self._live:
             return  # during catch-up the store read will return this entry
+        self._passed = entry.id
         if self.signal_types and entry.signal_type not in self.signal_types:
             return
         if not entry.visible_to(self.agent_id):
@@ -107,19 +122,27 @@ class Subscription:
             self._items.clear()
             self._wake.set()
 
-    async def _next_live(self) -> SignalEntry:
+    async def _next_live(self, idle: float) -> SignalEntry | None:
+        """The next buffered entry, or None after `idle` seconds with the buffer empty."""
         while True:
             if self.error is not None:
                 raise self.error
             if self._items:
                 return self._items.popleft()
             self._wake.clear()
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
+            except TimeoutError:
+                if not self._items and self.error is None:
+                    return None
 
-    async def entries(self) -> AsyncIterator[SignalEntry]:
-        """Stored signals after `start_cursor`, then live ones; iterate once."""
+    async def entries(self) -> AsyncIterator[SignalEntry | Progress]:
+        """Stored signals after `start_cursor`, then live ones, with a Progress whenever the
+        position moved past signals the subscriber does not see; iterate once."""
         store = self._hub.store
         cursor = self.start_cursor
+        reported = cursor
         while True:
             if self.error is not None:
                 raise self.error
@@ -132,6 +155,7 @@ class Subscription:
             )
             for entry in page.entries:
                 yield entry
+                reported = entry.id
             cursor = page.next_after or cursor
             if not page.more:
                 if self._live:
@@ -139,14 +163,22 @@ class Subscription:
                 # Buffer live entries from here on; the next page picks up whatever was
                 # appended between this page's read and this line.
                 self._live = True
+        if cursor != reported:
+            yield Progress(cursor)
         covered = id_key(cursor) if cursor else (0, 0)
         while True:
-            entry = await self._next_live()
-            key = id_key(entry.id)
+            live = await self._next_live(self._hub.progress_interval)
+            if live is None:
+                # The buffer is empty, so every visible entry up to _passed was delivered.
+                if self._passed and id_key(self._passed) > covered:
+                    covered = id_key(self._passed)
+                    yield Progress(self._passed)
+                continue
+            key = id_key(live.id)
             if key <= covered:
                 continue
             covered = key
-            yield entry
+            yield live
 
 
 class _NamespaceReader:
@@ -226,6 +258,7 @@ class SignalHub:
         self.queue_size = queue_size
         self._shutdown = shutdown
         self._readers: dict[str, _NamespaceReader] = {}
+        self.progress_interval = PROGRESS_SECONDS
         self._watcher: asyncio.Task[None] | None = None
 
     def stats(self) -> dict[str, int]:

@@ -281,12 +281,15 @@ class SubscribeResponse(_message.Message):
     SIGNAL_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """The position after this response: signal.id, or for the first response the
-    position the stream starts after. Resume with after_id = the last cursor.
+    """The position after this response: signal.id, the position the stream starts
+    after (first response), or how far it has read. Resume with after_id = the
+    last cursor.
     """
     @_builtins.property
     def signal(self) -> Global___Signal:
-        """The next signal; unset in the first response, which only reports cursor."""
+        """The next signal; unset in responses that only report the cursor (the first
+        one, and progress past signals the caller does not see).
+        """
 
     def __init__(
         self,

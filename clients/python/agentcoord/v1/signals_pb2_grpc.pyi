@@ -62,8 +62,10 @@ class SignalServiceStub:
     """Streams the signals visible to the caller, in send order, with no gaps and
     no duplicates: first those already stored after the start position, then
     live ones as they are sent. The first response carries only the cursor the
-    stream starts after. Resume after an interruption with after_id = the last
-    cursor received.
+    stream starts after; later signal-less responses report progress past
+    signals the caller does not see (at most every 10 s while such signals pass),
+    so a quiet subscriber's cursor stays within the retention. Resume after an
+    interruption with after_id = the last cursor received.
 
     Ends with OUT_OF_RANGE (CURSOR_TRIMMED) for an after_id older than the
     retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
@@ -106,8 +108,10 @@ class SignalServiceAsyncStub(SignalServiceStub):
     """Streams the signals visible to the caller, in send order, with no gaps and
     no duplicates: first those already stored after the start position, then
     live ones as they are sent. The first response carries only the cursor the
-    stream starts after. Resume after an interruption with after_id = the last
-    cursor received.
+    stream starts after; later signal-less responses report progress past
+    signals the caller does not see (at most every 10 s while such signals pass),
+    so a quiet subscriber's cursor stays within the retention. Resume after an
+    interruption with after_id = the last cursor received.
 
     Ends with OUT_OF_RANGE (CURSOR_TRIMMED) for an after_id older than the
     retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
@@ -165,8 +169,10 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the signals visible to the caller, in send order, with no gaps and
         no duplicates: first those already stored after the start position, then
         live ones as they are sent. The first response carries only the cursor the
-        stream starts after. Resume after an interruption with after_id = the last
-        cursor received.
+        stream starts after; later signal-less responses report progress past
+        signals the caller does not see (at most every 10 s while such signals pass),
+        so a quiet subscriber's cursor stays within the retention. Resume after an
+        interruption with after_id = the last cursor received.
 
         Ends with OUT_OF_RANGE (CURSOR_TRIMMED) for an after_id older than the
         retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
