@@ -12,8 +12,8 @@ from ._sync.client import Client
 from .errors import AgentcoordError
 
 __all__ = [
-    "AgentcoordError",
     "Agent",
+    "AgentcoordError",
     "AsyncAgent",
     "AsyncClient",
     "AsyncCoordinator",

@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from agentcoord.v1 import access_pb2, memory_pb2, signals_pb2, staging_pb2, tasks_pb2
 from google.protobuf import json_format
 
-from .client import AsyncClient
+from agentcoord.v1 import access_pb2, memory_pb2, signals_pb2, staging_pb2, tasks_pb2
+
 from ..task_worker import AsyncTaskHandler
+from .client import AsyncClient
 from .tasks import AsyncWorker
 
 

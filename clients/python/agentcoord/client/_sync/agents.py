@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Iterable, Mapping
 from typing import Any
 
-from agentcoord.v1 import access_pb2, memory_pb2, signals_pb2, staging_pb2, tasks_pb2
 from google.protobuf import json_format
 
-from .client import Client
+from agentcoord.v1 import access_pb2, memory_pb2, signals_pb2, staging_pb2, tasks_pb2
+
 from ..task_worker import TaskHandler
+from .client import Client
 from .tasks import Worker
 
 
