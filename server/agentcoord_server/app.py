@@ -32,6 +32,7 @@ from .identity import (
 )
 from .interceptors import ErrorInterceptor, IdentityInterceptor, LoggingInterceptor
 from .services import SERVICE_MODULES, ServiceContext
+from .store.scripts import preload_registered
 from .store.tokens import TokenStore
 
 log = structlog.get_logger("agentcoord.server")
@@ -237,6 +238,7 @@ class AgentcoordServer:
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
         self._service_names = [module.register(server, self.ctx) for module in SERVICE_MODULES]
+        scripts = await preload_registered(redis)
         for add in self._extra_handlers:
             add(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -259,6 +261,7 @@ class AgentcoordServer:
             version=__version__,
             tls=credentials is not None,
             mtls=self.settings.tls_client_ca is not None,
+            lua_scripts=scripts,
         )
         return self.port
 

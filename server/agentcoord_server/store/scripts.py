@@ -1,24 +1,41 @@
 """Lua scripts, kept as files beside the store code that calls them (store/lua/*.lua).
 
-Each script is read and registered once at start; redis-py's Script runs it with EVALSHA and
-falls back to loading it on NOSCRIPT, and `preload` loads them all up front.
+Each script is read and registered once when its store is built; the server then loads every
+registered script into Redis at start (`preload_registered`, one pipelined round trip), so each
+call is a plain EVALSHA. redis-py's Script still reloads a script on NOSCRIPT (e.g. after a
+Redis restart or SCRIPT FLUSH).
 """
 
 from __future__ import annotations
 
+import weakref
 from importlib import resources
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+_registered: weakref.WeakKeyDictionary[Redis, list[AsyncScript]] = weakref.WeakKeyDictionary()
+
+
+def register_source(redis: Redis, source: str) -> AsyncScript:
+    """Registers Lua `source` on `redis` and remembers it for `preload_registered`."""
+    script = redis.register_script(source)
+    _registered.setdefault(redis, []).append(script)
+    return script
+
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
     """Registers `store/lua/<name>.lua` on `redis`. Raises FileNotFoundError for an unknown name."""
     source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
-    return redis.register_script(source)
+    return register_source(redis, source)
 
 
-async def preload(redis: Redis, *scripts: AsyncScript) -> None:
-    """SCRIPT LOAD every script so the first call of each is a plain EVALSHA."""
-    for script in scripts:
-        await redis.script_load(script.script)
+async def preload_registered(redis: Redis) -> int:
+    """SCRIPT LOADs every script registered on `redis`, in one pipeline; returns how many."""
+    scripts = _registered.get(redis, [])
+    if scripts:
+        async with redis.pipeline(transaction=False) as pipe:
+            for script in scripts:
+                pipe.script_load(script.script)
+            await pipe.execute()
+    return len(scripts)

@@ -37,6 +37,7 @@ from ..errors import (
     invalid_field,
 )
 from .keys import Keyspace, validate_id
+from .scripts import register_source
 
 PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
     "pending",
@@ -69,8 +70,8 @@ class _Script:
     def __init__(self, redis: Redis, name: str) -> None:
         lua = resources.files(__package__).joinpath("lua")
         common = lua.joinpath("tasks_common.lua").read_text()
-        self._script: AsyncScript = redis.register_script(
-            common + "\n" + lua.joinpath(f"{name}.lua").read_text()
+        self._script: AsyncScript = register_source(
+            redis, common + "\n" + lua.joinpath(f"{name}.lua").read_text()
         )
 
     async def __call__(self, *, args: Sequence[str | int]) -> Any:
