@@ -250,3 +250,22 @@ def test_an_idle_stream_is_trimmed_when_read(
     assert redis_client.xlen(stream_key(namespace)) == 0
     assert redis_client.get(f"ac:{{{namespace}}}:signals:trimmed") == first.id
     assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_a_large_trim_records_exactly_the_newest_dropped_id(make_client, redis_client, namespace):
+    """2500 expired entries (ids from 1970, written straight into the stream) are dropped by the
+    next send, in several batches; the marker is exactly the newest of them."""
+    pipe = redis_client.pipeline(transaction=False)
+    for seq in range(1, 2501):
+        pipe.xadd(stream_key(namespace), {"t": "old", "s": "ghost"}, id=f"1000-{seq}")
+    pipe.execute()
+    alice = make_client("alice")
+
+    fresh = alice.signals.send_signal("new")
+
+    assert redis_client.xlen(stream_key(namespace)) == 1
+    assert redis_client.get(f"ac:{{{namespace}}}:signals:trimmed") == "1000-2500"
+    assert [s.id for s in alice.signals.receive_signals(after_id="1000-2500").signals] == [fresh.id]
+    with pytest.raises(AgentcoordError) as caught:
+        alice.signals.receive_signals(after_id="1000-2499")
+    assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE
