@@ -14,9 +14,10 @@ from typing import Any
 import grpc
 import pytest
 from agentcoord import AgentcoordError, AsyncClient
-from agentcoord.v1 import signals_pb2
+from agentcoord.v1 import access_pb2, signals_pb2
 from agentcoord_server.config import TtlPolicy
 from agentcoord_server.services.signals import hub_for
+from agentcoord_server.store.tokens import TokenStore
 
 from .conftest import server_settings
 from .support import ServerThread
@@ -486,3 +487,19 @@ async def test_a_filtered_subscriber_is_told_its_progress_so_its_cursor_stays_re
     assert not progress.HasField("signal") and progress.cursor == passed.id
     assert [s.id for s in got] == [newer.id]
     assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+async def test_revoking_the_token_ends_the_subscription_and_releases_it(server, namespace):
+    store = TokenStore(server.server.ctx.redis)
+    token, record = server.run(store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER))
+    async with AsyncClient(server.address, token=token) as watcher:
+        stream = watcher.signals.subscribe(max_retries=0)
+        pending = asyncio.ensure_future(take(stream, 1))
+        await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
+
+        server.run(store.revoke(namespace, record.token_id))
+        with pytest.raises(AgentcoordError) as caught:
+            await asyncio.wait_for(pending, 5)  # the bound is auth_cache_seconds (1 s in tests)
+        await wait_for_state(server, namespace, lambda s: not s["readers"])
+
+    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
