@@ -43,6 +43,7 @@ class ServerThread:
         self._finished = threading.Event()
         self._error: BaseException | None = None
         self._stopped: asyncio.Event | None = None
+        self._stopping: Future[None] | None = None
         self._thread = threading.Thread(target=self._run, name="agentcoord-server", daemon=True)
 
     def _run(self) -> None:
@@ -107,8 +108,11 @@ class ServerThread:
         return token
 
     def begin_stop(self, grace: float | None = None) -> Future[None]:
-        """Starts a graceful stop and returns at once; the future completes when it is done."""
+        """Starts a graceful stop and returns at once; the future completes when it is done.
+        Only the first call stops the server; later calls return the same future."""
         assert self._loop is not None and self._stopped is not None
+        if self._stopping is not None:
+            return self._stopping
         stopped = self._stopped
 
         async def stop() -> None:
@@ -117,12 +121,17 @@ class ServerThread:
             finally:
                 stopped.set()
 
-        return asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        self._stopping = asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        return self._stopping
 
     def stop(self, grace: float | None = 0.5, timeout: float = 30.0) -> None:
-        if not self._thread.is_alive():
-            return
-        self.begin_stop(grace).result(timeout)
+        """Stops the server (or waits for a stop begun with begin_stop) and joins the thread."""
+        if self._stopping is None:
+            if not self._thread.is_alive():
+                return
+            self.begin_stop(grace)
+        assert self._stopping is not None
+        self._stopping.result(timeout)
         self._finished.wait(timeout)
         self._thread.join(timeout)
 
