@@ -201,7 +201,7 @@ def serve(
         tls_client_ca=tls_client_ca,
         max_value_bytes=max_value_bytes,
     )
-    configure_logging(log_format, log_level)
+    configure_logging(log_format, log_level, cache=True)
     try:
         import uvloop
     except ImportError:  # non-Linux platforms

@@ -12,8 +12,15 @@ import sys
 import structlog
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:  # type: ignore[no-untyped-def]
-    """fmt: `json`, `console`, or `auto` (console when the stream is a TTY, else JSON)."""
+def configure_logging(
+    fmt: str = "auto", level: str = "info", stream=None, *, cache: bool = False
+) -> None:  # type: ignore[no-untyped-def]
+    """fmt: `json`, `console`, or `auto` (console when the stream is a TTY, else JSON).
+
+    cache: bind each module's logger once, on first use (what `agentcoord serve` does: a
+    canonical line per RPC then skips re-binding the lazy logger). Leave it off where logging is
+    reconfigured later in the same process, as tests do.
+    """
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -30,5 +37,5 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
