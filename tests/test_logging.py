@@ -1,0 +1,53 @@
+"""The canonical log line: one JSON line per RPC with method, agent, namespace, code,
+duration_ms and request_id, and nothing carried over from another call."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from agentcoord import AgentcoordError, Client
+from agentcoord_server.logs import configure_logging
+
+
+@pytest.fixture
+def log_lines():
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+
+    yield lines
+    configure_logging("console", "info")
+
+
+def rpc_lines(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if line.get("event") == "rpc"]
+
+
+def test_each_rpc_writes_one_canonical_line(make_client, namespace, log_lines):
+    make_client("reader-1", "OBSERVER").admin.who_am_i()
+
+    (line,) = [r for r in rpc_lines(log_lines()) if r.get("namespace") == namespace]
+    assert line["method"] == "/agentcoord.v1.AdminService/WhoAmI"
+    assert (line["agent"], line["code"]) == ("reader-1", "OK")
+    assert len(line["request_id"]) == 32
+    assert isinstance(line["duration_ms"], float)
+
+
+def test_a_call_after_an_authenticated_one_carries_none_of_its_identity(
+    server, make_client, log_lines
+):
+    authenticated = make_client("reader-1", "OBSERVER")
+    with Client(server.address, token="agc_not-a-real-token") as anonymous:
+        for _ in range(5):  # same server, interleaved on its loop
+            authenticated.admin.who_am_i()
+            with pytest.raises(AgentcoordError):
+                anonymous.admin.who_am_i()
+
+    refused = [r for r in rpc_lines(log_lines()) if r["code"] == "UNAUTHENTICATED"]
+    assert len(refused) == 5
+    assert all("agent" not in r and "namespace" not in r for r in refused)
+    assert len({r["request_id"] for r in refused}) == 5
