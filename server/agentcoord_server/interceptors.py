@@ -261,10 +261,11 @@ class IdentityInterceptor(_CachingInterceptor):
     agentcoord method that declares no tier is refused (fail closed).
 
     Server streams of a revocable identity (tokens) are re-authenticated, bypassing the auth
-    cache, every `recheck_seconds` while they are open, racing the handler's iteration: a
+    cache, every `recheck_seconds` while they are open, by one watchdog task per stream: a
     stream whose token was revoked or expired ends with UNAUTHENTICATED within that bound even
     if the handler is waiting for something to send (DESIGN.md: "Long-lived streams re-check
-    revocation"). Servicers need do nothing for this.
+    revocation"). Streamed items pass through with no per-item work. Servicers need do nothing
+    for this.
 
     Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied.
     """
@@ -323,47 +324,36 @@ class IdentityInterceptor(_CachingInterceptor):
                 async for item in behavior(request, context):
                     yield item
                 return
-            async for item in self._rechecked(behavior(request, context), context):
-                yield item
+            rpc = asyncio.current_task()
+            assert rpc is not None
+            watchdog = asyncio.create_task(self._watch(context, rpc))
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                watchdog.cancel()
 
         return admitted
 
-    async def _rechecked(
-        self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        """Yields `items` while re-authenticating (uncached) every recheck_seconds.
+    async def _watch(self, context: grpc.aio.ServicerContext, rpc: asyncio.Task[Any]) -> None:
+        """Re-authenticates an open stream's caller (uncached) every recheck_seconds.
 
-        Each `__anext__` of the handler runs as a task (created in this context, so it sees the
-        bound principal and log context) that is raced against the next re-check deadline; an
-        Unauthenticated from the re-check propagates and ends the stream with that status.
+        Items pass from the handler to the wire untouched; only this one task per stream does
+        the checking. When a check fails (revoked, expired, or Redis unreachable) it ends the
+        call with that status and cancels the RPC's task, so a handler waiting for something to
+        send is released at once (its finally blocks run).
         """
         metadata = context.invocation_metadata() or ()
-        interval = self._recheck_seconds
-        next_check = time.monotonic() + interval
-        pending: asyncio.Future[Any] | None = None
         try:
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(items.__anext__())
-                wait = max(0.0, next_check - time.monotonic())
-                done, _ = await asyncio.wait((pending,), timeout=wait)
-                if done:
-                    finished, pending = pending, None
-                    try:
-                        item = finished.result()
-                    except StopAsyncIteration:
-                        return
-                    yield item
-                if time.monotonic() >= next_check:
-                    await self._authenticator.authenticate(metadata, fresh=True)
-                    next_check = time.monotonic() + interval
-        finally:
-            if pending is not None:
-                pending.cancel()
-                # Let the cancelled step finish before closing the generator it is running.
-                await asyncio.wait((pending,))
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: it ends with the stream, not in a warning
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
+                await asyncio.sleep(self._recheck_seconds)
+                await self._authenticator.authenticate(metadata, fresh=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            domain = _translate(exc)
+            try:
+                await context.abort_with_status(_status_for(domain, status_code_for(domain)))
+            except Exception:  # abort raises once the status is sent
+                pass
+            rpc.cancel()
