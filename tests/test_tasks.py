@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -483,3 +484,81 @@ def test_tasks_of_another_namespace_are_invisible(make_client, namespace):
     with pytest.raises(AgentcoordError) as caught:
         other.tasks.get_task("t1")
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+# -- reads report an expired lease as settled ---------------------------------------------
+
+
+def expire_lease(redis_client, namespace, task_id, task_type):
+    """Makes the task's lease have run out long ago, as if its worker died (no sleeping)."""
+    redis_client.hset(f"ac:{{{namespace}}}:tasks:t:{task_id}", "lease_exp", 1)
+    redis_client.zadd(f"ac:{{{namespace}}}:tasks:l:{task_type}", {task_id: 1})
+
+
+def test_get_task_reports_a_task_whose_lease_ran_out_as_pending_again(make_client):
+    dead, reader = make_client("dead-worker"), make_client("reader", "OBSERVER")
+    dead.tasks.add_task(task_id="t1", task_type="review")
+    dead.tasks.claim_task(task_types=["review"], lease=1)
+    assert reader.tasks.get_task("t1").status == tasks_pb2.TASK_STATUS_CLAIMED
+
+    time.sleep(1.1)  # the lease runs out; nobody claims "review" meanwhile
+    task = reader.tasks.get_task("t1")
+
+    assert task.status == tasks_pb2.TASK_STATUS_PENDING
+    assert task.attempts == 1
+    assert task.last_error == "lease expired"
+    assert not task.HasField("lease")
+
+
+def test_get_task_settles_the_expired_lease_so_the_next_claim_sees_the_same_state(
+    make_client, redis_client, namespace
+):
+    client = make_client("worker")
+    client.tasks.add_task(task_id="t1", task_type="review")
+    first = client.tasks.claim_task(task_types=["review"])
+    expire_lease(redis_client, namespace, "t1", "review")
+
+    seen = client.tasks.get_task("t1")
+    again = client.tasks.get_task("t1")
+
+    assert seen.status == again.status == tasks_pb2.TASK_STATUS_PENDING
+    assert again.update_time == seen.update_time  # settled once, not on every read
+    assert redis_client.zscore(f"ac:{{{namespace}}}:tasks:l:review", "t1") is None
+    claimed = client.tasks.claim_task(task_types=["review"])
+    assert claimed.task_id == "t1" and claimed.attempts == 2
+    assert claimed.lease.fencing_token > first.lease.fencing_token
+
+
+def test_get_task_reports_an_expired_last_attempt_as_dead_lettered(
+    make_client, redis_client, namespace
+):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review", max_attempts=1)
+    client.tasks.claim_task(task_types=["review"])
+    expire_lease(redis_client, namespace, "t1", "review")
+
+    task = client.tasks.get_task("t1")
+
+    assert task.status == tasks_pb2.TASK_STATUS_DEAD_LETTERED
+    assert task.last_error == "lease expired"
+    assert [t.task_id for t in client.tasks.list_dead_letters().tasks] == ["t1"]
+
+
+def test_list_tasks_reports_expired_leases_as_settled_under_every_filter(
+    make_client, redis_client, namespace
+):
+    client = make_client("worker")
+    for task_id in ("gone", "live"):
+        client.tasks.add_task(task_id=task_id, task_type="review")
+        client.tasks.claim_task(task_types=["review"])
+    expire_lease(redis_client, namespace, "gone", "review")
+
+    def ids(**filters):
+        return [t.task_id for t in client.tasks.list_tasks(**filters).tasks]
+
+    assert ids(status="claimed") == ["live"]
+    assert ids(status="pending") == ["gone"]
+    assert ids(assignee="worker") == ["gone", "live"]  # the last holder stays the assignee
+    (gone,) = [t for t in client.tasks.list_tasks().tasks if t.task_id == "gone"]
+    assert gone.status == tasks_pb2.TASK_STATUS_PENDING and gone.last_error == "lease expired"
+

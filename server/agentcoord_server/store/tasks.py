@@ -5,7 +5,8 @@ each, documents the key layout). Rules that live here, from the TaskService issu
 
 - Exactly one claimant per task: choosing a task and leasing it is one atomic script.
 - A dead worker's task is handed out again: the claim script first returns the expired leases
-  (and due backoffs) of the types it looks at, so no background job has to have run.
+  (and due backoffs) of the types it looks at, so no background job has to have run. GetTask
+  and ListTasks settle an expired lease they meet the same way, so reads tell the truth.
 - Priority 10 first, FIFO among equal priorities: queue score = (10 - priority) band followed
   by a 13-digit add sequence. A task that goes back to pending keeps its place in line.
 - Times are Redis server time (`TIME` inside the scripts), in ms.
@@ -240,6 +241,7 @@ class TaskStore:
         self._cancel = _Script(redis, "tasks_cancel")
         self._requeue = _Script(redis, "tasks_requeue")
         self._list = _Script(redis, "tasks_list")
+        self._get = _Script(redis, "tasks_get")
         self._register = _Script(redis, "tasks_register_agent")
         self._heartbeat = _Script(redis, "tasks_heartbeat")
         self._list_agents = _Script(redis, "tasks_list_agents")
@@ -482,15 +484,18 @@ class TaskStore:
             raise _lease_lost(task_id, reply)
 
     async def get_task(self, namespace: str, task_id: str) -> TaskRecord:
-        """Raises NotFound (TASK_NOT_FOUND)."""
-        flat = await self._redis.execute_command(
-            "HGETALL", Keyspace(namespace).key("tasks", "t", task_id)
-        )
-        if not flat:
+        """The task as the next claim would find it: a task whose lease has run out is settled
+        first, in the same script (pending again, attempt counted, last_error 'lease expired';
+        or dead-lettered after max_attempts), so a read never shows a dead worker's claim.
+
+        Raises NotFound (TASK_NOT_FOUND).
+        """
+        reply = await self._get(args=[Keyspace(namespace).prefix, task_id, self._task_ttl_ms])
+        if not reply:
             raise _not_found(task_id)
-        if isinstance(flat, dict):  # RESP parsers may already pair the fields
-            flat = [x for kv in flat.items() for x in kv]
-        return TaskRecord.from_flat(flat)
+        if reply[0] == "1":
+            self._wakeups.notify(namespace)
+        return TaskRecord.from_flat(reply[1])
 
     async def list_tasks(
         self,
@@ -503,6 +508,7 @@ class TaskStore:
         page_token: str,
     ) -> tuple[list[TaskRecord], str]:
         """Tasks in add order matching the filters ('' = any); returns (page, next token).
+        Tasks whose lease has run out are settled before filtering, as in `get_task`.
 
         Raises InvalidArgument for a malformed page token.
         """
@@ -527,7 +533,7 @@ class TaskStore:
         page_token: str,
     ) -> tuple[list[TaskRecord], str]:
         score, after_id = _cursor(page_token)
-        next_score, next_id, flats = await self._list(
+        next_score, next_id, flats, woke = await self._list(
             args=[
                 Keyspace(namespace).prefix,
                 index,
@@ -538,8 +544,11 @@ class TaskStore:
                 task_type,
                 assignee,
                 LIST_BUDGET,
+                self._task_ttl_ms,
             ]
         )
+        if woke == "1":
+            self._wakeups.notify(namespace)
         token = f"{next_score}:{next_id}" if next_score else ""
         return [TaskRecord.from_flat(f) for f in flats], token
 

@@ -32,8 +32,9 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     TASK_STATUS_PENDING: _TaskStatus.ValueType  # 1
     """Waiting to be claimed (possibly not before `available_time`, after a backoff)."""
     TASK_STATUS_CLAIMED: _TaskStatus.ValueType  # 2
-    """Handed to `assignee` under `lease`. A claimed task whose lease has expired is
-    returned to pending (or dead-lettered) by the next claim of its type.
+    """Handed to `assignee` under `lease`, which has not run out: a task whose lease has
+    expired is settled back to pending (or dead-lettered) by the next ClaimTask of its
+    type, GetTask or ListTasks that meets it, so no read reports it CLAIMED.
     """
     TASK_STATUS_COMPLETED: _TaskStatus.ValueType  # 3
     """Completed with a result."""
@@ -51,8 +52,9 @@ TASK_STATUS_UNSPECIFIED: TaskStatus.ValueType  # 0
 TASK_STATUS_PENDING: TaskStatus.ValueType  # 1
 """Waiting to be claimed (possibly not before `available_time`, after a backoff)."""
 TASK_STATUS_CLAIMED: TaskStatus.ValueType  # 2
-"""Handed to `assignee` under `lease`. A claimed task whose lease has expired is
-returned to pending (or dead-lettered) by the next claim of its type.
+"""Handed to `assignee` under `lease`, which has not run out: a task whose lease has
+expired is settled back to pending (or dead-lettered) by the next ClaimTask of its
+type, GetTask or ListTasks that meets it, so no read reports it CLAIMED.
 """
 TASK_STATUS_COMPLETED: TaskStatus.ValueType  # 3
 """Completed with a result."""

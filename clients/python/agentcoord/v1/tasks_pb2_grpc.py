@@ -199,14 +199,18 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Returns one task. NOT_FOUND if it does not exist (or has expired).
+        """Returns one task as it stands now: a task whose lease has run out is settled by this
+        call first (PENDING again with the attempt counted and last_error "lease expired", or
+        DEAD_LETTERED after max_attempts), so a dead worker's task is never reported CLAIMED.
+        NOT_FOUND if it does not exist (or has expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Lists tasks in the order they were added, optionally filtered.
+        """Lists tasks in the order they were added, optionally filtered. Like GetTask, it settles
+        each task it examines whose lease has run out before applying the filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,7 +227,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Lists dead-lettered tasks, oldest dead-lettering first.
+        """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
+        appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

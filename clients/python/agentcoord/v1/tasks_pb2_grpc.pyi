@@ -75,9 +75,15 @@ class TaskServiceStub:
     FAILED_PRECONDITION (LEASE_LOST) without the live lease.
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]
-    """Returns one task. NOT_FOUND if it does not exist (or has expired)."""
+    """Returns one task as it stands now: a task whose lease has run out is settled by this
+    call first (PENDING again with the attempt counted and last_error "lease expired", or
+    DEAD_LETTERED after max_attempts), so a dead worker's task is never reported CLAIMED.
+    NOT_FOUND if it does not exist (or has expired).
+    """
     ListTasks: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
-    """Lists tasks in the order they were added, optionally filtered."""
+    """Lists tasks in the order they were added, optionally filtered. Like GetTask, it settles
+    each task it examines whose lease has run out before applying the filters.
+    """
     CancelTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]
     """Cancels a task that is not completed: pending, claimed (its lease is revoked) or
     dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
@@ -85,7 +91,9 @@ class TaskServiceStub:
     cancelling a cancelled task returns it unchanged.
     """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListDeadLettersRequest, _tasks_pb2.ListDeadLettersResponse]
-    """Lists dead-lettered tasks, oldest dead-lettering first."""
+    """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
+    appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.
+    """
     RequeueDeadLetter: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.RequeueDeadLetterRequest, _tasks_pb2.RequeueDeadLetterResponse]
     """Puts a dead-lettered task back in its queue with its attempts reset to 0.
     FAILED_PRECONDITION (NOT_DEAD_LETTERED) if it is not dead-lettered.
@@ -142,9 +150,15 @@ class TaskServiceAsyncStub(TaskServiceStub):
     FAILED_PRECONDITION (LEASE_LOST) without the live lease.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]  # type: ignore[assignment]
-    """Returns one task. NOT_FOUND if it does not exist (or has expired)."""
+    """Returns one task as it stands now: a task whose lease has run out is settled by this
+    call first (PENDING again with the attempt counted and last_error "lease expired", or
+    DEAD_LETTERED after max_attempts), so a dead worker's task is never reported CLAIMED.
+    NOT_FOUND if it does not exist (or has expired).
+    """
     ListTasks: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
-    """Lists tasks in the order they were added, optionally filtered."""
+    """Lists tasks in the order they were added, optionally filtered. Like GetTask, it settles
+    each task it examines whose lease has run out before applying the filters.
+    """
     CancelTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Cancels a task that is not completed: pending, claimed (its lease is revoked) or
     dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
@@ -152,7 +166,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     cancelling a cancelled task returns it unchanged.
     """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListDeadLettersRequest, _tasks_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
-    """Lists dead-lettered tasks, oldest dead-lettering first."""
+    """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
+    appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.
+    """
     RequeueDeadLetter: _aio.UnaryUnaryMultiCallable[_tasks_pb2.RequeueDeadLetterRequest, _tasks_pb2.RequeueDeadLetterResponse]  # type: ignore[assignment]
     """Puts a dead-lettered task back in its queue with its attempts reset to 0.
     FAILED_PRECONDITION (NOT_DEAD_LETTERED) if it is not dead-lettered.
@@ -266,7 +282,11 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.GetTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.GetTaskResponse, _abc.Awaitable[_tasks_pb2.GetTaskResponse]]:
-        """Returns one task. NOT_FOUND if it does not exist (or has expired)."""
+        """Returns one task as it stands now: a task whose lease has run out is settled by this
+        call first (PENDING again with the attempt counted and last_error "lease expired", or
+        DEAD_LETTERED after max_attempts), so a dead worker's task is never reported CLAIMED.
+        NOT_FOUND if it does not exist (or has expired).
+        """
 
     @_abc_1.abstractmethod
     def ListTasks(
@@ -274,7 +294,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.ListTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListTasksResponse, _abc.Awaitable[_tasks_pb2.ListTasksResponse]]:
-        """Lists tasks in the order they were added, optionally filtered."""
+        """Lists tasks in the order they were added, optionally filtered. Like GetTask, it settles
+        each task it examines whose lease has run out before applying the filters.
+        """
 
     @_abc_1.abstractmethod
     def CancelTask(
@@ -294,7 +316,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListDeadLettersResponse, _abc.Awaitable[_tasks_pb2.ListDeadLettersResponse]]:
-        """Lists dead-lettered tasks, oldest dead-lettering first."""
+        """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
+        appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.
+        """
 
     @_abc_1.abstractmethod
     def RequeueDeadLetter(

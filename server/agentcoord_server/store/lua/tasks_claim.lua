@@ -38,12 +38,8 @@ local BATCH = 100
 for _, t in ipairs(types) do
   local leases = P .. 'tasks:l:' .. t
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, BATCH)) do
-    local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'lease_exp')
-    if f[1] == 'claimed' and tonumber(f[2]) <= now then
-      settle_failure(P, id, now, ttl, 'lease expired', true, 0)
-    else
-      redis.call('ZREM', leases, id)  -- stale entry: task gone or already settled
-    end
+    settle_if_expired(P, id, now, ttl)
+    redis.call('ZREM', leases, id)  -- settled, or a stale entry (task gone or settled before)
   end
   local delayed = P .. 'tasks:d:' .. t
   local queue = P .. 'tasks:q:' .. t

@@ -61,6 +61,19 @@ local function settle_failure(P, id, now, ttl, err, retryable, backoff)
   end
 end
 
+-- Settles task `id` if it is claimed under a lease that has run out (FailTask's rule, error
+-- 'lease expired'). Claims, GetTask and ListTasks all call it, so what a read reports is what
+-- the next claim would find, and no background job has to have run. Returns true when the
+-- task was settled back to pending (a waiting claim may want it).
+local function settle_if_expired(P, id, now, ttl)
+  local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'lease_exp')
+  if f[1] == 'claimed' and tonumber(f[2]) <= now then
+    settle_failure(P, id, now, ttl, 'lease expired', true, 0)
+    return redis.call('HGET', P .. 'tasks:t:' .. id, 'status') == 'pending'
+  end
+  return false
+end
+
 -- Checks that `agent` holds the live lease `token` on task `id`. Returns nil when it does,
 -- else the refusal to return from the script.
 local function check_lease(tkey, token, agent, now)

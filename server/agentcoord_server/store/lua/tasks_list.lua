@@ -1,13 +1,19 @@
 -- ListTasks / ListDeadLetters. ARGV: prefix, index ('index' or 'dead'), cursor score ('' for
--- the start), cursor id, page size, status filter, type filter, assignee filter, budget.
--- Returns {next cursor score ('' when done), next cursor id, {task, …}}.
+-- the start), cursor id, page size, status filter, type filter, assignee filter, budget,
+-- task TTL ms.
+-- Returns {next cursor score ('' when done), next cursor id, {task, …}, woke ('1' when an
+-- expired lease was settled back to pending, else '0')}.
 --
 -- Walks the index zset from the cursor (score, then id: Redis orders ties by member), so pages
 -- neither skip nor repeat; examines at most `budget` entries per call. Entries whose task hash
--- has expired (TASK TTL) are removed once the walk is over.
+-- has expired (TASK TTL) are removed once the walk is over. A task met under a lease that has
+-- run out is settled before the filters look at it (settle_if_expired), so the statuses and
+-- filters see what the next claim would find.
 local P, which, cur_score, cur_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local page_size, want_status, want_type, want_assignee = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
-local budget = tonumber(ARGV[9])
+local budget, ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+local now = now_ms()
+local woke = false
 local index = P .. 'tasks:' .. which
 local out, gone = {}, {}
 local examined = 0
@@ -19,7 +25,7 @@ local function finish(score, id)
   for _, dead_id in ipairs(gone) do
     redis.call('ZREM', index, dead_id)
   end
-  return {score, id, out}
+  return {score, id, out, woke and '1' or '0'}
 end
 
 while true do
@@ -34,6 +40,10 @@ while true do
       examined = examined + 1
       local tkey = P .. 'tasks:t:' .. id
       local f = redis.call('HMGET', tkey, 'status', 'type', 'assignee')
+      if f[1] == 'claimed' then
+        woke = settle_if_expired(P, id, now, ttl) or woke
+        f[1] = redis.call('HGET', tkey, 'status')
+      end
       if not f[1] then
         gone[#gone + 1] = id
       elseif (want_status == '' or f[1] == want_status) and (want_type == '' or f[2] == want_type)
