@@ -406,3 +406,29 @@ def test_pages_of_large_patterns_stop_at_half_the_message_limit_and_cover_everyt
 
     assert max(sizes) == 2  # 32 KiB of values per page: two 12 KB patterns, not three
     assert sorted(seen) == [f"big-{i}" for i in range(5)]
+
+
+def test_expired_patterns_leave_the_index_on_later_stages_even_if_never_listed(
+    short_ttl_server, credentials, namespace, redis_client
+):
+    # A namespace that keeps staging keeps its index alive (its TTL follows the newest entry),
+    # so members of patterns that expired unlisted must be pruned by the writes themselves.
+    index = f"ac:{{{namespace}}}:staging:index"
+    with Client(short_ttl_server.address, **credentials("finder")) as client:
+        for i in range(5):
+            stage(client, f"old-{i}")
+        time.sleep(0.6)
+        stage(client, "keeper")
+        time.sleep(0.6)  # the old ones have expired, keeper has not
+
+        stage(client, "new")
+
+        members = redis_client.zrange(index, 0, -1)
+        assert sorted(m.rsplit(":", 1)[1] for m in members) == ["keeper", "new"]
+        assert sorted(redis_client.zrange(f"ac:{{{namespace}}}:staging:expiry", 0, -1)) == sorted(
+            members
+        )
+        assert [p.pattern_id for p in client.staging.list_staged_patterns().patterns] == [
+            "keeper",
+            "new",
+        ]

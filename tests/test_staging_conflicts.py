@@ -246,3 +246,28 @@ def test_expired_conflicts_are_not_listed_and_their_id_can_be_reused(
             assert [c.batna for c in client.staging.list_conflicts().conflicts] == ["new"]
     finally:
         handle.stop()
+
+
+def test_expired_conflicts_leave_the_index_on_later_creates_even_if_never_listed(
+    redis_url, credentials, namespace, redis_client
+):
+    # The index lives as long as its newest conflict, so a namespace that keeps opening
+    # conflicts must prune the members of expired ones as it writes.
+    index = f"ac:{{{namespace}}}:conflicts:index"
+    handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(conflict_context=1))).start()
+    try:
+        with Client(handle.address, **credentials("mediator")) as client:
+            for i in range(5):
+                create(client, f"old-{i}")
+            time.sleep(0.6)
+            create(client, "keeper")
+            time.sleep(0.6)  # the old ones have expired, keeper has not
+
+            create(client, "new")
+
+            members = redis_client.zrange(index, 0, -1)
+            assert sorted(m.rsplit(":", 1)[1] for m in members) == ["keeper", "new"]
+            expiry = redis_client.zrange(f"ac:{{{namespace}}}:conflicts:expiry", 0, -1)
+            assert sorted(expiry) == sorted(members)
+    finally:
+        handle.stop()

@@ -7,11 +7,16 @@ Layout in a namespace's keyspace (`ac:{ns}:…`):
                             `<inverted confidence, 16 hex>:<stage ms, 15 digits>:<id>` so that
                             ZRANGEBYLEX yields confidence descending, then oldest first. Its TTL
                             is pushed to its newest entry's, so it never outlives them.
+- `staging:expiry`          sorted set, score = expire ms, members as in `staging:index`: each
+                            stage prunes up to 100 members of expired patterns from both, so an
+                            index kept alive by steady staging does not grow with entries that
+                            expired unlisted. Same TTL rule as the index.
 - `staging:rejection:<id>`  hash, the latest rejection of <id>; TTL = STAGED_PATTERNS.
 - `patterns:pattern:<id>`   hash, a library pattern; no TTL (DESIGN.md, "Redis").
 - `patterns:index`          sorted set of library ids, all scores 0 (ordered by id); no TTL.
 - `conflicts:conflict:<id>` hash, a conflict; TTL = CONFLICT_CONTEXT from its creation.
 - `conflicts:index`         sorted set, all scores 0, members `<create ms, 15 digits>:<id>`.
+- `conflicts:expiry`        sorted set, score = expire ms: pruned by each create, as for staging.
 
 Every hash holds `idx`, the index member it was filed under: a member whose hash expired, or
 whose id was since re-created under a newer member, is stale, skipped and pruned by the list
@@ -283,7 +288,12 @@ class StagingStore:
         for key, value in fields.items():
             args += [key, value]
         result = await self._stage(
-            keys=[ks.key("staging", "pattern", pattern_id), ks.key("staging", "index")], args=args
+            keys=[
+                ks.key("staging", "pattern", pattern_id),
+                ks.key("staging", "index"),
+                ks.key("staging", "expiry"),
+            ],
+            args=args,
         )
         if result[0] == "OTHER_AUTHOR":
             raise AlreadyExists(
@@ -502,7 +512,11 @@ class StagingStore:
             batna,
         ]
         result = await self._create_conflict(
-            keys=[ks.key("conflicts", "conflict", conflict_id), ks.key("conflicts", "index")],
+            keys=[
+                ks.key("conflicts", "conflict", conflict_id),
+                ks.key("conflicts", "index"),
+                ks.key("conflicts", "expiry"),
+            ],
             args=args,
         )
         if result[0] == "EXISTS":

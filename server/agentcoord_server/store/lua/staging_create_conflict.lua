@@ -1,5 +1,6 @@
 -- CreateConflict: store a new open conflict with its TTL and index it, atomically.
--- KEYS[1] conflict hash, KEYS[2] conflict index (sorted set, all scores 0, by member)
+-- KEYS[1] conflict hash, KEYS[2] conflict index (sorted set, all scores 0, by member),
+-- KEYS[3] conflict expiry index (sorted set, score = expire ms, member = index member: pruning)
 -- ARGV[1] creator, ARGV[2] ttl ms, ARGV[3] conflict id, ARGV[4..] field/value pairs.
 -- Returns {'OK', conflict hash as a flat array} or {'EXISTS'}; nothing is written then.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -14,7 +15,16 @@ redis.call('HSET', KEYS[1], 'conflict_id', ARGV[3], 'created_by', ARGV[1], 'crea
   'expire_ms', now + ttl, 'state', 'open', 'idx', idx, unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], 0, idx)
-if redis.call('PTTL', KEYS[2]) < ttl then
-  redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[3], now + ttl, idx)
+-- Lazy, bounded pruning (as in staging_stage.lua): up to 100 members of expired conflicts.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - 100), 'LIMIT', 0, 100)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[2], unpack(gone))
+  redis.call('ZREM', KEYS[3], unpack(gone))
+end
+for j = 2, 3 do
+  if redis.call('PTTL', KEYS[j]) < ttl then
+    redis.call('PEXPIRE', KEYS[j], ttl)
+  end
 end
 return {'OK', redis.call('HGETALL', KEYS[1])}
