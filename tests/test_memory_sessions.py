@@ -348,3 +348,23 @@ def test_participants_store_method_reads_the_documented_set(
         redis_client.smembers(Keyspace(namespace).key("sessions", "s1", "participants")) == members
     )
     assert missing == set()
+
+
+def test_reading_shared_context_needs_the_tier_that_can_join(make_client):
+    """Only participants read shared context and joining needs CONTRIBUTOR, so GetSharedContext
+    declares CONTRIBUTOR: an observer is refused for its tier (fail-fast in the client and on the
+    server), never admitted by the tier check only to be refused as an outsider."""
+    from agentcoord.v1 import memory_pb2
+    from agentcoord_server.identity import required_tiers
+
+    lead = make_client("lead")
+    lead.memory.create_session("s1")
+    lead.memory.share_context("s1", "plan", "p")
+    tiers = required_tiers([memory_pb2])
+    service = "/agentcoord.v1.MemoryService/"
+
+    error = error_of(make_client("watcher", tier="OBSERVER").memory.get_shared_context, "s1")
+
+    assert tiers[service + "GetSharedContext"] == tiers[service + "JoinSession"]
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.reason == "TIER_TOO_LOW"

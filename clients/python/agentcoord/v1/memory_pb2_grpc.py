@@ -249,6 +249,9 @@ class MemoryServiceServicer:
         """Reads a session's shared context (participants only) and refreshes the
         session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
         session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+        CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
+        CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
+        activity: it restarts the TTL). Observers see sessions with GetSession.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -97,6 +97,9 @@ class MemoryServiceStub:
     """Reads a session's shared context (participants only) and refreshes the
     session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
     session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+    CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
+    CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
+    activity: it restarts the TTL). Observers see sessions with GetSession.
     """
     SaveCollaborationState: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SaveCollaborationStateRequest, _memory_pb2.SaveCollaborationStateResponse]
     """Saves the caller's collaboration state for a session and returns its new
@@ -180,6 +183,9 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Reads a session's shared context (participants only) and refreshes the
     session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
     session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+    CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
+    CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
+    activity: it restarts the TTL). Observers see sessions with GetSession.
     """
     SaveCollaborationState: _aio.UnaryUnaryMultiCallable[_memory_pb2.SaveCollaborationStateRequest, _memory_pb2.SaveCollaborationStateResponse]  # type: ignore[assignment]
     """Saves the caller's collaboration state for a session and returns its new
@@ -344,6 +350,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reads a session's shared context (participants only) and refreshes the
         session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
         session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+        CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
+        CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
+        activity: it restarts the TTL). Observers see sessions with GetSession.
         """
 
     @_abc_1.abstractmethod

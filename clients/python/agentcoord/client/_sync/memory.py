@@ -3,7 +3,8 @@
 
 Values are any JSON-like Python value (dict, list, str, int, float, bool, None); they travel as
 google.protobuf.Value and come back unchanged (JSON numbers are doubles: integer-valued numbers
-come back as int). Tiers: reads need OBSERVER, writes (stash, sessions, share, save) CONTRIBUTOR.
+come back as int). Tiers: reads need OBSERVER, writes (stash, sessions, share, save) CONTRIBUTOR;
+reading a session's shared context also needs CONTRIBUTOR (participants only, and joining does).
 Every failure raises AgentcoordError; its `reason` tells the cases apart (ENTRY_NOT_FOUND,
 VALUE_TOO_LARGE, INVALID_ID, SESSION_EXISTS, SESSION_NOT_FOUND, NOT_A_PARTICIPANT,
 VERSION_MISMATCH, COLLABORATION_STATE_NOT_FOUND…).
@@ -289,7 +290,8 @@ class MemoryClient(ServiceClient):
         self, session_id: str, *, key: str | None = None
     ) -> dict[str, Any]:
         """The session's shared context as {key: value} (only `key` if given); restarts the
-        session's TTL. Raises AgentcoordError PERMISSION_DENIED (NOT_A_PARTICIPANT), NOT_FOUND
+        session's TTL. Needs CONTRIBUTOR and a participant: raises AgentcoordError
+        PERMISSION_DENIED (TIER_TOO_LOW below CONTRIBUTOR, else NOT_A_PARTICIPANT), NOT_FOUND
         (SESSION_NOT_FOUND; CONTEXT_NOT_FOUND for a missing `key`)."""
         items = self.get_shared_items(session_id, key=key)
         return {item.key: from_value(item.value) for item in items}
