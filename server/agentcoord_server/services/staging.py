@@ -97,36 +97,30 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
+def _pattern_fields(r: PatternRecord) -> dict[str, Any]:
+    """The fields StagedPattern and Pattern share, from one record."""
+    return {
+        "pattern_id": r.pattern_id,
+        "pattern_type": r.pattern_type,
+        "name": r.name,
+        "description": r.description,
+        "confidence": r.confidence,
+        "code": r.code,
+        "context": _struct(r.context),
+        "interests": r.interests,
+        "author": r.author,
+        "revision": r.revision,
+        "stage_time": _timestamp(r.stage_ms),
+    }
+
+
 def staged_pattern_pb(r: PatternRecord) -> staging_pb2.StagedPattern:
-    return staging_pb2.StagedPattern(
-        pattern_id=r.pattern_id,
-        pattern_type=r.pattern_type,
-        name=r.name,
-        description=r.description,
-        confidence=r.confidence,
-        code=r.code,
-        context=_struct(r.context),
-        interests=r.interests,
-        author=r.author,
-        revision=r.revision,
-        stage_time=_timestamp(r.stage_ms),
-        expire_time=_timestamp(r.expire_ms),
-    )
+    return staging_pb2.StagedPattern(**_pattern_fields(r), expire_time=_timestamp(r.expire_ms))
 
 
 def pattern_pb(r: PatternRecord) -> staging_pb2.Pattern:
     return staging_pb2.Pattern(
-        pattern_id=r.pattern_id,
-        pattern_type=r.pattern_type,
-        name=r.name,
-        description=r.description,
-        confidence=r.confidence,
-        code=r.code,
-        context=_struct(r.context),
-        interests=r.interests,
-        author=r.author,
-        revision=r.revision,
-        stage_time=_timestamp(r.stage_ms),
+        **_pattern_fields(r),
         promoted_by=r.promoted_by,
         promote_time=_timestamp(r.promote_ms),
         note=r.note,
