@@ -456,3 +456,87 @@ def test_batch_stash_and_batch_retrieve_are_one_redis_command_each(redis_url):
 
     assert len(found) == 100
     assert commands == ["EVALSHA", "EVALSHA"]
+
+
+# Serialized, this is not UTF-8 (multi-byte varint lengths, 0xff bytes of doubles, NaN): a read
+# path that let the shared client decode replies would fail or alter it.
+NOT_UTF8 = {
+    "long": "é" * 300,
+    "numbers": [1.5, -2.25, float("inf"), 1e-300] * 50,
+    "deep": {"k" * 200: [{"x": "y" * 1000}]},
+}
+
+
+def test_values_that_are_not_utf8_round_trip_through_every_read_path(make_client):
+    lead = make_client("lead")
+    lead.memory.create_session("s1", metadata=NOT_UTF8)
+    lead.memory.share_context("s1", "k", NOT_UTF8)
+    lead.memory.stash("k", NOT_UTF8)
+    lead.memory.save_collaboration_state("s1", {"trust_level": 0.5, "extra": NOT_UTF8})
+    expected = to_value(NOT_UTF8)
+
+    assert lead.memory.retrieve_entry("k").value == expected
+    assert lead.memory.batch_retrieve_entries(["k"])[0].entry.value == expected
+    assert lead.memory.get_shared_items("s1")[0].value == expected
+    assert lead.memory.get_shared_items("s1", key="k")[0].value == expected
+    for session in (
+        lead.memory.get_session("s1"),
+        lead.memory.join_session("s1"),
+        lead.memory.list_sessions().sessions[0],
+    ):
+        assert session.metadata == expected.struct_value
+    for record in (
+        lead.memory.load_collaboration_state("s1"),
+        lead.memory.list_collaboration_states().records[0],
+    ):
+        assert record.state.extra == expected.struct_value
+
+
+def test_every_memory_script_is_reloaded_after_script_flush(make_client, redis_client):
+    """Scripts run by EVALSHA (MemoryStore._run); after a Redis restart or SCRIPT FLUSH the
+    first call gets NOSCRIPT, loads the script and retries."""
+    client = make_client("lead")
+    calls = [
+        lambda: client.memory.stash("k", {"v": 1}),
+        lambda: client.memory.batch_stash({"a": 1, "b": 2}),
+        lambda: client.memory.retrieve("k"),
+        lambda: client.memory.list_entries(),
+        lambda: client.memory.create_session("s1"),
+        lambda: client.memory.join_session("s1"),
+        lambda: client.memory.share_context("s1", "k", 1),
+        lambda: client.memory.get_shared_context("s1"),
+        lambda: client.memory.list_sessions(),
+        lambda: client.memory.save_collaboration_state("s1", {"trust_level": 0.5}),
+        lambda: client.memory.list_collaboration_states(),
+        lambda: client.memory.leave_session("s1"),
+        lambda: client.memory.delete_entry("a"),
+        lambda: client.memory.clear_working_memory(),
+    ]
+    results = []
+    for call in calls:
+        redis_client.script_flush()
+        results.append(call())
+
+    assert results[2] == {"v": 1}
+    assert [e.key for e in results[3].entries] == ["a", "b", "k"]
+    assert results[7] == {"k": 1}
+    assert results[9] == 1
+    assert results[-1] == 2
+
+
+def test_overwrite_with_a_shorter_ttl_moves_the_entry_in_the_expiry_index(
+    make_client, namespace, redis_client
+):
+    client = make_client()
+    client.memory.stash("k", "long-lived", ttl=600)
+    client.memory.stash("k", "short-lived", ttl=0.3)
+    time.sleep(0.4)
+
+    client.memory.stash("other", 1)  # any stash prunes expired members from the indexes
+
+    keys_index = Keyspace(namespace).key("memory-index", "agent-1", "keys")
+    expiry_index = Keyspace(namespace).key("memory-index", "agent-1", "expiry")
+    assert redis_client.zrange(keys_index, 0, -1) == ["other"]
+    assert redis_client.zrange(expiry_index, 0, -1) == ["other"]
+    assert error_of(client.memory.retrieve, "k").code == grpc.StatusCode.NOT_FOUND
+    assert client.memory.clear_working_memory() == 1
