@@ -90,6 +90,20 @@ def test_author_restaging_same_id_replaces_it_and_increments_revision(make_clien
     assert [(p.pattern_id, p.revision) for p in listed] == [("p1", 3)]
 
 
+def test_restaging_restarts_the_stage_time_and_the_ttl(make_client, namespace, redis_client):
+    client = make_client("finder")
+    first = stage(client)
+    key = f"ac:{{{namespace}}}:staging:pattern:p1"
+    redis_client.pexpire(key, 100_000)  # as if staged long ago: 100 s left
+    time.sleep(0.005)
+
+    second = stage(client)
+
+    assert second.stage_time.ToMilliseconds() > first.stage_time.ToMilliseconds()
+    assert second.expire_time.ToMilliseconds() - second.stage_time.ToMilliseconds() == DAY_MS
+    assert DAY_MS - 60_000 < redis_client.pttl(key) <= DAY_MS
+
+
 def test_other_contributor_staging_same_id_gets_already_exists_and_nothing_changes(
     make_client,
 ):
