@@ -309,3 +309,22 @@ def test_aggregate_keeps_a_large_result_out_of_the_summary(make_client):
     summary = client.tasks.aggregate_results().recent_results[0]
     assert summary.result_omitted and not summary.HasField("result")
     assert len(done.result["blob"]) == 5000
+
+
+def test_list_agents_reaches_an_agent_behind_many_lapsed_registrations(
+    make_client, redis_client, namespace
+):
+    make_client("zed").tasks.register_agent(["review"])
+    index = f"ac:{{{namespace}}}:agents:index"
+    redis_client.zadd(index, {f"lapsed-{n:03d}": 0 for n in range(300)})  # registrations gone
+
+    seen, token = [], ""
+    for _ in range(400):
+        page = make_client("reader", "OBSERVER").tasks.list_agents(page_size=1, page_token=token)
+        seen += [a.agent_id for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == ["zed"]
+

@@ -419,7 +419,9 @@ class ListAgentsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many agents (default 100, at most 1000)."""
+    """At most this many agents (default 100, at most 1000). A page may hold fewer (even
+    none) while next_page_token is set: each call examines a bounded number.
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first."""
     def __init__(

@@ -1,6 +1,7 @@
 -- ListAgents. ARGV: prefix, cursor (last agent id of the previous page, '' for the start),
 -- page size. Returns {next cursor ('' when done), {registration, …}}.
 -- The index is lex-ordered (all scores 0); ids whose registration lapsed are removed as met.
+-- A page may be short (even empty) while the cursor is set: each call examines a bounded number.
 local P, cursor, page_size = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local index = P .. 'agents:index'
 local out = {}
@@ -25,4 +26,6 @@ for _ = 1, 50 do
   end
   min = '(' .. batch[#batch]
 end
-return {last or '', out}
+-- Out of batches (a long run of lapsed ids): continue after the last id examined, so the
+-- caller pages on instead of taking a short page for the end of the list.
+return {string.sub(min, 2), out}
