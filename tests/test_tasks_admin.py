@@ -328,3 +328,17 @@ def test_list_agents_reaches_an_agent_behind_many_lapsed_registrations(
 
     assert seen == ["zed"]
 
+
+
+def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, namespace):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    index = f"ac:{{{namespace}}}:tasks:index"
+    redis_client.pexpire(index, 60_000)  # as if t1 was added long ago
+
+    task = client.tasks.claim_task(task_types=["review"], lease=600)
+    client.tasks.complete_task(task_id="t1", fencing_token=task.lease.fencing_token)
+
+    assert redis_client.pttl(index) >= redis_client.pttl(f"ac:{{{namespace}}}:tasks:t:t1") - 1000
+    assert [t.task_id for t in client.tasks.list_tasks().tasks] == ["t1"]
+

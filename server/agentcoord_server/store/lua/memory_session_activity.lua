@@ -28,11 +28,14 @@ else
   items = redis.call('HVALS', KEYS[3])
 end
 -- Any participant activity restarts the session's TTL on all its keys (the context expires
--- with its session) and moves its place in the expiry index.
+-- with its session) and moves its place in the expiry index. It is (re)added to the id index
+-- too: pruning compares scores with a server's clock, so a session still live in Redis may
+-- have been pruned at the edge of its expiry (or by a server whose clock runs ahead).
 local ttl = tonumber(ARGV[5])
 local expire = tonumber(ARGV[4]) + ttl
 redis.call('HSET', KEYS[1], 'e', expire)
 for j = 1, 3 do redis.call('PEXPIRE', KEYS[j], ttl) end
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], expire, ARGV[1])
 for j = 4, 5 do
   if redis.call('PTTL', KEYS[j]) < ttl then redis.call('PEXPIRE', KEYS[j], ttl) end

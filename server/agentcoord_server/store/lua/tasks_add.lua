@@ -31,7 +31,7 @@ redis.call('HSET', tkey,
   'id', id, 'type', ttype, 'desc', desc, 'pri', pri, 'payload', payload,
   'status', 'pending', 'attempts', 0, 'max', max_attempts, 'by', agent,
   'created', now, 'updated', now, 'score', score, 'seq', seq)
-set_task_ttl(tkey, ttl, now)
+set_task_ttl(P, tkey, ttl, now)
 
 local queue = P .. 'tasks:q:' .. ttype
 redis.call('ZADD', queue, score, id)

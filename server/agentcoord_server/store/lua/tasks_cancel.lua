@@ -19,6 +19,6 @@ if f[1] ~= 'cancelled' then
   end
   redis.call('ZREM', P .. 'tasks:dead', id)
   redis.call('HSET', tkey, 'status', 'cancelled', 'updated', now, 'avail', '')
-  set_task_ttl(tkey, ttl, now)
+  set_task_ttl(P, tkey, ttl, now)
 end
 return {'ok', redis.call('HGETALL', tkey)}

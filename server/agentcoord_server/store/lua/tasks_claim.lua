@@ -78,7 +78,7 @@ for _ = 1, BATCH do
     local leases = P .. 'tasks:l:' .. f[2]
     redis.call('ZADD', leases, expiry, best_id)
     extend_ttl(leases, ttl + lease_ms)
-    set_task_ttl(tkey, ttl + lease_ms, now)
+    set_task_ttl(P, tkey, ttl + lease_ms, now)
     return {'ok', redis.call('HGETALL', tkey)}
   end
 end

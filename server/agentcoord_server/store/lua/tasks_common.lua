@@ -27,10 +27,12 @@ local function extend_ttl(key, ms)
   end
 end
 
--- The task hash lives `ms` from now; 'exp' mirrors it for Task.expire_time.
-local function set_task_ttl(tkey, ms, now)
+-- The task hash lives `ms` from now; 'exp' mirrors it for Task.expire_time. The ListTasks
+-- index lives at least as long, so a task that is still there is still listed.
+local function set_task_ttl(P, tkey, ms, now)
   redis.call('HSET', tkey, 'exp', now + ms)
   redis.call('PEXPIRE', tkey, ms)
+  extend_ttl(P .. 'tasks:index', ms)
 end
 
 -- A claim ended without success (FailTask or an expired lease): back to pending (keeping its
@@ -45,19 +47,19 @@ local function settle_failure(P, id, now, ttl, err, retryable, backoff)
     local dead = P .. 'tasks:dead'
     redis.call('ZADD', dead, now, id)
     extend_ttl(dead, ttl)
-    set_task_ttl(tkey, ttl, now)
+    set_task_ttl(P, tkey, ttl, now)
   elseif backoff > 0 then
     redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', now + backoff)
     local delayed = P .. 'tasks:d:' .. ttype
     redis.call('ZADD', delayed, now + backoff, id)
     extend_ttl(delayed, ttl + backoff)
-    set_task_ttl(tkey, ttl + backoff, now)
+    set_task_ttl(P, tkey, ttl + backoff, now)
   else
     redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', '')
     local queue = P .. 'tasks:q:' .. ttype
     redis.call('ZADD', queue, score, id)
     extend_ttl(queue, ttl)
-    set_task_ttl(tkey, ttl, now)
+    set_task_ttl(P, tkey, ttl, now)
   end
 end
 

@@ -20,7 +20,7 @@ local ttype = redis.call('HGET', tkey, 'type')
 redis.call('HSET', tkey, 'status', 'completed', 'result', result, 'completed', now,
   'updated', now)
 redis.call('ZREM', P .. 'tasks:l:' .. ttype, id)
-set_task_ttl(tkey, ttl, now)
+set_task_ttl(P, tkey, ttl, now)
 
 local function count(key, field)
   redis.call('HINCRBY', key, field, 1)

@@ -13,5 +13,5 @@ local leases = P .. 'tasks:l:' .. redis.call('HGET', tkey, 'type')
 redis.call('HSET', tkey, 'lease_exp', expiry)
 redis.call('ZADD', leases, expiry, id)
 extend_ttl(leases, ttl + lease_ms)
-set_task_ttl(tkey, ttl + lease_ms, now)
+set_task_ttl(P, tkey, ttl + lease_ms, now)
 return {'ok', token, expiry}

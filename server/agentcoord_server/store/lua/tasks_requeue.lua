@@ -15,5 +15,5 @@ redis.call('HSET', tkey, 'status', 'pending', 'attempts', 0, 'updated', now, 'av
 local queue = P .. 'tasks:q:' .. f[2]
 redis.call('ZADD', queue, f[3], id)
 extend_ttl(queue, ttl)
-set_task_ttl(tkey, ttl, now)
+set_task_ttl(P, tkey, ttl, now)
 return {'ok', redis.call('HGETALL', tkey)}
