@@ -342,3 +342,13 @@ def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, 
     assert redis_client.pttl(index) >= redis_client.pttl(f"ac:{{{namespace}}}:tasks:t:t1") - 1000
     assert [t.task_id for t in client.tasks.list_tasks().tasks] == ["t1"]
 
+
+
+def test_a_reused_task_id_is_not_listed_as_a_dead_letter(make_client, redis_client, namespace):
+    client = make_client()
+    dead_letter(client, "t1")
+    redis_client.delete(f"ac:{{{namespace}}}:tasks:t:t1")  # what the TASK TTL does
+    client.tasks.add_task(task_id="t1", task_type="review")
+
+    assert list(client.tasks.list_dead_letters().tasks) == []
+

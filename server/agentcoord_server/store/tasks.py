@@ -519,8 +519,12 @@ class TaskStore:
     async def list_dead_letters(
         self, namespace: str, *, page_size: int, page_token: str
     ) -> tuple[list[TaskRecord], str]:
-        """Dead-lettered tasks, oldest dead-lettering first; returns (page, next token)."""
-        return await self._walk(namespace, "dead", "", "", "", page_size, page_token)
+        """Dead-lettered tasks, oldest dead-lettering first; returns (page, next token).
+
+        Filtered by status too: an entry can outlive its task (TASK TTL), and the id may since
+        have been added again as a new task.
+        """
+        return await self._walk(namespace, "dead", DEAD, "", "", page_size, page_token)
 
     async def _walk(
         self,
