@@ -352,3 +352,23 @@ def test_a_reused_task_id_is_not_listed_as_a_dead_letter(make_client, redis_clie
 
     assert list(client.tasks.list_dead_letters().tasks) == []
 
+
+
+def test_dead_letters_dying_in_the_same_millisecond_page_in_member_order(
+    make_client, redis_client, namespace
+):
+    client = make_client()
+    ids = ["B", "C", "a", "a-b", "ab", "a_b"]
+    for task_id in ids:
+        dead_letter(client, task_id)
+    redis_client.zadd(f"ac:{{{namespace}}}:tasks:dead", dict.fromkeys(ids, 1_000))
+
+    seen, token = [], ""
+    while True:
+        page = client.tasks.list_dead_letters(page_size=1, page_token=token)
+        seen += [t.task_id for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == sorted(ids)  # Redis orders equal scores by bytes: every id exactly once

@@ -21,6 +21,19 @@ local min = cur_score == '' and '-inf' or cur_score
 local floor = cur_score == '' and nil or tonumber(cur_score)
 local offset = 0
 
+-- a > b in byte order, which is how Redis orders members of equal score. Lua's '>' on strings
+-- follows the server's LC_COLLATE (Redis calls setlocale), which under e.g. en_US.UTF-8 puts
+-- 'a' before 'B' and would make pages skip or repeat ids that tie on score.
+local function bytes_after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x > y
+    end
+  end
+  return #a > #b
+end
+
 local function finish(score, id)
   for _, dead_id in ipairs(gone) do
     redis.call('ZREM', index, dead_id)
@@ -36,7 +49,7 @@ while true do
   offset = offset + #batch / 2
   for i = 1, #batch, 2 do
     local id, score = batch[i], batch[i + 1]
-    if floor == nil or tonumber(score) > floor or id > cur_id then
+    if floor == nil or tonumber(score) > floor or bytes_after(id, cur_id) then
       examined = examined + 1
       local tkey = P .. 'tasks:t:' .. id
       local f = redis.call('HMGET', tkey, 'status', 'type', 'assignee')
