@@ -346,6 +346,19 @@ def test_add_task_with_the_same_request_id_returns_the_existing_task(
     assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:q:review") == 1
 
 
+async def test_concurrent_retries_of_one_add_task_add_exactly_one_task(
+    make_aclient, redis_client, namespace
+):
+    clients = [make_aclient("adder") for _ in range(16)]  # one agent retrying on 16 channels
+
+    tasks = await asyncio.gather(
+        *(c.tasks.add_task(task_type="review", request_id="req-1") for c in clients)
+    )
+
+    assert len({t.task_id for t in tasks}) == 1
+    assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:q:review") == 1
+    assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:index") == 1
+
 def test_request_ids_are_scoped_to_the_adding_agent(make_client):
     one = make_client("one").tasks.add_task(task_type="review", request_id="req-1")
     two = make_client("two").tasks.add_task(task_type="review", request_id="req-1")
