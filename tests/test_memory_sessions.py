@@ -368,3 +368,19 @@ def test_reading_shared_context_needs_the_tier_that_can_join(make_client):
     assert tiers[service + "GetSharedContext"] == tiers[service + "JoinSession"]
     assert error.code == grpc.StatusCode.PERMISSION_DENIED
     assert error.reason == "TIER_TOO_LOW"
+
+
+def test_activity_puts_a_live_session_back_into_the_index(make_client, namespace, redis_client):
+    """Index pruning compares expiry scores with the server's clock, Redis expires keys by its
+    own: a server whose clock runs ahead (or a join in the last milliseconds) can prune a session
+    that is still live. Its next activity restarts its TTL, so it must be listed again."""
+    lead = make_client("lead")
+    lead.memory.create_session("s1")
+    expiry = Keyspace(namespace).key("session-index", "expiry")
+    redis_client.zadd(expiry, {"s1": 1})  # as if another server's clock had passed its expiry
+    lead.memory.create_session("s2")  # a create prunes the indexes
+    assert [s.session_id for s in lead.memory.list_sessions().sessions] == ["s2"]
+
+    make_client("helper").memory.join_session("s1")
+
+    assert [s.session_id for s in lead.memory.list_sessions().sessions] == ["s1", "s2"]
