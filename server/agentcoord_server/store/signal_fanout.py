@@ -82,6 +82,9 @@ class Subscription:
         self.agent_id = agent_id
         self.signal_types = frozenset(signal_types)
         self.start_cursor = ""
+        # START_POSITION_EARLIEST: the first catch-up read starts at the oldest entry retained
+        # then, not after start_cursor, which a send may have trimmed past in the meantime.
+        self.from_oldest = False
         self._queue_size = queue_size
         self._items: deque[SignalEntry] = deque()
         self._wake = asyncio.Event()
@@ -143,6 +146,7 @@ class Subscription:
         store = self._hub.store
         cursor = self.start_cursor
         reported = cursor
+        after = "" if self.from_oldest else cursor
         while True:
             if self.error is not None:
                 raise self.error
@@ -150,13 +154,14 @@ class Subscription:
                 self.namespace,
                 self.agent_id,
                 sorted(self.signal_types),
-                after=cursor,
+                after=after,
                 limit=CATCH_UP_LIMIT,
             )
             for entry in page.entries:
                 yield entry
                 reported = entry.id
             cursor = page.next_after or cursor
+            after = cursor
             if not page.more:
                 if self._live:
                     break
@@ -329,6 +334,7 @@ class SignalHub:
                 subscription.start_cursor = after
             elif earliest:
                 _, subscription.start_cursor = await self.store.positions(namespace)
+                subscription.from_oldest = True
             else:
                 subscription.start_cursor = reader.position
             yield subscription
