@@ -171,3 +171,107 @@ async def test_every_registered_stream_ends_unauthenticated_when_its_token_is_re
                 reading = asyncio.ensure_future(call.read())
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class FailingRecheck:
+    """Admits every call; its first uncached re-check sets `rechecking` and fails."""
+
+    revocable = True
+
+    def __init__(self) -> None:
+        self.rechecking = asyncio.Event()
+
+    async def authenticate(self, metadata, *, fresh: bool = False):
+        from agentcoord_server.errors import Unauthenticated
+        from agentcoord_server.identity import Principal
+
+        if fresh:
+            self.rechecking.set()
+            raise Unauthenticated("revoked", reason="UNKNOWN_TOKEN")
+        return Principal("watcher", "ns", access_pb2.ACCESS_TIER_OBSERVER)
+
+
+async def test_a_handler_error_while_the_watchdog_aborts_ends_with_the_watchdogs_status(caplog):
+    """The handler fails in the same moment the re-check ends the call: one status reaches the
+    client, the canonical line carries it, and nothing is logged as an unexpected error."""
+    import io
+    import json
+    import logging
+
+    import structlog
+    from agentcoord_server.errors import OutOfRange
+    from agentcoord_server.logs import configure_logging
+
+    authenticator = FailingRecheck()
+
+    async def failing(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        await authenticator.rechecking.wait()
+        raise OutOfRange("gone", reason="CURSOR_TRIMMED")
+
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    server = grpc.aio.server(
+        interceptors=[
+            LoggingInterceptor(),
+            ErrorInterceptor(),
+            IdentityInterceptor(
+                authenticator, {SILENT: access_pb2.ACCESS_TIER_OBSERVER}, recheck_seconds=0.1
+            ),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"Silent": grpc.unary_stream_rpc_method_handler(failing)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_stream(SILENT)(b"", metadata=[("x-request-id", "race-1")])
+                assert await call.read() == b"first"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await asyncio.wait_for(call.read(), timeout=5)
+            await asyncio.sleep(0.2)
+    finally:
+        await server.stop(None)
+        structlog.reset_defaults()
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line.get("request_id") == "race-1"]
+    assert [line["code"] for line in ours if line.get("event") == "rpc"] == ["UNAUTHENTICATED"]
+    unexpected = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not unexpected, [r.getMessage() for r in unexpected]
+
+
+async def test_the_canonical_line_of_a_revoked_stream_says_unauthenticated(stream_server):
+    import io
+    import json
+
+    import structlog
+    from agentcoord_server.logs import configure_logging
+
+    channel, store, handlers, namespace = stream_server
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    try:
+        token, record = await store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER)
+        metadata = [("authorization", f"Bearer {token}"), ("x-request-id", "revoked-1")]
+        call = channel.unary_stream(SILENT)(b"", metadata=metadata)
+        assert await call.read() == b"first"
+        await store.revoke(namespace, record.token_id)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(call.read(), timeout=BOUND_S + 2)
+        await asyncio.wait_for(handlers.closed.wait(), timeout=2)
+        await asyncio.sleep(0.1)
+    finally:
+        structlog.reset_defaults()
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line.get("request_id") == "revoked-1"]
+    assert [line["code"] for line in ours if line.get("event") == "rpc"] == ["UNAUTHENTICATED"]

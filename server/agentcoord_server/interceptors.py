@@ -326,22 +326,31 @@ class IdentityInterceptor(_CachingInterceptor):
                 return
             rpc = asyncio.current_task()
             assert rpc is not None
-            watchdog = asyncio.create_task(self._watch(context, rpc))
+            ending = asyncio.Event()
+            watchdog = asyncio.create_task(self._watch(context, rpc, ending))
             try:
                 async for item in behavior(request, context):
                     yield item
+            except Exception:
+                # The watchdog is already sending its status: a second abort (the handler's
+                # error, mapped by ErrorInterceptor) would fail with "Abort already called!".
+                if not ending.is_set():
+                    raise
             finally:
                 watchdog.cancel()
 
         return admitted
 
-    async def _watch(self, context: grpc.aio.ServicerContext, rpc: asyncio.Task[Any]) -> None:
+    async def _watch(
+        self, context: grpc.aio.ServicerContext, rpc: asyncio.Task[Any], ending: asyncio.Event
+    ) -> None:
         """Re-authenticates an open stream's caller (uncached) every recheck_seconds.
 
         Items pass from the handler to the wire untouched; only this one task per stream does
         the checking. When a check fails (revoked, expired, or Redis unreachable) it ends the
         call with that status and cancels the RPC's task, so a handler waiting for something to
-        send is released at once (its finally blocks run).
+        send is released at once (its finally blocks run). `ending` is set before the status
+        is sent, so the stream wrapper knows the call's status is already decided.
         """
         metadata = context.invocation_metadata() or ()
         try:
@@ -352,6 +361,7 @@ class IdentityInterceptor(_CachingInterceptor):
             raise
         except Exception as exc:
             domain = _translate(exc)
+            ending.set()
             try:
                 await context.abort_with_status(_status_for(domain, status_code_for(domain)))
             except Exception:  # abort raises once the status is sent
