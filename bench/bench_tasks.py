@@ -80,6 +80,12 @@ async def main() -> None:
                 lambda: adder.tasks.add_task(task_type="adds", payload={"k": "v"}),
                 total=5000,
             )
+            probe = await adder.tasks.add_task(task_type="probe")
+            await measure(
+                "GetTask",
+                lambda: adder.tasks.get_task(probe.task_id),
+                total=5000,
+            )
             await measure(
                 "ClaimTask, nothing pending",
                 lambda: adder.tasks.claim_task(task_types=["none"]),
