@@ -575,3 +575,16 @@ def test_list_tasks_reports_expired_leases_as_settled_under_every_filter(
     (gone,) = [t for t in client.tasks.list_tasks().tasks if t.task_id == "gone"]
     assert gone.status == tasks_pb2.TASK_STATUS_PENDING and gone.last_error == "lease expired"
 
+
+
+def test_a_task_id_reused_with_another_type_is_claimed_only_as_its_new_type(
+    make_client, redis_client, namespace
+):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    redis_client.delete(f"ac:{{{namespace}}}:tasks:t:t1")  # what the TASK TTL does
+    client.tasks.add_task(task_id="t1", task_type="deploy")
+
+    assert client.tasks.claim_task(task_types=["review"]) is None
+    claimed = client.tasks.claim_task(task_types=["deploy"])
+    assert claimed is not None and claimed.task_id == "t1" and claimed.task_type == "deploy"

@@ -45,22 +45,23 @@ for _, t in ipairs(types) do
   local queue = P .. 'tasks:q:' .. t
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, BATCH)) do
     redis.call('ZREM', delayed, id)
-    local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'score')
-    if f[1] == 'pending' then
+    local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'score', 'type')
+    if f[1] == 'pending' and f[3] == t then
       redis.call('ZADD', queue, f[2], id)
       extend_ttl(queue, ttl)
     end
   end
 end
 
--- Queue members whose task hash expired (TASK TTL) are dropped as they surface.
+-- Queue members whose task hash expired (TASK TTL), or whose id has since been added again
+-- as a task of another type, are dropped as they surface.
 for _ = 1, BATCH do
-  local best_id, best_score, best_queue = nil, nil, nil
+  local best_id, best_score, best_queue, best_type = nil, nil, nil, nil
   for _, t in ipairs(types) do
     local queue = P .. 'tasks:q:' .. t
     local top = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
     if top[1] and (best_score == nil or tonumber(top[2]) < best_score) then
-      best_id, best_score, best_queue = top[1], tonumber(top[2]), queue
+      best_id, best_score, best_queue, best_type = top[1], tonumber(top[2]), queue, t
     end
   end
   if best_id == nil then
@@ -69,7 +70,7 @@ for _ = 1, BATCH do
   redis.call('ZREM', best_queue, best_id)
   local tkey = P .. 'tasks:t:' .. best_id
   local f = redis.call('HMGET', tkey, 'status', 'type')
-  if f[1] == 'pending' then
+  if f[1] == 'pending' and f[2] == best_type then
     local token = redis.call('INCR', P .. 'tasks:fence')
     local expiry = now + lease_ms
     redis.call('HINCRBY', tkey, 'attempts', 1)
