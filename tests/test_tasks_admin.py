@@ -372,3 +372,19 @@ def test_dead_letters_dying_in_the_same_millisecond_page_in_member_order(
             break
 
     assert seen == sorted(ids)  # Redis orders equal scores by bytes: every id exactly once
+
+
+def test_aggregate_for_a_type_whose_counts_lapsed_is_consistent(
+    make_client, redis_client, namespace
+):
+    client = make_client("alice")
+    for task_id, task_type in [("s0", "security"), ("p0", "perf")]:
+        client.tasks.add_task(task_id=task_id, task_type=task_type)
+        claim_and_complete(client, task_type)
+    # "security" had no completion for the TASK TTL while "perf" kept the namespace's stats alive.
+    redis_client.delete(f"ac:{{{namespace}}}:tasks:stats:agents:security")
+
+    security = client.tasks.aggregate_results("security")
+
+    assert security.total_completed == sum(security.by_agent.values())
+    assert dict(security.by_type) == ({"security": 1} if security.total_completed else {})

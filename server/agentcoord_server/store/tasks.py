@@ -609,27 +609,32 @@ class TaskStore:
 
     async def aggregate_results(self, namespace: str, task_type: str) -> Aggregate:
         """Exact completion counts (kept by the completion script) and recent summaries, for
-        all types or one (`task_type`). One pipelined round trip."""
+        all types or one (`task_type`). One pipelined round trip.
+
+        For one type, every figure comes from that type's own keys, which live TASK TTL after
+        the type's last completion: its total is the sum of its by-agent counts, so the answer
+        stays consistent when the type's keys lapsed while other types kept completing.
+        """
         ks = Keyspace(namespace)
         async with self._redis.pipeline(transaction=False) as pipe:
             if task_type:
-                pipe.hget(ks.key("tasks", "stats", "types"), task_type)
                 pipe.hgetall(ks.key("tasks", "stats", "agents", task_type))
                 pipe.lrange(ks.key("tasks", "recent", task_type), 0, RECENT_RESULTS - 1)
             else:
-                pipe.hget(ks.key("tasks", "stats"), "total")
                 pipe.hgetall(ks.key("tasks", "stats", "agents"))
                 pipe.lrange(ks.key("tasks", "recent"), 0, RECENT_RESULTS - 1)
+                pipe.hget(ks.key("tasks", "stats"), "total")
                 pipe.hgetall(ks.key("tasks", "stats", "types"))
             replies = await pipe.execute()
-        total = _int(replies[0])
-        by_agent = {k: int(v) for k, v in replies[1].items()}
+        by_agent = {k: int(v) for k, v in replies[0].items()}
         if task_type:
+            total = sum(by_agent.values())
             by_type = {task_type: total} if total else {}
         else:
+            total = _int(replies[2])
             by_type = {k: int(v) for k, v in replies[3].items()}
         recent = []
-        for raw in replies[2]:
+        for raw in replies[1]:
             item = json.loads(raw)
             result = item.get("result")
             recent.append(

@@ -1027,7 +1027,9 @@ Global___AggregateResultsRequest: _TypeAlias = AggregateResultsRequest  # noqa: 
 @_typing.final
 class AggregateResultsResponse(_message.Message):
     """The counts are exact: the completion script increments them in the same atomic step.
-    They live TASK TTL after the namespace's last completion, then start again from zero.
+    They live TASK TTL after the namespace's last completion, then start again from zero; the
+    figures for one task_type live TASK TTL after that type's last completion (its
+    total_completed is always the sum of its by_agent).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
