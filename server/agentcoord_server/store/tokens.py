@@ -13,11 +13,14 @@ only at their own optional lifetime):
   orders by id; ids start with the issue time in hex, so that is issue order) for paging.
 
 The global key lives outside the namespace's hash tag (a bare token names no namespace), so
-issue and revoke touch two cluster slots and cannot be one Lua script or MULTI. They are
-ordered pipelines instead (one round trip; they also run on Redis Cluster), ordered so that a
-failure half-way can only leave a token unusable, never usable without its namespace record:
-issue writes the global entry last, revoke deletes it first. A leftover namespace record shows
-in ListTokens and is removed by revoking it again.
+issue and revoke touch two cluster slots and cannot be one Lua script or MULTI. They are two
+steps instead, the second sent only once the first succeeded (a non-transactional pipeline
+runs its later commands even when an earlier one fails, and a cluster pipeline sends to each
+node in parallel, so one pipeline could not order them), so that a failure half-way can only
+leave a token unusable, never usable without its namespace record: issue writes the namespace
+record first and the global entry after it; revoke deletes the global entry first and the
+record after it. A leftover namespace record shows in ListTokens and is removed by revoking it
+again.
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ class TokenStore:
         issued_by: str = "",
         token: str | None = None,
     ) -> tuple[str, TokenRecord]:
-        """Creates a token and returns (the secret token, its record). One round trip (an
-        ordered pipeline: the namespace record first, the global entry that makes it usable last).
+        """Creates a token and returns (the secret token, its record). Two round trips: the
+        namespace record (MULTI), then — only if that succeeded — the global entry that makes
+        the token usable.
 
         `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
@@ -132,11 +136,15 @@ class TokenStore:
             "expires_ms": str(expires_ms),
             "digest": digest,
         }
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # One slot (the namespace's hash tag): MULTI. execute() raises if any command failed,
+        # and then the token is never made usable.
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(record_key, mapping=record)
             pipe.zadd(keys.key("tokens", "index"), {token_id: 0})
             if expires_ms:
                 pipe.pexpireat(record_key, expires_ms)
+            await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(global_key(digest), mapping=grant)
             if expires_ms:
                 pipe.pexpireat(global_key(digest), expires_ms)
@@ -144,9 +152,11 @@ class TokenStore:
         return token, _record(namespace, token_id, record)
 
     async def revoke(self, namespace: str, token_id: str) -> TokenRecord:
-        """Deletes a token of `namespace`: its global entry first, then its record and index entry.
+        """Deletes a token of `namespace`: its global entry first, then — only if that
+        succeeded — its record and index entry.
 
-        Two round trips (read the record to learn the hash, then one ordered pipeline).
+        Three round trips (read the record to learn the hash, delete the global entry, then the
+        rest).
         Raises NotFound (TOKEN_NOT_FOUND) if the namespace has no such live token — including
         when the id belongs to another namespace, which is not distinguishable on purpose.
         """
@@ -160,8 +170,8 @@ class TokenStore:
                 reason="TOKEN_NOT_FOUND",
                 metadata={"token_id": token_id},
             )
+        await self._redis.delete(global_key(fields["digest"]))
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(global_key(fields["digest"]))
             pipe.delete(record_key)
             pipe.zrem(keys.key("tokens", "index"), token_id)
             await pipe.execute()
