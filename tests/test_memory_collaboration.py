@@ -34,6 +34,8 @@ def sample_state(**overrides) -> memory_pb2.CollaborationState:
         if name == "trust_trajectory":
             state.ClearField(name)
             state.trust_trajectory.extend(value)
+        elif name == "session_start":
+            state.session_start.CopyFrom(value)
         else:
             setattr(state, name, value)
     return state
@@ -198,6 +200,15 @@ def test_list_collaboration_states_pages_own_states_in_session_order(make_client
         ({"failed_interventions": -1}, "state.failed_interventions"),
         ({"current_empathy_level": 6}, "state.current_empathy_level"),
         ({"trust_trajectory": [0.5, -0.1]}, "state.trust_trajectory[1]"),
+        # google.protobuf.Timestamp allows 0001-01-01 to 9999-12-31 only.
+        (
+            {"session_start": timestamp_pb2.Timestamp(seconds=253_402_300_800)},
+            "state.session_start",
+        ),
+        (
+            {"session_start": timestamp_pb2.Timestamp(seconds=-62_135_596_801)},
+            "state.session_start",
+        ),
     ],
 )
 def test_out_of_range_fields_are_refused_and_nothing_is_written(

@@ -38,6 +38,8 @@ MAX_EXPLICIT_TTL_MS = 30 * 24 * 3600 * 1000  # an explicit ttl_duration may not 
 MAX_PURPOSE_CHARS = 1024
 MAX_TRAJECTORY = 100  # trust_trajectory keeps the last 100 points (issue #4)
 MAX_EMPATHY_LEVEL = 5
+# google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
 ENTRY_PAGE = (100, 1000)  # (default, maximum) page size of ListEntries
 SESSION_PAGE = (50, 100)  # (default, maximum) page size of ListSessions, ListCollaborationStates
 
@@ -172,7 +174,11 @@ def _collaboration_state(state: memory_pb2.CollaborationState, limit: int) -> by
     for i, point in enumerate(state.trust_trajectory):
         if not unit(point):
             raise invalid_field(f"state.trust_trajectory[{i}]", "must be between 0.0 and 1.0")
-    if state.HasField("session_start") and not 0 <= state.session_start.nanos < 1_000_000_000:
+    start = state.session_start
+    if state.HasField("session_start") and not (
+        MIN_TIMESTAMP_SECONDS <= start.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= start.nanos < 1_000_000_000
+    ):
         raise invalid_field("state.session_start", "is not a valid timestamp")
     kept = memory_pb2.CollaborationState()
     kept.CopyFrom(state)
