@@ -163,16 +163,36 @@ def test_activity_restarts_the_session_ttl_on_all_its_keys(make_client, namespac
     assert session.expire_time.ToMilliseconds() > time.time() * 1000 + 1790_000
 
 
-def test_reading_shared_context_restarts_the_session_ttl(make_client, namespace, redis_client):
-    lead = make_client("lead")
+@pytest.mark.parametrize(
+    "activity",
+    [
+        lambda m: m.get_shared_context("s1"),
+        lambda m: m.get_shared_context("s1", key="notes"),
+        lambda m: m.share_context("s1", "more", 1),
+        lambda m: m.leave_session("s1"),
+    ],
+    ids=["read-all", "read-one", "share", "leave"],
+)
+def test_every_activity_restarts_the_ttl_of_all_session_keys(
+    make_client, namespace, redis_client, activity
+):
+    lead, helper = make_client("lead"), make_client("helper")
     lead.memory.create_session("s1")
+    helper.memory.join_session("s1")
     lead.memory.share_context("s1", "notes", "n")
-    info = session_keys(namespace, "s1")["info"]
-    redis_client.pexpire(info, 5000)
+    keys = session_keys(namespace, "s1")
+    for key in keys.values():
+        redis_client.pexpire(key, 5000)
 
-    lead.memory.get_shared_context("s1")
+    activity(helper.memory)
 
-    assert redis_client.pttl(info) > 1790_000
+    assert {part: redis_client.pttl(key) > 1790_000 for part, key in keys.items()} == {
+        "info": True,
+        "participants": True,
+        "context": True,
+    }
+    expire_ms = int(redis_client.hget(keys["info"], "e"))
+    assert expire_ms > time.time() * 1000 + 1790_000
 
 
 def test_get_session_does_not_restart_the_ttl(make_client, namespace, redis_client):
