@@ -306,6 +306,25 @@ def test_negative_page_size_is_invalid_argument(make_client):
     assert caught.value.field_violations == [("page_size", "must not be negative")]
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.staging.list_staged_patterns(page_size=-1, page_token="garbage"),
+        lambda c: c.staging.list_patterns(page_size=-1, page_token="garbage"),
+        lambda c: c.staging.list_conflicts(page_size=-1, page_token="garbage"),
+    ],
+    ids=["staged", "library", "conflicts"],
+)
+def test_bad_page_token_is_reported_with_the_other_bad_fields(make_client, call):
+    with pytest.raises(AgentcoordError) as caught:
+        call(make_client())
+
+    assert sorted(field for field, _ in caught.value.field_violations) == [
+        "page_size",
+        "page_token",
+    ]
+
+
 def test_staged_patterns_of_another_namespace_are_invisible(make_client, namespace):
     stage(make_client("finder"))
     outsider = make_client("finder", ns=f"{namespace}-other")

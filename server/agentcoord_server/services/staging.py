@@ -18,7 +18,16 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from ..errors import InvalidArgument
 from ..identity import ID_RE, current_principal
-from ..store.staging import ConflictRecord, PatternRecord, RejectionRecord, StagingStore
+from ..store.staging import (
+    CONFLICT_LIST,
+    LIBRARY_LIST,
+    STAGED_LIST,
+    ConflictRecord,
+    PatternRecord,
+    RejectionRecord,
+    StagingStore,
+    decode_page_token,
+)
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -74,6 +83,13 @@ class Violations:
     def page_size(self, value: int) -> None:
         if value < 0:
             self.add("page_size", "must not be negative")
+
+    def page_token(self, value: str, kind: str) -> None:
+        """A token of list `kind` (checked here so it is reported with the other fields)."""
+        try:
+            decode_page_token(kind, value)
+        except InvalidArgument as error:
+            self.items += error.field_violations
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -222,6 +238,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
             minimum = request.minimum_confidence
             v.confidence(minimum, "minimum_confidence")
         v.page_size(request.page_size)
+        v.page_token(request.page_token, STAGED_LIST)
         v.raise_if_any()
         page = await self._store.list_staged(
             current_principal().namespace,
@@ -305,6 +322,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         if "\x00" in request.text:
             v.add("text", "must not contain NUL characters")
         v.page_size(request.page_size)
+        v.page_token(request.page_token, LIBRARY_LIST)
         v.raise_if_any()
         page = await self._store.list_patterns(
             current_principal().namespace,
@@ -369,6 +387,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         elif request.state != staging_pb2.CONFLICT_STATE_UNSPECIFIED:
             v.add("state", "unknown conflict state")
         v.page_size(request.page_size)
+        v.page_token(request.page_token, CONFLICT_LIST)
         v.raise_if_any()
         page = await self._store.list_conflicts(
             current_principal().namespace,

@@ -47,6 +47,11 @@ SCAN_BUDGET = 2000
 
 _SEARCH_SEPARATOR = "\x00"
 
+# Which list a page token belongs to (encoded in the token; see encode_page_token).
+STAGED_LIST = "staged"
+LIBRARY_LIST = "library"
+CONFLICT_LIST = "conflicts"
+
 
 @dataclass(frozen=True)
 class PatternRecord:
@@ -345,7 +350,7 @@ class StagingStore:
             filters += ["confidence", "ge", repr(float(minimum_confidence))]
         ks = Keyspace(namespace)
         flats, token = await self._list_page(
-            "staged",
+            STAGED_LIST,
             ks.key("staging", "index"),
             ks.key("staging", "pattern", ""),
             filters,
@@ -471,7 +476,7 @@ class StagingStore:
             filters += ["search", "has", text.lower()]
         ks = Keyspace(namespace)
         flats, token = await self._list_page(
-            "library",
+            LIBRARY_LIST,
             ks.key("patterns", "index"),
             ks.key("patterns", "pattern", ""),
             filters,
@@ -548,7 +553,7 @@ class StagingStore:
             filters += ["state", "eq", "resolved" if resolved else "open"]
         ks = Keyspace(namespace)
         flats, token = await self._list_page(
-            "conflicts",
+            CONFLICT_LIST,
             ks.key("conflicts", "index"),
             ks.key("conflicts", "conflict", ""),
             filters,
