@@ -278,6 +278,37 @@ def test_filtered_list_pages_hold_only_matches_and_cover_all_of_them(make_client
     assert sorted(seen) == [f"p{i:02d}" for i in range(0, 12, 2)]
 
 
+def test_pages_cut_short_by_the_scan_budget_resume_without_skips_or_repeats(
+    make_client, namespace, redis_client, monkeypatch
+):
+    from agentcoord_server.store import staging as staging_store
+
+    client = make_client()
+    for i in range(20):
+        kind = "rare" if i % 3 == 0 else "common"
+        stage(client, f"p{i:02d}", pattern_type=kind, confidence=1 - i / 100)
+    for i in (3, 4, 9):  # their hashes vanish as if expired; the index still names them
+        redis_client.delete(f"ac:{{{namespace}}}:staging:pattern:p{i:02d}")
+    # The server runs in this process: each list call may now examine only 3 index members,
+    # so most pages end early (some empty) on the budget, not on page_size.
+    monkeypatch.setattr(staging_store, "SCAN_BUDGET", 3)
+
+    seen, token, pages = [], "", 0
+    while True:
+        page = client.staging.list_staged_patterns(
+            pattern_type="rare", page_size=2, page_token=token
+        )
+        pages += 1
+        seen += [p.pattern_id for p in page.patterns]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == ["p00", "p06", "p12", "p15", "p18"]  # confidence descending
+    assert pages >= 6
+    assert redis_client.zcard(f"ac:{{{namespace}}}:staging:index") == 17
+
+
 def test_garbage_page_token_is_invalid_argument(make_client):
     with pytest.raises(AgentcoordError) as caught:
         make_client().staging.list_staged_patterns(page_token="not-a-token")
