@@ -238,9 +238,11 @@ def test_iter_staged_patterns_follows_every_page(make_client):
     for i in range(5):
         stage(client, f"p{i}", confidence=0.5)
 
-    assert sorted(p.pattern_id for p in client.staging.iter_staged_patterns(page_size=2)) == [
+    # Equal confidence: stage time, then id, so the order is staging order on any clock.
+    assert [p.pattern_id for p in client.staging.iter_staged_patterns(page_size=2)] == [
         f"p{i}" for i in range(5)
     ]
+    assert len(client.staging.list_staged_patterns(page_size=2).patterns) == 2
 
 
 def test_staged_list_filters_by_type_author_and_minimum_confidence(make_client):
