@@ -184,6 +184,7 @@ def test_servers_starting_together_on_an_empty_redis_make_one_bootstrap_token(
         written = [p for p in tmp_path.glob("s*/bootstrap-token")]
         client = redis.Redis.from_url(empty_redis_url, decode_responses=True)
         global_entries = list(client.scan_iter(match="ac:tokens:*"))
+        live = client.zrange("ac:tokens", 0, -1)
         client.close()
     finally:
         for handle in handles:
@@ -191,3 +192,4 @@ def test_servers_starting_together_on_an_empty_redis_make_one_bootstrap_token(
 
     assert len(written) == 1
     assert len(global_entries) == 1
+    assert [f"ac:tokens:{digest}" for digest in live] == global_entries

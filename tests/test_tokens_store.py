@@ -1,5 +1,6 @@
 """TokenStore on its own: a half-done issue or revoke leaves the token unusable (or still
-revocable), never usable without its namespace record.
+revocable), never usable without its namespace record; and the start-up "any token?" check is
+one small read, not a SCAN of the keyspace.
 
 Failures are injected by a proxy that lets the first `budget` Redis commands through (pipelines
 are run command by command, in order) and fails every later one, like a connection lost
@@ -8,6 +9,7 @@ half-way; or by a command Redis itself refuses.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,3 +167,35 @@ async def test_a_revoke_cut_short_anywhere_leaves_the_token_unusable_or_still_re
             assert record.token_id in await listed(store, namespace), f"cut after {budget}"
             await store.revoke(namespace, record.token_id)  # revoking again completes it
             assert await store.lookup(token_digest(token)) is None
+
+
+async def test_any_exist_reads_a_few_keys_and_never_scans(empty_aredis, monkeypatch):
+    store = TokenStore(empty_aredis)
+    assert not await store.any_exist()
+
+    _, first = await store.issue("default", "steward", STEWARD)
+    for i in range(50):
+        await empty_aredis.set(f"ac:other:{i}", "x")  # unrelated keys cost nothing
+
+    def no_scan(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("any_exist scanned the keyspace")
+
+    monkeypatch.setattr(empty_aredis, "scan", no_scan)
+    monkeypatch.setattr(empty_aredis, "scan_iter", no_scan)
+    assert await store.any_exist()
+
+    await store.revoke("default", first.token_id)
+    assert not await store.any_exist()
+
+
+async def test_any_exist_ignores_expired_tokens_and_leftovers_of_a_half_done_revoke(
+    empty_aredis,
+):
+    store = TokenStore(empty_aredis)
+    token, _ = await store.issue("default", "steward", STEWARD)
+    await empty_aredis.delete(f"ac:tokens:{token_digest(token)}")  # revoke cut after step one
+    assert not await store.any_exist()
+
+    await store.issue("default", "short", STEWARD, lifetime_s=0.05)
+    await asyncio.sleep(0.1)
+    assert not await store.any_exist()

@@ -12,6 +12,9 @@ only at their own optional lifetime):
 - `ac:{<ns>}:tokens:index` — a sorted set of the namespace's token ids (all scores 0, so it
   orders by id; ids start with the issue time in hex, so that is issue order) for paging.
 
+- `ac:tokens` — a sorted set of every live token's hash, scored by its expiry (ms; +inf for
+  never), so start-up learns whether any token exists with one small read instead of a SCAN.
+
 The global key lives outside the namespace's hash tag (a bare token names no namespace), so
 issue and revoke touch two cluster slots and cannot be one Lua script or MULTI. They are two
 steps instead, the second sent only once the first succeeded (a non-transactional pipeline
@@ -20,7 +23,7 @@ node in parallel, so one pipeline could not order them), so that a failure half-
 leave a token unusable, never usable without its namespace record: issue writes the namespace
 record first and the global entry after it; revoke deletes the global entry first and the
 record after it. A leftover namespace record shows in ListTokens and is removed by revoking it
-again.
+again; a leftover member of `ac:tokens` is dropped by the next `any_exist`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ TOKEN_PREFIX = "agc_"
 """Every issued token starts with this, so secret scanners and humans can recognise one."""
 
 GLOBAL_PREFIX = "ac:tokens:"
+LIVE_KEY = "ac:tokens"
+"""Sorted set: the hash of every live token, scored by its expiry in ms (+inf: never)."""
 
 
 def global_key(digest: str) -> str:
@@ -106,7 +111,7 @@ class TokenStore:
     ) -> tuple[str, TokenRecord]:
         """Creates a token and returns (the secret token, its record). Two round trips: the
         namespace record (MULTI), then — only if that succeeded — the global entry that makes
-        the token usable.
+        the token usable and its member of `ac:tokens`.
 
         `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
@@ -148,12 +153,13 @@ class TokenStore:
             pipe.hset(global_key(digest), mapping=grant)
             if expires_ms:
                 pipe.pexpireat(global_key(digest), expires_ms)
+            pipe.zadd(LIVE_KEY, {digest: expires_ms or "+inf"})
             await pipe.execute()
         return token, _record(namespace, token_id, record)
 
     async def revoke(self, namespace: str, token_id: str) -> TokenRecord:
         """Deletes a token of `namespace`: its global entry first, then — only if that
-        succeeded — its record and index entry.
+        succeeded — its record, index entry and member of `ac:tokens`.
 
         Three round trips (read the record to learn the hash, delete the global entry, then the
         rest).
@@ -174,6 +180,7 @@ class TokenStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(record_key)
             pipe.zrem(keys.key("tokens", "index"), token_id)
+            pipe.zrem(LIVE_KEY, fields["digest"])
             await pipe.execute()
         return _record(namespace, token_id, fields)
 
@@ -213,7 +220,26 @@ class TokenStore:
         )
 
     async def any_exist(self) -> bool:
-        """True if any namespace has a token. SCANs the global index (start-up only)."""
-        async for _ in self._redis.scan_iter(match=GLOBAL_PREFIX + "*", count=1000):
-            return True
-        return False
+        """True if any namespace has a live token (start-up's bootstrap decision).
+
+        Reads the few lowest members of `ac:tokens` and checks their global entries exist: one
+        round trip plus one per batch of leftovers. Expired members and leftovers of a revoke
+        cut short (global entry gone, member kept) are removed on the way, so the answer is
+        never "yes" for tokens that cannot authenticate. No SCAN: on a large Redis or a Cluster
+        the answer costs the same.
+        """
+        while True:
+            now_ms = int(time.time() * 1000)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zremrangebyscore(LIVE_KEY, "-inf", now_ms)
+            pipe.zrange(LIVE_KEY, 0, 15)
+            _, digests = await pipe.execute()
+            if not digests:
+                return False
+            pipe = self._redis.pipeline(transaction=False)
+            for digest in digests:
+                pipe.exists(global_key(digest))
+            present = await pipe.execute()
+            if any(present):
+                return True
+            await self._redis.zrem(LIVE_KEY, *digests)
