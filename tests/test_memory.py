@@ -540,3 +540,18 @@ def test_overwrite_with_a_shorter_ttl_moves_the_entry_in_the_expiry_index(
     assert redis_client.zrange(expiry_index, 0, -1) == ["other"]
     assert error_of(client.memory.retrieve, "k").code == grpc.StatusCode.NOT_FOUND
     assert client.memory.clear_working_memory() == 1
+
+
+def test_batch_retrieve_larger_than_a_message_is_resource_exhausted_with_a_reason(make_client):
+    """Six 900 KiB values are more than one gRPC message (default 4 MiB): the server says so
+    with its own status and reason instead of failing in the transport after logging OK."""
+    client = make_client()
+    for first in (0, 3):  # a request may not exceed one message either
+        client.memory.batch_stash({f"k{i}": "x" * (900 * 1024) for i in range(first, first + 3)})
+
+    error = error_of(client.memory.batch_retrieve, [f"k{i}" for i in range(6)])
+
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "RESPONSE_TOO_LARGE"
+    assert error.metadata["limit_bytes"] == str(4 * 1024 * 1024)
+    assert len(client.memory.batch_retrieve([f"k{i}" for i in range(3)])) == 3

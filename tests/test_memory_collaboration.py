@@ -263,3 +263,23 @@ def test_state_survives_a_restart_of_server_and_embedded_redis(tmp_path):
     assert record.version == 2
     assert [r.session_id for r in listed] == ["s1"]
     assert version == 3
+
+
+def test_large_collaboration_states_are_listed_in_pages_that_fit_a_message(make_client):
+    client = make_client()
+    state = sample_state()
+    state.extra["blob"] = "x" * (900 * 1024)
+    for i in range(6):
+        client.memory.save_collaboration_state(f"s{i}", state)
+
+    ids, token, pages = [], "", 0
+    while True:
+        page = client.memory.list_collaboration_states(page_token=token)
+        ids += [r.session_id for r in page.records]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert ids == [f"s{i}" for i in range(6)]
+    assert pages > 1

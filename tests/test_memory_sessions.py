@@ -404,3 +404,33 @@ def test_activity_puts_a_live_session_back_into_the_index(make_client, namespace
     make_client("helper").memory.join_session("s1")
 
     assert [s.session_id for s in lead.memory.list_sessions().sessions] == ["s1", "s2"]
+
+
+def test_sessions_with_large_metadata_are_listed_in_pages_that_fit_a_message(make_client):
+    client = make_client()
+    for i in range(6):
+        client.memory.create_session(f"s{i}", metadata={"blob": "x" * (900 * 1024)})
+
+    pages, token = [], ""
+    while True:
+        page = client.memory.list_sessions(page_token=token)
+        pages.append([s.session_id for s in page.sessions])
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert [sid for page in pages for sid in page] == [f"s{i}" for i in range(6)]
+    assert len(pages) > 1
+
+
+def test_shared_context_larger_than_a_message_is_resource_exhausted(make_client):
+    lead = make_client("lead")
+    lead.memory.create_session("s1")
+    for i in range(6):
+        lead.memory.share_context("s1", f"k{i}", "x" * (900 * 1024))
+
+    error = error_of(lead.memory.get_shared_context, "s1")
+
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "RESPONSE_TOO_LARGE"
+    assert len(lead.memory.get_shared_context("s1", key="k5")["k5"]) == 900 * 1024

@@ -9,11 +9,13 @@ Validation happens completely before the store call, so a refused request writes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 from agentcoord.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from ..errors import NotFound, ResourceExhausted, invalid_field
 from ..identity import ID_RE, current_principal
@@ -38,6 +40,8 @@ MAX_EXPLICIT_TTL_MS = 30 * 24 * 3600 * 1000  # an explicit ttl_duration may not 
 MAX_PURPOSE_CHARS = 1024
 MAX_TRAJECTORY = 100  # trust_trajectory keeps the last 100 points (issue #4)
 MAX_EMPATHY_LEVEL = 5
+# Room left in a response message for what is not a listed item (the page token, framing).
+RESPONSE_HEADROOM_BYTES = 4096
 # google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
 ENTRY_PAGE = (100, 1000)  # (default, maximum) page size of ListEntries
@@ -194,6 +198,17 @@ def _collaboration_state(state: memory_pb2.CollaborationState, limit: int) -> by
     return data
 
 
+def _fitting(items: Sequence[Message], budget: int) -> int:
+    """How many of `items`, from the first, fit in `budget` bytes of a response's repeated
+    field (at least one: a single item is bounded by the value size limit)."""
+    total = 0
+    for i, item in enumerate(items):
+        total += item.ByteSize() + 6  # field tag and length prefix
+        if total > budget and i > 0:
+            return i
+    return len(items)
+
+
 def _check_batch(count: int, field: str) -> None:
     if not 1 <= count <= MAX_BATCH:
         raise invalid_field(
@@ -206,6 +221,22 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self._settings = ctx.settings
         self._store = MemoryStore(ctx.redis)
         self._session_ttl_ms = ctx.settings.ttl.session * 1000
+        # Values are up to max_value_bytes each, so a batch or a page of them can exceed one
+        # gRPC message (max_message_bytes): pages are cut to fit, whole reads are refused.
+        self._response_budget = ctx.settings.max_message_bytes - RESPONSE_HEADROOM_BYTES
+
+    def _check_response_size(self, response: Message, advice: str) -> None:
+        """Raises ResourceExhausted (RESPONSE_TOO_LARGE) if `response` does not fit in one
+        message; otherwise the transport would fail it after the handler succeeded."""
+        size = response.ByteSize()
+        if size > self._response_budget:
+            limit = self._settings.max_message_bytes
+            raise ResourceExhausted(
+                f"the response would be {size} bytes; a message may be at most {limit} bytes: "
+                + advice,
+                reason="RESPONSE_TOO_LARGE",
+                metadata={"size_bytes": str(size), "limit_bytes": str(limit)},
+            )
 
     # --- working memory -------------------------------------------------------------------
 
@@ -272,7 +303,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         keys = [validate_id(key, f"keys[{i}]") for i, key in enumerate(request.keys)]
         owner = _owner(request.owner, caller.agent_id)
         stored = await self._store.retrieve(caller.namespace, owner, keys)
-        return memory_pb2.BatchRetrieveResponse(
+        response = memory_pb2.BatchRetrieveResponse(
             results=[
                 memory_pb2.RetrieveResult(key=key)
                 if s is None
@@ -280,6 +311,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 for key, s in zip(keys, stored, strict=True)
             ]
         )
+        self._check_response_size(response, "retrieve fewer keys per call")
+        return response
 
     async def DeleteEntry(
         self, request: memory_pb2.DeleteEntryRequest, context: grpc.aio.ServicerContext
@@ -378,10 +411,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         caller = current_principal()
         size = _page_size(request.page_size, SESSION_PAGE)
         token = _page_token(request.page_token)
-        sessions, next_token = await self._store.list_sessions(caller.namespace, token, size)
-        return memory_pb2.ListSessionsResponse(
-            sessions=[_session(s) for s in sessions], next_page_token=next_token
-        )
+        stored, next_token = await self._store.list_sessions(caller.namespace, token, size)
+        sessions = [_session(s) for s in stored]
+        fit = _fitting(sessions, self._response_budget)
+        if fit < len(sessions):
+            sessions, next_token = sessions[:fit], sessions[fit - 1].session_id
+        return memory_pb2.ListSessionsResponse(sessions=sessions, next_page_token=next_token)
 
     async def ShareContext(
         self, request: memory_pb2.ShareContextRequest, context: grpc.aio.ServicerContext
@@ -418,7 +453,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         items = sorted(
             (memory_pb2.SharedContextItem.FromString(b) for b in raw), key=lambda i: i.key
         )
-        return memory_pb2.GetSharedContextResponse(items=items)
+        response = memory_pb2.GetSharedContextResponse(items=items)
+        self._check_response_size(response, "read the keys one at a time")
+        return response
 
     # --- collaboration state --------------------------------------------------------------
 
@@ -456,11 +493,15 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         caller = current_principal()
         size = _page_size(request.page_size, SESSION_PAGE)
         token = _page_token(request.page_token)
-        records, next_token = await self._store.list_collaboration_states(
+        stored, next_token = await self._store.list_collaboration_states(
             caller.namespace, caller.agent_id, token, size
         )
+        records = [_record(r) for r in stored]
+        fit = _fitting(records, self._response_budget)
+        if fit < len(records):
+            records, next_token = records[:fit], records[fit - 1].session_id
         return memory_pb2.ListCollaborationStatesResponse(
-            records=[_record(r) for r in records], next_page_token=next_token
+            records=records, next_page_token=next_token
         )
 
 

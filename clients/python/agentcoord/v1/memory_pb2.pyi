@@ -759,7 +759,8 @@ class ListSessionsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most sessions to return, 1-100; 0: 50. A page may hold fewer even when more
-    follow; only an empty next_page_token ends the listing.
+    follow (a page never exceeds one message); only an empty next_page_token ends
+    the listing.
     """
     page_token: _builtins.str
     """next_page_token of the previous page."""
@@ -1152,7 +1153,10 @@ class ListCollaborationStatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most records to return, 1-100; 0: 50."""
+    """Most records to return, 1-100; 0: 50. A page may hold fewer even when more
+    follow (a page never exceeds one message); only an empty next_page_token ends
+    the listing.
+    """
     page_token: _builtins.str
     """next_page_token of the previous page."""
     def __init__(

@@ -165,7 +165,9 @@ class MemoryServiceServicer:
 
     def BatchRetrieve(self, request, context):
         """Reads up to 100 keys of one owner in one Redis round trip; missing keys are
-        reported per key instead of failing the call.
+        reported per key instead of failing the call. RESOURCE_EXHAUSTED
+        (RESPONSE_TOO_LARGE) if the values together exceed one message (the server's
+        `--max-message-bytes`, default 4 MiB): ask for fewer keys.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -248,7 +250,9 @@ class MemoryServiceServicer:
     def GetSharedContext(self, request, context):
         """Reads a session's shared context (participants only) and refreshes the
         session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
-        session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+        session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared;
+        RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE) if every item together exceeds one
+        message: read them by key.
         CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
         CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
         activity: it restarts the TTL). Observers see sessions with GetSession.

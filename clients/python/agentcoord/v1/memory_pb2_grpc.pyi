@@ -55,7 +55,9 @@ class MemoryServiceStub:
     """
     BatchRetrieve: _grpc.UnaryUnaryMultiCallable[_memory_pb2.BatchRetrieveRequest, _memory_pb2.BatchRetrieveResponse]
     """Reads up to 100 keys of one owner in one Redis round trip; missing keys are
-    reported per key instead of failing the call.
+    reported per key instead of failing the call. RESOURCE_EXHAUSTED
+    (RESPONSE_TOO_LARGE) if the values together exceed one message (the server's
+    `--max-message-bytes`, default 4 MiB): ask for fewer keys.
     """
     DeleteEntry: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteEntryRequest, _memory_pb2.DeleteEntryResponse]
     """Deletes one of the caller's own entries. NOT_FOUND (ENTRY_NOT_FOUND) if it is
@@ -96,7 +98,9 @@ class MemoryServiceStub:
     GetSharedContext: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetSharedContextRequest, _memory_pb2.GetSharedContextResponse]
     """Reads a session's shared context (participants only) and refreshes the
     session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
-    session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+    session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared;
+    RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE) if every item together exceeds one
+    message: read them by key.
     CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
     CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
     activity: it restarts the TTL). Observers see sessions with GetSession.
@@ -141,7 +145,9 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """
     BatchRetrieve: _aio.UnaryUnaryMultiCallable[_memory_pb2.BatchRetrieveRequest, _memory_pb2.BatchRetrieveResponse]  # type: ignore[assignment]
     """Reads up to 100 keys of one owner in one Redis round trip; missing keys are
-    reported per key instead of failing the call.
+    reported per key instead of failing the call. RESOURCE_EXHAUSTED
+    (RESPONSE_TOO_LARGE) if the values together exceed one message (the server's
+    `--max-message-bytes`, default 4 MiB): ask for fewer keys.
     """
     DeleteEntry: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteEntryRequest, _memory_pb2.DeleteEntryResponse]  # type: ignore[assignment]
     """Deletes one of the caller's own entries. NOT_FOUND (ENTRY_NOT_FOUND) if it is
@@ -182,7 +188,9 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     GetSharedContext: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetSharedContextRequest, _memory_pb2.GetSharedContextResponse]  # type: ignore[assignment]
     """Reads a session's shared context (participants only) and refreshes the
     session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
-    session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+    session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared;
+    RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE) if every item together exceeds one
+    message: read them by key.
     CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
     CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
     activity: it restarts the TTL). Observers see sessions with GetSession.
@@ -248,7 +256,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.BatchRetrieveResponse, _abc.Awaitable[_memory_pb2.BatchRetrieveResponse]]:
         """Reads up to 100 keys of one owner in one Redis round trip; missing keys are
-        reported per key instead of failing the call.
+        reported per key instead of failing the call. RESOURCE_EXHAUSTED
+        (RESPONSE_TOO_LARGE) if the values together exceed one message (the server's
+        `--max-message-bytes`, default 4 MiB): ask for fewer keys.
         """
 
     @_abc_1.abstractmethod
@@ -349,7 +359,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetSharedContextResponse, _abc.Awaitable[_memory_pb2.GetSharedContextResponse]]:
         """Reads a session's shared context (participants only) and refreshes the
         session's TTL. PERMISSION_DENIED (NOT_A_PARTICIPANT) for a caller outside the
-        session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared.
+        session; NOT_FOUND (CONTEXT_NOT_FOUND) for a named key that is not shared;
+        RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE) if every item together exceeds one
+        message: read them by key.
         CONTRIBUTOR, like JoinSession: only a participant may read and joining needs
         CONTRIBUTOR, so an OBSERVER could never use it (and the read is session
         activity: it restarts the TTL). Observers see sessions with GetSession.
