@@ -6,8 +6,8 @@
 Each row is one RPC type from 16 concurrent tasks over one AsyncClient (real token
 authentication), against a server in its own thread (uvloop) over a fresh embedded Redis;
 bounded loops. Compare with `bench.bench_overhead` (raw Redis PING, bare grpc.aio, WhoAmI) on
-the same machine: a stash is one EVALSHA, a retrieve one HMGET, a 100-key batch one script or
-one pipeline.
+the same machine: a stash, a retrieve and a 100-key batch are one EVALSHA each (the retrieve
+scripts are read-only).
 """
 
 from __future__ import annotations
