@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 from agentcoord import AgentcoordError, Client
@@ -27,10 +28,21 @@ def rpc_lines(lines: list[dict]) -> list[dict]:
     return [line for line in lines if line.get("event") == "rpc"]
 
 
+def wait_for_lines(log_lines, matches, count: int, timeout: float = 5.0) -> list[dict]:
+    """The server writes a call's line as its handler unwinds, just after the status is sent,
+    so the last line can trail the client's answer by a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in rpc_lines(log_lines()) if matches(r)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
 def test_each_rpc_writes_one_canonical_line(make_client, namespace, log_lines):
     make_client("reader-1", "OBSERVER").admin.who_am_i()
 
-    (line,) = [r for r in rpc_lines(log_lines()) if r.get("namespace") == namespace]
+    (line,) = wait_for_lines(log_lines, lambda r: r.get("namespace") == namespace, 1)
     assert line["method"] == "/agentcoord.v1.AdminService/WhoAmI"
     assert (line["agent"], line["code"]) == ("reader-1", "OK")
     assert len(line["request_id"]) == 32
@@ -47,7 +59,7 @@ def test_a_call_after_an_authenticated_one_carries_none_of_its_identity(
             with pytest.raises(AgentcoordError):
                 anonymous.admin.who_am_i()
 
-    refused = [r for r in rpc_lines(log_lines()) if r["code"] == "UNAUTHENTICATED"]
+    refused = wait_for_lines(log_lines, lambda r: r["code"] == "UNAUTHENTICATED", 5)
     assert len(refused) == 5
     assert all("agent" not in r and "namespace" not in r for r in refused)
     assert len({r["request_id"] for r in refused}) == 5
