@@ -206,10 +206,25 @@ async def test_200_concurrent_subscribers_each_receive_every_broadcast_through_o
     assert all([s.id for s in got] == sent for got in results)
 
 
+def stream_watchdogs(handle: ServerThread) -> set[asyncio.Task[Any]]:
+    """The running tasks on the server's loop re-checking an open stream's token (one per
+    stream)."""
+
+    async def find() -> set[asyncio.Task[Any]]:
+        return {
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "").endswith("IdentityInterceptor._watch")
+        }
+
+    return handle.run(find())
+
+
 async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind(
     server, make_aclient, redis_client, namespace
 ):
     alice, bob = make_aclient("alice"), make_aclient("bob")
+    watchdogs_before = await asyncio.to_thread(stream_watchdogs, server)
     anchor = await alice.signals.send_signal("start")
     one = bob.signals.subscribe(after_id=anchor.id)
     two = bob.signals.subscribe(after_id=anchor.id)
@@ -217,6 +232,7 @@ async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind
     await take(one, 1)
     await take(two, 1)
     running = await wait_for_state(server, namespace, lambda s: s["subscribers"] == 2)
+    watchdogs_running = await asyncio.to_thread(stream_watchdogs, server)
     reader = running["readers"][0]
 
     await one.aclose()
@@ -228,9 +244,17 @@ async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind
             break
         await asyncio.sleep(0.02)
 
+    ours = watchdogs_running - watchdogs_before
+    for _ in range(250):
+        if all(task.done() for task in ours):
+            break
+        await asyncio.sleep(0.02)
+
     assert half["readers"] == [reader]
     assert reader.done()
     assert reader_connections(redis_client, namespace) == 0
+    assert len(ours) == 2
+    assert all(task.done() for task in ours)
 
 
 async def test_subscribing_after_a_trimmed_cursor_is_out_of_range(redis_url, credentials):
