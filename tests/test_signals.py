@@ -147,6 +147,9 @@ def test_bad_send_is_invalid_argument_naming_the_field_and_writes_nothing(
     [
         ({"after_id": "abc"}, "after_id"),
         ({"after_id": "12-3-4"}, "after_id"),
+        ({"after_id": "99999999999999999999-0"}, "after_id"),  # past Redis's 64-bit ids
+        ({"after_id": "1-18446744073709551616"}, "after_id"),
+        ({"after_id": "18446744073709551615-18446744073709551615"}, "after_id"),  # nothing after
         ({"limit": -1}, "limit"),
         ({"signal_types": ["ok", "bad type"]}, "signal_types[1]"),
     ],

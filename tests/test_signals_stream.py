@@ -380,10 +380,11 @@ def test_sync_subscribe_is_an_iterator_over_stored_and_live_signals(make_client)
     assert (first.id, second.id) == (stored.id, live.id)
 
 
-def test_bad_subscribe_is_invalid_argument(make_client):
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "99999999999999999999-0"])
+def test_bad_subscribe_is_invalid_argument(make_client, cursor):
     bob = make_client("bob")
     with pytest.raises(AgentcoordError) as caught:
-        next(bob.signals.subscribe(after_id="not-a-cursor"))
+        next(bob.signals.subscribe(after_id=cursor))
 
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in caught.value.field_violations] == ["after_id"]

@@ -34,9 +34,16 @@ SCAN_BOUND = 2000
 """Most stream entries one ReceiveSignals call scans (bounds the Lua script's run time)."""
 
 
+MAX_ID_PART = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers; a larger part makes XRANGE fail."""
+
+
 def validate_cursor(value: str, field_name: str) -> str:
-    """Returns `value` if it is a signal id (`<ms>-<seq>`); raises InvalidArgument otherwise."""
-    if not CURSOR_RE.fullmatch(value):
+    """Returns `value` if it is a signal id (`<ms>-<seq>`, each part a 64-bit unsigned number,
+    not the largest id, after which nothing can come); raises InvalidArgument otherwise."""
+    if not CURSOR_RE.fullmatch(value) or not (
+        max(id_key(value)) <= MAX_ID_PART and id_key(value) != (MAX_ID_PART, MAX_ID_PART)
+    ):
         raise invalid_field(
             field_name, "must be a signal id such as 1732060800123-0", reason="INVALID_CURSOR"
         )
