@@ -199,3 +199,16 @@ async def test_any_exist_ignores_expired_tokens_and_leftovers_of_a_half_done_rev
     await store.issue("default", "short", STEWARD, lifetime_s=0.05)
     await asyncio.sleep(0.1)
     assert not await store.any_exist()
+
+
+async def test_expired_tokens_leave_the_live_set_when_tokens_are_issued(empty_aredis):
+    # Start-up prunes it too, but a server that runs for months issuing short-lived tokens
+    # must not grow it without bound in between.
+    store = TokenStore(empty_aredis)
+    for i in range(5):
+        await store.issue("default", f"short-{i}", STEWARD, lifetime_s=0.05)
+    await asyncio.sleep(0.1)
+
+    token, _ = await store.issue("default", "steward", STEWARD)
+
+    assert await empty_aredis.zrange("ac:tokens", 0, -1) == [token_digest(token)]

@@ -154,6 +154,8 @@ class TokenStore:
             if expires_ms:
                 pipe.pexpireat(global_key(digest), expires_ms)
             pipe.zadd(LIVE_KEY, {digest: expires_ms or "+inf"})
+            # Tokens that expired by their lifetime leave it here, so it never grows with them.
+            pipe.zremrangebyscore(LIVE_KEY, "-inf", now_ms)
             await pipe.execute()
         return token, _record(namespace, token_id, record)
 
