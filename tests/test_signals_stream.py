@@ -428,9 +428,14 @@ async def test_losing_the_readers_redis_connection_loses_no_signal(
     redis_client.execute_command("CLIENT", "KILL", "ID", reader["id"])
     sent += [(await alice.signals.send_signal("x")).id for _ in range(3)]
     got += [s.id for s in await take(stream, 3)]
+    resumed = await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
+    connections_resumed = reader_connections(redis_client, namespace)
     await stream.aclose()
+    await wait_for_state(server, namespace, lambda s: not s["readers"])
 
     assert got == sent
+    # The failed reader left; the resumed subscription has one reader with one connection.
+    assert len(resumed["readers"]) == 1 and connections_resumed == 1
 
 
 async def test_concurrent_senders_are_seen_in_one_order_by_every_reader(make_aclient):
