@@ -24,9 +24,13 @@ def register_source(redis: Redis, source: str) -> AsyncScript:
     return script
 
 
-def load_script(redis: Redis, name: str) -> AsyncScript:
-    """Registers `store/lua/<name>.lua` on `redis`. Raises FileNotFoundError for an unknown name."""
-    source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+def load_script(redis: Redis, name: str, *, prelude: str | None = None) -> AsyncScript:
+    """Registers `store/lua/<name>.lua` on `redis`, with `store/lua/<prelude>.lua` (functions
+    several scripts share) prepended. Raises FileNotFoundError for an unknown name."""
+    lua = resources.files(__package__).joinpath("lua")
+    source = lua.joinpath(f"{name}.lua").read_text()
+    if prelude is not None:
+        source = lua.joinpath(f"{prelude}.lua").read_text() + "\n" + source
     return register_source(redis, source)
 
 

@@ -126,8 +126,8 @@ class SignalStore:
     def __init__(self, redis: Redis, retention: int) -> None:
         self._redis = redis
         self._retention_ms = retention * 1000
-        self._send = load_script(redis, "signals_send")
-        self._receive = load_script(redis, "signals_receive")
+        self._send = load_script(redis, "signals_send", prelude="signals_common")
+        self._receive = load_script(redis, "signals_receive", prelude="signals_common")
 
     @staticmethod
     def stream_key(namespace: str) -> str:

@@ -23,7 +23,6 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -38,7 +37,7 @@ from ..errors import (
     invalid_field,
 )
 from .keys import Keyspace, validate_id
-from .scripts import register_source
+from .scripts import load_script
 
 PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
     "pending",
@@ -69,11 +68,7 @@ class _Script:
     """
 
     def __init__(self, redis: Redis, name: str) -> None:
-        lua = resources.files(__package__).joinpath("lua")
-        common = lua.joinpath("tasks_common.lua").read_text()
-        self._script: AsyncScript = register_source(
-            redis, common + "\n" + lua.joinpath(f"{name}.lua").read_text()
-        )
+        self._script: AsyncScript = load_script(redis, name, prelude="tasks_common")
 
     async def __call__(self, *, args: Sequence[str | int]) -> Any:
         return await self._script(keys=[f"{args[0]}tasks:seq"], args=args)
