@@ -97,3 +97,27 @@ def test_serve_command_stops_cleanly_on_sigterm_and_stops_its_redis(tmp_path):
     while socket_path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not socket_path.exists(), "embedded redis-server still running"
+
+
+def test_second_server_on_a_port_in_use_is_refused_and_stops_its_embedded_redis(tmp_path):
+    first = ServerThread(embedded_settings(tmp_path / "first")).start()
+    try:
+        port = int(first.address.rsplit(":", 1)[1])
+        second_dir = tmp_path / "second"
+        second = ServerThread(
+            Settings(listen=f"127.0.0.1:{port}", data_dir=second_dir, insecure_dev_identity=True)
+        )
+        try:
+            second.start()
+        except RuntimeError as exc:
+            refused = exc
+        else:
+            second.stop()
+            raise AssertionError("a second server bound a port another server listens on")
+    finally:
+        first.stop()
+
+    assert "bind" in str(refused).lower()
+    # The half-started server stopped the redis-server it had started (it removes its socket).
+    assert not (second_dir / "redis.sock").exists(), "embedded redis-server leaked"
+    assert not EmbeddedRedis(second_dir)._answers()

@@ -129,6 +129,7 @@ class AgentcoordServer:
         self.settings = settings
         self._extra_handlers = extra_handlers
         self._embedded: EmbeddedRedis | None = None
+        self._redis: Redis | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -202,12 +203,33 @@ class AgentcoordServer:
             max_connections=self.settings.redis_max_connections,
             timeout=5,
         )
-        client = Redis(connection_pool=pool)
+        client = self._redis = Redis(connection_pool=pool)
         await client.ping()
         return client, mode
 
     async def start(self) -> int:
-        """Connects Redis, binds and starts serving. Returns the bound port."""
+        """Connects Redis, binds and starts serving. Returns the bound port.
+
+        If a step fails (Redis unreachable, port in use…), what had been started — the embedded
+        redis-server, the Redis connections — is stopped before the error propagates, so a
+        failed start leaves no process behind.
+        """
+        try:
+            return await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _release(self) -> None:
+        """Closes the Redis connections and stops the embedded Redis (each at most once)."""
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+    async def _start(self) -> int:
         redis, mode = await self._connect_redis()
         self.ctx = ServiceContext(
             settings=self.settings, redis=redis, redis_mode=mode, server_version=__version__
@@ -219,6 +241,9 @@ class AgentcoordServer:
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
         options = [
             *KEEPALIVE_OPTIONS,
+            # grpc enables SO_REUSEPORT by default: a second server on a port in use would then
+            # start and silently share the port's connections instead of failing to bind.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
         ]
@@ -278,10 +303,7 @@ class AgentcoordServer:
             self.ctx.shutdown.set()
         if self._server is not None:
             await self._server.stop(grace)
-        if self.ctx is not None:
-            await self.ctx.redis.aclose()
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+        await self._release()
         log.info("stopped")
 
 
