@@ -84,3 +84,28 @@ def test_health_goes_not_serving_when_shutdown_begins(redis_url):
         handle.stop()
 
     assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_stop_closes_the_servers_redis_connections(redis_url, redis_client):
+    def connection_ids() -> set[str]:
+        return {c["id"] for c in redis_client.client_list()}
+
+    before = connection_ids()
+    handle = ServerThread(server_settings(redis_url)).start()
+    try:
+        # Several calls at once, so the server's pool holds more than one connection.
+        redis = handle.server.ctx.redis
+
+        async def busy() -> None:
+            await asyncio.gather(*(redis.blpop("nothing", 0.2) for _ in range(3)))
+
+        handle.run(busy())
+        opened = connection_ids() - before
+        handle.run(handle.server.stop(grace=0.1))
+        # Still on the running loop: connections closed only when the loop ends don't count.
+        left_open = connection_ids() & opened
+    finally:
+        handle.stop()
+
+    assert len(opened) >= 3
+    assert not left_open, "the stopped server's Redis connections are still open"

@@ -224,7 +224,8 @@ class AgentcoordServer:
         """Closes the Redis connections and stops the embedded Redis (each at most once)."""
         redis, self._redis = self._redis, None
         if redis is not None:
-            await redis.aclose()
+            # The pool was passed in, so aclose() alone would leave its connections open.
+            await redis.aclose(close_connection_pool=True)
         embedded, self._embedded = self._embedded, None
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
