@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import grpc
+import pytest
 import redis
-from agentcoord import Client
+from agentcoord import AgentcoordError, AsyncClient, Client
 from agentcoord.v1 import admin_pb2
 from agentcoord_server.config import Settings
 from agentcoord_server.embedded_redis import EmbeddedRedis
@@ -121,3 +123,26 @@ def test_second_server_on_a_port_in_use_is_refused_and_stops_its_embedded_redis(
     # The half-started server stopped the redis-server it had started (it removes its socket).
     assert not (second_dir / "redis.sock").exists(), "embedded redis-server leaked"
     assert not EmbeddedRedis(second_dir)._answers()
+
+
+async def test_calls_are_unavailable_with_reason_when_the_embedded_redis_dies(tmp_path):
+    handle = ServerThread(embedded_settings(tmp_path)).start()
+    try:
+        identity = dev_identity("a", "CONTRIBUTOR", "team")
+        with Client(handle.address, metadata=identity) as client:
+            client.admin.get_server_stats()
+            process = handle.server._embedded._process
+            process.kill()
+            process.wait()
+            with pytest.raises(AgentcoordError) as sync_caught:
+                client.admin.get_server_stats()
+        async with AsyncClient(handle.address, metadata=identity) as aclient:
+            with pytest.raises(AgentcoordError) as async_caught:
+                await aclient.memory.stash("k", {"v": 1})
+    finally:
+        handle.stop()
+
+    for caught in (sync_caught, async_caught):
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.reason == "REDIS_UNAVAILABLE"
+        assert caught.value.request_id
