@@ -146,3 +146,27 @@ async def test_calls_are_unavailable_with_reason_when_the_embedded_redis_dies(tm
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
         assert caught.value.reason == "REDIS_UNAVAILABLE"
         assert caught.value.request_id
+
+
+def test_second_server_on_the_same_long_data_directory_is_refused(tmp_path):
+    # Too long for a unix socket path, so the socket lives outside the data directory.
+    data_dir = tmp_path / ("d" * 60) / ("e" * 60)
+    with EmbeddedRedis(data_dir) as first:
+        assert not str(first.socket_path).startswith(str(data_dir))
+        second = EmbeddedRedis(data_dir)
+        try:
+            with pytest.raises(RuntimeError, match="already serves"):
+                second.start()
+        finally:
+            second.stop()
+
+
+def test_restart_on_a_long_data_directory_reuses_one_socket_path(tmp_path):
+    data_dir = tmp_path / ("d" * 60) / ("e" * 60)
+    with EmbeddedRedis(data_dir) as first:
+        redis.Redis(unix_socket_path=str(first.socket_path)).set("k", "kept")
+    with EmbeddedRedis(data_dir) as second:
+        value = redis.Redis(unix_socket_path=str(second.socket_path)).get("k")
+
+    assert second.socket_path == first.socket_path
+    assert value == b"kept"

