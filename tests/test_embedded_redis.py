@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -170,3 +171,24 @@ def test_restart_on_a_long_data_directory_reuses_one_socket_path(tmp_path):
 
     assert second.socket_path == first.socket_path
     assert value == b"kept"
+
+
+def test_calls_are_unavailable_with_reason_when_redis_stops_answering(tmp_path):
+    settings = dataclasses.replace(embedded_settings(tmp_path), redis_timeout=0.5)
+    handle = ServerThread(settings).start()
+    process = handle.server._embedded._process
+    try:
+        identity = dev_identity("a", "CONTRIBUTOR", "team")
+        with Client(handle.address, metadata=identity, timeout=10) as client:
+            client.memory.stash("k", {"v": 1})
+            process.send_signal(signal.SIGSTOP)  # alive, connected, silent: a network partition
+            try:
+                with pytest.raises(AgentcoordError) as caught:
+                    client.memory.stash("k", {"v": 2})
+            finally:
+                process.send_signal(signal.SIGCONT)
+    finally:
+        handle.stop()
+
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.reason == "REDIS_UNAVAILABLE"

@@ -202,6 +202,8 @@ class AgentcoordServer:
             decode_responses=True,
             max_connections=self.settings.redis_max_connections,
             timeout=5,
+            socket_timeout=self.settings.redis_timeout,
+            socket_connect_timeout=self.settings.redis_timeout,
         )
         client = self._redis = Redis(connection_pool=pool)
         await client.ping()

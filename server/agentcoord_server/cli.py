@@ -78,6 +78,13 @@ def main() -> None:
     help="Size of the Redis connection pool.",
 )
 @click.option(
+    "--redis-timeout",
+    envvar="AGENTCOORD_REDIS_TIMEOUT",
+    default=5.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a Redis connect or reply may take; then the call fails UNAVAILABLE.",
+)
+@click.option(
     "--ttl",
     "ttl_spec",
     envvar="AGENTCOORD_TTL",
@@ -152,6 +159,7 @@ def serve(
     max_message_bytes: int,
     max_concurrent_rpcs: int | None,
     redis_max_connections: int,
+    redis_timeout: float,
     ttl_spec: str | None,
     signal_queue_size: int,
     insecure_dev_identity: bool,
@@ -191,6 +199,7 @@ def serve(
         max_message_bytes=max_message_bytes,
         max_concurrent_rpcs=max_concurrent_rpcs,
         redis_max_connections=redis_max_connections,
+        redis_timeout=redis_timeout,
         insecure_dev_identity=insecure_dev_identity,
         ttl=ttl,
         signal_queue_size=signal_queue_size,

@@ -63,6 +63,9 @@ class Settings:
     max_message_bytes: int = 4 * MiB
     max_concurrent_rpcs: int | None = None
     redis_max_connections: int = 128
+    # Seconds a Redis connect or reply may take before the call fails UNAVAILABLE: without
+    # it, an unreachable (not refusing) Redis holds every call until the client's deadline.
+    redis_timeout: float = 5.0
     insecure_dev_identity: bool = False
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
     max_value_bytes: int = 1 * MiB  # largest stashed/shared value (serialized), bytes
