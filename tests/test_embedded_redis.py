@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +193,14 @@ def test_calls_are_unavailable_with_reason_when_redis_stops_answering(tmp_path):
 
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert caught.value.reason == "REDIS_UNAVAILABLE"
+
+
+def test_a_stale_socket_file_left_by_a_killed_redis_does_not_block_a_start(tmp_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "redis.sock"))  # a socket file nobody listens on any more
+    stale.close()
+
+    with EmbeddedRedis(tmp_path) as embedded:
+        answered = redis.Redis(unix_socket_path=str(embedded.socket_path)).ping()
+
+    assert answered
