@@ -6,6 +6,8 @@ The sync client is checked against a recording AdminService on pytest-grpc's in-
 
 from __future__ import annotations
 
+import pickle
+
 import grpc
 import pytest
 from agentcoord import AgentcoordError, AsyncClient, Client
@@ -120,6 +122,32 @@ async def test_async_client_raises_one_error_type_with_reason_and_field_violatio
         with pytest.raises(AgentcoordError) as caught:
             await client.admin.get_server_stats()
 
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.reason == "KEY_INVALID"
-    assert caught.value.field_violations == [("key", "bad")]
+    error = caught.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.reason, error.request_id, error.message) == ("KEY_INVALID", "r1", "key: bad")
+    assert error.field_violations == [("key", "bad")]
+
+
+def test_agentcoord_error_survives_pickling_with_every_field():
+    # Errors cross process boundaries (multiprocessing, concurrent.futures process pools).
+    error = AgentcoordError(
+        code=grpc.StatusCode.FAILED_PRECONDITION,
+        message="lease lost",
+        reason="LEASE_LOST",
+        metadata={"request_id": "r9", "task_id": "t1"},
+        field_violations=[("task_id", "gone")],
+        details=[error_details_pb2.ErrorInfo(reason="LEASE_LOST", domain="agentcoord")],
+    )
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert type(copy) is AgentcoordError
+    assert (copy.code, copy.message, copy.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "lease lost",
+        "LEASE_LOST",
+    )
+    assert copy.metadata == {"request_id": "r9", "task_id": "t1"}
+    assert copy.field_violations == [("task_id", "gone")]
+    assert copy.details == error.details
+    assert str(copy) == str(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -32,6 +33,21 @@ class AgentcoordError(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as cls(*args) = cls(message), which fails: keep every field, so the
+        # error can cross a process boundary (multiprocessing, process pools).
+        return (
+            type(self),
+            (
+                self.code,
+                self.message,
+                self.reason,
+                self.metadata,
+                self.field_violations,
+                self.details,
+            ),
+        )
 
     def __str__(self) -> str:
         reason = f" {self.reason}" if self.reason else ""
