@@ -59,7 +59,8 @@ def test_second_server_on_the_same_data_directory_is_refused(tmp_path):
     assert "already serves" in message
 
 
-def test_serve_command_stops_cleanly_on_sigterm_and_stops_its_redis(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_command_stops_cleanly_on_a_signal_and_stops_its_redis(tmp_path, stop_signal):
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [
@@ -89,7 +90,7 @@ def test_serve_command_stops_cleanly_on_sigterm_and_stops_its_redis(tmp_path):
         assert any('"serving"' in line for line in lines), "".join(lines)
         assert redis.Redis(unix_socket_path=str(socket_path)).ping()
 
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         output = process.communicate(timeout=20)[0]
     finally:
         if process.poll() is None:
