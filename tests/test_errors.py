@@ -7,6 +7,7 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.client._async._base import ServiceClient
 from agentcoord.client._transport import AsyncTransport
+from agentcoord_server import errors
 
 from .conftest import server_settings
 from .support import ServerThread
@@ -20,6 +21,10 @@ def add_buggy_methods(server: grpc.aio.Server) -> None:
     async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise RuntimeError(f"bug while handling {SECRET}")
 
+    async def fail_to_describe(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # A domain error whose ErrorInfo cannot be built (metadata values must be strings).
+        raise errors.NotFound(f"no {SECRET}", metadata={"count": 1})  # type: ignore[dict-item]
+
     async def fail_stream(request: bytes, context: grpc.aio.ServicerContext):
         yield b"first"
         raise KeyError(SECRET)
@@ -30,6 +35,7 @@ def add_buggy_methods(server: grpc.aio.Server) -> None:
                 "test.Buggy",
                 {
                     "Fail": grpc.unary_unary_rpc_method_handler(fail),
+                    "FailToDescribe": grpc.unary_unary_rpc_method_handler(fail_to_describe),
                     "FailStream": grpc.unary_stream_rpc_method_handler(fail_stream),
                 },
             ),
@@ -96,3 +102,15 @@ async def test_async_client_decodes_an_internal_error_through_its_stream_helper(
     assert received == [b"first"]
     assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
     assert caught.value.request_id
+
+
+def test_an_error_whose_status_cannot_be_built_is_still_internal_with_request_id(buggy_server):
+    with grpc.insecure_channel(buggy_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/test.Buggy/FailToDescribe")(b"", timeout=5)
+
+    error = AgentcoordError.from_rpc_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert error.request_id
+    wire = _wire_text(caught.value)
+    assert SECRET not in wire and "TypeError" not in wire and "Unexpected" not in wire

@@ -227,7 +227,13 @@ class ErrorInterceptor(_CachingInterceptor):
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         domain = _translate(exc)
-        await context.abort_with_status(_status_for(domain, status_code_for(domain)))
+        try:
+            status = _status_for(domain, status_code_for(domain))
+        except Exception as bug:  # e.g. non-string ErrorInfo metadata
+            # Left to grpc, this would go out as UNKNOWN "Unexpected <class>: <text>".
+            domain = _translate(bug)
+            status = _status_for(domain, status_code_for(domain))
+        await context.abort_with_status(status)
 
     def _unary(self, behavior: Behavior, method: str) -> Behavior:
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
