@@ -63,3 +63,24 @@ def test_a_call_after_an_authenticated_one_carries_none_of_its_identity(
     assert len(refused) == 5
     assert all("agent" not in r and "namespace" not in r for r in refused)
     assert len({r["request_id"] for r in refused}) == 5
+
+
+def test_tokens_and_payloads_never_reach_the_log(server, credentials, namespace, log_lines):
+    payload = "payload-7f3a9c-never-logged"
+    creds = credentials("writer-1", "CONTRIBUTOR")
+    wrong_token = "agc_wrong-token-5b1e77-never-logged"
+    with Client(server.address, **creds) as client:
+        client.memory.stash("note", {"text": payload})
+        assert client.memory.retrieve("note") == {"text": payload}
+        with pytest.raises(AgentcoordError):
+            client.memory.stash("bad:key", {"text": payload})  # refused: INVALID_ARGUMENT
+    with Client(server.address, token=wrong_token) as anonymous, pytest.raises(AgentcoordError):
+        anonymous.memory.retrieve("note")
+
+    lines = wait_for_lines(log_lines, lambda r: r.get("code") == "UNAUTHENTICATED", 1)
+    assert lines, "the refused call's canonical line was not written"
+    # WhoAmI (the client's fail-fast tier check), stash, retrieve, the refused stash.
+    assert len(wait_for_lines(log_lines, lambda r: r.get("namespace") == namespace, 4)) == 4
+    text = json.dumps(log_lines())
+    for secret in (creds["token"], wrong_token, payload):
+        assert secret not in text
