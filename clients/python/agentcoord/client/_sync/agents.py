@@ -310,11 +310,17 @@ class Coordinator:
         return self.client.tasks.worker(handler, task_types=task_types, lease=lease, wait=wait)
 
     def aggregate_results(self, task_type: str = "") -> dict[str, Any]:
-        """{"total_completed": n, "by_agent": {...}, "by_type": {...}, "recent_results": [...]}."""
+        """Completion counts for all task types or one, as plain Python values:
+        {"total_completed": n, "by_agent": {agent: n}, "by_type": {type: n}, "recent_results":
+        [{"task_id", "task_type", "agent_id", "complete_time" (RFC 3339), "result"}, …]} with
+        the 20 most recent results newest first (integral numbers in results as int)."""
         response = self.client.tasks.aggregate_results(task_type)
         return {
             "total_completed": response.total_completed,
             "by_agent": dict(response.by_agent),
             "by_type": dict(response.by_type),
-            "recent_results": [json_format.MessageToDict(r) for r in response.recent_results],
+            "recent_results": [
+                _ints(json_format.MessageToDict(r, preserving_proto_field_name=True))
+                for r in response.recent_results
+            ],
         }
