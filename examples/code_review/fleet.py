@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import grpc
-from agentcoord import Client
+from agentcoord import AgentcoordError, Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scenario import (
@@ -63,7 +63,7 @@ def wait_until_serving(address: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"agentcoord did not start serving on {address}")
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+def wait_for(predicate, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -119,7 +119,7 @@ class Fleet:
             [sys.executable, str(HERE / script), *args], env=env
         )
 
-    def wait_all(self, timeout: float = 90.0) -> dict[str, int]:
+    def wait_all(self, timeout: float = 60.0) -> dict[str, int]:
         codes = {}
         deadline = time.monotonic() + timeout
         for agent_id, process in self.processes.items():
@@ -136,8 +136,12 @@ class Fleet:
                 process.kill()
                 process.wait()
         if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            self.server.wait(30)
+            self.server.send_signal(signal.SIGTERM)  # it stops its embedded Redis itself
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
 
 
 def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]:
@@ -163,9 +167,22 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
             f"{victim_task}: assignee {task.assignee}, attempts {task.attempts}, status {task.status}"
         )
 
+    for task_id, (*_, pattern) in TASKS.items():
+        assignee = steward.tasks.get_task(task_id).assignee
+        try:
+            finding = steward.memory.retrieve(f"finding.{task_id}", owner=assignee)
+        except AgentcoordError as error:
+            problems.append(f"no finding for {task_id} in {assignee}'s memory: {error.reason}")
+            continue
+        if finding != {"task": task_id, "pattern": pattern["id"]}:
+            problems.append(f"{assignee}'s finding for {task_id} is {finding}")
+
     library = sorted(p.pattern_id for p in steward.staging.list_patterns(page_size=100).patterns)
     if library != EXPECTED_LIBRARY:
         problems.append(f"library {library}, expected {EXPECTED_LIBRARY}")
+    left = [p.pattern_id for p in steward.staging.list_staged_patterns().patterns]
+    if left:
+        problems.append(f"still staged, neither promoted nor rejected: {left}")
     for pattern_id in EXPECTED_REJECTED:
         rejection = steward.staging.get_pattern_rejection(pattern_id)
         if rejection.rejected_by != LEAD:
@@ -174,6 +191,9 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
 
 
 def main() -> int:
+    # SIGTERM (`timeout`, a cancelled CI job) unwinds like Ctrl-C, so the `finally` below stops
+    # the server and the agents instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory(prefix="agentcoord-demo-") as tmp:
         fleet = Fleet(Path(tmp))
         try:
