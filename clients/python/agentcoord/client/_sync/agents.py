@@ -50,8 +50,8 @@ class Agent:
     Args:
         target: server address `host:port`.
         token: the agent's bearer token (default: AGENTCOORD_TOKEN).
-        client: an existing AsyncClient to use instead of opening one (then `close()` leaves
-            it open).
+        client: an existing client (AsyncClient; Client for the sync Agent) to use instead of
+            opening one; `close()` then leaves it open.
         **options: further AsyncClient options (root_certificates, timeout…).
 
     Errors are the client's: every failed call raises AgentcoordError.
@@ -76,17 +76,22 @@ class Agent:
         return self._principal
 
     def agent_id(self) -> str:
+        """This agent's id, as its token says (see `principal`)."""
         return (self.principal()).agent_id
 
     # -- working memory ---------------------------------------------------------------------
     def stash(
         self, key: str, value: Any, *, ttl: float | None = None
     ) -> memory_pb2.MemoryEntry:
-        """Stashes a JSON-like value under `key` for `ttl` seconds (default: WORKING_RESULTS, 1 h)."""
+        """Stashes a JSON-like value under `key` for `ttl` seconds (default: WORKING_RESULTS, 1 h);
+        returns the entry's metadata. Raises AgentcoordError: PERMISSION_DENIED below
+        CONTRIBUTOR, INVALID_ARGUMENT (INVALID_ID) for a bad key, RESOURCE_EXHAUSTED
+        (VALUE_TOO_LARGE)."""
         return self.client.memory.stash(key, value, ttl=ttl)
 
     def retrieve(self, key: str, *, owner: str | None = None) -> Any:
-        """The value this agent (or `owner`) stashed under `key`; NOT_FOUND when gone."""
+        """The value this agent (or `owner`) stashed under `key`; NOT_FOUND (ENTRY_NOT_FOUND)
+        when it is missing or expired."""
         return self.client.memory.retrieve(key, owner=owner)
 
     # -- signals ------------------------------------------------------------------------------
@@ -98,7 +103,9 @@ class Agent:
         target_agent: str = "",
         session_id: str = "",
     ) -> signals_pb2.Signal:
-        """Broadcasts a signal to the namespace, or sends it to `target_agent` or a session."""
+        """Broadcasts a signal to the namespace, or sends it to `target_agent` or a session's
+        participants; returns it with its id (the resume cursor). CONTRIBUTOR; NOT_FOUND
+        (SESSION_NOT_FOUND) for a missing session."""
         return self.client.signals.send_signal(
             signal_type, data, target_agent=target_agent, session_id=session_id
         )
@@ -106,7 +113,9 @@ class Agent:
     def receive_signals(
         self, *signal_types: str, after_id: str = "", limit: int = 0
     ) -> list[signals_pb2.Signal]:
-        """Signals visible to this agent after `after_id`, oldest first (non-destructive)."""
+        """Signals visible to this agent after `after_id` ('' = oldest retained), oldest first,
+        only of `signal_types` if given, at most `limit` (0: 100); non-destructive. OUT_OF_RANGE
+        (CURSOR_TRIMMED) for a cursor older than the retention."""
         response = self.client.signals.receive_signals(
             signal_types, after_id=after_id, limit=limit
         )
@@ -132,7 +141,9 @@ class Agent:
         context: Mapping[str, Any] | None = None,
         interests: Iterable[str] = (),
     ) -> staging_pb2.StagedPattern:
-        """Stages a discovered pattern (confidence 0.0-1.0) for validators to review."""
+        """Stages a discovered pattern (confidence 0.0-1.0) for validators to review; staging
+        your own id again replaces it (revision + 1). ALREADY_EXISTS
+        (PATTERN_STAGED_BY_OTHER_AGENT) for another agent's id."""
         return self.client.staging.stage_pattern(
             pattern_id=pattern_id,
             pattern_type=pattern_type,
@@ -162,13 +173,16 @@ class Agent:
     def promote_pattern(
         self, pattern_id: str, *, minimum_confidence: float | None = None, note: str = ""
     ) -> staging_pb2.Pattern:
-        """Promotes a staged pattern into the library (VALIDATOR)."""
+        """Promotes a staged pattern into the library (VALIDATOR). FAILED_PRECONDITION
+        (BELOW_CONFIDENCE_THRESHOLD) below `minimum_confidence`, NOT_FOUND
+        (STAGED_PATTERN_NOT_FOUND) once it has left staging."""
         return self.client.staging.promote_pattern(
             pattern_id, minimum_confidence=minimum_confidence, note=note
         )
 
     def reject_pattern(self, pattern_id: str, *, reason: str) -> staging_pb2.PatternRejection:
-        """Rejects a staged pattern with a reason (VALIDATOR)."""
+        """Rejects a staged pattern with a reason (VALIDATOR); NOT_FOUND
+        (STAGED_PATTERN_NOT_FOUND) once it has left staging."""
         return self.client.staging.reject_pattern(pattern_id, reason=reason)
 
     # -- collaboration state ------------------------------------------------------------------
@@ -179,7 +193,9 @@ class Agent:
         *,
         expected_version: int | None = None,
     ) -> int:
-        """Persists this agent's collaboration state for a session; returns its version."""
+        """Persists this agent's collaboration state for a session (no TTL); returns its
+        version. With `expected_version` (0: never saved) a stale writer gets ABORTED
+        (VERSION_MISMATCH)."""
         return self.client.memory.save_collaboration_state(
             session_id, state, expected_version=expected_version
         )
@@ -225,17 +241,21 @@ class TeamSession:
         )
 
     def join(self) -> memory_pb2.Session:
+        """Joins (idempotent) and restarts the session's TTL; NOT_FOUND (SESSION_NOT_FOUND)."""
         return self.client.memory.join_session(self.session_id)
 
     def leave(self) -> memory_pb2.Session:
+        """Leaves the session; FAILED_PRECONDITION (NOT_A_PARTICIPANT) if not in it."""
         return self.client.memory.leave_session(self.session_id)
 
     def participants(self) -> list[str]:
+        """The participants' agent ids (does not restart the TTL); NOT_FOUND if it expired."""
         session = self.client.memory.get_session(self.session_id)
         return list(session.participants)
 
     def share(self, key: str, value: Any) -> memory_pb2.SharedContextItem:
-        """Shares a JSON-like value with the participants (expires with the session)."""
+        """Shares a JSON-like value with the participants (expires with the session).
+        PERMISSION_DENIED (NOT_A_PARTICIPANT) unless this agent has joined."""
         return self.client.memory.share_context(self.session_id, key, value)
 
     def get(self, key: str) -> Any:
@@ -256,7 +276,8 @@ class Coordinator:
         self.client = client
 
     def register_agent(self, capabilities: Iterable[str]) -> tasks_pb2.Agent:
-        """Registers this agent with the task types it can do."""
+        """Registers this agent with the task types it can do; the registration lapses after
+        the COORDINATION TTL (5 min by default) without a heartbeat or claim."""
         return self.client.tasks.register_agent(capabilities)
 
     def add_task(
@@ -269,7 +290,8 @@ class Coordinator:
         task_id: str = "",
         max_attempts: int = 3,
     ) -> tasks_pb2.Task:
-        """Adds a task (priority 1-10, highest first)."""
+        """Adds a task (priority 1-10, highest claimed first; max_attempts 1-100; empty
+        task_id: the server makes one). ALREADY_EXISTS (TASK_EXISTS) for a taken task_id."""
         return self.client.tasks.add_task(
             task_type=task_type,
             description=description,
@@ -282,7 +304,9 @@ class Coordinator:
     def claim_task(
         self, *task_types: str, lease: float = 300.0, wait: float = 0.0
     ) -> tasks_pb2.Task | None:
-        """Claims the highest-priority task this agent can do, under a lease (seconds)."""
+        """Claims the highest-priority task of `task_types` (none: this agent's registered
+        capabilities) under a `lease` of 1-3600 seconds, waiting up to `wait` seconds (0-60)
+        for one; None when none came."""
         return self.client.tasks.claim_task(task_types=task_types, lease=lease, wait=wait)
 
     def complete_task(
@@ -296,6 +320,8 @@ class Coordinator:
     def fail_task(
         self, task: tasks_pb2.Task, error: str, *, retryable: bool = True
     ) -> tasks_pb2.Task:
+        """Gives up this attempt: the task is pending again, or dead-lettered when not
+        `retryable` or out of attempts. FAILED_PRECONDITION (LEASE_LOST) if the lease was lost."""
         return self.client.tasks.fail_task(
             task_id=task.task_id,
             fencing_token=task.lease.fencing_token,
@@ -306,7 +332,8 @@ class Coordinator:
     def worker(
         self, handler: TaskHandler, *task_types: str, lease: float = 60.0, wait: float = 10.0
     ) -> Worker:
-        """A worker that claims, renews the lease while `handler(task)` runs, then completes."""
+        """A worker that claims (waiting up to `wait` seconds), renews the `lease` (seconds)
+        while `handler(task)` runs, then completes with its result or fails the attempt."""
         return self.client.tasks.worker(handler, task_types=task_types, lease=lease, wait=wait)
 
     def aggregate_results(self, task_type: str = "") -> dict[str, Any]:
