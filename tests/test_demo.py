@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 FLEET = Path(__file__).resolve().parent.parent / "examples" / "code_review" / "fleet.py"
 
 
@@ -54,6 +56,7 @@ def _run_fleet(timeout: float) -> tuple[int, str]:
         _stop_group(process.pid)
 
 
+@pytest.mark.timeout(200)  # beyond the fleet's own 150 s, so the group is stopped, not orphaned
 def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_workers_task():
     returncode, transcript = _run_fleet(timeout=150)
 
@@ -63,6 +66,7 @@ def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_w
     assert "all checks passed" in transcript
 
 
+@pytest.mark.timeout(200)
 def test_fleet_stopped_with_sigterm_reaps_its_server_and_agents(tmp_path):
     """`timeout make demo`, a CI job's cancellation: the fleet stops what it started."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
