@@ -27,7 +27,7 @@ generate: install
 
 # Regenerates, then fails if anything generated differs from what is committed.
 check-generated: generate
-	@drift=$$(git status --porcelain -- clients/python/agentcoord/v1 clients/python/agentcoord/client/_sync); \
+	@drift=$$(git status --porcelain -- clients/python/agentcoord/v1 clients/python/agentcoord/client/_sync clients/python/agentcoord/client/reasons.py); \
 	if [ -n "$$drift" ]; then echo "generated code drifted from proto/ or client/_async; run make generate and commit:"; echo "$$drift"; git diff --stat -- clients/python; exit 1; fi
 	@echo "generated code is up to date"
 

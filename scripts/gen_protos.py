@@ -4,6 +4,7 @@ Writes, under clients/python/:
   agentcoord/v1/*_pb2.py, *_pb2_grpc.py   protoc (grpcio-tools) messages and stubs
   agentcoord/v1/*.pyi                      mypy-protobuf type stubs for both
   agentcoord/client/_sync/                 the sync client, made from _async/ by unasync
+  agentcoord/client/reasons.py             ErrorReason as a str enum, with the contract's comments
 
 The output depends only on the inputs and the pinned tool versions, so `make check-generated`
 can fail CI on any drift.
@@ -12,12 +13,15 @@ can fail CI on any drift.
 from __future__ import annotations
 
 import filecmp
+import keyword
 import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import unasync
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +90,59 @@ def _generate_protos(out: Path) -> None:
     )
 
 
+def generate_reasons() -> None:
+    """Writes ErrorReason as a `StrEnum` whose members equal the ErrorInfo.reason strings, so
+    `error.reason == ErrorReason.TIER_TOO_LOW` reads naturally; each member's docstring is its
+    comment in error_reason.proto."""
+    with tempfile.TemporaryDirectory() as tmp:
+        descriptor_set = Path(tmp) / "reasons.pb"
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO}",
+            "--include_source_info",
+            f"--descriptor_set_out={descriptor_set}",
+            "agentcoord/v1/error_reason.proto",
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    (proto_file,) = files.file
+    enum_index, enum = next(
+        (i, e) for i, e in enumerate(proto_file.enum_type) if e.name == "ErrorReason"
+    )
+    comments: dict[int, str] = {}
+    for location in proto_file.source_code_info.location:
+        # path [5 = FileDescriptorProto.enum_type, enum index, 2 = EnumDescriptorProto.value, i]
+        if list(location.path[:3]) == [5, enum_index, 2] and len(location.path) == 4:
+            comments[location.path[3]] = " ".join(location.leading_comments.split())
+    lines = [
+        '"""Generated from proto/agentcoord/v1/error_reason.proto by `make generate`; do not edit.',
+        "",
+        "Every reason an agentcoord server sends in google.rpc.ErrorInfo.reason. Members are",
+        "strings equal to the wire reason, so `err.reason == ErrorReason.TIER_TOO_LOW` holds.",
+        '"""',
+        "",
+        "from enum import StrEnum",
+        "",
+        "",
+        "class ErrorReason(StrEnum):",
+        '    """The values of the contract\'s ErrorReason enum; error_reason.proto says when each',
+        '    is sent and what a client should do."""',
+        "",
+    ]
+    for i, value in enumerate(enum.value):
+        if value.number == 0:
+            continue
+        assert value.name.isidentifier() and not keyword.iskeyword(value.name), value.name
+        doc = comments.get(i, "").replace('"""', "'''").replace("\\", "\\\\")
+        wrapped = textwrap.wrap(f'"""{doc}"""', 96, initial_indent="    ", subsequent_indent="    ")
+        lines += [f'    {value.name} = "{value.name}"', *wrapped, ""]
+    target = CLIENT / "reasons.py"
+    text = "\n".join(lines).rstrip() + "\n"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
 def generate_sync_client() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async_dir, sync_dir = Path(tmp) / "_async", Path(tmp) / "_sync"
@@ -101,4 +158,5 @@ def generate_sync_client() -> None:
 
 if __name__ == "__main__":
     generate_protos()
+    generate_reasons()
     generate_sync_client()

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import redis.exceptions
 import structlog
+from agentcoord.v1 import error_reason_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -25,6 +26,8 @@ from .identity import AccessTier, Authenticator, bind_principal, metadata_value,
 log = structlog.get_logger("agentcoord.rpc")
 
 ERROR_DOMAIN = "agentcoord"
+# Every ErrorInfo.reason the server may send is a value of the contract's ErrorReason enum.
+CONTRACT_REASONS = frozenset(error_reason_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
 
 # The one table from domain errors to status codes (looked up along the class's MRO).
 STATUS_CODES: Mapping[type[errors.DomainError], grpc.StatusCode] = {
@@ -158,6 +161,10 @@ class LoggingInterceptor(_CachingInterceptor):
 
 def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    if exc.reason not in CONTRACT_REASONS:
+        # tests/test_error_reasons.py keeps this from happening; if it does, clients still get
+        # the reason, and the log says the contract needs it.
+        log.error("error reason missing from the contract's ErrorReason", reason=exc.reason)
     info = error_details_pb2.ErrorInfo(
         reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
     )

@@ -15,6 +15,7 @@ from .client import (
     AsyncTeamSession,
     Client,
     Coordinator,
+    ErrorReason,
     TeamSession,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "AsyncTeamSession",
     "Client",
     "Coordinator",
+    "ErrorReason",
     "TeamSession",
 ]

@@ -10,6 +10,7 @@ from ._async.client import AsyncClient
 from ._sync.agents import Agent, Coordinator, TeamSession
 from ._sync.client import Client
 from .errors import AgentcoordError
+from .reasons import ErrorReason
 
 __all__ = [
     "Agent",
@@ -20,5 +21,6 @@ __all__ = [
     "AsyncTeamSession",
     "Client",
     "Coordinator",
+    "ErrorReason",
     "TeamSession",
 ]

@@ -29,6 +29,7 @@ import grpc
 from agentcoord.v1 import access_pb2, admin_pb2
 
 from .errors import AgentcoordError
+from .reasons import ErrorReason
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -86,7 +87,7 @@ def _tier_too_low(method: str, required: int, own: int) -> AgentcoordError:
         code=grpc.StatusCode.PERMISSION_DENIED,
         message=f"{method} needs tier {_tier_name(required)}; caller has {_tier_name(own)} "
         "(refused by the client, not sent)",
-        reason="TIER_TOO_LOW",
+        reason=ErrorReason.TIER_TOO_LOW,
         metadata={"required_tier": _tier_name(required), "caller_tier": _tier_name(own)},
     )
 

@@ -10,6 +10,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from .reasons import ErrorReason
+
 
 @dataclass
 class AgentcoordError(Exception):
@@ -18,7 +20,9 @@ class AgentcoordError(Exception):
     Attributes:
         code: the gRPC status code.
         message: the server's human-readable message.
-        reason: ErrorInfo.reason (UPPER_SNAKE, e.g. "TIER_TOO_LOW"); None if the server sent none.
+        reason: ErrorInfo.reason: an `ErrorReason` member (a str, e.g. ErrorReason.TIER_TOO_LOW ==
+            "TIER_TOO_LOW") when the contract knows it, the plain string when a newer server sent
+            a reason this client does not know, None if the server sent none.
         metadata: ErrorInfo.metadata; includes "request_id" for errors from an agentcoord server.
         field_violations: (field, description) pairs from a google.rpc.BadRequest.
         details: every decoded detail message of the status.
@@ -74,10 +78,18 @@ class AgentcoordError(Exception):
                     detail.Unpack(decoded)
                     error.details.append(decoded)
                     if isinstance(decoded, error_details_pb2.ErrorInfo):
-                        error.reason = decoded.reason
+                        error.reason = as_reason(decoded.reason)
                         error.metadata = dict(decoded.metadata)
                     else:
                         error.field_violations = [
                             (v.field, v.description) for v in decoded.field_violations
                         ]
         return error
+
+
+def as_reason(reason: str) -> str:
+    """`reason` as its ErrorReason member, or unchanged if the contract does not know it."""
+    try:
+        return ErrorReason(reason)
+    except ValueError:
+        return reason

@@ -1,0 +1,224 @@
+"""Generated from proto/agentcoord/v1/error_reason.proto by `make generate`; do not edit.
+
+Every reason an agentcoord server sends in google.rpc.ErrorInfo.reason. Members are
+strings equal to the wire reason, so `err.reason == ErrorReason.TIER_TOO_LOW` holds.
+"""
+
+from enum import StrEnum
+
+
+class ErrorReason(StrEnum):
+    """The values of the contract's ErrorReason enum; error_reason.proto says when each
+    is sent and what a client should do."""
+
+    INTERNAL = "INTERNAL"
+    """INTERNAL: a server bug. The status carries only a request id (ErrorInfo metadata
+    "request_id") that finds the server's log line. Do not retry blindly; report it with the
+    request id."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    """INVALID_ARGUMENT: the request is malformed in a way no more specific reason covers. Fix
+    the request."""
+
+    NOT_FOUND = "NOT_FOUND"
+    """NOT_FOUND: the named resource does not exist. Fix the request or create it."""
+
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    """ALREADY_EXISTS: the resource to create exists already."""
+
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    """PERMISSION_DENIED: the caller may not do this."""
+
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    """UNAUTHENTICATED: the call carried no acceptable credentials. Re-authenticate."""
+
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    """FAILED_PRECONDITION: the state does not allow the call. Re-read the state."""
+
+    ABORTED = "ABORTED"
+    """ABORTED: a compare-and-set lost. Re-read and decide again."""
+
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    """OUT_OF_RANGE: a cursor or position is outside what is kept."""
+
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    """RESOURCE_EXHAUSTED: a limit was hit. Back off or send less."""
+
+    UNAVAILABLE = "UNAVAILABLE"
+    """UNAVAILABLE: the server cannot serve the call right now. Retry with backoff."""
+
+    MISSING_TOKEN = "MISSING_TOKEN"
+    """UNAUTHENTICATED: no `authorization: Bearer <token>` metadata. Attach a token."""
+
+    INVALID_TOKEN = "INVALID_TOKEN"
+    """UNAUTHENTICATED: the authorization metadata is not a well-formed bearer token. Fix the
+    client's configuration."""
+
+    UNKNOWN_TOKEN = "UNKNOWN_TOKEN"
+    """UNAUTHENTICATED: the token is not known (never issued, or revoked). Get a new token from
+    a STEWARD; retrying with the same token fails again."""
+
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    """UNAUTHENTICATED: the token's expiry has passed. Get a new token."""
+
+    NO_AUTHENTICATION = "NO_AUTHENTICATION"
+    """UNAUTHENTICATED: the server accepts no credentials at all (a configuration error of the
+    server). Tell its operator."""
+
+    MISSING_IDENTITY = "MISSING_IDENTITY"
+    """UNAUTHENTICATED (insecure development mode only): x-agent-id or x-access-tier metadata is
+    missing. Attach both."""
+
+    INVALID_IDENTITY = "INVALID_IDENTITY"
+    """UNAUTHENTICATED (insecure development mode only): x-agent-id or x-namespace is not a
+    valid id, or x-access-tier is not a tier name."""
+
+    TIER_TOO_LOW = "TIER_TOO_LOW"
+    """PERMISSION_DENIED: the method needs a higher tier than the caller's (ErrorInfo metadata
+    "required_tier" and "caller_tier"). Clients send this locally, without a round trip, when
+    the caller's tier is known to be too low. Do not retry; use a token of a higher tier."""
+
+    NO_REQUIRED_TIER = "NO_REQUIRED_TIER"
+    """PERMISSION_DENIED: the method declares no required tier in the contract (a server bug:
+    every RPC must declare one). Report it."""
+
+    NAMESPACE_MISMATCH = "NAMESPACE_MISMATCH"
+    """PERMISSION_DENIED: the request names another namespace than the caller's. A token only
+    ever acts in its own namespace."""
+
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
+    """NOT_FOUND: the token id to revoke is not a live token of the namespace."""
+
+    INVALID_FIELD = "INVALID_FIELD"
+    """INVALID_ARGUMENT: a request field is invalid; BadRequest field violations name each bad
+    field and why."""
+
+    INVALID_ID = "INVALID_ID"
+    """INVALID_ARGUMENT: an id (agent, key, session, task, pattern…) is empty, longer than 128
+    characters, or holds characters other than letters, digits and `._-`."""
+
+    INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+    """INVALID_ARGUMENT: page_size is negative or above the list's maximum."""
+
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    """INVALID_ARGUMENT: page_token was not returned by this list (or the list's filters changed
+    between pages). Start again without a page token."""
+
+    BATCH_SIZE = "BATCH_SIZE"
+    """INVALID_ARGUMENT: a batch holds no items or more than the maximum."""
+
+    DUPLICATE_KEY = "DUPLICATE_KEY"
+    """INVALID_ARGUMENT: a batch names the same key twice."""
+
+    INVALID_CURSOR = "INVALID_CURSOR"
+    """INVALID_ARGUMENT: a signal cursor is not a signal id such as "1732060800123-0"."""
+
+    NO_TASK_TYPES = "NO_TASK_TYPES"
+    """INVALID_ARGUMENT: ClaimTask named no task types and the agent registered no capabilities.
+    Register capabilities or name the types."""
+
+    VALUE_TOO_LARGE = "VALUE_TOO_LARGE"
+    """RESOURCE_EXHAUSTED: a value (working-memory entry, shared context item, collaboration
+    state) is larger than the server's --max-value-bytes (ErrorInfo metadata names the limit).
+    Nothing was written."""
+
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+    """RESOURCE_EXHAUSTED: the response would not fit in one gRPC message. Ask for fewer items
+    (a smaller batch or page)."""
+
+    SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
+    """RESOURCE_EXHAUSTED: a live subscription fell too far behind and the server ended it.
+    Resume from the last signal id received (clients do this)."""
+
+    REDIS_UNAVAILABLE = "REDIS_UNAVAILABLE"
+    """UNAVAILABLE: the server cannot reach Redis (down, partitioned, failing over). Retry with
+    backoff; streams resume from their cursor."""
+
+    SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+    """UNAVAILABLE: the server is stopping. Retry (another server, or this one after its
+    restart); streams resume from their cursor."""
+
+    ENTRY_NOT_FOUND = "ENTRY_NOT_FOUND"
+    """NOT_FOUND: no such working-memory entry of that owner (never stashed, or its TTL ran
+    out)."""
+
+    SESSION_EXISTS = "SESSION_EXISTS"
+    """ALREADY_EXISTS: CreateSession named a session that exists."""
+
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    """NOT_FOUND: no such team session (never created, or it expired)."""
+
+    NOT_A_PARTICIPANT = "NOT_A_PARTICIPANT"
+    """PERMISSION_DENIED or FAILED_PRECONDITION: the caller is not a participant of the session
+    (join it first; leaving a session one is not in is FAILED_PRECONDITION)."""
+
+    CONTEXT_NOT_FOUND = "CONTEXT_NOT_FOUND"
+    """NOT_FOUND: the session has no shared context under that key."""
+
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    """ABORTED: SaveCollaborationState's expected_version is not the stored version (ErrorInfo
+    metadata "version"). Re-read, merge, save again."""
+
+    COLLABORATION_STATE_NOT_FOUND = "COLLABORATION_STATE_NOT_FOUND"
+    """NOT_FOUND: no collaboration state is saved for that session."""
+
+    PATTERN_STAGED_BY_OTHER_AGENT = "PATTERN_STAGED_BY_OTHER_AGENT"
+    """ALREADY_EXISTS: the pattern id is staged by another agent (ErrorInfo metadata "author").
+    Choose another id."""
+
+    BELOW_CONFIDENCE_THRESHOLD = "BELOW_CONFIDENCE_THRESHOLD"
+    """FAILED_PRECONDITION: the staged pattern's confidence is below the promotion's
+    minimum_confidence. Reject it, or promote with a lower minimum."""
+
+    REVISION_MISMATCH = "REVISION_MISMATCH"
+    """ABORTED: the staged pattern changed since the revision the validator read (ErrorInfo
+    metadata "revision"). Re-read and decide again."""
+
+    STAGED_PATTERN_NOT_FOUND = "STAGED_PATTERN_NOT_FOUND"
+    """NOT_FOUND: no staged pattern with that id (never staged, promoted, rejected, or
+    expired)."""
+
+    REJECTION_NOT_FOUND = "REJECTION_NOT_FOUND"
+    """NOT_FOUND: no rejection recorded for that pattern id."""
+
+    PATTERN_NOT_FOUND = "PATTERN_NOT_FOUND"
+    """NOT_FOUND: no pattern with that id in the pattern library."""
+
+    CONFLICT_EXISTS = "CONFLICT_EXISTS"
+    """ALREADY_EXISTS: a conflict context with that id exists."""
+
+    CONFLICT_NOT_FOUND = "CONFLICT_NOT_FOUND"
+    """NOT_FOUND: no conflict context with that id (never opened, or expired)."""
+
+    ALREADY_RESOLVED = "ALREADY_RESOLVED"
+    """FAILED_PRECONDITION: the conflict is resolved already."""
+
+    AGENT_NOT_REGISTERED = "AGENT_NOT_REGISTERED"
+    """NOT_FOUND: the agent is not registered, or its registration lapsed. RegisterAgent
+    again."""
+
+    TASK_EXISTS = "TASK_EXISTS"
+    """ALREADY_EXISTS: AddTask named a task id that exists."""
+
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    """NOT_FOUND: no task with that id (never added, or expired)."""
+
+    LEASE_LOST = "LEASE_LOST"
+    """FAILED_PRECONDITION: the caller's lease on the task is gone (expired and the task handed
+    to another claimant, or a stale fencing token). Stop working on it; do not retry the
+    completion."""
+
+    NOT_TASK_ADDER = "NOT_TASK_ADDER"
+    """PERMISSION_DENIED: only the agent that added the task, or a VALIDATOR, may cancel it."""
+
+    TASK_COMPLETED = "TASK_COMPLETED"
+    """FAILED_PRECONDITION: the task is completed already and cannot be cancelled."""
+
+    NOT_DEAD_LETTERED = "NOT_DEAD_LETTERED"
+    """FAILED_PRECONDITION: only a dead-lettered task can be requeued (ErrorInfo metadata
+    "status" says what it is)."""
+
+    CURSOR_TRIMMED = "CURSOR_TRIMMED"
+    """OUT_OF_RANGE: the resume cursor is older than the signals kept (they are trimmed after
+    the COORDINATION TTL). Signals were missed: re-read the state the signals were about, then
+    subscribe without a cursor."""
