@@ -49,13 +49,17 @@ def server_settings(redis_url: str, **overrides: Any) -> Settings:
     """Settings for a test server over the session's Redis on a random loopback port.
 
     Token authentication with a 1 s auth cache bound (so revocation tests wait ~1 s, not 5 s)
-    and a fresh data directory (where a bootstrap token file would go).
+    and a fresh data directory (where a bootstrap token file would go). Every test connects
+    from 127.0.0.1, so the per-peer limit on failed authentications is raised far above what
+    the suite's deliberately bad tokens add up to (test_auth_flood.py tests the limit on
+    servers of its own).
     """
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "redis_url": redis_url,
         "insecure_dev_identity": False,
         "auth_cache_seconds": 1.0,
+        "auth_failure_limit": 100_000,
         "data_dir": Path(tempfile.mkdtemp(prefix="agentcoord-test-")),
         "shutdown_grace": 1.0,
     }

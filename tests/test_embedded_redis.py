@@ -28,23 +28,23 @@ def embedded_settings(data_dir) -> Settings:
 def test_data_survives_a_restart_of_server_and_embedded_redis(tmp_path):
     first = ServerThread(embedded_settings(tmp_path)).start()
     try:
-        first.run(first.server.ctx.redis.set("ac:{team}:memory:agent-1:note", "kept"))
-        with Client(first.address, metadata=dev_identity("a", "OBSERVER", "team")) as client:
+        with Client(first.address, metadata=dev_identity("a", "CONTRIBUTOR", "team")) as client:
+            client.memory.stash("note", "kept")
             before = client.admin.get_server_stats()
     finally:
         first.stop()
 
     second = ServerThread(embedded_settings(tmp_path)).start()
     try:
-        value = second.run(second.server.ctx.redis.get("ac:{team}:memory:agent-1:note"))
         with Client(second.address, metadata=dev_identity("a", "OBSERVER", "team")) as client:
+            value = client.memory.retrieve("note")
             after = client.admin.get_server_stats()
     finally:
         second.stop()
 
     assert before.redis_mode == admin_pb2.REDIS_MODE_EMBEDDED
     assert value == "kept"
-    assert after.key_counts["memory"] == 1
+    assert after.namespace_stats.memory_entries == 1
 
 
 def test_second_server_on_the_same_data_directory_is_refused(tmp_path):

@@ -132,15 +132,16 @@ def test_identity_headers_cannot_change_who_a_token_holder_is(server, namespace)
     )
 
 
-def test_a_contributor_sees_only_its_own_namespace(make_client, namespace, redis_client):
-    redis_client.set(f"ac:{{{namespace}-other}}:memory:agent-1:a", "1")
+def test_a_contributor_sees_only_its_own_namespace(make_client, namespace):
+    make_client("w1", "CONTRIBUTOR", f"{namespace}-other").memory.stash("a", 1)
     client = make_client("w1", "CONTRIBUTOR")
 
     principal = client.admin.who_am_i()
     stats = client.admin.get_server_stats()
 
     assert principal.namespace == namespace
-    assert "memory" not in stats.key_counts
+    assert stats.namespace_stats.namespace == namespace
+    assert stats.namespace_stats.memory_entries == 0
 
 
 def test_tokens_issued_by_a_steward_name_the_steward_as_issuer_whatever_the_request_says(

@@ -45,7 +45,7 @@ async def test_earliest_subscription_survives_a_trim_between_subscribing_and_cat
 
     async with hub.subscribe(namespace, "bob", [], after=None, earliest=True) as subscription:
         await asyncio.sleep(1.1)
-        c = await store.send(namespace, "alice", "c", {})  # trims b: the floor moved on
+        c, _ = await store.send(namespace, "alice", "c", {})  # trims b: the floor moved on
         first = await next_signal(subscription.entries())
 
     assert first.id == c.id

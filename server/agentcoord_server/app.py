@@ -27,6 +27,7 @@ from .embedded_redis import EmbeddedRedis
 from .identity import (
     Authenticator,
     DevIdentityAuthenticator,
+    FailedAuthLimiter,
     TokenAuthenticator,
     required_tiers,
 )
@@ -260,6 +261,10 @@ class AgentcoordServer:
                     # Streams re-check at the cache bound (uncached), so revocation reaches
                     # them within it too; at least every 0.1 s when caching is off.
                     recheck_seconds=self.settings.auth_cache_seconds or 0.1,
+                    limiter=FailedAuthLimiter(
+                        max_failures=self.settings.auth_failure_limit,
+                        window_seconds=self.settings.auth_failure_window,
+                    ),
                 ),
             ],
             options=options,

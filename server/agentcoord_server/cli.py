@@ -108,6 +108,22 @@ def main() -> None:
     "late a revocation takes effect (also for open streams).",
 )
 @click.option(
+    "--auth-failure-limit",
+    envvar="AGENTCOORD_AUTH_FAILURE_LIMIT",
+    default=20,
+    type=click.IntRange(min=0),
+    help="Failed authentications one peer address may make per --auth-failure-window before "
+    "its calls are refused (RESOURCE_EXHAUSTED, with a retry delay) without a Redis lookup. "
+    "0: no limit.",
+)
+@click.option(
+    "--auth-failure-window",
+    envvar="AGENTCOORD_AUTH_FAILURE_WINDOW",
+    default=10.0,
+    type=click.FloatRange(min=0.001),
+    help="Seconds in which --auth-failure-limit failures are forgiven (a token bucket).",
+)
+@click.option(
     "--tls-cert",
     envvar="AGENTCOORD_TLS_CERT",
     default=None,
@@ -165,6 +181,8 @@ def serve(
     insecure_dev_identity: bool,
     bootstrap_token: str | None,
     auth_cache_seconds: float,
+    auth_failure_limit: int,
+    auth_failure_window: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
@@ -205,6 +223,8 @@ def serve(
         signal_queue_size=signal_queue_size,
         bootstrap_token=bootstrap_token or None,
         auth_cache_seconds=auth_cache_seconds,
+        auth_failure_limit=auth_failure_limit,
+        auth_failure_window=auth_failure_window,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

@@ -73,6 +73,10 @@ class Settings:
     # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
     bootstrap_token: str | None = field(default=None, repr=False)
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
+    # Failed authentications one peer address may make per window before it is refused
+    # without a Redis lookup (a token bucket; identity.FailedAuthLimiter). 0: no limit.
+    auth_failure_limit: int = 20
+    auth_failure_window: float = 10.0
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key: serve TLS
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_client_ca: Path | None = None  # PEM CA bundle; set: require client certificates (mTLS)

@@ -18,6 +18,8 @@ class DomainError(Exception):
         reason: UPPER_SNAKE machine-readable reason (ErrorInfo.reason); defaults to the class's.
         metadata: extra ErrorInfo metadata (string to string), e.g. {"key": "k1"}.
         field_violations: (field path, description) pairs, sent as google.rpc.BadRequest.
+        retry_delay: seconds the client should wait before retrying, sent as
+            google.rpc.RetryInfo; None: no advice.
     """
 
     reason = "INTERNAL"
@@ -29,6 +31,7 @@ class DomainError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         field_violations: Sequence[tuple[str, str]] = (),
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -36,6 +39,7 @@ class DomainError(Exception):
             self.reason = reason
         self.metadata = dict(metadata or {})
         self.field_violations = list(field_violations)
+        self.retry_delay = retry_delay
 
 
 class InvalidArgument(DomainError):

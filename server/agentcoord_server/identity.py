@@ -210,6 +210,13 @@ class TokenAuthenticator:
     be), keyed by hash, never by the token; at most `max_entries` are kept (oldest evicted).
     A token's own expiry is checked on every call, cached or not.
 
+    Hashes found in no grant are remembered too (a negative cache, at most `max_entries`,
+    oldest evicted), for `negative_cache_seconds` (default and at most `cache_seconds`), so a
+    flood of calls with an unknown token costs one Redis lookup per token and bound, not one
+    per call. The bound is also how long a token can be refused after it was issued, if a
+    call presented it before (only possible with a secret chosen in advance, such as
+    `--bootstrap-token`: issued tokens are random). `fresh=True` bypasses both caches.
+
     Raises Unauthenticated: MISSING_TOKEN, INVALID_TOKEN, UNKNOWN_TOKEN (never issued, or
     revoked), TOKEN_EXPIRED.
     """
@@ -217,14 +224,26 @@ class TokenAuthenticator:
     revocable = True
 
     def __init__(
-        self, tokens: TokenLookup, *, cache_seconds: float = 5.0, max_entries: int = 10_000
+        self,
+        tokens: TokenLookup,
+        *,
+        cache_seconds: float = 5.0,
+        max_entries: int = 10_000,
+        negative_cache_seconds: float | None = None,
     ) -> None:
         if not 0 <= cache_seconds <= 5:
             raise ValueError("the auth cache bound must be between 0 and 5 seconds")
+        if negative_cache_seconds is None:
+            negative_cache_seconds = cache_seconds
+        if not 0 <= negative_cache_seconds <= cache_seconds:
+            raise ValueError("the negative cache bound must be between 0 and the auth cache's")
         self._tokens = tokens
         self.cache_seconds = cache_seconds
+        self.negative_cache_seconds = negative_cache_seconds
         self._max_entries = max_entries
         self._cache: dict[str, tuple[TokenGrant, float]] = {}
+        # digest → when it was found unknown (time.monotonic()); insertion order is age order.
+        self._unknown: dict[str, float] = {}
 
     async def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
@@ -236,9 +255,17 @@ class TokenAuthenticator:
             grant = cached[0]
         else:
             self._cache.pop(digest, None)
+            if not fresh:
+                unknown_since = self._unknown.get(digest)
+                if unknown_since is not None:
+                    if now - unknown_since < self.negative_cache_seconds:
+                        raise _unknown_token()
+                    del self._unknown[digest]
             found = await self._tokens.lookup(digest)
             if found is None or not hmac.compare_digest(found.digest, digest):
-                raise Unauthenticated("the token is unknown or revoked", reason="UNKNOWN_TOKEN")
+                self._remember_unknown(digest, now)
+                raise _unknown_token()
+            self._unknown.pop(digest, None)
             grant = found
             if self.cache_seconds > 0:
                 if len(self._cache) >= self._max_entries:
@@ -247,6 +274,85 @@ class TokenAuthenticator:
         if grant.expires_at is not None and time.time() >= grant.expires_at:
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         return grant.principal
+
+    def _remember_unknown(self, digest: str, now: float) -> None:
+        if self.negative_cache_seconds <= 0:
+            return
+        self._unknown.pop(digest, None)  # re-inserted last: the dict stays in age order
+        while len(self._unknown) >= self._max_entries:
+            del self._unknown[next(iter(self._unknown))]
+        self._unknown[digest] = now
+
+
+def _unknown_token() -> Unauthenticated:
+    return Unauthenticated("the token is unknown or revoked", reason="UNKNOWN_TOKEN")
+
+
+def peer_address(peer: str | None) -> str:
+    """The address part of a gRPC peer string, without the client's port: `ipv4:1.2.3.4:5678`
+    → `ipv4:1.2.3.4`, `ipv6:[::1]:5678` → `ipv6:[::1]`; anything else (unix sockets…)
+    unchanged. One host's connections count as one peer however many ports it uses."""
+    if not peer:
+        return ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, sep, port = peer.rpartition(":")
+        if sep and port.isdigit() and host not in ("ipv4", "ipv6"):
+            return host
+    return peer
+
+
+class FailedAuthLimiter:
+    """Per-peer limit on failed authentications: a token bucket per peer address.
+
+    Each peer may fail `max_failures` authentications in a burst; the bucket refills at
+    `max_failures / window_seconds` per second. A peer whose bucket is empty is refused before
+    its call is authenticated (no Redis lookup) until one failure's worth has refilled: the
+    caller learns how long to wait. Calls from other peers are unaffected. At most
+    `max_peers` peers are tracked (the least recently failing dropped first), so memory stays
+    bounded under a flood from many addresses. `max_failures=0` turns the limit off.
+    """
+
+    def __init__(
+        self, *, max_failures: int = 20, window_seconds: float = 10.0, max_peers: int = 10_000
+    ) -> None:
+        if max_failures < 0 or window_seconds <= 0 or max_peers < 1:
+            raise ValueError("max_failures ≥ 0, window_seconds > 0 and max_peers ≥ 1")
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self._rate = max_failures / window_seconds  # failures forgiven per second
+        self._max_peers = max_peers
+        # peer → (tokens left, when last updated: time.monotonic()); insertion order is LRU.
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_failures > 0
+
+    def _level(self, peer: str, now: float) -> float:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            return float(self.max_failures)
+        tokens, updated = bucket
+        return min(float(self.max_failures), tokens + (now - updated) * self._rate)
+
+    def retry_after(self, peer: str) -> float:
+        """Seconds until `peer` may try again; 0.0 if it may now."""
+        if not self.enabled or peer not in self._buckets:
+            return 0.0
+        level = self._level(peer, time.monotonic())
+        if level >= 1:
+            return 0.0
+        return (1 - level) / self._rate
+
+    def record_failure(self, peer: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        level = self._level(peer, now)
+        self._buckets.pop(peer, None)
+        while len(self._buckets) >= self._max_peers:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[peer] = (max(0.0, level - 1), now)
 
 
 def describe_tiers(tiers: Mapping[str, AccessTier]) -> dict[str, str]:

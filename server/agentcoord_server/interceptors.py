@@ -7,6 +7,7 @@ Each wraps a method's handler once (cached per method), so per-call work is only
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -16,12 +17,21 @@ import grpc
 import redis.exceptions
 import structlog
 from agentcoord.v1 import error_reason_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import errors
-from .identity import AccessTier, Authenticator, bind_principal, metadata_value, tier_name
+from .identity import (
+    AccessTier,
+    Authenticator,
+    FailedAuthLimiter,
+    Principal,
+    bind_principal,
+    metadata_value,
+    peer_address,
+    tier_name,
+)
 
 log = structlog.get_logger("agentcoord.rpc")
 
@@ -168,7 +178,7 @@ def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(
         reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
     )
-    details = [info]
+    details: list[Any] = [info]
     if exc.field_violations:
         details.append(
             error_details_pb2.BadRequest(
@@ -178,6 +188,10 @@ def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
                 ]
             )
         )
+    if exc.retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_delay * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     packed = []
     for detail in details:
         any_detail = any_pb2.Any()
@@ -280,7 +294,12 @@ class IdentityInterceptor(_CachingInterceptor):
     revocation"). Streamed items pass through with no per-item work. Servicers need do nothing
     for this.
 
-    Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied.
+    Failed authentications are counted per peer address by `limiter`: a peer over its limit
+    is refused before its call is authenticated (so a flood of bad tokens from one peer costs
+    no Redis lookups), while other peers' calls go on. The streams' re-checks are not counted.
+
+    Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied, ResourceExhausted
+    (TOO_MANY_FAILED_AUTHENTICATIONS).
     """
 
     def __init__(
@@ -289,11 +308,13 @@ class IdentityInterceptor(_CachingInterceptor):
         tiers: Mapping[str, AccessTier],
         *,
         recheck_seconds: float = 5.0,
+        limiter: FailedAuthLimiter | None = None,
     ) -> None:
         super().__init__()
         if recheck_seconds <= 0:
             raise ValueError("recheck_seconds must be positive")
         self._authenticator = authenticator
+        self._limiter = limiter if limiter is not None else FailedAuthLimiter(max_failures=0)
         self._tiers = dict(tiers)
         self._recheck_seconds = recheck_seconds
 
@@ -308,7 +329,7 @@ class IdentityInterceptor(_CachingInterceptor):
             raise errors.PermissionDenied(
                 f"{method} declares no required tier", reason="NO_REQUIRED_TIER"
             )
-        principal = await self._authenticator.authenticate(context.invocation_metadata() or ())
+        principal = await self._authenticate(context)
         structlog.contextvars.bind_contextvars(
             agent=principal.agent_id, namespace=principal.namespace
         )
@@ -322,6 +343,26 @@ class IdentityInterceptor(_CachingInterceptor):
                 },
             )
         bind_principal(principal)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        limiter = self._limiter
+        if not limiter.enabled:
+            return await self._authenticator.authenticate(context.invocation_metadata() or ())
+        peer = peer_address(context.peer())
+        wait = limiter.retry_after(peer)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise errors.ResourceExhausted(
+                f"too many failed authentications from this address; retry in {seconds} s",
+                reason="TOO_MANY_FAILED_AUTHENTICATIONS",
+                metadata={"retry_after_seconds": str(seconds)},
+                retry_delay=wait,
+            )
+        try:
+            return await self._authenticator.authenticate(context.invocation_metadata() or ())
+        except errors.Unauthenticated:
+            limiter.record_failure(peer)
+            raise
 
     def _unary(self, behavior: Behavior, method: str) -> Behavior:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -15,9 +15,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..errors import PermissionDenied, invalid_field
 from ..identity import current_principal
-from ..store.admin import AdminStore
+from ..store.admin import AdminStore, NamespaceCounts
 from ..store.keys import validate_id
 from ..store.tokens import TokenRecord, TokenStore
+from .signals import hub_for
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -51,6 +52,41 @@ def token_info(record: TokenRecord) -> admin_pb2.TokenInfo:
     return info
 
 
+def namespace_stats(
+    namespace: str, counts: NamespaceCounts, live_subscriptions: int
+) -> admin_pb2.NamespaceStats:
+    queues = [
+        admin_pb2.TaskQueueStats(
+            task_type=t.task_type,
+            pending=t.pending,
+            backing_off=t.backing_off,
+            claimed=t.claimed,
+            completed=t.completed,
+        )
+        for t in counts.task_types
+    ]
+    return admin_pb2.NamespaceStats(
+        namespace=namespace,
+        memory_entries=counts.memory_entries,
+        memory_owners=counts.memory_owners,
+        sessions=counts.sessions,
+        staged_patterns=counts.staged_patterns,
+        library_patterns=counts.library_patterns,
+        open_conflicts=counts.open_conflicts,
+        tasks=admin_pb2.TaskCounts(
+            pending=sum(q.pending for q in queues),
+            backing_off=sum(q.backing_off for q in queues),
+            claimed=sum(q.claimed for q in queues),
+            dead_letters=counts.dead_letters,
+            completed=counts.completed_tasks,
+        ),
+        task_queues=queues,
+        retained_signals=counts.retained_signals,
+        live_subscriptions=live_subscriptions,
+        truncated=counts.truncated,
+    )
+
+
 def _page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise invalid_field("page_size", f"must be 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE")
@@ -60,7 +96,7 @@ def _page_size(value: int) -> int:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self._store = AdminStore(ctx.redis)
+        self._store = AdminStore(ctx.redis, task_ttl=ctx.settings.ttl.task)
         self._tokens = TokenStore(ctx.redis)
 
     async def WhoAmI(
@@ -71,17 +107,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetServerStats(
         self, request: admin_pb2.GetServerStatsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetServerStatsResponse:
-        stats = await self._store.stats(current_principal().namespace)
+        namespace = current_principal().namespace
+        stats = await self._store.stats(namespace)
         mode = admin_pb2.REDIS_MODE_CLUSTER if stats.cluster_enabled else self._ctx.redis_mode
         uptime = duration_pb2.Duration()
         uptime.FromNanoseconds(int((time.monotonic() - self._ctx.started_at) * 1e9))
+        subscriptions = hub_for(self._ctx).stats().get(namespace, 0)
         return admin_pb2.GetServerStatsResponse(
             server_version=self._ctx.server_version,
             redis_mode=mode,  # type: ignore[arg-type]
             redis_version=stats.redis_version,
-            key_counts=stats.key_counts,
             used_memory_bytes=stats.used_memory_bytes,
             uptime=uptime,
+            namespace_stats=namespace_stats(namespace, stats.namespace, subscriptions),
         )
 
     async def IssueToken(

@@ -84,16 +84,19 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
             validate_id(request.session_id, "session_id")
             if request.target_agent:
                 raise invalid_field("session_id", "set target_agent or session_id, not both")
+        if request.request_id:
+            validate_id(request.request_id, "request_id")
         data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
-        entry = await self._store.send(
+        entry, replayed = await self._store.send(
             principal.namespace,
             principal.agent_id,
             request.signal_type,
             data,
             target_agent=request.target_agent,
             session_id=request.session_id,
+            request_id=request.request_id,
         )
-        return signals_pb2.SendSignalResponse(signal=to_signal(entry))
+        return signals_pb2.SendSignalResponse(signal=to_signal(entry), replayed=replayed)
 
     async def ReceiveSignals(
         self, request: signals_pb2.ReceiveSignalsRequest, context: grpc.aio.ServicerContext

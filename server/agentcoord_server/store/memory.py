@@ -6,6 +6,8 @@ Layout (all keys of a namespace share its `{ns}` hash tag, so every script is si
                                                     (PEXPIRE = the entry's TTL)
     ac:{ns}:memory-index:<owner>:keys         ZSET  score 0, member key: listing in key order
     ac:{ns}:memory-index:<owner>:expiry       ZSET  score expire ms, member key: pruning
+    ac:{ns}:memory-owners                     ZSET  score the owner's latest expire ms, member
+                                                    owner: who has live entries (stats)
     ac:{ns}:sessions:<id>:info                HASH  p purpose, m metadata bytes, b created by,
                                                     c create ms, e expire ms
     ac:{ns}:sessions:<id>:participants        SET   agent ids  (documented for the Signals
@@ -161,11 +163,16 @@ class MemoryStore:
         trip; an existing key is overwritten and its TTL restarted. Returns their metadata
         (no values) in order."""
         ks = Keyspace(namespace)
-        keys = [*self._owner_keys(ks, owner), *(ks.key("memory", owner, i.key) for i in items)]
+        keys = [
+            *self._owner_keys(ks, owner),
+            ks.key("memory-owners"),
+            *(ks.key("memory", owner, i.key) for i in items),
+        ]
         now = now_ms()
         args: list[Any] = [now]
         for item in items:
             args += [item.key, item.value, item.ttl_ms]
+        args.append(owner)
         expires = await self._run(self._stash, keys, args)
         return [
             StoredEntry(i.key, owner, now, int(expire), len(i.value))

@@ -5,7 +5,9 @@ COORDINATION retention whenever the stream is written or read (store/lua/signals
 newest dropped id is kept in `ac:{ns}:signals:trimmed`, which is how a cursor older than the
 retention is told apart from one with nothing after it: OUT_OF_RANGE, never a silent gap.
 Neither key has a TTL: the stream's entries expire by trimming, and the two keys together are a
-few hundred bytes per namespace that ever sent a signal.
+few hundred bytes per namespace that ever sent a signal. A send with a request id also writes
+`ac:{ns}:signals:req:<sender>:<request id>` (the stored signal's id, with the retention as TTL)
+so a retried send is stored once.
 
 Entry fields (short names: they are stored per entry): t type, s sender, d data (JSON; absent
 when empty), a target agent, n session id, r the session's participants at send time
@@ -146,8 +148,14 @@ class SignalStore:
         *,
         target_agent: str = "",
         session_id: str = "",
-    ) -> SignalEntry:
-        """Appends a signal (one EVALSHA) and returns it with its id.
+        request_id: str = "",
+    ) -> tuple[SignalEntry, bool]:
+        """Appends a signal (one EVALSHA); returns (it with its id, replayed).
+
+        With a `request_id` (a validated id), a send of the same sender and request id within
+        the retention (`ac:{ns}:signals:req:<sender>:<request id>`, a string with that TTL)
+        stores nothing and returns the signal the first one stored, with replayed True; the
+        check and the append are one script, so concurrent retries store one signal.
 
         Ids must already be validated. A session signal's recipients are the session's
         participants SET (`ac:{ns}:sessions:<id>:participants`, MemoryService) at send time;
@@ -161,11 +169,36 @@ class SignalStore:
         if session_id:
             keys.append(ks.key("sessions", session_id, "info"))
             keys.append(ks.key("sessions", session_id, "participants"))
+        if request_id:
+            keys.append(ks.key("signals", "req", sender, request_id))
         payload = json.dumps(data, separators=(",", ":")) if data else ""
         reply = await self._send(
             keys=keys,
-            args=[self._retention_ms, signal_type, payload, sender, target_agent, session_id],
+            args=[
+                self._retention_ms,
+                signal_type,
+                payload,
+                sender,
+                target_agent,
+                session_id,
+                "1" if request_id else "0",
+            ],
         )
+        if reply[0] == "REPLAYED":
+            if reply[2]:
+                return SignalEntry.from_fields(reply[1], _pairs(reply[2])), True
+            # The first signal already left the retention: answer with what was asked again.
+            return (
+                SignalEntry(
+                    id=reply[1],
+                    signal_type=signal_type,
+                    data=dict(data),
+                    sender=sender,
+                    target_agent=target_agent,
+                    session_id=session_id,
+                ),
+                True,
+            )
         if reply[0] != "OK":
             raise NotFound(
                 f"session {session_id!r} does not exist or has expired",
@@ -173,7 +206,7 @@ class SignalStore:
                 metadata={"session_id": session_id},
             )
         # The recipients list stays in Redis: the sender sees its own signal regardless.
-        return SignalEntry(
+        entry = SignalEntry(
             id=reply[1],
             signal_type=signal_type,
             data=dict(data),
@@ -181,6 +214,7 @@ class SignalStore:
             target_agent=target_agent,
             session_id=session_id,
         )
+        return entry, False
 
     async def receive(
         self,

@@ -10,13 +10,17 @@ Layout in a namespace's keyspace (`ac:{ns}:…`):
 - `staging:expiry`          sorted set, score = expire ms, members as in `staging:index`: each
                             stage prunes up to 100 members of expired patterns from both, so an
                             index kept alive by steady staging does not grow with entries that
-                            expired unlisted. Same TTL rule as the index.
+                            expired unlisted. Same TTL rule as the index. Promote and reject
+                            remove their member, so its unexpired members are the staged
+                            patterns (GetServerStats counts them).
 - `staging:rejection:<id>`  hash, the latest rejection of <id>; TTL = STAGED_PATTERNS.
 - `patterns:pattern:<id>`   hash, a library pattern; no TTL (DESIGN.md, "Redis").
 - `patterns:index`          sorted set of library ids, all scores 0 (ordered by id); no TTL.
 - `conflicts:conflict:<id>` hash, a conflict; TTL = CONFLICT_CONTEXT from its creation.
 - `conflicts:index`         sorted set, all scores 0, members `<create ms, 15 digits>:<id>`.
 - `conflicts:expiry`        sorted set, score = expire ms: pruned by each create, as for staging.
+- `conflicts:open`          sorted set of unresolved conflict ids, score = expire ms: a resolve
+                            removes its id, each create prunes expired ones (GetServerStats).
 
 Every hash holds `idx`, the index member it was filed under: a member whose hash expired, or
 whose id was since re-created under a newer member, is stale, skipped and pruned by the list
@@ -384,6 +388,7 @@ class StagingStore:
                 ks.key("staging", "index"),
                 ks.key("patterns", "pattern", pattern_id),
                 ks.key("patterns", "index"),
+                ks.key("staging", "expiry"),
             ],
             args=[
                 validator,
@@ -428,6 +433,7 @@ class StagingStore:
                 ks.key("staging", "pattern", pattern_id),
                 ks.key("staging", "index"),
                 ks.key("staging", "rejection", pattern_id),
+                ks.key("staging", "expiry"),
             ],
             args=[validator, reason, self._staged_ttl_ms],
         )
@@ -521,6 +527,7 @@ class StagingStore:
                 ks.key("conflicts", "conflict", conflict_id),
                 ks.key("conflicts", "index"),
                 ks.key("conflicts", "expiry"),
+                ks.key("conflicts", "open"),
             ],
             args=args,
         )
@@ -571,8 +578,11 @@ class StagingStore:
         is written then.
         """
         result = await self._resolve_conflict(
-            keys=[Keyspace(namespace).key("conflicts", "conflict", conflict_id)],
-            args=[validator, resolution],
+            keys=[
+                Keyspace(namespace).key("conflicts", "conflict", conflict_id),
+                Keyspace(namespace).key("conflicts", "open"),
+            ],
+            args=[validator, resolution, conflict_id],
         )
         if result[0] == "NOT_FOUND":
             raise _conflict_not_found(conflict_id)

@@ -25,7 +25,8 @@ class AgentcoordError(Exception):
             a reason this client does not know, None if the server sent none.
         metadata: ErrorInfo.metadata; includes "request_id" for errors from an agentcoord server.
         field_violations: (field, description) pairs from a google.rpc.BadRequest.
-        details: every decoded detail message of the status.
+        details: every decoded detail message of the status (ErrorInfo, BadRequest, and a
+            google.rpc.RetryInfo when the server says how long to wait before retrying).
     """
 
     code: grpc.StatusCode
@@ -72,7 +73,11 @@ class AgentcoordError(Exception):
         except (ValueError, AttributeError):
             status = None
         for detail in status.details if status is not None else ():
-            for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            for kind in (
+                error_details_pb2.ErrorInfo,
+                error_details_pb2.BadRequest,
+                error_details_pb2.RetryInfo,
+            ):
                 if detail.Is(kind.DESCRIPTOR):
                     decoded = kind()
                     detail.Unpack(decoded)
@@ -80,7 +85,7 @@ class AgentcoordError(Exception):
                     if isinstance(decoded, error_details_pb2.ErrorInfo):
                         error.reason = as_reason(decoded.reason)
                         error.metadata = dict(decoded.metadata)
-                    else:
+                    elif isinstance(decoded, error_details_pb2.BadRequest):
                         error.field_violations = [
                             (v.field, v.description) for v in decoded.field_violations
                         ]

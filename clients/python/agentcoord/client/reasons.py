@@ -89,6 +89,13 @@ class ErrorReason(StrEnum):
     TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
     """NOT_FOUND: the token id to revoke is not a live token of the namespace."""
 
+    TOO_MANY_FAILED_AUTHENTICATIONS = "TOO_MANY_FAILED_AUTHENTICATIONS"
+    """RESOURCE_EXHAUSTED: the caller's address failed to authenticate too often (`--auth-
+    failure-limit` per `--auth-failure-window`), so the server refuses its calls, without
+    checking their tokens, for a while. ErrorInfo metadata "retry_after_seconds" and a
+    google.rpc.RetryInfo say how long; retry after that with a valid token. Calls from other
+    addresses are unaffected."""
+
     INVALID_FIELD = "INVALID_FIELD"
     """INVALID_ARGUMENT: a request field is invalid; BadRequest field violations name each bad
     field and why."""

@@ -20,6 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _RedisMode:
@@ -130,6 +135,7 @@ class GetServerStatsResponse(_message.Message):
     KEY_COUNTS_FIELD_NUMBER: _builtins.int
     USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     UPTIME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
     server_version: _builtins.str
     """The agentcoord server's version, e.g. "0.1.0"."""
     redis_mode: Global___RedisMode.ValueType
@@ -139,14 +145,19 @@ class GetServerStatsResponse(_message.Message):
     used_memory_bytes: _builtins.int
     """Memory Redis uses, in bytes (INFO memory used_memory)."""
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def key_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Number of keys per area (memory, sessions, staging, patterns, conflicts,
-        tasks, agents, signals, tokens…) in the caller's namespace.
+        """Deprecated: always empty. Counting keys per area needed a SCAN of the whole
+        keyspace on every call; read namespace_stats instead.
         """
 
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration:
         """How long this server process has been serving."""
+
+    @_builtins.property
+    def namespace_stats(self) -> Global___NamespaceStats:
+        """What the caller's namespace holds."""
 
     def __init__(
         self,
@@ -157,14 +168,179 @@ class GetServerStatsResponse(_message.Message):
         key_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         used_memory_bytes: _builtins.int = ...,
         uptime: _duration_pb2.Duration | None = ...,
+        namespace_stats: Global___NamespaceStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace_stats", b"namespace_stats", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "redis_mode", b"redis_mode", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "namespace_stats", b"namespace_stats", "redis_mode", b"redis_mode", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerStatsResponse: _TypeAlias = GetServerStatsResponse  # noqa: Y015
+
+@_typing.final
+class NamespaceStats(_message.Message):
+    """NamespaceStats says what one namespace holds, in the terms its users work in.
+    Every count is read from an index the server keeps up to date as it writes
+    (two Redis round trips per GetServerStats, whatever the namespace's size); an
+    entry whose TTL ran out is not counted unless a comment says otherwise.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    MEMORY_ENTRIES_FIELD_NUMBER: _builtins.int
+    MEMORY_OWNERS_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    STAGED_PATTERNS_FIELD_NUMBER: _builtins.int
+    LIBRARY_PATTERNS_FIELD_NUMBER: _builtins.int
+    OPEN_CONFLICTS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    TASK_QUEUES_FIELD_NUMBER: _builtins.int
+    RETAINED_SIGNALS_FIELD_NUMBER: _builtins.int
+    LIVE_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace (team) counted."""
+    memory_entries: _builtins.int
+    """Live working-memory entries, over every owner."""
+    memory_owners: _builtins.int
+    """Agents owning at least one live working-memory entry."""
+    sessions: _builtins.int
+    """Live team sessions."""
+    staged_patterns: _builtins.int
+    """Staged patterns waiting for a validator (neither promoted, rejected nor
+    expired).
+    """
+    library_patterns: _builtins.int
+    """Patterns in the permanent pattern library."""
+    open_conflicts: _builtins.int
+    """Conflict contexts not yet resolved (and not expired)."""
+    retained_signals: _builtins.int
+    """Signals kept in the namespace's stream (the COORDINATION retention; signals
+    past it are counted until the next send or read trims them).
+    """
+    live_subscriptions: _builtins.int
+    """Open Subscribe streams of this namespace on the server process that
+    answered; other server processes on the same Redis are not counted.
+    """
+    truncated: _builtins.bool
+    """True when a count read only part of an index (more than 1000 agents own
+    working memory, or more than 100 task types): the counts are lower bounds.
+    """
+    @_builtins.property
+    def tasks(self) -> Global___TaskCounts:
+        """Tasks by state, over every task type."""
+
+    @_builtins.property
+    def task_queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskQueueStats]:
+        """Tasks by state per task type, for the (at most 100) types most recently
+        added to, most recent first.
+        """
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        memory_entries: _builtins.int = ...,
+        memory_owners: _builtins.int = ...,
+        sessions: _builtins.int = ...,
+        staged_patterns: _builtins.int = ...,
+        library_patterns: _builtins.int = ...,
+        open_conflicts: _builtins.int = ...,
+        tasks: Global___TaskCounts | None = ...,
+        task_queues: _abc.Iterable[Global___TaskQueueStats] | None = ...,
+        retained_signals: _builtins.int = ...,
+        live_subscriptions: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["library_patterns", b"library_patterns", "live_subscriptions", b"live_subscriptions", "memory_entries", b"memory_entries", "memory_owners", b"memory_owners", "namespace", b"namespace", "open_conflicts", b"open_conflicts", "retained_signals", b"retained_signals", "sessions", b"sessions", "staged_patterns", b"staged_patterns", "task_queues", b"task_queues", "tasks", b"tasks", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceStats: _TypeAlias = NamespaceStats  # noqa: Y015
+
+@_typing.final
+class TaskCounts(_message.Message):
+    """TaskCounts counts tasks by state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    BACKING_OFF_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    """Pending tasks a claim can take now (queue depth). A pending task whose TASK
+    TTL ran out unclaimed is counted until a claim of its type meets it.
+    """
+    backing_off: _builtins.int
+    """Pending tasks waiting out a retry backoff (FailTask with backoff)."""
+    claimed: _builtins.int
+    """Claimed tasks (under a lease, or whose lease ran out and was not yet noticed)."""
+    dead_letters: _builtins.int
+    """Dead-lettered tasks (ListDeadLetters)."""
+    completed: _builtins.int
+    """Completions counted for AggregateResults (kept for the TASK TTL after the
+    latest completion).
+    """
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+        backing_off: _builtins.int = ...,
+        claimed: _builtins.int = ...,
+        dead_letters: _builtins.int = ...,
+        completed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_off", b"backing_off", "claimed", b"claimed", "completed", b"completed", "dead_letters", b"dead_letters", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCounts: _TypeAlias = TaskCounts  # noqa: Y015
+
+@_typing.final
+class TaskQueueStats(_message.Message):
+    """TaskQueueStats counts one task type's tasks by state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    BACKING_OFF_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    """The task type."""
+    pending: _builtins.int
+    """As in TaskCounts, for this type."""
+    backing_off: _builtins.int
+    """As in TaskCounts, for this type."""
+    claimed: _builtins.int
+    """As in TaskCounts, for this type."""
+    completed: _builtins.int
+    """As in TaskCounts, for this type."""
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        backing_off: _builtins.int = ...,
+        claimed: _builtins.int = ...,
+        completed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing_off", b"backing_off", "claimed", b"claimed", "completed", b"completed", "pending", b"pending", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskQueueStats: _TypeAlias = TaskQueueStats  # noqa: Y015
 
 @_typing.final
 class TokenInfo(_message.Message):

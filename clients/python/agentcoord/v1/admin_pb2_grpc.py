@@ -76,7 +76,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetServerStats(self, request, context):
-        """Returns the server's version, its Redis and the caller's namespace's key counts.
+        """Returns the server's version, its Redis, and what the caller's namespace holds
+        (namespace_stats): counted from index structures the server maintains, never
+        a scan of the keyspace, so its cost does not grow with the data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

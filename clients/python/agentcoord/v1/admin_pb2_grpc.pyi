@@ -38,7 +38,10 @@ class AdminServiceStub:
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.WhoAmIResponse]
     """Returns the principal the call was authenticated as. Any tier."""
     GetServerStats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]
-    """Returns the server's version, its Redis and the caller's namespace's key counts."""
+    """Returns the server's version, its Redis, and what the caller's namespace holds
+    (namespace_stats): counted from index structures the server maintains, never
+    a scan of the keyspace, so its cost does not grow with the data.
+    """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]
     """Issues a bearer token for an agent of the caller's namespace. The secret is in
     the response only: the server keeps just its SHA-256 hash.
@@ -63,7 +66,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns the principal the call was authenticated as. Any tier."""
     GetServerStats: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]  # type: ignore[assignment]
-    """Returns the server's version, its Redis and the caller's namespace's key counts."""
+    """Returns the server's version, its Redis, and what the caller's namespace holds
+    (namespace_stats): counted from index structures the server maintains, never
+    a scan of the keyspace, so its cost does not grow with the data.
+    """
     IssueToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """Issues a bearer token for an agent of the caller's namespace. The secret is in
     the response only: the server keeps just its SHA-256 hash.
@@ -97,7 +103,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetServerStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetServerStatsResponse, _abc.Awaitable[_admin_pb2.GetServerStatsResponse]]:
-        """Returns the server's version, its Redis and the caller's namespace's key counts."""
+        """Returns the server's version, its Redis, and what the caller's namespace holds
+        (namespace_stats): counted from index structures the server maintains, never
+        a scan of the keyspace, so its cost does not grow with the data.
+        """
 
     @_abc_1.abstractmethod
     def IssueToken(

@@ -96,6 +96,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     TOKEN_NOT_FOUND: _ErrorReason.ValueType  # 30
     """NOT_FOUND: the token id to revoke is not a live token of the namespace."""
+    TOO_MANY_FAILED_AUTHENTICATIONS: _ErrorReason.ValueType  # 31
+    """RESOURCE_EXHAUSTED: the caller's address failed to authenticate too often
+    (`--auth-failure-limit` per `--auth-failure-window`), so the server refuses
+    its calls, without checking their tokens, for a while. ErrorInfo metadata
+    "retry_after_seconds" and a google.rpc.RetryInfo say how long; retry after
+    that with a valid token. Calls from other addresses are unaffected.
+    """
     INVALID_FIELD: _ErrorReason.ValueType  # 40
     """--- Request validation: fix the request; the same call fails again.
 
@@ -327,6 +334,13 @@ token only ever acts in its own namespace.
 """
 TOKEN_NOT_FOUND: ErrorReason.ValueType  # 30
 """NOT_FOUND: the token id to revoke is not a live token of the namespace."""
+TOO_MANY_FAILED_AUTHENTICATIONS: ErrorReason.ValueType  # 31
+"""RESOURCE_EXHAUSTED: the caller's address failed to authenticate too often
+(`--auth-failure-limit` per `--auth-failure-window`), so the server refuses
+its calls, without checking their tokens, for a while. ErrorInfo metadata
+"retry_after_seconds" and a google.rpc.RetryInfo say how long; retry after
+that with a valid token. Calls from other addresses are unaffected.
+"""
 INVALID_FIELD: ErrorReason.ValueType  # 40
 """--- Request validation: fix the request; the same call fails again.
 

@@ -109,6 +109,7 @@ class SendSignalRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TARGET_AGENT_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     signal_type: _builtins.str
     """What kind of event this is (an id: letters, digits, '.', '_' or '-', 1-128
     characters).
@@ -121,6 +122,13 @@ class SendSignalRequest(_message.Message):
     """Only the session's participants at send time (and the sender) will see the
     signal. Mutually exclusive with target_agent.
     """
+    request_id: _builtins.str
+    """Optional idempotency key (an id, e.g. a UUID: letters, digits, '.', '_' or
+    '-', 1-128 characters), scoped to the caller: a send with a request_id the
+    caller used within the COORDINATION retention stores nothing and returns
+    the signal the first send stored, so a send that timed out can be retried
+    without a duplicate.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """The payload; empty if unset."""
@@ -132,10 +140,11 @@ class SendSignalRequest(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         target_agent: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "session_id", b"session_id", "signal_type", b"signal_type", "target_agent", b"target_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id", "session_id", b"session_id", "signal_type", b"signal_type", "target_agent", b"target_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -148,18 +157,24 @@ class SendSignalResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNAL_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when request_id matched an earlier send and nothing was stored."""
     @_builtins.property
     def signal(self) -> Global___Signal:
-        """The stored signal, with its id, sender and send time."""
+        """The stored signal, with its id, sender and send time (for a repeated
+        request_id, the signal the first send stored).
+        """
 
     def __init__(
         self,
         *,
         signal: Global___Signal | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,7 +85,8 @@ class SignalServiceServicer:
     def SendSignal(self, request, context):
         """Sends a signal as the caller. Broadcast when neither target_agent nor
         session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-        missing or expired (MemoryService sessions).
+        missing or expired (MemoryService sessions). A retry with the same
+        request_id is stored once and returns the signal the first call stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,8 @@ class SignalServiceStub:
     SendSignal: _grpc.UnaryUnaryMultiCallable[_signals_pb2.SendSignalRequest, _signals_pb2.SendSignalResponse]
     """Sends a signal as the caller. Broadcast when neither target_agent nor
     session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-    missing or expired (MemoryService sessions).
+    missing or expired (MemoryService sessions). A retry with the same
+    request_id is stored once and returns the signal the first call stored.
     """
     ReceiveSignals: _grpc.UnaryUnaryMultiCallable[_signals_pb2.ReceiveSignalsRequest, _signals_pb2.ReceiveSignalsResponse]
     """Reads the signals visible to the caller after a cursor, oldest first. Does
@@ -96,7 +97,8 @@ class SignalServiceAsyncStub(SignalServiceStub):
     SendSignal: _aio.UnaryUnaryMultiCallable[_signals_pb2.SendSignalRequest, _signals_pb2.SendSignalResponse]  # type: ignore[assignment]
     """Sends a signal as the caller. Broadcast when neither target_agent nor
     session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-    missing or expired (MemoryService sessions).
+    missing or expired (MemoryService sessions). A retry with the same
+    request_id is stored once and returns the signal the first call stored.
     """
     ReceiveSignals: _aio.UnaryUnaryMultiCallable[_signals_pb2.ReceiveSignalsRequest, _signals_pb2.ReceiveSignalsResponse]  # type: ignore[assignment]
     """Reads the signals visible to the caller after a cursor, oldest first. Does
@@ -145,7 +147,8 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_signals_pb2.SendSignalResponse, _abc.Awaitable[_signals_pb2.SendSignalResponse]]:
         """Sends a signal as the caller. Broadcast when neither target_agent nor
         session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-        missing or expired (MemoryService sessions).
+        missing or expired (MemoryService sessions). A retry with the same
+        request_id is stored once and returns the signal the first call stored.
         """
 
     @_abc_1.abstractmethod

@@ -5,14 +5,31 @@
 -- KEYS[1] the stream, KEYS[2] the "trimmed up to" marker (a string: the largest dropped id),
 -- KEYS[3], KEYS[4] (session signals only) the session's info HASH and participants SET
 -- (MemoryService's keys, store/memory.py).
+-- KEYS[#KEYS] (with a request id only) the idempotency key: a string holding the id of the
+-- signal the sender's first send with that request id stored, for the retention.
 -- ARGV[1] retention in ms, ARGV[2] signal type, ARGV[3] data as JSON ('' for none),
--- ARGV[4] sender, ARGV[5] target agent ('' for none), ARGV[6] session id ('' for none).
--- Returns {'OK', id} or {'SESSION_NOT_FOUND'} (no live session; nothing written).
+-- ARGV[4] sender, ARGV[5] target agent ('' for none), ARGV[6] session id ('' for none),
+-- ARGV[7] '1' when a request id is given (then KEYS[#KEYS] is its key).
+-- Returns {'OK', id}, {'REPLAYED', id, fields of the stored entry (none if already trimmed)}
+-- (nothing written), or {'SESSION_NOT_FOUND'} (no live session; nothing written).
 --
 -- Session signals store their recipients (",a,b,") on the entry: visibility is decided at
 -- send time, so a later join or leave does not change who saw what, and reading never needs
 -- a second key.
 redis.replicate_commands()
+
+local request_key = nil
+if ARGV[7] == '1' then
+  request_key = KEYS[#KEYS]
+  local earlier = redis.call('GET', request_key)
+  if earlier then
+    local found = redis.call('XRANGE', KEYS[1], earlier, earlier)
+    if #found > 0 then
+      return {'REPLAYED', earlier, found[1][2]}
+    end
+    return {'REPLAYED', earlier, {}}
+  end
+end
 
 local fields = {'t', ARGV[2], 's', ARGV[4]}
 if ARGV[3] ~= '' then
@@ -35,6 +52,9 @@ if ARGV[6] ~= '' then
 end
 
 local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+if request_key then
+  redis.call('SET', request_key, id, 'PX', tonumber(ARGV[1]))
+end
 
 trim(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 

@@ -1,5 +1,6 @@
 -- PromotePattern: move a staged pattern into the library (no TTL), atomically.
--- KEYS[1] staged hash, KEYS[2] staged index, KEYS[3] library hash, KEYS[4] library index
+-- KEYS[1] staged hash, KEYS[2] staged index, KEYS[3] library hash, KEYS[4] library index,
+-- KEYS[5] staged expiry index
 -- ARGV[1] validator, ARGV[2] minimum confidence or '', ARGV[3] note,
 -- ARGV[4] expected revision or '', ARGV[5] pattern id
 -- Returns {'OK', library hash as a flat array} or {'NOT_FOUND'} or
@@ -24,5 +25,6 @@ redis.call('HSET', KEYS[3], 'idx', ARGV[5], 'promoted_by', ARGV[1], 'promote_ms'
   'note', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], f[3])
+redis.call('ZREM', KEYS[5], f[3])
 redis.call('ZADD', KEYS[4], 0, ARGV[5])
 return {'OK', redis.call('HGETALL', KEYS[3])}

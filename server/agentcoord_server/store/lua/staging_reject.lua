@@ -1,5 +1,5 @@
 -- RejectPattern: remove a staged pattern and keep a rejection record for ttl ms, atomically.
--- KEYS[1] staged hash, KEYS[2] staged index, KEYS[3] rejection hash
+-- KEYS[1] staged hash, KEYS[2] staged index, KEYS[3] rejection hash, KEYS[4] staged expiry index
 -- ARGV[1] validator, ARGV[2] reason, ARGV[3] ttl ms
 -- Returns {'OK', rejection hash as a flat array} or {'NOT_FOUND'}; nothing is written then.
 local f = redis.call('HMGET', KEYS[1], 'pattern_id', 'pattern_type', 'name', 'author',
@@ -17,4 +17,5 @@ redis.call('HSET', KEYS[3], 'pattern_id', f[1], 'pattern_type', f[2], 'name', f[
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], f[7])
+redis.call('ZREM', KEYS[4], f[7])
 return {'OK', redis.call('HGETALL', KEYS[3])}

@@ -39,6 +39,12 @@ extend_ttl(queue, ttl)
 local index = P .. 'tasks:index'
 redis.call('ZADD', index, seq, id)
 extend_ttl(index, ttl)
+-- The types tasks were added to, by latest add: GetServerStats counts each type's queues.
+-- A type nobody added to for two TASK TTLs is dropped (its tasks have almost surely expired).
+local types = P .. 'tasks:types'
+redis.call('ZADD', types, now, ttype)
+redis.call('ZREMRANGEBYSCORE', types, '-inf', now - 2 * ttl)
+extend_ttl(types, 2 * ttl)
 if rkey then
   redis.call('SET', rkey, id, 'PX', ttl)
 end

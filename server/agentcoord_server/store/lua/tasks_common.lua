@@ -8,6 +8,7 @@
 --   P..'tasks:d:'..type          zset: task ids in backoff, by when they become claimable (ms)
 --   P..'tasks:dead'              zset: dead-lettered task ids by when they died (ms)
 --   P..'tasks:index'             zset: every task id by add sequence (ListTasks)
+--   P..'tasks:types'             zset: task types by their latest add (ms; GetServerStats)
 --   P..'tasks:seq', 'tasks:fence' counters (no TTL: fencing tokens never repeat)
 --   P..'tasks:req:'..agent..':'..request_id   string: AddTask idempotency → task id
 --   P..'tasks:stats*', 'tasks:recent*'         completion counts and recent summaries

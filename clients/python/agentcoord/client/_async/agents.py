@@ -101,12 +101,18 @@ class AsyncAgent:
         *,
         target_agent: str = "",
         session_id: str = "",
+        request_id: str = "",
     ) -> signals_pb2.Signal:
         """Broadcasts a signal to the namespace, or sends it to `target_agent` or a session's
         participants; returns it with its id (the resume cursor). CONTRIBUTOR; NOT_FOUND
-        (SESSION_NOT_FOUND) for a missing session."""
+        (SESSION_NOT_FOUND) for a missing session. A retry with the same `request_id`
+        is stored once (see SignalsClient.send_signal)."""
         return await self.client.signals.send_signal(
-            signal_type, data, target_agent=target_agent, session_id=session_id
+            signal_type,
+            data,
+            target_agent=target_agent,
+            session_id=session_id,
+            request_id=request_id,
         )
 
     async def receive_signals(

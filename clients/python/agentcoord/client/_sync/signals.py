@@ -32,6 +32,7 @@ class SignalsClient(ServiceClient):
         *,
         target_agent: str = "",
         session_id: str = "",
+        request_id: str = "",
     ) -> signals_pb2.Signal:
         """Sends a signal as this client's agent and returns it with its id and send time.
 
@@ -39,11 +40,18 @@ class SignalsClient(ServiceClient):
         `session_id` (only the session's participants at send time see it) is given; the
         sender always sees its own signals. `data` is any JSON-like dict. CONTRIBUTOR or above.
 
+        `request_id` (an id, e.g. `uuid.uuid4().hex`) makes a retry safe: a send with the
+        same request_id from this agent within the server's COORDINATION retention (default
+        5 minutes) stores nothing and returns the signal the first send stored.
+
         Raises AgentcoordError: INVALID_ARGUMENT for a bad id or both targets set, NOT_FOUND
         (SESSION_NOT_FOUND) for a missing or expired session.
         """
         request = signals_pb2.SendSignalRequest(
-            signal_type=signal_type, target_agent=target_agent, session_id=session_id
+            signal_type=signal_type,
+            target_agent=target_agent,
+            session_id=session_id,
+            request_id=request_id,
         )
         if data:
             payload = struct_pb2.Struct()
