@@ -35,8 +35,10 @@ class AdminClient(ServiceClient):
         return response.principal  # type: ignore[no-any-return]
 
     def get_server_stats(self) -> admin_pb2.GetServerStatsResponse:
-        """Server version, Redis mode and version, key counts per area of the caller's namespace,
-        used memory (bytes) and uptime. OBSERVER or above."""
+        """Server version, Redis mode and version, used memory (bytes), uptime, and what the
+        caller's namespace holds (`namespace_stats`: working-memory entries, sessions, staged
+        and library patterns, open conflicts, tasks by state and per type, retained signals,
+        this server's live subscriptions). OBSERVER or above."""
         return self._unary(self._stub.GetServerStats, admin_pb2.GetServerStatsRequest())  # type: ignore[no-any-return]
 
     def issue_token(
