@@ -123,3 +123,24 @@ def test_peer_over_the_failure_limit_is_refused_without_redis_while_others_go_on
     assert who_am_i(other, good) is None
     unknown = who_am_i(other, "agc_" + secrets.token_urlsafe(32))
     assert unknown is not None and unknown.reason == "UNKNOWN_TOKEN"
+
+
+def test_refused_peer_is_let_in_again_once_its_failures_are_forgiven(redis_url):
+    handle = ServerThread(
+        server_settings(redis_url, auth_failure_limit=2, auth_failure_window=3.0)
+    ).start()
+    try:
+        good = handle.issue_token("agent-1", "OBSERVER", "flood")
+        for _ in range(2):
+            error = who_am_i(handle.address, "agc_" + secrets.token_urlsafe(32))
+            assert error is not None and error.reason == "UNKNOWN_TOKEN"
+        refused = who_am_i(handle.address, good)
+        assert refused is not None and refused.reason == "TOO_MANY_FAILED_AUTHENTICATIONS"
+
+        deadline = time.monotonic() + 15  # one failure is forgiven per 1.5 s
+        while (error := who_am_i(handle.address, good)) is not None:
+            assert error.reason == "TOO_MANY_FAILED_AUTHENTICATIONS"
+            assert time.monotonic() < deadline, "the peer was never let in again"
+            time.sleep(0.1)
+    finally:
+        handle.stop()
