@@ -87,9 +87,7 @@ def credentials(server: ServerThread, namespace: str) -> Credentials:
     """credentials(agent_id, tier, ns=None) → keyword arguments for a client: a fresh real token
     for that agent and tier in namespace `ns` (default: the test's)."""
 
-    def make(
-        agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None
-    ) -> dict[str, Any]:
+    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> dict[str, Any]:
         return {"token": server.issue_token(agent_id, tier, ns or namespace)}
 
     return make
@@ -115,9 +113,7 @@ async def make_aclient(
 ) -> AsyncIterator[Callable[..., AsyncClient]]:
     made: list[AsyncClient] = []
 
-    def make(
-        agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None
-    ) -> AsyncClient:
+    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> AsyncClient:
         client = AsyncClient(server.address, **credentials(agent_id, tier, ns))
         made.append(client)
         return client

@@ -38,10 +38,7 @@ def test_grpcurl_lists_services_without_proto_files(grpcurl, server):
 def test_grpcurl_describes_a_service(grpcurl, server):
     description = run(grpcurl, server.address, "describe", "agentcoord.v1.AdminService")
 
-    assert (
-        "rpc WhoAmI ( .agentcoord.v1.WhoAmIRequest ) returns ( .agentcoord.v1.WhoAmIResponse )"
-        in description
-    )
+    assert "rpc WhoAmI ( .agentcoord.v1.WhoAmIRequest ) returns ( .agentcoord.v1.WhoAmIResponse )" in description
 
 
 def test_grpcurl_calls_who_am_i_with_a_bearer_token(grpcurl, server, namespace):
@@ -49,18 +46,13 @@ def test_grpcurl_calls_who_am_i_with_a_bearer_token(grpcurl, server, namespace):
 
     output = run(
         grpcurl,
-        "-H",
-        f"authorization: Bearer {token}",
+        "-H", f"authorization: Bearer {token}",
         server.address,
         "agentcoord.v1.AdminService/WhoAmI",
     )
 
     assert json.loads(output) == {
-        "principal": {
-            "agent_id": "grpcurl-user",
-            "namespace": namespace,
-            "tier": "ACCESS_TIER_OBSERVER",
-        }
+        "principal": {"agent_id": "grpcurl-user", "namespace": namespace, "tier": "ACCESS_TIER_OBSERVER"}
     }
 
 
@@ -69,10 +61,8 @@ def test_grpcurl_issues_a_token_with_plain_json(grpcurl, server, namespace):
 
     output = run(
         grpcurl,
-        "-H",
-        f"authorization: Bearer {steward}",
-        "-d",
-        '{"agent_id": "worker-7", "tier": "ACCESS_TIER_CONTRIBUTOR", "lifetime": "3600s"}',
+        "-H", f"authorization: Bearer {steward}",
+        "-d", '{"agent_id": "worker-7", "tier": "ACCESS_TIER_CONTRIBUTOR", "lifetime": "3600s"}',
         server.address,
         "agentcoord.v1.AdminService/IssueToken",
     )

@@ -56,9 +56,7 @@ def test_in_flight_call_completes_and_new_calls_are_refused_during_shutdown(slow
         for _ in range(100):
             with grpc.insecure_channel(slow_server.address) as fresh:
                 try:
-                    health_pb2_grpc.HealthStub(fresh).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
+                    health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=1)
                 except grpc.RpcError as exc:
                     refused = exc
                     break
