@@ -87,23 +87,31 @@ def test_health_goes_not_serving_when_shutdown_begins(redis_url):
 
 
 def test_stop_closes_the_servers_redis_connections(redis_url, redis_client):
-    def connection_ids() -> set[str]:
-        return {c["id"] for c in redis_client.client_list()}
+    def connection_ids() -> set[int]:
+        return {int(c["id"]) for c in redis_client.client_list()}
 
-    before = connection_ids()
     handle = ServerThread(server_settings(redis_url)).start()
     try:
-        # Several calls at once, so the server's pool holds more than one connection.
+        # Several connections at once, each asked its own id, so the server's pool holds more
+        # than one and we know exactly which (other servers on this Redis open and close theirs).
         redis = handle.server.ctx.redis
 
-        async def busy() -> None:
-            await asyncio.gather(*(redis.blpop("nothing", 0.2) for _ in range(3)))
+        async def pooled_connection_id() -> int:
+            async with redis.client() as connection:
+                await connection.blpop("nothing", 0.2)
+                return int(await connection.client_id())
 
-        handle.run(busy())
-        opened = connection_ids() - before
+        async def busy() -> set[int]:
+            return set(await asyncio.gather(*(pooled_connection_id() for _ in range(3))))
+
+        opened = handle.run(busy())
+        assert opened <= connection_ids()
         handle.run(handle.server.stop(grace=0.1))
         # Still on the running loop: connections closed only when the loop ends don't count.
-        left_open = connection_ids() & opened
+        # Redis notices a closed socket a moment after the client closes it.
+        deadline = time.monotonic() + 5
+        while (left_open := connection_ids() & opened) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         handle.stop()
 
