@@ -2,7 +2,8 @@
 
 Each test runs its own server (the session server's limit is raised for the whole suite, whose
 tests all connect from 127.0.0.1). Redis work is counted with INFO commandstats: every token
-lookup is one HGETALL.
+lookup is one HGETALL. The counting tests use a Redis of their own, since the session's Redis
+also serves other servers' background work (stream re-checks look tokens up too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 import pytest
 import redis
 from agentcoord import AgentcoordError, Client
+from agentcoord_server.embedded_redis import EmbeddedRedis
 from google.rpc import error_details_pb2
 
 from .conftest import server_settings
@@ -37,21 +39,36 @@ def who_am_i(address: str, token: str) -> AgentcoordError | None:
     return None
 
 
+@pytest.fixture(scope="module")
+def own_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("auth-flood-redis"))
+    embedded.start()
+    yield embedded.url
+    embedded.stop()
+
+
 @pytest.fixture
-def unlimited_server(redis_url: str) -> Iterator[ServerThread]:
+def own_redis(own_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(own_redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def unlimited_server(own_redis_url: str) -> Iterator[ServerThread]:
     """A server with a 5 s auth cache and no per-peer limit: the negative cache alone."""
     handle = ServerThread(
-        server_settings(redis_url, auth_cache_seconds=5.0, auth_failure_limit=0)
+        server_settings(own_redis_url, auth_cache_seconds=5.0, auth_failure_limit=0)
     ).start()
     yield handle
     handle.stop()
 
 
 def test_repeated_unknown_token_is_looked_up_in_redis_once_per_cache_bound(
-    unlimited_server, redis_client
+    unlimited_server, own_redis
 ):
     token = "agc_" + secrets.token_urlsafe(32)
-    before = lookups(redis_client)
+    before = lookups(own_redis)
     with Client(unlimited_server.address, token=token) as client:
         for _ in range(100):
             with pytest.raises(AgentcoordError) as caught:
@@ -59,7 +76,7 @@ def test_repeated_unknown_token_is_looked_up_in_redis_once_per_cache_bound(
             assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
             assert caught.value.reason == "UNKNOWN_TOKEN"
     # Once per 5 s bound: a few lookups at most even on a slow machine, never one per call.
-    assert lookups(redis_client) - before <= 10
+    assert lookups(own_redis) - before <= 10
 
 
 def test_token_registered_after_being_refused_works_within_the_cache_bound(server, redis_url):
@@ -81,12 +98,12 @@ def test_token_registered_after_being_refused_works_within_the_cache_bound(serve
 
 
 @pytest.fixture
-def limited_server(redis_url: str) -> Iterator[tuple[ServerThread, int]]:
+def limited_server(own_redis_url: str) -> Iterator[tuple[ServerThread, int]]:
     """A server on both loopback addresses (127.0.0.1 and ::1, one port: two peers), allowing
     5 failed authentications per peer and forgiving one per 12 s."""
     handle = ServerThread(
         server_settings(
-            redis_url, listen="localhost:0", auth_failure_limit=5, auth_failure_window=60.0
+            own_redis_url, listen="localhost:0", auth_failure_limit=5, auth_failure_window=60.0
         )
     ).start()
     yield handle, int(handle.address.rsplit(":", 1)[1])
@@ -94,7 +111,7 @@ def limited_server(redis_url: str) -> Iterator[tuple[ServerThread, int]]:
 
 
 def test_peer_over_the_failure_limit_is_refused_without_redis_while_others_go_on(
-    limited_server, redis_client
+    limited_server, own_redis
 ):
     handle, port = limited_server
     attacker, other = f"127.0.0.1:{port}", f"[::1]:{port}"
@@ -104,9 +121,9 @@ def test_peer_over_the_failure_limit_is_refused_without_redis_while_others_go_on
         error = who_am_i(attacker, "agc_" + secrets.token_urlsafe(32))
         assert error is not None and error.reason == "UNKNOWN_TOKEN"
 
-    before = lookups(redis_client)
+    before = lookups(own_redis)
     refused = [who_am_i(attacker, "agc_" + secrets.token_urlsafe(32)) for _ in range(20)]
-    assert lookups(redis_client) == before  # refused before any token lookup
+    assert lookups(own_redis) == before  # refused before any token lookup
 
     for error in refused:
         assert error is not None
