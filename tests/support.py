@@ -107,9 +107,10 @@ class ServerThread:
         )
         return token
 
-    def begin_stop(self, grace: float | None = None) -> Future[None]:
-        """Starts a graceful stop and returns at once; the future completes when it is done.
-        Only the first call stops the server; later calls return the same future."""
+    def begin_stop(self, grace: float | None = None, drain: float | None = None) -> Future[None]:
+        """Starts a drained stop (grace and drain default to the settings') and returns at
+        once; the future completes when it is done. Only the first call stops the server;
+        later calls return the same future."""
         assert self._loop is not None and self._stopped is not None
         if self._stopping is not None:
             return self._stopping
@@ -117,19 +118,22 @@ class ServerThread:
 
         async def stop() -> None:
             try:
-                await self.server.stop(grace)
+                await self.server.stop(grace, drain=drain)
             finally:
                 stopped.set()
 
         self._stopping = asyncio.run_coroutine_threadsafe(stop(), self._loop)
         return self._stopping
 
-    def stop(self, grace: float | None = 0.5, timeout: float = 30.0) -> None:
-        """Stops the server (or waits for a stop begun with begin_stop) and joins the thread."""
+    def stop(
+        self, grace: float | None = 0.5, timeout: float = 30.0, drain: float | None = 0.0
+    ) -> None:
+        """Stops the server (or waits for a stop begun with begin_stop) and joins the thread.
+        No drain window by default: a test's teardown has no clients to drain."""
         if self._stopping is None:
             if not self._thread.is_alive():
                 return
-            self.begin_stop(grace)
+            self.begin_stop(grace, drain)
         assert self._stopping is not None
         self._stopping.result(timeout)
         self._finished.wait(timeout)

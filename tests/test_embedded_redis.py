@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -13,10 +14,10 @@ import time
 import grpc
 import pytest
 import redis
-from agentcoord import AgentcoordError, AsyncClient, Client
+from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import admin_pb2
 from agentcoord_server.config import Settings
-from agentcoord_server.embedded_redis import EmbeddedRedis
+from agentcoord_server.embedded_redis import DataDirectoryInUse, EmbeddedRedis
 
 from .support import ServerThread, dev_identity
 
@@ -48,15 +49,17 @@ def test_data_survives_a_restart_of_server_and_embedded_redis(tmp_path):
 
 
 def test_second_server_on_the_same_data_directory_is_refused(tmp_path):
-    with EmbeddedRedis(tmp_path):
+    with EmbeddedRedis(tmp_path) as first:
         try:
             EmbeddedRedis(tmp_path).start()
-        except RuntimeError as exc:
+        except DataDirectoryInUse as exc:
             message = str(exc)
         else:
             raise AssertionError("a second embedded Redis started on the same data directory")
+        first_still_answers = first._answers()
 
-    assert "already serves" in message
+    assert "in use by another running agentcoord server" in message
+    assert first_still_answers, "the refused start disturbed the first server's Redis"
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -128,29 +131,6 @@ def test_second_server_on_a_port_in_use_is_refused_and_stops_its_embedded_redis(
     assert not EmbeddedRedis(second_dir)._answers()
 
 
-async def test_calls_are_unavailable_with_reason_when_the_embedded_redis_dies(tmp_path):
-    handle = ServerThread(embedded_settings(tmp_path)).start()
-    try:
-        identity = dev_identity("a", "CONTRIBUTOR", "team")
-        with Client(handle.address, metadata=identity) as client:
-            client.admin.get_server_stats()
-            process = handle.server._embedded._process
-            process.kill()
-            process.wait()
-            with pytest.raises(AgentcoordError) as sync_caught:
-                client.admin.get_server_stats()
-        async with AsyncClient(handle.address, metadata=identity) as aclient:
-            with pytest.raises(AgentcoordError) as async_caught:
-                await aclient.memory.stash("k", {"v": 1})
-    finally:
-        handle.stop()
-
-    for caught in (sync_caught, async_caught):
-        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-        assert caught.value.reason == "REDIS_UNAVAILABLE"
-        assert caught.value.request_id
-
-
 def test_second_server_on_the_same_long_data_directory_is_refused(tmp_path):
     # Too long for a unix socket path, so the socket lives outside the data directory.
     data_dir = tmp_path / ("d" * 60) / ("e" * 60)
@@ -158,7 +138,7 @@ def test_second_server_on_the_same_long_data_directory_is_refused(tmp_path):
         assert not str(first.socket_path).startswith(str(data_dir))
         second = EmbeddedRedis(data_dir)
         try:
-            with pytest.raises(RuntimeError, match="already serves"):
+            with pytest.raises(DataDirectoryInUse, match="in use"):
                 second.start()
         finally:
             second.stop()
@@ -205,3 +185,66 @@ def test_a_stale_socket_file_left_by_a_killed_redis_does_not_block_a_start(tmp_p
         answered = redis.Redis(unix_socket_path=str(embedded.socket_path)).ping()
 
     assert answered
+
+
+def _orphan(data_dir):
+    """A redis-server on `data_dir` whose owner "died": the lock is dropped (as the kernel does
+    for a dead process) and nobody will stop it. Returns (its process, its socket path)."""
+    owner = EmbeddedRedis(data_dir)
+    owner.start()
+    redis.Redis(unix_socket_path=str(owner.socket_path)).set("k", "kept")
+    orphan = owner.process
+    owner._process = None
+    owner._unlock()
+    return orphan, owner.socket_path
+
+
+def test_a_redis_left_by_a_dead_owner_is_shut_down_with_its_data_before_a_new_one_starts(tmp_path):
+    orphan, _ = _orphan(tmp_path)
+    try:
+        with EmbeddedRedis(tmp_path) as successor:
+            orphan_exit = orphan.poll()
+            value = redis.Redis(unix_socket_path=str(successor.socket_path)).get("k")
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        orphan.wait()
+
+    assert orphan_exit == 0, "the orphan was not shut down cleanly before the new Redis started"
+    assert value == b"kept"
+
+
+def test_a_redis_left_by_a_dead_owner_is_found_by_its_pidfile_when_its_socket_is_gone(tmp_path):
+    orphan, socket_path = _orphan(tmp_path)
+    socket_path.unlink()  # what the old error message led people to do
+    try:
+        with EmbeddedRedis(tmp_path) as successor:
+            orphan_exit = orphan.poll()
+            value = redis.Redis(unix_socket_path=str(successor.socket_path)).get("k")
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        orphan.wait()
+
+    assert orphan_exit == 0, "two redis-servers ran on one AOF"
+    assert value == b"kept"
+
+
+def test_data_directory_and_its_files_are_private(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    os.chmod(data_dir, 0o755)
+    old = data_dir / "redis.log"
+    old.write_text("from an older version\n")
+    os.chmod(old, 0o644)
+
+    with EmbeddedRedis(data_dir) as embedded:
+        redis.Redis(unix_socket_path=str(embedded.socket_path)).set("k", "v")
+    modes = {
+        str(path.relative_to(data_dir)): stat.S_IMODE(path.stat().st_mode)
+        for path in data_dir.rglob("*")
+    }
+
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert {"appendonly.aof", "dump.rdb", "redis.log", "redis.conf", "agentcoord.lock"} <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}

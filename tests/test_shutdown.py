@@ -1,4 +1,4 @@
-"""Graceful shutdown: in-flight calls finish, new calls are refused, health says NOT_SERVING."""
+"""Graceful shutdown: in-flight calls finish, new calls get UNAVAILABLE, health says NOT_SERVING."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from agentcoord import AgentcoordError, Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .conftest import server_settings
@@ -44,32 +45,33 @@ def slow_server(redis_url):
     handle.stop()
 
 
-def test_in_flight_call_completes_and_new_calls_are_refused_during_shutdown(slow_server):
+def test_in_flight_call_completes_and_new_calls_get_unavailable_during_shutdown(slow_server):
     with grpc.insecure_channel(slow_server.address) as channel:
         sleep = channel.unary_unary(SLOW_METHOD)
         in_flight = sleep.future(b"", timeout=10)
         assert slow_server.slow_started.wait(5)
 
-        stopping = slow_server.begin_stop(grace=5.0)
-        refused = None
+        stopping = slow_server.begin_stop(grace=5.0, drain=1.0)
+        health = health_pb2_grpc.HealthStub(channel)
         # The stop begins on the server's loop; new calls are refused from then on.
         for _ in range(100):
-            with grpc.insecure_channel(slow_server.address) as fresh:
-                try:
-                    health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                except grpc.RpcError as exc:
-                    refused = exc
-                    break
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
             time.sleep(0.01)
+        with Client(slow_server.address, timeout=5) as client:
+            with pytest.raises(AgentcoordError) as refused:
+                client.admin.who_am_i()
         still_running = not in_flight.done()
 
         assert in_flight.result() == b"done"
         stopping.result(10)
 
-    # grpc core refuses a call that arrives during shutdown with UNAVAILABLE, or CANCELLED when it
-    # had already matched the call to the server just as the shutdown began.
-    assert refused is not None
-    assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Retryable, and refused before anything ran (not even authentication: no token was sent).
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.reason == "SERVER_SHUTTING_DOWN"
+    assert refused.value.request_id
     assert still_running, "the new call was only refused after the in-flight one ended"
 
 

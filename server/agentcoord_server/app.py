@@ -1,8 +1,10 @@
 """The server: build, add servicers, bind, start, wait; stop gracefully.
 
 `AgentcoordServer` is what `agentcoord serve` and the tests run. Shutdown (DESIGN.md, "Runtime"):
-health goes NOT_SERVING, streams are told to end, new calls are refused, in-flight calls get
-`shutdown_grace` seconds, then Redis connections close and the embedded Redis stops cleanly.
+health goes NOT_SERVING, streams are told to end, new calls are answered UNAVAILABLE for
+`shutdown_drain` seconds, calls admitted before get `shutdown_grace` seconds more, then Redis
+connections close and the embedded Redis stops cleanly. The embedded Redis is supervised
+(redis_supervisor.py): if it dies, health is NOT_SERVING until it is back.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from .identity import (
     TokenAuthenticator,
     required_tiers,
 )
-from .interceptors import ErrorInterceptor, IdentityInterceptor, LoggingInterceptor
+from .interceptors import (
+    DrainInterceptor,
+    ErrorInterceptor,
+    IdentityInterceptor,
+    LoggingInterceptor,
+)
+from .redis_supervisor import RedisSupervisor
 from .services import SERVICE_MODULES, ServiceContext
 from .store.scripts import preload_registered
 from .store.tokens import TokenStore
@@ -58,7 +66,7 @@ MIN_BOOTSTRAP_TOKEN_CHARS = 20
 
 def write_secret_file(path: Path, secret: str) -> None:
     """Writes `secret` to `path`, readable by the owner only (0600) from the moment it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_CREAT
@@ -130,6 +138,11 @@ class AgentcoordServer:
         self.settings = settings
         self._extra_handlers = extra_handlers
         self._embedded: EmbeddedRedis | None = None
+        self._supervisor: RedisSupervisor | None = None
+        self._drain = DrainInterceptor()
+        self.failed = asyncio.Event()
+        """Set when the server cannot go on serving (the embedded Redis died for good)."""
+        self.failure = ""
         self._redis: Redis | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -196,7 +209,13 @@ class AgentcoordServer:
             url, mode = self.settings.redis_url, admin_pb2.REDIS_MODE_EXTERNAL
         else:
             self._embedded = EmbeddedRedis(self.settings.data_dir)
-            url = await asyncio.to_thread(self._embedded.start)
+            self._supervisor = RedisSupervisor(
+                self._embedded,
+                on_down=self._redis_down,
+                on_up=self._redis_up,
+                on_failed=self._redis_failed,
+            )
+            url = await self._supervisor.start()
             mode = admin_pb2.REDIS_MODE_EMBEDDED
         pool = BlockingConnectionPool.from_url(
             url,
@@ -229,9 +248,28 @@ class AgentcoordServer:
         if redis is not None:
             # The pool was passed in, so aclose() alone would leave its connections open.
             await redis.aclose(close_connection_pool=True)
-        embedded, self._embedded = self._embedded, None
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            await supervisor.stop()
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)  # type: ignore[arg-type]
+
+    async def _redis_down(self) -> None:
+        # Open Subscribe streams end by themselves: their reader's connection fails, and they
+        # end UNAVAILABLE (REDIS_UNAVAILABLE), so clients resume from their cursor.
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _redis_up(self) -> None:
+        if self._redis is not None:
+            # A new redis-server has an empty script cache: load them all before SERVING.
+            await preload_registered(self._redis)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def _redis_failed(self, failure: str) -> None:
+        self.failure = failure
+        self.failed.set()
 
     async def _start(self) -> int:
         redis, mode = await self._connect_redis()
@@ -255,6 +293,7 @@ class AgentcoordServer:
             interceptors=[
                 LoggingInterceptor(),
                 ErrorInterceptor(),
+                self._drain,
                 IdentityInterceptor(
                     authenticator,
                     tiers,
@@ -285,8 +324,7 @@ class AgentcoordServer:
             self.port = server.add_secure_port(self.settings.listen, credentials)
         await server.start()
         self._server = server
-        for name in ("", *self._service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
             listen=self.settings.listen,
@@ -302,28 +340,62 @@ class AgentcoordServer:
         assert self._server is not None
         await self._server.wait_for_termination()
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, streams told to end, in-flight calls get `grace` seconds."""
+    async def stop(
+        self, grace: float | None = None, *, drain: float | None = None, exiting: bool = False
+    ) -> None:
+        """Drained stop. Health goes NOT_SERVING and streams are told to end; for `drain`
+        seconds (default settings.shutdown_drain) the server keeps serving but answers every
+        new agentcoord call UNAVAILABLE (SERVER_SHUTTING_DOWN), which clients retry elsewhere
+        or later; calls admitted before then get up to `grace` seconds (default
+        settings.shutdown_grace) more; then grpc stops and Redis is released.
+
+        exiting: the process exits right after this returns (`agentcoord serve`). grpc is then
+        left running: its shutdown answers calls it has received but not yet handed to us with
+        CANCELLED, while the process's exit closes the connections, which clients see as
+        UNAVAILABLE — so a client never gets CANCELLED for a call that never ran.
+        """
         grace = self.settings.shutdown_grace if grace is None else grace
-        log.info("shutting down", grace_s=grace)
+        drain = self.settings.shutdown_drain if drain is None else drain
+        log.info("shutting down", drain_s=drain, grace_s=grace)
+        self._drain.begin()
         await self._health.enter_graceful_shutdown()
         if self.ctx is not None:
             self.ctx.shutdown.set()
-        if self._server is not None:
-            await self._server.stop(grace)
+        if drain > 0:
+            await asyncio.sleep(drain)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if not await self._drain.wait_idle(grace):
+            log.warning("calls still running when the grace period ended", grace_s=grace)
+        if self._server is not None and not exiting:
+            await self._server.stop(max(0.0, deadline - loop.time()))
         await self._release()
         log.info("stopped")
 
 
+class ServeFailed(RuntimeError):
+    """The server stopped because it could not go on serving; the message is one line."""
+
+
 async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    """Runs until SIGTERM or SIGINT, then stops (drained). The caller must exit the process
+    right after it returns or raises: see `AgentcoordServer.stop(exiting=True)`.
+
+    Raises DataDirectoryInUse / EmbeddedRedisError if the embedded Redis cannot start, and
+    ServeFailed (after stopping) if it died and could not be brought back.
+    """
     server = AgentcoordServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await server.stop()
+        for waiting in waits:
+            waiting.cancel()
+        await server.stop(exiting=True)
+    if server.failure:
+        raise ServeFailed(server.failure)

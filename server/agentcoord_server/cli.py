@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -55,6 +57,14 @@ def main() -> None:
     default=10.0,
     type=click.FloatRange(min=0),
     help="Seconds in-flight calls get on SIGTERM/SIGINT.",
+)
+@click.option(
+    "--shutdown-drain",
+    envvar="AGENTCOORD_SHUTDOWN_DRAIN",
+    default=1.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a stopping server (SIGTERM/SIGINT) answers new calls UNAVAILABLE, health "
+    "NOT_SERVING, before the grace period for in-flight calls.",
 )
 @click.option(
     "--max-message-bytes",
@@ -172,6 +182,7 @@ def serve(
     log_format: str,
     log_level: str,
     shutdown_grace: float,
+    shutdown_drain: float,
     max_message_bytes: int,
     max_concurrent_rpcs: int | None,
     redis_max_connections: int,
@@ -189,8 +200,9 @@ def serve(
     max_value_bytes: int,
 ) -> None:
     """Serve agentcoord over gRPC until SIGTERM or SIGINT."""
-    from .app import is_loopback
+    from .app import ServeFailed, is_loopback
     from .app import serve as run_server
+    from .embedded_redis import EmbeddedRedisError
     from .logs import configure_logging
 
     try:
@@ -214,6 +226,7 @@ def serve(
         log_format=log_format,
         log_level=log_level,
         shutdown_grace=shutdown_grace,
+        shutdown_drain=shutdown_drain,
         max_message_bytes=max_message_bytes,
         max_concurrent_rpcs=max_concurrent_rpcs,
         redis_max_connections=redis_max_connections,
@@ -231,12 +244,29 @@ def serve(
         max_value_bytes=max_value_bytes,
     )
     configure_logging(log_format, log_level, cache=True)
+
+    async def run() -> None:
+        try:
+            await run_server(settings)
+        except (EmbeddedRedisError, ServeFailed) as exc:
+            click.echo(f"agentcoord: {exc}", err=True)
+            code = 1
+        else:
+            code = 0
+        # Exit here, inside the loop: ending the loop would cancel the calls grpc is still
+        # answering (UNAVAILABLE, draining) and shut grpc down, which fails calls it has
+        # received but not handed to us with CANCELLED. Exiting closes the connections, which
+        # clients see as UNAVAILABLE. Redis and everything of ours is already stopped.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     try:
         import uvloop
     except ImportError:  # non-Linux platforms
-        asyncio.run(run_server(settings))
+        asyncio.run(run())
     else:
-        uvloop.run(run_server(settings))
+        uvloop.run(run())
 
 
 @main.group()

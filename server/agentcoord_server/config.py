@@ -60,6 +60,9 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     shutdown_grace: float = 10.0
+    # Seconds a stopping server keeps answering new calls UNAVAILABLE (health NOT_SERVING)
+    # before it closes, so load balancers and clients move on before its port disappears.
+    shutdown_drain: float = 1.0
     max_message_bytes: int = 4 * MiB
     max_concurrent_rpcs: int | None = None
     redis_max_connections: int = 128

@@ -7,6 +7,7 @@ Each wraps a method's handler once (cached per method), so per-call work is only
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 import uuid
@@ -65,7 +66,12 @@ def _wrap_handler(
     if handler.request_streaming:
         return handler  # agentcoord has no client-streaming RPCs
     if handler.response_streaming:
-        return handler._replace(unary_stream=stream(handler.unary_stream, method))  # type: ignore[attr-defined]
+        behavior = handler.unary_stream  # type: ignore[attr-defined]
+        if not inspect.isasyncgenfunction(behavior):
+            # A stream that writes with context.write() and returns (grpc's health Watch):
+            # to a wrapper it is one awaited call, like a unary one.
+            return handler._replace(unary_stream=unary(behavior, method))  # type: ignore[attr-defined]
+        return handler._replace(unary_stream=stream(behavior, method))  # type: ignore[attr-defined]
     return handler._replace(unary_unary=unary(handler.unary_unary, method))  # type: ignore[attr-defined]
 
 
@@ -421,3 +427,80 @@ class IdentityInterceptor(_CachingInterceptor):
             except Exception:  # abort raises once the status is sent
                 pass
             rpc.cancel()
+
+
+class DrainInterceptor(_CachingInterceptor):
+    """Answers agentcoord calls UNAVAILABLE (SERVER_SHUTTING_DOWN) once a stop has begun, and
+    counts the calls admitted before, so the stop can wait for them.
+
+    Why not leave this to grpc: once `server.stop()` runs, grpc core fails a call it has
+    received but not yet handed to the application with CANCELLED, which clients rightly do not
+    retry although the call never ran. So the server keeps serving through a drain window —
+    health NOT_SERVING, every new call refused here with a retryable status, before anything
+    reaches Redis — and only then stops (DESIGN.md, "Runtime"). Health and reflection pass
+    through, so probes keep reading NOT_SERVING.
+
+    Installed inside ErrorInterceptor (the refusal becomes a google.rpc.Status with the
+    request id) and outside IdentityInterceptor (no token lookup for a refused call).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+
+    def begin(self) -> None:
+        """From now on new agentcoord calls are refused."""
+        self.draining = True
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After `begin()`: waits until no admitted call is running, at most `timeout` seconds.
+        Returns whether none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if not method.startswith("/agentcoord."):
+            return handler
+        return _wrap_handler(handler, self._unary, self._stream, method)
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise errors.Unavailable(
+                "the server is shutting down; retry on another server or after its restart",
+                reason="SERVER_SHUTTING_DOWN",
+            )
+        self._in_flight += 1
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self.draining:
+            self._idle.set()
+
+    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+        async def drained(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._admit()
+            try:
+                return await behavior(request, context)
+            finally:
+                self._release()
+
+        return drained
+
+    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+        async def drained(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self._admit()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self._release()
+
+        return drained
