@@ -341,7 +341,10 @@ class EmbeddedRedis:
                 # it survives the server's death (Redis itself is not killed: it saves on
                 # SIGTERM, SHUTDOWN SAVE or its parent's death), not a power cut's last second.
                 "appendfsync everysec",
-                "save 3600 1 300 100 60 10000",
+                # One pair a line: Redis 6 ignores a multi-pair `save` line (no snapshots).
+                "save 3600 1",
+                "save 300 100",
+                "save 60 10000",
                 "daemonize no",
                 f'pidfile "{self.data_dir / PID_FILE}"',
                 f'logfile "{self.data_dir / LOG_FILE}"',
