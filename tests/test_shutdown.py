@@ -78,7 +78,7 @@ def test_in_flight_call_completes_and_new_calls_get_unavailable_during_shutdown(
 def test_health_goes_not_serving_when_shutdown_begins(redis_url):
     handle = ServerThread(server_settings(redis_url)).start()
     try:
-        handle.run(handle.server.stop(grace=0.1))
+        handle.run(handle.server.stop(grace=0.1, drain=0))
         status = handle.run(
             handle.server._health.Check(health_pb2.HealthCheckRequest(service=""), None)
         )
@@ -108,7 +108,7 @@ def test_stop_closes_the_servers_redis_connections(redis_url, redis_client):
 
         opened = handle.run(busy())
         assert opened <= connection_ids()
-        handle.run(handle.server.stop(grace=0.1))
+        handle.run(handle.server.stop(grace=0.1, drain=0))
         # Still on the running loop: connections closed only when the loop ends don't count.
         # Redis notices a closed socket a moment after the client closes it.
         deadline = time.monotonic() + 5
