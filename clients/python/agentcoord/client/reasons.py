@@ -142,8 +142,9 @@ class ErrorReason(StrEnum):
     backoff; streams resume from their cursor."""
 
     SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
-    """UNAVAILABLE: the server is stopping. Retry (another server, or this one after its
-    restart); streams resume from their cursor."""
+    """UNAVAILABLE: the server is stopping (its drain window). The call was refused before
+    anything ran, so any call may be retried: on another server, or on this one after its
+    restart; streams resume from their cursor."""
 
     ENTRY_NOT_FOUND = "ENTRY_NOT_FOUND"
     """NOT_FOUND: no such working-memory entry of that owner (never stashed, or its TTL ran

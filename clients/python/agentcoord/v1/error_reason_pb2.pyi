@@ -154,8 +154,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     over). Retry with backoff; streams resume from their cursor.
     """
     SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 71
-    """UNAVAILABLE: the server is stopping. Retry (another server, or this one
-    after its restart); streams resume from their cursor.
+    """UNAVAILABLE: the server is stopping (its drain window). The call was refused
+    before anything ran, so any call may be retried: on another server, or on
+    this one after its restart; streams resume from their cursor.
     """
     ENTRY_NOT_FOUND: _ErrorReason.ValueType  # 80
     """--- Working memory.
@@ -392,8 +393,9 @@ UNAVAILABLE: the server cannot reach Redis (down, partitioned, failing
 over). Retry with backoff; streams resume from their cursor.
 """
 SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 71
-"""UNAVAILABLE: the server is stopping. Retry (another server, or this one
-after its restart); streams resume from their cursor.
+"""UNAVAILABLE: the server is stopping (its drain window). The call was refused
+before anything ran, so any call may be retried: on another server, or on
+this one after its restart; streams resume from their cursor.
 """
 ENTRY_NOT_FOUND: ErrorReason.ValueType  # 80
 """--- Working memory.
