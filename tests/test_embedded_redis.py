@@ -237,14 +237,19 @@ def test_data_directory_and_its_files_are_private(tmp_path):
     old = data_dir / "redis.log"
     old.write_text("from an older version\n")
     os.chmod(old, 0o644)
+    unrelated = data_dir / "run.sh"  # not ours: the operator's, left as it is
+    unrelated.write_text("#!/bin/sh\n")
+    os.chmod(unrelated, 0o755)
 
     with EmbeddedRedis(data_dir) as embedded:
         redis.Redis(unix_socket_path=str(embedded.socket_path)).set("k", "v")
     modes = {
         str(path.relative_to(data_dir)): stat.S_IMODE(path.stat().st_mode)
         for path in data_dir.rglob("*")
+        if path != unrelated
     }
 
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert {"appendonly.aof", "dump.rdb", "redis.log", "redis.conf", "agentcoord.lock"} <= set(modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}
+    assert stat.S_IMODE(unrelated.stat().st_mode) == 0o755

@@ -94,22 +94,31 @@ def _short_socket_path(data_dir: Path) -> Path:
     return parent / "redis.sock"
 
 
+_OWN_FILES = frozenset({CONFIG_FILE, LOG_FILE, PID_FILE, LOCK_FILE, "bootstrap-token"})
+_AOF_DIR = "appendonlydir"  # Redis 7's multi-part AOF
+
+
+def _ours(name: str) -> bool:
+    """A file agentcoord or its Redis writes into the data directory (config, log, pidfile,
+    lock, bootstrap token, AOF and RDB files and their temporary versions)."""
+    return name in _OWN_FILES or name.endswith((".aof", ".rdb")) or name.startswith("temp-")
+
+
 def secure_data_dir(path: Path) -> None:
-    """Creates `path` if needed and makes it private: the directory and the directories in it
-    0700, the regular files in it 0600 (symlinks and sockets are left alone). Every agent's
-    data is in there, so no other local user may read it."""
+    """Creates `path` if needed and makes it private: the directory 0700, and the files
+    agentcoord and Redis keep in it 0600 (older versions left them 0644). Every agent's data is
+    in there, so no other local user may read it. Other files are left alone: the directory may
+    be one the operator also uses for something else."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(root, name)
-            if not os.path.islink(child):
-                os.chmod(child, 0o700)
-        for name in files:
-            child = os.path.join(root, name)
-            mode = os.lstat(child).st_mode
-            if stat.S_ISREG(mode) and stat.S_IMODE(mode) != 0o600:
-                os.chmod(child, 0o600)
+    candidates = [entry for entry in os.scandir(path) if _ours(entry.name)]
+    aof_dir = path / _AOF_DIR
+    if aof_dir.is_dir() and not aof_dir.is_symlink():
+        os.chmod(aof_dir, 0o700)
+        candidates += list(os.scandir(aof_dir))
+    for entry in candidates:
+        if entry.is_file(follow_symlinks=False) and stat.S_IMODE(entry.stat().st_mode) != 0o600:
+            os.chmod(entry.path, 0o600)
 
 
 def _write_private(path: Path, text: str) -> None:
