@@ -68,7 +68,8 @@ class ServeProcess:
         self.lines: list[str] = []
         self.port = 0
         self._serving = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -87,6 +88,12 @@ class ServeProcess:
         """Waits for the "serving" log line; returns the address."""
         assert self._serving.wait(timeout) and self.port, self.output
         return f"127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 30) -> int:
+        """Waits for it to exit and for its last line to be read; returns its exit code."""
+        returncode = self.process.wait(timeout)
+        self._reader.join(10)
+        return returncode
 
     def close(self) -> None:
         """Stops it with SIGTERM (SIGKILL if it does not exit)."""
@@ -345,7 +352,7 @@ def test_calls_through_a_sigterm_either_succeed_or_get_unavailable_never_cancell
         try:
             wait_until(lambda: outcomes["OK", ""] >= 100, what="calls to succeed")
             server.process.send_signal(signal.SIGTERM)
-            returncode = server.process.wait(timeout=30)
+            returncode = server.wait(timeout=30)
             time.sleep(0.3)  # and on, against the closed port
         finally:
             gone.set()
@@ -395,7 +402,7 @@ def test_serve_exits_non_zero_when_its_embedded_redis_cannot_come_back(tmp_path)
             os.kill(int((data_dir / "redis.pid").read_text()), signal.SIGKILL)
             with pytest.raises(AgentcoordError) as caught:
                 client.memory.stash("k", 2)
-        returncode = server.process.wait(timeout=60)
+        returncode = server.wait(timeout=60)
     finally:
         server.close()
 
