@@ -95,13 +95,13 @@ class RedisSupervisor:
             await self._on_down()
             if not await self._restart():
                 return
-            await self._on_up()
 
     async def _restart(self) -> bool:
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
             try:
                 await self._launch()
+                await self._on_up()  # fails too if the new Redis died already
             except Exception as exc:
                 log.error(
                     "restarting the embedded redis-server failed",
