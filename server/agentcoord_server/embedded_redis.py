@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -251,6 +250,8 @@ class EmbeddedRedis:
         self.socket_path.unlink(missing_ok=True)
 
     def _lock(self) -> None:
+        import fcntl  # POSIX only; this module stays importable elsewhere (external Redis)
+
         if self._lock_fd is not None:
             return
         path = self.data_dir / LOCK_FILE
