@@ -347,9 +347,9 @@ class EmbeddedRedis:
                 "unixsocketperm 700",
                 f'dir "{self.data_dir}"',
                 "appendonly yes",
-                # An acknowledged write is in the kernel at once and on disk within a second:
-                # it survives the server's death (Redis itself is not killed: it saves on
-                # SIGTERM, SHUTDOWN SAVE or its parent's death), not a power cut's last second.
+                # Redis write()s a command to the AOF before it answers, and fsyncs every
+                # second: an acknowledged write survives any process's death (the server's,
+                # Redis's own); only a crash of the machine can lose the last second.
                 "appendfsync everysec",
                 # One pair a line: Redis 6 ignores a multi-pair `save` line (no snapshots).
                 "save 3600 1",
