@@ -26,7 +26,7 @@ import redis
 from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import signals_pb2, signals_pb2_grpc
 from agentcoord_server.config import Settings
-from agentcoord_server.embedded_redis import find_redis_server
+from agentcoord_server.embedded_redis import _process_in, find_redis_server
 from agentcoord_server.store.scripts import _registered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -139,8 +139,14 @@ def test_serve_restarts_after_a_kill_9_under_write_load_with_every_acknowledged_
             writer.start()
         try:
             wait_until(lambda: len(acked) >= 200, what="200 acknowledged writes")
+            redis_pid = int((data_dir / "redis.pid").read_text())
             first.process.kill()
             first.process.wait()
+            # The kernel tells it its parent died (PR_SET_PDEATHSIG): it saves and exits.
+            wait_until(
+                lambda: not _process_in(redis_pid, data_dir.resolve()),
+                what="the embedded redis-server to exit with its server",
+            )
         finally:
             stop_writing.set()
             for writer in writers:
