@@ -1,6 +1,7 @@
 """Server interceptors: the canonical log line, error mapping and identity.
 
-Installed outermost first: LoggingInterceptor → ErrorInterceptor → IdentityInterceptor → servicer.
+Installed outermost first: LoggingInterceptor → ErrorInterceptor → DrainInterceptor →
+IdentityInterceptor → servicer.
 Each wraps a method's handler once (cached per method), so per-call work is only the call itself.
 """
 
