@@ -9,7 +9,7 @@ GRPCURL_VERSION := v1.9.4
 GRPCURL := $(BIN)/grpcurl
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install generate check-generated lint run test bench demo clean
+.PHONY: install grpcurl generate check-generated lint run test bench demo clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# `make grpcurl` installs ./bin/grpcurl alone (make test installs it too).
+grpcurl: $(GRPCURL)
 
 $(GRPCURL):
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
@@ -37,7 +40,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 run: install
-	$(VENV)/bin/agentcoord serve
+	$(VENV)/bin/agentcoord serve --metrics-listen 127.0.0.1:9464
 
 test: install $(GRPCURL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

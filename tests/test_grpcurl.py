@@ -72,3 +72,20 @@ def test_grpcurl_issues_a_token_with_plain_json(grpcurl, server, namespace):
     assert issued["info"]["agent_id"] == "worker-7"
     assert issued["info"]["namespace"] == namespace
     assert issued["info"]["issued_by"] == "lead"
+
+
+def test_grpcurl_describes_a_method(grpcurl, server):
+    description = run(grpcurl, server.address, "describe", "agentcoord.v1.TaskService.ClaimTask")
+
+    assert "agentcoord.v1.TaskService.ClaimTask is a method:" in description
+    assert "rpc ClaimTask ( .agentcoord.v1.ClaimTaskRequest ) returns ( .agentcoord.v1.ClaimTaskResponse )" in description
+
+
+def test_grpcurl_describe_of_an_unknown_method_fails(grpcurl, server):
+    result = subprocess.run(
+        [grpcurl, "-plaintext", server.address, "describe", "agentcoord.v1.TaskService.NoSuchMethod"],
+        capture_output=True, text=True, timeout=30,
+    )
+
+    assert result.returncode != 0
+    assert "Symbol not found" in result.stderr

@@ -20,10 +20,9 @@ import grpc
 import structlog
 from agentcoord.v1 import access_pb2, admin_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from . import __version__
+from . import __version__, reflection
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
 from .identity import (
