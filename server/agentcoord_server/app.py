@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -23,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from . import __version__, reflection
+from . import tracing as tracing_setup
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
 from .identity import (
@@ -39,6 +41,7 @@ from .interceptors import (
     LoggingInterceptor,
 )
 from .redis_supervisor import RedisSupervisor
+from .metrics import ServerMetrics
 from .services import SERVICE_MODULES, ServiceContext
 from .store.scripts import preload_registered
 from .store.tokens import TokenStore
@@ -109,6 +112,8 @@ class AgentcoordServer:
         settings: the configuration.
         extra_handlers: callables `add(server)` that register more generic handlers (tests use
             this for a deliberately slow method).
+        tracer_provider: an OpenTelemetry TracerProvider to trace with; None: the one the
+            OTEL_* environment describes, if any (tracing.py).
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class AgentcoordServer:
         settings: Settings,
         *,
         extra_handlers: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        tracer_provider: Any = None,
     ) -> None:
         if settings.insecure_dev_identity and not is_loopback(settings.listen):
             raise ValueError("--insecure-dev-identity binds loopback addresses only")
@@ -148,6 +154,10 @@ class AgentcoordServer:
         self._service_names: list[str] = []
         self.ctx: ServiceContext | None = None
         self.port = 0
+        # Operations (metrics.py, tracing.py): nothing is installed for what is off.
+        self.metrics = ServerMetrics() if settings.metrics_listen else None
+        self._tracer_provider = tracer_provider
+        self.tracing: tracing_setup.Tracing | None = None
 
     def _authenticator(self, tokens: TokenStore) -> Authenticator:
         if self.settings.insecure_dev_identity:
@@ -250,6 +260,11 @@ class AgentcoordServer:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()
+        if self.metrics is not None:
+            self.metrics.stop_http()
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            tracing.shutdown()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *self._service_names):
@@ -272,11 +287,16 @@ class AgentcoordServer:
 
     async def _start(self) -> int:
         redis, mode = await self._connect_redis()
+        self._instrument(redis)
         self.ctx = ServiceContext(
             settings=self.settings, redis=redis, redis_mode=mode, server_version=__version__
         )
         tokens = TokenStore(redis)
-        authenticator = self._authenticator(tokens)
+        authenticator = (
+            self._authenticator(tokens)
+            if self.metrics is None
+            else self.metrics.instrument_authenticator(self._authenticator, tokens)
+        )
         if authenticator.revocable:
             await self._bootstrap(tokens, redis)
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
@@ -290,7 +310,9 @@ class AgentcoordServer:
         ]
         server = grpc.aio.server(
             interceptors=[
+                *([self.metrics.interceptor()] if self.metrics else []),
                 LoggingInterceptor(),
+                *([self.tracing.interceptor()] if self.tracing else []),
                 ErrorInterceptor(),
                 self._drain,
                 IdentityInterceptor(
@@ -323,6 +345,7 @@ class AgentcoordServer:
             self.port = server.add_secure_port(self.settings.listen, credentials)
         await server.start()
         self._server = server
+        metrics_port = self._serve_metrics(redis)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -332,8 +355,46 @@ class AgentcoordServer:
             tls=credentials is not None,
             mtls=self.settings.tls_client_ca is not None,
             lua_scripts=scripts,
+            metrics_port=metrics_port,
+            tracing=self.tracing is not None,
         )
         return self.port
+
+    def _instrument(self, redis: Redis) -> None:
+        """Metrics and tracing hooks on the Redis client, before any store is built."""
+        if self.metrics is not None:
+            self.metrics.instrument_redis(redis)
+        if self._tracer_provider is not None:
+            self.tracing = tracing_setup.Tracing(self._tracer_provider)
+        else:
+            provider = tracing_setup.provider_from_environment()
+            if provider is not None:
+                self.tracing = tracing_setup.Tracing(provider, owned=True)
+        if self.tracing is not None:
+            self.tracing.instrument_redis(redis)
+
+    def _serve_metrics(self, redis: Redis) -> int | None:
+        """Starts /metrics (--metrics-listen); returns its port, or None when metrics are off."""
+        if self.metrics is None or self.settings.metrics_listen is None:
+            return None
+        from .services import signals as signals_service
+        from .services import tasks as tasks_service
+
+        ctx = self.ctx
+        assert ctx is not None
+        self.metrics.initialize(
+            ("server_stream" if m.server_streaming else "unary", f"/{s.full_name}/{m.name}")
+            for module in SERVICE_MODULES
+            for s in module.PB2.DESCRIPTOR.services_by_name.values()
+            for m in s.methods
+        )
+        self.metrics.watch(
+            asyncio.get_running_loop(),
+            redis,
+            lambda: signals_service._HUBS.get(id(ctx)),
+            tasks_service.store_for(ctx),
+        )
+        return self.metrics.start_http(self.settings.metrics_listen)
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None

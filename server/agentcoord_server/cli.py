@@ -169,6 +169,13 @@ def main() -> None:
     help="Largest value a working-memory entry, shared context item or collaboration state may hold, in bytes.",
 )
 @click.option(
+    "--metrics-listen",
+    envvar="AGENTCOORD_METRICS_LISTEN",
+    default=None,
+    help="host:port to serve Prometheus metrics on (/metrics), e.g. 127.0.0.1:9464. Unset: no "
+    "metrics.",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -198,8 +205,12 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     max_value_bytes: int,
+    metrics_listen: str | None,
 ) -> None:
-    """Serve agentcoord over gRPC until SIGTERM or SIGINT."""
+    """Serve agentcoord over gRPC until SIGTERM or SIGINT.
+
+    OpenTelemetry tracing is on when the standard OTEL_* environment asks for it
+    (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER; needs agentcoord[otel])."""
     from .app import ServeFailed, is_loopback
     from .app import serve as run_server
     from .embedded_redis import EmbeddedRedisError
@@ -242,6 +253,7 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         max_value_bytes=max_value_bytes,
+        metrics_listen=metrics_listen or None,
     )
     configure_logging(log_format, log_level, cache=True)
 

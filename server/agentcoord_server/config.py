@@ -83,3 +83,5 @@ class Settings:
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key: serve TLS
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_client_ca: Path | None = None  # PEM CA bundle; set: require client certificates (mTLS)
+    # Operations (issue #14): host:port to serve Prometheus /metrics on; None: no metrics.
+    metrics_listen: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -383,6 +384,17 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return response
 
 
+_STORES: dict[int, store.TaskStore] = {}
+
+
+def store_for(ctx: ServiceContext) -> store.TaskStore:
+    """The task store of the server owning `ctx` (metrics read its observed queues)."""
+    return _STORES[id(ctx)]
+
+
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:
-    tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(ctx), server)  # type: ignore[no-untyped-call]
+    servicer = TaskServicer(ctx)
+    _STORES[id(ctx)] = servicer._store
+    weakref.finalize(ctx, _STORES.pop, id(ctx), None)
+    tasks_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name

@@ -15,13 +15,23 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 _registered: weakref.WeakKeyDictionary[Redis, list[AsyncScript]] = weakref.WeakKeyDictionary()
+# SHA1 → script name, for metrics and traces (a bounded set: one entry per script file).
+_names: dict[str, str] = {}
 
 
-def register_source(redis: Redis, source: str) -> AsyncScript:
-    """Registers Lua `source` on `redis` and remembers it for `preload_registered`."""
+def register_source(redis: Redis, source: str, name: str = "") -> AsyncScript:
+    """Registers Lua `source` on `redis` and remembers it for `preload_registered`; `name`
+    labels its EVALSHA calls in metrics and traces (`script_name`)."""
     script = redis.register_script(source)
     _registered.setdefault(redis, []).append(script)
+    if name:
+        _names[script.sha] = name
     return script
+
+
+def script_name(sha: object) -> str:
+    """The name a script was registered under, from its SHA1; "other" for an unknown one."""
+    return _names.get(sha if isinstance(sha, str) else str(sha), "other")
 
 
 def load_script(redis: Redis, name: str, *, prelude: str | None = None) -> AsyncScript:
@@ -31,7 +41,7 @@ def load_script(redis: Redis, name: str, *, prelude: str | None = None) -> Async
     source = lua.joinpath(f"{name}.lua").read_text()
     if prelude is not None:
         source = lua.joinpath(f"{prelude}.lua").read_text() + "\n" + source
-    return register_source(redis, source)
+    return register_source(redis, source, name)
 
 
 async def preload_registered(redis: Redis) -> int:

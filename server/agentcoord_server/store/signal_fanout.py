@@ -106,6 +106,7 @@ class Subscription:
         if not entry.visible_to(self.agent_id):
             return
         if len(self._items) >= self._queue_size:
+            self._hub.overflows += 1
             self.fail(
                 ResourceExhausted(
                     f"the subscriber fell {self._queue_size} signals behind; resume from the "
@@ -265,6 +266,8 @@ class SignalHub:
         self._readers: dict[str, _NamespaceReader] = {}
         self.progress_interval = PROGRESS_SECONDS
         self._watcher: asyncio.Task[None] | None = None
+        self.overflows = 0
+        """Subscriptions ended SUBSCRIBER_TOO_SLOW since start (read by metrics)."""
 
     def stats(self) -> dict[str, int]:
         """{namespace: live subscribers} for every namespace with a running reader."""

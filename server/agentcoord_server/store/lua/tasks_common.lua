@@ -12,6 +12,7 @@
 --   P..'tasks:seq', 'tasks:fence' counters (no TTL: fencing tokens never repeat)
 --   P..'tasks:req:'..agent..':'..request_id   string: AddTask idempotency → task id
 --   P..'tasks:stats*', 'tasks:recent*'         completion counts and recent summaries
+--   P..'tasks:lease_expiries'    counter: leases that ran out (metrics)
 --   P..'agents:a:'..agent, P..'agents:index'  registrations
 -- Times are Redis server time in ms, never a client's clock.
 
@@ -72,6 +73,10 @@ local function settle_if_expired(P, id, now, ttl)
   local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'lease_exp')
   if f[1] == 'claimed' and tonumber(f[2]) <= now then
     settle_failure(P, id, now, ttl, 'lease expired', true, 0)
+    -- Counted for the agentcoord_task_lease_expiries metric.
+    local expiries = P .. 'tasks:lease_expiries'
+    redis.call('INCR', expiries)
+    extend_ttl(expiries, ttl)
     return redis.call('HGET', P .. 'tasks:t:' .. id, 'status') == 'pending'
   end
   return false

@@ -1,0 +1,529 @@
+"""Prometheus metrics on their own HTTP port (`--metrics-listen`; off unless set).
+
+What is exported (README "Metrics" lists them with their labels):
+
+- Per RPC, with go-grpc-prometheus's names and labels (grpc_type, grpc_service, grpc_method and,
+  on `handled`, grpc_code): `grpc_server_started_total`, `grpc_server_handled_total`,
+  `grpc_server_handling_seconds` (histogram), `grpc_server_msg_received_total`,
+  `grpc_server_msg_sent_total`. Counted by `MetricsInterceptor`, the outermost interceptor.
+- Redis: `agentcoord_redis_command_duration_seconds` and `agentcoord_redis_command_errors_total`
+  by command and, for EVALSHA, the Lua script's name (both bounded sets).
+- Authentication: `agentcoord_auth_cache_hits_total`, `agentcoord_auth_cache_misses_total`,
+  `agentcoord_auth_failures_total` by reason.
+- Read when scraped (`_StateCollector`): live subscriptions and fan-out buffer depth per
+  namespace and fan-out overflows (this process); task queue depth per namespace, task type and
+  state, dead letters and lease expiries per namespace (from Redis, so every process reports
+  the same figure: aggregate with max), task redeliveries (this process).
+
+Labels stay bounded: method, code, command, script, reason, namespace and task type — never an
+agent id, key or task id. Namespaces and task types are the ones this process has seen tasks
+of (at most MAX_TASK_QUEUES pairs).
+
+Cost: a method's counters are bound once, when its handler is first wrapped, and are plain
+numbers only the event loop writes, so a call pays two integer increments and one bisect (see
+`python -m bench.bench_overhead`). Nothing is installed when metrics are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from . import errors
+from .identity import Authenticator, Principal
+from .interceptors import Behavior, _CachingInterceptor, _code_of, _wrap_handler
+from .store.keys import Keyspace
+from .store.scripts import script_name
+
+log = structlog.get_logger("agentcoord.metrics")
+
+RPC_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+"""Seconds. Unary calls take well under a millisecond to tens of ms; a ClaimTask may wait 60 s."""
+REDIS_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+)
+"""Seconds per Redis command."""
+MAX_TASK_QUEUES = 1000
+"""(namespace, task type) pairs whose queues are reported; later ones are left out."""
+COLLECT_TIMEOUT = 5.0
+"""Seconds a scrape waits for the server's loop to read Redis and the fan-out state."""
+
+_RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+class _Histogram:
+    """Bucket counts and a sum, kept as plain numbers: only the server's event loop writes
+    them (every RPC and Redis call runs there), and a scrape reads them on that loop too, so no
+    lock is needed. prometheus_client's own Histogram takes a lock per observation, which cost
+    several µs per call here; exposition still goes through prometheus_client."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative (le, count) buckets, as Prometheus exposes them, and the sum."""
+        buckets, total = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += count
+            buckets.append((bound, total))
+        return buckets, self.sum
+
+
+class _RpcStats:
+    """One method's counters (go-grpc-prometheus's, by label values), bound once."""
+
+    __slots__ = ("handled", "handling", "labels", "sent", "started")
+
+    def __init__(self, grpc_type: str, service: str, method: str) -> None:
+        self.labels = (grpc_type, service, method)
+        self.started = 0
+        self.handled: dict[str, int] = {"OK": 0}  # by status code name
+        self.handling = _Histogram(RPC_BUCKETS)
+        self.sent = 0
+
+
+class MetricsInterceptor(_CachingInterceptor):
+    """Counts and times every RPC (go-grpc-prometheus's metrics). Install it outermost, so the
+    status it records is the one sent and the time includes the other interceptors."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _wrap_handler(handler, self._unary, self._stream, method)
+
+    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+        stats = self._metrics.rpc("unary", method)
+        handling, handled = stats.handling, stats.handled
+        perf_counter = time.perf_counter
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            stats.started += 1
+            began = perf_counter()
+            code = "UNKNOWN"
+            try:
+                response = await behavior(request, context)
+                code = _code_of(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                code = _code_of(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                handling.observe(perf_counter() - began)
+                handled[code] = handled.get(code, 0) + 1
+
+        return measured
+
+    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+        stats = self._metrics.rpc("server_stream", method)
+        handling, handled = stats.handling, stats.handled
+        perf_counter = time.perf_counter
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            stats.started += 1
+            began = perf_counter()
+            code = "UNKNOWN"
+            try:
+                async for item in behavior(request, context):
+                    stats.sent += 1
+                    yield item
+                code = _code_of(context, grpc.StatusCode.OK)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                code = _code_of(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                handling.observe(perf_counter() - began)
+                handled[code] = handled.get(code, 0) + 1
+
+        return measured
+
+
+class _CountingLookup:
+    """A TokenLookup that counts how often the authenticator had to ask Redis."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.lookups = 0
+
+    async def lookup(self, digest: str) -> Any:
+        self.lookups += 1
+        return await self._inner.lookup(digest)
+
+
+class _CountingAuthenticator:
+    """Counts an authenticator's cache hits and misses and its failures by reason.
+
+    A call is a cache hit when it finished without a Redis lookup: an authenticator answers
+    from its cache without awaiting, so no other call can run (and look up) in between.
+    """
+
+    def __init__(
+        self, inner: Authenticator, lookups: _CountingLookup, metrics: ServerMetrics
+    ) -> None:
+        self._inner = inner
+        self._lookups = lookups
+        self._metrics = metrics
+        self.revocable = inner.revocable
+
+    async def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
+    ) -> Principal:
+        before = self._lookups.lookups
+        metrics = self._metrics
+        try:
+            return await self._inner.authenticate(metadata, fresh=fresh)
+        except errors.Unauthenticated as exc:
+            failures = metrics.auth_failures
+            failures[exc.reason] = failures.get(exc.reason, 0) + 1
+            raise
+        finally:
+            if not fresh:
+                if self._lookups.lookups == before:
+                    metrics.auth_cache_hits += 1
+                else:
+                    metrics.auth_cache_misses += 1
+
+
+class ServerMetrics:
+    """The metrics of one server process, exported from a registry of its own (so tests can run
+    several servers in one process) over HTTP by `start_http`.
+
+    The counts live in plain attributes written on the server's event loop; the collectors
+    read them on that loop when scraped (`watch`).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs: dict[str, _RpcStats] = {}
+        self.redis_commands: dict[tuple[str, str], _Histogram] = {}
+        self.redis_errors: dict[tuple[str, str, str], int] = {}
+        self.auth_cache_hits = 0
+        self.auth_cache_misses = 0
+        self.auth_failures: dict[str, int] = {}
+        self._http: Any = None
+        self.port = 0
+
+    def rpc(self, grpc_type: str, method: str) -> _RpcStats:
+        """The counters of `/pkg.Service/Method` (created once)."""
+        stats = self.rpcs.get(method)
+        if stats is None:
+            service, _, name = method.lstrip("/").partition("/")
+            stats = self.rpcs[method] = _RpcStats(grpc_type, service, name)
+        return stats
+
+    def initialize(self, methods: Iterable[tuple[str, str]]) -> None:
+        """Exports zeros for `(grpc_type, method path)` pairs before their first call, as
+        go-grpc-prometheus's InitializeMetrics does, so rates start from a known point."""
+        for grpc_type, method in methods:
+            self.rpc(grpc_type, method)
+
+    def interceptor(self) -> MetricsInterceptor:
+        return MetricsInterceptor(self)
+
+    def instrument_authenticator(
+        self, make: Callable[[Any], Authenticator], tokens: Any
+    ) -> Authenticator:
+        """`make(tokens)` with its token lookups counted, wrapped to count hits and failures."""
+        lookups = _CountingLookup(tokens)
+        return _CountingAuthenticator(make(lookups), lookups, self)
+
+    def instrument_redis(self, redis: Any) -> None:
+        """Times every command `redis` executes directly (scripts included; pipelines not)."""
+        execute = redis.execute_command
+        commands = self.redis_commands
+        failures = self.redis_errors
+        perf_counter = time.perf_counter
+
+        async def timed(*args: Any, **options: Any) -> Any:
+            command = str(args[0]).upper() if args else ""
+            script = script_name(args[1]) if command == "EVALSHA" and len(args) > 1 else ""
+            began = perf_counter()
+            try:
+                return await execute(*args, **options)
+            except Exception as exc:
+                key = (command, script, type(exc).__name__)
+                failures[key] = failures.get(key, 0) + 1
+                raise
+            finally:
+                histogram = commands.get((command, script))
+                if histogram is None:
+                    histogram = commands[(command, script)] = _Histogram(REDIS_BUCKETS)
+                histogram.observe(perf_counter() - began)
+
+        redis.execute_command = timed
+
+    def watch(
+        self, loop: asyncio.AbstractEventLoop, redis: Any, hub: Callable[[], Any], tasks: Any
+    ) -> None:
+        """Registers the collectors: this object's counts, and the fan-out and task queue state
+        (both read on `loop`, the server's event loop)."""
+        self.registry.register(_CountsCollector(loop, self))
+        self.registry.register(_StateCollector(loop, redis, hub, tasks))
+
+    def start_http(self, listen: str) -> int:
+        """Serves /metrics on `host:port` (port 0: any free port) in a daemon thread; returns
+        the bound port."""
+        host, _, port = listen.rpartition(":")
+        httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", self.registry)
+        self._http = httpd
+        self.port = int(httpd.server_port)
+        return self.port
+
+    def stop_http(self) -> None:
+        httpd, self._http = self._http, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    """Runs `coro` on the server's loop from the scrape thread; None if it cannot."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the loop is closed: the server has stopped
+        coro.close()
+        return None
+    try:
+        return future.result(COLLECT_TIMEOUT)
+    except Exception as exc:  # a scrape must not fail for it; the log says why
+        future.cancel()
+        log.warning("metrics: reading the server's state failed", error=type(exc).__name__)
+        return None
+
+
+class _CountsCollector(Collector):
+    """Exports ServerMetrics' counts, copied on the server's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: ServerMetrics) -> None:
+        self._loop = loop
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    async def _snapshot(self) -> dict[str, Any]:
+        m = self._metrics
+        return {
+            "rpcs": [
+                (s.labels, s.started, dict(s.handled), s.handling.snapshot(), s.sent)
+                for s in m.rpcs.values()
+            ],
+            "redis": [(k, h.snapshot()) for k, h in m.redis_commands.items()],
+            "redis_errors": dict(m.redis_errors),
+            "auth": (m.auth_cache_hits, m.auth_cache_misses, dict(m.auth_failures)),
+        }
+
+    def collect(self) -> Iterable[Metric]:
+        snap = _on_loop(self._loop, self._snapshot())
+        if snap is None:
+            return
+        started = CounterMetricFamily(
+            "grpc_server_started", "RPCs started on the server.", labels=_RPC_LABELS
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code.",
+            labels=(*_RPC_LABELS, "grpc_code"),
+        )
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's start to its status, seconds (a stream's whole life).",
+            labels=_RPC_LABELS,
+        )
+        received = CounterMetricFamily(
+            "grpc_server_msg_received",
+            "Request messages received (one per call: no RPC streams requests).",
+            labels=_RPC_LABELS,
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent",
+            "Stream response messages sent (server streams only).",
+            labels=_RPC_LABELS,
+        )
+        for labels, n_started, by_code, (buckets, total), n_sent in snap["rpcs"]:
+            started.add_metric(labels, n_started)
+            received.add_metric(labels, n_started)
+            for code, count in by_code.items():
+                handled.add_metric((*labels, code), count)
+            handling.add_metric(labels, buckets, total)
+            if labels[0] == "server_stream":
+                sent.add_metric(labels, n_sent)
+        yield from (started, handled, handling, received, sent)
+        commands = HistogramMetricFamily(
+            "agentcoord_redis_command_duration_seconds",
+            "Redis command round trips, seconds; EVALSHA by Lua script name.",
+            labels=("command", "script"),
+        )
+        for labels, (buckets, total) in snap["redis"]:
+            commands.add_metric(labels, buckets, total)
+        command_errors = CounterMetricFamily(
+            "agentcoord_redis_command_errors",
+            "Redis commands that failed, by error class.",
+            labels=("command", "script", "error"),
+        )
+        for labels, count in snap["redis_errors"].items():
+            command_errors.add_metric(labels, count)
+        yield from (commands, command_errors)
+        hits, misses, failures = snap["auth"]
+        yield CounterMetricFamily(
+            "agentcoord_auth_cache_hits",
+            "Authentications answered from the in-process cache.",
+            value=hits,
+        )
+        yield CounterMetricFamily(
+            "agentcoord_auth_cache_misses",
+            "Authentications that looked the token up in Redis.",
+            value=misses,
+        )
+        auth_failures = CounterMetricFamily(
+            "agentcoord_auth_failures",
+            "Failed authentications (UNAUTHENTICATED), by reason.",
+            labels=("reason",),
+        )
+        for reason, count in sorted(failures.items()):
+            auth_failures.add_metric((reason,), count)
+        yield auth_failures
+
+
+class _StateCollector(Collector):
+    """Reads, at scrape time and on the server's loop, what is cheaper to count than to track:
+    the fan-out hub's subscriptions and buffers, and Redis cardinalities of the task queues
+    this process has seen (one pipelined round trip; every command O(1))."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, redis: Any, hub: Callable[[], Any], tasks: Any
+    ) -> None:
+        self._loop = loop
+        self._redis = redis
+        self._hub = hub
+        self._tasks = tasks
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    async def _snapshot(self) -> dict[str, Any]:
+        hub = self._hub()
+        subscriptions: dict[str, int] = {}
+        queued: dict[str, int] = {}
+        overflows = 0
+        if hub is not None:
+            overflows = hub.overflows
+            for namespace in hub.stats():
+                subs = hub.subscriptions(namespace)
+                subscriptions[namespace] = len(subs)
+                queued[namespace] = sum(s.queued for s in subs)
+        queues = self._tasks.observed_queues()
+        namespaces = sorted({ns for ns, _ in queues})
+        replies: list[Any] = []
+        if namespaces:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for ns in namespaces:
+                    ks = Keyspace(ns)
+                    pipe.zcard(ks.key("tasks", "dead"))
+                    pipe.get(ks.key("tasks", "lease_expiries"))
+                for ns, task_type in queues:
+                    ks = Keyspace(ns)
+                    pipe.zcard(ks.key("tasks", "q", task_type))
+                    pipe.zcard(ks.key("tasks", "l", task_type))
+                    pipe.zcard(ks.key("tasks", "d", task_type))
+                replies = await pipe.execute()
+        return {
+            "subscriptions": subscriptions,
+            "queued": queued,
+            "overflows": overflows,
+            "namespaces": namespaces,
+            "queues": queues,
+            "replies": replies,
+            "redeliveries": dict(self._tasks.redeliveries),
+        }
+
+    def collect(self) -> Iterable[Metric]:
+        snap = _on_loop(self._loop, self._snapshot())
+        if snap is None:
+            return
+        subs = GaugeMetricFamily(
+            "agentcoord_signal_subscriptions",
+            "Live Subscribe streams on this process.",
+            labels=("namespace",),
+        )
+        queued = GaugeMetricFamily(
+            "agentcoord_signal_fanout_queued",
+            "Signals buffered for slow subscribers on this process (fan-out queue depth).",
+            labels=("namespace",),
+        )
+        for ns, count in sorted(snap["subscriptions"].items()):
+            subs.add_metric((ns,), count)
+            queued.add_metric((ns,), snap["queued"].get(ns, 0))
+        yield subs
+        yield queued
+        yield CounterMetricFamily(
+            "agentcoord_signal_fanout_overflows",
+            "Subscriptions ended SUBSCRIBER_TOO_SLOW (their buffered signals dropped; the "
+            "client resumes).",
+            value=snap["overflows"],
+        )
+        replies = iter(snap["replies"])
+        dead = GaugeMetricFamily(
+            "agentcoord_task_dead_letters",
+            "Dead-lettered tasks (Redis; the same on every process).",
+            labels=("namespace",),
+        )
+        expiries = CounterMetricFamily(
+            "agentcoord_task_lease_expiries",
+            "Task leases that ran out before completion (Redis; the same on every process).",
+            labels=("namespace",),
+        )
+        for ns in snap["namespaces"]:
+            dead.add_metric((ns,), int(next(replies) or 0))
+            expiries.add_metric((ns,), int(next(replies) or 0))
+        depth = GaugeMetricFamily(
+            "agentcoord_task_queue_depth",
+            "Tasks per queue state: pending (claimable now), claimed (leased), delayed "
+            "(backing off) (Redis; the same on every process).",
+            labels=("namespace", "task_type", "state"),
+        )
+        for ns, task_type in snap["queues"]:
+            for state in ("pending", "claimed", "delayed"):
+                depth.add_metric((ns, task_type, state), int(next(replies) or 0))
+        yield dead
+        yield expiries
+        yield depth
+        redeliveries = CounterMetricFamily(
+            "agentcoord_task_redeliveries",
+            "Claims of a task already attempted before (this process).",
+            labels=("namespace",),
+        )
+        for ns, count in sorted(snap["redeliveries"].items()):
+            redeliveries.add_metric((ns,), count)
+        yield redeliveries
