@@ -34,9 +34,12 @@ class ServerThread:
         settings: Settings,
         *,
         extra_handlers: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = settings
-        self.server = AgentcoordServer(settings, extra_handlers=extra_handlers)
+        self.server = AgentcoordServer(
+            settings, extra_handlers=extra_handlers, tracer_provider=tracer_provider
+        )
         self.address = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()

@@ -1,5 +1,6 @@
-"""Channels with a client interceptor that attaches the caller's metadata to every call and
-refuses, locally, calls the caller's tier cannot make.
+"""Channels with a client interceptor that attaches the caller's metadata to every call (and,
+with OpenTelemetry installed, the current span's W3C trace context) and refuses, locally, calls
+the caller's tier cannot make.
 
 The only part of the client that differs between asyncio and sync; everything else is written
 once in `_async/` and converted.
@@ -48,8 +49,25 @@ def call_metadata(token: str | None, metadata: Metadata) -> tuple[tuple[str, str
     return (*base, *((k.lower(), v) for k, v in metadata))
 
 
+try:  # OpenTelemetry is optional: without it calls carry no trace context, at no cost
+    from opentelemetry import propagate as _otel_propagate
+except ImportError:  # pragma: no cover - depends on what is installed
+    _otel_propagate = None
+
+
+def trace_context() -> tuple[tuple[str, str], ...]:
+    """W3C trace context (`traceparent`, …) of the caller's current OpenTelemetry span, as
+    metadata, so the server's span continues the caller's trace; () when OpenTelemetry is not
+    installed or no span is active (then nothing is injected)."""
+    if _otel_propagate is None:
+        return ()
+    carrier: dict[str, str] = {}
+    _otel_propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
 def _merged(details_metadata: Any, extra: tuple[tuple[str, str], ...]) -> list[tuple[str, Any]]:
-    return [*(details_metadata or ()), *extra]
+    return [*(details_metadata or ()), *extra, *trace_context()]
 
 
 WHO_AM_I = "/agentcoord.v1.AdminService/WhoAmI"
