@@ -52,7 +52,7 @@ def call_metadata(token: str | None, metadata: Metadata) -> tuple[tuple[str, str
 try:  # OpenTelemetry is optional: without it calls carry no trace context, at no cost
     from opentelemetry import propagate as _otel_propagate
 except ImportError:  # pragma: no cover - depends on what is installed
-    _otel_propagate = None
+    _otel_propagate = None  # type: ignore[assignment]
 
 
 def trace_context() -> tuple[tuple[str, str], ...]:
