@@ -1,4 +1,5 @@
-"""`agentcoord` command line: `agentcoord serve` (more subcommands come with their issues)."""
+"""`agentcoord` command line: `agentcoord serve`, `agentcoord token …`, and the operator
+commands of ops_cli.py (`stats`, `tasks …`, `signals tail`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from . import ops_cli
 from .config import Settings, TtlPolicy
+from .ops_cli import Connection, connection_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -282,62 +285,9 @@ def serve(
 
 
 @main.group()
-@click.option(
-    "--server",
-    envvar="AGENTCOORD_SERVER",
-    default="127.0.0.1:50051",
-    help="host:port of the agentcoord server.",
-)
-@click.option(
-    "--token",
-    envvar="AGENTCOORD_TOKEN",
-    required=True,
-    help="A STEWARD token of the namespace to administer (e.g. the bootstrap token file's).",
-)
-@click.option(
-    "--ca-file",
-    envvar="AGENTCOORD_CA_FILE",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM roots to verify the server's certificate (TLS).",
-)
-@click.option(
-    "--cert-file",
-    envvar="AGENTCOORD_CERT_FILE",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM client certificate, for servers that require one (mTLS).",
-)
-@click.option(
-    "--key-file",
-    envvar="AGENTCOORD_KEY_FILE",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM private key of --cert-file.",
-)
-@click.pass_context
-def token(
-    ctx: click.Context,
-    server: str,
-    token: str,
-    ca_file: Path | None,
-    cert_file: Path | None,
-    key_file: Path | None,
-) -> None:
+@connection_options
+def token() -> None:
     """Issue, revoke and list the tokens of your namespace (needs a STEWARD token)."""
-    from agentcoord import Client
-
-    if (cert_file is None) != (key_file is None):
-        raise click.BadParameter("--cert-file and --key-file go together", param_hint="--key-file")
-    client = Client(
-        server,
-        token=token,
-        root_certificates=ca_file.read_bytes() if ca_file else None,
-        client_certificate=cert_file.read_bytes() if cert_file else None,
-        client_key=key_file.read_bytes() if key_file else None,
-    )
-    ctx.obj = client
-    ctx.call_on_close(client.close)
 
 
 def _info_json(info: object) -> str:
@@ -373,11 +323,12 @@ def _admin_call(call):  # type: ignore[no-untyped-def]
 @click.option("--description", default="", help="Free text shown by `token list`.")
 @click.pass_obj
 def token_issue(
-    client: object, agent_id: str, tier: str, lifetime: float | None, description: str
+    connection: Connection, agent_id: str, tier: str, lifetime: float | None, description: str
 ) -> None:
     """Issue a token for AGENT_ID; prints the token (shown once) on stdout."""
+    client = connection.client
     issued = _admin_call(
-        lambda: client.admin.issue_token(  # type: ignore[attr-defined]
+        lambda: client.admin.issue_token(
             agent_id, tier.upper(), lifetime=lifetime, description=description
         )
     )
@@ -392,18 +343,21 @@ def token_issue(
 @token.command("revoke")
 @click.argument("token_id")
 @click.pass_obj
-def token_revoke(client: object, token_id: str) -> None:
+def token_revoke(connection: Connection, token_id: str) -> None:
     """Revoke the token TOKEN_ID of your namespace; prints what was revoked (JSON)."""
-    info = _admin_call(lambda: client.admin.revoke_token(token_id))  # type: ignore[attr-defined]
+    info = _admin_call(lambda: connection.client.admin.revoke_token(token_id))
     click.echo(_info_json(info))
 
 
 @token.command("list")
 @click.pass_obj
-def token_list(client: object) -> None:
+def token_list(connection: Connection) -> None:
     """List the live tokens of your namespace, one JSON object per line (never secrets)."""
-    for info in _admin_call(lambda: list(client.admin.iter_tokens())):  # type: ignore[attr-defined]
+    for info in _admin_call(lambda: list(connection.client.admin.iter_tokens())):
         click.echo(_info_json(info))
+
+
+ops_cli.register(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,480 @@
+"""The operator commands of `agentcoord`: stats, tasks, signals (and the connection options every
+client command shares, `token` included).
+
+Every command talks to a server through the Python client. Where it connects and as whom comes
+from flags or the environment, the same for every command:
+
+    --server     AGENTCOORD_SERVER      host:port (default 127.0.0.1:50051)
+    --token      AGENTCOORD_TOKEN       bearer token
+    --token-file AGENTCOORD_TOKEN_FILE  file holding the token (e.g. .agentcoord/bootstrap-token)
+    --ca-file / --cert-file / --key-file  TLS roots, mTLS client certificate and key
+
+Output is a table (rich) for people and, with `--json`, JSON for scripts: one object for
+`stats`, one object per line for lists and for `signals tail`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal as signal_module
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TASK_STATUSES = ("pending", "claimed", "completed", "dead_lettered", "cancelled")
+
+
+class Connection:
+    """Where and as whom to connect; the client is made on first use (so `--help` needs no
+    token) and closed when the command ends."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        token_file: Path | None,
+        ca_file: Path | None,
+        cert_file: Path | None,
+        key_file: Path | None,
+    ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise click.BadParameter(
+                "--cert-file and --key-file go together", param_hint="--key-file"
+            )
+        self.server = server
+        self._token = token
+        self._token_file = token_file
+        self._tls = (ca_file, cert_file, key_file)
+        self._client: Any = None
+
+    def token(self) -> str:
+        """--token (or AGENTCOORD_TOKEN), else the first line of --token-file."""
+        if self._token:
+            return self._token
+        if self._token_file is not None:
+            token = self._token_file.read_text().strip()
+            if token:
+                return token
+            raise click.UsageError(f"--token-file {self._token_file} is empty")
+        raise click.UsageError(
+            "no token: pass --token (or AGENTCOORD_TOKEN) or --token-file (or AGENTCOORD_TOKEN_FILE)"
+        )
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from agentcoord import Client
+
+            ca_file, cert_file, key_file = self._tls
+            self._client = Client(
+                self.server,
+                token=self.token(),
+                root_certificates=ca_file.read_bytes() if ca_file else None,
+                client_certificate=cert_file.read_bytes() if cert_file else None,
+                client_key=key_file.read_bytes() if key_file else None,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def connection_options(func: F) -> F:
+    """Adds the connection options (see the module docstring) to a click group or command and
+    puts a `Connection` in `ctx.obj`."""
+    options = [
+        click.option(
+            "--server",
+            envvar="AGENTCOORD_SERVER",
+            default="127.0.0.1:50051",
+            show_default=True,
+            show_envvar=True,
+            help="host:port of the agentcoord server.",
+        ),
+        click.option(
+            "--token",
+            envvar="AGENTCOORD_TOKEN",
+            default=None,
+            show_envvar=True,
+            help="Bearer token to call with.",
+        ),
+        click.option(
+            "--token-file",
+            envvar="AGENTCOORD_TOKEN_FILE",
+            default=None,
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="File holding the token (e.g. .agentcoord/bootstrap-token); used without --token.",
+        ),
+        click.option(
+            "--ca-file",
+            envvar="AGENTCOORD_CA_FILE",
+            default=None,
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="PEM roots to verify the server's certificate (TLS).",
+        ),
+        click.option(
+            "--cert-file",
+            envvar="AGENTCOORD_CERT_FILE",
+            default=None,
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="PEM client certificate, for servers that require one (mTLS).",
+        ),
+        click.option(
+            "--key-file",
+            envvar="AGENTCOORD_KEY_FILE",
+            default=None,
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="PEM private key of --cert-file.",
+        ),
+    ]
+
+    def callback(
+        ctx: click.Context,
+        /,
+        *args: Any,
+        server: str,
+        token: str | None,
+        token_file: Path | None,
+        ca_file: Path | None,
+        cert_file: Path | None,
+        key_file: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        connection = Connection(server, token, token_file, ca_file, cert_file, key_file)
+        ctx.obj = connection
+        ctx.call_on_close(connection.close)
+        return ctx.invoke(func, *args, **kwargs)
+
+    callback.__name__ = func.__name__
+    callback.__doc__ = func.__doc__
+    # Options declared below this decorator belong to the command too.
+    callback.__click_params__ = getattr(func, "__click_params__", [])  # type: ignore[attr-defined]
+    wrapped: Any = click.pass_context(callback)
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return wrapped  # type: ignore[no-any-return]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def call(fn: Callable[[], Any]) -> Any:
+    """Runs a client call; an AgentcoordError becomes a one-line CLI error (exit code 1)."""
+    from agentcoord import AgentcoordError
+
+    try:
+        return fn()
+    except AgentcoordError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, sort_keys=False))
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, scalar) pairs of a JSON-like value; lists of scalars stay one value."""
+    if isinstance(value, Mapping):
+        if not value and prefix:
+            yield prefix, ""
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
+        for i, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{i}]")
+    elif isinstance(value, list):
+        yield prefix, ", ".join(map(str, value))
+    else:
+        yield prefix, value
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Wide enough that a pipe or a test runner gets whole rows, not ellipses.
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def print_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    _console().print(table)
+
+
+def print_record(title: str | None, record: Mapping[str, Any]) -> None:
+    """A message as a two-column table; repeated message fields get a table each."""
+    scalars: list[tuple[str, Any]] = []
+    for key, value in record.items():
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            rows = [dict(_flatten(item)) for item in value]
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            print_table(key, columns, ([row.get(c, "") for c in columns] for row in rows))
+        else:
+            scalars.extend(_flatten(value, key))
+    if scalars:
+        print_table(title, ("field", "value"), scalars)
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+@click.command()
+@connection_options
+@json_option
+@click.pass_obj
+def stats(connection: Connection, as_json: bool) -> None:
+    """Show the server's statistics (GetServerStats) for your token's scope."""
+    response = call(connection.client.admin.get_server_stats)
+    record = to_dict(response)
+    if as_json:
+        echo_json(record)
+    else:
+        print_record(f"agentcoord {connection.server}", record)
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+TASK_COLUMNS = ("task_id", "task_type", "status", "priority", "attempts", "assignee", "updated", "last_error")
+
+
+def _task_row(task: Mapping[str, Any]) -> list[Any]:
+    status = str(task.get("status", "")).removeprefix("TASK_STATUS_").lower()
+    attempts = f"{task.get('attempts', 0)}/{task.get('max_attempts', 0)}"
+    return [
+        task.get("task_id"),
+        task.get("task_type"),
+        status,
+        task.get("priority", 0),
+        attempts,
+        task.get("assignee", ""),
+        task.get("update_time", ""),
+        task.get("last_error", ""),
+    ]
+
+
+def _emit_tasks(title: str, tasks: Iterable[Any], as_json: bool) -> None:
+    records = [to_dict(t) for t in tasks]
+    if as_json:
+        for record in records:
+            echo_json(record)
+        return
+    print_table(title, TASK_COLUMNS, (_task_row(r) for r in records))
+    click.echo(f"{len(records)} task(s)", err=True)
+
+
+def _pages(fetch: Callable[[str], Any], limit: int) -> list[Any]:
+    """Tasks from successive pages until `limit` or the last page (pages may be short)."""
+    found: list[Any] = []
+    token = ""
+    while len(found) < limit:
+        page = call(functools.partial(fetch, token))
+        found.extend(page.tasks)
+        token = page.next_page_token
+        if not token:
+            break
+    return found[:limit]
+
+
+@click.group()
+@connection_options
+def tasks() -> None:
+    """List tasks and dead letters; requeue or cancel tasks (VALIDATOR for requeue and for
+    cancelling other agents' tasks)."""
+
+
+@tasks.command("list")
+@click.option("--status", type=click.Choice(TASK_STATUSES), default=None, help="Only this status.")
+@click.option("--type", "task_type", default="", help="Only tasks of this type.")
+@click.option("--assignee", default="", help="Only tasks claimed by this agent.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@click.pass_obj
+def tasks_list(
+    connection: Connection,
+    status: str | None,
+    task_type: str,
+    assignee: str,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List your namespace's tasks in the order they were added."""
+    client = connection.client
+    found = _pages(
+        lambda token: client.tasks.list_tasks(
+            status=status,
+            task_type=task_type,
+            assignee=assignee,
+            page_size=min(limit, 1000),
+            page_token=token,
+        ),
+        limit,
+    )
+    _emit_tasks("tasks", found, as_json)
+
+
+@tasks.command("dead-letters")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@click.pass_obj
+def tasks_dead_letters(connection: Connection, limit: int, as_json: bool) -> None:
+    """List dead-lettered tasks, oldest first."""
+    client = connection.client
+    found = _pages(
+        lambda token: client.tasks.list_dead_letters(
+            page_size=min(limit, 1000), page_token=token
+        ),
+        limit,
+    )
+    _emit_tasks("dead letters", found, as_json)
+
+
+@tasks.command("requeue")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "requeue_all", is_flag=True, help="Requeue every dead letter.")
+@json_option
+@click.pass_obj
+def tasks_requeue(
+    connection: Connection, task_ids: tuple[str, ...], requeue_all: bool, as_json: bool
+) -> None:
+    """Put dead-lettered tasks back in their queues, attempts reset (VALIDATOR)."""
+    client = connection.client
+    ids = list(task_ids)
+    if requeue_all:
+        ids += [
+            t.task_id
+            for t in _pages(
+                lambda token: client.tasks.list_dead_letters(page_size=1000, page_token=token),
+                100_000,
+            )
+        ]
+    if not ids:
+        raise click.UsageError("name the TASK_IDS to requeue, or pass --all")
+    requeued = [call(functools.partial(client.tasks.requeue_dead_letter, i)) for i in ids]
+    _emit_tasks("requeued", requeued, as_json)
+
+
+@tasks.command("cancel")
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def tasks_cancel(connection: Connection, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel tasks that are not completed (their adder, or a VALIDATOR)."""
+    client = connection.client
+    cancelled = [call(functools.partial(client.tasks.cancel_task, i)) for i in task_ids]
+    _emit_tasks("cancelled", cancelled, as_json)
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+
+@click.group()
+@connection_options
+def signals() -> None:
+    """Follow your namespace's signals."""
+
+
+def _signal_line(record: Mapping[str, Any]) -> str:
+    target = record.get("target_agent") or (
+        f"session {record['session_id']}" if record.get("session_id") else "all"
+    )
+    data = json.dumps(record.get("data", {}), separators=(",", ":"))
+    return (
+        f"{record.get('id', '')}  {record.get('send_time', '')}  {record.get('signal_type', '')}"
+        f"  {record.get('sender', '')} → {target}  {data}"
+    )
+
+
+@signals.command("tail")
+@click.option(
+    "--type", "signal_types", multiple=True, help="Only signals of this type (repeatable)."
+)
+@click.option("--after", "after_id", default="", help="Start after this signal id (resume).")
+@click.option(
+    "--earliest", is_flag=True, help="Start with the oldest retained signal, not the next one."
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="Exit after this many signals."
+)
+@json_option
+@click.pass_obj
+def signals_tail(
+    connection: Connection,
+    signal_types: tuple[str, ...],
+    after_id: str,
+    earliest: bool,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Print the signals your token may see, live, until Ctrl-C (or --count).
+
+    The subscription resumes by itself after a server restart or when it falls behind, from
+    the last signal printed: nothing is skipped or repeated. Each line starts with the signal
+    id, which `--after` resumes from.
+    """
+    client = connection.client
+    stream = client.signals.subscribe(signal_types, after_id=after_id, earliest=earliest)
+    previous = _interrupt_on_sigterm()
+    seen = 0
+    try:
+        for item in _guarded(stream):
+            record = to_dict(item)
+            click.echo(json.dumps(record) if as_json else _signal_line(record))
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.close()
+        if previous is not None:
+            signal_module.signal(signal_module.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Makes SIGTERM end the tail as Ctrl-C does (cleanly, the stream cancelled); returns the
+    handler to restore. Only the main thread may set handlers (tests run commands elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal_module.signal(signal_module.SIGTERM, signal_module.default_int_handler)
+
+
+def _guarded(stream: Iterator[Any]) -> Iterator[Any]:
+    """The stream, with a failure turned into a CLI error when it happens (not only at start)."""
+    from agentcoord import AgentcoordError
+
+    try:
+        yield from stream
+    except AgentcoordError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def register(main: click.Group) -> None:
+    """Adds the operator commands to the `agentcoord` group."""
+    main.add_command(stats)
+    main.add_command(tasks)
+    main.add_command(signals)
