@@ -3,9 +3,12 @@ prometheus_client's own parser, after real calls over a real channel."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from agentcoord import AgentcoordError, Client
@@ -13,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import server_settings
 from .support import ServerThread
+
+ROOT = Path(__file__).resolve().parent.parent
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -152,3 +157,15 @@ def test_task_queues_dead_letters_lease_expiries_and_redeliveries(metrics_server
 
 def test_no_metrics_port_without_metrics_listen(server):
     assert server.server.metrics is None
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_server_exports(metrics_server):
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "agentcoord-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    used = {m for e in exprs for m in re.findall(r"\b(?:grpc_server|agentcoord)_\w+", e)}
+    url = f"http://127.0.0.1:{metrics_server.server.metrics.port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        exported = set(re.findall(r"^# HELP (\S+)", response.read().decode(), re.M))
+
+    assert used
+    assert {m for m in used if re.sub(r"_(bucket|count|sum)$", "", m) not in exported} == set()

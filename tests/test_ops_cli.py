@@ -147,3 +147,19 @@ def test_signals_tail_prints_live_signals_of_the_chosen_type(server, namespace):
         ("deploy", 1, "ci"),
         ("deploy", 2, "ci"),
     ]
+
+
+def test_health_reports_serving_without_a_token(server):
+    result = CliRunner().invoke(main, ["health", "--server", server.address], env={})
+
+    assert result.exit_code == 0, result.output
+    assert "SERVING" in result.stdout
+
+
+def test_health_fails_when_nothing_listens(tmp_path):
+    result = CliRunner().invoke(
+        main, ["health", "--server", "unix:" + str(tmp_path / "none.sock"), "--timeout", "1"], env={}
+    )
+
+    assert result.exit_code == 1
+    assert "UNAVAILABLE" in result.output

@@ -1,4 +1,4 @@
-"""The operator commands of `agentcoord`: stats, tasks, signals (and the connection options every
+"""The operator commands of `agentcoord`: stats, health, tasks, signals (and the connection options every
 client command shares, `token` included).
 
 Every command talks to a server through the Python client. Where it connects and as whom comes
@@ -81,6 +81,21 @@ class Connection:
                 client_key=key_file.read_bytes() if key_file else None,
             )
         return self._client
+
+    def channel(self) -> Any:
+        """A plain channel to the server (TLS per --ca-file/--cert-file/--key-file), for
+        calls that need no token such as the health check."""
+        import grpc
+
+        ca_file, cert_file, key_file = self._tls
+        if ca_file is None and cert_file is None:
+            return grpc.insecure_channel(self.server)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_file.read_bytes() if ca_file else None,
+            private_key=key_file.read_bytes() if key_file else None,
+            certificate_chain=cert_file.read_bytes() if cert_file else None,
+        )
+        return grpc.secure_channel(self.server, credentials)
 
     def close(self) -> None:
         if self._client is not None:
@@ -254,6 +269,33 @@ def stats(connection: Connection, as_json: bool) -> None:
         echo_json(record)
     else:
         print_record(f"agentcoord {connection.server}", record)
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+@click.command()
+@connection_options
+@click.option("--service", default="", help="A service name; empty: the server as a whole.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.pass_obj
+def health(connection: Connection, service: str, timeout: float) -> None:
+    """Ask the server's gRPC health service; exit 0 when SERVING, 1 otherwise (needs no token;
+    for container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with connection.channel() as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    click.echo(status)
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        raise SystemExit(1)
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -476,5 +518,6 @@ def _guarded(stream: Iterator[Any]) -> Iterator[Any]:
 def register(main: click.Group) -> None:
     """Adds the operator commands to the `agentcoord` group."""
     main.add_command(stats)
+    main.add_command(health)
     main.add_command(tasks)
     main.add_command(signals)
