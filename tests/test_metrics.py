@@ -24,7 +24,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def metrics_server(redis_url: str) -> Iterator[ServerThread]:
-    handle = ServerThread(server_settings(redis_url, metrics_listen="127.0.0.1:0")).start()
+    # The longest auth cache bound, so a token checked once stays cached for the whole test.
+    settings = server_settings(redis_url, metrics_listen="127.0.0.1:0", auth_cache_seconds=5.0)
+    handle = ServerThread(settings).start()
     yield handle
     handle.stop()
 

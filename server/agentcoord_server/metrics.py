@@ -196,6 +196,9 @@ class _CountingAuthenticator:
         self._metrics = metrics
         self.revocable = inner.revocable
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)  # anything else the interceptor may ask of it
+
     async def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
     ) -> Principal:
