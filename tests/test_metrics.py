@@ -120,12 +120,14 @@ def test_stream_messages_and_live_subscriptions_are_reported(metrics_server, nam
     # the cursor-only first response, then the two signals
     sent = value(live, "grpc_server_msg_sent_total", **sub) - value(before, "grpc_server_msg_sent_total", **sub)
     assert sent >= 3
+    cancelled = value(before, "grpc_server_handled_total", **sub, grpc_code="CANCELLED")
     gone = eventually(
         metrics_server,
-        lambda s: ("agentcoord_signal_subscriptions", frozenset({("namespace", namespace)})) not in s,
+        lambda s: ("agentcoord_signal_subscriptions", frozenset({("namespace", namespace)})) not in s
+        and value(s, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") > cancelled,
     )
     assert value(gone, "agentcoord_signal_subscriptions", namespace=namespace) == 0
-    assert value(gone, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") >= 1
+    assert value(gone, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") == cancelled + 1
 
 
 def test_task_queues_dead_letters_lease_expiries_and_redeliveries(metrics_server, namespace):
