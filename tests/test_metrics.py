@@ -4,7 +4,11 @@ prometheus_client's own parser, after real calls over a real channel."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -173,3 +177,28 @@ def test_the_grafana_dashboard_queries_only_metrics_the_server_exports(metrics_s
 
     assert used
     assert {m for m in used if re.sub(r"_(bucket|count|sum)$", "", m) not in exported} == set()
+
+
+def test_agentcoord_serve_takes_the_metrics_address_from_the_environment(redis_url, tmp_path):
+    env = {**os.environ, "AGENTCOORD_METRICS_LISTEN": "127.0.0.1:0", "AGENTCOORD_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentcoord_server.cli", "serve", "--listen", "127.0.0.1:0",
+         "--redis-url", redis_url, "--data-dir", str(tmp_path)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if '"serving"' in line:
+                serving = json.loads(line)
+                break
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{serving['metrics_port']}/metrics", timeout=10
+        ) as response:
+            text = response.read().decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+    assert "# TYPE grpc_server_started_total counter" in text
+    assert process.returncode == 0
