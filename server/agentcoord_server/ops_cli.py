@@ -232,7 +232,7 @@ def _console() -> Any:
 def print_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title) if title else None)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -240,18 +240,30 @@ def print_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterab
     _console().print(table)
 
 
+def _split(
+    value: Any, prefix: str, scalars: list[tuple[str, Any]], tables: list[tuple[str, list[Any]]]
+) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _split(item, f"{prefix}.{key}" if prefix else str(key), scalars, tables)
+    elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        tables.append((prefix, value))
+    else:
+        scalars.extend(_flatten(value, prefix))
+
+
 def print_record(title: str | None, record: Mapping[str, Any]) -> None:
-    """A message as a two-column table; repeated message fields get a table each."""
+    """A message as a field/value table, plus a table per repeated message field (wherever it
+    is nested), one row per element."""
     scalars: list[tuple[str, Any]] = []
-    for key, value in record.items():
-        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            rows = [dict(_flatten(item)) for item in value]
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            print_table(key, columns, ([row.get(c, "") for c in columns] for row in rows))
-        else:
-            scalars.extend(_flatten(value, key))
+    tables: list[tuple[str, list[Any]]] = []
+    _split(record, "", scalars, tables)
     if scalars:
         print_table(title, ("field", "value"), scalars)
+    for name, items in tables:
+        rows = [dict(_flatten(item)) for item in items]
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        print_table(name, columns, ([row.get(c, "") for c in columns] for row in rows))
 
 
 # -- stats ------------------------------------------------------------------------------------
