@@ -125,10 +125,16 @@ def test_signals_tail_prints_live_signals_of_the_chosen_type(server, namespace):
     results: list[Result] = []
     tail = threading.Thread(
         target=lambda: results.append(
-            cli(server, watcher, "signals", "tail", "--type", "deploy", "--count", "2", "--json")
-        )
+            cli(
+                server, watcher, "signals", "tail", "--type", "deploy", "--earliest",
+                "--count", "2", "--json",
+            )
+        ),
+        daemon=True,
     )
     tail.start()
+    # Registered is not yet positioned: --earliest makes the signals below reach the tail
+    # whether they are sent before or after its subscription settles on a start.
     hub = hub_for(server.server.ctx)
     deadline = time.monotonic() + 10
     while not hub.subscriptions(namespace) and time.monotonic() < deadline:
