@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,3 +203,13 @@ def test_agentcoord_serve_takes_the_metrics_address_from_the_environment(redis_u
 
     assert "# TYPE grpc_server_started_total counter" in text
     assert process.returncode == 0
+
+
+def test_a_metrics_port_in_use_fails_the_start(redis_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(OSError):
+            ServerThread(server_settings(redis_url, metrics_listen=f"127.0.0.1:{port}")).start()

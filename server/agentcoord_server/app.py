@@ -343,9 +343,10 @@ class AgentcoordServer:
             self.port = server.add_insecure_port(self.settings.listen)
         else:
             self.port = server.add_secure_port(self.settings.listen, credentials)
+        # Before the gRPC server starts: a metrics port in use then fails the start cleanly.
+        metrics_port = self._serve_metrics(redis)
         await server.start()
         self._server = server
-        metrics_port = self._serve_metrics(redis)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
