@@ -98,6 +98,8 @@ class Tracing:
         self._trace = trace
         self._propagate = propagate
         self.tracer = provider.get_tracer("agentcoord_server", __version__)
+        # The metadata keys the configured propagators read (OTEL_PROPAGATORS; W3C by default).
+        self.propagated_fields = frozenset(propagate.get_global_textmap().fields)
 
     def interceptor(self) -> TracingInterceptor:
         return TracingInterceptor(self)
@@ -147,7 +149,9 @@ class TracingInterceptor(_CachingInterceptor):
         carrier = {
             k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
         }
-        parent = self._tracing._propagate.extract(carrier)
+        # Extracting costs µs even from nothing: only when a propagator's header is present.
+        fields = self._tracing.propagated_fields
+        parent = self._tracing._propagate.extract(carrier) if fields & carrier.keys() else None
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         if request_id:
             attributes = {**attributes, "agentcoord.request_id": request_id}
