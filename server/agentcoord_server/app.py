@@ -394,6 +394,7 @@ class AgentcoordServer:
             redis,
             lambda: signals_service._HUBS.get(id(ctx)),
             tasks_service.store_for(ctx),
+            task_ttl=self.settings.ttl.task,
         )
         return self.metrics.start_http(self.settings.metrics_listen)
 

@@ -59,8 +59,10 @@ REDIS_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 )
 """Seconds per Redis command."""
-MAX_TASK_QUEUES = 1000
-"""(namespace, task type) pairs whose queues are reported; later ones are left out."""
+MAX_NAMESPACES = 1000
+"""Namespaces whose task queues are reported (the first that called this process)."""
+MAX_TASK_TYPES = 100
+"""Task types reported per namespace (the most recently added to; as GetServerStats)."""
 COLLECT_TIMEOUT = 5.0
 """Seconds a scrape waits for the server's loop to read Redis and the fan-out state."""
 
@@ -205,7 +207,11 @@ class _CountingAuthenticator:
         before = self._lookups.lookups
         metrics = self._metrics
         try:
-            return await self._inner.authenticate(metadata, fresh=fresh)
+            principal = await self._inner.authenticate(metadata, fresh=fresh)
+            namespaces = metrics.namespaces
+            if principal.namespace not in namespaces and len(namespaces) < MAX_NAMESPACES:
+                namespaces[principal.namespace] = None
+            return principal
         except errors.Unauthenticated as exc:
             failures = metrics.auth_failures
             failures[exc.reason] = failures.get(exc.reason, 0) + 1
@@ -234,6 +240,9 @@ class ServerMetrics:
         self.auth_cache_hits = 0
         self.auth_cache_misses = 0
         self.auth_failures: dict[str, int] = {}
+        # Namespaces that called this process (in first-call order): the ones whose task
+        # queues are reported.
+        self.namespaces: dict[str, None] = {}
         self._http: Any = None
         self.port = 0
 
@@ -287,12 +296,19 @@ class ServerMetrics:
         redis.execute_command = timed
 
     def watch(
-        self, loop: asyncio.AbstractEventLoop, redis: Any, hub: Callable[[], Any], tasks: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        redis: Any,
+        hub: Callable[[], Any],
+        tasks: Any,
+        *,
+        task_ttl: int,
     ) -> None:
         """Registers the collectors: this object's counts, and the fan-out and task queue state
-        (both read on `loop`, the server's event loop)."""
+        (both read on `loop`, the server's event loop). `task_ttl`: TtlPolicy.task, seconds
+        (how long a dead letter is kept, as GetServerStats counts them)."""
         self.registry.register(_CountsCollector(loop, self))
-        self.registry.register(_StateCollector(loop, redis, hub, tasks))
+        self.registry.register(_StateCollector(loop, self, redis, hub, tasks, task_ttl))
 
     def start_http(self, listen: str) -> int:
         """Serves /metrics on `host:port` (port 0: any free port) in a daemon thread; returns
@@ -421,16 +437,25 @@ class _CountsCollector(Collector):
 
 class _StateCollector(Collector):
     """Reads, at scrape time and on the server's loop, what is cheaper to count than to track:
-    the fan-out hub's subscriptions and buffers, and Redis cardinalities of the task queues
-    this process has seen (one pipelined round trip; every command O(1))."""
+    the fan-out hub's subscriptions and buffers, and the task queues of every namespace that has
+    called this process, from the indexes GetServerStats reads (`tasks:types`, the per-type
+    queues, `tasks:dead`; two pipelined round trips of O(1) or O(log n) commands, no SCAN)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, redis: Any, hub: Callable[[], Any], tasks: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        metrics: ServerMetrics,
+        redis: Any,
+        hub: Callable[[], Any],
+        tasks: Any,
+        task_ttl: int,
     ) -> None:
         self._loop = loop
+        self._metrics = metrics
         self._redis = redis
         self._hub = hub
         self._tasks = tasks
+        self._task_ttl_ms = task_ttl * 1000
 
     def describe(self) -> Iterable[Metric]:
         return ()
@@ -446,28 +471,39 @@ class _StateCollector(Collector):
                 subs = hub.subscriptions(namespace)
                 subscriptions[namespace] = len(subs)
                 queued[namespace] = sum(s.queued for s in subs)
-        queues = self._tasks.observed_queues()
-        namespaces = sorted({ns for ns, _ in queues})
-        replies: list[Any] = []
+        namespaces = list(self._metrics.namespaces)
+        per_namespace: list[Any] = []
+        queues: list[tuple[str, str]] = []
+        depths: list[Any] = []
         if namespaces:
+            kept_since = f"({time.time_ns() // 1_000_000 - self._task_ttl_ms}"
             async with self._redis.pipeline(transaction=False) as pipe:
                 for ns in namespaces:
                     ks = Keyspace(ns)
-                    pipe.zcard(ks.key("tasks", "dead"))
+                    pipe.zcount(ks.key("tasks", "dead"), kept_since, "+inf")
                     pipe.get(ks.key("tasks", "lease_expiries"))
-                for ns, task_type in queues:
-                    ks = Keyspace(ns)
-                    pipe.zcard(ks.key("tasks", "q", task_type))
-                    pipe.zcard(ks.key("tasks", "l", task_type))
-                    pipe.zcard(ks.key("tasks", "d", task_type))
-                replies = await pipe.execute()
+                    pipe.zrevrange(ks.key("tasks", "types"), 0, MAX_TASK_TYPES - 1)
+                per_namespace = await pipe.execute()
+            for i, ns in enumerate(namespaces):
+                queues.extend((ns, task_type) for task_type in per_namespace[3 * i + 2])
+            if queues:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for ns, task_type in queues:
+                        ks = Keyspace(ns)
+                        pipe.zcard(ks.key("tasks", "q", task_type))
+                        pipe.zcard(ks.key("tasks", "l", task_type))
+                        pipe.zcard(ks.key("tasks", "d", task_type))
+                    depths = await pipe.execute()
         return {
             "subscriptions": subscriptions,
             "queued": queued,
             "overflows": overflows,
-            "namespaces": namespaces,
+            "namespaces": [
+                (ns, int(per_namespace[3 * i] or 0), int(per_namespace[3 * i + 1] or 0))
+                for i, ns in enumerate(namespaces)
+            ],
             "queues": queues,
-            "replies": replies,
+            "depths": depths,
             "redeliveries": dict(self._tasks.redeliveries),
         }
 
@@ -496,7 +532,7 @@ class _StateCollector(Collector):
             "client resumes).",
             value=snap["overflows"],
         )
-        replies = iter(snap["replies"])
+        depths = iter(snap["depths"])
         dead = GaugeMetricFamily(
             "agentcoord_task_dead_letters",
             "Dead-lettered tasks (Redis; the same on every process).",
@@ -507,9 +543,9 @@ class _StateCollector(Collector):
             "Task leases that ran out before completion (Redis; the same on every process).",
             labels=("namespace",),
         )
-        for ns in snap["namespaces"]:
-            dead.add_metric((ns,), int(next(replies) or 0))
-            expiries.add_metric((ns,), int(next(replies) or 0))
+        for ns, dead_letters, lease_expiries in snap["namespaces"]:
+            dead.add_metric((ns,), dead_letters)
+            expiries.add_metric((ns,), lease_expiries)
         depth = GaugeMetricFamily(
             "agentcoord_task_queue_depth",
             "Tasks per queue state: pending (claimable now), claimed (leased), delayed "
@@ -518,7 +554,7 @@ class _StateCollector(Collector):
         )
         for ns, task_type in snap["queues"]:
             for state in ("pending", "claimed", "delayed"):
-                depth.add_metric((ns, task_type, state), int(next(replies) or 0))
+                depth.add_metric((ns, task_type, state), int(next(depths)))
         yield dead
         yield expiries
         yield depth

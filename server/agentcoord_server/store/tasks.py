@@ -54,8 +54,6 @@ SUMMARY_RESULT_MAX_BYTES = 4096
 """A result whose JSON is larger is left out of the recent summaries (kept on the task)."""
 LIST_BUDGET = 1000
 """Index entries one ListTasks/ListDeadLetters call examines at most (bounds a script's run)."""
-MAX_OBSERVED_QUEUES = 1000
-"""(namespace, task type) pairs `observed_queues` remembers (metrics report their depth)."""
 RECHECK_SECONDS = 0.25
 """A waiting claim re-checks Redis this often, for tasks added through other server processes;
 AddTask, FailTask and RequeueDeadLetter in this process wake it at once."""
@@ -230,9 +228,7 @@ class TaskStore:
         self._task_ttl_ms = task_ttl * 1000
         self._agent_ttl_ms = agent_ttl * 1000
         self._wakeups = _Wakeups()
-        # What metrics read at scrape time: the queues this process has seen tasks of, and how
-        # often it handed out a task that had been attempted before (per namespace).
-        self._queues: dict[tuple[str, str], None] = {}
+        # Claims of a task attempted before, per namespace (read by metrics at scrape time).
         self.redeliveries: dict[str, int] = {}
         self._add = _Script(redis, "tasks_add")
         self._claim = _Script(redis, "tasks_claim")
@@ -246,15 +242,6 @@ class TaskStore:
         self._register = _Script(redis, "tasks_register_agent")
         self._heartbeat = _Script(redis, "tasks_heartbeat")
         self._list_agents = _Script(redis, "tasks_list_agents")
-
-    def observed_queues(self) -> list[tuple[str, str]]:
-        """(namespace, task type) of every queue this process added to or claimed from since
-        it started (at most MAX_OBSERVED_QUEUES), in the order first seen."""
-        return list(self._queues)
-
-    def _observe(self, namespace: str, task_type: str) -> None:
-        if len(self._queues) < MAX_OBSERVED_QUEUES:
-            self._queues.setdefault((namespace, task_type), None)
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -363,7 +350,6 @@ class TaskStore:
             )
         if reply[0] == "ok":
             self._wakeups.notify(namespace)
-            self._observe(namespace, task_type)
         return TaskRecord.from_flat(reply[1]), reply[0] == "replayed"
 
     async def claim_task(
@@ -399,7 +385,6 @@ class TaskStore:
             reply = await self._claim(args=args)
             if reply[0] == "ok":
                 record = TaskRecord.from_flat(reply[1])
-                self._observe(namespace, record.task_type)
                 if record.attempts > 1:
                     self.redeliveries[namespace] = self.redeliveries.get(namespace, 0) + 1
                 return record
