@@ -16,8 +16,8 @@ What is exported (README "Metrics" lists them with their labels):
   the same figure: aggregate with max), task redeliveries (this process).
 
 Labels stay bounded: method, code, command, script, reason, namespace and task type — never an
-agent id, key or task id. Namespaces and task types are the ones this process has seen tasks
-of (at most MAX_TASK_QUEUES pairs).
+agent id, key or task id. Namespaces are those that called this process since it started (at
+most MAX_NAMESPACES); task types the latest MAX_TASK_TYPES of each namespace's index.
 
 Cost: a method's counters are bound once, when its handler is first wrapped, and are plain
 numbers only the event loop writes, so a call pays two integer increments and one bisect (see
