@@ -40,8 +40,8 @@ from .interceptors import (
     IdentityInterceptor,
     LoggingInterceptor,
 )
-from .redis_supervisor import RedisSupervisor
 from .metrics import ServerMetrics
+from .redis_supervisor import RedisSupervisor
 from .services import SERVICE_MODULES, ServiceContext
 from .store.scripts import preload_registered
 from .store.tokens import TokenStore
