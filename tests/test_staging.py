@@ -453,11 +453,20 @@ async def test_concurrent_restages_by_the_author_get_distinct_consecutive_revisi
 def test_pages_of_large_patterns_stop_at_half_the_message_limit_and_cover_everything(
     redis_url, credentials
 ):
-    handle = ServerThread(server_settings(redis_url, max_message_bytes=64 * 1024)).start()
+    settings = server_settings(
+        redis_url,
+        max_message_bytes=512 * 1024,
+        max_pattern_bytes=128 * 1024,
+        max_task_bytes=128 * 1024,
+        max_conflict_bytes=128 * 1024,
+        max_signal_bytes=128 * 1024,
+        max_value_bytes=128 * 1024,
+    )
+    handle = ServerThread(settings).start()
     try:
         with Client(handle.address, **credentials("finder")) as client:
             for i in range(5):
-                stage(client, f"big-{i}", confidence=0.5, code="x" * 12_000)
+                stage(client, f"big-{i}", confidence=0.5, code="x" * 100_000)
 
             sizes, seen, token = [], [], ""
             while True:
@@ -470,7 +479,7 @@ def test_pages_of_large_patterns_stop_at_half_the_message_limit_and_cover_everyt
     finally:
         handle.stop()
 
-    assert max(sizes) == 2  # 32 KiB of values per page: two 12 KB patterns, not three
+    assert max(sizes) == 2  # 256 KiB of values per page: two 100 KB patterns, not three
     assert sorted(seen) == [f"big-{i}" for i in range(5)]
 
 

@@ -129,6 +129,7 @@ class AgentcoordServer:
             raise ValueError("--tls-cert and --tls-key go together")
         if settings.tls_client_ca is not None and settings.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        settings.check_size_limits()
         if not 0 <= settings.auth_cache_seconds <= 5:
             raise ValueError("the auth cache bound must be between 0 and 5 seconds")
         if settings.bootstrap_token is not None and (

@@ -179,6 +179,34 @@ def main() -> None:
     "metrics.",
 )
 @click.option(
+    "--max-task-bytes",
+    envvar="AGENTCOORD_MAX_TASK_BYTES",
+    default=1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest task payload, and task result, in bytes (serialized), each.",
+)
+@click.option(
+    "--max-signal-bytes",
+    envvar="AGENTCOORD_MAX_SIGNAL_BYTES",
+    default=1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest signal data, in bytes (serialized).",
+)
+@click.option(
+    "--max-pattern-bytes",
+    envvar="AGENTCOORD_MAX_PATTERN_BYTES",
+    default=1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest pattern code (UTF-8), and pattern context (serialized), in bytes, each.",
+)
+@click.option(
+    "--max-conflict-bytes",
+    envvar="AGENTCOORD_MAX_CONFLICT_BYTES",
+    default=1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest conflict positions, and conflict interests, in bytes (serialized), each.",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -209,6 +237,10 @@ def serve(
     tls_client_ca: Path | None,
     max_value_bytes: int,
     metrics_listen: str | None,
+    max_task_bytes: int,
+    max_signal_bytes: int,
+    max_pattern_bytes: int,
+    max_conflict_bytes: int,
 ) -> None:
     """Serve agentcoord over gRPC until SIGTERM or SIGINT.
 
@@ -257,7 +289,15 @@ def serve(
         tls_client_ca=tls_client_ca,
         max_value_bytes=max_value_bytes,
         metrics_listen=metrics_listen or None,
+        max_task_bytes=max_task_bytes,
+        max_signal_bytes=max_signal_bytes,
+        max_pattern_bytes=max_pattern_bytes,
+        max_conflict_bytes=max_conflict_bytes,
     )
+    try:
+        settings.check_size_limits()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-message-bytes") from None
     configure_logging(log_format, log_level, cache=True)
 
     async def run() -> None:

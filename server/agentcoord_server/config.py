@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MiB = 1024 * 1024
+FIXED_FIELDS_BYTES = 256 * 1024
+"""Room a response item needs beside its size-limited fields: ids, names, descriptions, notes,
+interests, errors and times, each bounded in characters by its service (the largest, a pattern
+with its description, note, name and interests, stays under 200 KiB even at 4 bytes a
+character)."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,46 @@ class Settings:
     tls_client_ca: Path | None = None  # PEM CA bundle; set: require client certificates (mTLS)
     # Operations (issue #14): host:port to serve Prometheus /metrics on; None: no metrics.
     metrics_listen: str | None = None
+    # Size limits of the JSON-like and free-text fields that responses echo (issue #12): each is
+    # checked before anything is written, and `check_size_limits` refuses a configuration
+    # under which one stored item could not be sent back in one message.
+    max_task_bytes: int = 1 * MiB  # a task's payload, and its result, each (serialized)
+    max_signal_bytes: int = 1 * MiB  # a signal's data (serialized)
+    max_pattern_bytes: int = 1 * MiB  # a pattern's code (UTF-8), and its context, each
+    max_conflict_bytes: int = 1 * MiB  # a conflict's positions, and its interests, each
+
+    def check_size_limits(self) -> None:
+        """Raises ValueError unless every item a response carries fits in one message.
+
+        A task carries a payload and a result, a pattern its code and context, a conflict its
+        positions and interests (two limited fields each), beside text fields bounded by the
+        services (at most FIXED_FIELDS_BYTES together). So `2 * limit + FIXED_FIELDS_BYTES` must
+        fit `max_message_bytes`; otherwise a write could succeed whose echo or later read could
+        not be sent (the transport would fail it after the change was applied).
+        """
+        doubles = {
+            "--max-task-bytes": self.max_task_bytes,
+            "--max-pattern-bytes": self.max_pattern_bytes,
+            "--max-conflict-bytes": self.max_conflict_bytes,
+        }
+        singles = {
+            "--max-value-bytes": self.max_value_bytes,
+            "--max-signal-bytes": self.max_signal_bytes,
+        }
+        for flag, value in (*doubles.items(), *singles.items()):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1 byte")
+        room = self.max_message_bytes - FIXED_FIELDS_BYTES
+        for flag, value in doubles.items():
+            if 2 * value > room:
+                raise ValueError(
+                    f"{flag} {value} is too large for --max-message-bytes "
+                    f"{self.max_message_bytes}: an item holds two such fields and up to "
+                    f"{FIXED_FIELDS_BYTES} bytes of text, so it may be at most {room // 2}"
+                )
+        for flag, value in singles.items():
+            if value > room:
+                raise ValueError(
+                    f"{flag} {value} is too large for --max-message-bytes "
+                    f"{self.max_message_bytes}: it may be at most {room}"
+                )

@@ -241,16 +241,55 @@ def _translate(exc: BaseException) -> errors.DomainError:
     )
 
 
+Deserializer = Callable[[bytes], Any]
+
+
+def _parser(deserializer: Deserializer) -> Callable[[bytes], Any]:
+    """Parses a request body with the method's own deserializer; a body that does not parse
+    (random bytes, invalid UTF-8 in a string, nesting past protobuf's depth limit) is
+    InvalidArgument MALFORMED_REQUEST instead of grpc's UNKNOWN."""
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = getattr(message_type, "full_name", "the method's request message")
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            raise errors.InvalidArgument(
+                f"the request body is not a valid {type_name} message ({type(exc).__name__})",
+                reason="MALFORMED_REQUEST",
+                metadata={"message_type": type_name},
+            ) from None
+
+    return parse
+
+
 class ErrorInterceptor(_CachingInterceptor):
-    """Maps every exception to a `google.rpc.Status` with ErrorInfo (and BadRequest).
+    """Parses each request and maps every exception to a `google.rpc.Status` with ErrorInfo
+    (and BadRequest).
 
     DomainError subclasses map through STATUS_CODES; Redis connection failures become
     UNAVAILABLE (retryable); anything else is a bug: INTERNAL with the request id and no stack
     trace on the wire (the trace is logged).
+
+    Request bodies are parsed here rather than by grpc: grpc.aio deserializes before any
+    interceptor runs and answers a body that does not parse with UNKNOWN, no request id and no
+    log line. So each handler is given no request deserializer (grpc passes the bytes through)
+    and the body is parsed once, here, inside the logging and error mapping.
     """
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return _wrap_handler(handler, self._unary, self._stream, method)
+        deserializer = handler.request_deserializer  # type: ignore[attr-defined]
+        if deserializer is None or handler.request_streaming:
+            return _wrap_handler(handler, self._unary, self._stream, method)
+        parse = _parser(deserializer)
+        handler = handler._replace(request_deserializer=None)  # type: ignore[attr-defined]
+        return _wrap_handler(
+            handler,
+            lambda behavior, m: self._unary(behavior, m, parse),
+            lambda behavior, m: self._stream(behavior, m, parse),
+            method,
+        )
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -263,9 +302,13 @@ class ErrorInterceptor(_CachingInterceptor):
             status = _status_for(domain, status_code_for(domain))
         await context.abort_with_status(status)
 
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
+    def _unary(
+        self, behavior: Behavior, method: str, parse: Deserializer | None = None
+    ) -> Behavior:
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if parse is not None:
+                    request = parse(request)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -274,9 +317,13 @@ class ErrorInterceptor(_CachingInterceptor):
 
         return mapped
 
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
+    def _stream(
+        self, behavior: Behavior, method: str, parse: Deserializer | None = None
+    ) -> Behavior:
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
+                if parse is not None:
+                    request = parse(request)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):

@@ -19,6 +19,7 @@ from ..store.admin import AdminStore, NamespaceCounts
 from ..store.keys import validate_id
 from ..store.tokens import TokenRecord, TokenStore
 from .signals import hub_for
+from .values import fitting, response_budget
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -97,6 +98,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._store = AdminStore(ctx.redis, task_ttl=ctx.settings.ttl.task)
+        self._max_message_bytes = ctx.settings.max_message_bytes
         self._tokens = TokenStore(ctx.redis)
 
     async def WhoAmI(
@@ -174,9 +176,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         records, next_after = await self._tokens.list(
             current_principal().namespace, page_size, request.page_token
         )
-        return admin_pb2.ListTokensResponse(
-            tokens=[token_info(r) for r in records], next_page_token=next_after
-        )
+        tokens = [token_info(r) for r in records]
+        fit = fitting(tokens, response_budget(self._max_message_bytes))
+        if fit < len(tokens):  # the token is the last token id listed
+            tokens, next_after = tokens[:fit], tokens[fit - 1].token_id
+        return admin_pb2.ListTokensResponse(tokens=tokens, next_page_token=next_after)
 
 
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:

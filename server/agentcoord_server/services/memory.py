@@ -9,7 +9,6 @@ Validation happens completely before the store call, so a refused request writes
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,6 +27,7 @@ from ..store.memory import (
     StoredSession,
     now_ms,
 )
+from .values import checked_json, fitting, response_budget, too_large
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -40,8 +40,7 @@ MAX_EXPLICIT_TTL_MS = 30 * 24 * 3600 * 1000  # an explicit ttl_duration may not 
 MAX_PURPOSE_CHARS = 1024
 MAX_TRAJECTORY = 100  # trust_trajectory keeps the last 100 points (issue #4)
 MAX_EMPATHY_LEVEL = 5
-# Room left in a response message for what is not a listed item (the page token, framing).
-RESPONSE_HEADROOM_BYTES = 4096
+MAX_VALUE_SETTING = "--max-value-bytes"
 # google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 MIN_TIMESTAMP_SECONDS, MAX_TIMESTAMP_SECONDS = -62_135_596_800, 253_402_300_799
 ENTRY_PAGE = (100, 1000)  # (default, maximum) page size of ListEntries
@@ -89,17 +88,14 @@ def _ttl_ms(
 
 def _value_bytes(value: struct_pb2.Value, has: bool, limit: int, path: str, key: str) -> bytes:
     """The serialized value, checked: present, a JSON kind set, at most `limit` bytes
-    (ResourceExhausted VALUE_TOO_LARGE)."""
+    (ResourceExhausted VALUE_TOO_LARGE), numbers finite (InvalidArgument NON_FINITE_NUMBER)."""
     if not has or value.WhichOneof("kind") is None:
         raise invalid_field(path, "is required (any JSON value, including null)")
-    size = value.ByteSize()
-    if size > limit:
-        raise ResourceExhausted(
-            f"{path} is {size} bytes; the limit is {limit} bytes",
-            reason="VALUE_TOO_LARGE",
-            metadata={"key": key, "size_bytes": str(size), "limit_bytes": str(limit)},
-        )
-    return value.SerializeToString()
+    try:
+        return checked_json(value, path, limit, MAX_VALUE_SETTING)
+    except ResourceExhausted as exc:
+        exc.metadata["key"] = key
+        raise
 
 
 def _owner(owner: str, caller: str) -> str:
@@ -184,29 +180,16 @@ def _collaboration_state(state: memory_pb2.CollaborationState, limit: int) -> by
         and 0 <= start.nanos < 1_000_000_000
     ):
         raise invalid_field("state.session_start", "is not a valid timestamp")
+    if state.HasField("extra"):
+        checked_json(state.extra, "state.extra", limit, MAX_VALUE_SETTING)
     kept = memory_pb2.CollaborationState()
     kept.CopyFrom(state)
     if len(kept.trust_trajectory) > MAX_TRAJECTORY:
         del kept.trust_trajectory[: len(kept.trust_trajectory) - MAX_TRAJECTORY]
     data = kept.SerializeToString()
     if len(data) > limit:
-        raise ResourceExhausted(
-            f"state is {len(data)} bytes; the limit is {limit} bytes",
-            reason="VALUE_TOO_LARGE",
-            metadata={"size_bytes": str(len(data)), "limit_bytes": str(limit)},
-        )
+        raise too_large("state", len(data), limit, MAX_VALUE_SETTING)
     return data
-
-
-def _fitting(items: Sequence[Message], budget: int) -> int:
-    """How many of `items`, from the first, fit in `budget` bytes of a response's repeated
-    field (at least one: a single item is bounded by the value size limit)."""
-    total = 0
-    for i, item in enumerate(items):
-        total += item.ByteSize() + 6  # field tag and length prefix
-        if total > budget and i > 0:
-            return i
-    return len(items)
 
 
 def _check_batch(count: int, field: str) -> None:
@@ -223,7 +206,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self._session_ttl_ms = ctx.settings.ttl.session * 1000
         # Values are up to max_value_bytes each, so a batch or a page of them can exceed one
         # gRPC message (max_message_bytes): pages are cut to fit, whole reads are refused.
-        self._response_budget = ctx.settings.max_message_bytes - RESPONSE_HEADROOM_BYTES
+        self._response_budget = response_budget(ctx.settings.max_message_bytes)
 
     def _check_response_size(self, response: Message, advice: str) -> None:
         """Raises ResourceExhausted (RESPONSE_TOO_LARGE) if `response` does not fit in one
@@ -346,9 +329,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         entries, next_token = await self._store.list_entries(
             caller.namespace, owner, prefix, token, size
         )
-        return memory_pb2.ListEntriesResponse(
-            entries=[_entry(e) for e in entries], next_page_token=next_token
-        )
+        listed = [_entry(e) for e in entries]
+        fit = fitting(listed, self._response_budget)
+        if fit < len(listed):  # the token is the last key listed
+            listed, next_token = listed[:fit], listed[fit - 1].key
+        return memory_pb2.ListEntriesResponse(entries=listed, next_page_token=next_token)
 
     # --- team sessions --------------------------------------------------------------------
 
@@ -359,14 +344,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         session_id = validate_id(request.session_id, "session_id")
         if len(request.purpose) > MAX_PURPOSE_CHARS:
             raise invalid_field("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
-        metadata = request.metadata.SerializeToString()
-        limit = self._settings.max_value_bytes
-        if len(metadata) > limit:
-            raise ResourceExhausted(
-                f"metadata is {len(metadata)} bytes; the limit is {limit} bytes",
-                reason="VALUE_TOO_LARGE",
-                metadata={"size_bytes": str(len(metadata)), "limit_bytes": str(limit)},
-            )
+        metadata = checked_json(
+            request.metadata, "metadata", self._settings.max_value_bytes, MAX_VALUE_SETTING
+        )
         stored = await self._store.create_session(
             caller.namespace,
             session_id,
@@ -413,7 +393,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         token = _page_token(request.page_token)
         stored, next_token = await self._store.list_sessions(caller.namespace, token, size)
         sessions = [_session(s) for s in stored]
-        fit = _fitting(sessions, self._response_budget)
+        fit = fitting(sessions, self._response_budget)
         if fit < len(sessions):
             sessions, next_token = sessions[:fit], sessions[fit - 1].session_id
         return memory_pb2.ListSessionsResponse(sessions=sessions, next_page_token=next_token)
@@ -497,7 +477,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             caller.namespace, caller.agent_id, token, size
         )
         records = [_record(r) for r in stored]
-        fit = _fitting(records, self._response_budget)
+        fit = fitting(records, self._response_budget)
         if fit < len(records):
             records, next_token = records[:fit], records[fit - 1].session_id
         return memory_pb2.ListCollaborationStatesResponse(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from agentcoord.v1 import signals_pb2, signals_pb2_grpc
@@ -19,6 +19,7 @@ from ..identity import current_principal
 from ..store.keys import validate_id
 from ..store.signal_fanout import Progress, SignalHub
 from ..store.signals import SignalEntry, SignalStore, validate_cursor
+from .values import checked_json, fitting, response_budget
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -71,6 +72,8 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._store = SignalStore(ctx.redis, ctx.settings.ttl.coordination)
+        self._max_signal_bytes = ctx.settings.max_signal_bytes
+        self._budget = response_budget(ctx.settings.max_message_bytes)
         self.hub = SignalHub(ctx.redis, self._store, ctx.settings.signal_queue_size, ctx.shutdown)
 
     async def SendSignal(
@@ -86,7 +89,10 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
                 raise invalid_field("session_id", "set target_agent or session_id, not both")
         if request.request_id:
             validate_id(request.request_id, "request_id")
-        data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
+        data: dict[str, Any] = {}
+        if request.data.fields:
+            checked_json(request.data, "data", self._max_signal_bytes, "--max-signal-bytes")
+            data = json_format.MessageToDict(request.data)
         entry, replayed = await self._store.send(
             principal.namespace,
             principal.agent_id,
@@ -111,10 +117,13 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
         page = await self._store.receive(
             principal.namespace, principal.agent_id, types, after=request.after_id, limit=limit
         )
+        signals = [to_signal(e) for e in page.entries]
+        next_after, more = page.next_after, page.more
+        fit = fitting(signals, self._budget)
+        if fit < len(signals):  # the rest come after the last signal sent
+            signals, next_after, more = signals[:fit], signals[fit - 1].id, True
         return signals_pb2.ReceiveSignalsResponse(
-            signals=[to_signal(e) for e in page.entries],
-            next_after_id=page.next_after,
-            more=page.more,
+            signals=signals, next_after_id=next_after, more=more
         )
 
     async def Subscribe(

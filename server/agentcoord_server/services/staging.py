@@ -9,12 +9,13 @@ store call and builds the response. Tiers are enforced by the interceptor, not h
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from agentcoord.v1 import staging_pb2, staging_pb2_grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from ..errors import InvalidArgument
 from ..identity import ID_RE, current_principal
@@ -23,11 +24,13 @@ from ..store.staging import (
     LIBRARY_LIST,
     STAGED_LIST,
     ConflictRecord,
+    Page,
     PatternRecord,
     RejectionRecord,
     StagingStore,
     decode_page_token,
 )
+from .values import checked_json, fitting, response_budget, too_large
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -39,6 +42,11 @@ MAX_NAME = 256
 MAX_TEXT = 16384
 MAX_INTEREST = 256
 MAX_INTERESTS = 64
+MAX_PATTERN_SETTING = "--max-pattern-bytes"
+MAX_CONFLICT_SETTING = "--max-conflict-bytes"
+
+R = TypeVar("R")
+M = TypeVar("M", bound=Message)
 
 
 class Violations:
@@ -189,6 +197,26 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
             # Half the message limit leaves room for the proto encoding's overhead.
             page_bytes=ctx.settings.max_message_bytes // 2,
         )
+        self._settings = ctx.settings
+        self._budget = response_budget(ctx.settings.max_message_bytes)
+
+    async def _fitted(
+        self, page: Callable[[int], Awaitable[Page[R]]], size: int, convert: Callable[[R], M]
+    ) -> tuple[list[M], str]:
+        """A page of at most `size` items (0: the default) whose response fits one message.
+
+        The store stops a page at half a message of stored bytes, but the wire form can be
+        larger than the stored JSON (a list of small numbers takes up to 5 times as much), so
+        the converted page is measured; when it does not fit, it is read again with as many
+        items as fit, which gives the store's own token for the shorter page.
+        """
+        while True:
+            result = await page(size)
+            items = [convert(r) for r in result.items]
+            fit = fitting(items, self._budget)
+            if fit == len(items):
+                return items, result.next_page_token
+            size = fit
 
     # -- staging ---------------------------------------------------------------------------
 
@@ -203,6 +231,12 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v.confidence(request.confidence, "confidence")
         v.interests(request.interests, "interests")
         v.raise_if_any()
+        limit = self._settings.max_pattern_bytes
+        code_bytes = len(request.code.encode())
+        if code_bytes > limit:
+            raise too_large("code", code_bytes, limit, MAX_PATTERN_SETTING)
+        if request.context.fields:
+            checked_json(request.context, "context", limit, MAX_PATTERN_SETTING)
         principal = current_principal()
         record = await self._store.stage(
             principal.namespace,
@@ -213,7 +247,7 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
             description=request.description,
             confidence=request.confidence,
             code=request.code,
-            context=json_format.MessageToDict(request.context),
+            context=json_format.MessageToDict(request.context),  # checked above
             interests=list(request.interests),
         )
         return staging_pb2.StagePatternResponse(pattern=staged_pattern_pb(record))
@@ -240,18 +274,20 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v.page_size(request.page_size)
         v.page_token(request.page_token, STAGED_LIST)
         v.raise_if_any()
-        page = await self._store.list_staged(
-            current_principal().namespace,
-            pattern_type=request.pattern_type,
-            author=request.author,
-            minimum_confidence=minimum,
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
-        return staging_pb2.ListStagedPatternsResponse(
-            patterns=[staged_pattern_pb(r) for r in page.items],
-            next_page_token=page.next_page_token,
-        )
+        namespace = current_principal().namespace
+
+        def page(size: int) -> Awaitable[Page[PatternRecord]]:
+            return self._store.list_staged(
+                namespace,
+                pattern_type=request.pattern_type,
+                author=request.author,
+                minimum_confidence=minimum,
+                page_size=size,
+                page_token=request.page_token,
+            )
+
+        patterns, token = await self._fitted(page, request.page_size, staged_pattern_pb)
+        return staging_pb2.ListStagedPatternsResponse(patterns=patterns, next_page_token=token)
 
     # -- review ----------------------------------------------------------------------------
 
@@ -324,16 +360,19 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v.page_size(request.page_size)
         v.page_token(request.page_token, LIBRARY_LIST)
         v.raise_if_any()
-        page = await self._store.list_patterns(
-            current_principal().namespace,
-            pattern_type=request.pattern_type,
-            text=request.text,
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
-        return staging_pb2.ListPatternsResponse(
-            patterns=[pattern_pb(r) for r in page.items], next_page_token=page.next_page_token
-        )
+        namespace = current_principal().namespace
+
+        def page(size: int) -> Awaitable[Page[PatternRecord]]:
+            return self._store.list_patterns(
+                namespace,
+                pattern_type=request.pattern_type,
+                text=request.text,
+                page_size=size,
+                page_token=request.page_token,
+            )
+
+        patterns, token = await self._fitted(page, request.page_size, pattern_pb)
+        return staging_pb2.ListPatternsResponse(patterns=patterns, next_page_token=token)
 
     # -- conflicts -------------------------------------------------------------------------
 
@@ -354,6 +393,11 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
                 v.add(f"interests[{agent!r}]", "agent has no entry in positions")
             v.interests(interests.interests, f"interests[{agent!r}]")
         v.raise_if_any()
+        limit = self._settings.max_conflict_bytes
+        for name in ("positions", "interests"):
+            size = staging_pb2.CreateConflictRequest(**{name: getattr(request, name)}).ByteSize()
+            if size > limit:
+                raise too_large(name, size, limit, MAX_CONFLICT_SETTING)
         principal = current_principal()
         record = await self._store.create_conflict(
             principal.namespace,
@@ -389,15 +433,18 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         v.page_size(request.page_size)
         v.page_token(request.page_token, CONFLICT_LIST)
         v.raise_if_any()
-        page = await self._store.list_conflicts(
-            current_principal().namespace,
-            resolved=resolved,
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
-        return staging_pb2.ListConflictsResponse(
-            conflicts=[conflict_pb(r) for r in page.items], next_page_token=page.next_page_token
-        )
+        namespace = current_principal().namespace
+
+        def page(size: int) -> Awaitable[Page[ConflictRecord]]:
+            return self._store.list_conflicts(
+                namespace,
+                resolved=resolved,
+                page_size=size,
+                page_token=request.page_token,
+            )
+
+        conflicts, token = await self._fitted(page, request.page_size, conflict_pb)
+        return staging_pb2.ListConflictsResponse(conflicts=conflicts, next_page_token=token)
 
     async def ResolveConflict(
         self, request: staging_pb2.ResolveConflictRequest, context: grpc.aio.ServicerContext

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,6 +23,7 @@ from ..errors import invalid_field
 from ..identity import current_principal
 from ..store import tasks as store
 from ..store.keys import validate_id
+from .values import checked_json, fitting, response_budget
 
 if TYPE_CHECKING:
     from . import ServiceContext
@@ -40,6 +41,7 @@ MAX_TEXT_CHARS = 4096
 MAX_CAPABILITIES = 64
 MAX_CLAIM_TYPES = 32
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+MAX_TASK_SETTING = "--max-task-bytes"
 
 _STATUS_TO_PROTO = {
     store.PENDING: tasks_pb2.TASK_STATUS_PENDING,
@@ -67,9 +69,11 @@ def _struct(text: str) -> struct_pb2.Struct:
     return value
 
 
-def _json(value: struct_pb2.Struct) -> str:
+def _json(value: struct_pb2.Struct, field: str, limit: int) -> str:
+    """The Struct as JSON text ('' when empty), once `checked_json` admitted it."""
     if not value.fields:
         return ""
+    checked_json(value, field, limit, MAX_TASK_SETTING)
     return json.dumps(json_format.MessageToDict(value), separators=(",", ":"))
 
 
@@ -163,6 +167,28 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         self._store = store.TaskStore(
             ctx.redis, task_ttl=ctx.settings.ttl.task, agent_ttl=ctx.settings.ttl.coordination
         )
+        self._max_task_bytes = ctx.settings.max_task_bytes
+        self._budget = response_budget(ctx.settings.max_message_bytes)
+
+    async def _fitted_page(
+        self,
+        page: Callable[[int], Awaitable[tuple[list[store.TaskRecord], str]]],
+        size: int,
+    ) -> tuple[list[tasks_pb2.Task], str]:
+        """A page of at most `size` tasks whose response fits one message, and its token.
+
+        A task is at most two `--max-task-bytes` fields plus bounded text, so one always fits;
+        when several do not, the page is read again with as many as fit, which gives the
+        store's own token for the shorter page (another round trip, only for pages of
+        megabytes).
+        """
+        while True:
+            records, token = await page(size)
+            tasks = [task_proto(r) for r in records]
+            fit = fitting(tasks, self._budget)
+            if fit == len(tasks):
+                return tasks, token
+            size = fit
 
     async def RegisterAgent(
         self, request: tasks_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
@@ -193,9 +219,11 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         agents, token = await self._store.list_agents(
             current_principal().namespace, size, request.page_token
         )
-        return tasks_pb2.ListAgentsResponse(
-            agents=[agent_proto(a) for a in agents], next_page_token=token
-        )
+        listed = [agent_proto(a) for a in agents]
+        fit = fitting(listed, self._budget)
+        if fit < len(listed):  # the token is the last agent id listed
+            listed, token = listed[:fit], listed[fit - 1].agent_id
+        return tasks_pb2.ListAgentsResponse(agents=listed, next_page_token=token)
 
     async def AddTask(
         self, request: tasks_pb2.AddTaskRequest, context: grpc.aio.ServicerContext
@@ -218,7 +246,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             task_type=task_type,
             description=_text(request.description, "description"),
             priority=priority,
-            payload_json=_json(request.payload),
+            payload_json=_json(request.payload, "payload", self._max_task_bytes),
             max_attempts=max_attempts,
             request_id=request.request_id,
         )
@@ -276,10 +304,9 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     ) -> tasks_pb2.CompleteTaskResponse:
         task_id = validate_id(request.task_id, "task_id")
         token = _token(request.fencing_token)
+        result = _json(request.result, "result", self._max_task_bytes)
         p = current_principal()
-        rec = await self._store.complete_task(
-            p.namespace, p.agent_id, task_id, token, _json(request.result)
-        )
+        rec = await self._store.complete_task(p.namespace, p.agent_id, task_id, token, result)
         return tasks_pb2.CompleteTaskResponse(task=task_proto(rec))
 
     async def FailTask(
@@ -319,17 +346,20 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             status = _STATUS_FROM_PROTO[request.status]
         task_type = validate_id(request.task_type, "task_type") if request.task_type else ""
         assignee = validate_id(request.assignee, "assignee") if request.assignee else ""
-        tasks, token = await self._store.list_tasks(
-            current_principal().namespace,
-            status=status,
-            task_type=task_type,
-            assignee=assignee,
-            page_size=_page_size(request.page_size),
-            page_token=request.page_token,
-        )
-        return tasks_pb2.ListTasksResponse(
-            tasks=[task_proto(t) for t in tasks], next_page_token=token
-        )
+        namespace = current_principal().namespace
+
+        async def page(size: int) -> tuple[list[store.TaskRecord], str]:
+            return await self._store.list_tasks(
+                namespace,
+                status=status,
+                task_type=task_type,
+                assignee=assignee,
+                page_size=size,
+                page_token=request.page_token,
+            )
+
+        tasks, token = await self._fitted_page(page, _page_size(request.page_size))
+        return tasks_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def CancelTask(
         self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
@@ -347,14 +377,15 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def ListDeadLetters(
         self, request: tasks_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.ListDeadLettersResponse:
-        tasks, token = await self._store.list_dead_letters(
-            current_principal().namespace,
-            page_size=_page_size(request.page_size),
-            page_token=request.page_token,
-        )
-        return tasks_pb2.ListDeadLettersResponse(
-            tasks=[task_proto(t) for t in tasks], next_page_token=token
-        )
+        namespace = current_principal().namespace
+
+        async def page(size: int) -> tuple[list[store.TaskRecord], str]:
+            return await self._store.list_dead_letters(
+                namespace, page_size=size, page_token=request.page_token
+            )
+
+        tasks, token = await self._fitted_page(page, _page_size(request.page_size))
+        return tasks_pb2.ListDeadLettersResponse(tasks=tasks, next_page_token=token)
 
     async def RequeueDeadLetter(
         self, request: tasks_pb2.RequeueDeadLetterRequest, context: grpc.aio.ServicerContext

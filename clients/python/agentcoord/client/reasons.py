@@ -124,10 +124,29 @@ class ErrorReason(StrEnum):
     """INVALID_ARGUMENT: ClaimTask named no task types and the agent registered no capabilities.
     Register capabilities or name the types."""
 
+    NON_FINITE_NUMBER = "NON_FINITE_NUMBER"
+    """INVALID_ARGUMENT: a JSON-like field (a google.protobuf.Struct or Value: task payload or
+    result, signal data, pattern context, working-memory value, session metadata, collaboration
+    state extra) holds NaN, Infinity or -Infinity, which JSON cannot carry. The BadRequest field
+    violation (and ErrorInfo metadata "field") gives the path, e.g. `payload.a[2].b`. Nothing
+    was written. Send a finite number, null or a string instead."""
+
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    """INVALID_ARGUMENT: the request body is not a valid serialized request message of the
+    method (truncated or random bytes, invalid UTF-8 in a string field, nesting deeper than
+    protobuf's limit of 100); ErrorInfo metadata "message_type" names the message expected.
+    Nothing was run. A bug in the client or something between it and the server: fix it, do not
+    retry."""
+
     VALUE_TOO_LARGE = "VALUE_TOO_LARGE"
-    """RESOURCE_EXHAUSTED: a value (working-memory entry, shared context item, collaboration
-    state) is larger than the server's --max-value-bytes (ErrorInfo metadata names the limit).
-    Nothing was written."""
+    """RESOURCE_EXHAUSTED: a request field is larger than the server's limit for it: a working-
+    memory value, shared context item, session metadata or collaboration state (--max-value-
+    bytes), a task payload or result (--max-task-bytes), signal data (--max-signal-bytes),
+    pattern code or context (--max-pattern-bytes), conflict positions or interests (--max-
+    conflict-bytes); sizes are of the serialized field (UTF-8 for code). ErrorInfo metadata:
+    "field" (its path in the request), "size_bytes", "limit_bytes" and "setting" (the server
+    flag). Checked before anything is written: nothing was. Send less (store large data
+    elsewhere and pass a reference)."""
 
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     """RESOURCE_EXHAUSTED: the response would not fit in one gRPC message. Ask for fewer items
