@@ -176,24 +176,56 @@ class LoggingInterceptor(_CachingInterceptor):
         return logged
 
 
+# The status travels in trailers, which a client refuses above 16 KiB (grpc's hard metadata
+# limit; 8 KiB soft): texts that echo request data (a 200,000-character map key in a field path)
+# are cut so the whole status stays under 8 KiB, whatever the request held.
+MAX_MESSAGE_BYTES = 256
+MAX_TEXT_BYTES = 160
+MAX_VIOLATIONS = 8
+MAX_METADATA = 8
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (on a character boundary), marked with '…'."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _violations(pairs: list[tuple[str, str]]) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    shown = pairs if len(pairs) <= MAX_VIOLATIONS else pairs[: MAX_VIOLATIONS - 1]
+    out = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(f, MAX_TEXT_BYTES), description=_cut(d, MAX_TEXT_BYTES)
+        )
+        for f, d in shown
+    ]
+    if len(shown) < len(pairs):
+        out.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field="…", description=f"{len(pairs) - len(shown)} more fields are invalid"
+            )
+        )
+    return out
+
+
 def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     if exc.reason not in CONTRACT_REASONS:
         # tests/test_error_reasons.py keeps this from happening; if it does, clients still get
         # the reason, and the log says the contract needs it.
         log.error("error reason missing from the contract's ErrorReason", reason=exc.reason)
+    metadata = {
+        _cut(k, 64): _cut(v, MAX_TEXT_BYTES) for k, v in list(exc.metadata.items())[:MAX_METADATA]
+    }
     info = error_details_pb2.ErrorInfo(
-        reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
+        reason=exc.reason, domain=ERROR_DOMAIN, metadata={**metadata, "request_id": request_id}
     )
     details: list[Any] = [info]
     if exc.field_violations:
         details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in exc.field_violations
-                ]
-            )
+            error_details_pb2.BadRequest(field_violations=_violations(exc.field_violations))
         )
     if exc.retry_delay is not None:
         delay = duration_pb2.Duration()
@@ -204,7 +236,8 @@ def _status_for(exc: errors.DomainError, code: grpc.StatusCode) -> grpc.Status:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    status = status_pb2.Status(code=code.value[0], message=exc.message, details=packed)
+    message = _cut(exc.message, MAX_MESSAGE_BYTES)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
     converted = rpc_status.to_status(status)
     # Keep the request id in the trailers of failed calls too.
     return _StatusWithTrailers(
