@@ -231,3 +231,19 @@ def test_a_health_check_that_does_not_parse_is_invalid_argument(server):
 
     error = AgentcoordError.from_rpc_error(info.value)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+def test_an_error_about_many_huge_invalid_fields_still_fits_in_the_trailers(make_client):
+    # Field paths echo the request (positions['<agent id>']): uncut, this status was larger
+    # than the 16 KiB of trailers a client accepts, and the caller got RESOURCE_EXHAUSTED
+    # "metadata size exceeds hard limit" with no ErrorInfo.
+    client = make_client()
+    positions = {f"not an id {i} " * 1000: "x" for i in range(50)}
+
+    error = error_of(client.staging.create_conflict, conflict_id="c1", positions=positions)
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert len(error.field_violations) == 8
+    assert error.field_violations[-1] == ("…", "43 more fields are invalid")
+    assert all(len(field.encode()) <= 160 for field, _ in error.field_violations)
+    assert error.request_id
