@@ -217,3 +217,20 @@ def test_agent_pages_are_cut_to_fit_a_small_message_limit(redis_url, credentials
 def test_a_server_whose_limits_would_not_fit_a_message_refuses_to_start(overrides):
     with pytest.raises(ValueError, match="too large for --max-message-bytes"):
         AgentcoordServer(Settings(**overrides))
+
+
+def test_a_session_takes_at_most_1000_participants_so_its_responses_fit_a_message(
+    make_client, redis_client, namespace
+):
+    lead = make_client("lead")
+    lead.memory.create_session("s1")
+    members = f"ac:{{{namespace}}}:sessions:s1:participants"
+    redis_client.sadd(members, *[f"agent-{i:04d}-" + "x" * 118 for i in range(998)])
+    assert len(make_client("joiner").memory.join_session("s1").participants) == 1000
+
+    error = error_of(make_client("late").memory.join_session, "s1")
+
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SESSION_FULL")
+    assert error.metadata["limit"] == "1000"
+    assert redis_client.scard(members) == 1000
+    assert len(make_client("joiner").memory.join_session("s1").participants) == 1000  # rejoin

@@ -50,12 +50,23 @@ from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from ..errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from ..errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from .keys import Keyspace
 from .scripts import load_script
 
 RAW = {NEVER_DECODE: True}
 CLEAR_BATCH = 1000  # entries deleted per script call by `clear`, so Redis is never blocked long
+MAX_PARTICIPANTS = 1000
+"""Most participants a session may have: every response about a session lists them, so 1000
+ids of at most 128 characters (~130 KB) keep it within one message with its metadata
+(config.FIXED_FIELDS_BYTES)."""
 
 
 def now_ms() -> int:
@@ -292,6 +303,13 @@ class MemoryStore:
                 reason="SESSION_NOT_FOUND",
                 metadata={"session_id": session_id},
             )
+        if status == "SESSION_FULL":
+            raise ResourceExhausted(
+                f"session {session_id!r} has the most participants a session may have "
+                f"({MAX_PARTICIPANTS})",
+                reason="SESSION_FULL",
+                metadata={"session_id": session_id, "limit": str(MAX_PARTICIPANTS)},
+            )
         if status == "NOT_A_PARTICIPANT":
             message = f"{agent!r} is not a participant of session {session_id!r}"
             meta = {"session_id": session_id}
@@ -317,8 +335,11 @@ class MemoryStore:
         self, namespace: str, session_id: str, agent: str, ttl_ms: int
     ) -> StoredSession:
         """Adds `agent` to the participants (idempotent, atomic) and restarts the session TTL.
-        Raises NotFound (SESSION_NOT_FOUND)."""
-        reply = await self._activity(namespace, session_id, "join", agent, ttl_ms)
+        Raises NotFound (SESSION_NOT_FOUND), or ResourceExhausted (SESSION_FULL) when the session
+        has MAX_PARTICIPANTS others already."""
+        reply = await self._activity(
+            namespace, session_id, "join", agent, ttl_ms, "", "", MAX_PARTICIPANTS
+        )
         return self._session(session_id, reply[1:])
 
     async def leave_session(

@@ -189,6 +189,11 @@ class ErrorReason(StrEnum):
     COLLABORATION_STATE_NOT_FOUND = "COLLABORATION_STATE_NOT_FOUND"
     """NOT_FOUND: no collaboration state is saved for that session."""
 
+    SESSION_FULL = "SESSION_FULL"
+    """RESOURCE_EXHAUSTED: JoinSession on a session that has the most participants a session may
+    have (1000; ErrorInfo metadata "limit"). Nothing changed. Retry after someone leaves, or use
+    another session."""
+
     PATTERN_STAGED_BY_OTHER_AGENT = "PATTERN_STAGED_BY_OTHER_AGENT"
     """ALREADY_EXISTS: the pattern id is staged by another agent (ErrorInfo metadata "author").
     Choose another id."""

@@ -203,6 +203,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     COLLABORATION_STATE_NOT_FOUND: _ErrorReason.ValueType  # 86
     """NOT_FOUND: no collaboration state is saved for that session."""
+    SESSION_FULL: _ErrorReason.ValueType  # 87
+    """RESOURCE_EXHAUSTED: JoinSession on a session that has the most participants
+    a session may have (1000; ErrorInfo metadata "limit"). Nothing changed.
+    Retry after someone leaves, or use another session.
+    """
     PATTERN_STAGED_BY_OTHER_AGENT: _ErrorReason.ValueType  # 100
     """--- Pattern staging and conflicts.
 
@@ -464,6 +469,11 @@ version (ErrorInfo metadata "version"). Re-read, merge, save again.
 """
 COLLABORATION_STATE_NOT_FOUND: ErrorReason.ValueType  # 86
 """NOT_FOUND: no collaboration state is saved for that session."""
+SESSION_FULL: ErrorReason.ValueType  # 87
+"""RESOURCE_EXHAUSTED: JoinSession on a session that has the most participants
+a session may have (1000; ErrorInfo metadata "limit"). Nothing changed.
+Retry after someone leaves, or use another session.
+"""
 PATTERN_STAGED_BY_OTHER_AGENT: ErrorReason.ValueType  # 100
 """--- Pattern staging and conflicts.
 

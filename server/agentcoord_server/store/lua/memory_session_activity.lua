@@ -4,8 +4,9 @@
 -- value = serialized SharedContextItem), KEYS[4] session index, KEYS[5] session expiry index
 -- ARGV[1] session id, ARGV[2] op: join | leave | share | read, ARGV[3] the caller's agent id,
 -- ARGV[4] now ms, ARGV[5] session ttl ms, ARGV[6] context key ('' with read: all),
--- ARGV[7] serialized SharedContextItem (share)
--- Returns {'NO_SESSION'} or {'NOT_A_PARTICIPANT'} and changes nothing; else
+-- ARGV[7] serialized SharedContextItem (share), ARGV[8] most participants a session may have
+-- (join)
+-- Returns {'NO_SESSION'}, {'NOT_A_PARTICIPANT'} or {'SESSION_FULL'} and changes nothing; else
 --   join/leave: {'OK', purpose, metadata, created by, create ms, expire ms, {participants}}
 --   share: {'OK', expire ms}
 --   read: {'OK', expire ms, {items}} or {'NO_CONTEXT', expire ms} for a missing named key.
@@ -16,6 +17,11 @@ if op ~= 'join' and redis.call('SISMEMBER', KEYS[2], agent) == 0 then
 end
 local status, items = 'OK', nil
 if op == 'join' then
+  -- Bounded so a session (its participants are in every response about it) fits one message.
+  if redis.call('SISMEMBER', KEYS[2], agent) == 0
+      and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[8]) then
+    return {'SESSION_FULL'}
+  end
   redis.call('SADD', KEYS[2], agent)
 elseif op == 'leave' then
   redis.call('SREM', KEYS[2], agent)
