@@ -129,8 +129,9 @@ class MemoryClient(ServiceClient):
         seconds the server configures. Neither: WORKING_RESULTS (1 h by default).
 
         Returns the entry's metadata (owner, stash_time, expire_time, size_bytes; no value).
-        Raises AgentcoordError: INVALID_ARGUMENT (INVALID_ID for a bad key),
-        RESOURCE_EXHAUSTED (VALUE_TOO_LARGE, default limit 1 MiB), PERMISSION_DENIED below
+        Raises AgentcoordError: INVALID_ARGUMENT (INVALID_ID for a bad key, NON_FINITE_NUMBER
+        for NaN/±Infinity in the value), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE, default limit
+        1 MiB), PERMISSION_DENIED below
         CONTRIBUTOR. ValueError if both ttl and ttl_strategy are given.
         """
         request = memory_pb2.StashRequest(key=key, value=to_value(value))
@@ -245,7 +246,8 @@ class MemoryClient(ServiceClient):
 
     async def join_session(self, session_id: str) -> memory_pb2.Session:
         """Joins a session (idempotent) and restarts its TTL; returns it with its participants.
-        Raises AgentcoordError NOT_FOUND (SESSION_NOT_FOUND)."""
+        Raises AgentcoordError NOT_FOUND (SESSION_NOT_FOUND), RESOURCE_EXHAUSTED (SESSION_FULL:
+        it has 1000 participants)."""
         request = memory_pb2.JoinSessionRequest(session_id=session_id)
         response = await self._unary(self._stub.JoinSession, request)
         return response.session  # type: ignore[no-any-return]

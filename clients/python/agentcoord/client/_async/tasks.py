@@ -104,7 +104,9 @@ class TasksClient(ServiceClient):
         is dead-lettered; `request_id` makes retries safe: the same request_id (from this
         agent, within the TASK TTL) returns the task the first call added.
 
-        Raises AgentcoordError: INVALID_ARGUMENT, ALREADY_EXISTS (TASK_EXISTS).
+        Raises AgentcoordError: INVALID_ARGUMENT (NON_FINITE_NUMBER for NaN/±Infinity in the
+        payload), ALREADY_EXISTS (TASK_EXISTS), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: the
+        serialized payload is over the server's --max-task-bytes, default 1 MiB).
         """
         request = tasks_pb2.AddTaskRequest(
             task_id=task_id,
@@ -158,7 +160,9 @@ class TasksClient(ServiceClient):
         """Completes a task held under this agent's live lease with `result` (JSON-like dict).
         Repeating a successful completion returns the completed task again.
 
-        Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND).
+        Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND),
+        INVALID_ARGUMENT (NON_FINITE_NUMBER), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: the result is
+        over --max-task-bytes; the task stays claimed).
         """
         request = tasks_pb2.CompleteTaskRequest(
             task_id=task_id, fencing_token=fencing_token, result=_struct(result)

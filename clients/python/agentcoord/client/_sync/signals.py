@@ -44,8 +44,10 @@ class SignalsClient(ServiceClient):
         same request_id from this agent within the server's COORDINATION retention (default
         5 minutes) stores nothing and returns the signal the first send stored.
 
-        Raises AgentcoordError: INVALID_ARGUMENT for a bad id or both targets set, NOT_FOUND
-        (SESSION_NOT_FOUND) for a missing or expired session.
+        Raises AgentcoordError: INVALID_ARGUMENT for a bad id or both targets set (and
+        NON_FINITE_NUMBER for NaN/±Infinity in `data`), NOT_FOUND (SESSION_NOT_FOUND) for a
+        missing or expired session, RESOURCE_EXHAUSTED (VALUE_TOO_LARGE) for `data` over the
+        server's --max-signal-bytes (default 1 MiB).
         """
         request = signals_pb2.SendSignalRequest(
             signal_type=signal_type,

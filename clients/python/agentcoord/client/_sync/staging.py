@@ -56,8 +56,11 @@ class StagingClient(ServiceClient):
         STAGED_PATTERNS TTL (24 h by default). Staging an id you staged before replaces it
         (revision + 1). `confidence` is 0.0-1.0; `context` any JSON-like dict.
 
-        Raises AgentcoordError: INVALID_ARGUMENT (field_violations lists every bad field),
-        ALREADY_EXISTS (PATTERN_STAGED_BY_OTHER_AGENT), PERMISSION_DENIED below CONTRIBUTOR.
+        Raises AgentcoordError: INVALID_ARGUMENT (field_violations lists every bad field;
+        NON_FINITE_NUMBER for NaN/±Infinity in `context`), ALREADY_EXISTS
+        (PATTERN_STAGED_BY_OTHER_AGENT), PERMISSION_DENIED below CONTRIBUTOR,
+        RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: `code` in UTF-8 or `context` serialized is over the
+        server's --max-pattern-bytes, default 1 MiB).
         """
         request = staging_pb2.StagePatternRequest(
             pattern_id=pattern_id,
@@ -221,7 +224,8 @@ class StagingClient(ServiceClient):
         after the CONFLICT_CONTEXT TTL (7 days by default).
 
         Raises AgentcoordError: INVALID_ARGUMENT (field_violations), ALREADY_EXISTS
-        (CONFLICT_EXISTS).
+        (CONFLICT_EXISTS), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: positions or interests
+        serialized over the server's --max-conflict-bytes, default 1 MiB).
         """
         request = staging_pb2.CreateConflictRequest(
             conflict_id=conflict_id,
