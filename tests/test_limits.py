@@ -152,22 +152,42 @@ def test_pattern_code_and_context_over_the_limit_are_refused(make_client):
     assert error_of(client.staging.get_staged_pattern, "p").reason == "STAGED_PATTERN_NOT_FOUND"
 
 
-def test_pattern_pages_fit_a_message_even_where_the_wire_form_outgrows_the_stored_json(
-    make_client,
-):
-    # 90,000 zeros: 180 KB as stored JSON, ~990 KB as a google.protobuf.ListValue. Five of
-    # them are under the store's half-message cut but over one message on the wire.
-    client = make_client()
-    for i in range(5):
-        client.staging.stage_pattern(
-            pattern_id=f"p{i}",
-            pattern_type="t",
-            name="n",
-            confidence=0.5,
-            context={"zeros": [0] * 90_000},
-        )
+SMALL_LIMITS = {
+    f"max_{name}_bytes": 64 * 1024 for name in ("task", "signal", "pattern", "conflict", "value")
+}
 
-    pages = list_all(client.staging.list_staged_patterns, "patterns", page_size=100)
+
+@pytest.fixture(scope="module")
+def small_server(redis_url):
+    """A server whose messages are 512 KiB (its field limits 64 KiB), so pages fill cheaply."""
+    handle = ServerThread(
+        server_settings(
+            redis_url,
+            max_message_bytes=512 * 1024,
+            **{**SMALL_LIMITS, "max_pattern_bytes": 128 * 1024},
+        )
+    ).start()
+    yield handle
+    handle.stop()
+
+
+def test_pattern_pages_fit_a_message_even_where_the_wire_form_outgrows_the_stored_json(
+    small_server, credentials
+):
+    # 11,000 zeros: 22 KB as stored JSON, ~121 KB as a google.protobuf.ListValue. Five of them
+    # are under the store's cut (half a message of stored bytes) but over one message on the
+    # wire.
+    with Client(small_server.address, **credentials()) as client:
+        for i in range(5):
+            client.staging.stage_pattern(
+                pattern_id=f"p{i}",
+                pattern_type="t",
+                name="n",
+                confidence=0.5,
+                context={"zeros": [0] * 11_000},
+            )
+
+        pages = list_all(client.staging.list_staged_patterns, "patterns", page_size=100)
 
     assert len(pages) > 1
     assert sorted(p.pattern_id for page in pages for p in page) == [f"p{i}" for i in range(5)]
@@ -183,21 +203,13 @@ def test_conflict_positions_over_the_limit_are_refused(make_client):
     assert error_of(client.staging.get_conflict, "c1").reason == "CONFLICT_NOT_FOUND"
 
 
-def test_agent_pages_are_cut_to_fit_a_small_message_limit(redis_url, credentials):
-    small = {
-        f"max_{name}_bytes": 64 * 1024
-        for name in ("task", "signal", "pattern", "conflict", "value")
-    }
-    handle = ServerThread(server_settings(redis_url, max_message_bytes=512 * 1024, **small)).start()
-    try:
-        capabilities = [f"cap-{i:03d}-" + "c" * 120 for i in range(64)]  # ~8.5 KB per agent
-        for i in range(80):
-            with Client(handle.address, **credentials(f"agent-{i:02d}")) as agent:
-                agent.tasks.register_agent(capabilities)
-        with Client(handle.address, **credentials("reader", "OBSERVER")) as reader:
-            pages = list_all(reader.tasks.list_agents, "agents", page_size=1000)
-    finally:
-        handle.stop()
+def test_agent_pages_are_cut_to_fit_a_small_message_limit(small_server, credentials):
+    capabilities = [f"cap-{i:03d}-" + "c" * 120 for i in range(64)]  # ~8.5 KB per agent
+    for i in range(80):
+        with Client(small_server.address, **credentials(f"agent-{i:02d}")) as agent:
+            agent.tasks.register_agent(capabilities)
+    with Client(small_server.address, **credentials("reader", "OBSERVER")) as reader:
+        pages = list_all(reader.tasks.list_agents, "agents", page_size=1000)
 
     assert len(pages) > 1
     assert [a.agent_id for page in pages for a in page] == [f"agent-{i:02d}" for i in range(80)]
