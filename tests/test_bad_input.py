@@ -247,3 +247,39 @@ def test_an_error_about_many_huge_invalid_fields_still_fits_in_the_trailers(make
     assert error.field_violations[-1] == ("…", "43 more fields are invalid")
     assert all(len(field.encode()) <= 160 for field, _ in error.field_violations)
     assert error.request_id
+
+
+def test_the_issues_four_nan_fields_are_refused_without_a_logged_stack_trace(
+    make_client, namespace, log_lines
+):
+    # Issue #12, failure 5, as written: these four came back INTERNAL with a stack trace logged
+    # per request (json_format refuses NaN).
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="t")
+    task = client.tasks.claim_task(task_types=["t"])
+    assert task is not None
+    calls = [
+        lambda: client.signals.send_signal("s", {"x": NAN}),
+        lambda: client.tasks.add_task(task_type="t", payload={"x": NAN}),
+        lambda: client.tasks.complete_task(
+            task_id="t1", fencing_token=task.lease.fencing_token, result={"x": INF}
+        ),
+        lambda: client.staging.stage_pattern(
+            pattern_id="p", pattern_type="t", name="n", confidence=0.5, context={"x": -INF}
+        ),
+    ]
+
+    errors = [error_of(call) for call in calls]
+
+    assert [(e.code, e.reason) for e in errors] == [
+        (grpc.StatusCode.INVALID_ARGUMENT, "NON_FINITE_NUMBER")
+    ] * 4
+    request_ids = {e.request_id for e in errors}
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r for r in log_lines() if r.get("request_id") in request_ids]
+        if len([r for r in lines if r["event"] == "rpc"]) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert sorted(r["event"] for r in lines) == ["rpc"] * 4  # no "unhandled error" with a trace
+    assert {r["code"] for r in lines} == {"INVALID_ARGUMENT"}
