@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from agentcoord import AgentcoordError, AsyncClient
-from agentcoord.v1 import access_pb2, signals_pb2
+from agentcoord.v1 import access_pb2, signals_pb2, signals_pb2_grpc
 from agentcoord_server.config import TtlPolicy
 from agentcoord_server.services.signals import hub_for
 from agentcoord_server.store.tokens import TokenStore
@@ -533,3 +533,24 @@ async def test_revoking_the_token_ends_the_subscription_and_releases_it(server, 
         await wait_for_state(server, namespace, lambda s: not s["readers"])
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_streams_cancelled_right_after_their_first_response_are_all_released(
+    server, credentials, make_aclient, namespace
+):
+    # Cancelled while the handler awaits its catch-up read (a Redis call): the subscription
+    # must end then, not at its next write, which in a quiet namespace never comes.
+    alice = make_aclient("alice")
+    for i in range(5):
+        await alice.signals.send_signal("x", {"i": i})
+    token = credentials("bob", "OBSERVER")["token"]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = signals_pb2_grpc.SignalServiceStub(channel)
+        for _ in range(60):
+            call = stub.Subscribe(
+                signals_pb2.SubscribeRequest(start=signals_pb2.START_POSITION_EARLIEST),
+                metadata=[("authorization", f"Bearer {token}")],
+            )
+            await call.read()  # the start cursor; the catch-up read is under way now
+            call.cancel()
+    await wait_for_state(server, namespace, lambda s: s["subscribers"] == 0 and not s["readers"])

@@ -141,6 +141,7 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
         async with self.hub.subscribe(
             principal.namespace, principal.agent_id, types, after=after, earliest=earliest
         ) as subscription:
+            context.add_done_callback(lambda _: subscription.close())
             yield signals_pb2.SubscribeResponse(cursor=subscription.start_cursor)
             async for item in subscription.entries():
                 if isinstance(item, Progress):

@@ -91,6 +91,7 @@ class Subscription:
         self._live = False
         self._passed = ""  # the newest live entry offered, visible or not
         self.error: DomainError | None = None
+        self.closed = False
 
     @property
     def queued(self) -> int:
@@ -119,6 +120,15 @@ class Subscription:
         self._items.append(entry)
         self._wake.set()
 
+    def close(self) -> None:
+        """Ends `entries()` quietly: the call it serves is over (cancelled, or its deadline
+        passed). grpc cancels the handler's task too, but a cancellation that arrives while
+        redis-py starts a command can be lost, and the handler would then wait for a live
+        signal that in a quiet namespace never comes, holding its subscription."""
+        self.closed = True
+        self._items.clear()
+        self._wake.set()
+
     def fail(self, error: DomainError) -> None:
         """Ends the subscription with `error` (the first error wins) and drops its buffer."""
         if self.error is None:
@@ -131,6 +141,8 @@ class Subscription:
         while True:
             if self.error is not None:
                 raise self.error
+            if self.closed:
+                return None
             if self._items:
                 return self._items.popleft()
             self._wake.clear()
@@ -148,7 +160,7 @@ class Subscription:
         cursor = self.start_cursor
         reported = cursor
         after = "" if self.from_oldest else cursor
-        while True:
+        while not self.closed:
             if self.error is not None:
                 raise self.error
             page = await store.receive(
@@ -169,12 +181,16 @@ class Subscription:
                 # Buffer live entries from here on; the next page picks up whatever was
                 # appended between this page's read and this line.
                 self._live = True
+        if self.closed:
+            return
         if cursor != reported:
             yield Progress(cursor)
         covered = id_key(cursor) if cursor else (0, 0)
-        while True:
+        while not self.closed:
             live = await self._next_live(self._hub.progress_interval)
             if live is None:
+                if self.closed:
+                    return
                 # The buffer is empty, so every visible entry up to _passed was delivered.
                 if self._passed and id_key(self._passed) > covered:
                     covered = id_key(self._passed)
