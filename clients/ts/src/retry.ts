@@ -1,0 +1,122 @@
+/**
+ * Which calls the client retries by itself, and how.
+ *
+ * A call that failed UNAVAILABLE may or may not have run on the server (the connection can drop
+ * after the server acted), so only calls whose repetition changes nothing are retried: every
+ * read, and the writes the contract makes idempotent. Everything else surfaces the UNAVAILABLE
+ * to the caller, who knows whether repeating it is safe.
+ *
+ * @module
+ */
+import type { DescMethod } from "@bufbuild/protobuf";
+
+/**
+ * The RPCs retried on UNAVAILABLE (`Service/Method`, package omitted), and why each is safe:
+ *
+ * - reads: WhoAmI, GetServerStats, ListTokens; Retrieve, BatchRetrieve, ListEntries,
+ *   GetSession, ListSessions, GetSharedContext, LoadCollaborationState,
+ *   ListCollaborationStates; GetStagedPattern, ListStagedPatterns, GetPatternRejection,
+ *   GetPattern, ListPatterns, GetConflict, ListConflicts; ListAgents, GetTask, ListTasks,
+ *   ListDeadLetters, AggregateResults; ReceiveSignals (it does not consume).
+ *   (GetTask and ListTasks may settle an expired lease: settling twice is settling once.)
+ * - RegisterAgent (registering again replaces the capabilities with the same ones),
+ *   Heartbeat, RenewTaskLease (extends the same lease to the same length from now),
+ *   CompleteTask (the contract: repeating a successful completion with the same lease
+ *   returns the same task).
+ * - AddTask only with a `requestId` (the contract's idempotency key); see {@link isSafeToRetry}.
+ *
+ * Not retried: Stash, BatchStash, DeleteEntry, ClearWorkingMemory, session writes,
+ * SaveCollaborationState, staging writes, FailTask (a repeat could count a second failed
+ * attempt), CancelTask, RequeueDeadLetter, SendSignal (a repeat sends a second signal),
+ * DeregisterAgent, IssueToken, RevokeToken, and Subscribe (which resumes instead: see
+ * `Subscription`).
+ */
+export const SAFE_TO_RETRY: ReadonlySet<string> = new Set([
+  "AdminService/WhoAmI",
+  "AdminService/GetServerStats",
+  "AdminService/ListTokens",
+  "MemoryService/Retrieve",
+  "MemoryService/BatchRetrieve",
+  "MemoryService/ListEntries",
+  "MemoryService/GetSession",
+  "MemoryService/ListSessions",
+  "MemoryService/GetSharedContext",
+  "MemoryService/LoadCollaborationState",
+  "MemoryService/ListCollaborationStates",
+  "StagingService/GetStagedPattern",
+  "StagingService/ListStagedPatterns",
+  "StagingService/GetPatternRejection",
+  "StagingService/GetPattern",
+  "StagingService/ListPatterns",
+  "StagingService/GetConflict",
+  "StagingService/ListConflicts",
+  "TaskService/RegisterAgent",
+  "TaskService/Heartbeat",
+  "TaskService/ListAgents",
+  "TaskService/RenewTaskLease",
+  "TaskService/CompleteTask",
+  "TaskService/GetTask",
+  "TaskService/ListTasks",
+  "TaskService/ListDeadLetters",
+  "TaskService/AggregateResults",
+  "SignalService/ReceiveSignals",
+]);
+
+/** `Service/Method` for a generated method descriptor. */
+export function shortName(method: DescMethod): string {
+  return `${method.parent.name}/${method.name}`;
+}
+
+/**
+ * Whether the call of `method` with `request` may be repeated after UNAVAILABLE: it is in
+ * {@link SAFE_TO_RETRY}, or it is an AddTask carrying a non-empty `requestId`.
+ */
+export function isSafeToRetry(method: DescMethod, request: unknown): boolean {
+  const name = shortName(method);
+  if (SAFE_TO_RETRY.has(name)) {
+    return true;
+  }
+  if (name === "TaskService/AddTask") {
+    const requestId = (request as { requestId?: unknown } | undefined)?.requestId;
+    return typeof requestId === "string" && requestId !== "";
+  }
+  return false;
+}
+
+/** How many times, and how patiently, safe calls are retried. */
+export interface RetryPolicy {
+  /** Retries after the first attempt; 0 disables retrying. Default 4. */
+  maxRetries: number;
+  /** Pause before the first retry, in milliseconds, doubled for each further one. Default 100. */
+  initialBackoffMs: number;
+  /** The longest pause, in milliseconds. Default 2000. */
+  maxBackoffMs: number;
+}
+
+export const DEFAULT_RETRY_POLICY: RetryPolicy = {
+  maxRetries: 4,
+  initialBackoffMs: 100,
+  maxBackoffMs: 2000,
+};
+
+/**
+ * Resolves after `ms` milliseconds, or rejects with the signal's reason as soon as `signal`
+ * aborts (at once if it already has).
+ */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,202 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { createClient as createConnectClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+
+import {
+  AccessTier,
+  AgentcoordError,
+  Code,
+  ErrorReason,
+  MemoryService,
+  SAFE_TO_RETRY,
+  SERVICES,
+  TaskService,
+  fromValue,
+  requiredTier,
+  toValue,
+  type Client,
+} from "../src/index.js";
+import { TestServer } from "./support.js";
+
+// Signals are kept 1 s here, so a cursor can be made stale quickly (CURSOR_TRIMMED).
+let server: TestServer;
+let contributor: Client;
+let observer: Client;
+
+before(async () => {
+  server = await TestServer.start(["--ttl", "coordination=1"]);
+  contributor = server.client(await server.issueToken("ts-contributor", AccessTier.CONTRIBUTOR));
+  observer = server.client(await server.issueToken("ts-observer", AccessTier.OBSERVER));
+});
+
+after(async () => {
+  contributor?.close();
+  observer?.close();
+  await server?.dispose();
+});
+
+async function rejection(promise: Promise<unknown>): Promise<AgentcoordError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof AgentcoordError, `expected AgentcoordError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("contract descriptors", () => {
+  test("required_tier is read from the generated method options", () => {
+    assert.equal(requiredTier(MemoryService.method.stash), AccessTier.CONTRIBUTOR);
+    assert.equal(requiredTier(MemoryService.method.retrieve), AccessTier.OBSERVER);
+    assert.equal(requiredTier(TaskService.method.requeueDeadLetter), AccessTier.VALIDATOR);
+    for (const service of SERVICES) {
+      for (const method of service.methods) {
+        assert.notEqual(requiredTier(method), AccessTier.UNSPECIFIED, `${service.name}/${method.name}`);
+      }
+    }
+  });
+
+  test("every retry-safe RPC names a method of the contract", () => {
+    const known = new Set(SERVICES.flatMap((s) => s.methods.map((m) => `${s.name}/${m.name}`)));
+    for (const name of SAFE_TO_RETRY) {
+      assert.ok(known.has(name), `${name} is not in the contract`);
+    }
+  });
+});
+
+describe("token and principal", () => {
+  test("the bearer token is attached and the principal learnt once", async () => {
+    const client = server.client(await server.issueToken("ts-once", AccessTier.CONTRIBUTOR));
+    try {
+      const principal = await client.principal();
+      assert.equal(principal.agentId, "ts-once");
+      assert.equal(principal.namespace, "default");
+      assert.equal(principal.tier, AccessTier.CONTRIBUTOR);
+      // Three writes that each need CONTRIBUTOR, at once: the tier check asks WhoAmI no more.
+      await Promise.all(
+        ["a", "b", "c"].map((key) => client.memory.stash({ key, value: toValue({ n: 1 }) })),
+      );
+      assert.equal(server.rpcLines("AdminService/WhoAmI", "ts-once").length, 1);
+      assert.equal(server.rpcLines("MemoryService/Stash", "ts-once").length, 3);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("an unknown token is UNAUTHENTICATED with reason UNKNOWN_TOKEN", async () => {
+    const client = server.client("not-a-real-token-0123456789");
+    try {
+      const error = await rejection(client.admin.whoAmI({}));
+      assert.equal(error.code, Code.Unauthenticated);
+      assert.equal(error.reason, ErrorReason.UNKNOWN_TOKEN);
+      assert.equal(error.reasonName, "UNKNOWN_TOKEN");
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("tier fail-fast", () => {
+  test("a write above the caller's tier is refused locally and never reaches the server", async () => {
+    const error = await rejection(
+      observer.memory.stash({ key: "observer-note", value: toValue("hello") }),
+    );
+    assert.equal(error.code, Code.PermissionDenied);
+    assert.equal(error.reason, ErrorReason.TIER_TOO_LOW);
+    assert.deepEqual({ ...error.errorMetadata }, { required_tier: "CONTRIBUTOR", caller_tier: "OBSERVER" });
+    assert.equal(error.requestId, undefined, "a local refusal has no server request id");
+    // The observer's WhoAmI is in the log (so the log is live), its Stash is not.
+    assert.equal(server.rpcLines("AdminService/WhoAmI", "ts-observer").length, 1);
+    assert.equal(server.rpcLines("MemoryService/Stash", "ts-observer").length, 0);
+  });
+
+  test("the same write sent without the client's check is refused by the server, and logged", async () => {
+    // The contrast that makes the test above meaningful: a raw Connect client (no fail-fast).
+    const token = await server.issueToken("ts-raw-observer", AccessTier.OBSERVER);
+    const raw = createConnectClient(
+      MemoryService,
+      createGrpcTransport({
+        baseUrl: `http://${server.address}`,
+        interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+      }),
+    );
+    const error = await rejection(
+      raw.stash({ key: "observer-note", value: toValue("hello") }).catch((e: unknown) => {
+        throw AgentcoordError.fromError(e);
+      }),
+    );
+    assert.equal(error.code, Code.PermissionDenied);
+    assert.equal(error.reason, ErrorReason.TIER_TOO_LOW);
+    assert.ok(error.requestId, "the server's refusal carries its request id");
+    assert.equal(server.rpcLines("MemoryService/Stash", "ts-raw-observer").length, 1);
+  });
+
+  test("calls within the caller's tier go through", async () => {
+    await contributor.memory.stash({ key: "shared", value: toValue({ list: [1, "two", null] }) });
+    const response = await observer.memory.retrieve({ key: "shared", owner: "ts-contributor" });
+    assert.deepEqual(fromValue(response.entry?.value), { list: [1, "two", null] });
+  });
+});
+
+describe("errors from google.rpc.Status", () => {
+  test("reason, field violations and request id are decoded", async () => {
+    const error = await rejection(contributor.tasks.addTask({ taskType: "lint", priority: 11 }));
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.equal(error.reason, ErrorReason.INVALID_FIELD);
+    assert.ok(error.fieldViolations.some((v) => v.field === "priority"), JSON.stringify(error.fieldViolations));
+    assert.match(error.requestId ?? "", /^[0-9a-f]{32}$/);
+  });
+
+  test("NOT_FOUND carries its specific reason", async () => {
+    const error = await rejection(observer.tasks.getTask({ taskId: "no-such-task" }));
+    assert.equal(error.code, Code.NotFound);
+    assert.equal(error.reason, ErrorReason.TASK_NOT_FOUND);
+  });
+
+  test("Struct fields travel as plain JSON objects", async () => {
+    const payload = { file: "a.py", lines: [1, 2], nested: { ok: true, none: null } };
+    const added = await contributor.tasks.addTask({ taskType: "json-check", payload });
+    assert.deepEqual(added.task?.payload, payload);
+    const read = await observer.tasks.getTask({ taskId: added.task?.taskId ?? "" });
+    assert.deepEqual(read.task?.payload, payload);
+  });
+});
+
+describe("subscribe errors", () => {
+  test("a cursor older than the retention surfaces CURSOR_TRIMMED", async () => {
+    const first = await contributor.signals.sendSignal({ signalType: "trim", data: { n: 1 } });
+    await contributor.signals.sendSignal({ signalType: "trim", data: { n: 2 } });
+    await new Promise((r) => setTimeout(r, 1500)); // past the 1 s retention
+    await contributor.signals.sendSignal({ signalType: "trim", data: { n: 3 } }); // trims 1 and 2
+    const subscription = observer.subscribe({ signalTypes: ["trim"], afterId: first.signal?.id ?? "" });
+    const error = await rejection(
+      (async () => {
+        for await (const signal of subscription) {
+          assert.fail(`got ${signal.id}`);
+        }
+      })(),
+    );
+    assert.equal(error.code, Code.OutOfRange);
+    assert.equal(error.reason, ErrorReason.CURSOR_TRIMMED);
+  });
+
+  test("aborting the signal ends the iteration", async () => {
+    const controller = new AbortController();
+    const seen: string[] = [];
+    const subscription = observer.subscribe({
+      signalTypes: ["abort-test"],
+      signal: controller.signal,
+      onOpen: () => {
+        void contributor.signals.sendSignal({ signalType: "abort-test" });
+      },
+    });
+    for await (const signal of subscription) {
+      seen.push(signal.id);
+      controller.abort();
+    }
+    assert.equal(seen.length, 1);
+  });
+});
