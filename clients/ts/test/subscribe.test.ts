@@ -1,0 +1,131 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { AccessTier, AgentcoordError, Code, type Client, type Signal } from "../src/index.js";
+import { TestServer, eventually } from "./support.js";
+
+// A small per-stream buffer, so a reader that stops reading is cut off (SUBSCRIBER_TOO_SLOW).
+let server: TestServer;
+let sender: Client;
+let reader: Client;
+
+before(async () => {
+  server = await TestServer.start(["--signal-queue-size", "8"]);
+  sender = server.client(await server.issueToken("ts-sender", AccessTier.CONTRIBUTOR));
+  reader = server.client(await server.issueToken("ts-reader", AccessTier.OBSERVER), {
+    // Retries of safe calls must outlast a server restart here.
+    retry: { maxRetries: 20, initialBackoffMs: 100, maxBackoffMs: 500 },
+  });
+});
+
+after(async () => {
+  sender?.close();
+  reader?.close();
+  await server?.dispose();
+});
+
+function isIncreasing(ids: string[]): boolean {
+  const key = (id: string): [bigint, bigint] => {
+    const [ms, seq] = id.split("-");
+    return [BigInt(ms ?? "0"), BigInt(seq ?? "0")];
+  };
+  return ids.every((id, i) => {
+    if (i === 0) return true;
+    const [a, b] = [key(ids[i - 1] ?? ""), key(id)];
+    return a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
+  });
+}
+
+test("a subscription resumes from its cursor across a server restart, losing and repeating nothing", async () => {
+  const received: Signal[] = [];
+  let opened = 0;
+  const controller = new AbortController();
+  const subscription = reader.subscribe({
+    signalTypes: ["restart"],
+    signal: controller.signal,
+    maxRetries: 50,
+    backoffMs: 100,
+    maxBackoffMs: 500,
+    onOpen: () => {
+      opened++;
+    },
+  });
+  const consumed = (async () => {
+    for await (const signal of subscription) {
+      received.push(signal);
+      if (received.length === 6) controller.abort();
+    }
+  })();
+  await eventually(() => opened === 1, "the first stream to open");
+  const sent: string[] = [];
+  for (let n = 1; n <= 3; n++) {
+    sent.push((await sender.signals.sendSignal({ signalType: "restart", data: { n } })).signal?.id ?? "");
+  }
+  await eventually(() => received.length === 3, "the signals sent before the restart");
+
+  await server.restart();
+  // Sent before the reader is back: it must get them from its cursor, not live.
+  for (let n = 4; n <= 6; n++) {
+    sent.push((await sender.signals.sendSignal({ signalType: "restart", data: { n } })).signal?.id ?? "");
+  }
+  await consumed;
+  assert.ok(opened >= 2, "the stream was reopened");
+  assert.deepEqual(received.map((s) => s.id), sent);
+  assert.deepEqual(received.map((s) => s.data?.["n"]), [1, 2, 3, 4, 5, 6]);
+  assert.ok(isIncreasing(received.map((s) => s.id)));
+  assert.equal(subscription.cursor, sent[5]);
+});
+
+test("a safe read is retried through a restart; an unsafe write fails UNAVAILABLE", async () => {
+  const added = await sender.tasks.addTask({ taskType: "retry-check" });
+  const taskId = added.task?.taskId ?? "";
+  await server.stop();
+  const write = await sender.signals
+    .sendSignal({ signalType: "while-down" })
+    .then(() => undefined, (error: unknown) => error);
+  assert.ok(write instanceof AgentcoordError);
+  assert.equal(write.code, Code.Unavailable);
+
+  const read = reader.tasks.getTask({ taskId }); // GetTask is retry-safe
+  await server.restart();
+  assert.equal((await read).task?.taskId, taskId);
+});
+
+test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from its cursor", async () => {
+  const total = 100;
+  // Enough bytes to fill the HTTP/2 flow-control windows and the server's transport buffers,
+  // so that the server's per-stream buffer (8 signals) overflows.
+  const filler = "x".repeat(131_072);
+  const controller = new AbortController();
+  let opened = 0;
+  let release!: () => void;
+  const paused = new Promise<void>((r) => (release = r));
+  const received: string[] = [];
+  const subscription = reader.subscribe({
+    signalTypes: ["flood"],
+    signal: controller.signal,
+    onOpen: () => {
+      opened++;
+    },
+  });
+  const consumed = (async () => {
+    for await (const signal of subscription) {
+      if (received.length === 0) await paused; // stop reading until everything was sent
+      received.push(signal.id);
+      if (received.length === total) controller.abort();
+    }
+  })();
+  await eventually(() => opened === 1, "the stream to open");
+  const sent: string[] = [];
+  for (let n = 0; n < total; n++) {
+    sent.push((await sender.signals.sendSignal({ signalType: "flood", data: { n, filler } })).signal?.id ?? "");
+  }
+  release();
+  await consumed;
+  assert.ok(opened >= 2, "the stream was reopened");
+  assert.ok(
+    server.rpcLines("SignalService/Subscribe", "ts-reader").some((l) => l.code === "RESOURCE_EXHAUSTED"),
+    "the server ended a stream RESOURCE_EXHAUSTED",
+  );
+  assert.deepEqual(received, sent);
+});

@@ -1,0 +1,118 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import {
+  AccessTier,
+  ErrorReason,
+  PermanentTaskError,
+  TaskStatus,
+  type Client,
+  type WorkerOutcome,
+} from "../src/index.js";
+import { TestServer } from "./support.js";
+
+let server: TestServer;
+let worker: Client;
+let validator: Client;
+
+before(async () => {
+  server = await TestServer.start();
+  worker = server.client(await server.issueToken("ts-worker", AccessTier.CONTRIBUTOR));
+  validator = server.client(await server.issueToken("ts-validator", AccessTier.VALIDATOR));
+});
+
+after(async () => {
+  worker?.close();
+  validator?.close();
+  await server?.dispose();
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+test("the worker long-polls, renews its lease while the handler runs, and completes with the fencing token", async () => {
+  const w = worker.worker(
+    async (task) => {
+      await sleep(2500); // longer than the 1 s lease: only renewals keep it
+      return { handled: task.taskId };
+    },
+    { taskTypes: ["renew"], leaseMs: 1000, waitMs: 10_000 },
+  );
+  const claimed = w.runOnce(); // waiting: no task exists yet
+  await sleep(300);
+  await validator.tasks.addTask({ taskId: "renew-1", taskType: "renew" });
+  const outcome = await claimed;
+  assert.equal(outcome?.outcome, "completed");
+  const task = (await validator.tasks.getTask({ taskId: "renew-1" })).task;
+  assert.equal(task?.status, TaskStatus.COMPLETED);
+  assert.equal(task?.attempts, 1, "the lease never lapsed, so the task was claimed once");
+  assert.deepEqual(task?.result, { handled: "renew-1" });
+  assert.equal(task?.lease?.fencingToken, outcome?.task.lease?.fencingToken);
+  assert.ok(server.rpcLines("TaskService/RenewTaskLease", "ts-worker").length >= 2);
+  assert.equal(w.completed, 1);
+});
+
+test("a handler that throws fails the attempt: retryable, or dead-lettered for PermanentTaskError", async () => {
+  await validator.tasks.addTask({ taskId: "fail-1", taskType: "fail", maxAttempts: 3 });
+  const w = worker.worker(
+    () => {
+      throw new Error("disk full");
+    },
+    { taskTypes: ["fail"], waitMs: 0 },
+  );
+  const outcome = await w.runOnce();
+  assert.equal(outcome?.outcome, "failed");
+  let task = (await validator.tasks.getTask({ taskId: "fail-1" })).task;
+  assert.equal(task?.status, TaskStatus.PENDING);
+  assert.equal(task?.attempts, 1);
+  assert.match(task?.lastError ?? "", /disk full/);
+
+  const permanent = worker.worker(
+    () => {
+      throw new PermanentTaskError("bad input");
+    },
+    { taskTypes: ["fail"], waitMs: 0 },
+  );
+  assert.equal((await permanent.runOnce())?.outcome, "failed");
+  task = (await validator.tasks.getTask({ taskId: "fail-1" })).task;
+  assert.equal(task?.status, TaskStatus.DEAD_LETTERED);
+});
+
+test("a lost lease aborts the handler's signal and nothing is submitted", async () => {
+  await validator.tasks.addTask({ taskId: "lost-1", taskType: "lost" });
+  let aborted: unknown;
+  const w = worker.worker(
+    async (task, signal) => {
+      // The task is taken away while the handler works: cancelling revokes the lease.
+      await validator.tasks.cancelTask({ taskId: task.taskId });
+      await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve()));
+      aborted = signal.reason;
+      return { should: "not be stored" };
+    },
+    { taskTypes: ["lost"], leaseMs: 1000, waitMs: 0 },
+  );
+  const outcome: WorkerOutcome | undefined = await w.runOnce();
+  assert.equal(outcome?.outcome, "lost");
+  assert.equal((aborted as { reason?: unknown }).reason, ErrorReason.LEASE_LOST);
+  const task = (await validator.tasks.getTask({ taskId: "lost-1" })).task;
+  assert.equal(task?.status, TaskStatus.CANCELLED);
+  assert.equal(server.rpcLines("TaskService/CompleteTask", "ts-worker").length, 1, "only renew-1 was completed");
+  assert.equal(w.lost, 1);
+});
+
+test("run() processes tasks until its signal aborts", async () => {
+  for (let n = 1; n <= 3; n++) {
+    await validator.tasks.addTask({ taskId: `run-${n}`, taskType: "run", priority: n });
+  }
+  const controller = new AbortController();
+  const done: string[] = [];
+  const w = worker.worker((task) => ({ n: task.priority }), { taskTypes: ["run"], waitMs: 5000 });
+  const processed = await w.run({
+    signal: controller.signal,
+    onOutcome: (o) => {
+      done.push(o.task.taskId);
+      if (done.length === 3) controller.abort();
+    },
+  });
+  assert.equal(processed, 3);
+  assert.deepEqual(done, ["run-3", "run-2", "run-1"], "highest priority first");
+});
