@@ -127,3 +127,15 @@ export function toReason(reason: string): ErrorReason {
   const value: unknown = (ErrorReason as unknown as Record<string, unknown>)[reason];
   return typeof value === "number" ? (value as ErrorReason) : ErrorReason.ERROR_REASON_UNSPECIFIED;
 }
+
+/**
+ * The gRPC name of a status code, as other gRPC libraries and the server's logs spell it:
+ * `grpcCodeName(Code.PermissionDenied) === "PERMISSION_DENIED"`.
+ */
+export function grpcCodeName(code: Code): string {
+  if (code === Code.Canceled) {
+    return "CANCELLED"; // gRPC spells it with two Ls
+  }
+  const name = Code[code] ?? "UNKNOWN";
+  return name.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}

@@ -14,7 +14,7 @@
  * @module
  */
 export { Client, createClient, SERVICES, type ClientOptions, type ServiceClient } from "./client.js";
-export { AgentcoordError, Code, toReason, type FieldViolation } from "./errors.js";
+export { AgentcoordError, Code, grpcCodeName, toReason, type FieldViolation } from "./errors.js";
 export { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
 export { fromValue, toValue, type JsonObject, type JsonValue } from "./json.js";
 export {
