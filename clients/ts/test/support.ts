@@ -177,8 +177,8 @@ export class TestServer {
   }
 }
 
-/** Polls `condition` every 50 ms until it holds; throws after `attempts` tries. */
-export async function eventually(condition: () => boolean, what: string, attempts = 200): Promise<void> {
+/** Polls `condition` every 50 ms until it holds; throws after `attempts` tries (default 30 s). */
+export async function eventually(condition: () => boolean, what: string, attempts = 600): Promise<void> {
   for (let i = 0; i < attempts; i++) {
     if (condition()) return;
     await new Promise((r) => setTimeout(r, 50));

@@ -9,7 +9,7 @@ import {
   type Client,
   type WorkerOutcome,
 } from "../src/index.js";
-import { TestServer } from "./support.js";
+import { TestServer, eventually } from "./support.js";
 
 let server: TestServer;
 let worker: Client;
@@ -115,4 +115,42 @@ test("run() processes tasks until its signal aborts", async () => {
   });
   assert.equal(processed, 3);
   assert.deepEqual(done, ["run-3", "run-2", "run-1"], "highest priority first");
+});
+
+test("the demo programs: the observer sees each completion once and its write is refused locally; both exit 0 on SIGTERM", async () => {
+  const { spawn } = await import("node:child_process");
+  const { createInterface } = await import("node:readline");
+  const start = (script: string, token: string, args: string[] = []) => {
+    const child = spawn(process.execPath, ["--import", "tsx", `examples/${script}.ts`, ...args], {
+      env: { ...process.env, AGENTCOORD_SERVER: server.address, AGENTCOORD_TOKEN: token },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const lines: Record<string, unknown>[] = [];
+    createInterface({ input: child.stdout }).on("line", (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    return { child, lines, exited };
+  };
+  const observer = start("observer", await server.issueToken("demo-observer", AccessTier.OBSERVER));
+  await eventually(() => observer.lines.some((l) => l["event"] === "ready"), "the observer to be ready");
+  for (let n = 1; n <= 3; n++) {
+    await validator.tasks.addTask({ taskId: `demo-${n}`, taskType: "demo" });
+  }
+  const demoWorker = start("worker", await server.issueToken("demo-worker", AccessTier.CONTRIBUTOR), [
+    "--capabilities", "demo", "--lease", "3s", "--work-ms", "50",
+  ]);
+  const signals = () => observer.lines.filter((l) => l["event"] === "signal");
+  await eventually(() => signals().length === 3, "three completion signals");
+  demoWorker.child.kill("SIGTERM");
+  observer.child.kill("SIGTERM");
+  assert.equal(await demoWorker.exited, 0);
+  assert.equal(await observer.exited, 0);
+
+  const completed = demoWorker.lines.filter((l) => l["event"] === "completed").map((l) => l["task_id"]);
+  assert.deepEqual([...completed].sort(), ["demo-1", "demo-2", "demo-3"]);
+  assert.deepEqual(signals().map((l) => l["task_id"]), completed, "in completion order, once each");
+  assert.deepEqual(
+    observer.lines.find((l) => String(l["event"]).startsWith("write")),
+    { event: "write_refused", code: "PERMISSION_DENIED", reason: "TIER_TOO_LOW" },
+  );
+  assert.equal(server.rpcLines("MemoryService/Stash", "demo-observer").length, 0);
 });
