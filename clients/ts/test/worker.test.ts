@@ -47,7 +47,10 @@ test("the worker long-polls, renews its lease while the handler runs, and comple
   assert.equal(task?.attempts, 1, "the lease never lapsed, so the task was claimed once");
   assert.deepEqual(task?.result, { handled: "renew-1" });
   assert.equal(task?.lease?.fencingToken, outcome?.task.lease?.fencingToken);
-  assert.ok(server.rpcLines("TaskService/RenewTaskLease", "ts-worker").length >= 2);
+  await eventually(
+    () => server.rpcLines("TaskService/RenewTaskLease", "ts-worker").length >= 2,
+    "at least two renewals in the server's log",
+  );
   assert.equal(w.completed, 1);
 });
 
@@ -152,5 +155,6 @@ test("the demo programs: the observer sees each completion once and its write is
     observer.lines.find((l) => String(l["event"]).startsWith("write")),
     { event: "write_refused", code: "PERMISSION_DENIED", reason: "TIER_TOO_LOW" },
   );
+  await eventually(() => server.rpcLines("SignalService/Subscribe", "demo-observer").length === 1, "the observer's stream to be logged");
   assert.equal(server.rpcLines("MemoryService/Stash", "demo-observer").length, 0);
 });
