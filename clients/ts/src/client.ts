@@ -242,8 +242,11 @@ function retryInterceptor(policy: RetryPolicy): Interceptor {
       try {
         return await next(req);
       } catch (error) {
+        // A stream reset by a dying server surfaces as CANCELLED in Node; unless this call
+        // was aborted, that is a lost connection like UNAVAILABLE.
         const code = ConnectError.from(error).code;
-        if (code !== Code.Unavailable || attempt >= policy.maxRetries || req.signal.aborted) {
+        const lost = code === Code.Unavailable || code === Code.Canceled;
+        if (!lost || attempt >= policy.maxRetries || req.signal.aborted) {
           throw error;
         }
         const pause = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** attempt);

@@ -1,8 +1,9 @@
 /**
  * Which calls the client retries by itself, and how.
  *
- * A call that failed UNAVAILABLE may or may not have run on the server (the connection can drop
- * after the server acted), so only calls whose repetition changes nothing are retried: every
+ * A call that failed UNAVAILABLE (or CANCELLED without the caller aborting it: how Node reports
+ * a connection reset by a dying server) may or may not have run on the server (the connection
+ * can drop after the server acted), so only calls whose repetition changes nothing are retried: every
  * read, and the writes the contract makes idempotent. Everything else surfaces the UNAVAILABLE
  * to the caller, who knows whether repeating it is safe.
  *

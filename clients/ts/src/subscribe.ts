@@ -44,7 +44,7 @@ export interface SubscribeOptions {
  * `for await`. Each iteration opens its own stream.
  *
  * When the server ends the stream with UNAVAILABLE (it is shutting down or restarting, Redis
- * blipped, the connection dropped) or RESOURCE_EXHAUSTED / SUBSCRIBER_TOO_SLOW (this reader
+ * blipped), the connection is lost (a crashed server), or RESOURCE_EXHAUSTED / SUBSCRIBER_TOO_SLOW (this reader
  * fell behind), it resubscribes after the last cursor it received, so no signal is lost or
  * repeated. `cursor` is that position: pass it as `afterId` to continue later.
  *
@@ -125,10 +125,16 @@ export class Subscription implements AsyncIterable<Signal> {
   }
 }
 
-/** UNAVAILABLE or SUBSCRIBER_TOO_SLOW: the server asked the client to come back. */
+/**
+ * Whether a subscription that ended with `error` resumes: UNAVAILABLE (the server is stopping,
+ * Redis blipped, the server cannot be reached), SUBSCRIBER_TOO_SLOW, or CANCELLED that this
+ * client did not ask for (the connection was lost: Node reports a stream reset by a dying
+ * server as CANCELLED, where other gRPC clients say UNAVAILABLE).
+ */
 export function isResumable(error: AgentcoordError): boolean {
   return (
     error.code === Code.Unavailable ||
+    error.code === Code.Canceled ||
     (error.code === Code.ResourceExhausted && error.reason === ErrorReason.SUBSCRIBER_TOO_SLOW)
   );
 }

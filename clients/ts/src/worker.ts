@@ -192,8 +192,8 @@ export class Worker {
 
   /**
    * Processes tasks until `signal` aborts, `maxTasks` were processed, or (with
-   * `stopWhenIdle`) a claim's wait ends with no task. A claim that fails UNAVAILABLE is tried
-   * again after a pause (a claim the server made but whose answer was lost only delays that
+   * `stopWhenIdle`) a claim's wait ends with no task. A claim that fails UNAVAILABLE (or on a
+   * lost connection) is tried again after a pause (a claim the server made but whose answer was lost only delays that
    * task until its lease runs out).
    *
    * @returns how many tasks were processed.
@@ -207,7 +207,13 @@ export class Worker {
       try {
         outcome = await this.runOnce(signal);
       } catch (error) {
-        if (!(error instanceof AgentcoordError) || error.code !== Code.Unavailable) {
+        const lost =
+          error instanceof AgentcoordError &&
+          (error.code === Code.Unavailable || error.code === Code.Canceled);
+        if (signal?.aborted) {
+          break;
+        }
+        if (!lost) {
           throw error;
         }
         await sleep(IDLE_PAUSE_MS, signal).catch(() => undefined);

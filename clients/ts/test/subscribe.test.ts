@@ -129,3 +129,34 @@ test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from
   );
   assert.deepEqual(received, sent);
 });
+
+test("a subscription resumes after the server is SIGKILLed and started again", async () => {
+  const received: string[] = [];
+  let opened = 0;
+  const controller = new AbortController();
+  const subscription = reader.subscribe({
+    signalTypes: ["crash"],
+    signal: controller.signal,
+    maxRetries: 50,
+    backoffMs: 100,
+    maxBackoffMs: 500,
+    onOpen: () => {
+      opened++;
+    },
+  });
+  const consumed = (async () => {
+    for await (const signal of subscription) {
+      received.push(signal.id);
+      if (received.length === 2) controller.abort();
+    }
+  })();
+  await eventually(() => opened === 1, "the stream to open");
+  const sent = [(await sender.signals.sendSignal({ signalType: "crash" })).signal?.id ?? ""];
+  await eventually(() => received.length === 1, "the signal sent before the crash");
+  await server.kill();
+  await server.respawn();
+  sent.push((await sender.signals.sendSignal({ signalType: "crash" })).signal?.id ?? "");
+  await consumed;
+  assert.ok(opened >= 2, "the stream was reopened");
+  assert.deepEqual(received, sent);
+});

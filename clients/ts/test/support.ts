@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -93,7 +93,9 @@ export class TestServer {
     try {
       for (let attempt = 0; ; attempt++) {
         try {
-          await Promise.race([probe.admin.whoAmI({}), exited]);
+          const call = probe.admin.whoAmI({});
+          call.catch(() => undefined); // when `exited` wins the race
+          await Promise.race([call, exited]);
           return;
         } catch (error) {
           if (attempt > 300 || this.process?.exitCode !== null) {
@@ -133,6 +135,44 @@ export class TestServer {
     const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
     await ended;
     clearTimeout(timer);
+  }
+
+  /** SIGKILLs the server (a crash: no drain, no clean Redis shutdown) and waits for it to end. */
+  async kill(): Promise<void> {
+    const child = this.process;
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) {
+      return;
+    }
+    const ended = new Promise<void>((done) => child.once("exit", () => done()));
+    child.kill("SIGKILL");
+    await ended;
+    await this.stopOrphanedRedis();
+  }
+
+  /**
+   * Shuts down the killed server's embedded Redis (SHUTDOWN: it writes its data first, as a
+   * clean stop would), which a SIGKILLed server leaves behind, and waits until its socket is
+   * gone: the next server on this data directory refuses to start beside it.
+   */
+  private async stopOrphanedRedis(): Promise<void> {
+    const socketPath = join(this.dataDir, "redis", "redis.sock");
+    const answers = (command: string): Promise<boolean> =>
+      new Promise((done) => {
+        const socket = connect(socketPath);
+        socket.once("connect", () => socket.end(`${command}\r\n`));
+        socket.once("data", () => socket.destroy());
+        socket.once("error", () => done(false));
+        socket.once("close", (hadError) => done(!hadError));
+      });
+    await answers("SHUTDOWN");
+    for (let attempt = 0; attempt < 200 && (await answers("PING")); attempt++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Starts the server again on the same port and data directory (after stop or kill). */
+  async respawn(): Promise<void> {
+    await this.spawn();
   }
 
   /** Stops the server and starts it again on the same port and data directory. */
