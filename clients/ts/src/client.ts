@@ -100,6 +100,8 @@ export class Client {
   readonly timeoutMs: number;
 
   private readonly session: Http2SessionManager;
+  /** Aborted by close(): ends subscriptions and workers, and stops retries. */
+  private readonly lifetime = new AbortController();
   private principalPromise: Promise<Principal> | undefined;
 
   constructor(target: string, token: string | undefined, options: ClientOptions = {}) {
@@ -122,7 +124,7 @@ export class Client {
         errorInterceptor,
         headerInterceptor(token, options.headers ?? {}),
         this.tierInterceptor(),
-        retryInterceptor(policy),
+        retryInterceptor(policy, this.lifetime.signal),
         ...(options.interceptors ?? []),
       ],
     });
@@ -164,16 +166,25 @@ export class Client {
    * {@link Subscription} for the options and errors.
    */
   subscribe(options: SubscribeOptions = {}): Subscription {
-    return new Subscription(this.signals, options);
+    const signal =
+      options.signal === undefined
+        ? this.lifetime.signal
+        : AbortSignal.any([options.signal, this.lifetime.signal]);
+    return new Subscription(this.signals, { ...options, signal });
   }
 
   /** A task worker running `handler` on claimed tasks; see {@link Worker}. */
   worker(handler: TaskHandler, options: WorkerOptions = {}): Worker {
-    return new Worker(this.tasks, handler, options);
+    return new Worker(this.tasks, handler, options, this.lifetime.signal);
   }
 
-  /** Closes the connection. Calls in flight fail; later calls open a new connection. */
+  /**
+   * Closes the connection: calls in flight fail with CANCELLED, subscriptions from
+   * {@link Client.subscribe} end, workers' `run` returns. Calls made later open a new
+   * connection.
+   */
   close(): void {
+    this.lifetime.abort(new AgentcoordError("the client was closed", Code.Canceled));
     this.session.abort();
   }
 
@@ -233,7 +244,7 @@ function headerInterceptor(token: string | undefined, headers: Record<string, st
   };
 }
 
-function retryInterceptor(policy: RetryPolicy): Interceptor {
+function retryInterceptor(policy: RetryPolicy, closed: AbortSignal): Interceptor {
   return (next) => async (req) => {
     if (req.stream || policy.maxRetries <= 0 || !isSafeToRetry(req.method, req.message)) {
       return next(req);
@@ -246,7 +257,7 @@ function retryInterceptor(policy: RetryPolicy): Interceptor {
         // was aborted, that is a lost connection like UNAVAILABLE.
         const code = ConnectError.from(error).code;
         const lost = code === Code.Unavailable || code === Code.Canceled;
-        if (!lost || attempt >= policy.maxRetries || req.signal.aborted) {
+        if (!lost || attempt >= policy.maxRetries || req.signal.aborted || closed.aborted) {
           throw error;
         }
         const pause = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** attempt);

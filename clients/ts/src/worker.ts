@@ -89,10 +89,14 @@ export class Worker {
   private readonly renewEveryMs: number;
   private readonly retryBackoffMs: number;
 
+  /**
+   * @param closed - aborted when the client closes: `run` then returns (as for its own signal).
+   */
   constructor(
     private readonly tasks: ServiceClient<typeof TaskService>,
     private readonly handler: TaskHandler,
     options: WorkerOptions = {},
+    private readonly closed?: AbortSignal,
   ) {
     this.taskTypes = options.taskTypes ?? [];
     this.leaseMs = options.leaseMs ?? 60_000;
@@ -200,7 +204,9 @@ export class Worker {
    * @throws {@link AgentcoordError} as {@link Worker.runOnce}, except UNAVAILABLE.
    */
   async run(options: RunOptions = {}): Promise<number> {
-    const { signal, maxTasks, stopWhenIdle = false, onOutcome } = options;
+    const { maxTasks, stopWhenIdle = false, onOutcome } = options;
+    const signals = [options.signal, this.closed].filter((s): s is AbortSignal => s !== undefined);
+    const signal = signals.length > 0 ? AbortSignal.any(signals) : undefined;
     let processed = 0;
     while (!signal?.aborted && (maxTasks === undefined || processed < maxTasks)) {
       let outcome: WorkerOutcome | undefined;

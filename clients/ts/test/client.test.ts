@@ -187,6 +187,19 @@ describe("subscribe errors", () => {
     assert.equal(error.reason, ErrorReason.CURSOR_TRIMMED);
   });
 
+  test("closing the client ends its subscriptions instead of resuming them", async () => {
+    const client = server.client(await server.issueToken("ts-closing", AccessTier.OBSERVER));
+    let opened = 0;
+    const subscription = client.subscribe({ signalTypes: ["never"], onOpen: () => void opened++ });
+    const consumed = (async () => {
+      for await (const signal of subscription) assert.fail(`got ${signal.id}`);
+    })();
+    await eventually(() => opened === 1, "the stream to open");
+    client.close();
+    await consumed;
+    assert.equal(opened, 1, "it did not resubscribe");
+  });
+
   test("aborting the signal ends the iteration", async () => {
     const controller = new AbortController();
     const seen: string[] = [];
