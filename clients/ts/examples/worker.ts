@@ -67,9 +67,12 @@ try {
         return;
       }
       const attempt = outcome.task.attempts;
+      // The request id makes the send safe to retry (the client retries it on UNAVAILABLE)
+      // without a second signal.
       await client.signals.sendSignal({
         signalType: "task.completed",
         data: { task_id: taskId, attempt, agent },
+        requestId: `completed.${taskId}.${attempt}`,
       });
       print({ event: "completed", task_id: taskId, attempt, agent });
     },

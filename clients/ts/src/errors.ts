@@ -7,7 +7,12 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
-import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { durationMs } from "@bufbuild/protobuf/wkt";
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  RetryInfoSchema,
+} from "./gen/google/rpc/error_details_pb.js";
 
 export { Code };
 
@@ -27,6 +32,8 @@ export interface AgentcoordErrorInit {
   errorMetadata?: Record<string, string>;
   /** Field violations from `google.rpc.BadRequest`. */
   fieldViolations?: FieldViolation[];
+  /** How long to wait before retrying, in milliseconds, from `google.rpc.RetryInfo`. */
+  retryDelayMs?: number;
   /** Response trailers (the gRPC metadata of the failed call). */
   metadata?: Headers;
   /** The error this one was decoded from. */
@@ -48,7 +55,9 @@ export interface AgentcoordErrorInit {
  *   is still readable;
  * - `errorMetadata`: `ErrorInfo.metadata` (e.g. `required_tier`, `caller_tier`, `request_id`);
  * - `requestId`: the server's request id (`errorMetadata.request_id`), to find its log line;
- * - `fieldViolations`: `BadRequest` field violations for INVALID_ARGUMENT.
+ * - `fieldViolations`: `BadRequest` field violations for INVALID_ARGUMENT;
+ * - `retryDelayMs`: `RetryInfo.retry_delay` in milliseconds, when the server says how long to
+ *   wait (TOO_MANY_FAILED_AUTHENTICATIONS).
  *
  * @example
  * ```ts
@@ -67,6 +76,8 @@ export class AgentcoordError extends ConnectError {
   readonly errorMetadata: Readonly<Record<string, string>>;
   /** `BadRequest` field violations. */
   readonly fieldViolations: readonly FieldViolation[];
+  /** `RetryInfo.retry_delay` in milliseconds; undefined when the server sent none. */
+  readonly retryDelayMs: number | undefined;
 
   constructor(message: string, code: Code, init: AgentcoordErrorInit = {}) {
     super(message, code, init.metadata, undefined, init.cause);
@@ -76,6 +87,7 @@ export class AgentcoordError extends ConnectError {
     this.reason = toReason(this.reasonName);
     this.errorMetadata = Object.freeze({ ...(init.errorMetadata ?? {}) });
     this.fieldViolations = Object.freeze([...(init.fieldViolations ?? [])]);
+    this.retryDelayMs = init.retryDelayMs;
   }
 
   /**
@@ -96,7 +108,7 @@ export class AgentcoordError extends ConnectError {
   /**
    * Converts anything a call threw into an AgentcoordError: an AgentcoordError is returned
    * as is; a `ConnectError` keeps its code, message and trailers and has its
-   * `grpc-status-details-bin` details (ErrorInfo, BadRequest) decoded; anything else becomes
+   * `grpc-status-details-bin` details (ErrorInfo, BadRequest, RetryInfo) decoded; anything else becomes
    * `Code.Unknown` (an `AbortError` becomes `Code.Canceled`).
    */
   static fromError(error: unknown): AgentcoordError {
@@ -106,6 +118,7 @@ export class AgentcoordError extends ConnectError {
     const connect = ConnectError.from(error);
     const info = connect.findDetails(ErrorInfoSchema)[0];
     const badRequest = connect.findDetails(BadRequestSchema)[0];
+    const retryDelay = connect.findDetails(RetryInfoSchema)[0]?.retryDelay;
     return new AgentcoordError(connect.rawMessage, connect.code, {
       reasonName: info?.reason ?? "",
       errorMetadata: info?.metadata ?? {},
@@ -113,6 +126,7 @@ export class AgentcoordError extends ConnectError {
         field: v.field,
         description: v.description,
       })),
+      retryDelayMs: retryDelay === undefined ? undefined : durationMs(retryDelay),
       metadata: connect.metadata,
       cause: error,
     });

@@ -24,11 +24,13 @@ import type { DescMethod } from "@bufbuild/protobuf";
  *   Heartbeat, RenewTaskLease (extends the same lease to the same length from now),
  *   CompleteTask (the contract: repeating a successful completion with the same lease
  *   returns the same task).
- * - AddTask only with a `requestId` (the contract's idempotency key); see {@link isSafeToRetry}.
+ * - AddTask and SendSignal only with a `requestId` (the contract's idempotency key: a repeat
+ *   stores nothing and returns what the first call stored); see {@link isSafeToRetry}.
  *
  * Not retried: Stash, BatchStash, DeleteEntry, ClearWorkingMemory, session writes,
  * SaveCollaborationState, staging writes, FailTask (a repeat could count a second failed
- * attempt), CancelTask, RequeueDeadLetter, SendSignal (a repeat sends a second signal),
+ * attempt), CancelTask, RequeueDeadLetter, SendSignal without a `requestId` (a repeat sends a
+ * second signal),
  * DeregisterAgent, IssueToken, RevokeToken, and Subscribe (which resumes instead: see
  * `Subscription`).
  */
@@ -68,16 +70,22 @@ export function shortName(method: DescMethod): string {
   return `${method.parent.name}/${method.name}`;
 }
 
+/** RPCs made idempotent by a non-empty `requestId` field in their request. */
+const SAFE_WITH_REQUEST_ID: ReadonlySet<string> = new Set([
+  "TaskService/AddTask",
+  "SignalService/SendSignal",
+]);
+
 /**
  * Whether the call of `method` with `request` may be repeated after UNAVAILABLE: it is in
- * {@link SAFE_TO_RETRY}, or it is an AddTask carrying a non-empty `requestId`.
+ * {@link SAFE_TO_RETRY}, or it is an AddTask or SendSignal carrying a non-empty `requestId`.
  */
 export function isSafeToRetry(method: DescMethod, request: unknown): boolean {
   const name = shortName(method);
   if (SAFE_TO_RETRY.has(name)) {
     return true;
   }
-  if (name === "TaskService/AddTask") {
+  if (SAFE_WITH_REQUEST_ID.has(name)) {
     const requestId = (request as { requestId?: unknown } | undefined)?.requestId;
     return typeof requestId === "string" && requestId !== "";
   }

@@ -217,3 +217,21 @@ describe("subscribe errors", () => {
     assert.equal(seen.length, 1);
   });
 });
+
+// Last in this file: once this peer address is refused, every call from it is, for a while.
+describe("retry delay", () => {
+  test("TOO_MANY_FAILED_AUTHENTICATIONS carries RetryInfo's delay", async () => {
+    const client = server.client("wrong-token-0123456789abcdef", { retry: { maxRetries: 0 } });
+    try {
+      let error: AgentcoordError | undefined;
+      for (let attempt = 0; attempt < 50 && error?.reason !== ErrorReason.TOO_MANY_FAILED_AUTHENTICATIONS; attempt++) {
+        error = await rejection(client.admin.whoAmI({}));
+      }
+      assert.equal(error?.code, Code.ResourceExhausted);
+      assert.equal(error?.reason, ErrorReason.TOO_MANY_FAILED_AUTHENTICATIONS);
+      assert.ok((error?.retryDelayMs ?? 0) > 0, `retryDelayMs ${String(error?.retryDelayMs)}`);
+    } finally {
+      client.close();
+    }
+  });
+});

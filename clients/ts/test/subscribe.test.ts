@@ -11,11 +11,10 @@ let reader: Client;
 
 before(async () => {
   server = await TestServer.start(["--signal-queue-size", "8"]);
-  sender = server.client(await server.issueToken("ts-sender", AccessTier.CONTRIBUTOR));
-  reader = server.client(await server.issueToken("ts-reader", AccessTier.OBSERVER), {
-    // Retries of safe calls must outlast a server restart here.
-    retry: { maxRetries: 20, initialBackoffMs: 100, maxBackoffMs: 500 },
-  });
+  // Retries of safe calls must outlast a server restart here.
+  const retry = { maxRetries: 20, initialBackoffMs: 100, maxBackoffMs: 500 };
+  sender = server.client(await server.issueToken("ts-sender", AccessTier.CONTRIBUTOR), { retry });
+  reader = server.client(await server.issueToken("ts-reader", AccessTier.OBSERVER), { retry });
 });
 
 after(async () => {
@@ -76,19 +75,23 @@ test("a subscription resumes from its cursor across a server restart, losing and
   assert.equal(subscription.cursor, sent[5]);
 });
 
-test("a safe read is retried through a restart; an unsafe write fails UNAVAILABLE", async () => {
+test("safe calls are retried through a restart; an unsafe write fails UNAVAILABLE at once", async () => {
   const added = await sender.tasks.addTask({ taskType: "retry-check" });
   const taskId = added.task?.taskId ?? "";
   await server.stop();
   const write = await sender.signals
-    .sendSignal({ signalType: "while-down" })
+    .sendSignal({ signalType: "while-down" }) // no request id: a repeat could send it twice
     .then(() => undefined, (error: unknown) => error);
   assert.ok(write instanceof AgentcoordError);
   assert.equal(write.code, Code.Unavailable);
 
   const read = reader.tasks.getTask({ taskId }); // GetTask is retry-safe
-  await server.restart();
+  const send = sender.signals.sendSignal({ signalType: "while-down", requestId: "down-1" });
+  await server.respawn();
   assert.equal((await read).task?.taskId, taskId);
+  const sent = await send;
+  const stored = await reader.signals.receiveSignals({ signalTypes: ["while-down"] });
+  assert.deepEqual(stored.signals.map((s) => s.id), [sent.signal?.id], "stored once");
 });
 
 test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from its cursor", async () => {

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/admin.proto.
  */
 export const file_agentcoord_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0IrcCChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkgKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnkSGQoRdXNlZF9tZW1vcnlfYnl0ZXMYBSABKAMSKQoGdXB0aW1lGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi9QEKCVRva2VuSW5mbxIQCgh0b2tlbl9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIRCgluYW1lc3BhY2UYAyABKAkSJwoEdGllchgEIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchITCgtkZXNjcmlwdGlvbhgFIAEoCRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWlzc3VlZF9ieRgIIAEoCSKjAQoRSXNzdWVUb2tlblJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEicKBHRpZXIYAyABKA4yGS5hZ2VudGNvb3JkLnYxLkFjY2Vzc1RpZXISKwoIbGlmZXRpbWUYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEwoLZGVzY3JpcHRpb24YBSABKAkiSwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiYKBGluZm8YAiABKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbyImChJSZXZva2VUb2tlblJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkiPQoTUmV2b2tlVG9rZW5SZXNwb25zZRImCgRpbmZvGAEgASgLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8iOgoRTGlzdFRva2Vuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVwoSTGlzdFRva2Vuc1Jlc3BvbnNlEigKBnRva2VucxgBIAMoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpxCglSZWRpc01vZGUSGgoWUkVESVNfTU9ERV9VTlNQRUNJRklFRBAAEhcKE1JFRElTX01PREVfRU1CRURERUQQARIXChNSRURJU19NT0RFX0VYVEVSTkFMEAISFgoSUkVESVNfTU9ERV9DTFVTVEVSEAMyzgMKDEFkbWluU2VydmljZRJLCgZXaG9BbUkSHC5hZ2VudGNvb3JkLnYxLldob0FtSVJlcXVlc3QaHS5hZ2VudGNvb3JkLnYxLldob0FtSVJlc3BvbnNlIgSItRgBEmMKDkdldFNlcnZlclN0YXRzEiQuYWdlbnRjb29yZC52MS5HZXRTZXJ2ZXJTdGF0c1JlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UiBIi1GAESVwoKSXNzdWVUb2tlbhIgLmFnZW50Y29vcmQudjEuSXNzdWVUb2tlblJlcXVlc3QaIS5hZ2VudGNvb3JkLnYxLklzc3VlVG9rZW5SZXNwb25zZSIEiLUYBBJaCgtSZXZva2VUb2tlbhIhLmFnZW50Y29vcmQudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiIuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlc3BvbnNlIgSItRgEElcKCkxpc3RUb2tlbnMSIC5hZ2VudGNvb3JkLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0VG9rZW5zUmVzcG9uc2UiBIi1GARCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0IvMCChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkwKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnlCAhgBEhkKEXVzZWRfbWVtb3J5X2J5dGVzGAUgASgDEikKBnVwdGltZRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2Cg9uYW1lc3BhY2Vfc3RhdHMYByABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi1gIKDk5hbWVzcGFjZVN0YXRzEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5tZW1vcnlfZW50cmllcxgCIAEoAxIVCg1tZW1vcnlfb3duZXJzGAMgASgDEhAKCHNlc3Npb25zGAQgASgDEhcKD3N0YWdlZF9wYXR0ZXJucxgFIAEoAxIYChBsaWJyYXJ5X3BhdHRlcm5zGAYgASgDEhYKDm9wZW5fY29uZmxpY3RzGAcgASgDEigKBXRhc2tzGAggASgLMhkuYWdlbnRjb29yZC52MS5UYXNrQ291bnRzEjIKC3Rhc2tfcXVldWVzGAkgAygLMh0uYWdlbnRjb29yZC52MS5UYXNrUXVldWVTdGF0cxIYChByZXRhaW5lZF9zaWduYWxzGAogASgDEhoKEmxpdmVfc3Vic2NyaXB0aW9ucxgLIAEoAxIRCgl0cnVuY2F0ZWQYDCABKAgibAoKVGFza0NvdW50cxIPCgdwZW5kaW5nGAEgASgDEhMKC2JhY2tpbmdfb2ZmGAIgASgDEg8KB2NsYWltZWQYAyABKAMSFAoMZGVhZF9sZXR0ZXJzGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyJtCg5UYXNrUXVldWVTdGF0cxIRCgl0YXNrX3R5cGUYASABKAkSDwoHcGVuZGluZxgCIAEoAxITCgtiYWNraW5nX29mZhgDIAEoAxIPCgdjbGFpbWVkGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyL1AQoJVG9rZW5JbmZvEhAKCHRva2VuX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRInCgR0aWVyGAQgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaXNzdWVkX2J5GAggASgJIqMBChFJc3N1ZVRva2VuUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdGllchgDIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchIrCghsaWZldGltZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgtkZXNjcmlwdGlvbhgFIAEoCSJLChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSJgoEaW5mbxgCIAEoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvIiYKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCSI9ChNSZXZva2VUb2tlblJlc3BvbnNlEiYKBGluZm8YASABKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbyI6ChFMaXN0VG9rZW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJXChJMaXN0VG9rZW5zUmVzcG9uc2USKAoGdG9rZW5zGAEgAygLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKnEKCVJlZGlzTW9kZRIaChZSRURJU19NT0RFX1VOU1BFQ0lGSUVEEAASFwoTUkVESVNfTU9ERV9FTUJFRERFRBABEhcKE1JFRElTX01PREVfRVhURVJOQUwQAhIWChJSRURJU19NT0RFX0NMVVNURVIQAzLOAwoMQWRtaW5TZXJ2aWNlEksKBldob0FtSRIcLmFnZW50Y29vcmQudjEuV2hvQW1JUmVxdWVzdBodLmFnZW50Y29vcmQudjEuV2hvQW1JUmVzcG9uc2UiBIi1GAESYwoOR2V0U2VydmVyU3RhdHMSJC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuR2V0U2VydmVyU3RhdHNSZXNwb25zZSIEiLUYARJXCgpJc3N1ZVRva2VuEiAuYWdlbnRjb29yZC52MS5Jc3N1ZVRva2VuUmVxdWVzdBohLmFnZW50Y29vcmQudjEuSXNzdWVUb2tlblJlc3BvbnNlIgSItRgEEloKC1Jldm9rZVRva2VuEiEuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiBIi1GAQSVwoKTGlzdFRva2VucxIgLmFnZW50Y29vcmQudjEuTGlzdFRva2Vuc1JlcXVlc3QaIS5hZ2VudGNvb3JkLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIEiLUYBEJMWkpnaXRodWIuY29tL2FnZW50Y29vcmQvYWdlbnRjb29yZC9jbGllbnRzL2dvL2dlbi9hZ2VudGNvb3JkL3YxO2FnZW50Y29vcmR2MWIGcHJvdG8z", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message agentcoord.v1.WhoAmIRequest
@@ -87,10 +87,11 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
   redisVersion: string;
 
   /**
-   * Number of keys per area (memory, sessions, staging, patterns, conflicts,
-   * tasks, agents, signals, tokens…) in the caller's namespace.
+   * Deprecated: always empty. Counting keys per area needed a SCAN of the whole
+   * keyspace on every call; read namespace_stats instead.
    *
-   * @generated from field: map<string, int64> key_counts = 4;
+   * @generated from field: map<string, int64> key_counts = 4 [deprecated = true];
+   * @deprecated
    */
   keyCounts: { [key: string]: bigint };
 
@@ -107,6 +108,13 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
    * @generated from field: google.protobuf.Duration uptime = 6;
    */
   uptime?: Duration | undefined;
+
+  /**
+   * What the caller's namespace holds.
+   *
+   * @generated from field: agentcoord.v1.NamespaceStats namespace_stats = 7;
+   */
+  namespaceStats?: NamespaceStats | undefined;
 };
 
 /**
@@ -115,6 +123,212 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
  */
 export const GetServerStatsResponseSchema: GenMessage<GetServerStatsResponse> = /*@__PURE__*/
   messageDesc(file_agentcoord_v1_admin, 3);
+
+/**
+ * NamespaceStats says what one namespace holds, in the terms its users work in.
+ * Every count is read from an index the server keeps up to date as it writes
+ * (two Redis round trips per GetServerStats, whatever the namespace's size); an
+ * entry whose TTL ran out is not counted unless a comment says otherwise.
+ *
+ * @generated from message agentcoord.v1.NamespaceStats
+ */
+export type NamespaceStats = Message<"agentcoord.v1.NamespaceStats"> & {
+  /**
+   * The namespace (team) counted.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Live working-memory entries, over every owner.
+   *
+   * @generated from field: int64 memory_entries = 2;
+   */
+  memoryEntries: bigint;
+
+  /**
+   * Agents owning at least one live working-memory entry.
+   *
+   * @generated from field: int64 memory_owners = 3;
+   */
+  memoryOwners: bigint;
+
+  /**
+   * Live team sessions.
+   *
+   * @generated from field: int64 sessions = 4;
+   */
+  sessions: bigint;
+
+  /**
+   * Staged patterns waiting for a validator (neither promoted, rejected nor
+   * expired).
+   *
+   * @generated from field: int64 staged_patterns = 5;
+   */
+  stagedPatterns: bigint;
+
+  /**
+   * Patterns in the permanent pattern library.
+   *
+   * @generated from field: int64 library_patterns = 6;
+   */
+  libraryPatterns: bigint;
+
+  /**
+   * Conflict contexts not yet resolved (and not expired).
+   *
+   * @generated from field: int64 open_conflicts = 7;
+   */
+  openConflicts: bigint;
+
+  /**
+   * Tasks by state, over every task type.
+   *
+   * @generated from field: agentcoord.v1.TaskCounts tasks = 8;
+   */
+  tasks?: TaskCounts | undefined;
+
+  /**
+   * Tasks by state per task type, for the (at most 100) types most recently
+   * added to, most recent first.
+   *
+   * @generated from field: repeated agentcoord.v1.TaskQueueStats task_queues = 9;
+   */
+  taskQueues: TaskQueueStats[];
+
+  /**
+   * Signals kept in the namespace's stream (the COORDINATION retention; signals
+   * past it are counted until the next send or read trims them).
+   *
+   * @generated from field: int64 retained_signals = 10;
+   */
+  retainedSignals: bigint;
+
+  /**
+   * Open Subscribe streams of this namespace on the server process that
+   * answered; other server processes on the same Redis are not counted.
+   *
+   * @generated from field: int64 live_subscriptions = 11;
+   */
+  liveSubscriptions: bigint;
+
+  /**
+   * True when a count read only part of an index (more than 1000 agents own
+   * working memory, or more than 100 task types): the counts are lower bounds.
+   *
+   * @generated from field: bool truncated = 12;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message agentcoord.v1.NamespaceStats.
+ * Use `create(NamespaceStatsSchema)` to create a new message.
+ */
+export const NamespaceStatsSchema: GenMessage<NamespaceStats> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 4);
+
+/**
+ * TaskCounts counts tasks by state.
+ *
+ * @generated from message agentcoord.v1.TaskCounts
+ */
+export type TaskCounts = Message<"agentcoord.v1.TaskCounts"> & {
+  /**
+   * Pending tasks a claim can take now (queue depth). A pending task whose TASK
+   * TTL ran out unclaimed is counted until a claim of its type meets it.
+   *
+   * @generated from field: int64 pending = 1;
+   */
+  pending: bigint;
+
+  /**
+   * Pending tasks waiting out a retry backoff (FailTask with backoff).
+   *
+   * @generated from field: int64 backing_off = 2;
+   */
+  backingOff: bigint;
+
+  /**
+   * Claimed tasks (under a lease, or whose lease ran out and was not yet noticed).
+   *
+   * @generated from field: int64 claimed = 3;
+   */
+  claimed: bigint;
+
+  /**
+   * Dead-lettered tasks (ListDeadLetters).
+   *
+   * @generated from field: int64 dead_letters = 4;
+   */
+  deadLetters: bigint;
+
+  /**
+   * Completions counted for AggregateResults (kept for the TASK TTL after the
+   * latest completion).
+   *
+   * @generated from field: int64 completed = 5;
+   */
+  completed: bigint;
+};
+
+/**
+ * Describes the message agentcoord.v1.TaskCounts.
+ * Use `create(TaskCountsSchema)` to create a new message.
+ */
+export const TaskCountsSchema: GenMessage<TaskCounts> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 5);
+
+/**
+ * TaskQueueStats counts one task type's tasks by state.
+ *
+ * @generated from message agentcoord.v1.TaskQueueStats
+ */
+export type TaskQueueStats = Message<"agentcoord.v1.TaskQueueStats"> & {
+  /**
+   * The task type.
+   *
+   * @generated from field: string task_type = 1;
+   */
+  taskType: string;
+
+  /**
+   * As in TaskCounts, for this type.
+   *
+   * @generated from field: int64 pending = 2;
+   */
+  pending: bigint;
+
+  /**
+   * As in TaskCounts, for this type.
+   *
+   * @generated from field: int64 backing_off = 3;
+   */
+  backingOff: bigint;
+
+  /**
+   * As in TaskCounts, for this type.
+   *
+   * @generated from field: int64 claimed = 4;
+   */
+  claimed: bigint;
+
+  /**
+   * As in TaskCounts, for this type.
+   *
+   * @generated from field: int64 completed = 5;
+   */
+  completed: bigint;
+};
+
+/**
+ * Describes the message agentcoord.v1.TaskQueueStats.
+ * Use `create(TaskQueueStatsSchema)` to create a new message.
+ */
+export const TaskQueueStatsSchema: GenMessage<TaskQueueStats> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 6);
 
 /**
  * TokenInfo describes an issued token. It never carries the secret.
@@ -185,7 +399,7 @@ export type TokenInfo = Message<"agentcoord.v1.TokenInfo"> & {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 4);
+  messageDesc(file_agentcoord_v1_admin, 7);
 
 /**
  * @generated from message agentcoord.v1.IssueTokenRequest
@@ -234,7 +448,7 @@ export type IssueTokenRequest = Message<"agentcoord.v1.IssueTokenRequest"> & {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 5);
+  messageDesc(file_agentcoord_v1_admin, 8);
 
 /**
  * @generated from message agentcoord.v1.IssueTokenResponse
@@ -261,7 +475,7 @@ export type IssueTokenResponse = Message<"agentcoord.v1.IssueTokenResponse"> & {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 6);
+  messageDesc(file_agentcoord_v1_admin, 9);
 
 /**
  * @generated from message agentcoord.v1.RevokeTokenRequest
@@ -280,7 +494,7 @@ export type RevokeTokenRequest = Message<"agentcoord.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 7);
+  messageDesc(file_agentcoord_v1_admin, 10);
 
 /**
  * @generated from message agentcoord.v1.RevokeTokenResponse
@@ -299,7 +513,7 @@ export type RevokeTokenResponse = Message<"agentcoord.v1.RevokeTokenResponse"> &
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 8);
+  messageDesc(file_agentcoord_v1_admin, 11);
 
 /**
  * @generated from message agentcoord.v1.ListTokensRequest
@@ -325,7 +539,7 @@ export type ListTokensRequest = Message<"agentcoord.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 9);
+  messageDesc(file_agentcoord_v1_admin, 12);
 
 /**
  * @generated from message agentcoord.v1.ListTokensResponse
@@ -351,7 +565,7 @@ export type ListTokensResponse = Message<"agentcoord.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 10);
+  messageDesc(file_agentcoord_v1_admin, 13);
 
 /**
  * RedisMode says which Redis the server runs on.
@@ -410,7 +624,9 @@ export const AdminService: GenService<{
     output: typeof WhoAmIResponseSchema;
   },
   /**
-   * Returns the server's version, its Redis and the caller's namespace's key counts.
+   * Returns the server's version, its Redis, and what the caller's namespace holds
+   * (namespace_stats): counted from index structures the server maintains, never
+   * a scan of the keyspace, so its cost does not grow with the data.
    *
    * @generated from rpc agentcoord.v1.AdminService.GetServerStats
    */

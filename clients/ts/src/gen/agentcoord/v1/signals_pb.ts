@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/signals.proto.
  */
 export const file_agentcoord_v1_signals: GenFile = /*@__PURE__*/
-  fileDesc("ChthZ2VudGNvb3JkL3YxL3NpZ25hbHMucHJvdG8SDWFnZW50Y29vcmQudjEiuQEKBlNpZ25hbBIKCgJpZBgBIAEoCRITCgtzaWduYWxfdHlwZRgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIOCgZzZW5kZXIYBCABKAkSFAoMdGFyZ2V0X2FnZW50GAUgASgJEhIKCnNlc3Npb25faWQYBiABKAkSLQoJc2VuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ5ChFTZW5kU2lnbmFsUmVxdWVzdBITCgtzaWduYWxfdHlwZRgBIAEoCRIlCgRkYXRhGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIUCgx0YXJnZXRfYWdlbnQYAyABKAkSEgoKc2Vzc2lvbl9pZBgEIAEoCSI7ChJTZW5kU2lnbmFsUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwiTgoVUmVjZWl2ZVNpZ25hbHNSZXF1ZXN0EhQKDHNpZ25hbF90eXBlcxgBIAMoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSJlChZSZWNlaXZlU2lnbmFsc1Jlc3BvbnNlEiYKB3NpZ25hbHMYASADKAsyFS5hZ2VudGNvb3JkLnYxLlNpZ25hbBIVCg1uZXh0X2FmdGVyX2lkGAIgASgJEgwKBG1vcmUYAyABKAgiZwoQU3Vic2NyaWJlUmVxdWVzdBIUCgxzaWduYWxfdHlwZXMYASADKAkSEAoIYWZ0ZXJfaWQYAiABKAkSKwoFc3RhcnQYAyABKA4yHC5hZ2VudGNvb3JkLnYxLlN0YXJ0UG9zaXRpb24iSgoRU3Vic2NyaWJlUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSDgoGY3Vyc29yGAIgASgJKmcKDVN0YXJ0UG9zaXRpb24SHgoaU1RBUlRfUE9TSVRJT05fVU5TUEVDSUZJRUQQABIZChVTVEFSVF9QT1NJVElPTl9MQVRFU1QQARIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBACMqUCCg1TaWduYWxTZXJ2aWNlElcKClNlbmRTaWduYWwSIC5hZ2VudGNvb3JkLnYxLlNlbmRTaWduYWxSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5TZW5kU2lnbmFsUmVzcG9uc2UiBIi1GAISYwoOUmVjZWl2ZVNpZ25hbHMSJC5hZ2VudGNvb3JkLnYxLlJlY2VpdmVTaWduYWxzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuUmVjZWl2ZVNpZ25hbHNSZXNwb25zZSIEiLUYARJWCglTdWJzY3JpYmUSHy5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlc3BvbnNlIgSItRgBMAFCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_agentcoord_v1_access, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChthZ2VudGNvb3JkL3YxL3NpZ25hbHMucHJvdG8SDWFnZW50Y29vcmQudjEiuQEKBlNpZ25hbBIKCgJpZBgBIAEoCRITCgtzaWduYWxfdHlwZRgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIOCgZzZW5kZXIYBCABKAkSFAoMdGFyZ2V0X2FnZW50GAUgASgJEhIKCnNlc3Npb25faWQYBiABKAkSLQoJc2VuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKNAQoRU2VuZFNpZ25hbFJlcXVlc3QSEwoLc2lnbmFsX3R5cGUYASABKAkSJQoEZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFAoMdGFyZ2V0X2FnZW50GAMgASgJEhIKCnNlc3Npb25faWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJNChJTZW5kU2lnbmFsUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSEAoIcmVwbGF5ZWQYAiABKAgiTgoVUmVjZWl2ZVNpZ25hbHNSZXF1ZXN0EhQKDHNpZ25hbF90eXBlcxgBIAMoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSJlChZSZWNlaXZlU2lnbmFsc1Jlc3BvbnNlEiYKB3NpZ25hbHMYASADKAsyFS5hZ2VudGNvb3JkLnYxLlNpZ25hbBIVCg1uZXh0X2FmdGVyX2lkGAIgASgJEgwKBG1vcmUYAyABKAgiZwoQU3Vic2NyaWJlUmVxdWVzdBIUCgxzaWduYWxfdHlwZXMYASADKAkSEAoIYWZ0ZXJfaWQYAiABKAkSKwoFc3RhcnQYAyABKA4yHC5hZ2VudGNvb3JkLnYxLlN0YXJ0UG9zaXRpb24iSgoRU3Vic2NyaWJlUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSDgoGY3Vyc29yGAIgASgJKmcKDVN0YXJ0UG9zaXRpb24SHgoaU1RBUlRfUE9TSVRJT05fVU5TUEVDSUZJRUQQABIZChVTVEFSVF9QT1NJVElPTl9MQVRFU1QQARIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBACMqUCCg1TaWduYWxTZXJ2aWNlElcKClNlbmRTaWduYWwSIC5hZ2VudGNvb3JkLnYxLlNlbmRTaWduYWxSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5TZW5kU2lnbmFsUmVzcG9uc2UiBIi1GAISYwoOUmVjZWl2ZVNpZ25hbHMSJC5hZ2VudGNvb3JkLnYxLlJlY2VpdmVTaWduYWxzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuUmVjZWl2ZVNpZ25hbHNSZXNwb25zZSIEiLUYARJWCglTdWJzY3JpYmUSHy5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlc3BvbnNlIgSItRgBMAFCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_agentcoord_v1_access, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Signal is one event.
@@ -116,6 +116,17 @@ export type SendSignalRequest = Message<"agentcoord.v1.SendSignalRequest"> & {
    * @generated from field: string session_id = 4;
    */
   sessionId: string;
+
+  /**
+   * Optional idempotency key (an id, e.g. a UUID: letters, digits, '.', '_' or
+   * '-', 1-128 characters), scoped to the caller: a send with a request_id the
+   * caller used within the COORDINATION retention stores nothing and returns
+   * the signal the first send stored, so a send that timed out can be retried
+   * without a duplicate.
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
 };
 
 /**
@@ -132,11 +143,19 @@ export const SendSignalRequestSchema: GenMessage<SendSignalRequest> = /*@__PURE_
  */
 export type SendSignalResponse = Message<"agentcoord.v1.SendSignalResponse"> & {
   /**
-   * The stored signal, with its id, sender and send time.
+   * The stored signal, with its id, sender and send time (for a repeated
+   * request_id, the signal the first send stored).
    *
    * @generated from field: agentcoord.v1.Signal signal = 1;
    */
   signal?: Signal | undefined;
+
+  /**
+   * True when request_id matched an earlier send and nothing was stored.
+   *
+   * @generated from field: bool replayed = 2;
+   */
+  replayed: boolean;
 };
 
 /**
@@ -344,7 +363,8 @@ export const SignalService: GenService<{
   /**
    * Sends a signal as the caller. Broadcast when neither target_agent nor
    * session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-   * missing or expired (MemoryService sessions).
+   * missing or expired (MemoryService sessions). A retry with the same
+   * request_id is stored once and returns the signal the first call stored.
    *
    * @generated from rpc agentcoord.v1.SignalService.SendSignal
    */
