@@ -313,8 +313,9 @@ export enum ErrorReason {
   REDIS_UNAVAILABLE = 70,
 
   /**
-   * UNAVAILABLE: the server is stopping. Retry (another server, or this one
-   * after its restart); streams resume from their cursor.
+   * UNAVAILABLE: the server is stopping (its drain window). The call was refused
+   * before anything ran, so any call may be retried: on another server, or on
+   * this one after its restart; streams resume from their cursor.
    *
    * @generated from enum value: SERVER_SHUTTING_DOWN = 71;
    */
