@@ -22,7 +22,7 @@ import { SignalService } from "./gen/agentcoord/v1/signals_pb.js";
 import { StagingService } from "./gen/agentcoord/v1/staging_pb.js";
 import { TaskService } from "./gen/agentcoord/v1/tasks_pb.js";
 import { AgentcoordError } from "./errors.js";
-import { DEFAULT_RETRY_POLICY, isSafeToRetry, sleep, type RetryPolicy } from "./retry.js";
+import { DEFAULT_RETRY_POLICY, isSafeToRetry, neverRan, sleep, type RetryPolicy } from "./retry.js";
 import { Subscription, type SubscribeOptions } from "./subscribe.js";
 import { requiredTier, tierTooLow } from "./tiers.js";
 import { Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
@@ -46,7 +46,7 @@ export interface ClientOptions {
   nodeOptions?: http2.SecureClientSessionOptions;
   /** Extra headers sent with every call (e.g. development identity headers). */
   headers?: Record<string, string>;
-  /** How safe calls are retried after UNAVAILABLE (see `SAFE_TO_RETRY`). */
+  /** How calls are retried (see `SAFE_TO_RETRY` and `neverRan`). */
   retry?: Partial<RetryPolicy>;
   /** Extra Connect interceptors, run inside the client's own (after the tier check). */
   interceptors?: Interceptor[];
@@ -83,7 +83,8 @@ export function createClient(
  *   principal is learnt once, with WhoAmI, on the first call that needs more than OBSERVER
  *   (every principal has OBSERVER); each method's `required_tier` option is read from the
  *   generated descriptors. If WhoAmI fails the call goes out and the server decides.
- * - safe calls are retried after UNAVAILABLE (see `SAFE_TO_RETRY`);
+ * - calls that surely never ran (refused by a stopping server, or a refused connection) are
+ *   retried, and so are safe calls after UNAVAILABLE (see `SAFE_TO_RETRY`);
  * - every failure rejects with {@link AgentcoordError}, details decoded.
  *
  * Call {@link Client.close} when done: it closes the connection, failing calls in flight.
@@ -109,12 +110,11 @@ export class Client {
     this.baseUrl = /^https?:\/\//.test(target) ? target : `${tls ? "https" : "http"}://${target}`;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     // Our own session manager, so that close() can end the connection (a transport has no
-    // close of its own). Pings keep idle subscriptions alive through NATs and proxies.
-    this.session = new Http2SessionManager(
-      this.baseUrl,
-      { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, pingIdleConnection: true },
-      options.nodeOptions,
-    );
+    // close of its own). No client keepalive pings: in connect-node 2.1 a ping timer firing on
+    // a session the server just dropped throws an uncaught ERR_HTTP2_INVALID_SESSION that ends
+    // the process (connectrpc/connect-es#1795). The server's keepalive pings keep idle
+    // subscriptions' connections alive instead.
+    this.session = new Http2SessionManager(this.baseUrl, {}, options.nodeOptions);
     const policy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
     const transport = createGrpcTransport({
       baseUrl: this.baseUrl,
@@ -246,9 +246,10 @@ function headerInterceptor(token: string | undefined, headers: Record<string, st
 
 function retryInterceptor(policy: RetryPolicy, closed: AbortSignal): Interceptor {
   return (next) => async (req) => {
-    if (req.stream || policy.maxRetries <= 0 || !isSafeToRetry(req.method, req.message)) {
-      return next(req);
+    if (req.stream || policy.maxRetries <= 0) {
+      return next(req); // a Subscription resumes by itself
     }
+    const safe = isSafeToRetry(req.method, req.message);
     for (let attempt = 0; ; attempt++) {
       try {
         return await next(req);
@@ -257,7 +258,8 @@ function retryInterceptor(policy: RetryPolicy, closed: AbortSignal): Interceptor
         // was aborted, that is a lost connection like UNAVAILABLE.
         const code = ConnectError.from(error).code;
         const lost = code === Code.Unavailable || code === Code.Canceled;
-        if (!lost || attempt >= policy.maxRetries || req.signal.aborted || closed.aborted) {
+        const again = neverRan(error) || (safe && lost);
+        if (!again || attempt >= policy.maxRetries || req.signal.aborted || closed.aborted) {
           throw error;
         }
         const pause = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** attempt);

@@ -21,6 +21,7 @@ export {
   DEFAULT_RETRY_POLICY,
   SAFE_TO_RETRY,
   isSafeToRetry,
+  neverRan,
   type RetryPolicy,
 } from "./retry.js";
 export { isResumable, Subscription, type SubscribeOptions } from "./subscribe.js";

@@ -1,15 +1,21 @@
 /**
  * Which calls the client retries by itself, and how.
  *
- * A call that failed UNAVAILABLE (or CANCELLED without the caller aborting it: how Node reports
- * a connection reset by a dying server) may or may not have run on the server (the connection
- * can drop after the server acted), so only calls whose repetition changes nothing are retried: every
- * read, and the writes the contract makes idempotent. Everything else surfaces the UNAVAILABLE
- * to the caller, who knows whether repeating it is safe.
+ * Any call is retried when it surely never ran: the server refused it while stopping
+ * (UNAVAILABLE / SERVER_SHUTTING_DOWN: refused before anything ran, says the contract), or the
+ * connection was refused (nothing listened). A call that failed otherwise with UNAVAILABLE (or
+ * CANCELLED without the caller aborting it: how Node reports a connection reset by a dying
+ * server) may or may not have run on the server (the connection can drop after the server
+ * acted), so only calls whose repetition changes nothing are retried then: every read, and the
+ * writes the contract makes idempotent. Everything else surfaces the error to the caller, who
+ * knows whether repeating it is safe.
  *
  * @module
  */
 import type { DescMethod } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { AgentcoordError } from "./errors.js";
+import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
 
 /**
  * The RPCs retried on UNAVAILABLE (`Service/Method`, package omitted), and why each is safe:
@@ -92,7 +98,27 @@ export function isSafeToRetry(method: DescMethod, request: unknown): boolean {
   return false;
 }
 
-/** How many times, and how patiently, safe calls are retried. */
+/**
+ * Whether a failed call surely never ran on a server: refused with UNAVAILABLE /
+ * SERVER_SHUTTING_DOWN (the server's drain refuses calls before running them), or its
+ * connection was refused (ECONNREFUSED: nothing listened). Any such call may be repeated.
+ */
+export function neverRan(error: unknown): boolean {
+  const decoded = AgentcoordError.fromError(error);
+  if (decoded.code === Code.Unavailable && decoded.reason === ErrorReason.SERVER_SHUTTING_DOWN) {
+    return true;
+  }
+  let cause: unknown = error;
+  for (let depth = 0; cause instanceof Error && depth < 4; depth++) {
+    if ((cause as NodeJS.ErrnoException).code === "ECONNREFUSED") {
+      return true;
+    }
+    cause = cause.cause;
+  }
+  return false;
+}
+
+/** How many times, and how patiently, calls are retried. */
 export interface RetryPolicy {
   /** Retries after the first attempt; 0 disables retrying. Default 4. */
   maxRetries: number;

@@ -75,23 +75,34 @@ test("a subscription resumes from its cursor across a server restart, losing and
   assert.equal(subscription.cursor, sent[5]);
 });
 
-test("safe calls are retried through a restart; an unsafe write fails UNAVAILABLE at once", async () => {
+test("calls that never ran are retried through a restart, safe reads too; the write is stored once", async () => {
   const added = await sender.tasks.addTask({ taskType: "retry-check" });
   const taskId = added.task?.taskId ?? "";
   await server.stop();
-  const write = await sender.signals
-    .sendSignal({ signalType: "while-down" }) // no request id: a repeat could send it twice
-    .then(() => undefined, (error: unknown) => error);
-  assert.ok(write instanceof AgentcoordError);
-  assert.equal(write.code, Code.Unavailable);
-
-  const read = reader.tasks.getTask({ taskId }); // GetTask is retry-safe
-  const send = sender.signals.sendSignal({ signalType: "while-down", requestId: "down-1" });
+  // Nothing listens now: the connection is refused, so even a write without a request id is
+  // retried (it never reached a server).
+  const send = sender.signals.sendSignal({ signalType: "while-down" });
+  const read = reader.tasks.getTask({ taskId });
   await server.respawn();
   assert.equal((await read).task?.taskId, taskId);
   const sent = await send;
   const stored = await reader.signals.receiveSignals({ signalTypes: ["while-down"] });
   assert.deepEqual(stored.signals.map((s) => s.id), [sent.signal?.id], "stored once");
+});
+
+test("an unsafe call in flight when the server crashes fails and is not repeated", async () => {
+  const started = server.rpcLines("TaskService/ClaimTask", "ts-sender").length;
+  const claim = sender.tasks
+    .claimTask({ taskTypes: ["nothing-here"], wait: { seconds: 30n } }, { timeoutMs: 60_000 })
+    .then(() => undefined, (error: unknown) => error);
+  await new Promise((r) => setTimeout(r, 300)); // the long poll is waiting on the server now
+  await server.kill();
+  await server.respawn(); // back within the retry window: a retry would now succeed
+  const error = await claim;
+  assert.ok(error instanceof AgentcoordError, `the claim did not fail: ${String(error)}`);
+  assert.ok([Code.Canceled, Code.Unavailable].includes(error.code), `code ${error.code}`);
+  await eventually(() => server.logText().includes('"event": "serving"'), "the log");
+  assert.equal(server.rpcLines("TaskService/ClaimTask", "ts-sender").length, started);
 });
 
 test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from its cursor", async () => {
