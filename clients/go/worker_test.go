@@ -1,0 +1,196 @@
+package agentcoord_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	agentcoord "github.com/agentcoord/agentcoord/clients/go"
+	agentcoordv1 "github.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1"
+)
+
+// addTask adds a task of taskType as the steward and returns its id.
+func addTask(t *testing.T, taskType string) string {
+	t.Helper()
+	response, err := steward.Tasks.AddTask(context.Background(), &agentcoordv1.AddTaskRequest{TaskType: taskType})
+	if err != nil {
+		t.Fatalf("AddTask: %v", err)
+	}
+	return response.GetTask().GetTaskId()
+}
+
+func getTask(t *testing.T, taskID string) *agentcoordv1.Task {
+	t.Helper()
+	response, err := steward.Tasks.GetTask(context.Background(), &agentcoordv1.GetTaskRequest{TaskId: taskID})
+	if err != nil {
+		t.Fatalf("GetTask: %v", err)
+	}
+	return response.GetTask()
+}
+
+func TestWorkerCompletesTheTaskWithTheClaimsFencingToken(t *testing.T) {
+	client := dialAs(t, "worker", contributor)
+	taskType := uniqueID("type")
+	taskID := addTask(t, taskType)
+	var seen *agentcoordv1.Task
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		seen = task
+		return map[string]any{"ok": true, "task": task.GetTaskId()}, nil
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: 5 * time.Second, Wait: time.Second})
+
+	done, err := worker.RunOnce(context.Background())
+
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen.GetTaskId() != taskID || seen.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_CLAIMED {
+		t.Fatalf("handler saw %v", seen)
+	}
+	if done.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_COMPLETED || done.GetAssignee() != client.Principal().GetAgentId() {
+		t.Fatalf("task after RunOnce: %v", done)
+	}
+	if done.GetLease().GetFencingToken() != seen.GetLease().GetFencingToken() {
+		t.Fatalf("completed with fencing token %d, claimed with %d", done.GetLease().GetFencingToken(), seen.GetLease().GetFencingToken())
+	}
+	if result := done.GetResult().AsMap(); result["ok"] != true || result["task"] != taskID {
+		t.Fatalf("result %v", result)
+	}
+}
+
+func TestWorkerLongPollsForATaskAddedWhileItWaits(t *testing.T) {
+	client := dialAs(t, "poller", contributor)
+	taskType := uniqueID("type")
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		return nil, nil
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Wait: 20 * time.Second})
+	type outcome struct {
+		task *agentcoordv1.Task
+		err  error
+	}
+	result := make(chan outcome, 1)
+	go func() {
+		task, err := worker.RunOnce(context.Background())
+		result <- outcome{task, err}
+	}()
+
+	time.Sleep(500 * time.Millisecond) // the claim is waiting on the server by now
+	taskID := addTask(t, taskType)
+
+	got := <-result
+	if got.err != nil || got.task.GetTaskId() != taskID || got.task.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_COMPLETED {
+		t.Fatalf("RunOnce = %v, %v; want %s completed", got.task, got.err, taskID)
+	}
+}
+
+func TestWorkerRenewsTheLeaseWhileTheHandlerRuns(t *testing.T) {
+	client := dialAs(t, "renewer", contributor)
+	taskType := uniqueID("type")
+	taskID := addTask(t, taskType)
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		// Three times the 1 s lease: without renewals the lease would have run out twice over,
+		// and GetTask (which settles expired leases) would report the task PENDING.
+		for range 3 {
+			select {
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			case <-time.After(time.Second):
+			}
+			if current := getTask(t, taskID); current.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_CLAIMED || current.GetAttempts() != 1 {
+				t.Errorf("while the handler runs the task is %s (attempt %d)", current.GetStatus(), current.GetAttempts())
+			}
+		}
+		return map[string]any{"slow": true}, nil
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: time.Second, Wait: time.Second})
+
+	done, err := worker.RunOnce(context.Background())
+
+	if err != nil || done.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_COMPLETED || done.GetAttempts() != 1 {
+		t.Fatalf("RunOnce = %v, %v", done, err)
+	}
+}
+
+func TestWorkerFailsTheTaskWhenTheHandlerReturnsAnError(t *testing.T) {
+	client := dialAs(t, "failer", contributor)
+	taskType := uniqueID("type")
+	boom := errors.New("boom")
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		if task.GetAttempts() == 1 {
+			return nil, boom
+		}
+		return nil, agentcoord.Permanent(errors.New("still broken"))
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Wait: time.Second})
+	taskID := addTask(t, taskType)
+
+	retried, err := worker.RunOnce(context.Background())
+
+	var handlerErr *agentcoord.HandlerError
+	if !errors.As(err, &handlerErr) || !errors.Is(err, boom) || handlerErr.TaskID != taskID {
+		t.Fatalf("first attempt: err %v", err)
+	}
+	if retried.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_PENDING || retried.GetLastError() != "boom" {
+		t.Fatalf("after a failed attempt the task is %s, last error %q", retried.GetStatus(), retried.GetLastError())
+	}
+
+	dead, err := worker.RunOnce(context.Background())
+
+	if !errors.As(err, &handlerErr) || dead.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_DEAD_LETTERED || dead.GetAttempts() != 2 {
+		t.Fatalf("after a permanent failure: %v, err %v", dead, err)
+	}
+}
+
+func TestWorkerCancelsTheHandlerWhenTheLeaseIsLost(t *testing.T) {
+	client := dialAs(t, "loser", contributor)
+	taskType := uniqueID("type")
+	taskID := addTask(t, taskType)
+	var cause error
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		// Cancelling a claimed task revokes its lease; the next renewal hears LEASE_LOST.
+		if _, err := steward.Tasks.CancelTask(context.Background(), &agentcoordv1.CancelTaskRequest{TaskId: taskID}); err != nil {
+			t.Errorf("CancelTask: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			cause = context.Cause(ctx)
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Second):
+			return map[string]any{"late": true}, nil
+		}
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: time.Second, Wait: time.Second})
+
+	task, err := worker.RunOnce(context.Background())
+
+	if !errors.Is(cause, agentcoord.ErrLeaseLost) {
+		t.Fatalf("handler context ended with cause %v, want ErrLeaseLost", cause)
+	}
+	if !errors.Is(err, agentcoord.ErrLeaseLost) || agentcoord.ReasonOf(err) != agentcoordv1.ErrorReason_LEASE_LOST || task.GetTaskId() != taskID {
+		t.Fatalf("RunOnce = %v, %v", task, err)
+	}
+	if status := getTask(t, taskID).GetStatus(); status != agentcoordv1.TaskStatus_TASK_STATUS_CANCELLED {
+		t.Fatalf("task is %s", status)
+	}
+}
+
+func TestWorkerRunStopsWhenItsContextEnds(t *testing.T) {
+	client := dialAs(t, "runner", contributor)
+	taskType := uniqueID("type")
+	ids := map[string]bool{addTask(t, taskType): true, addTask(t, taskType): true}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	completed := make(chan string, len(ids))
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		completed <- task.GetTaskId()
+		return nil, nil
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Wait: 20 * time.Second})
+	stopped := make(chan error, 1)
+	go func() { stopped <- worker.Run(ctx) }()
+
+	for range ids {
+		delete(ids, <-completed)
+	}
+	cancel() // Run is now in a 20 s long-poll: cancelling ends it
+
+	if err := <-stopped; err != nil || len(ids) != 0 {
+		t.Fatalf("Run = %v; not handled: %v", err, ids)
+	}
+}
