@@ -12,13 +12,18 @@ export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: install grpcurl generate check-generated lint run test bench demo clean
 
 # --- Go client (clients/go) ---------------------------------------------------------------------
-# buf.gen.yaml runs these two protoc plugins from ./bin; pinned here so `make generate` is
-# reproducible. protoc-gen-go's version must equal google.golang.org/protobuf's in clients/go/go.mod.
+# buf.gen.yaml (repo root) runs protoc-gen-go and protoc-gen-go-grpc from ./bin, pinned here so
+# `make generate` is reproducible; protoc-gen-go's version equals google.golang.org/protobuf's in
+# clients/go/go.mod. The Go suite starts its own `agentcoord serve` from .venv.
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
-GO_GENERATED := clients/go/gen
-.PHONY: generate-go test-go demo-polyglot
+GO_DIR := clients/go
+
+.PHONY: generate-go check-generated-go test-go demo-polyglot
+generate: generate-go
+check-generated: check-generated-go
+test: test-go
 
 # A stamp per version, so bumping a pin reinstalls the plugin.
 $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION):
@@ -29,16 +34,20 @@ $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
 	GOBIN=$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	touch $@
 
-# Go code from proto/ by buf.gen.yaml (its `clean` empties clients/go/gen first).
+# buf.gen.yaml's `clean` empties clients/go/gen first, so code of a deleted .proto goes too.
 generate-go: install $(GO_PLUGINS)
 	$(VENV)/bin/buf generate
 
-# The Go client's suite starts its own `agentcoord serve` from .venv (see clients/go/main_test.go).
-test-go: install
-	cd clients/go && go mod download && go vet ./... && go test -count=1 ./...
+check-generated-go: generate-go
+	@drift=$$(git status --porcelain -- $(GO_DIR)/gen); \
+	if [ -n "$$drift" ]; then echo "Go generated code drifted from proto/; run make generate and commit:"; echo "$$drift"; exit 1; fi
+	@echo "Go generated code is up to date"
 
-# Two Go workers, a TypeScript worker and observer, a Python coordinator (examples/polyglot).
-demo-polyglot: install
+test-go: install
+	cd $(GO_DIR) && go mod download && go vet ./... && go test -count=1 ./...
+
+# Go and TypeScript workers, a TypeScript observer and a Python coordinator (examples/polyglot).
+demo-polyglot: install $(TS_INSTALLED)
 	$(PY) examples/polyglot/fleet.py
 # --- end of the Go client block -----------------------------------------------------------------
 
@@ -56,13 +65,13 @@ grpcurl: $(GRPCURL)
 $(GRPCURL):
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-generate: install generate-go
+generate: install
 	$(PY) scripts/gen_protos.py
 
 # Regenerates, then fails if anything generated differs from what is committed.
 check-generated: generate
-	@drift=$$(git status --porcelain -- clients/python/agentcoord/v1 clients/python/agentcoord/client/_sync clients/python/agentcoord/client/reasons.py $(GO_GENERATED)); \
-	if [ -n "$$drift" ]; then echo "generated code drifted from proto/ or client/_async; run make generate and commit:"; echo "$$drift"; git diff --stat -- clients/python $(GO_GENERATED); exit 1; fi
+	@drift=$$(git status --porcelain -- clients/python/agentcoord/v1 clients/python/agentcoord/client/_sync clients/python/agentcoord/client/reasons.py); \
+	if [ -n "$$drift" ]; then echo "generated code drifted from proto/ or client/_async; run make generate and commit:"; echo "$$drift"; git diff --stat -- clients/python; exit 1; fi
 	@echo "generated code is up to date"
 
 lint: install
@@ -73,7 +82,7 @@ lint: install
 run: install
 	$(VENV)/bin/agentcoord serve --metrics-listen 127.0.0.1:9464
 
-test: install $(GRPCURL) test-go
+test: install $(GRPCURL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The code-review fleet end to end: a server on an embedded Redis, agents as separate processes.
