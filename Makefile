@@ -20,9 +20,9 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
 GO_DIR := clients/go
 
-.PHONY: generate-go check-generated-go test-go demo-polyglot
-generate: generate-go
-check-generated: check-generated-go
+.PHONY: generate-go check-generated-go test-go demo-polyglot generate-reason-table check-reason-table
+generate: generate-go generate-reason-table
+check-generated: check-generated-go check-reason-table
 test: test-go
 
 # A stamp per version, so bumping a pin reinstalls the plugin.
@@ -42,6 +42,13 @@ check-generated-go: generate-go
 	@drift=$$(git status --porcelain -- $(GO_DIR)/gen); \
 	if [ -n "$$drift" ]; then echo "Go generated code drifted from proto/; run make generate and commit:"; echo "$$drift"; exit 1; fi
 	@echo "Go generated code is up to date"
+
+# The README's table of error reasons → what a client should do, from error_reason.proto.
+generate-reason-table: install
+	$(PY) scripts/gen_reason_table.py
+
+check-reason-table: generate-reason-table
+	@if [ -n "$$(git status --porcelain -- README.md)" ]; then echo "README.md's error reasons drifted from error_reason.proto (or README.md has uncommitted changes); run make generate and commit"; git diff --stat -- README.md; exit 1; fi
 
 test-go: install
 	cd $(GO_DIR) && go mod download && go vet ./... && go test -count=1 ./...
