@@ -34,6 +34,7 @@ ACTIONS = [
     (r"higher tier", ("UNAUTHENTICATED",), "re-authenticate"),
     (r"re-read|decide again|merge, save again", (), "re-read, then decide again"),
     (r"back off", (), "retry with backoff, or send less"),
+    (r"retry after that", (), "retry after the delay it names"),
     (r"stop working on it", (), "give up: stop working on the task"),
     (r"registeragent again", (), "register again, then retry"),
 ]

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -39,6 +40,9 @@ type Error struct {
 	// RequestID finds the call's line in the server's log (ErrorInfo metadata "request_id");
 	// empty for Local errors.
 	RequestID string
+	// RetryDelay is how long the server asks the caller to wait before retrying
+	// (google.rpc.RetryInfo, e.g. with TOO_MANY_FAILED_AUTHENTICATIONS); 0 when it says nothing.
+	RetryDelay time.Duration
 	// Local is true when the client refused the call without sending it (TIER_TOO_LOW).
 	Local bool
 
@@ -109,6 +113,8 @@ func fromStatus(st *status.Status) *Error {
 			for _, v := range d.GetFieldViolations() {
 				e.FieldViolations = append(e.FieldViolations, FieldViolation{Field: v.GetField(), Description: v.GetDescription()})
 			}
+		case *errdetails.RetryInfo:
+			e.RetryDelay = d.GetRetryDelay().AsDuration()
 		case *errdetails.RequestInfo:
 			if e.RequestID == "" {
 				e.RequestID = d.GetRequestId()

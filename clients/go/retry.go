@@ -22,10 +22,11 @@ import (
 //     ("repeating a successful completion with the same lease returns the same task again");
 //     CancelTask ("cancelling a cancelled task returns it unchanged").
 //
-// Not retried, because a second delivery is a second effect or a different answer: AddTask (a
-// second task, or TASK_EXISTS; retry it yourself with request_id set), ClaimTask (a second lease
-// while the first dangles until it expires), FailTask (the retry meets LEASE_LOST), SendSignal (a
-// duplicate signal), DeleteEntry/LeaveSession/RequeueDeadLetter/RevokeToken (the retry reports
+// Not retried, because a second delivery is a second effect or a different answer: AddTask and
+// SendSignal (a second task or TASK_EXISTS, a duplicate signal; with request_id set the server
+// replays the first call's answer, so retry those yourself with the same request_id: a service
+// config cannot tell such calls apart), ClaimTask (a second lease while the first dangles until
+// it expires), FailTask (the retry meets LEASE_LOST), DeleteEntry/LeaveSession/RequeueDeadLetter/RevokeToken (the retry reports
 // NOT_FOUND or FAILED_PRECONDITION for what the first did), ClearWorkingMemory and
 // DeregisterAgent (the retry's count or flag is wrong), IssueToken (a second token), CreateSession,
 // StagePattern, PromotePattern, RejectPattern, CreateConflict, ResolveConflict and

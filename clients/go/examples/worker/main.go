@@ -116,14 +116,24 @@ func run(capabilities string, lease, work, wait time.Duration) error {
 }
 
 // announce broadcasts the completion. It runs even if a stop signal arrived meanwhile: the task
-// is completed, so its signal must follow.
+// is completed, so its signal must follow. The request id makes a retry after UNAVAILABLE safe:
+// the server stores the signal once.
 func announce(ctx context.Context, client *agentcoord.Client, task *agentcoordv1.Task, agent string) error {
 	data, err := structpb.NewStruct(map[string]any{"task_id": task.GetTaskId(), "attempt": task.GetAttempts(), "agent": agent})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	request := &agentcoordv1.SendSignalRequest{
+		SignalType: "task.completed", Data: data,
+		RequestId: fmt.Sprintf("completed.%s.%d", task.GetTaskId(), task.GetAttempts()),
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	_, err = client.Signals.SendSignal(ctx, &agentcoordv1.SendSignalRequest{SignalType: "task.completed", Data: data})
-	return err
+	for {
+		_, err = client.Signals.SendSignal(ctx, request)
+		if e, ok := agentcoord.FromError(err); !ok || e.Code != codes.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -204,15 +204,19 @@ type GetServerStatsResponse struct {
 	RedisMode RedisMode `protobuf:"varint,2,opt,name=redis_mode,json=redisMode,proto3,enum=agentcoord.v1.RedisMode" json:"redis_mode,omitempty"`
 	// The Redis server's version, e.g. "7.2.4".
 	RedisVersion string `protobuf:"bytes,3,opt,name=redis_version,json=redisVersion,proto3" json:"redis_version,omitempty"`
-	// Number of keys per area (memory, sessions, staging, patterns, conflicts,
-	// tasks, agents, signals, tokens…) in the caller's namespace.
+	// Deprecated: always empty. Counting keys per area needed a SCAN of the whole
+	// keyspace on every call; read namespace_stats instead.
+	//
+	// Deprecated: Marked as deprecated in agentcoord/v1/admin.proto.
 	KeyCounts map[string]int64 `protobuf:"bytes,4,rep,name=key_counts,json=keyCounts,proto3" json:"key_counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Memory Redis uses, in bytes (INFO memory used_memory).
 	UsedMemoryBytes int64 `protobuf:"varint,5,opt,name=used_memory_bytes,json=usedMemoryBytes,proto3" json:"used_memory_bytes,omitempty"`
 	// How long this server process has been serving.
-	Uptime        *durationpb.Duration `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Uptime *durationpb.Duration `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
+	// What the caller's namespace holds.
+	NamespaceStats *NamespaceStats `protobuf:"bytes,7,opt,name=namespace_stats,json=namespaceStats,proto3" json:"namespace_stats,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetServerStatsResponse) Reset() {
@@ -266,6 +270,7 @@ func (x *GetServerStatsResponse) GetRedisVersion() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in agentcoord/v1/admin.proto.
 func (x *GetServerStatsResponse) GetKeyCounts() map[string]int64 {
 	if x != nil {
 		return x.KeyCounts
@@ -285,6 +290,332 @@ func (x *GetServerStatsResponse) GetUptime() *durationpb.Duration {
 		return x.Uptime
 	}
 	return nil
+}
+
+func (x *GetServerStatsResponse) GetNamespaceStats() *NamespaceStats {
+	if x != nil {
+		return x.NamespaceStats
+	}
+	return nil
+}
+
+// NamespaceStats says what one namespace holds, in the terms its users work in.
+// Every count is read from an index the server keeps up to date as it writes
+// (two Redis round trips per GetServerStats, whatever the namespace's size); an
+// entry whose TTL ran out is not counted unless a comment says otherwise.
+type NamespaceStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace (team) counted.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Live working-memory entries, over every owner.
+	MemoryEntries int64 `protobuf:"varint,2,opt,name=memory_entries,json=memoryEntries,proto3" json:"memory_entries,omitempty"`
+	// Agents owning at least one live working-memory entry.
+	MemoryOwners int64 `protobuf:"varint,3,opt,name=memory_owners,json=memoryOwners,proto3" json:"memory_owners,omitempty"`
+	// Live team sessions.
+	Sessions int64 `protobuf:"varint,4,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	// Staged patterns waiting for a validator (neither promoted, rejected nor
+	// expired).
+	StagedPatterns int64 `protobuf:"varint,5,opt,name=staged_patterns,json=stagedPatterns,proto3" json:"staged_patterns,omitempty"`
+	// Patterns in the permanent pattern library.
+	LibraryPatterns int64 `protobuf:"varint,6,opt,name=library_patterns,json=libraryPatterns,proto3" json:"library_patterns,omitempty"`
+	// Conflict contexts not yet resolved (and not expired).
+	OpenConflicts int64 `protobuf:"varint,7,opt,name=open_conflicts,json=openConflicts,proto3" json:"open_conflicts,omitempty"`
+	// Tasks by state, over every task type.
+	Tasks *TaskCounts `protobuf:"bytes,8,opt,name=tasks,proto3" json:"tasks,omitempty"`
+	// Tasks by state per task type, for the (at most 100) types most recently
+	// added to, most recent first.
+	TaskQueues []*TaskQueueStats `protobuf:"bytes,9,rep,name=task_queues,json=taskQueues,proto3" json:"task_queues,omitempty"`
+	// Signals kept in the namespace's stream (the COORDINATION retention; signals
+	// past it are counted until the next send or read trims them).
+	RetainedSignals int64 `protobuf:"varint,10,opt,name=retained_signals,json=retainedSignals,proto3" json:"retained_signals,omitempty"`
+	// Open Subscribe streams of this namespace on the server process that
+	// answered; other server processes on the same Redis are not counted.
+	LiveSubscriptions int64 `protobuf:"varint,11,opt,name=live_subscriptions,json=liveSubscriptions,proto3" json:"live_subscriptions,omitempty"`
+	// True when a count read only part of an index (more than 1000 agents own
+	// working memory, or more than 100 task types): the counts are lower bounds.
+	Truncated     bool `protobuf:"varint,12,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamespaceStats) Reset() {
+	*x = NamespaceStats{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamespaceStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamespaceStats) ProtoMessage() {}
+
+func (x *NamespaceStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamespaceStats.ProtoReflect.Descriptor instead.
+func (*NamespaceStats) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NamespaceStats) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *NamespaceStats) GetMemoryEntries() int64 {
+	if x != nil {
+		return x.MemoryEntries
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetMemoryOwners() int64 {
+	if x != nil {
+		return x.MemoryOwners
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetSessions() int64 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetStagedPatterns() int64 {
+	if x != nil {
+		return x.StagedPatterns
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetLibraryPatterns() int64 {
+	if x != nil {
+		return x.LibraryPatterns
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetOpenConflicts() int64 {
+	if x != nil {
+		return x.OpenConflicts
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetTasks() *TaskCounts {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *NamespaceStats) GetTaskQueues() []*TaskQueueStats {
+	if x != nil {
+		return x.TaskQueues
+	}
+	return nil
+}
+
+func (x *NamespaceStats) GetRetainedSignals() int64 {
+	if x != nil {
+		return x.RetainedSignals
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetLiveSubscriptions() int64 {
+	if x != nil {
+		return x.LiveSubscriptions
+	}
+	return 0
+}
+
+func (x *NamespaceStats) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+// TaskCounts counts tasks by state.
+type TaskCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pending tasks a claim can take now (queue depth). A pending task whose TASK
+	// TTL ran out unclaimed is counted until a claim of its type meets it.
+	Pending int64 `protobuf:"varint,1,opt,name=pending,proto3" json:"pending,omitempty"`
+	// Pending tasks waiting out a retry backoff (FailTask with backoff).
+	BackingOff int64 `protobuf:"varint,2,opt,name=backing_off,json=backingOff,proto3" json:"backing_off,omitempty"`
+	// Claimed tasks (under a lease, or whose lease ran out and was not yet noticed).
+	Claimed int64 `protobuf:"varint,3,opt,name=claimed,proto3" json:"claimed,omitempty"`
+	// Dead-lettered tasks (ListDeadLetters).
+	DeadLetters int64 `protobuf:"varint,4,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Completions counted for AggregateResults (kept for the TASK TTL after the
+	// latest completion).
+	Completed     int64 `protobuf:"varint,5,opt,name=completed,proto3" json:"completed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskCounts) Reset() {
+	*x = TaskCounts{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskCounts) ProtoMessage() {}
+
+func (x *TaskCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskCounts.ProtoReflect.Descriptor instead.
+func (*TaskCounts) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TaskCounts) GetPending() int64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *TaskCounts) GetBackingOff() int64 {
+	if x != nil {
+		return x.BackingOff
+	}
+	return 0
+}
+
+func (x *TaskCounts) GetClaimed() int64 {
+	if x != nil {
+		return x.Claimed
+	}
+	return 0
+}
+
+func (x *TaskCounts) GetDeadLetters() int64 {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return 0
+}
+
+func (x *TaskCounts) GetCompleted() int64 {
+	if x != nil {
+		return x.Completed
+	}
+	return 0
+}
+
+// TaskQueueStats counts one task type's tasks by state.
+type TaskQueueStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task type.
+	TaskType string `protobuf:"bytes,1,opt,name=task_type,json=taskType,proto3" json:"task_type,omitempty"`
+	// As in TaskCounts, for this type.
+	Pending int64 `protobuf:"varint,2,opt,name=pending,proto3" json:"pending,omitempty"`
+	// As in TaskCounts, for this type.
+	BackingOff int64 `protobuf:"varint,3,opt,name=backing_off,json=backingOff,proto3" json:"backing_off,omitempty"`
+	// As in TaskCounts, for this type.
+	Claimed int64 `protobuf:"varint,4,opt,name=claimed,proto3" json:"claimed,omitempty"`
+	// As in TaskCounts, for this type.
+	Completed     int64 `protobuf:"varint,5,opt,name=completed,proto3" json:"completed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskQueueStats) Reset() {
+	*x = TaskQueueStats{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskQueueStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskQueueStats) ProtoMessage() {}
+
+func (x *TaskQueueStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskQueueStats.ProtoReflect.Descriptor instead.
+func (*TaskQueueStats) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TaskQueueStats) GetTaskType() string {
+	if x != nil {
+		return x.TaskType
+	}
+	return ""
+}
+
+func (x *TaskQueueStats) GetPending() int64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *TaskQueueStats) GetBackingOff() int64 {
+	if x != nil {
+		return x.BackingOff
+	}
+	return 0
+}
+
+func (x *TaskQueueStats) GetClaimed() int64 {
+	if x != nil {
+		return x.Claimed
+	}
+	return 0
+}
+
+func (x *TaskQueueStats) GetCompleted() int64 {
+	if x != nil {
+		return x.Completed
+	}
+	return 0
 }
 
 // TokenInfo describes an issued token. It never carries the secret.
@@ -313,7 +644,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +656,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +669,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TokenInfo) GetTokenId() string {
@@ -417,7 +748,7 @@ type IssueTokenRequest struct {
 
 func (x *IssueTokenRequest) Reset() {
 	*x = IssueTokenRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +760,7 @@ func (x *IssueTokenRequest) String() string {
 func (*IssueTokenRequest) ProtoMessage() {}
 
 func (x *IssueTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +773,7 @@ func (x *IssueTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueTokenRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IssueTokenRequest) GetAgentId() string {
@@ -493,7 +824,7 @@ type IssueTokenResponse struct {
 
 func (x *IssueTokenResponse) Reset() {
 	*x = IssueTokenResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +836,7 @@ func (x *IssueTokenResponse) String() string {
 func (*IssueTokenResponse) ProtoMessage() {}
 
 func (x *IssueTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +849,7 @@ func (x *IssueTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueTokenResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueTokenResponse) GetToken() string {
@@ -545,7 +876,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +888,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +901,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeTokenRequest) GetTokenId() string {
@@ -590,7 +921,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +933,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +946,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeTokenResponse) GetInfo() *TokenInfo {
@@ -637,7 +968,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +980,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +993,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListTokensRequest) GetPageSize() int32 {
@@ -691,7 +1022,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +1034,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +1047,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -741,19 +1072,50 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\rWhoAmIRequest\"H\n" +
 	"\x0eWhoAmIResponse\x126\n" +
 	"\tprincipal\x18\x01 \x01(\v2\x18.agentcoord.v1.PrincipalR\tprincipal\"\x17\n" +
-	"\x15GetServerStatsRequest\"\x8f\x03\n" +
+	"\x15GetServerStatsRequest\"\xdb\x03\n" +
 	"\x16GetServerStatsResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x127\n" +
 	"\n" +
 	"redis_mode\x18\x02 \x01(\x0e2\x18.agentcoord.v1.RedisModeR\tredisMode\x12#\n" +
-	"\rredis_version\x18\x03 \x01(\tR\fredisVersion\x12S\n" +
+	"\rredis_version\x18\x03 \x01(\tR\fredisVersion\x12W\n" +
 	"\n" +
-	"key_counts\x18\x04 \x03(\v24.agentcoord.v1.GetServerStatsResponse.KeyCountsEntryR\tkeyCounts\x12*\n" +
+	"key_counts\x18\x04 \x03(\v24.agentcoord.v1.GetServerStatsResponse.KeyCountsEntryB\x02\x18\x01R\tkeyCounts\x12*\n" +
 	"\x11used_memory_bytes\x18\x05 \x01(\x03R\x0fusedMemoryBytes\x121\n" +
-	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x1a<\n" +
+	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12F\n" +
+	"\x0fnamespace_stats\x18\a \x01(\v2\x1d.agentcoord.v1.NamespaceStatsR\x0enamespaceStats\x1a<\n" +
 	"\x0eKeyCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xc7\x02\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xfa\x03\n" +
+	"\x0eNamespaceStats\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12%\n" +
+	"\x0ememory_entries\x18\x02 \x01(\x03R\rmemoryEntries\x12#\n" +
+	"\rmemory_owners\x18\x03 \x01(\x03R\fmemoryOwners\x12\x1a\n" +
+	"\bsessions\x18\x04 \x01(\x03R\bsessions\x12'\n" +
+	"\x0fstaged_patterns\x18\x05 \x01(\x03R\x0estagedPatterns\x12)\n" +
+	"\x10library_patterns\x18\x06 \x01(\x03R\x0flibraryPatterns\x12%\n" +
+	"\x0eopen_conflicts\x18\a \x01(\x03R\ropenConflicts\x12/\n" +
+	"\x05tasks\x18\b \x01(\v2\x19.agentcoord.v1.TaskCountsR\x05tasks\x12>\n" +
+	"\vtask_queues\x18\t \x03(\v2\x1d.agentcoord.v1.TaskQueueStatsR\n" +
+	"taskQueues\x12)\n" +
+	"\x10retained_signals\x18\n" +
+	" \x01(\x03R\x0fretainedSignals\x12-\n" +
+	"\x12live_subscriptions\x18\v \x01(\x03R\x11liveSubscriptions\x12\x1c\n" +
+	"\ttruncated\x18\f \x01(\bR\ttruncated\"\xa2\x01\n" +
+	"\n" +
+	"TaskCounts\x12\x18\n" +
+	"\apending\x18\x01 \x01(\x03R\apending\x12\x1f\n" +
+	"\vbacking_off\x18\x02 \x01(\x03R\n" +
+	"backingOff\x12\x18\n" +
+	"\aclaimed\x18\x03 \x01(\x03R\aclaimed\x12!\n" +
+	"\fdead_letters\x18\x04 \x01(\x03R\vdeadLetters\x12\x1c\n" +
+	"\tcompleted\x18\x05 \x01(\x03R\tcompleted\"\xa0\x01\n" +
+	"\x0eTaskQueueStats\x12\x1b\n" +
+	"\ttask_type\x18\x01 \x01(\tR\btaskType\x12\x18\n" +
+	"\apending\x18\x02 \x01(\x03R\apending\x12\x1f\n" +
+	"\vbacking_off\x18\x03 \x01(\x03R\n" +
+	"backingOff\x12\x18\n" +
+	"\aclaimed\x18\x04 \x01(\x03R\aclaimed\x12\x1c\n" +
+	"\tcompleted\x18\x05 \x01(\x03R\tcompleted\"\xc7\x02\n" +
 	"\tTokenInfo\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x1c\n" +
@@ -812,54 +1174,60 @@ func file_agentcoord_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_agentcoord_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agentcoord_v1_admin_proto_goTypes = []any{
 	(RedisMode)(0),                 // 0: agentcoord.v1.RedisMode
 	(*WhoAmIRequest)(nil),          // 1: agentcoord.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),         // 2: agentcoord.v1.WhoAmIResponse
 	(*GetServerStatsRequest)(nil),  // 3: agentcoord.v1.GetServerStatsRequest
 	(*GetServerStatsResponse)(nil), // 4: agentcoord.v1.GetServerStatsResponse
-	(*TokenInfo)(nil),              // 5: agentcoord.v1.TokenInfo
-	(*IssueTokenRequest)(nil),      // 6: agentcoord.v1.IssueTokenRequest
-	(*IssueTokenResponse)(nil),     // 7: agentcoord.v1.IssueTokenResponse
-	(*RevokeTokenRequest)(nil),     // 8: agentcoord.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),    // 9: agentcoord.v1.RevokeTokenResponse
-	(*ListTokensRequest)(nil),      // 10: agentcoord.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),     // 11: agentcoord.v1.ListTokensResponse
-	nil,                            // 12: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	(*Principal)(nil),              // 13: agentcoord.v1.Principal
-	(*durationpb.Duration)(nil),    // 14: google.protobuf.Duration
-	(AccessTier)(0),                // 15: agentcoord.v1.AccessTier
-	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
+	(*NamespaceStats)(nil),         // 5: agentcoord.v1.NamespaceStats
+	(*TaskCounts)(nil),             // 6: agentcoord.v1.TaskCounts
+	(*TaskQueueStats)(nil),         // 7: agentcoord.v1.TaskQueueStats
+	(*TokenInfo)(nil),              // 8: agentcoord.v1.TokenInfo
+	(*IssueTokenRequest)(nil),      // 9: agentcoord.v1.IssueTokenRequest
+	(*IssueTokenResponse)(nil),     // 10: agentcoord.v1.IssueTokenResponse
+	(*RevokeTokenRequest)(nil),     // 11: agentcoord.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),    // 12: agentcoord.v1.RevokeTokenResponse
+	(*ListTokensRequest)(nil),      // 13: agentcoord.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),     // 14: agentcoord.v1.ListTokensResponse
+	nil,                            // 15: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	(*Principal)(nil),              // 16: agentcoord.v1.Principal
+	(*durationpb.Duration)(nil),    // 17: google.protobuf.Duration
+	(AccessTier)(0),                // 18: agentcoord.v1.AccessTier
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
 }
 var file_agentcoord_v1_admin_proto_depIdxs = []int32{
-	13, // 0: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
+	16, // 0: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
 	0,  // 1: agentcoord.v1.GetServerStatsResponse.redis_mode:type_name -> agentcoord.v1.RedisMode
-	12, // 2: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	14, // 3: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
-	15, // 4: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
-	16, // 5: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
-	16, // 6: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
-	15, // 7: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
-	14, // 8: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
-	5,  // 9: agentcoord.v1.IssueTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
-	5,  // 10: agentcoord.v1.RevokeTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
-	5,  // 11: agentcoord.v1.ListTokensResponse.tokens:type_name -> agentcoord.v1.TokenInfo
-	1,  // 12: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
-	3,  // 13: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
-	6,  // 14: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
-	8,  // 15: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
-	10, // 16: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
-	2,  // 17: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
-	4,  // 18: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
-	7,  // 19: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
-	9,  // 20: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
-	11, // 21: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 2: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	17, // 3: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
+	5,  // 4: agentcoord.v1.GetServerStatsResponse.namespace_stats:type_name -> agentcoord.v1.NamespaceStats
+	6,  // 5: agentcoord.v1.NamespaceStats.tasks:type_name -> agentcoord.v1.TaskCounts
+	7,  // 6: agentcoord.v1.NamespaceStats.task_queues:type_name -> agentcoord.v1.TaskQueueStats
+	18, // 7: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
+	19, // 8: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
+	19, // 9: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
+	18, // 10: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
+	17, // 11: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
+	8,  // 12: agentcoord.v1.IssueTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
+	8,  // 13: agentcoord.v1.RevokeTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
+	8,  // 14: agentcoord.v1.ListTokensResponse.tokens:type_name -> agentcoord.v1.TokenInfo
+	1,  // 15: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
+	3,  // 16: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
+	9,  // 17: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
+	11, // 18: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
+	13, // 19: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
+	2,  // 20: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
+	4,  // 21: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
+	10, // 22: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
+	12, // 23: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
+	14, // 24: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_admin_proto_init() }
@@ -874,7 +1242,7 @@ func file_agentcoord_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_admin_proto_rawDesc), len(file_agentcoord_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,7 +35,9 @@ const (
 type AdminServiceClient interface {
 	// Returns the principal the call was authenticated as. Any tier.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
-	// Returns the server's version, its Redis and the caller's namespace's key counts.
+	// Returns the server's version, its Redis, and what the caller's namespace holds
+	// (namespace_stats): counted from index structures the server maintains, never
+	// a scan of the keyspace, so its cost does not grow with the data.
 	GetServerStats(ctx context.Context, in *GetServerStatsRequest, opts ...grpc.CallOption) (*GetServerStatsResponse, error)
 	// Issues a bearer token for an agent of the caller's namespace. The secret is in
 	// the response only: the server keeps just its SHA-256 hash.
@@ -116,7 +118,9 @@ func (c *adminServiceClient) ListTokens(ctx context.Context, in *ListTokensReque
 type AdminServiceServer interface {
 	// Returns the principal the call was authenticated as. Any tier.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
-	// Returns the server's version, its Redis and the caller's namespace's key counts.
+	// Returns the server's version, its Redis, and what the caller's namespace holds
+	// (namespace_stats): counted from index structures the server maintains, never
+	// a scan of the keyspace, so its cost does not grow with the data.
 	GetServerStats(context.Context, *GetServerStatsRequest) (*GetServerStatsResponse, error)
 	// Issues a bearer token for an agent of the caller's namespace. The secret is in
 	// the response only: the server keeps just its SHA-256 hash.

@@ -99,6 +99,12 @@ const (
 	ErrorReason_NAMESPACE_MISMATCH ErrorReason = 29
 	// NOT_FOUND: the token id to revoke is not a live token of the namespace.
 	ErrorReason_TOKEN_NOT_FOUND ErrorReason = 30
+	// RESOURCE_EXHAUSTED: the caller's address failed to authenticate too often
+	// (`--auth-failure-limit` per `--auth-failure-window`), so the server refuses
+	// its calls, without checking their tokens, for a while. ErrorInfo metadata
+	// "retry_after_seconds" and a google.rpc.RetryInfo say how long; retry after
+	// that with a valid token. Calls from other addresses are unaffected.
+	ErrorReason_TOO_MANY_FAILED_AUTHENTICATIONS ErrorReason = 31
 	// INVALID_ARGUMENT: a request field is invalid; BadRequest field violations
 	// name each bad field and why.
 	ErrorReason_INVALID_FIELD ErrorReason = 40
@@ -228,6 +234,7 @@ var (
 		28:  "NO_REQUIRED_TIER",
 		29:  "NAMESPACE_MISMATCH",
 		30:  "TOKEN_NOT_FOUND",
+		31:  "TOO_MANY_FAILED_AUTHENTICATIONS",
 		40:  "INVALID_FIELD",
 		41:  "INVALID_ID",
 		42:  "INVALID_PAGE_SIZE",
@@ -267,66 +274,67 @@ var (
 		140: "CURSOR_TRIMMED",
 	}
 	ErrorReason_value = map[string]int32{
-		"ERROR_REASON_UNSPECIFIED":      0,
-		"INTERNAL":                      1,
-		"INVALID_ARGUMENT":              2,
-		"NOT_FOUND":                     3,
-		"ALREADY_EXISTS":                4,
-		"PERMISSION_DENIED":             5,
-		"UNAUTHENTICATED":               6,
-		"FAILED_PRECONDITION":           7,
-		"ABORTED":                       8,
-		"OUT_OF_RANGE":                  9,
-		"RESOURCE_EXHAUSTED":            10,
-		"UNAVAILABLE":                   11,
-		"MISSING_TOKEN":                 20,
-		"INVALID_TOKEN":                 21,
-		"UNKNOWN_TOKEN":                 22,
-		"TOKEN_EXPIRED":                 23,
-		"NO_AUTHENTICATION":             24,
-		"MISSING_IDENTITY":              25,
-		"INVALID_IDENTITY":              26,
-		"TIER_TOO_LOW":                  27,
-		"NO_REQUIRED_TIER":              28,
-		"NAMESPACE_MISMATCH":            29,
-		"TOKEN_NOT_FOUND":               30,
-		"INVALID_FIELD":                 40,
-		"INVALID_ID":                    41,
-		"INVALID_PAGE_SIZE":             42,
-		"INVALID_PAGE_TOKEN":            43,
-		"BATCH_SIZE":                    44,
-		"DUPLICATE_KEY":                 45,
-		"INVALID_CURSOR":                46,
-		"NO_TASK_TYPES":                 47,
-		"VALUE_TOO_LARGE":               60,
-		"RESPONSE_TOO_LARGE":            61,
-		"SUBSCRIBER_TOO_SLOW":           62,
-		"REDIS_UNAVAILABLE":             70,
-		"SERVER_SHUTTING_DOWN":          71,
-		"ENTRY_NOT_FOUND":               80,
-		"SESSION_EXISTS":                81,
-		"SESSION_NOT_FOUND":             82,
-		"NOT_A_PARTICIPANT":             83,
-		"CONTEXT_NOT_FOUND":             84,
-		"VERSION_MISMATCH":              85,
-		"COLLABORATION_STATE_NOT_FOUND": 86,
-		"PATTERN_STAGED_BY_OTHER_AGENT": 100,
-		"BELOW_CONFIDENCE_THRESHOLD":    101,
-		"REVISION_MISMATCH":             102,
-		"STAGED_PATTERN_NOT_FOUND":      103,
-		"REJECTION_NOT_FOUND":           104,
-		"PATTERN_NOT_FOUND":             105,
-		"CONFLICT_EXISTS":               106,
-		"CONFLICT_NOT_FOUND":            107,
-		"ALREADY_RESOLVED":              108,
-		"AGENT_NOT_REGISTERED":          120,
-		"TASK_EXISTS":                   121,
-		"TASK_NOT_FOUND":                122,
-		"LEASE_LOST":                    123,
-		"NOT_TASK_ADDER":                124,
-		"TASK_COMPLETED":                125,
-		"NOT_DEAD_LETTERED":             126,
-		"CURSOR_TRIMMED":                140,
+		"ERROR_REASON_UNSPECIFIED":        0,
+		"INTERNAL":                        1,
+		"INVALID_ARGUMENT":                2,
+		"NOT_FOUND":                       3,
+		"ALREADY_EXISTS":                  4,
+		"PERMISSION_DENIED":               5,
+		"UNAUTHENTICATED":                 6,
+		"FAILED_PRECONDITION":             7,
+		"ABORTED":                         8,
+		"OUT_OF_RANGE":                    9,
+		"RESOURCE_EXHAUSTED":              10,
+		"UNAVAILABLE":                     11,
+		"MISSING_TOKEN":                   20,
+		"INVALID_TOKEN":                   21,
+		"UNKNOWN_TOKEN":                   22,
+		"TOKEN_EXPIRED":                   23,
+		"NO_AUTHENTICATION":               24,
+		"MISSING_IDENTITY":                25,
+		"INVALID_IDENTITY":                26,
+		"TIER_TOO_LOW":                    27,
+		"NO_REQUIRED_TIER":                28,
+		"NAMESPACE_MISMATCH":              29,
+		"TOKEN_NOT_FOUND":                 30,
+		"TOO_MANY_FAILED_AUTHENTICATIONS": 31,
+		"INVALID_FIELD":                   40,
+		"INVALID_ID":                      41,
+		"INVALID_PAGE_SIZE":               42,
+		"INVALID_PAGE_TOKEN":              43,
+		"BATCH_SIZE":                      44,
+		"DUPLICATE_KEY":                   45,
+		"INVALID_CURSOR":                  46,
+		"NO_TASK_TYPES":                   47,
+		"VALUE_TOO_LARGE":                 60,
+		"RESPONSE_TOO_LARGE":              61,
+		"SUBSCRIBER_TOO_SLOW":             62,
+		"REDIS_UNAVAILABLE":               70,
+		"SERVER_SHUTTING_DOWN":            71,
+		"ENTRY_NOT_FOUND":                 80,
+		"SESSION_EXISTS":                  81,
+		"SESSION_NOT_FOUND":               82,
+		"NOT_A_PARTICIPANT":               83,
+		"CONTEXT_NOT_FOUND":               84,
+		"VERSION_MISMATCH":                85,
+		"COLLABORATION_STATE_NOT_FOUND":   86,
+		"PATTERN_STAGED_BY_OTHER_AGENT":   100,
+		"BELOW_CONFIDENCE_THRESHOLD":      101,
+		"REVISION_MISMATCH":               102,
+		"STAGED_PATTERN_NOT_FOUND":        103,
+		"REJECTION_NOT_FOUND":             104,
+		"PATTERN_NOT_FOUND":               105,
+		"CONFLICT_EXISTS":                 106,
+		"CONFLICT_NOT_FOUND":              107,
+		"ALREADY_RESOLVED":                108,
+		"AGENT_NOT_REGISTERED":            120,
+		"TASK_EXISTS":                     121,
+		"TASK_NOT_FOUND":                  122,
+		"LEASE_LOST":                      123,
+		"NOT_TASK_ADDER":                  124,
+		"TASK_COMPLETED":                  125,
+		"NOT_DEAD_LETTERED":               126,
+		"CURSOR_TRIMMED":                  140,
 	}
 )
 
@@ -361,7 +369,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xab\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xd0\n" +
 	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
@@ -387,7 +395,8 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\fTIER_TOO_LOW\x10\x1b\x12\x14\n" +
 	"\x10NO_REQUIRED_TIER\x10\x1c\x12\x16\n" +
 	"\x12NAMESPACE_MISMATCH\x10\x1d\x12\x13\n" +
-	"\x0fTOKEN_NOT_FOUND\x10\x1e\x12\x11\n" +
+	"\x0fTOKEN_NOT_FOUND\x10\x1e\x12#\n" +
+	"\x1fTOO_MANY_FAILED_AUTHENTICATIONS\x10\x1f\x12\x11\n" +
 	"\rINVALID_FIELD\x10(\x12\x0e\n" +
 	"\n" +
 	"INVALID_ID\x10)\x12\x15\n" +

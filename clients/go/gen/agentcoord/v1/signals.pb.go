@@ -191,7 +191,13 @@ type SendSignalRequest struct {
 	TargetAgent string `protobuf:"bytes,3,opt,name=target_agent,json=targetAgent,proto3" json:"target_agent,omitempty"`
 	// Only the session's participants at send time (and the sender) will see the
 	// signal. Mutually exclusive with target_agent.
-	SessionId     string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SessionId string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Optional idempotency key (an id, e.g. a UUID: letters, digits, '.', '_' or
+	// '-', 1-128 characters), scoped to the caller: a send with a request_id the
+	// caller used within the COORDINATION retention stores nothing and returns
+	// the signal the first send stored, so a send that timed out can be retried
+	// without a duplicate.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,11 +260,21 @@ func (x *SendSignalRequest) GetSessionId() string {
 	return ""
 }
 
+func (x *SendSignalRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // SendSignalResponse returns what was stored.
 type SendSignalResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The stored signal, with its id, sender and send time.
-	Signal        *Signal `protobuf:"bytes,1,opt,name=signal,proto3" json:"signal,omitempty"`
+	// The stored signal, with its id, sender and send time (for a repeated
+	// request_id, the signal the first send stored).
+	Signal *Signal `protobuf:"bytes,1,opt,name=signal,proto3" json:"signal,omitempty"`
+	// True when request_id matched an earlier send and nothing was stored.
+	Replayed      bool `protobuf:"varint,2,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +314,13 @@ func (x *SendSignalResponse) GetSignal() *Signal {
 		return x.Signal
 	}
 	return nil
+}
+
+func (x *SendSignalResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 // ReceiveSignalsRequest reads the caller's visible signals after a cursor.
@@ -570,16 +593,19 @@ const file_agentcoord_v1_signals_proto_rawDesc = "" +
 	"\ftarget_agent\x18\x05 \x01(\tR\vtargetAgent\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x06 \x01(\tR\tsessionId\x127\n" +
-	"\tsend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\"\xa3\x01\n" +
+	"\tsend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\"\xc2\x01\n" +
 	"\x11SendSignalRequest\x12\x1f\n" +
 	"\vsignal_type\x18\x01 \x01(\tR\n" +
 	"signalType\x12+\n" +
 	"\x04data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x04data\x12!\n" +
 	"\ftarget_agent\x18\x03 \x01(\tR\vtargetAgent\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x04 \x01(\tR\tsessionId\"C\n" +
+	"session_id\x18\x04 \x01(\tR\tsessionId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\"_\n" +
 	"\x12SendSignalResponse\x12-\n" +
-	"\x06signal\x18\x01 \x01(\v2\x15.agentcoord.v1.SignalR\x06signal\"k\n" +
+	"\x06signal\x18\x01 \x01(\v2\x15.agentcoord.v1.SignalR\x06signal\x12\x1a\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"k\n" +
 	"\x15ReceiveSignalsRequest\x12!\n" +
 	"\fsignal_types\x18\x01 \x03(\tR\vsignalTypes\x12\x19\n" +
 	"\bafter_id\x18\x02 \x01(\tR\aafterId\x12\x14\n" +

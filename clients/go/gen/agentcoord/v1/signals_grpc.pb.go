@@ -45,7 +45,8 @@ const (
 type SignalServiceClient interface {
 	// Sends a signal as the caller. Broadcast when neither target_agent nor
 	// session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-	// missing or expired (MemoryService sessions).
+	// missing or expired (MemoryService sessions). A retry with the same
+	// request_id is stored once and returns the signal the first call stored.
 	SendSignal(ctx context.Context, in *SendSignalRequest, opts ...grpc.CallOption) (*SendSignalResponse, error)
 	// Reads the signals visible to the caller after a cursor, oldest first. Does
 	// not consume them: another call with the same cursor returns the same
@@ -136,7 +137,8 @@ type SignalService_SubscribeClient = grpc.ServerStreamingClient[SubscribeRespons
 type SignalServiceServer interface {
 	// Sends a signal as the caller. Broadcast when neither target_agent nor
 	// session_id is set. NOT_FOUND (SESSION_NOT_FOUND) for a session that is
-	// missing or expired (MemoryService sessions).
+	// missing or expired (MemoryService sessions). A retry with the same
+	// request_id is stored once and returns the signal the first call stored.
 	SendSignal(context.Context, *SendSignalRequest) (*SendSignalResponse, error)
 	// Reads the signals visible to the caller after a cursor, oldest first. Does
 	// not consume them: another call with the same cursor returns the same
