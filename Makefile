@@ -20,9 +20,10 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
 GO_DIR := clients/go
 
-.PHONY: generate-go check-generated-go test-go demo-polyglot generate-reason-table check-reason-table
+.PHONY: generate-go check-generated-go lint-go test-go demo-polyglot generate-reason-table check-reason-table
 generate: generate-go generate-reason-table
 check-generated: check-generated-go check-reason-table
+lint: lint-go
 test: test-go
 
 # A stamp per version, so bumping a pin reinstalls the plugin.
@@ -49,6 +50,10 @@ generate-reason-table: install
 
 check-reason-table: generate-reason-table
 	@if [ -n "$$(git status --porcelain -- README.md)" ]; then echo "README.md's error reasons drifted from error_reason.proto (or README.md has uncommitted changes); run make generate and commit"; git diff --stat -- README.md; exit 1; fi
+
+lint-go:
+	@cd $(GO_DIR) && unformatted=$$(gofmt -l .) && if [ -n "$$unformatted" ]; then echo "gofmt -w these: $$unformatted"; exit 1; fi
+	cd $(GO_DIR) && go vet ./...
 
 test-go: install
 	cd $(GO_DIR) && go mod download && go vet ./... && go test -count=1 ./...
