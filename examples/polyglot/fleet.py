@@ -165,6 +165,11 @@ class Fleet:
         self.server: subprocess.Popen[bytes] | None = None
         self.server_log = tmp / "server.log"
         self.victim_task: str | None = None
+        # Set by build(): each program's argv, and the TypeScript programs' working directory.
+        self.go_worker: list[str] = []
+        self.ts_worker: list[str] = []
+        self.ts_observer: list[str] = []
+        self.ts_cwd = TS_DIR
 
     # --- building and starting --------------------------------------------------------------
 
