@@ -57,9 +57,9 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // a bad token or an unreachable server fails here rather than at the first call. ctx bounds
 // that WhoAmI only.
 //
-// The connection keeps idle streams alive (keepalive pings every 30 s), reconnects within 5 s
-// of a restarted server (connect backoff capped at 5 s), and retries the RPCs listed in
-// RetrySafeMethods on UNAVAILABLE.
+// The connection keeps idle streams alive (keepalive pings every 30 s), tries to reconnect to a
+// restarted server at least every 5 s (connect backoff from 0.2 s, capped at 5 s, ±20 % jitter),
+// and retries the RPCs listed in RetrySafeMethods on UNAVAILABLE.
 //
 // Errors: an *Error from WhoAmI, e.g. UNAUTHENTICATED (MISSING_TOKEN, UNKNOWN_TOKEN,
 // TOKEN_EXPIRED) or UNAVAILABLE; or a gRPC error for a malformed target.
