@@ -140,8 +140,9 @@ const (
 	// UNAVAILABLE: the server cannot reach Redis (down, partitioned, failing
 	// over). Retry with backoff; streams resume from their cursor.
 	ErrorReason_REDIS_UNAVAILABLE ErrorReason = 70
-	// UNAVAILABLE: the server is stopping. Retry (another server, or this one
-	// after its restart); streams resume from their cursor.
+	// UNAVAILABLE: the server is stopping (its drain window). The call was refused
+	// before anything ran, so any call may be retried: on another server, or on
+	// this one after its restart; streams resume from their cursor.
 	ErrorReason_SERVER_SHUTTING_DOWN ErrorReason = 71
 	// NOT_FOUND: no such working-memory entry of that owner (never stashed, or its
 	// TTL ran out).
