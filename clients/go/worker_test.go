@@ -88,20 +88,20 @@ func TestWorkerRenewsTheLeaseWhileTheHandlerRuns(t *testing.T) {
 	taskType := uniqueID("type")
 	taskID := addTask(t, taskType)
 	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
-		// Three times the 1 s lease: without renewals the lease would have run out twice over,
-		// and GetTask (which settles expired leases) would report the task PENDING.
+		// 3.6 s, almost twice the 2 s lease: without renewals (every 0.67 s) the lease would run
+		// out, and GetTask (which settles expired leases) would report the task PENDING.
 		for range 3 {
 			select {
 			case <-ctx.Done():
 				return nil, context.Cause(ctx)
-			case <-time.After(time.Second):
+			case <-time.After(1200 * time.Millisecond):
 			}
 			if current := getTask(t, taskID); current.GetStatus() != agentcoordv1.TaskStatus_TASK_STATUS_CLAIMED || current.GetAttempts() != 1 {
 				t.Errorf("while the handler runs the task is %s (attempt %d)", current.GetStatus(), current.GetAttempts())
 			}
 		}
 		return map[string]any{"slow": true}, nil
-	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: time.Second, Wait: time.Second})
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: 2 * time.Second, Wait: time.Second})
 
 	done, err := worker.RunOnce(context.Background())
 
