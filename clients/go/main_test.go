@@ -256,9 +256,10 @@ func uniqueID(prefix string) string {
 // issueToken issues a token for a fresh agent of the given tier, as the steward of s.
 func issueToken(t *testing.T, admin *agentcoord.Client, agentID string, tier agentcoordv1.AccessTier) string {
 	t.Helper()
+	// WaitForReady: a test after a server restart must not meet the connection's reconnect backoff.
 	response, err := admin.Admin.IssueToken(context.Background(), &agentcoordv1.IssueTokenRequest{
 		AgentId: agentID, Tier: tier, Description: "go client test",
-	})
+	}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatalf("IssueToken(%s, %s): %v", agentID, tier, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	agentcoord "github.com/agentcoord/agentcoord/clients/go"
 	agentcoordv1 "github.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1"
 )
@@ -13,7 +15,7 @@ import (
 // addTask adds a task of taskType as the steward and returns its id.
 func addTask(t *testing.T, taskType string) string {
 	t.Helper()
-	response, err := steward.Tasks.AddTask(context.Background(), &agentcoordv1.AddTaskRequest{TaskType: taskType})
+	response, err := steward.Tasks.AddTask(context.Background(), &agentcoordv1.AddTaskRequest{TaskType: taskType}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatalf("AddTask: %v", err)
 	}
