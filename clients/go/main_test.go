@@ -257,7 +257,9 @@ func uniqueID(prefix string) string {
 func issueToken(t *testing.T, admin *agentcoord.Client, agentID string, tier agentcoordv1.AccessTier) string {
 	t.Helper()
 	// WaitForReady: a test after a server restart must not meet the connection's reconnect backoff.
-	response, err := admin.Admin.IssueToken(context.Background(), &agentcoordv1.IssueTokenRequest{
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	response, err := admin.Admin.IssueToken(ctx, &agentcoordv1.IssueTokenRequest{
 		AgentId: agentID, Tier: tier, Description: "go client test",
 	}, grpc.WaitForReady(true))
 	if err != nil {

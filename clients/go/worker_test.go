@@ -15,7 +15,9 @@ import (
 // addTask adds a task of taskType as the steward and returns its id.
 func addTask(t *testing.T, taskType string) string {
 	t.Helper()
-	response, err := steward.Tasks.AddTask(context.Background(), &agentcoordv1.AddTaskRequest{TaskType: taskType}, grpc.WaitForReady(true))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	response, err := steward.Tasks.AddTask(ctx, &agentcoordv1.AddTaskRequest{TaskType: taskType}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatalf("AddTask: %v", err)
 	}
