@@ -127,9 +127,29 @@ const (
 	// INVALID_ARGUMENT: ClaimTask named no task types and the agent registered no
 	// capabilities. Register capabilities or name the types.
 	ErrorReason_NO_TASK_TYPES ErrorReason = 47
-	// RESOURCE_EXHAUSTED: a value (working-memory entry, shared context item,
-	// collaboration state) is larger than the server's --max-value-bytes
-	// (ErrorInfo metadata names the limit). Nothing was written.
+	// INVALID_ARGUMENT: a JSON-like field (a google.protobuf.Struct or Value: task
+	// payload or result, signal data, pattern context, working-memory value,
+	// session metadata, collaboration state extra) holds NaN, Infinity or
+	// -Infinity, which JSON cannot carry. The BadRequest field violation (and
+	// ErrorInfo metadata "field") gives the path, e.g. `payload.a[2].b`. Nothing
+	// was written. Send a finite number, null or a string instead.
+	ErrorReason_NON_FINITE_NUMBER ErrorReason = 48
+	// INVALID_ARGUMENT: the request body is not a valid serialized request message
+	// of the method (truncated or random bytes, invalid UTF-8 in a string field,
+	// nesting deeper than protobuf's limit of 100); ErrorInfo metadata
+	// "message_type" names the message expected. Nothing was run. A bug in the
+	// client or something between it and the server: fix it, do not retry.
+	ErrorReason_MALFORMED_REQUEST ErrorReason = 49
+	// RESOURCE_EXHAUSTED: a request field is larger than the server's limit for it:
+	// a working-memory value, shared context item, session metadata or
+	// collaboration state (--max-value-bytes), a task payload or result
+	// (--max-task-bytes), signal data (--max-signal-bytes), pattern code or
+	// context (--max-pattern-bytes), conflict positions or interests
+	// (--max-conflict-bytes); sizes are of the serialized field (UTF-8 for code).
+	// ErrorInfo metadata: "field" (its path in the request), "size_bytes",
+	// "limit_bytes" and "setting" (the server flag). Checked before anything is
+	// written: nothing was. Send less (store large data elsewhere and pass a
+	// reference).
 	ErrorReason_VALUE_TOO_LARGE ErrorReason = 60
 	// RESOURCE_EXHAUSTED: the response would not fit in one gRPC message. Ask for
 	// fewer items (a smaller batch or page).
@@ -162,6 +182,10 @@ const (
 	ErrorReason_VERSION_MISMATCH ErrorReason = 85
 	// NOT_FOUND: no collaboration state is saved for that session.
 	ErrorReason_COLLABORATION_STATE_NOT_FOUND ErrorReason = 86
+	// RESOURCE_EXHAUSTED: JoinSession on a session that has the most participants
+	// a session may have (1000; ErrorInfo metadata "limit"). Nothing changed.
+	// Retry after someone leaves, or use another session.
+	ErrorReason_SESSION_FULL ErrorReason = 87
 	// ALREADY_EXISTS: the pattern id is staged by another agent (ErrorInfo
 	// metadata "author"). Choose another id.
 	ErrorReason_PATTERN_STAGED_BY_OTHER_AGENT ErrorReason = 100
@@ -244,6 +268,8 @@ var (
 		45:  "DUPLICATE_KEY",
 		46:  "INVALID_CURSOR",
 		47:  "NO_TASK_TYPES",
+		48:  "NON_FINITE_NUMBER",
+		49:  "MALFORMED_REQUEST",
 		60:  "VALUE_TOO_LARGE",
 		61:  "RESPONSE_TOO_LARGE",
 		62:  "SUBSCRIBER_TOO_SLOW",
@@ -256,6 +282,7 @@ var (
 		84:  "CONTEXT_NOT_FOUND",
 		85:  "VERSION_MISMATCH",
 		86:  "COLLABORATION_STATE_NOT_FOUND",
+		87:  "SESSION_FULL",
 		100: "PATTERN_STAGED_BY_OTHER_AGENT",
 		101: "BELOW_CONFIDENCE_THRESHOLD",
 		102: "REVISION_MISMATCH",
@@ -307,6 +334,8 @@ var (
 		"DUPLICATE_KEY":                   45,
 		"INVALID_CURSOR":                  46,
 		"NO_TASK_TYPES":                   47,
+		"NON_FINITE_NUMBER":               48,
+		"MALFORMED_REQUEST":               49,
 		"VALUE_TOO_LARGE":                 60,
 		"RESPONSE_TOO_LARGE":              61,
 		"SUBSCRIBER_TOO_SLOW":             62,
@@ -319,6 +348,7 @@ var (
 		"CONTEXT_NOT_FOUND":               84,
 		"VERSION_MISMATCH":                85,
 		"COLLABORATION_STATE_NOT_FOUND":   86,
+		"SESSION_FULL":                    87,
 		"PATTERN_STAGED_BY_OTHER_AGENT":   100,
 		"BELOW_CONFIDENCE_THRESHOLD":      101,
 		"REVISION_MISMATCH":               102,
@@ -370,8 +400,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xd0\n" +
-	"\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x90\v\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -407,7 +436,9 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"BATCH_SIZE\x10,\x12\x11\n" +
 	"\rDUPLICATE_KEY\x10-\x12\x12\n" +
 	"\x0eINVALID_CURSOR\x10.\x12\x11\n" +
-	"\rNO_TASK_TYPES\x10/\x12\x13\n" +
+	"\rNO_TASK_TYPES\x10/\x12\x15\n" +
+	"\x11NON_FINITE_NUMBER\x100\x12\x15\n" +
+	"\x11MALFORMED_REQUEST\x101\x12\x13\n" +
 	"\x0fVALUE_TOO_LARGE\x10<\x12\x16\n" +
 	"\x12RESPONSE_TOO_LARGE\x10=\x12\x17\n" +
 	"\x13SUBSCRIBER_TOO_SLOW\x10>\x12\x15\n" +
@@ -419,7 +450,8 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\x11NOT_A_PARTICIPANT\x10S\x12\x15\n" +
 	"\x11CONTEXT_NOT_FOUND\x10T\x12\x14\n" +
 	"\x10VERSION_MISMATCH\x10U\x12!\n" +
-	"\x1dCOLLABORATION_STATE_NOT_FOUND\x10V\x12!\n" +
+	"\x1dCOLLABORATION_STATE_NOT_FOUND\x10V\x12\x10\n" +
+	"\fSESSION_FULL\x10W\x12!\n" +
 	"\x1dPATTERN_STAGED_BY_OTHER_AGENT\x10d\x12\x1e\n" +
 	"\x1aBELOW_CONFIDENCE_THRESHOLD\x10e\x12\x15\n" +
 	"\x11REVISION_MISMATCH\x10f\x12\x1c\n" +
