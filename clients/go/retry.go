@@ -6,7 +6,7 @@ import (
 )
 
 // RetrySafeMethods are the RPCs the client's gRPC retry policy retries (on UNAVAILABLE only: the
-// server is stopping, restarting or cannot reach Redis; see retryPolicy). A call is listed only
+// server is stopping, restarting or cannot reach Redis; see RetryMaxAttempts). A call is listed only
 // when sending it twice leaves the same state and gets the same answer as sending it once, so a
 // retry after a response was lost cannot do harm:
 //
@@ -16,35 +16,33 @@ import (
 //     lease has run out; settling is itself idempotent;
 //   - GetSharedContext, a read that also restarts the session's TTL (restarting it twice is the
 //     same);
-//   - writes the contract makes idempotent: Stash, BatchStash and ShareContext overwrite and
-//     restart the TTL; RegisterAgent replaces the capabilities; Heartbeat and RenewTaskLease
-//     extend from now (with the same fencing token); JoinSession ("idempotent"); CompleteTask
-//     ("repeating a successful completion with the same lease returns the same task again");
-//     CancelTask ("cancelling a cancelled task returns it unchanged").
+//   - writes the contract makes idempotent: RegisterAgent replaces the capabilities; Heartbeat and
+//     RenewTaskLease extend from now (with the same fencing token); JoinSession ("idempotent");
+//     CompleteTask ("repeating a successful completion with the same lease returns the same task
+//     again"); CancelTask ("cancelling a cancelled task returns it unchanged").
 //
-// Not retried, because a second delivery is a second effect or a different answer: AddTask and
-// SendSignal (a second task or TASK_EXISTS, a duplicate signal; with request_id set the server
-// replays the first call's answer, so retry those yourself with the same request_id: a service
-// config cannot tell such calls apart), ClaimTask (a second lease while the first dangles until
-// it expires), FailTask (the retry meets LEASE_LOST), DeleteEntry/LeaveSession/RequeueDeadLetter/RevokeToken (the retry reports
-// NOT_FOUND or FAILED_PRECONDITION for what the first did), ClearWorkingMemory and
-// DeregisterAgent (the retry's count or flag is wrong), IssueToken (a second token), CreateSession,
-// StagePattern, PromotePattern, RejectPattern, CreateConflict, ResolveConflict and
-// SaveCollaborationState (the retry meets EXISTS or a version/revision mismatch). Subscribe is
-// not listed either: Subscription resumes it from its cursor itself.
+// Not retried, because a second delivery is a second effect or a different answer: Stash,
+// BatchStash and ShareContext (overwrites: a late retry could replace a newer value the same agent
+// wrote meanwhile), AddTask and SendSignal (a second task or TASK_EXISTS, a duplicate signal; with
+// request_id set the server replays the first call's answer, so retry those yourself with the same
+// request_id: a service config cannot tell such calls apart), ClaimTask (a second lease while the
+// first dangles until it expires), FailTask (the retry meets LEASE_LOST),
+// DeleteEntry/LeaveSession/RequeueDeadLetter/RevokeToken (the retry reports NOT_FOUND or
+// FAILED_PRECONDITION for what the first did), ClearWorkingMemory and DeregisterAgent (the retry's
+// count or flag is wrong), IssueToken (a second token), CreateSession, StagePattern,
+// PromotePattern, RejectPattern, CreateConflict, ResolveConflict and SaveCollaborationState (the
+// retry meets EXISTS or a version/revision mismatch). Subscribe is not listed either: Subscription
+// resumes it from its cursor itself.
 var RetrySafeMethods = []string{
 	"agentcoord.v1.AdminService/WhoAmI",
 	"agentcoord.v1.AdminService/GetServerStats",
 	"agentcoord.v1.AdminService/ListTokens",
-	"agentcoord.v1.MemoryService/Stash",
 	"agentcoord.v1.MemoryService/Retrieve",
-	"agentcoord.v1.MemoryService/BatchStash",
 	"agentcoord.v1.MemoryService/BatchRetrieve",
 	"agentcoord.v1.MemoryService/ListEntries",
 	"agentcoord.v1.MemoryService/JoinSession",
 	"agentcoord.v1.MemoryService/GetSession",
 	"agentcoord.v1.MemoryService/ListSessions",
-	"agentcoord.v1.MemoryService/ShareContext",
 	"agentcoord.v1.MemoryService/GetSharedContext",
 	"agentcoord.v1.MemoryService/LoadCollaborationState",
 	"agentcoord.v1.MemoryService/ListCollaborationStates",
