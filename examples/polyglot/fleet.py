@@ -16,15 +16,11 @@
    survivor exited 0. The programs' contract: clients/go/examples/worker/main.go and
    clients/ts/examples/{worker,observer}.ts (one JSON object per stdout line).
 
-    python examples/polyglot/fleet.py [--stand-ins]
-
---stand-ins replaces the TypeScript programs with Python ones of the same contract
-(examples/polyglot/standins.py), for a checkout without clients/ts.
+    python examples/polyglot/fleet.py
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -154,9 +150,8 @@ class Program:
 
 
 class Fleet:
-    def __init__(self, tmp: Path, stand_ins: bool) -> None:
+    def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.stand_ins = stand_ins
         self.address = f"127.0.0.1:{free_port()}"
         self.env = {**os.environ, "AGENTCOORD_SERVER": self.address}
         self.env.pop("REDIS_URL", None)
@@ -181,17 +176,9 @@ class Fleet:
             ["go", "build", "-o", str(binary), "./examples/worker"], cwd=GO_DIR, check=True
         )
         self.go_worker = [str(binary)]
-        if self.stand_ins:
-            standins = [sys.executable, str(HERE / "standins.py")]
-            self.ts_worker, self.ts_observer, self.ts_cwd = (
-                [*standins, "worker"],
-                [*standins, "observer"],
-                HERE,
-            )
-            return
         for program in ("worker.ts", "observer.ts"):
             if not (TS_DIR / "examples" / program).exists():
-                raise SystemExit(f"{TS_DIR / 'examples' / program} is missing (use --stand-ins)")
+                raise SystemExit(f"{TS_DIR / 'examples' / program} is missing")
         if not (TS_DIR / "node_modules").exists():
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=TS_DIR, check=True)
         node = shutil.which("node") or "node"
@@ -399,17 +386,10 @@ def run(fleet: Fleet) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--stand-ins", action="store_true", help="Python programs instead of the TypeScript ones"
-    )
-    args = parser.parse_args()
     # SIGTERM (`timeout`, a cancelled CI job) unwinds like Ctrl-C: the `finally` stops everything.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory(prefix="agentcoord-polyglot-") as tmp:
-        fleet = Fleet(Path(tmp), args.stand_ins)
+        fleet = Fleet(Path(tmp))
         try:
             problems = run(fleet)
         except BaseException:
@@ -430,8 +410,7 @@ def main() -> int:
             return 1
         say(
             "fleet",
-            f"all checks passed: {len(TASKS)} tasks completed once each by Go and "
-            f"{'Python stand-in' if fleet.stand_ins else 'TypeScript'} "
+            f"all checks passed: {len(TASKS)} tasks completed once each by Go and TypeScript "
             f"workers, {fleet.victim_task} redelivered on attempt 2 after {VICTIM} was killed, "
             "the observer saw every completion once and in order, its write was refused locally",
         )
