@@ -119,16 +119,23 @@ def agent_proto(rec: store.AgentRecord) -> tasks_pb2.Agent:
 
 
 def _duration_ms(
-    request: object, field: str, *, default: int, low: int, high: int, what: str
+    request: object,
+    field: str,
+    *,
+    default: int,
+    low: int,
+    high: int,
+    what: str,
+    prefix: str = "",
 ) -> int:
     """The Duration field `field` in ms, `default` when unset; InvalidArgument outside
-    [low, high] ms."""
+    [low, high] ms (naming the field as `prefix + field`)."""
     if not request.HasField(field):  # type: ignore[attr-defined]
         return default
     value: duration_pb2.Duration = getattr(request, field)
     ms = value.ToMilliseconds()
     if ms < low or ms > high or value.nanos < 0 or value.seconds < 0:
-        raise invalid_field(field, what)
+        raise invalid_field(prefix + field, what)
     return ms
 
 
@@ -161,11 +168,39 @@ def _token(value: int) -> int:
     return value
 
 
+def _lease_ms(request: object, prefix: str = "") -> int:
+    return _duration_ms(
+        request,
+        "lease_duration",
+        default=DEFAULT_LEASE_MS,
+        low=MIN_LEASE_MS,
+        high=MAX_LEASE_MS,
+        what="must be 1 s to 1 h",
+        prefix=prefix,
+    )
+
+
+def _claim_next(
+    request: tasks_pb2.CompleteTaskRequest | tasks_pb2.FailTaskRequest,
+) -> store.ClaimNext | None:
+    """The request's claim_next as the store takes it; None when unset."""
+    if not request.HasField("claim_next"):
+        return None
+    options = request.claim_next
+    return store.ClaimNext(
+        task_types=_ids(options.task_types, "claim_next.task_types", MAX_CLAIM_TYPES),
+        lease_ms=_lease_ms(options, "claim_next."),
+    )
+
+
 class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._store = store.TaskStore(
-            ctx.redis, task_ttl=ctx.settings.ttl.task, agent_ttl=ctx.settings.ttl.coordination
+            ctx.redis,
+            task_ttl=ctx.settings.ttl.task,
+            agent_ttl=ctx.settings.ttl.coordination,
+            shutdown=ctx.shutdown,
         )
         self._max_task_bytes = ctx.settings.max_task_bytes
         self._budget = response_budget(ctx.settings.max_message_bytes)
@@ -256,14 +291,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         self, request: tasks_pb2.ClaimTaskRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.ClaimTaskResponse:
         task_types = _ids(request.task_types, "task_types", MAX_CLAIM_TYPES)
-        lease_ms = _duration_ms(
-            request,
-            "lease_duration",
-            default=DEFAULT_LEASE_MS,
-            low=MIN_LEASE_MS,
-            high=MAX_LEASE_MS,
-            what="must be 1 s to 1 h",
-        )
+        lease_ms = _lease_ms(request)
         wait_ms = _duration_ms(
             request, "wait", default=0, low=0, high=MAX_WAIT_MS, what="must be 0 to 60 s"
         )
@@ -305,9 +333,15 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         task_id = validate_id(request.task_id, "task_id")
         token = _token(request.fencing_token)
         result = _json(request.result, "result", self._max_task_bytes)
+        claim_next = _claim_next(request)
         p = current_principal()
-        rec = await self._store.complete_task(p.namespace, p.agent_id, task_id, token, result)
-        return tasks_pb2.CompleteTaskResponse(task=task_proto(rec))
+        rec, next_rec = await self._store.complete_task(
+            p.namespace, p.agent_id, task_id, token, result, claim_next=claim_next
+        )
+        response = tasks_pb2.CompleteTaskResponse(task=task_proto(rec))
+        if next_rec is not None:
+            response.next_task.CopyFrom(task_proto(next_rec))
+        return response
 
     async def FailTask(
         self, request: tasks_pb2.FailTaskRequest, context: grpc.aio.ServicerContext
@@ -317,8 +351,9 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         backoff_ms = _duration_ms(
             request, "backoff", default=0, low=0, high=MAX_BACKOFF_MS, what="must be 0 to 1 h"
         )
+        claim_next = _claim_next(request)
         p = current_principal()
-        rec = await self._store.fail_task(
+        rec, next_rec = await self._store.fail_task(
             p.namespace,
             p.agent_id,
             task_id,
@@ -326,8 +361,12 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             error=_text(request.error, "error"),
             retryable=request.retryable if request.HasField("retryable") else True,
             backoff_ms=backoff_ms,
+            claim_next=claim_next,
         )
-        return tasks_pb2.FailTaskResponse(task=task_proto(rec))
+        response = tasks_pb2.FailTaskResponse(task=task_proto(rec))
+        if next_rec is not None:
+            response.next_task.CopyFrom(task_proto(next_rec))
+        return response
 
     async def GetTask(
         self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext

@@ -10,6 +10,11 @@ each, documents the key layout). Rules that live here, from the TaskService issu
 - Priority 10 first, FIFO among equal priorities: queue score = (10 - priority) band followed
   by a 13-digit add sequence. A task that goes back to pending keeps its place in line.
 - Times are Redis server time (`TIME` inside the scripts), in ms.
+- A waiting claim holds no Redis connection: every script that makes a task pending publishes a
+  wake-up, and this process's one subscriber (store/task_wakeups.py) wakes one waiting claim per
+  task, whichever server process the change came through.
+- One round trip per task cycle: CompleteTask and FailTask can lease the caller's next task in
+  the same script (`claim_next`).
 - Lifetimes: a task's hash lives TtlPolicy.task after its last state change (plus the lease
   while claimed, plus the backoff while backing off). A pending task nobody claims within that
   time expires with its data; its queue entry is dropped when a claim meets it. Registrations
@@ -23,7 +28,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -38,6 +43,7 @@ from ..errors import (
 )
 from .keys import Keyspace, validate_id
 from .scripts import load_script
+from .task_wakeups import TaskWakeups
 
 PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
     "pending",
@@ -54,9 +60,22 @@ SUMMARY_RESULT_MAX_BYTES = 4096
 """A result whose JSON is larger is left out of the recent summaries (kept on the task)."""
 LIST_BUDGET = 1000
 """Index entries one ListTasks/ListDeadLetters call examines at most (bounds a script's run)."""
-RECHECK_SECONDS = 0.25
-"""A waiting claim re-checks Redis this often, for tasks added through other server processes;
-AddTask, FailTask and RequeueDeadLetter in this process wake it at once."""
+RECHECK_SECONDS = 5.0
+"""A waiting claim looks again at least this often (seconds) — a safety net for a wake-up lost
+with a pub/sub connection; wake-ups (from any server process) and the lease expiries and
+backoff ends the claim script reports end a wait much sooner."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimNext:
+    """CompleteTask/FailTask's claim_next: lease the caller's next task in the same script.
+
+    task_types: validated ids; empty means the agent's registered capabilities.
+    lease_ms: the new lease's length (ms).
+    """
+
+    task_types: Sequence[str]
+    lease_ms: int
 
 
 class _Script:
@@ -161,35 +180,6 @@ class Aggregate:
     recent: list[ResultSummary]
 
 
-class _Wakeups:
-    """Wakes the claims waiting in this process for a namespace when a task becomes pending.
-
-    One asyncio.Event per namespace with waiters, replaced on every notify; waiting costs no
-    Redis connection.
-    """
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def notify(self, namespace: str) -> None:
-        event = self._events.pop(namespace, None)
-        if event is not None:
-            event.set()
-
-    async def wait(self, namespace: str, timeout: float, shutdown: asyncio.Event) -> None:
-        """Returns after a notify for `namespace`, when `shutdown` is set, or after `timeout`
-        seconds, whichever is first. Cancellation propagates."""
-        event = self._events.get(namespace)
-        if event is None:
-            event = self._events[namespace] = asyncio.Event()
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(shutdown.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-
 def _cursor(token: str) -> tuple[str, str]:
     """A ListTasks/ListDeadLetters page token `<score>:<id>` → (score, id); '' → ('', '')."""
     if not token:
@@ -209,6 +199,14 @@ def _lease_lost(task_id: str, reply: list[Any]) -> FailedPrecondition:
     return FailedPrecondition(message, reason="LEASE_LOST", metadata={"task_id": task_id})
 
 
+def _no_types(field: str) -> InvalidArgument:
+    return invalid_field(
+        field,
+        "name the task types to claim, or register capabilities first",
+        reason="NO_TASK_TYPES",
+    )
+
+
 def _not_found(task_id: str) -> NotFound:
     return NotFound(
         f"task {task_id} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id}
@@ -221,13 +219,21 @@ class TaskStore:
     Args:
         redis: the shared client (decode_responses=True).
         task_ttl: TtlPolicy.task, seconds. agent_ttl: TtlPolicy.coordination, seconds.
+        shutdown: set when the server begins a graceful stop (closes the wake-up subscriber).
     """
 
-    def __init__(self, redis: Redis, *, task_ttl: int, agent_ttl: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        task_ttl: int,
+        agent_ttl: int,
+        shutdown: asyncio.Event | None = None,
+    ) -> None:
         self._redis = redis
         self._task_ttl_ms = task_ttl * 1000
         self._agent_ttl_ms = agent_ttl * 1000
-        self._wakeups = _Wakeups()
+        self.wakeups = TaskWakeups(redis, shutdown if shutdown is not None else asyncio.Event())
         # Claims of a task attempted before, per namespace (read by metrics at scrape time).
         self.redeliveries: dict[str, int] = {}
         self._add = _Script(redis, "tasks_add")
@@ -348,8 +354,6 @@ class TaskStore:
                 reason="TASK_EXISTS",
                 metadata={"task_id": task_id},
             )
-        if reply[0] == "ok":
-            self._wakeups.notify(namespace)
         return TaskRecord.from_flat(reply[1]), reply[0] == "replayed"
 
     async def claim_task(
@@ -365,9 +369,10 @@ class TaskStore:
         """Claims the best pending task of `task_types` (none: the agent's capabilities) under a
         `lease_ms` lease, waiting up to `wait_seconds` for one; None when none came.
 
-        While waiting it holds no Redis connection: it sleeps until this process adds or
-        returns a task of the namespace, or RECHECK_SECONDS pass, or `shutdown` is set (then
-        it checks once more and answers).
+        While waiting it holds no Redis connection: it sleeps until a task that may suit it
+        becomes pending in any server process (one waiter per task), a lease of its types runs
+        out or a backoff ends, RECHECK_SECONDS pass, or `shutdown` is set (then it checks once
+        more and answers).
         Raises InvalidArgument (NO_TASK_TYPES) when no types are given and the agent has no
         registered capabilities.
         """
@@ -382,22 +387,35 @@ class TaskStore:
             *task_types,
         ]
         while True:
+            mark = self.wakeups.mark(namespace)
             reply = await self._claim(args=args)
             if reply[0] == "ok":
-                record = TaskRecord.from_flat(reply[1])
-                if record.attempts > 1:
-                    self.redeliveries[namespace] = self.redeliveries.get(namespace, 0) + 1
-                return record
+                return self._claimed(namespace, reply[1])
             if reply[0] == "no_types":
-                raise invalid_field(
-                    "task_types",
-                    "name the task types to claim, or register capabilities first",
-                    reason="NO_TASK_TYPES",
-                )
+                raise _no_types("task_types")
             remaining = deadline - loop.time()
             if remaining <= 0 or shutdown.is_set():
                 return None
-            await self._wakeups.wait(namespace, min(remaining, RECHECK_SECONDS), shutdown)
+            pause = min(remaining, RECHECK_SECONDS)
+            due_ms = int(reply[1])
+            if due_ms >= 0:
+                pause = min(pause, due_ms / 1000)
+            await self.wakeups.wait(namespace, task_types, mark, pause, shutdown)
+
+    @overload
+    def _claimed(self, namespace: str, flat: Sequence[str]) -> TaskRecord: ...
+    @overload
+    def _claimed(self, namespace: str, flat: Sequence[str] | None) -> TaskRecord | None: ...
+
+    def _claimed(self, namespace: str, flat: Sequence[str] | None) -> TaskRecord | None:
+        """A task a claim (ClaimTask or claim_next) just leased, counting a redelivery; None
+        for no task."""
+        if not flat:
+            return None
+        record = TaskRecord.from_flat(flat)
+        if record.attempts > 1:
+            self.redeliveries[namespace] = self.redeliveries.get(namespace, 0) + 1
+        return record
 
     async def renew_lease(
         self, namespace: str, agent_id: str, task_id: str, fencing_token: int, lease_ms: int
@@ -419,13 +437,31 @@ class TaskStore:
         self._check(task_id, reply)
         return int(reply[2])
 
-    async def complete_task(
-        self, namespace: str, agent_id: str, task_id: str, fencing_token: int, result_json: str
-    ) -> TaskRecord:
-        """Completes the task held under the caller's live lease, counting it for
-        AggregateResults. Repeating a successful completion returns the task unchanged.
+    def _next_args(self, claim_next: ClaimNext | None) -> list[str | int]:
+        if claim_next is None:
+            return ["0", 0, self._agent_ttl_ms]
+        return ["1", claim_next.lease_ms, self._agent_ttl_ms, *claim_next.task_types]
 
-        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+    async def complete_task(
+        self,
+        namespace: str,
+        agent_id: str,
+        task_id: str,
+        fencing_token: int,
+        result_json: str,
+        *,
+        claim_next: ClaimNext | None = None,
+    ) -> tuple[TaskRecord, TaskRecord | None]:
+        """Completes the task held under the caller's live lease, counting it for
+        AggregateResults, and with `claim_next` leases the caller's next task in the same
+        script. Returns (completed task, next task or None when none was pending).
+
+        Repeating a successful completion returns the task unchanged (and, with claim_next,
+        the task that completion leased while the lease is still the caller's). A refused
+        completion claims nothing.
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST), InvalidArgument
+        (NO_TASK_TYPES: claim_next without types and no registered capabilities; nothing is
+        completed then).
         """
         reply = await self._complete(
             args=[
@@ -437,10 +473,11 @@ class TaskStore:
                 self._task_ttl_ms,
                 RECENT_RESULTS,
                 SUMMARY_RESULT_MAX_BYTES,
+                *self._next_args(claim_next),
             ]
         )
         self._check(task_id, reply)
-        return TaskRecord.from_flat(reply[1])
+        return TaskRecord.from_flat(reply[1]), self._claimed(namespace, reply[2])
 
     async def fail_task(
         self,
@@ -452,11 +489,15 @@ class TaskStore:
         error: str,
         retryable: bool,
         backoff_ms: int,
-    ) -> TaskRecord:
+        claim_next: ClaimNext | None = None,
+    ) -> tuple[TaskRecord, TaskRecord | None]:
         """Ends the caller's claim unsuccessfully: pending again (after `backoff_ms`) or dead
-        when not retryable or attempts reached max_attempts.
+        when not retryable or attempts reached max_attempts; with `claim_next`, then leases the
+        caller's next task in the same script (with no backoff, possibly this one again).
+        Returns (failed task, next task or None).
 
-        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST), InvalidArgument
+        (NO_TASK_TYPES, as for complete_task).
         """
         reply = await self._fail(
             args=[
@@ -468,13 +509,11 @@ class TaskStore:
                 "1" if retryable else "0",
                 backoff_ms,
                 self._task_ttl_ms,
+                *self._next_args(claim_next),
             ]
         )
         self._check(task_id, reply)
-        record = TaskRecord.from_flat(reply[1])
-        if record.status == PENDING:
-            self._wakeups.notify(namespace)
-        return record
+        return TaskRecord.from_flat(reply[1]), self._claimed(namespace, reply[2])
 
     @staticmethod
     def _check(task_id: str, reply: list[Any]) -> None:
@@ -482,6 +521,8 @@ class TaskStore:
             raise _not_found(task_id)
         if reply[0] == "lease_lost":
             raise _lease_lost(task_id, reply)
+        if reply[0] == "no_types":
+            raise _no_types("claim_next.task_types")
 
     async def get_task(self, namespace: str, task_id: str) -> TaskRecord:
         """The task as the next claim would find it: a task whose lease has run out is settled
@@ -493,8 +534,6 @@ class TaskStore:
         reply = await self._get(args=[Keyspace(namespace).prefix, task_id, self._task_ttl_ms])
         if not reply:
             raise _not_found(task_id)
-        if reply[0] == "1":
-            self._wakeups.notify(namespace)
         return TaskRecord.from_flat(reply[1])
 
     async def list_tasks(
@@ -537,7 +576,7 @@ class TaskStore:
         page_token: str,
     ) -> tuple[list[TaskRecord], str]:
         score, after_id = _cursor(page_token)
-        next_score, next_id, flats, woke = await self._list(
+        next_score, next_id, flats, _woke = await self._list(
             args=[
                 Keyspace(namespace).prefix,
                 index,
@@ -551,8 +590,6 @@ class TaskStore:
                 self._task_ttl_ms,
             ]
         )
-        if woke == "1":
-            self._wakeups.notify(namespace)
         token = f"{next_score}:{next_id}" if next_score else ""
         return [TaskRecord.from_flat(f) for f in flats], token
 
@@ -604,7 +641,6 @@ class TaskStore:
                 reason="NOT_DEAD_LETTERED",
                 metadata={"task_id": task_id, "status": str(reply[1])},
             )
-        self._wakeups.notify(namespace)
         return TaskRecord.from_flat(reply[1])
 
     async def aggregate_results(self, namespace: str, task_type: str) -> Aggregate:

@@ -651,12 +651,51 @@ class RenewTaskLeaseResponse(_message.Message):
 Global___RenewTaskLeaseResponse: _TypeAlias = RenewTaskLeaseResponse  # noqa: Y015
 
 @_typing.final
+class ClaimNextOptions(_message.Message):
+    """ClaimNextOptions asks CompleteTask or FailTask to claim the caller's next task in the
+    same call and the same atomic step, by ClaimTask's rules (highest priority first, FIFO
+    among equal priorities, expired leases reclaimed first) but without waiting: when no
+    task is pending the response has no next_task and the worker calls ClaimTask (with a
+    wait) instead. A refused completion or failure (LEASE_LOST, NOT_FOUND) claims nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPES_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Task types to claim from (ids, at most 32); empty means the caller's registered
+        capabilities (INVALID_ARGUMENT with reason NO_TASK_TYPES if it has none; the task is
+        then neither completed nor failed).
+        """
+
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """How long the new lease lasts, 1 s to 1 h; unset means 5 minutes."""
+
+    def __init__(
+        self,
+        *,
+        task_types: _abc.Iterable[_builtins.str] | None = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "task_types", b"task_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimNextOptions: _TypeAlias = ClaimNextOptions  # noqa: Y015
+
+@_typing.final
 class CompleteTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    CLAIM_NEXT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The claimed task."""
     fencing_token: _builtins.int
@@ -665,16 +704,21 @@ class CompleteTaskRequest(_message.Message):
     def result(self) -> _struct_pb2.Struct:
         """The task's result, free-form JSON."""
 
+    @_builtins.property
+    def claim_next(self) -> Global___ClaimNextOptions:
+        """Set: also claim the caller's next task (returned in next_task). Unset: complete only."""
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         fencing_token: _builtins.int = ...,
         result: _struct_pb2.Struct | None = ...,
+        claim_next: Global___ClaimNextOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_next", b"claim_next", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "result", b"result", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_next", b"claim_next", "fencing_token", b"fencing_token", "result", b"result", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,18 +729,27 @@ class CompleteTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    NEXT_TASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
         """The completed task."""
+
+    @_builtins.property
+    def next_task(self) -> Global___Task:
+        """The task claimed for the caller under a new lease (task.lease) when claim_next was set
+        and one was pending; unset otherwise. Repeating a successful completion returns the
+        same next task while its lease is still the caller's.
+        """
 
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        next_task: Global___Task | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_task", b"next_task", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_task", b"next_task", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -711,6 +764,7 @@ class FailTaskRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     BACKOFF_FIELD_NUMBER: _builtins.int
+    CLAIM_NEXT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The claimed task."""
     fencing_token: _builtins.int
@@ -723,6 +777,12 @@ class FailTaskRequest(_message.Message):
     def backoff(self) -> _duration_pb2.Duration:
         """How long the task waits before it is claimable again, 0 to 1 h."""
 
+    @_builtins.property
+    def claim_next(self) -> Global___ClaimNextOptions:
+        """Set: also claim the caller's next task (returned in next_task); with no backoff that
+        may be this task again. Unset: fail only.
+        """
+
     def __init__(
         self,
         *,
@@ -731,10 +791,11 @@ class FailTaskRequest(_message.Message):
         error: _builtins.str = ...,
         retryable: _builtins.bool | None = ...,
         backoff: _duration_pb2.Duration | None = ...,
+        claim_next: Global___ClaimNextOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "retryable", b"retryable"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "claim_next", b"claim_next", "retryable", b"retryable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "error", b"error", "fencing_token", b"fencing_token", "retryable", b"retryable", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "backoff", b"backoff", "claim_next", b"claim_next", "error", b"error", "fencing_token", b"fencing_token", "retryable", b"retryable", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retryable: _TypeAlias = _typing.Literal["retryable"]  # noqa: Y015
     _WhichOneofArgType__retryable: _TypeAlias = _typing.Literal["_retryable", b"_retryable"]  # noqa: Y015
@@ -747,18 +808,26 @@ class FailTaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    NEXT_TASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
-        """The task, now PENDING or DEAD_LETTERED."""
+        """The task, now PENDING or DEAD_LETTERED (or CLAIMED again, when claim_next took it)."""
+
+    @_builtins.property
+    def next_task(self) -> Global___Task:
+        """The task claimed for the caller under a new lease when claim_next was set and one was
+        pending; unset otherwise.
+        """
 
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
+        next_task: Global___Task | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_task", b"next_task", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_task", b"next_task", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

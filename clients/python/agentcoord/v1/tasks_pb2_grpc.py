@@ -184,6 +184,8 @@ class TaskServiceServicer:
         """Completes a task with its result. Only the holder of the live lease with the
         matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
         successful completion with the same lease returns the same task again.
+        With claim_next it also claims the caller's next task in the same atomic step, so a
+        worker's task cycle is one call (see ClaimNextOptions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +195,7 @@ class TaskServiceServicer:
         """Reports a failed attempt. The task is pending again (after the optional backoff)
         or, when not retryable or its attempts reached max_attempts, dead-lettered.
         FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+        With claim_next it also claims the caller's next task in the same atomic step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

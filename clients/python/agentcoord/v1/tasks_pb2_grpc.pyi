@@ -68,11 +68,14 @@ class TaskServiceStub:
     """Completes a task with its result. Only the holder of the live lease with the
     matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
     successful completion with the same lease returns the same task again.
+    With claim_next it also claims the caller's next task in the same atomic step, so a
+    worker's task cycle is one call (see ClaimNextOptions).
     """
     FailTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.FailTaskRequest, _tasks_pb2.FailTaskResponse]
     """Reports a failed attempt. The task is pending again (after the optional backoff)
     or, when not retryable or its attempts reached max_attempts, dead-lettered.
     FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+    With claim_next it also claims the caller's next task in the same atomic step.
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]
     """Returns one task as it stands now: a task whose lease has run out is settled by this
@@ -143,11 +146,14 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Completes a task with its result. Only the holder of the live lease with the
     matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
     successful completion with the same lease returns the same task again.
+    With claim_next it also claims the caller's next task in the same atomic step, so a
+    worker's task cycle is one call (see ClaimNextOptions).
     """
     FailTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.FailTaskRequest, _tasks_pb2.FailTaskResponse]  # type: ignore[assignment]
     """Reports a failed attempt. The task is pending again (after the optional backoff)
     or, when not retryable or its attempts reached max_attempts, dead-lettered.
     FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+    With claim_next it also claims the caller's next task in the same atomic step.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]  # type: ignore[assignment]
     """Returns one task as it stands now: a task whose lease has run out is settled by this
@@ -263,6 +269,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Completes a task with its result. Only the holder of the live lease with the
         matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
         successful completion with the same lease returns the same task again.
+        With claim_next it also claims the caller's next task in the same atomic step, so a
+        worker's task cycle is one call (see ClaimNextOptions).
         """
 
     @_abc_1.abstractmethod
@@ -274,6 +282,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reports a failed attempt. The task is pending again (after the optional backoff)
         or, when not retryable or its attempts reached max_attempts, dead-lettered.
         FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+        With claim_next it also claims the caller's next task in the same atomic step.
         """
 
     @_abc_1.abstractmethod

@@ -48,4 +48,5 @@ extend_ttl(types, 2 * ttl)
 if rkey then
   redis.call('SET', rkey, id, 'PX', ttl)
 end
+wake(P, ttype)
 return {'ok', redis.call('HGETALL', tkey)}

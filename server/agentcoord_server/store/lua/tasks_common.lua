@@ -14,11 +14,20 @@
 --   P..'tasks:stats*', 'tasks:recent*'         completion counts and recent summaries
 --   P..'tasks:lease_expiries'    counter: leases that ran out (metrics)
 --   P..'agents:a:'..agent, P..'agents:index'  registrations
+-- Pub/sub channel (not a key: it names no data, so it needs no place in KEYS):
+--   P..'tasks:wake'              one message per task that became pending (or due after a
+--                                backoff), its task type: wakes one claim waiting in each
+--                                server process subscribed to it (store/task_wakeups.py)
 -- Times are Redis server time in ms, never a client's clock.
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Tells the claims waiting in every server process that a task of `ttype` became pending.
+local function wake(P, ttype)
+  redis.call('PUBLISH', P .. 'tasks:wake', ttype)
 end
 
 -- Sets a TTL of `ms` on `key` unless it already lives longer (PEXPIRE GT needs Redis 7).
@@ -56,12 +65,14 @@ local function settle_failure(P, id, now, ttl, err, retryable, backoff)
     redis.call('ZADD', delayed, now + backoff, id)
     extend_ttl(delayed, ttl + backoff)
     set_task_ttl(P, tkey, ttl + backoff, now)
+    wake(P, ttype)  -- a waiting claim learns when it is due and sleeps until then
   else
     redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', '')
     local queue = P .. 'tasks:q:' .. ttype
     redis.call('ZADD', queue, score, id)
     extend_ttl(queue, ttl)
     set_task_ttl(P, tkey, ttl, now)
+    wake(P, ttype)
   end
 end
 
@@ -96,4 +107,138 @@ local function check_lease(tkey, token, agent, now)
     return {'lease_lost', 'expired'}
   end
   return nil
+end
+
+-- The types a claim looks at: `types` when given, else the agent's registered capabilities.
+-- Returns nil when there are none.
+local function claim_types(P, agent, types)
+  if #types > 0 then
+    return types
+  end
+  local caps = redis.call('HGET', P .. 'agents:a:' .. agent, 'caps')
+  local found = {}
+  if caps then
+    for t in string.gmatch(caps, '[^,]+') do
+      found[#found + 1] = t
+    end
+  end
+  if #found == 0 then
+    return nil
+  end
+  return found
+end
+
+-- ClaimTask's rule, shared with CompleteTask/FailTask's claim_next: leases the best pending
+-- task of `types` to `agent` for `lease_ms`. Returns {'ok', task} or {'empty', due} where due
+-- is the ms until the earliest lease of those types runs out or backoff ends (-1: none), so a
+-- waiting claim can look again exactly then.
+--
+-- Before choosing, it reclaims the expired leases and due backoffs of the types it looks at,
+-- so a dead worker's task is claimable again by the first claim after its lease expires —
+-- no background job is needed. The choice and the lease are one atomic step: one claimant.
+local function claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
+  local akey = P .. 'agents:a:' .. agent
+  -- A claim is a sign of life, like a heartbeat.
+  if redis.call('EXISTS', akey) == 1 then
+    redis.call('HSET', akey, 'seen', now)
+    redis.call('PEXPIRE', akey, agent_ttl)
+    local index = P .. 'agents:index'
+    redis.call('ZADD', index, 0, agent)
+    extend_ttl(index, agent_ttl)
+  end
+
+  local BATCH = 100
+  for _, t in ipairs(types) do
+    local leases = P .. 'tasks:l:' .. t
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, BATCH)) do
+      settle_if_expired(P, id, now, ttl)
+      redis.call('ZREM', leases, id)  -- settled, or a stale entry (task gone or settled before)
+    end
+    local delayed = P .. 'tasks:d:' .. t
+    local queue = P .. 'tasks:q:' .. t
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, BATCH)) do
+      redis.call('ZREM', delayed, id)
+      local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'score', 'type')
+      if f[1] == 'pending' and f[3] == t then
+        redis.call('ZADD', queue, f[2], id)
+        extend_ttl(queue, ttl)
+      end
+    end
+  end
+
+  -- Queue members whose task hash expired (TASK TTL), or whose id has since been added again
+  -- as a task of another type, are dropped as they surface.
+  for _ = 1, BATCH do
+    local best_id, best_score, best_queue, best_type = nil, nil, nil, nil
+    for _, t in ipairs(types) do
+      local queue = P .. 'tasks:q:' .. t
+      local top = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+      if top[1] and (best_score == nil or tonumber(top[2]) < best_score) then
+        best_id, best_score, best_queue, best_type = top[1], tonumber(top[2]), queue, t
+      end
+    end
+    if best_id == nil then
+      break
+    end
+    redis.call('ZREM', best_queue, best_id)
+    local tkey = P .. 'tasks:t:' .. best_id
+    local f = redis.call('HMGET', tkey, 'status', 'type')
+    if f[1] == 'pending' and f[2] == best_type then
+      local token = redis.call('INCR', P .. 'tasks:fence')
+      local expiry = now + lease_ms
+      redis.call('HINCRBY', tkey, 'attempts', 1)
+      redis.call('HSET', tkey, 'status', 'claimed', 'assignee', agent, 'token', token,
+        'lease_exp', expiry, 'updated', now, 'avail', '')
+      local leases = P .. 'tasks:l:' .. f[2]
+      redis.call('ZADD', leases, expiry, best_id)
+      extend_ttl(leases, ttl + lease_ms)
+      set_task_ttl(P, tkey, ttl + lease_ms, now)
+      return {'ok', redis.call('HGETALL', tkey)}
+    end
+  end
+
+  local due = -1
+  for _, t in ipairs(types) do
+    for _, key in ipairs({P .. 'tasks:l:' .. t, P .. 'tasks:d:' .. t}) do
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if first[1] then
+        local ms = math.max(0, tonumber(first[2]) - now)
+        if due < 0 or ms < due then
+          due = ms
+        end
+      end
+    end
+  end
+  return {'empty', due}
+end
+
+-- The task `agent` claimed with the claim_next of the CompleteTask/FailTask that ended task
+-- `tkey`, when that call is repeated: the same task while that lease is still the agent's.
+local function claimed_next(P, tkey, agent)
+  local f = redis.call('HMGET', tkey, 'next', 'next_token')
+  if not f[1] then
+    return nil
+  end
+  local nkey = P .. 'tasks:t:' .. f[1]
+  local g = redis.call('HMGET', nkey, 'status', 'assignee', 'token')
+  if g[1] == 'claimed' and g[2] == agent and g[3] == f[2] then
+    return redis.call('HGETALL', nkey)
+  end
+  return nil
+end
+
+-- Runs the claim_next of CompleteTask/FailTask for the task `tkey` just ended and remembers
+-- what it leased on that task (claimed_next), so a repeated call answers with the same task.
+-- Returns the leased task, or false when none was pending.
+local function claim_next(P, tkey, agent, types, lease_ms, ttl, agent_ttl, now)
+  local reply = claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
+  if reply[1] ~= 'ok' then
+    return false
+  end
+  local h = {}
+  for i = 1, #reply[2], 2 do
+    h[reply[2][i]] = reply[2][i + 1]
+  end
+  redis.call('HSET', tkey, 'next', h['id'], 'next_token', h['token'])
+  return reply[2]
 end

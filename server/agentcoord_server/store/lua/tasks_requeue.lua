@@ -16,4 +16,5 @@ local queue = P .. 'tasks:q:' .. f[2]
 redis.call('ZADD', queue, f[3], id)
 extend_ttl(queue, ttl)
 set_task_ttl(P, tkey, ttl, now)
+wake(P, f[2])
 return {'ok', redis.call('HGETALL', tkey)}
