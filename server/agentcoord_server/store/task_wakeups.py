@@ -85,6 +85,7 @@ class TaskWakeups:
         self._reader: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self._closed = False
 
     def mark(self, namespace: str) -> int:
@@ -104,6 +105,10 @@ class TaskWakeups:
         any server process) since the epoch `mark`, when `shutdown` is set, or after
         `timeout` seconds, whichever is first. Cancellation propagates (and passes a wake-up
         this waiter had received on to the next waiter)."""
+        if self._closer is None:
+            self._closer = asyncio.create_task(
+                self._close_at_shutdown(), name="task-wakeups-close", context=contextvars.Context()
+            )
         space = self._spaces.get(namespace)
         if space is None:
             space = self._spaces[namespace] = _Namespace()
@@ -115,17 +120,16 @@ class TaskWakeups:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(frozenset(task_types), loop.create_future())
         space.waiters.append(waiter)
-        stop = asyncio.ensure_future(shutdown.wait())
         try:
-            await asyncio.wait(
-                [waiter.future, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(waiter.future)
+        except TimeoutError:
+            pass
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done():
                 self._wake_one(space, None)  # its wake-up goes to the next waiter
             raise
         finally:
-            stop.cancel()
             with contextlib.suppress(ValueError):
                 space.waiters.remove(waiter)
             if not space.waiters:
@@ -155,24 +159,21 @@ class TaskWakeups:
         if self._closed:
             return
         try:
-            if self._pubsub is None:
-                self._pubsub = self._connect()
-            if not space.requested:
-                # Sent even if the channel is still listed: a lingering namespace's UNSUBSCRIBE
-                # may be on its way, and this SUBSCRIBE (answered after it) wins.
-                space.requested = True
-                await self._pubsub.subscribe(channel(namespace))
-            if self._reader is None:
-                self._reader = asyncio.create_task(
-                    self._read(), name="task-wakeups", context=contextvars.Context()
-                )
-                self._sweeper = asyncio.create_task(
-                    self._sweep(), name="task-wakeups-sweep", context=contextvars.Context()
-                )
-                self._closer = asyncio.create_task(
-                    self._close_at_shutdown(), name="task-wakeups-close",
-                    context=contextvars.Context(),
-                )
+            async with self._lock:  # one connect, and the reader only once it is connected
+                if not space.requested:
+                    if self._pubsub is None:
+                        self._pubsub = self._connect()
+                    # Sent even if the channel is still listed: a lingering namespace's
+                    # UNSUBSCRIBE may be on its way, and this SUBSCRIBE (answered after it) wins.
+                    await self._pubsub.subscribe(channel(namespace))
+                    space.requested = True
+                    if self._reader is None:
+                        self._reader = asyncio.create_task(
+                            self._read(), name="task-wakeups", context=contextvars.Context()
+                        )
+                        self._sweeper = asyncio.create_task(
+                            self._sweep(), name="task-wakeups-sweep", context=contextvars.Context()
+                        )
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
                 await space.subscribed.wait()
         except asyncio.CancelledError:
@@ -201,9 +202,10 @@ class TaskWakeups:
             if isinstance(name, bytes):
                 name = name.decode()
             namespace = name.partition("{")[2].rpartition("}:")[0]  # ac:{ns}:tasks:wake
-            space = self._spaces.get(namespace)
-            if space is None:
+            found = self._spaces.get(namespace)
+            if found is None:
                 continue
+            space = found
             kind = message["type"]
             if kind == "message":
                 space.epoch += 1
@@ -233,12 +235,17 @@ class TaskWakeups:
 
     async def _close_at_shutdown(self) -> None:
         await self._shutdown.wait()
+        for space in self._spaces.values():  # waiting claims answer now
+            for _ in tuple(space.waiters):
+                self._wake_one(space, None)
         await self.aclose()
 
     async def aclose(self) -> None:
         """Stops the reader and closes the pub/sub connection (at shutdown)."""
         self._closed = True
-        for task in (self._reader, self._sweeper):
+        for task in (self._reader, self._sweeper, self._closer):
+            if task is asyncio.current_task():
+                continue
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):

@@ -48,6 +48,16 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def _claim_next(task_types: Iterable[str], lease: float) -> tasks_pb2.ClaimNextOptions:
+    return tasks_pb2.ClaimNextOptions(task_types=list(task_types), lease_duration=_duration(lease))
+
+
+def _next_task(
+    response: tasks_pb2.CompleteTaskResponse | tasks_pb2.FailTaskResponse,
+) -> tasks_pb2.Task | None:
+    return response.next_task if response.HasField("next_task") else None
+
+
 class TasksClient(ServiceClient):
     def __init__(self, transport: SyncTransport) -> None:
         super().__init__(transport)
@@ -171,6 +181,62 @@ class TasksClient(ServiceClient):
         response = self._unary(self._stub.CompleteTask, request)
         return response.task  # type: ignore[no-any-return]
 
+    def complete_and_claim_next(
+        self,
+        *,
+        task_id: str,
+        fencing_token: int,
+        result: Mapping[str, Any] | None = None,
+        task_types: Iterable[str] = (),
+        lease: float = 300.0,
+    ) -> tuple[tasks_pb2.Task, tasks_pb2.Task | None]:
+        """`complete_task`, and in the same call (one round trip, one atomic step on the
+        server) claims this agent's next task of `task_types` (default: its registered
+        capabilities) under a `lease` (seconds, 1-3600), without waiting. Returns (completed
+        task, next task or None when none was pending). A refused completion claims nothing.
+
+        Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND),
+        INVALID_ARGUMENT (NO_TASK_TYPES: no types and no capabilities; nothing completed).
+        """
+        request = tasks_pb2.CompleteTaskRequest(
+            task_id=task_id,
+            fencing_token=fencing_token,
+            result=_struct(result),
+            claim_next=_claim_next(task_types, lease),
+        )
+        response = self._unary(self._stub.CompleteTask, request)
+        return response.task, _next_task(response)
+
+    def fail_and_claim_next(
+        self,
+        *,
+        task_id: str,
+        fencing_token: int,
+        error: str = "",
+        retryable: bool = True,
+        backoff: float = 0.0,
+        task_types: Iterable[str] = (),
+        lease: float = 300.0,
+    ) -> tuple[tasks_pb2.Task, tasks_pb2.Task | None]:
+        """`fail_task`, and in the same call claims this agent's next task as
+        `complete_and_claim_next` does (with no `backoff`, possibly the failed task again).
+        Returns (failed task, next task or None).
+
+        Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND),
+        INVALID_ARGUMENT (NO_TASK_TYPES).
+        """
+        request = tasks_pb2.FailTaskRequest(
+            task_id=task_id,
+            fencing_token=fencing_token,
+            error=error,
+            retryable=retryable,
+            claim_next=_claim_next(task_types, lease),
+        )
+        if backoff > 0:
+            request.backoff.CopyFrom(_duration(backoff))
+        response = self._unary(self._stub.FailTask, request)
+        return response.task, _next_task(response)
+
     def fail_task(
         self,
         *,
@@ -278,6 +344,10 @@ class Worker:
     or None) or, if it raised, fails it: retryable after `retry_backoff` seconds, or
     dead-lettered at once for PermanentTaskError.
 
+    In `run`, the completion (or failure) also claims the next task in the same call
+    (`complete_and_claim_next`), so a busy worker costs one RPC per task; only when nothing is
+    pending does it fall back to a ClaimTask that waits up to `wait` seconds.
+
     Counters: `completed`, `failed`, `lost` (attempts whose lease was lost: the server refused
     the completion, the task went back to the queue or to someone else).
     """
@@ -304,17 +374,29 @@ class Worker:
         self.lost = 0
 
     def stop(self) -> None:
-        """Makes `run` return after the task in hand (or the current claim's wait)."""
+        """Makes `run` return after the task in hand (or the current claim's wait); a task
+        already claimed with the last completion is processed first."""
         self._stopping = True
 
     def run_once(self) -> tasks_pb2.Task | None:
         """Claims one task (waiting up to `wait` seconds) and processes it. Returns the task as
         the server last reported it, or None when none came."""
-        task = self._tasks.claim_task(
-            task_types=self._task_types, lease=self._lease, wait=self._wait
-        )
+        task = self._claim()
         if task is None:
             return None
+        done, _ = self._process(task, claim_next=False)
+        return done
+
+    def _claim(self) -> tasks_pb2.Task | None:
+        return self._tasks.claim_task(
+            task_types=self._task_types, lease=self._lease, wait=self._wait
+        )
+
+    def _process(
+        self, task: tasks_pb2.Task, *, claim_next: bool
+    ) -> tuple[tasks_pb2.Task, tasks_pb2.Task | None]:
+        """Runs the handler on a claimed task and completes or fails it; with `claim_next`,
+        that call also claims the next task. Returns (task as last reported, next task)."""
         task_id, token = task.task_id, task.lease.fencing_token
 
         def renew() -> None:
@@ -329,39 +411,69 @@ class Worker:
                 result = self._handler(task)
             except Exception as exc:
                 error = exc
+        next_task: tasks_pb2.Task | None = None
         try:
             if error is None:
-                done = self._tasks.complete_task(
-                    task_id=task_id, fencing_token=token, result=result
-                )
+                if claim_next:
+                    done, next_task = self._tasks.complete_and_claim_next(
+                        task_id=task_id,
+                        fencing_token=token,
+                        result=result,
+                        task_types=self._task_types,
+                        lease=self._lease,
+                    )
+                else:
+                    done = self._tasks.complete_task(
+                        task_id=task_id, fencing_token=token, result=result
+                    )
                 self.completed += 1
             else:
-                done = self._tasks.fail_task(
-                    task_id=task_id,
-                    fencing_token=token,
-                    error=f"{type(error).__name__}: {error}"[:4096],
-                    retryable=not isinstance(error, PermanentTaskError),
-                    backoff=self._retry_backoff,
-                )
+                message = f"{type(error).__name__}: {error}"[:4096]
+                retryable = not isinstance(error, PermanentTaskError)
+                if claim_next:
+                    done, next_task = self._tasks.fail_and_claim_next(
+                        task_id=task_id,
+                        fencing_token=token,
+                        error=message,
+                        retryable=retryable,
+                        backoff=self._retry_backoff,
+                        task_types=self._task_types,
+                        lease=self._lease,
+                    )
+                else:
+                    done = self._tasks.fail_task(
+                        task_id=task_id,
+                        fencing_token=token,
+                        error=message,
+                        retryable=retryable,
+                        backoff=self._retry_backoff,
+                    )
                 self.failed += 1
         except AgentcoordError as exc:
             if exc.reason != "LEASE_LOST":
                 raise
             self.lost += 1
-            return task
-        return done
+            return task, None
+        return done, next_task
 
     def run(self, *, max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
         """Processes tasks until `stop()`, `max_tasks` were processed, or (with
         `stop_when_idle`) a claim's wait ends with no task. Returns how many were processed."""
         processed = 0
-        while not self._stopping and (max_tasks is None or processed < max_tasks):
-            task = self.run_once()
+        held: tasks_pb2.Task | None = None  # claimed by the last completion
+        while held is not None or (
+            not self._stopping and (max_tasks is None or processed < max_tasks)
+        ):
+            task, held = held, None
+            if task is None:
+                task = self._claim()
             if task is None:
                 if stop_when_idle:
                     break
                 if self._wait <= 0:
                     sync_sleep(IDLE_PAUSE)  # a worker told not to wait must not spin
                 continue
+            more = not self._stopping and (max_tasks is None or processed + 1 < max_tasks)
+            _, held = self._process(task, claim_next=more)
             processed += 1
         return processed
