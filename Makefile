@@ -7,9 +7,11 @@ BIN := $(CURDIR)/bin
 PY := $(VENV)/bin/python
 GRPCURL_VERSION := v1.9.4
 GRPCURL := $(BIN)/grpcurl
+GHZ_VERSION := v0.120.0
+GHZ := $(BIN)/ghz
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install grpcurl generate check-generated lint run test bench demo clean
+.PHONY: install grpcurl generate check-generated lint run test bench bench-areas demo clean
 
 # --- Go client (clients/go) ---------------------------------------------------------------------
 # buf.gen.yaml (repo root) runs protoc-gen-go and protoc-gen-go-grpc from ./bin, pinned here so
@@ -77,6 +79,9 @@ grpcurl: $(GRPCURL)
 $(GRPCURL):
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+$(GHZ):
+	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
 generate: install
 	$(PY) scripts/gen_protos.py
 
@@ -101,8 +106,14 @@ test: install $(GRPCURL)
 demo: install
 	$(PY) examples/code_review/fleet.py
 
-# Timing is measured here, never asserted in tests.
-bench: install
+# Timing is measured here, never asserted in tests. `make bench` runs agentcoord side by side
+# with its floor (a few minutes) and writes bench/report.md and bench/*.png;
+# BENCH_ARGS="--pin" pins the servers and the load generators to different cores.
+bench: install $(GHZ)
+	$(PY) -m bench.side_by_side $(BENCH_ARGS)
+
+# The per-area micro-benchmarks (each RPC family on its own, in-process clients).
+bench-areas: install
 	@for f in bench/bench_*.py; do [ -e "$$f" ] || continue; m=$$(basename $$f .py); echo "== $$m"; $(PY) -m bench.$$m || exit 1; done
 
 clean:

