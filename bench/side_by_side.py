@@ -601,10 +601,7 @@ def write_report(
         "",
         table(
             ["claims wait on", "waiting claims", "samples", "p50 ms", "p99 ms"],
-            [
-                [w.where, w.waiters, w.samples, f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}"]
-                for w in wakes
-            ],
+            [[w.where, w.waiters, w.samples, f"{w.p50_ms:.2f}", f"{w.p99_ms:.2f}"] for w in wakes],
         ),
         "",
     ]
@@ -676,7 +673,6 @@ def servers(
 
 async def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     server_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
     if args.pin:
@@ -755,6 +751,7 @@ def main() -> None:
         help="PYTHONPATH for the agentcoord servers (measure another checkout's server)",
     )
     args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(run(args))
 
