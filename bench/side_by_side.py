@@ -135,6 +135,11 @@ class Point:
     errors: int
 
 
+_CUT_AT_END = ("client connection is closing", "use of closed network connection")
+"""Errors ghz reports for the calls still in flight when it closes its connections at the end
+of the duration: not the server's."""
+
+
 def ghz(
     server: Server,
     method: str,
@@ -183,8 +188,11 @@ def ghz(
         p50_ms=latencies.get(50, 0) / 1e6,
         p99_ms=latencies.get(99, 0) / 1e6,
         cpu_us_per_op=cpu * 1e6 / max(ok, 1),
-        # calls still in flight when the duration ends are cancelled by ghz, not failed
-        errors=int(report["count"]) - ok - int(codes.get("Canceled", 0)),
+        errors=sum(
+            n
+            for message, n in (report.get("errorDistribution") or {}).items()
+            if not any(cut in message for cut in _CUT_AT_END)
+        ),
     )
 
 
@@ -462,7 +470,12 @@ def mean_points(points: list[Point]) -> dict[tuple[str, str, int], Point]:
     return out
 
 
-def plot(points: dict[tuple[str, str, int], Point], methods: Sequence[str], out: Path) -> list[str]:
+def plot(
+    points: dict[tuple[str, str, int], Point],
+    methods: Sequence[str],
+    wakes: Sequence[Wake],
+    out: Path,
+) -> list[str]:
     try:
         import matplotlib
 
@@ -471,23 +484,40 @@ def plot(points: dict[tuple[str, str, int], Point], methods: Sequence[str], out:
     except ImportError:
         return []
     written = []
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=True):
-        for target, style in (("agentcoord", "o-"), ("floor", "s--")):
-            xs = [c for c in CONCURRENCY if (target, method, c) in points]
-            ax.plot(xs, [points[(target, method, c)].ops_per_s for c in xs], style, label=target)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
-        ax.set_xlabel("concurrent calls (ghz -c)")
-        ax.set_ylabel("ops/s")
-        ax.set_title(method)
-        ax.set_ylim(bottom=0)
-        ax.legend()
-    fig.tight_layout()
-    path = out / "throughput.png"
-    fig.savefig(path, dpi=100)
-    written.append(path.name)
-    plt.close(fig)
+    if points:
+        fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+        for ax, method in zip(axes[0], methods, strict=True):
+            for target, style in (("agentcoord", "o-"), ("floor", "s--")):
+                xs = [c for c in CONCURRENCY if (target, method, c) in points]
+                ax.plot(
+                    xs, [points[(target, method, c)].ops_per_s for c in xs], style, label=target
+                )
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
+            ax.set_xlabel("concurrent calls (ghz -c)")
+            ax.set_ylabel("ops/s")
+            ax.set_title(method)
+            ax.set_ylim(bottom=0)
+            ax.legend()
+        fig.tight_layout()
+        path = out / "throughput.png"
+        fig.savefig(path, dpi=100)
+        written.append(path.name)
+        plt.close(fig)
+    if wakes:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for w in wakes:
+            ys = [(i + 1) / len(w.latencies) for i in range(len(w.latencies))]
+            ax.plot([x * 1000 for x in w.latencies], ys, label=f"{w.where}, {w.waiters} waiting")
+        ax.set_xscale("log")
+        ax.set_xlabel("AddTask sent → waiting claim answered (ms)")
+        ax.set_ylabel("fraction of samples")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out / "wake_latency.png"
+        fig.savefig(path, dpi=100)
+        written.append(path.name)
+        plt.close(fig)
     return written
 
 
@@ -560,8 +590,8 @@ def write_report(
         ),
         "",
     ]
-    for name in plots:
-        parts += [f"![throughput against concurrency]({name})", ""]
+    if "throughput.png" in plots:
+        parts += ["![throughput against concurrency](throughput.png)", ""]
     parts += ["## The store's limit (redis-benchmark, 16 clients)", ""]
     if redis_ops:
         parts += [table(["command", "ops/s"], [[k, f"{v:,.0f}"] for k, v in redis_ops.items()])]
@@ -728,7 +758,7 @@ async def run(args: argparse.Namespace) -> None:
                         flush=True,
                     )
     merged = mean_points(points)
-    plots = plot(merged, ["Retrieve", "Stash"], out) if merged else []
+    plots = plot(merged, ["Retrieve", "Stash"], wakes, out)
     text = write_report(out, args, merged, redis_ops, redis_note, cycles, wakes, plots, load)
     print()
     print(text)
