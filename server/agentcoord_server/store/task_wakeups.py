@@ -115,9 +115,11 @@ class TaskWakeups:
         space.idle_since = None
         if not space.subscribed.is_set():
             await self._subscribe(namespace, space)
-        if space.epoch != mark or shutdown.is_set():
-            return
         loop = asyncio.get_running_loop()
+        if space.epoch != mark or shutdown.is_set():
+            if not space.waiters:
+                space.idle_since = loop.time()
+            return
         waiter = _Waiter(frozenset(task_types), loop.create_future())
         space.waiters.append(waiter)
         try:
@@ -146,7 +148,11 @@ class TaskWakeups:
     # -- the pub/sub connection -----------------------------------------------------------
 
     def _connect(self) -> Any:
-        shared = self._redis.connection_pool
+        shared = getattr(self._redis, "connection_pool", None)
+        if shared is None:
+            # Redis Cluster: a ClusterPubSub holds one connection to one node, and a PUBLISH
+            # on any node reaches every node's subscribers.
+            return self._redis.pubsub()
         kwargs = dict(shared.connection_kwargs)
         kwargs["client_name"] = "agentcoord-task-wakeups"
         kwargs["socket_timeout"] = None  # a subscriber waits for messages indefinitely
