@@ -406,7 +406,9 @@ async def wake_latency(
 
     async def wait_loop(client: AsyncClient) -> None:
         while not stop:
-            task = await client.tasks.claim_task(task_types=[task_type], wait=5.0, lease=60)
+            # waits of different lengths, so the claims do not all time out and ask again at once
+            wait = random.uniform(5.0, 10.0)
+            task = await client.tasks.claim_task(task_types=[task_type], wait=wait, lease=60)
             if task is not None:
                 arrivals.put_nowait(time.perf_counter())
 
