@@ -15,8 +15,8 @@ the floor (bench/floor_server.py: bare grpc.aio + uvloop, one Redis command per 
 - AddTask → waiting ClaimTask latency, with the claim waiting in the same server process and
   in the other one, with 1 and 32 waiting claims.
 
-`--pin` puts the servers on CPU 0 and the load generators (ghz and this process) on CPU 1
-(taskset / sched_setaffinity). Absolute figures move with the machine's load; the ratios
+`--pin` puts the servers on CPU 0 and the load generators (ghz and this process) and Redis on
+CPU 1 (taskset / sched_setaffinity), so a server has a core to itself. Absolute figures move with the machine's load; the ratios
 measured in the same run are what to compare. Timing is measured here, never asserted in tests.
 """
 
@@ -562,7 +562,7 @@ def write_report(
         f"Written by `make bench` (`python -m bench.side_by_side {' '.join(sys.argv[1:])}`) on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{'server pinned to CPU 0, load generators to CPU 1' if args.pin else 'no pinning'}, "
+        f"{'servers pinned to CPU 0, load generators and Redis to CPU 1' if args.pin else 'no pinning'}, "
         f"{args.duration} s per point, {args.rounds} round(s) interleaved. Load average at the "
         f"start: {load}. On a shared or loaded machine the absolute figures move from run to "
         "run; compare the ratios, which come from the same run.",

@@ -158,3 +158,18 @@ def test_worker_claims_each_next_task_with_the_completion_and_leaves_none_claime
     assert redis_client.hget(f"ac:{{{namespace}}}:tasks:t:t1", "next") == "t2"
     statuses = [client.tasks.get_task(f"t{n}").status for n in range(5)]
     assert statuses == [tasks_pb2.TASK_STATUS_COMPLETED] * 3 + [tasks_pb2.TASK_STATUS_PENDING] * 2
+
+
+def test_claim_next_options_are_validated_before_anything_is_done(make_client):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    task = client.tasks.claim_task(task_types=["review"])
+
+    with pytest.raises(AgentcoordError) as caught:
+        client.tasks.complete_and_claim_next(
+            task_id="t1", fencing_token=task.lease.fencing_token, task_types=["review"], lease=0.5
+        )
+
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in caught.value.field_violations] == ["claim_next.lease_duration"]
+    assert client.tasks.get_task("t1").status == tasks_pb2.TASK_STATUS_CLAIMED
