@@ -137,3 +137,26 @@ async def test_a_claim_waiting_for_an_expired_lease_gets_the_task_when_it_runs_o
     finally:
         await dead.close()
         await worker.close()
+
+
+async def test_wake_ups_resume_after_the_subscriber_connection_is_killed(
+    server, other_server, credentials, redis_client, namespace
+):
+    adder = AsyncClient(server.address, **credentials("lead"))
+    worker = AsyncClient(other_server.address, **credentials("worker"))
+    try:
+        claim = asyncio.create_task(worker.tasks.claim_task(task_types=["review"], wait=WAIT_S))
+        await waiting(redis_client, namespace)
+
+        assert redis_client.client_kill_filter(_type="pubsub") >= 1
+        await waiting(redis_client, namespace)  # resubscribed, the claim waits again
+        await adder.tasks.add_task(task_id="t1", task_type="review")
+
+        try:
+            task = await asyncio.wait_for(claim, WITHIN_S)
+        except TimeoutError:
+            pytest.fail("no wake-up after the subscriber reconnected")
+        assert task is not None and task.task_id == "t1"
+    finally:
+        await adder.close()
+        await worker.close()
