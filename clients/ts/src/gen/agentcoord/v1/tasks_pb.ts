@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/tasks.proto.
  */
 export const file_agentcoord_v1_tasks: GenFile = /*@__PURE__*/
-  fileDesc("ChlhZ2VudGNvb3JkL3YxL3Rhc2tzLnByb3RvEg1hZ2VudGNvb3JkLnYxIscBCgVBZ2VudBIQCghhZ2VudF9pZBgBIAEoCRIUCgxjYXBhYmlsaXRpZXMYAiADKAkSMQoNcmVnaXN0ZXJfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTCglUYXNrTGVhc2USFQoNZmVuY2luZ190b2tlbhgBIAEoAxIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1AQKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSKAoHcGF5bG9hZBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoGc3RhdHVzGAYgASgOMhkuYWdlbnRjb29yZC52MS5UYXNrU3RhdHVzEhAKCGF0dGVtcHRzGAcgASgFEhQKDG1heF9hdHRlbXB0cxgIIAEoBRISCgpjcmVhdGVkX2J5GAkgASgJEhAKCGFzc2lnbmVlGAogASgJEicKBWxlYXNlGAsgASgLMhguYWdlbnRjb29yZC52MS5UYXNrTGVhc2USJwoGcmVzdWx0GAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpsYXN0X2Vycm9yGA0gASgJEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOYXZhaWxhYmxlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK9AQoRVGFza1Jlc3VsdFN1bW1hcnkSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSMQoNY29tcGxldGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGcmVzdWx0GAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXN1bHRfb21pdHRlZBgGIAEoCCIsChRSZWdpc3RlckFnZW50UmVxdWVzdBIUCgxjYXBhYmlsaXRpZXMYASADKAkiPAoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCISChBIZWFydGJlYXRSZXF1ZXN0IjgKEUhlYXJ0YmVhdFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCIYChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Ii8KF0RlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlEhQKDGRlcmVnaXN0ZXJlZBgBIAEoCCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJTChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuYWdlbnRjb29yZC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkirwEKDkFkZFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJdGFza190eXBlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCHByaW9yaXR5GAQgASgFEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDG1heF9hdHRlbXB0cxgGIAEoBRISCgpyZXF1ZXN0X2lkGAcgASgJIkYKD0FkZFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrEhAKCHJlcGxheWVkGAIgASgIIoIBChBDbGFpbVRhc2tSZXF1ZXN0EhIKCnRhc2tfdHlwZXMYASADKAkSMQoObGVhc2VfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoEd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI2ChFDbGFpbVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrInIKFVJlbmV3VGFza0xlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSMQoObGVhc2VfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoWUmVuZXdUYXNrTGVhc2VSZXNwb25zZRInCgVsZWFzZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuVGFza0xlYXNlImYKE0NvbXBsZXRlVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEicKBnJlc3VsdBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiOQoUQ29tcGxldGVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayKaAQoPRmFpbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFQoNZmVuY2luZ190b2tlbhgCIAEoAxINCgVlcnJvchgDIAEoCRIWCglyZXRyeWFibGUYBCABKAhIAIgBARIqCgdiYWNrb2ZmGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgwKCl9yZXRyeWFibGUiNQoQRmFpbFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoPR2V0VGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2siiQEKEExpc3RUYXNrc1JlcXVlc3QSKQoGc3RhdHVzGAEgASgOMhkuYWdlbnRjb29yZC52MS5UYXNrU3RhdHVzEhEKCXRhc2tfdHlwZRgCIAEoCRIQCghhc3NpZ25lZRgDIAEoCRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJQChFMaXN0VGFza3NSZXNwb25zZRIiCgV0YXNrcxgBIAMoCzITLmFnZW50Y29vcmQudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI3ChJDYW5jZWxUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayI/ChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlYKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRjb29yZC52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIrChhSZXF1ZXVlRGVhZExldHRlclJlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI+ChlSZXF1ZXVlRGVhZExldHRlclJlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2siLAoXQWdncmVnYXRlUmVzdWx0c1JlcXVlc3QSEQoJdGFza190eXBlGAEgASgJItoCChhBZ2dyZWdhdGVSZXN1bHRzUmVzcG9uc2USFwoPdG90YWxfY29tcGxldGVkGAEgASgDEkYKCGJ5X2FnZW50GAIgAygLMjQuYWdlbnRjb29yZC52MS5BZ2dyZWdhdGVSZXN1bHRzUmVzcG9uc2UuQnlBZ2VudEVudHJ5EkQKB2J5X3R5cGUYAyADKAsyMy5hZ2VudGNvb3JkLnYxLkFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZS5CeVR5cGVFbnRyeRI4Cg5yZWNlbnRfcmVzdWx0cxgEIAMoCzIgLmFnZW50Y29vcmQudjEuVGFza1Jlc3VsdFN1bW1hcnkaLgoMQnlBZ2VudEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLQoLQnlUeXBlRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASqwAQoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1RBU0tfU1RBVFVTX1BFTkRJTkcQARIXChNUQVNLX1NUQVRVU19DTEFJTUVEEAISGQoVVEFTS19TVEFUVVNfQ09NUExFVEVEEAMSHQoZVEFTS19TVEFUVVNfREVBRF9MRVRURVJFRBAEEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAFMoMLCgtUYXNrU2VydmljZRJgCg1SZWdpc3RlckFnZW50EiMuYWdlbnRjb29yZC52MS5SZWdpc3RlckFnZW50UmVxdWVzdBokLmFnZW50Y29vcmQudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlIgSItRgCElQKCUhlYXJ0YmVhdBIfLmFnZW50Y29vcmQudjEuSGVhcnRiZWF0UmVxdWVzdBogLmFnZW50Y29vcmQudjEuSGVhcnRiZWF0UmVzcG9uc2UiBIi1GAISZgoPRGVyZWdpc3RlckFnZW50EiUuYWdlbnRjb29yZC52MS5EZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiYuYWdlbnRjb29yZC52MS5EZXJlZ2lzdGVyQWdlbnRSZXNwb25zZSIEiLUYAhJXCgpMaXN0QWdlbnRzEiAuYWdlbnRjb29yZC52MS5MaXN0QWdlbnRzUmVxdWVzdBohLmFnZW50Y29vcmQudjEuTGlzdEFnZW50c1Jlc3BvbnNlIgSItRgBEk4KB0FkZFRhc2sSHS5hZ2VudGNvb3JkLnYxLkFkZFRhc2tSZXF1ZXN0Gh4uYWdlbnRjb29yZC52MS5BZGRUYXNrUmVzcG9uc2UiBIi1GAISVAoJQ2xhaW1UYXNrEh8uYWdlbnRjb29yZC52MS5DbGFpbVRhc2tSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5DbGFpbVRhc2tSZXNwb25zZSIEiLUYAhJjCg5SZW5ld1Rhc2tMZWFzZRIkLmFnZW50Y29vcmQudjEuUmVuZXdUYXNrTGVhc2VSZXF1ZXN0GiUuYWdlbnRjb29yZC52MS5SZW5ld1Rhc2tMZWFzZVJlc3BvbnNlIgSItRgCEl0KDENvbXBsZXRlVGFzaxIiLmFnZW50Y29vcmQudjEuQ29tcGxldGVUYXNrUmVxdWVzdBojLmFnZW50Y29vcmQudjEuQ29tcGxldGVUYXNrUmVzcG9uc2UiBIi1GAISUQoIRmFpbFRhc2sSHi5hZ2VudGNvb3JkLnYxLkZhaWxUYXNrUmVxdWVzdBofLmFnZW50Y29vcmQudjEuRmFpbFRhc2tSZXNwb25zZSIEiLUYAhJOCgdHZXRUYXNrEh0uYWdlbnRjb29yZC52MS5HZXRUYXNrUmVxdWVzdBoeLmFnZW50Y29vcmQudjEuR2V0VGFza1Jlc3BvbnNlIgSItRgBElQKCUxpc3RUYXNrcxIfLmFnZW50Y29vcmQudjEuTGlzdFRhc2tzUmVxdWVzdBogLmFnZW50Y29vcmQudjEuTGlzdFRhc2tzUmVzcG9uc2UiBIi1GAESVwoKQ2FuY2VsVGFzaxIgLmFnZW50Y29vcmQudjEuQ2FuY2VsVGFza1JlcXVlc3QaIS5hZ2VudGNvb3JkLnYxLkNhbmNlbFRhc2tSZXNwb25zZSIEiLUYAhJmCg9MaXN0RGVhZExldHRlcnMSJS5hZ2VudGNvb3JkLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkxpc3REZWFkTGV0dGVyc1Jlc3BvbnNlIgSItRgBEmwKEVJlcXVldWVEZWFkTGV0dGVyEicuYWdlbnRjb29yZC52MS5SZXF1ZXVlRGVhZExldHRlclJlcXVlc3QaKC5hZ2VudGNvb3JkLnYxLlJlcXVldWVEZWFkTGV0dGVyUmVzcG9uc2UiBIi1GAMSaQoQQWdncmVnYXRlUmVzdWx0cxImLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1JlcXVlc3QaJy5hZ2VudGNvb3JkLnYxLkFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZSIEiLUYAUJMWkpnaXRodWIuY29tL2FnZW50Y29vcmQvYWdlbnRjb29yZC9jbGllbnRzL2dvL2dlbi9hZ2VudGNvb3JkL3YxO2FnZW50Y29vcmR2MWIGcHJvdG8z", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChlhZ2VudGNvb3JkL3YxL3Rhc2tzLnByb3RvEg1hZ2VudGNvb3JkLnYxIscBCgVBZ2VudBIQCghhZ2VudF9pZBgBIAEoCRIUCgxjYXBhYmlsaXRpZXMYAiADKAkSMQoNcmVnaXN0ZXJfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTCglUYXNrTGVhc2USFQoNZmVuY2luZ190b2tlbhgBIAEoAxIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1AQKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSKAoHcGF5bG9hZBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoGc3RhdHVzGAYgASgOMhkuYWdlbnRjb29yZC52MS5UYXNrU3RhdHVzEhAKCGF0dGVtcHRzGAcgASgFEhQKDG1heF9hdHRlbXB0cxgIIAEoBRISCgpjcmVhdGVkX2J5GAkgASgJEhAKCGFzc2lnbmVlGAogASgJEicKBWxlYXNlGAsgASgLMhguYWdlbnRjb29yZC52MS5UYXNrTGVhc2USJwoGcmVzdWx0GAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpsYXN0X2Vycm9yGA0gASgJEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOYXZhaWxhYmxlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK9AQoRVGFza1Jlc3VsdFN1bW1hcnkSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSMQoNY29tcGxldGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGcmVzdWx0GAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXN1bHRfb21pdHRlZBgGIAEoCCIsChRSZWdpc3RlckFnZW50UmVxdWVzdBIUCgxjYXBhYmlsaXRpZXMYASADKAkiPAoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCISChBIZWFydGJlYXRSZXF1ZXN0IjgKEUhlYXJ0YmVhdFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCIYChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Ii8KF0RlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlEhQKDGRlcmVnaXN0ZXJlZBgBIAEoCCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJTChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuYWdlbnRjb29yZC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkirwEKDkFkZFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJdGFza190eXBlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCHByaW9yaXR5GAQgASgFEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDG1heF9hdHRlbXB0cxgGIAEoBRISCgpyZXF1ZXN0X2lkGAcgASgJIkYKD0FkZFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrEhAKCHJlcGxheWVkGAIgASgIIoIBChBDbGFpbVRhc2tSZXF1ZXN0EhIKCnRhc2tfdHlwZXMYASADKAkSMQoObGVhc2VfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoEd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI2ChFDbGFpbVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrInIKFVJlbmV3VGFza0xlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSMQoObGVhc2VfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoWUmVuZXdUYXNrTGVhc2VSZXNwb25zZRInCgVsZWFzZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuVGFza0xlYXNlIlkKEENsYWltTmV4dE9wdGlvbnMSEgoKdGFza190eXBlcxgBIAMoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKbAQoTQ29tcGxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSJwoGcmVzdWx0GAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIzCgpjbGFpbV9uZXh0GAQgASgLMh8uYWdlbnRjb29yZC52MS5DbGFpbU5leHRPcHRpb25zImEKFENvbXBsZXRlVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSJgoJbmV4dF90YXNrGAIgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIs8BCg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEg0KBWVycm9yGAMgASgJEhYKCXJldHJ5YWJsZRgEIAEoCEgAiAEBEioKB2JhY2tvZmYYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMwoKY2xhaW1fbmV4dBgGIAEoCzIfLmFnZW50Y29vcmQudjEuQ2xhaW1OZXh0T3B0aW9uc0IMCgpfcmV0cnlhYmxlIl0KEEZhaWxUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzaxImCgluZXh0X3Rhc2sYAiABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2siIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayKJAQoQTGlzdFRhc2tzUmVxdWVzdBIpCgZzdGF0dXMYASABKA4yGS5hZ2VudGNvb3JkLnYxLlRhc2tTdGF0dXMSEQoJdGFza190eXBlGAIgASgJEhAKCGFzc2lnbmVlGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIlAKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRjb29yZC52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjcKEkNhbmNlbFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIj8KFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoXTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKGFJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIj4KGVJlcXVldWVEZWFkTGV0dGVyUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayIsChdBZ2dyZWdhdGVSZXN1bHRzUmVxdWVzdBIRCgl0YXNrX3R5cGUYASABKAki2gIKGEFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZRIXCg90b3RhbF9jb21wbGV0ZWQYASABKAMSRgoIYnlfYWdlbnQYAiADKAsyNC5hZ2VudGNvb3JkLnYxLkFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZS5CeUFnZW50RW50cnkSRAoHYnlfdHlwZRgDIAMoCzIzLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlLkJ5VHlwZUVudHJ5EjgKDnJlY2VudF9yZXN1bHRzGAQgAygLMiAuYWdlbnRjb29yZC52MS5UYXNrUmVzdWx0U3VtbWFyeRouCgxCeUFnZW50RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARotCgtCeVR5cGVFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKrABCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhcKE1RBU0tfU1RBVFVTX0NMQUlNRUQQAhIZChVUQVNLX1NUQVRVU19DT01QTEVURUQQAxIdChlUQVNLX1NUQVRVU19ERUFEX0xFVFRFUkVEEAQSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAUygwsKC1Rhc2tTZXJ2aWNlEmAKDVJlZ2lzdGVyQWdlbnQSIy5hZ2VudGNvb3JkLnYxLlJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiQuYWdlbnRjb29yZC52MS5SZWdpc3RlckFnZW50UmVzcG9uc2UiBIi1GAISVAoJSGVhcnRiZWF0Eh8uYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXNwb25zZSIEiLUYAhJmCg9EZXJlZ2lzdGVyQWdlbnQSJS5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlIgSItRgCElcKCkxpc3RBZ2VudHMSIC5hZ2VudGNvb3JkLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0QWdlbnRzUmVzcG9uc2UiBIi1GAESTgoHQWRkVGFzaxIdLmFnZW50Y29vcmQudjEuQWRkVGFza1JlcXVlc3QaHi5hZ2VudGNvb3JkLnYxLkFkZFRhc2tSZXNwb25zZSIEiLUYAhJUCglDbGFpbVRhc2sSHy5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1JlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1Jlc3BvbnNlIgSItRgCEmMKDlJlbmV3VGFza0xlYXNlEiQuYWdlbnRjb29yZC52MS5SZW5ld1Rhc2tMZWFzZVJlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLlJlbmV3VGFza0xlYXNlUmVzcG9uc2UiBIi1GAISXQoMQ29tcGxldGVUYXNrEiIuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiMuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXNwb25zZSIEiLUYAhJRCghGYWlsVGFzaxIeLmFnZW50Y29vcmQudjEuRmFpbFRhc2tSZXF1ZXN0Gh8uYWdlbnRjb29yZC52MS5GYWlsVGFza1Jlc3BvbnNlIgSItRgCEk4KB0dldFRhc2sSHS5hZ2VudGNvb3JkLnYxLkdldFRhc2tSZXF1ZXN0Gh4uYWdlbnRjb29yZC52MS5HZXRUYXNrUmVzcG9uc2UiBIi1GAESVAoJTGlzdFRhc2tzEh8uYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXNwb25zZSIEiLUYARJXCgpDYW5jZWxUYXNrEiAuYWdlbnRjb29yZC52MS5DYW5jZWxUYXNrUmVxdWVzdBohLmFnZW50Y29vcmQudjEuQ2FuY2VsVGFza1Jlc3BvbnNlIgSItRgCEmYKD0xpc3REZWFkTGV0dGVycxIlLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBomLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2UiBIi1GAESbAoRUmVxdWV1ZURlYWRMZXR0ZXISJy5hZ2VudGNvb3JkLnYxLlJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBooLmFnZW50Y29vcmQudjEuUmVxdWV1ZURlYWRMZXR0ZXJSZXNwb25zZSIEiLUYAxJpChBBZ2dyZWdhdGVSZXN1bHRzEiYuYWdlbnRjb29yZC52MS5BZ2dyZWdhdGVSZXN1bHRzUmVxdWVzdBonLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlIgSItRgBQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Agent is a registered worker.
@@ -640,6 +640,40 @@ export const RenewTaskLeaseResponseSchema: GenMessage<RenewTaskLeaseResponse> = 
   messageDesc(file_agentcoord_v1_tasks, 17);
 
 /**
+ * ClaimNextOptions asks CompleteTask or FailTask to claim the caller's next task in the
+ * same call and the same atomic step, by ClaimTask's rules (highest priority first, FIFO
+ * among equal priorities, expired leases reclaimed first) but without waiting: when no
+ * task is pending the response has no next_task and the worker calls ClaimTask (with a
+ * wait) instead. A refused completion or failure (LEASE_LOST, NOT_FOUND) claims nothing.
+ *
+ * @generated from message agentcoord.v1.ClaimNextOptions
+ */
+export type ClaimNextOptions = Message<"agentcoord.v1.ClaimNextOptions"> & {
+  /**
+   * Task types to claim from (ids, at most 32); empty means the caller's registered
+   * capabilities (INVALID_ARGUMENT with reason NO_TASK_TYPES if it has none; the task is
+   * then neither completed nor failed).
+   *
+   * @generated from field: repeated string task_types = 1;
+   */
+  taskTypes: string[];
+
+  /**
+   * How long the new lease lasts, 1 s to 1 h; unset means 5 minutes.
+   *
+   * @generated from field: google.protobuf.Duration lease_duration = 2;
+   */
+  leaseDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.ClaimNextOptions.
+ * Use `create(ClaimNextOptionsSchema)` to create a new message.
+ */
+export const ClaimNextOptionsSchema: GenMessage<ClaimNextOptions> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_tasks, 18);
+
+/**
  * @generated from message agentcoord.v1.CompleteTaskRequest
  */
 export type CompleteTaskRequest = Message<"agentcoord.v1.CompleteTaskRequest"> & {
@@ -663,6 +697,13 @@ export type CompleteTaskRequest = Message<"agentcoord.v1.CompleteTaskRequest"> &
    * @generated from field: google.protobuf.Struct result = 3;
    */
   result?: JsonObject | undefined;
+
+  /**
+   * Set: also claim the caller's next task (returned in next_task). Unset: complete only.
+   *
+   * @generated from field: agentcoord.v1.ClaimNextOptions claim_next = 4;
+   */
+  claimNext?: ClaimNextOptions | undefined;
 };
 
 /**
@@ -670,7 +711,7 @@ export type CompleteTaskRequest = Message<"agentcoord.v1.CompleteTaskRequest"> &
  * Use `create(CompleteTaskRequestSchema)` to create a new message.
  */
 export const CompleteTaskRequestSchema: GenMessage<CompleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 18);
+  messageDesc(file_agentcoord_v1_tasks, 19);
 
 /**
  * @generated from message agentcoord.v1.CompleteTaskResponse
@@ -682,6 +723,15 @@ export type CompleteTaskResponse = Message<"agentcoord.v1.CompleteTaskResponse">
    * @generated from field: agentcoord.v1.Task task = 1;
    */
   task?: Task | undefined;
+
+  /**
+   * The task claimed for the caller under a new lease (task.lease) when claim_next was set
+   * and one was pending; unset otherwise. Repeating a successful completion returns the
+   * same next task while its lease is still the caller's.
+   *
+   * @generated from field: agentcoord.v1.Task next_task = 2;
+   */
+  nextTask?: Task | undefined;
 };
 
 /**
@@ -689,7 +739,7 @@ export type CompleteTaskResponse = Message<"agentcoord.v1.CompleteTaskResponse">
  * Use `create(CompleteTaskResponseSchema)` to create a new message.
  */
 export const CompleteTaskResponseSchema: GenMessage<CompleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 19);
+  messageDesc(file_agentcoord_v1_tasks, 20);
 
 /**
  * @generated from message agentcoord.v1.FailTaskRequest
@@ -729,6 +779,14 @@ export type FailTaskRequest = Message<"agentcoord.v1.FailTaskRequest"> & {
    * @generated from field: google.protobuf.Duration backoff = 5;
    */
   backoff?: Duration | undefined;
+
+  /**
+   * Set: also claim the caller's next task (returned in next_task); with no backoff that
+   * may be this task again. Unset: fail only.
+   *
+   * @generated from field: agentcoord.v1.ClaimNextOptions claim_next = 6;
+   */
+  claimNext?: ClaimNextOptions | undefined;
 };
 
 /**
@@ -736,18 +794,26 @@ export type FailTaskRequest = Message<"agentcoord.v1.FailTaskRequest"> & {
  * Use `create(FailTaskRequestSchema)` to create a new message.
  */
 export const FailTaskRequestSchema: GenMessage<FailTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 20);
+  messageDesc(file_agentcoord_v1_tasks, 21);
 
 /**
  * @generated from message agentcoord.v1.FailTaskResponse
  */
 export type FailTaskResponse = Message<"agentcoord.v1.FailTaskResponse"> & {
   /**
-   * The task, now PENDING or DEAD_LETTERED.
+   * The task, now PENDING or DEAD_LETTERED (or CLAIMED again, when claim_next took it).
    *
    * @generated from field: agentcoord.v1.Task task = 1;
    */
   task?: Task | undefined;
+
+  /**
+   * The task claimed for the caller under a new lease when claim_next was set and one was
+   * pending; unset otherwise.
+   *
+   * @generated from field: agentcoord.v1.Task next_task = 2;
+   */
+  nextTask?: Task | undefined;
 };
 
 /**
@@ -755,7 +821,7 @@ export type FailTaskResponse = Message<"agentcoord.v1.FailTaskResponse"> & {
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 21);
+  messageDesc(file_agentcoord_v1_tasks, 22);
 
 /**
  * @generated from message agentcoord.v1.GetTaskRequest
@@ -774,7 +840,7 @@ export type GetTaskRequest = Message<"agentcoord.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 22);
+  messageDesc(file_agentcoord_v1_tasks, 23);
 
 /**
  * @generated from message agentcoord.v1.GetTaskResponse
@@ -793,7 +859,7 @@ export type GetTaskResponse = Message<"agentcoord.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 23);
+  messageDesc(file_agentcoord_v1_tasks, 24);
 
 /**
  * @generated from message agentcoord.v1.ListTasksRequest
@@ -841,7 +907,7 @@ export type ListTasksRequest = Message<"agentcoord.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 24);
+  messageDesc(file_agentcoord_v1_tasks, 25);
 
 /**
  * @generated from message agentcoord.v1.ListTasksResponse
@@ -867,7 +933,7 @@ export type ListTasksResponse = Message<"agentcoord.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 25);
+  messageDesc(file_agentcoord_v1_tasks, 26);
 
 /**
  * @generated from message agentcoord.v1.CancelTaskRequest
@@ -886,7 +952,7 @@ export type CancelTaskRequest = Message<"agentcoord.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 26);
+  messageDesc(file_agentcoord_v1_tasks, 27);
 
 /**
  * @generated from message agentcoord.v1.CancelTaskResponse
@@ -905,7 +971,7 @@ export type CancelTaskResponse = Message<"agentcoord.v1.CancelTaskResponse"> & {
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 27);
+  messageDesc(file_agentcoord_v1_tasks, 28);
 
 /**
  * @generated from message agentcoord.v1.ListDeadLettersRequest
@@ -931,7 +997,7 @@ export type ListDeadLettersRequest = Message<"agentcoord.v1.ListDeadLettersReque
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 28);
+  messageDesc(file_agentcoord_v1_tasks, 29);
 
 /**
  * @generated from message agentcoord.v1.ListDeadLettersResponse
@@ -957,7 +1023,7 @@ export type ListDeadLettersResponse = Message<"agentcoord.v1.ListDeadLettersResp
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 29);
+  messageDesc(file_agentcoord_v1_tasks, 30);
 
 /**
  * @generated from message agentcoord.v1.RequeueDeadLetterRequest
@@ -976,7 +1042,7 @@ export type RequeueDeadLetterRequest = Message<"agentcoord.v1.RequeueDeadLetterR
  * Use `create(RequeueDeadLetterRequestSchema)` to create a new message.
  */
 export const RequeueDeadLetterRequestSchema: GenMessage<RequeueDeadLetterRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 30);
+  messageDesc(file_agentcoord_v1_tasks, 31);
 
 /**
  * @generated from message agentcoord.v1.RequeueDeadLetterResponse
@@ -995,7 +1061,7 @@ export type RequeueDeadLetterResponse = Message<"agentcoord.v1.RequeueDeadLetter
  * Use `create(RequeueDeadLetterResponseSchema)` to create a new message.
  */
 export const RequeueDeadLetterResponseSchema: GenMessage<RequeueDeadLetterResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 31);
+  messageDesc(file_agentcoord_v1_tasks, 32);
 
 /**
  * @generated from message agentcoord.v1.AggregateResultsRequest
@@ -1014,7 +1080,7 @@ export type AggregateResultsRequest = Message<"agentcoord.v1.AggregateResultsReq
  * Use `create(AggregateResultsRequestSchema)` to create a new message.
  */
 export const AggregateResultsRequestSchema: GenMessage<AggregateResultsRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 32);
+  messageDesc(file_agentcoord_v1_tasks, 33);
 
 /**
  * The counts are exact: the completion script increments them in the same atomic step.
@@ -1059,7 +1125,7 @@ export type AggregateResultsResponse = Message<"agentcoord.v1.AggregateResultsRe
  * Use `create(AggregateResultsResponseSchema)` to create a new message.
  */
 export const AggregateResultsResponseSchema: GenMessage<AggregateResultsResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 33);
+  messageDesc(file_agentcoord_v1_tasks, 34);
 
 /**
  * TaskStatus is where a task is in its life.
@@ -1208,6 +1274,8 @@ export const TaskService: GenService<{
    * Completes a task with its result. Only the holder of the live lease with the
    * matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
    * successful completion with the same lease returns the same task again.
+   * With claim_next it also claims the caller's next task in the same atomic step, so a
+   * worker's task cycle is one call (see ClaimNextOptions).
    *
    * @generated from rpc agentcoord.v1.TaskService.CompleteTask
    */
@@ -1220,6 +1288,7 @@ export const TaskService: GenService<{
    * Reports a failed attempt. The task is pending again (after the optional backoff)
    * or, when not retryable or its attempts reached max_attempts, dead-lettered.
    * FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+   * With claim_next it also claims the caller's next task in the same atomic step.
    *
    * @generated from rpc agentcoord.v1.TaskService.FailTask
    */
