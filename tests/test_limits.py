@@ -219,6 +219,7 @@ def test_agent_pages_are_cut_to_fit_a_small_message_limit(small_server, credenti
     "overrides",
     [
         {"max_task_bytes": 2_500_000},  # payload + result could not be sent back
+        {"max_task_bytes": 1_500_000},  # completed task + claim_next's next task could not
         {"max_pattern_bytes": 2 * MiB},
         {"max_conflict_bytes": 2 * MiB},
         {"max_signal_bytes": 4 * MiB},

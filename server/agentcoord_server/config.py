@@ -16,6 +16,9 @@ FIXED_FIELDS_BYTES = 256 * 1024
 interests, errors and times, each bounded in characters by its service (the largest, a pattern
 with its description, note, name and interests, stays under 200 KiB even at 4 bytes a
 character)."""
+TASK_TEXT_BYTES = 64 * 1024
+"""Room one task needs beside its payload and result: a 4096-character description and
+last_error (at most 16 KiB each in UTF-8), ids and times."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,16 @@ class Settings:
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1 byte")
         room = self.max_message_bytes - FIXED_FIELDS_BYTES
+        # A CompleteTask/FailTask response with claim_next carries two tasks: the ended one
+        # (payload and result) and the next one (its payload and its own text fields).
+        tasks_room = room - TASK_TEXT_BYTES
+        if 3 * self.max_task_bytes > tasks_room:
+            raise ValueError(
+                f"--max-task-bytes {self.max_task_bytes} is too large for --max-message-bytes "
+                f"{self.max_message_bytes}: a completion with claim_next answers with the "
+                "completed task (payload and result) and the next one (payload), beside text, "
+                f"so it may be at most {tasks_room // 3}"
+            )
         for flag, value in doubles.items():
             if 2 * value > room:
                 raise ValueError(
