@@ -125,7 +125,7 @@ class Settings:
         room = self.max_message_bytes - FIXED_FIELDS_BYTES
         # A CompleteTask/FailTask response with claim_next carries two tasks: the ended one
         # (payload and result) and the next one (its payload and its own text fields).
-        tasks_room = room - TASK_TEXT_BYTES
+        tasks_room = self.max_message_bytes - 2 * TASK_TEXT_BYTES
         if 3 * self.max_task_bytes > tasks_room:
             raise ValueError(
                 f"--max-task-bytes {self.max_task_bytes} is too large for --max-message-bytes "
