@@ -1253,6 +1253,67 @@ func (x *RenewTaskLeaseResponse) GetLease() *TaskLease {
 	return nil
 }
 
+// ClaimNextOptions asks CompleteTask or FailTask to claim the caller's next task in the
+// same call and the same atomic step, by ClaimTask's rules (highest priority first, FIFO
+// among equal priorities, expired leases reclaimed first) but without waiting: when no
+// task is pending the response has no next_task and the worker calls ClaimTask (with a
+// wait) instead. A refused completion or failure (LEASE_LOST, NOT_FOUND) claims nothing.
+type ClaimNextOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task types to claim from (ids, at most 32); empty means the caller's registered
+	// capabilities (INVALID_ARGUMENT with reason NO_TASK_TYPES if it has none; the task is
+	// then neither completed nor failed).
+	TaskTypes []string `protobuf:"bytes,1,rep,name=task_types,json=taskTypes,proto3" json:"task_types,omitempty"`
+	// How long the new lease lasts, 1 s to 1 h; unset means 5 minutes.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimNextOptions) Reset() {
+	*x = ClaimNextOptions{}
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimNextOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimNextOptions) ProtoMessage() {}
+
+func (x *ClaimNextOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimNextOptions.ProtoReflect.Descriptor instead.
+func (*ClaimNextOptions) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ClaimNextOptions) GetTaskTypes() []string {
+	if x != nil {
+		return x.TaskTypes
+	}
+	return nil
+}
+
+func (x *ClaimNextOptions) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
 type CompleteTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The claimed task.
@@ -1260,14 +1321,16 @@ type CompleteTaskRequest struct {
 	// The lease's fencing token.
 	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// The task's result, free-form JSON.
-	Result        *structpb.Struct `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	Result *structpb.Struct `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	// Set: also claim the caller's next task (returned in next_task). Unset: complete only.
+	ClaimNext     *ClaimNextOptions `protobuf:"bytes,4,opt,name=claim_next,json=claimNext,proto3" json:"claim_next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1342,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1355,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{18}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -1316,17 +1379,28 @@ func (x *CompleteTaskRequest) GetResult() *structpb.Struct {
 	return nil
 }
 
+func (x *CompleteTaskRequest) GetClaimNext() *ClaimNextOptions {
+	if x != nil {
+		return x.ClaimNext
+	}
+	return nil
+}
+
 type CompleteTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The completed task.
-	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	Task *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The task claimed for the caller under a new lease (task.lease) when claim_next was set
+	// and one was pending; unset otherwise. Repeating a successful completion returns the
+	// same next task while its lease is still the caller's.
+	NextTask      *Task `protobuf:"bytes,2,opt,name=next_task,json=nextTask,proto3" json:"next_task,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1412,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,12 +1425,19 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{19}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
 	if x != nil {
 		return x.Task
+	}
+	return nil
+}
+
+func (x *CompleteTaskResponse) GetNextTask() *Task {
+	if x != nil {
+		return x.NextTask
 	}
 	return nil
 }
@@ -1372,14 +1453,17 @@ type FailTaskRequest struct {
 	// False dead-letters the task at once; unset means true (retry until max_attempts).
 	Retryable *bool `protobuf:"varint,4,opt,name=retryable,proto3,oneof" json:"retryable,omitempty"`
 	// How long the task waits before it is claimable again, 0 to 1 h.
-	Backoff       *durationpb.Duration `protobuf:"bytes,5,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	Backoff *durationpb.Duration `protobuf:"bytes,5,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// Set: also claim the caller's next task (returned in next_task); with no backoff that
+	// may be this task again. Unset: fail only.
+	ClaimNext     *ClaimNextOptions `protobuf:"bytes,6,opt,name=claim_next,json=claimNext,proto3" json:"claim_next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1475,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1488,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{20}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -1442,17 +1526,27 @@ func (x *FailTaskRequest) GetBackoff() *durationpb.Duration {
 	return nil
 }
 
+func (x *FailTaskRequest) GetClaimNext() *ClaimNextOptions {
+	if x != nil {
+		return x.ClaimNext
+	}
+	return nil
+}
+
 type FailTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task, now PENDING or DEAD_LETTERED.
-	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The task, now PENDING or DEAD_LETTERED (or CLAIMED again, when claim_next took it).
+	Task *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The task claimed for the caller under a new lease when claim_next was set and one was
+	// pending; unset otherwise.
+	NextTask      *Task `protobuf:"bytes,2,opt,name=next_task,json=nextTask,proto3" json:"next_task,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1558,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,12 +1571,19 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{21}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
 	if x != nil {
 		return x.Task
+	}
+	return nil
+}
+
+func (x *FailTaskResponse) GetNextTask() *Task {
+	if x != nil {
+		return x.NextTask
 	}
 	return nil
 }
@@ -1497,7 +1598,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1610,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1623,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{22}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -1542,7 +1643,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1655,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1668,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{23}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -1596,7 +1697,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1709,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1722,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{24}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListTasksRequest) GetStatus() TaskStatus {
@@ -1671,7 +1772,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1784,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1797,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{25}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1723,7 +1824,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1836,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1849,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{26}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelTaskRequest) GetTaskId() string {
@@ -1768,7 +1869,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +1881,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +1894,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{27}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelTaskResponse) GetTask() *Task {
@@ -1815,7 +1916,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1928,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +1941,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{28}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListDeadLettersRequest) GetPageSize() int32 {
@@ -1869,7 +1970,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +1982,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +1995,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{29}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDeadLettersResponse) GetTasks() []*Task {
@@ -1921,7 +2022,7 @@ type RequeueDeadLetterRequest struct {
 
 func (x *RequeueDeadLetterRequest) Reset() {
 	*x = RequeueDeadLetterRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2034,7 @@ func (x *RequeueDeadLetterRequest) String() string {
 func (*RequeueDeadLetterRequest) ProtoMessage() {}
 
 func (x *RequeueDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2047,7 @@ func (x *RequeueDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RequeueDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{30}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RequeueDeadLetterRequest) GetTaskId() string {
@@ -1966,7 +2067,7 @@ type RequeueDeadLetterResponse struct {
 
 func (x *RequeueDeadLetterResponse) Reset() {
 	*x = RequeueDeadLetterResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2079,7 @@ func (x *RequeueDeadLetterResponse) String() string {
 func (*RequeueDeadLetterResponse) ProtoMessage() {}
 
 func (x *RequeueDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2092,7 @@ func (x *RequeueDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RequeueDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{31}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RequeueDeadLetterResponse) GetTask() *Task {
@@ -2011,7 +2112,7 @@ type AggregateResultsRequest struct {
 
 func (x *AggregateResultsRequest) Reset() {
 	*x = AggregateResultsRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2124,7 @@ func (x *AggregateResultsRequest) String() string {
 func (*AggregateResultsRequest) ProtoMessage() {}
 
 func (x *AggregateResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2137,7 @@ func (x *AggregateResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregateResultsRequest.ProtoReflect.Descriptor instead.
 func (*AggregateResultsRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{32}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AggregateResultsRequest) GetTaskType() string {
@@ -2066,7 +2167,7 @@ type AggregateResultsResponse struct {
 
 func (x *AggregateResultsResponse) Reset() {
 	*x = AggregateResultsResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2179,7 @@ func (x *AggregateResultsResponse) String() string {
 func (*AggregateResultsResponse) ProtoMessage() {}
 
 func (x *AggregateResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2192,7 @@ func (x *AggregateResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregateResultsResponse.ProtoReflect.Descriptor instead.
 func (*AggregateResultsResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{33}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AggregateResultsResponse) GetTotalCompleted() int64 {
@@ -2211,23 +2312,33 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12@\n" +
 	"\x0elease_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"H\n" +
 	"\x16RenewTaskLeaseResponse\x12.\n" +
-	"\x05lease\x18\x01 \x01(\v2\x18.agentcoord.v1.TaskLeaseR\x05lease\"\x84\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x18.agentcoord.v1.TaskLeaseR\x05lease\"s\n" +
+	"\x10ClaimNextOptions\x12\x1d\n" +
+	"\n" +
+	"task_types\x18\x01 \x03(\tR\ttaskTypes\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\xc4\x01\n" +
 	"\x13CompleteTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12/\n" +
-	"\x06result\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x06result\"?\n" +
+	"\x06result\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x06result\x12>\n" +
+	"\n" +
+	"claim_next\x18\x04 \x01(\v2\x1f.agentcoord.v1.ClaimNextOptionsR\tclaimNext\"q\n" +
 	"\x14CompleteTaskResponse\x12'\n" +
-	"\x04task\x18\x01 \x01(\v2\x13.agentcoord.v1.TaskR\x04task\"\xcb\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x13.agentcoord.v1.TaskR\x04task\x120\n" +
+	"\tnext_task\x18\x02 \x01(\v2\x13.agentcoord.v1.TaskR\bnextTask\"\x8b\x02\n" +
 	"\x0fFailTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12!\n" +
 	"\tretryable\x18\x04 \x01(\bH\x00R\tretryable\x88\x01\x01\x123\n" +
-	"\abackoff\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\abackoffB\f\n" +
+	"\abackoff\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12>\n" +
 	"\n" +
-	"_retryable\";\n" +
+	"claim_next\x18\x06 \x01(\v2\x1f.agentcoord.v1.ClaimNextOptionsR\tclaimNextB\f\n" +
+	"\n" +
+	"_retryable\"m\n" +
 	"\x10FailTaskResponse\x12'\n" +
-	"\x04task\x18\x01 \x01(\v2\x13.agentcoord.v1.TaskR\x04task\")\n" +
+	"\x04task\x18\x01 \x01(\v2\x13.agentcoord.v1.TaskR\x04task\x120\n" +
+	"\tnext_task\x18\x02 \x01(\v2\x13.agentcoord.v1.TaskR\bnextTask\")\n" +
 	"\x0eGetTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\":\n" +
 	"\x0fGetTaskResponse\x12'\n" +
@@ -2310,7 +2421,7 @@ func file_agentcoord_v1_tasks_proto_rawDescGZIP() []byte {
 }
 
 var file_agentcoord_v1_tasks_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentcoord_v1_tasks_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_agentcoord_v1_tasks_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_agentcoord_v1_tasks_proto_goTypes = []any{
 	(TaskStatus)(0),                   // 0: agentcoord.v1.TaskStatus
 	(*Agent)(nil),                     // 1: agentcoord.v1.Agent
@@ -2331,102 +2442,108 @@ var file_agentcoord_v1_tasks_proto_goTypes = []any{
 	(*ClaimTaskResponse)(nil),         // 16: agentcoord.v1.ClaimTaskResponse
 	(*RenewTaskLeaseRequest)(nil),     // 17: agentcoord.v1.RenewTaskLeaseRequest
 	(*RenewTaskLeaseResponse)(nil),    // 18: agentcoord.v1.RenewTaskLeaseResponse
-	(*CompleteTaskRequest)(nil),       // 19: agentcoord.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),      // 20: agentcoord.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),           // 21: agentcoord.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),          // 22: agentcoord.v1.FailTaskResponse
-	(*GetTaskRequest)(nil),            // 23: agentcoord.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),           // 24: agentcoord.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),          // 25: agentcoord.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),         // 26: agentcoord.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),         // 27: agentcoord.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),        // 28: agentcoord.v1.CancelTaskResponse
-	(*ListDeadLettersRequest)(nil),    // 29: agentcoord.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),   // 30: agentcoord.v1.ListDeadLettersResponse
-	(*RequeueDeadLetterRequest)(nil),  // 31: agentcoord.v1.RequeueDeadLetterRequest
-	(*RequeueDeadLetterResponse)(nil), // 32: agentcoord.v1.RequeueDeadLetterResponse
-	(*AggregateResultsRequest)(nil),   // 33: agentcoord.v1.AggregateResultsRequest
-	(*AggregateResultsResponse)(nil),  // 34: agentcoord.v1.AggregateResultsResponse
-	nil,                               // 35: agentcoord.v1.AggregateResultsResponse.ByAgentEntry
-	nil,                               // 36: agentcoord.v1.AggregateResultsResponse.ByTypeEntry
-	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),           // 38: google.protobuf.Struct
-	(*durationpb.Duration)(nil),       // 39: google.protobuf.Duration
+	(*ClaimNextOptions)(nil),          // 19: agentcoord.v1.ClaimNextOptions
+	(*CompleteTaskRequest)(nil),       // 20: agentcoord.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),      // 21: agentcoord.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),           // 22: agentcoord.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),          // 23: agentcoord.v1.FailTaskResponse
+	(*GetTaskRequest)(nil),            // 24: agentcoord.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),           // 25: agentcoord.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),          // 26: agentcoord.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),         // 27: agentcoord.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),         // 28: agentcoord.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),        // 29: agentcoord.v1.CancelTaskResponse
+	(*ListDeadLettersRequest)(nil),    // 30: agentcoord.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),   // 31: agentcoord.v1.ListDeadLettersResponse
+	(*RequeueDeadLetterRequest)(nil),  // 32: agentcoord.v1.RequeueDeadLetterRequest
+	(*RequeueDeadLetterResponse)(nil), // 33: agentcoord.v1.RequeueDeadLetterResponse
+	(*AggregateResultsRequest)(nil),   // 34: agentcoord.v1.AggregateResultsRequest
+	(*AggregateResultsResponse)(nil),  // 35: agentcoord.v1.AggregateResultsResponse
+	nil,                               // 36: agentcoord.v1.AggregateResultsResponse.ByAgentEntry
+	nil,                               // 37: agentcoord.v1.AggregateResultsResponse.ByTypeEntry
+	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),           // 39: google.protobuf.Struct
+	(*durationpb.Duration)(nil),       // 40: google.protobuf.Duration
 }
 var file_agentcoord_v1_tasks_proto_depIdxs = []int32{
-	37, // 0: agentcoord.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
-	37, // 1: agentcoord.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
-	37, // 2: agentcoord.v1.Agent.expire_time:type_name -> google.protobuf.Timestamp
-	37, // 3: agentcoord.v1.TaskLease.expire_time:type_name -> google.protobuf.Timestamp
-	38, // 4: agentcoord.v1.Task.payload:type_name -> google.protobuf.Struct
+	38, // 0: agentcoord.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
+	38, // 1: agentcoord.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	38, // 2: agentcoord.v1.Agent.expire_time:type_name -> google.protobuf.Timestamp
+	38, // 3: agentcoord.v1.TaskLease.expire_time:type_name -> google.protobuf.Timestamp
+	39, // 4: agentcoord.v1.Task.payload:type_name -> google.protobuf.Struct
 	0,  // 5: agentcoord.v1.Task.status:type_name -> agentcoord.v1.TaskStatus
 	2,  // 6: agentcoord.v1.Task.lease:type_name -> agentcoord.v1.TaskLease
-	38, // 7: agentcoord.v1.Task.result:type_name -> google.protobuf.Struct
-	37, // 8: agentcoord.v1.Task.create_time:type_name -> google.protobuf.Timestamp
-	37, // 9: agentcoord.v1.Task.update_time:type_name -> google.protobuf.Timestamp
-	37, // 10: agentcoord.v1.Task.available_time:type_name -> google.protobuf.Timestamp
-	37, // 11: agentcoord.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
-	37, // 12: agentcoord.v1.Task.expire_time:type_name -> google.protobuf.Timestamp
-	37, // 13: agentcoord.v1.TaskResultSummary.complete_time:type_name -> google.protobuf.Timestamp
-	38, // 14: agentcoord.v1.TaskResultSummary.result:type_name -> google.protobuf.Struct
+	39, // 7: agentcoord.v1.Task.result:type_name -> google.protobuf.Struct
+	38, // 8: agentcoord.v1.Task.create_time:type_name -> google.protobuf.Timestamp
+	38, // 9: agentcoord.v1.Task.update_time:type_name -> google.protobuf.Timestamp
+	38, // 10: agentcoord.v1.Task.available_time:type_name -> google.protobuf.Timestamp
+	38, // 11: agentcoord.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
+	38, // 12: agentcoord.v1.Task.expire_time:type_name -> google.protobuf.Timestamp
+	38, // 13: agentcoord.v1.TaskResultSummary.complete_time:type_name -> google.protobuf.Timestamp
+	39, // 14: agentcoord.v1.TaskResultSummary.result:type_name -> google.protobuf.Struct
 	1,  // 15: agentcoord.v1.RegisterAgentResponse.agent:type_name -> agentcoord.v1.Agent
 	1,  // 16: agentcoord.v1.HeartbeatResponse.agent:type_name -> agentcoord.v1.Agent
 	1,  // 17: agentcoord.v1.ListAgentsResponse.agents:type_name -> agentcoord.v1.Agent
-	38, // 18: agentcoord.v1.AddTaskRequest.payload:type_name -> google.protobuf.Struct
+	39, // 18: agentcoord.v1.AddTaskRequest.payload:type_name -> google.protobuf.Struct
 	3,  // 19: agentcoord.v1.AddTaskResponse.task:type_name -> agentcoord.v1.Task
-	39, // 20: agentcoord.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	39, // 21: agentcoord.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	40, // 20: agentcoord.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	40, // 21: agentcoord.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
 	3,  // 22: agentcoord.v1.ClaimTaskResponse.task:type_name -> agentcoord.v1.Task
-	39, // 23: agentcoord.v1.RenewTaskLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	40, // 23: agentcoord.v1.RenewTaskLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	2,  // 24: agentcoord.v1.RenewTaskLeaseResponse.lease:type_name -> agentcoord.v1.TaskLease
-	38, // 25: agentcoord.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Struct
-	3,  // 26: agentcoord.v1.CompleteTaskResponse.task:type_name -> agentcoord.v1.Task
-	39, // 27: agentcoord.v1.FailTaskRequest.backoff:type_name -> google.protobuf.Duration
-	3,  // 28: agentcoord.v1.FailTaskResponse.task:type_name -> agentcoord.v1.Task
-	3,  // 29: agentcoord.v1.GetTaskResponse.task:type_name -> agentcoord.v1.Task
-	0,  // 30: agentcoord.v1.ListTasksRequest.status:type_name -> agentcoord.v1.TaskStatus
-	3,  // 31: agentcoord.v1.ListTasksResponse.tasks:type_name -> agentcoord.v1.Task
-	3,  // 32: agentcoord.v1.CancelTaskResponse.task:type_name -> agentcoord.v1.Task
-	3,  // 33: agentcoord.v1.ListDeadLettersResponse.tasks:type_name -> agentcoord.v1.Task
-	3,  // 34: agentcoord.v1.RequeueDeadLetterResponse.task:type_name -> agentcoord.v1.Task
-	35, // 35: agentcoord.v1.AggregateResultsResponse.by_agent:type_name -> agentcoord.v1.AggregateResultsResponse.ByAgentEntry
-	36, // 36: agentcoord.v1.AggregateResultsResponse.by_type:type_name -> agentcoord.v1.AggregateResultsResponse.ByTypeEntry
-	4,  // 37: agentcoord.v1.AggregateResultsResponse.recent_results:type_name -> agentcoord.v1.TaskResultSummary
-	5,  // 38: agentcoord.v1.TaskService.RegisterAgent:input_type -> agentcoord.v1.RegisterAgentRequest
-	7,  // 39: agentcoord.v1.TaskService.Heartbeat:input_type -> agentcoord.v1.HeartbeatRequest
-	9,  // 40: agentcoord.v1.TaskService.DeregisterAgent:input_type -> agentcoord.v1.DeregisterAgentRequest
-	11, // 41: agentcoord.v1.TaskService.ListAgents:input_type -> agentcoord.v1.ListAgentsRequest
-	13, // 42: agentcoord.v1.TaskService.AddTask:input_type -> agentcoord.v1.AddTaskRequest
-	15, // 43: agentcoord.v1.TaskService.ClaimTask:input_type -> agentcoord.v1.ClaimTaskRequest
-	17, // 44: agentcoord.v1.TaskService.RenewTaskLease:input_type -> agentcoord.v1.RenewTaskLeaseRequest
-	19, // 45: agentcoord.v1.TaskService.CompleteTask:input_type -> agentcoord.v1.CompleteTaskRequest
-	21, // 46: agentcoord.v1.TaskService.FailTask:input_type -> agentcoord.v1.FailTaskRequest
-	23, // 47: agentcoord.v1.TaskService.GetTask:input_type -> agentcoord.v1.GetTaskRequest
-	25, // 48: agentcoord.v1.TaskService.ListTasks:input_type -> agentcoord.v1.ListTasksRequest
-	27, // 49: agentcoord.v1.TaskService.CancelTask:input_type -> agentcoord.v1.CancelTaskRequest
-	29, // 50: agentcoord.v1.TaskService.ListDeadLetters:input_type -> agentcoord.v1.ListDeadLettersRequest
-	31, // 51: agentcoord.v1.TaskService.RequeueDeadLetter:input_type -> agentcoord.v1.RequeueDeadLetterRequest
-	33, // 52: agentcoord.v1.TaskService.AggregateResults:input_type -> agentcoord.v1.AggregateResultsRequest
-	6,  // 53: agentcoord.v1.TaskService.RegisterAgent:output_type -> agentcoord.v1.RegisterAgentResponse
-	8,  // 54: agentcoord.v1.TaskService.Heartbeat:output_type -> agentcoord.v1.HeartbeatResponse
-	10, // 55: agentcoord.v1.TaskService.DeregisterAgent:output_type -> agentcoord.v1.DeregisterAgentResponse
-	12, // 56: agentcoord.v1.TaskService.ListAgents:output_type -> agentcoord.v1.ListAgentsResponse
-	14, // 57: agentcoord.v1.TaskService.AddTask:output_type -> agentcoord.v1.AddTaskResponse
-	16, // 58: agentcoord.v1.TaskService.ClaimTask:output_type -> agentcoord.v1.ClaimTaskResponse
-	18, // 59: agentcoord.v1.TaskService.RenewTaskLease:output_type -> agentcoord.v1.RenewTaskLeaseResponse
-	20, // 60: agentcoord.v1.TaskService.CompleteTask:output_type -> agentcoord.v1.CompleteTaskResponse
-	22, // 61: agentcoord.v1.TaskService.FailTask:output_type -> agentcoord.v1.FailTaskResponse
-	24, // 62: agentcoord.v1.TaskService.GetTask:output_type -> agentcoord.v1.GetTaskResponse
-	26, // 63: agentcoord.v1.TaskService.ListTasks:output_type -> agentcoord.v1.ListTasksResponse
-	28, // 64: agentcoord.v1.TaskService.CancelTask:output_type -> agentcoord.v1.CancelTaskResponse
-	30, // 65: agentcoord.v1.TaskService.ListDeadLetters:output_type -> agentcoord.v1.ListDeadLettersResponse
-	32, // 66: agentcoord.v1.TaskService.RequeueDeadLetter:output_type -> agentcoord.v1.RequeueDeadLetterResponse
-	34, // 67: agentcoord.v1.TaskService.AggregateResults:output_type -> agentcoord.v1.AggregateResultsResponse
-	53, // [53:68] is the sub-list for method output_type
-	38, // [38:53] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	40, // 25: agentcoord.v1.ClaimNextOptions.lease_duration:type_name -> google.protobuf.Duration
+	39, // 26: agentcoord.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Struct
+	19, // 27: agentcoord.v1.CompleteTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
+	3,  // 28: agentcoord.v1.CompleteTaskResponse.task:type_name -> agentcoord.v1.Task
+	3,  // 29: agentcoord.v1.CompleteTaskResponse.next_task:type_name -> agentcoord.v1.Task
+	40, // 30: agentcoord.v1.FailTaskRequest.backoff:type_name -> google.protobuf.Duration
+	19, // 31: agentcoord.v1.FailTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
+	3,  // 32: agentcoord.v1.FailTaskResponse.task:type_name -> agentcoord.v1.Task
+	3,  // 33: agentcoord.v1.FailTaskResponse.next_task:type_name -> agentcoord.v1.Task
+	3,  // 34: agentcoord.v1.GetTaskResponse.task:type_name -> agentcoord.v1.Task
+	0,  // 35: agentcoord.v1.ListTasksRequest.status:type_name -> agentcoord.v1.TaskStatus
+	3,  // 36: agentcoord.v1.ListTasksResponse.tasks:type_name -> agentcoord.v1.Task
+	3,  // 37: agentcoord.v1.CancelTaskResponse.task:type_name -> agentcoord.v1.Task
+	3,  // 38: agentcoord.v1.ListDeadLettersResponse.tasks:type_name -> agentcoord.v1.Task
+	3,  // 39: agentcoord.v1.RequeueDeadLetterResponse.task:type_name -> agentcoord.v1.Task
+	36, // 40: agentcoord.v1.AggregateResultsResponse.by_agent:type_name -> agentcoord.v1.AggregateResultsResponse.ByAgentEntry
+	37, // 41: agentcoord.v1.AggregateResultsResponse.by_type:type_name -> agentcoord.v1.AggregateResultsResponse.ByTypeEntry
+	4,  // 42: agentcoord.v1.AggregateResultsResponse.recent_results:type_name -> agentcoord.v1.TaskResultSummary
+	5,  // 43: agentcoord.v1.TaskService.RegisterAgent:input_type -> agentcoord.v1.RegisterAgentRequest
+	7,  // 44: agentcoord.v1.TaskService.Heartbeat:input_type -> agentcoord.v1.HeartbeatRequest
+	9,  // 45: agentcoord.v1.TaskService.DeregisterAgent:input_type -> agentcoord.v1.DeregisterAgentRequest
+	11, // 46: agentcoord.v1.TaskService.ListAgents:input_type -> agentcoord.v1.ListAgentsRequest
+	13, // 47: agentcoord.v1.TaskService.AddTask:input_type -> agentcoord.v1.AddTaskRequest
+	15, // 48: agentcoord.v1.TaskService.ClaimTask:input_type -> agentcoord.v1.ClaimTaskRequest
+	17, // 49: agentcoord.v1.TaskService.RenewTaskLease:input_type -> agentcoord.v1.RenewTaskLeaseRequest
+	20, // 50: agentcoord.v1.TaskService.CompleteTask:input_type -> agentcoord.v1.CompleteTaskRequest
+	22, // 51: agentcoord.v1.TaskService.FailTask:input_type -> agentcoord.v1.FailTaskRequest
+	24, // 52: agentcoord.v1.TaskService.GetTask:input_type -> agentcoord.v1.GetTaskRequest
+	26, // 53: agentcoord.v1.TaskService.ListTasks:input_type -> agentcoord.v1.ListTasksRequest
+	28, // 54: agentcoord.v1.TaskService.CancelTask:input_type -> agentcoord.v1.CancelTaskRequest
+	30, // 55: agentcoord.v1.TaskService.ListDeadLetters:input_type -> agentcoord.v1.ListDeadLettersRequest
+	32, // 56: agentcoord.v1.TaskService.RequeueDeadLetter:input_type -> agentcoord.v1.RequeueDeadLetterRequest
+	34, // 57: agentcoord.v1.TaskService.AggregateResults:input_type -> agentcoord.v1.AggregateResultsRequest
+	6,  // 58: agentcoord.v1.TaskService.RegisterAgent:output_type -> agentcoord.v1.RegisterAgentResponse
+	8,  // 59: agentcoord.v1.TaskService.Heartbeat:output_type -> agentcoord.v1.HeartbeatResponse
+	10, // 60: agentcoord.v1.TaskService.DeregisterAgent:output_type -> agentcoord.v1.DeregisterAgentResponse
+	12, // 61: agentcoord.v1.TaskService.ListAgents:output_type -> agentcoord.v1.ListAgentsResponse
+	14, // 62: agentcoord.v1.TaskService.AddTask:output_type -> agentcoord.v1.AddTaskResponse
+	16, // 63: agentcoord.v1.TaskService.ClaimTask:output_type -> agentcoord.v1.ClaimTaskResponse
+	18, // 64: agentcoord.v1.TaskService.RenewTaskLease:output_type -> agentcoord.v1.RenewTaskLeaseResponse
+	21, // 65: agentcoord.v1.TaskService.CompleteTask:output_type -> agentcoord.v1.CompleteTaskResponse
+	23, // 66: agentcoord.v1.TaskService.FailTask:output_type -> agentcoord.v1.FailTaskResponse
+	25, // 67: agentcoord.v1.TaskService.GetTask:output_type -> agentcoord.v1.GetTaskResponse
+	27, // 68: agentcoord.v1.TaskService.ListTasks:output_type -> agentcoord.v1.ListTasksResponse
+	29, // 69: agentcoord.v1.TaskService.CancelTask:output_type -> agentcoord.v1.CancelTaskResponse
+	31, // 70: agentcoord.v1.TaskService.ListDeadLetters:output_type -> agentcoord.v1.ListDeadLettersResponse
+	33, // 71: agentcoord.v1.TaskService.RequeueDeadLetter:output_type -> agentcoord.v1.RequeueDeadLetterResponse
+	35, // 72: agentcoord.v1.TaskService.AggregateResults:output_type -> agentcoord.v1.AggregateResultsResponse
+	58, // [58:73] is the sub-list for method output_type
+	43, // [43:58] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_tasks_proto_init() }
@@ -2435,14 +2552,14 @@ func file_agentcoord_v1_tasks_proto_init() {
 		return
 	}
 	file_agentcoord_v1_access_proto_init()
-	file_agentcoord_v1_tasks_proto_msgTypes[20].OneofWrappers = []any{}
+	file_agentcoord_v1_tasks_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_tasks_proto_rawDesc), len(file_agentcoord_v1_tasks_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -70,10 +70,13 @@ type TaskServiceClient interface {
 	// Completes a task with its result. Only the holder of the live lease with the
 	// matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
 	// successful completion with the same lease returns the same task again.
+	// With claim_next it also claims the caller's next task in the same atomic step, so a
+	// worker's task cycle is one call (see ClaimNextOptions).
 	CompleteTask(ctx context.Context, in *CompleteTaskRequest, opts ...grpc.CallOption) (*CompleteTaskResponse, error)
 	// Reports a failed attempt. The task is pending again (after the optional backoff)
 	// or, when not retryable or its attempts reached max_attempts, dead-lettered.
 	// FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+	// With claim_next it also claims the caller's next task in the same atomic step.
 	FailTask(ctx context.Context, in *FailTaskRequest, opts ...grpc.CallOption) (*FailTaskResponse, error)
 	// Returns one task as it stands now: a task whose lease has run out is settled by this
 	// call first (PENDING again with the attempt counted and last_error "lease expired", or
@@ -291,10 +294,13 @@ type TaskServiceServer interface {
 	// Completes a task with its result. Only the holder of the live lease with the
 	// matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
 	// successful completion with the same lease returns the same task again.
+	// With claim_next it also claims the caller's next task in the same atomic step, so a
+	// worker's task cycle is one call (see ClaimNextOptions).
 	CompleteTask(context.Context, *CompleteTaskRequest) (*CompleteTaskResponse, error)
 	// Reports a failed attempt. The task is pending again (after the optional backoff)
 	// or, when not retryable or its attempts reached max_attempts, dead-lettered.
 	// FAILED_PRECONDITION (LEASE_LOST) without the live lease.
+	// With claim_next it also claims the caller's next task in the same atomic step.
 	FailTask(context.Context, *FailTaskRequest) (*FailTaskResponse, error)
 	// Returns one task as it stands now: a task whose lease has run out is settled by this
 	// call first (PENDING again with the attempt counted and last_error "lease expired", or
