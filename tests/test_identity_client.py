@@ -12,6 +12,8 @@ from agentcoord import AgentcoordError, AsyncClient, Client
 from agentcoord.client._transport import required_tiers
 from agentcoord.v1 import access_pb2, admin_pb2, admin_pb2_grpc
 
+pytestmark = pytest.mark.every_backend
+
 
 class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
     """Answers WhoAmI with a configurable tier and records every method that reached it."""

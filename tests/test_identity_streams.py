@@ -15,7 +15,10 @@ from agentcoord.v1 import access_pb2
 from agentcoord_server.identity import TokenAuthenticator
 from agentcoord_server.interceptors import ErrorInterceptor, IdentityInterceptor, LoggingInterceptor
 from agentcoord_server.store.tokens import TokenStore
-from redis.asyncio import Redis
+
+from .support import async_redis
+
+pytestmark = pytest.mark.every_backend
 
 BOUND_S = 0.5
 SERVICE = "agentcoord.testing.Ticker"
@@ -43,7 +46,7 @@ class Handlers:
 
 @pytest.fixture
 async def stream_server(redis_url, namespace):
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis = async_redis(redis_url)
     store = TokenStore(redis)
     handlers = Handlers()
     server = grpc.aio.server(

@@ -13,6 +13,8 @@ from agentcoord_server.store.keys import Keyspace, area_of
 from .conftest import server_settings
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 NESTED = {
     "files": 10,
     "ratio": 0.125,

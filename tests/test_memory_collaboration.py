@@ -16,6 +16,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from .support import ServerThread
 from .test_memory import error_of, namespace_keys
 
+pytestmark = pytest.mark.every_backend
+
 
 def sample_state(**overrides) -> memory_pb2.CollaborationState:
     extra = struct_pb2.Struct()

@@ -17,6 +17,8 @@ from .conftest import server_settings
 from .support import ServerThread
 from .test_memory import error_of, namespace_keys
 
+pytestmark = pytest.mark.every_backend
+
 
 def session_keys(namespace: str, session_id: str) -> dict[str, str]:
     ks = Keyspace(namespace)

@@ -15,6 +15,8 @@ from agentcoord_server.config import TtlPolicy
 from .conftest import server_settings
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 
 def stream_key(ns: str) -> str:
     return f"ac:{{{ns}}}:signals"

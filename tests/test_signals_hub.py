@@ -14,10 +14,14 @@ from agentcoord_server.store.signal_fanout import Progress, SignalHub
 from agentcoord_server.store.signals import SignalEntry, SignalStore
 from redis.asyncio import Redis
 
+from .support import async_redis
+
+pytestmark = pytest.mark.every_backend
+
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
+    client = async_redis(redis_url)
     yield client
     await client.aclose()
 

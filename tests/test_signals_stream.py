@@ -22,6 +22,8 @@ from agentcoord_server.store.tokens import TokenStore
 from .conftest import server_settings
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 TIMEOUT = 20.0
 
 
@@ -184,7 +186,7 @@ async def test_resume_across_a_server_restart_loses_nothing_and_repeats_nothing(
 
 
 async def test_200_concurrent_subscribers_each_receive_every_broadcast_through_one_reader(
-    server, make_aclient, redis_client, namespace
+    server, make_aclient, namespace_redis, namespace
 ):
     sender = make_aclient("alice")
     listeners = [make_aclient(f"agent-{i}", tier="OBSERVER") for i in range(10)]
@@ -197,7 +199,7 @@ async def test_200_concurrent_subscribers_each_receive_every_broadcast_through_o
 
     state = await wait_for_state(server, namespace, lambda s: s["subscribers"] == 200)
     assert len(state["readers"]) == 1
-    assert reader_connections(redis_client, namespace) == 1
+    assert reader_connections(namespace_redis, namespace) == 1
     sent = [(await sender.signals.send_signal("news", {"n": i})).id for i in range(count)]
     results = await asyncio.gather(*receivers)
     for stream in streams:
@@ -221,7 +223,7 @@ def stream_watchdogs(handle: ServerThread) -> set[asyncio.Task[Any]]:
 
 
 async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind(
-    server, make_aclient, redis_client, namespace
+    server, make_aclient, namespace_redis, namespace
 ):
     alice, bob = make_aclient("alice"), make_aclient("bob")
     watchdogs_before = await asyncio.to_thread(stream_watchdogs, server)
@@ -240,7 +242,7 @@ async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind
     await two.aclose()
     await wait_for_state(server, namespace, lambda s: s["subscribers"] == 0 and not s["readers"])
     for _ in range(250):  # the reader's connection closes just after its task ends
-        if reader.done() and not reader_connections(redis_client, namespace):
+        if reader.done() and not reader_connections(namespace_redis, namespace):
             break
         await asyncio.sleep(0.02)
 
@@ -252,7 +254,7 @@ async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind
 
     assert half["readers"] == [reader]
     assert reader.done()
-    assert reader_connections(redis_client, namespace) == 0
+    assert reader_connections(namespace_redis, namespace) == 0
     assert len(ours) == 2
     assert all(task.done() for task in ours)
 
@@ -413,7 +415,7 @@ async def test_a_long_catch_up_does_not_fill_the_live_buffer(small_queue_server,
 
 
 async def test_losing_the_readers_redis_connection_loses_no_signal(
-    server, make_aclient, redis_client, namespace
+    server, make_aclient, namespace_redis, namespace
 ):
     alice, bob = make_aclient("alice"), make_aclient("bob")
     anchor = await alice.signals.send_signal("start")
@@ -422,14 +424,14 @@ async def test_losing_the_readers_redis_connection_loses_no_signal(
     got = [s.id for s in await take(stream, 1)]
     await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
     (reader,) = [
-        c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
+        c for c in namespace_redis.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
     ]
 
-    redis_client.execute_command("CLIENT", "KILL", "ID", reader["id"])
+    namespace_redis.execute_command("CLIENT", "KILL", "ID", reader["id"])
     sent += [(await alice.signals.send_signal("x")).id for _ in range(3)]
     got += [s.id for s in await take(stream, 3)]
     resumed = await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
-    connections_resumed = reader_connections(redis_client, namespace)
+    connections_resumed = reader_connections(namespace_redis, namespace)
     await stream.aclose()
     await wait_for_state(server, namespace, lambda s: not s["readers"])
 
@@ -462,7 +464,7 @@ async def test_concurrent_senders_are_seen_in_one_order_by_every_reader(make_acl
 
 
 def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
-    server, make_client, redis_client, namespace
+    server, make_client, namespace_redis, namespace
 ):
     alice, bob = make_client("alice"), make_client("bob")
     anchor = alice.signals.send_signal("start")
@@ -470,10 +472,10 @@ def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
     sent = [alice.signals.send_signal("x").id]
     got = [next(stream).id]
     (reader,) = [
-        c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
+        c for c in namespace_redis.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
     ]
 
-    redis_client.execute_command("CLIENT", "KILL", "ID", reader["id"])  # stream ends UNAVAILABLE
+    namespace_redis.execute_command("CLIENT", "KILL", "ID", reader["id"])  # stream ends UNAVAILABLE
     sent += [alice.signals.send_signal("x").id for _ in range(3)]
     got += [next(stream).id for _ in range(3)]
     stream.close()

@@ -13,6 +13,8 @@ from agentcoord_server.config import TtlPolicy
 from .conftest import server_settings
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 DAY_MS = 24 * 3600 * 1000
 
 

@@ -16,6 +16,8 @@ from .conftest import server_settings
 from .support import ServerThread
 from .test_staging import keys_of
 
+pytestmark = pytest.mark.every_backend
+
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 

@@ -14,6 +14,8 @@ from .conftest import server_settings
 from .support import ServerThread
 from .test_staging import DAY_MS, keys_of, stage
 
+pytestmark = pytest.mark.every_backend
+
 VALIDATORS = 16
 
 

@@ -10,6 +10,8 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
+pytestmark = pytest.mark.every_backend
+
 
 def task_keys(redis_client, namespace):
     return list(redis_client.scan_iter(match=f"ac:{{{namespace}}}:tasks:*", count=1000))

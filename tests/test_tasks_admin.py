@@ -7,6 +7,8 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
+pytestmark = pytest.mark.every_backend
+
 
 def claim_and_complete(client, task_type, result=None):
     task = client.tasks.claim_task(task_types=[task_type])

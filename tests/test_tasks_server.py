@@ -13,6 +13,8 @@ from agentcoord_server.config import TtlPolicy
 from .conftest import server_settings
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 
 def test_registration_lapses_after_the_coordination_ttl_without_a_heartbeat(redis_url, namespace):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(coordination=1))).start()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from agentcoord.client.task_worker import PermanentTaskError
 from agentcoord.v1 import tasks_pb2
+
+pytestmark = pytest.mark.every_backend
 
 
 def test_sync_worker_completes_tasks_with_the_handlers_result(make_client):

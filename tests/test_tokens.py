@@ -13,6 +13,8 @@ from agentcoord.v1 import access_pb2
 
 from .support import ServerThread
 
+pytestmark = pytest.mark.every_backend
+
 
 def namespace_keys(redis_client, namespace: str) -> set[str]:
     return set(redis_client.scan_iter(match=f"ac:{{{namespace}}}:*", count=1000))

@@ -22,12 +22,16 @@ from agentcoord_server.store import tokens as tokens_module
 from agentcoord_server.store.tokens import TokenStore
 from redis.asyncio import Redis
 
+from .support import async_redis
+
+pytestmark = pytest.mark.every_backend
+
 STEWARD = access_pb2.ACCESS_TIER_STEWARD
 
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
+    client = async_redis(redis_url)
     yield client
     await client.aclose()
 
@@ -169,6 +173,7 @@ async def test_a_revoke_cut_short_anywhere_leaves_the_token_unusable_or_still_re
             assert await store.lookup(token_digest(token)) is None
 
 
+@pytest.mark.standalone_only  # needs a Redis of its own (a numbered database)
 async def test_any_exist_reads_a_few_keys_and_never_scans(empty_aredis, monkeypatch):
     store = TokenStore(empty_aredis)
     assert not await store.any_exist()
@@ -188,6 +193,7 @@ async def test_any_exist_reads_a_few_keys_and_never_scans(empty_aredis, monkeypa
     assert not await store.any_exist()
 
 
+@pytest.mark.standalone_only  # needs a Redis of its own (a numbered database)
 async def test_any_exist_ignores_expired_tokens_and_leftovers_of_a_half_done_revoke(
     empty_aredis,
 ):
@@ -201,6 +207,7 @@ async def test_any_exist_ignores_expired_tokens_and_leftovers_of_a_half_done_rev
     assert not await store.any_exist()
 
 
+@pytest.mark.standalone_only  # needs a Redis of its own (a numbered database)
 async def test_expired_tokens_leave_the_live_set_when_tokens_are_issued(empty_aredis):
     # Start-up prunes it too, but a server that runs for months issuing short-lived tokens
     # must not grow it without bound in between.

@@ -21,7 +21,7 @@ import grpc
 import structlog
 from agentcoord.v1 import access_pb2, admin_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from . import __version__, reflection
 from . import tracing as tracing_setup
@@ -41,6 +41,7 @@ from .interceptors import (
     LoggingInterceptor,
 )
 from .metrics import ServerMetrics
+from .redis_client import close_redis, connect_redis, parse_redis_url
 from .redis_supervisor import RedisSupervisor
 from .services import SERVICE_MODULES, ServiceContext
 from .store.scripts import preload_registered
@@ -216,7 +217,7 @@ class AgentcoordServer:
 
     async def _connect_redis(self) -> tuple[Redis, int]:
         if self.settings.redis_url:
-            url, mode = self.settings.redis_url, admin_pb2.REDIS_MODE_EXTERNAL
+            url = self.settings.redis_url
         else:
             self._embedded = EmbeddedRedis(self.settings.data_dir)
             self._supervisor = RedisSupervisor(
@@ -226,17 +227,14 @@ class AgentcoordServer:
                 on_failed=self._redis_failed,
             )
             url = await self._supervisor.start()
-            mode = admin_pb2.REDIS_MODE_EMBEDDED
-        pool = BlockingConnectionPool.from_url(
-            url,
-            decode_responses=True,
+        client, mode = await connect_redis(
+            parse_redis_url(url),
             max_connections=self.settings.redis_max_connections,
-            timeout=5,
-            socket_timeout=self.settings.redis_timeout,
-            socket_connect_timeout=self.settings.redis_timeout,
+            timeout=self.settings.redis_timeout,
         )
-        client = self._redis = Redis(connection_pool=pool)
-        await client.ping()
+        self._redis = client
+        if self._embedded is not None:
+            mode = admin_pb2.REDIS_MODE_EMBEDDED
         return client, mode
 
     async def start(self) -> int:
@@ -256,8 +254,7 @@ class AgentcoordServer:
         """Closes the Redis connections and stops the embedded Redis (each at most once)."""
         redis, self._redis = self._redis, None
         if redis is not None:
-            # The pool was passed in, so aclose() alone would leave its connections open.
-            await redis.aclose(close_connection_pool=True)
+            await close_redis(redis)
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()

@@ -261,11 +261,26 @@ def status_code_for(exc: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+REDIS_UNAVAILABLE_ERRORS = (
+    redis.exceptions.ConnectionError,  # also MaxConnectionsError, MasterNotFoundError
+    redis.exceptions.TimeoutError,
+    # A Redis Cluster during a failover or resharding: CLUSTERDOWN, TRYAGAIN, MOVED/ASK that
+    # outlasted the client's redirections, "TTL exhausted", a slot no node covers yet.
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.RedisClusterException,
+    # A write that reached a primary just demoted to replica (Sentinel or cluster failover).
+    redis.exceptions.ReadOnlyError,
+)
+"""Exceptions meaning "Redis cannot serve this now, retry": UNAVAILABLE (REDIS_UNAVAILABLE)."""
+
+
 def _translate(exc: BaseException) -> errors.DomainError:
     """Any exception that escaped a servicer, as the domain error the client should see."""
     if isinstance(exc, errors.DomainError):
         return exc
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(exc, REDIS_UNAVAILABLE_ERRORS):
         log.warning("redis unavailable", error=type(exc).__name__)
         return errors.Unavailable("Redis is unavailable; retry later", reason="REDIS_UNAVAILABLE")
     log.error("unhandled error", exc_info=exc)

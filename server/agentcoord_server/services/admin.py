@@ -122,6 +122,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             used_memory_bytes=stats.used_memory_bytes,
             uptime=uptime,
             namespace_stats=namespace_stats(namespace, stats.namespace, subscriptions),
+            redis_nodes=stats.nodes,
         )
 
     async def IssueToken(

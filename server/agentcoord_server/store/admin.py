@@ -24,8 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import SlotNotCoveredError
+
+from ..redis_client import is_cluster
 
 from .keys import Keyspace
 
@@ -70,6 +74,7 @@ class RedisStats:
     cluster_enabled: bool
     used_memory_bytes: int
     namespace: NamespaceCounts
+    nodes: list[str] = field(default_factory=list)
 
 
 class AdminStore:
@@ -81,13 +86,29 @@ class AdminStore:
         self._task_ttl_ms = task_ttl * 1000
 
     async def stats(self, namespace: str) -> RedisStats:
-        """INFO and the namespace's counts, in two round trips (see the module docstring)."""
-        info, counts = await asyncio.gather(self._redis.info(), self.count(namespace))
+        """INFO and the namespace's counts, in two round trips (see the module docstring).
+
+        On a Redis Cluster INFO comes from the primary that owns the namespace's slot, and
+        `nodes` lists every primary that answered PING ("host:port", sorted; one more round
+        trip, to all primaries at once). On a standalone Redis `nodes` is empty.
+        """
+        if not is_cluster(self._redis):
+            info, counts = await asyncio.gather(self._redis.info(), self.count(namespace))
+            nodes: list[str] = []
+        else:
+            cluster = cast(RedisCluster, self._redis)
+            owner = cluster.get_node_from_key(Keyspace(namespace).key("stats"))
+            if owner is None:  # mid-failover: the client's slot map has no primary for it
+                raise SlotNotCoveredError(f"no primary owns the slot of namespace {namespace}")
+            info, counts, nodes = await asyncio.gather(
+                cluster.info(target_nodes=owner), self.count(namespace), _reachable(cluster)
+            )
         return RedisStats(
             redis_version=str(info.get("redis_version", "")),
             cluster_enabled=bool(info.get("cluster_enabled", 0)),
             used_memory_bytes=int(info.get("used_memory", 0)),
             namespace=counts,
+            nodes=nodes,
         )
 
     async def count(self, namespace: str) -> NamespaceCounts:
@@ -154,3 +175,12 @@ class AdminStore:
             task_types=task_types,
             truncated=truncated,
         )
+
+
+async def _reachable(cluster: RedisCluster) -> list[str]:
+    """The primaries (as "host:port") that answer PING now."""
+    primaries = cluster.get_primaries()
+    answers = await asyncio.gather(
+        *(cluster.ping(target_nodes=node) for node in primaries), return_exceptions=True
+    )
+    return sorted(node.name for node, ok in zip(primaries, answers, strict=True) if ok is True)

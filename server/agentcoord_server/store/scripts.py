@@ -1,9 +1,11 @@
 """Lua scripts, kept as files beside the store code that calls them (store/lua/*.lua).
 
 Each script is read and registered once when its store is built; the server then loads every
-registered script into Redis at start (`preload_registered`, one pipelined round trip), so each
-call is a plain EVALSHA. redis-py's Script still reloads a script on NOSCRIPT (e.g. after a
-Redis restart or SCRIPT FLUSH).
+registered script into Redis at start (`preload_registered`, one pipelined round trip; on a
+Redis Cluster, SCRIPT LOAD goes to every primary), so each call is a plain EVALSHA. redis-py's
+Script reloads a script on NOSCRIPT and retries, so a Redis restart, SCRIPT FLUSH, or on a
+cluster a promoted replica or a resharded slot whose new node lacks the script, costs the
+caller one extra round trip and nothing else.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from importlib import resources
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from ..redis_client import is_cluster
 
 _registered: weakref.WeakKeyDictionary[Redis, list[AsyncScript]] = weakref.WeakKeyDictionary()
 # SHA1 → script name, for metrics and traces (a bounded set: one entry per script file).
@@ -47,7 +51,12 @@ def load_script(redis: Redis, name: str, *, prelude: str | None = None) -> Async
 async def preload_registered(redis: Redis) -> int:
     """SCRIPT LOADs every script registered on `redis`, in one pipeline; returns how many."""
     scripts = _registered.get(redis, [])
-    if scripts:
+    if scripts and is_cluster(redis):
+        # A cluster pipeline sends a keyless command to one node; the client's own SCRIPT LOAD
+        # goes to every primary.
+        for script in scripts:
+            await redis.script_load(script.script)
+    elif scripts:
         async with redis.pipeline(transaction=False) as pipe:
             for script in scripts:
                 pipe.script_load(script.script)

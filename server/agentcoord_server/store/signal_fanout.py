@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from ..errors import DomainError, ResourceExhausted, Unavailable
+from ..redis_client import close_redis, dedicated_client
 from .signals import SignalEntry, SignalStore, id_key
 
 log = structlog.get_logger("agentcoord.signals")
@@ -219,20 +220,23 @@ class _NamespaceReader:
             self._run(), name=f"signals-reader:{namespace}", context=contextvars.Context()
         )
 
-    def _connect(self) -> tuple[Redis, ConnectionPool]:
-        shared = self.hub.redis.connection_pool
-        kwargs = dict(shared.connection_kwargs)
-        kwargs["client_name"] = f"agentcoord-signals:{self.namespace}"
+    def _connect(self, key: str) -> Redis:
         # The read blocks for BLOCK_MS; a socket timeout shorter than that would cut it.
-        kwargs["socket_timeout"] = BLOCK_MS / 1000 + 10
-        pool = ConnectionPool(connection_class=shared.connection_class, max_connections=1, **kwargs)
-        return Redis(connection_pool=pool, single_connection_client=True), pool
+        return dedicated_client(
+            self.hub.redis,
+            key,
+            client_name=f"agentcoord-signals:{self.namespace}",
+            socket_timeout=BLOCK_MS / 1000 + 10,
+        )
 
     async def _run(self) -> None:
-        redis, pool = self._connect()
         key = SignalStore.stream_key(self.namespace)
+        redis: Redis | None = None
         try:
-            self.position, _ = await self.hub.store.positions(self.namespace, redis)
+            # Through the shared client first: on a cluster this follows the slot to its
+            # current primary, which the reader's own connection then goes to.
+            self.position, _ = await self.hub.store.positions(self.namespace)
+            redis = self._connect(key)
             self.ready.set()
             while True:
                 reply: Any = await redis.xread(
@@ -257,9 +261,9 @@ class _NamespaceReader:
             self.ready.set()
             self.hub._forget(self)
         finally:
-            with contextlib.suppress(Exception):
-                await redis.aclose()
-                await pool.disconnect()
+            if redis is not None:
+                with contextlib.suppress(Exception):
+                    await close_redis(redis)
 
 
 class SignalHub:

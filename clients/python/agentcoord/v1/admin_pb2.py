@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"=\n\x0eWhoAmIResponse\x12+\n\tprincipal\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.Principal\"\x17\n\x15GetServerStatsRequest\"\xf3\x02\n\x16GetServerStatsResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12,\n\nredis_mode\x18\x02 \x01(\x0e\x32\x18.agentcoord.v1.RedisMode\x12\x15\n\rredis_version\x18\x03 \x01(\t\x12L\n\nkey_counts\x18\x04 \x03(\x0b\x32\x34.agentcoord.v1.GetServerStatsResponse.KeyCountsEntryB\x02\x18\x01\x12\x19\n\x11used_memory_bytes\x18\x05 \x01(\x03\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x0fnamespace_stats\x18\x07 \x01(\x0b\x32\x1d.agentcoord.v1.NamespaceStats\x1a\x30\n\x0eKeyCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd6\x02\n\x0eNamespaceStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0ememory_entries\x18\x02 \x01(\x03\x12\x15\n\rmemory_owners\x18\x03 \x01(\x03\x12\x10\n\x08sessions\x18\x04 \x01(\x03\x12\x17\n\x0fstaged_patterns\x18\x05 \x01(\x03\x12\x18\n\x10library_patterns\x18\x06 \x01(\x03\x12\x16\n\x0eopen_conflicts\x18\x07 \x01(\x03\x12(\n\x05tasks\x18\x08 \x01(\x0b\x32\x19.agentcoord.v1.TaskCounts\x12\x32\n\x0btask_queues\x18\t \x03(\x0b\x32\x1d.agentcoord.v1.TaskQueueStats\x12\x18\n\x10retained_signals\x18\n \x01(\x03\x12\x1a\n\x12live_subscriptions\x18\x0b \x01(\x03\x12\x11\n\ttruncated\x18\x0c \x01(\x08\"l\n\nTaskCounts\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x13\n\x0b\x62\x61\x63king_off\x18\x02 \x01(\x03\x12\x0f\n\x07\x63laimed\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03\x12\x11\n\tcompleted\x18\x05 \x01(\x03\"m\n\x0eTaskQueueStats\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x13\n\x0b\x62\x61\x63king_off\x18\x03 \x01(\x03\x12\x0f\n\x07\x63laimed\x18\x04 \x01(\x03\x12\x11\n\tcompleted\x18\x05 \x01(\x03\"\xf5\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\'\n\x04tier\x18\x04 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x08 \x01(\t\"\xa3\x01\n\x11IssueTokenRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12+\n\x08lifetime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"K\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12&\n\x04info\x18\x02 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"=\n\x13RevokeTokenResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListTokensResponse\x12(\n\x06tokens\x18\x01 \x03(\x0b\x32\x18.agentcoord.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*q\n\tRedisMode\x12\x1a\n\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n\x12REDIS_MODE_CLUSTER\x10\x03\x32\xce\x03\n\x0c\x41\x64minService\x12K\n\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\x04\x88\xb5\x18\x01\x12W\n\nIssueToken\x12 .agentcoord.v1.IssueTokenRequest\x1a!.agentcoord.v1.IssueTokenResponse\"\x04\x88\xb5\x18\x04\x12Z\n\x0bRevokeToken\x12!.agentcoord.v1.RevokeTokenRequest\x1a\".agentcoord.v1.RevokeTokenResponse\"\x04\x88\xb5\x18\x04\x12W\n\nListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\x04\x88\xb5\x18\x04\x42LZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"=\n\x0eWhoAmIResponse\x12+\n\tprincipal\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.Principal\"\x17\n\x15GetServerStatsRequest\"\x88\x03\n\x16GetServerStatsResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12,\n\nredis_mode\x18\x02 \x01(\x0e\x32\x18.agentcoord.v1.RedisMode\x12\x15\n\rredis_version\x18\x03 \x01(\t\x12L\n\nkey_counts\x18\x04 \x03(\x0b\x32\x34.agentcoord.v1.GetServerStatsResponse.KeyCountsEntryB\x02\x18\x01\x12\x19\n\x11used_memory_bytes\x18\x05 \x01(\x03\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x0fnamespace_stats\x18\x07 \x01(\x0b\x32\x1d.agentcoord.v1.NamespaceStats\x12\x13\n\x0bredis_nodes\x18\x10 \x03(\t\x1a\x30\n\x0eKeyCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd6\x02\n\x0eNamespaceStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0ememory_entries\x18\x02 \x01(\x03\x12\x15\n\rmemory_owners\x18\x03 \x01(\x03\x12\x10\n\x08sessions\x18\x04 \x01(\x03\x12\x17\n\x0fstaged_patterns\x18\x05 \x01(\x03\x12\x18\n\x10library_patterns\x18\x06 \x01(\x03\x12\x16\n\x0eopen_conflicts\x18\x07 \x01(\x03\x12(\n\x05tasks\x18\x08 \x01(\x0b\x32\x19.agentcoord.v1.TaskCounts\x12\x32\n\x0btask_queues\x18\t \x03(\x0b\x32\x1d.agentcoord.v1.TaskQueueStats\x12\x18\n\x10retained_signals\x18\n \x01(\x03\x12\x1a\n\x12live_subscriptions\x18\x0b \x01(\x03\x12\x11\n\ttruncated\x18\x0c \x01(\x08\"l\n\nTaskCounts\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x13\n\x0b\x62\x61\x63king_off\x18\x02 \x01(\x03\x12\x0f\n\x07\x63laimed\x18\x03 \x01(\x03\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x01(\x03\x12\x11\n\tcompleted\x18\x05 \x01(\x03\"m\n\x0eTaskQueueStats\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x13\n\x0b\x62\x61\x63king_off\x18\x03 \x01(\x03\x12\x0f\n\x07\x63laimed\x18\x04 \x01(\x03\x12\x11\n\tcompleted\x18\x05 \x01(\x03\"\xf5\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\'\n\x04tier\x18\x04 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x08 \x01(\t\"\xa3\x01\n\x11IssueTokenRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier\x12+\n\x08lifetime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"K\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12&\n\x04info\x18\x02 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"=\n\x13RevokeTokenResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.agentcoord.v1.TokenInfo\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListTokensResponse\x12(\n\x06tokens\x18\x01 \x03(\x0b\x32\x18.agentcoord.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*q\n\tRedisMode\x12\x1a\n\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n\x12REDIS_MODE_CLUSTER\x10\x03\x32\xce\x03\n\x0c\x41\x64minService\x12K\n\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\x04\x88\xb5\x18\x01\x12\x63\n\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\x04\x88\xb5\x18\x01\x12W\n\nIssueToken\x12 .agentcoord.v1.IssueTokenRequest\x1a!.agentcoord.v1.IssueTokenResponse\"\x04\x88\xb5\x18\x04\x12Z\n\x0bRevokeToken\x12!.agentcoord.v1.RevokeTokenRequest\x1a\".agentcoord.v1.RevokeTokenResponse\"\x04\x88\xb5\x18\x04\x12W\n\nListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\x04\x88\xb5\x18\x04\x42LZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,8 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['RevokeToken']._serialized_options = b'\210\265\030\004'
   _globals['_ADMINSERVICE'].methods_by_name['ListTokens']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ListTokens']._serialized_options = b'\210\265\030\004'
-  _globals['_REDISMODE']._serialized_start=1925
-  _globals['_REDISMODE']._serialized_end=2038
+  _globals['_REDISMODE']._serialized_start=1946
+  _globals['_REDISMODE']._serialized_end=2059
   _globals['_WHOAMIREQUEST']._serialized_start=137
   _globals['_WHOAMIREQUEST']._serialized_end=152
   _globals['_WHOAMIRESPONSE']._serialized_start=154
@@ -58,29 +58,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERSTATSREQUEST']._serialized_start=217
   _globals['_GETSERVERSTATSREQUEST']._serialized_end=240
   _globals['_GETSERVERSTATSRESPONSE']._serialized_start=243
-  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=614
-  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_start=566
-  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_end=614
-  _globals['_NAMESPACESTATS']._serialized_start=617
-  _globals['_NAMESPACESTATS']._serialized_end=959
-  _globals['_TASKCOUNTS']._serialized_start=961
-  _globals['_TASKCOUNTS']._serialized_end=1069
-  _globals['_TASKQUEUESTATS']._serialized_start=1071
-  _globals['_TASKQUEUESTATS']._serialized_end=1180
-  _globals['_TOKENINFO']._serialized_start=1183
-  _globals['_TOKENINFO']._serialized_end=1428
-  _globals['_ISSUETOKENREQUEST']._serialized_start=1431
-  _globals['_ISSUETOKENREQUEST']._serialized_end=1594
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=1596
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=1671
-  _globals['_REVOKETOKENREQUEST']._serialized_start=1673
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1711
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=1713
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1774
-  _globals['_LISTTOKENSREQUEST']._serialized_start=1776
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1834
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1836
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1923
-  _globals['_ADMINSERVICE']._serialized_start=2041
-  _globals['_ADMINSERVICE']._serialized_end=2503
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=635
+  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_start=587
+  _globals['_GETSERVERSTATSRESPONSE_KEYCOUNTSENTRY']._serialized_end=635
+  _globals['_NAMESPACESTATS']._serialized_start=638
+  _globals['_NAMESPACESTATS']._serialized_end=980
+  _globals['_TASKCOUNTS']._serialized_start=982
+  _globals['_TASKCOUNTS']._serialized_end=1090
+  _globals['_TASKQUEUESTATS']._serialized_start=1092
+  _globals['_TASKQUEUESTATS']._serialized_end=1201
+  _globals['_TOKENINFO']._serialized_start=1204
+  _globals['_TOKENINFO']._serialized_end=1449
+  _globals['_ISSUETOKENREQUEST']._serialized_start=1452
+  _globals['_ISSUETOKENREQUEST']._serialized_end=1615
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=1617
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=1692
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1694
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1732
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1734
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1795
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1797
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1855
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1857
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1944
+  _globals['_ADMINSERVICE']._serialized_start=2062
+  _globals['_ADMINSERVICE']._serialized_end=2524
 # @@protoc_insertion_point(module_scope)

@@ -37,9 +37,11 @@ class _RedisModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RedisMode.V
     REDIS_MODE_EMBEDDED: _RedisMode.ValueType  # 1
     """A redis-server the agentcoord process started and owns, in its data directory."""
     REDIS_MODE_EXTERNAL: _RedisMode.ValueType  # 2
-    """A standalone Redis named by REDIS_URL."""
+    """A standalone Redis named by REDIS_URL (redis://, rediss://, unix://), or the
+    primary a Sentinel names (redis+sentinel://).
+    """
     REDIS_MODE_CLUSTER: _RedisMode.ValueType  # 3
-    """A Redis Cluster named by REDIS_URL."""
+    """A Redis Cluster named by REDIS_URL (redis+cluster:// or rediss+cluster://)."""
 
 class RedisMode(_RedisMode, metaclass=_RedisModeEnumTypeWrapper):
     """RedisMode says which Redis the server runs on."""
@@ -48,9 +50,11 @@ REDIS_MODE_UNSPECIFIED: RedisMode.ValueType  # 0
 REDIS_MODE_EMBEDDED: RedisMode.ValueType  # 1
 """A redis-server the agentcoord process started and owns, in its data directory."""
 REDIS_MODE_EXTERNAL: RedisMode.ValueType  # 2
-"""A standalone Redis named by REDIS_URL."""
+"""A standalone Redis named by REDIS_URL (redis://, rediss://, unix://), or the
+primary a Sentinel names (redis+sentinel://).
+"""
 REDIS_MODE_CLUSTER: RedisMode.ValueType  # 3
-"""A Redis Cluster named by REDIS_URL."""
+"""A Redis Cluster named by REDIS_URL (redis+cluster:// or rediss+cluster://)."""
 Global___RedisMode: _TypeAlias = RedisMode  # noqa: Y015
 
 @_typing.final
@@ -136,6 +140,7 @@ class GetServerStatsResponse(_message.Message):
     USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     UPTIME_FIELD_NUMBER: _builtins.int
     NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
+    REDIS_NODES_FIELD_NUMBER: _builtins.int
     server_version: _builtins.str
     """The agentcoord server's version, e.g. "0.1.0"."""
     redis_mode: Global___RedisMode.ValueType
@@ -159,6 +164,13 @@ class GetServerStatsResponse(_message.Message):
     def namespace_stats(self) -> Global___NamespaceStats:
         """What the caller's namespace holds."""
 
+    @_builtins.property
+    def redis_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """On a Redis Cluster (REDIS_MODE_CLUSTER): the primaries this server reached
+        ("host:port", as the cluster announces them), sorted; empty on a standalone
+        Redis.
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +181,11 @@ class GetServerStatsResponse(_message.Message):
         used_memory_bytes: _builtins.int = ...,
         uptime: _duration_pb2.Duration | None = ...,
         namespace_stats: Global___NamespaceStats | None = ...,
+        redis_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["namespace_stats", b"namespace_stats", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "namespace_stats", b"namespace_stats", "redis_mode", b"redis_mode", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "namespace_stats", b"namespace_stats", "redis_mode", b"redis_mode", "redis_nodes", b"redis_nodes", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

