@@ -32,7 +32,9 @@ def main() -> None:
     "--redis-url",
     envvar="REDIS_URL",
     default=None,
-    help="redis://, rediss:// or unix:// URL; unset: start an embedded Redis.",
+    help="redis://, rediss:// or unix:// URL; redis+cluster://host:port[,host:port…] (or "
+    "rediss+cluster://) for a Redis Cluster; redis+sentinel://host:port[,host:port…]/<master> "
+    "for Sentinel. Unset: start an embedded Redis.",
 )
 @click.option(
     "--data-dir",
@@ -250,6 +252,7 @@ def serve(
     from .app import serve as run_server
     from .embedded_redis import EmbeddedRedisError
     from .logs import configure_logging
+    from .redis_client import RedisStartError, parse_redis_url
 
     try:
         ttl = TtlPolicy.parse(ttl_spec)
@@ -265,6 +268,11 @@ def serve(
         raise click.BadParameter(
             "--tls-client-ca needs --tls-cert and --tls-key", param_hint="--tls-client-ca"
         )
+    if redis_url:
+        try:
+            parse_redis_url(redis_url)
+        except ValueError as exc:
+            raise click.ClickException(f"--redis-url: {exc}") from None
     settings = Settings(
         listen=listen,
         redis_url=redis_url or None,
@@ -303,7 +311,7 @@ def serve(
     async def run() -> None:
         try:
             await run_server(settings)
-        except (EmbeddedRedisError, ServeFailed) as exc:
+        except (EmbeddedRedisError, ServeFailed, RedisStartError) as exc:
             click.echo(f"agentcoord: {exc}", err=True)
             code = 1
         else:

@@ -30,7 +30,6 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import SlotNotCoveredError
 
 from ..redis_client import is_cluster
-
 from .keys import Keyspace
 
 MAX_OWNERS = 1000

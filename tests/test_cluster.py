@@ -1,0 +1,164 @@
+"""agentcoord on a Redis Cluster: what only a cluster has (several primaries, several agentcoord
+servers sharing one cluster) and the start failures of a REDIS_URL that cannot work.
+
+The service suites themselves run on the cluster too (conftest: `every_backend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from agentcoord import AsyncClient
+from agentcoord.v1 import admin_pb2
+
+from .conftest import server_settings
+from .redis_topologies import LocalCluster, _Nodes, free_ports
+from .support import ServerThread
+
+
+@pytest.fixture(scope="module")
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="module")
+def two_servers(cluster_url: str):  # type: ignore[no-untyped-def]
+    first = ServerThread(server_settings(cluster_url)).start()
+    second = ServerThread(server_settings(cluster_url)).start()
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+async def test_server_stats_say_cluster_and_name_every_primary(two_servers, redis_cluster, namespace):
+    first, _ = two_servers
+    async with AsyncClient(first.address, token=first.issue_token("s", "STEWARD", namespace)) as c:
+        stats = await c.admin.get_server_stats()
+
+    assert stats.redis_mode == admin_pb2.REDIS_MODE_CLUSTER
+    primaries = sorted(f"127.0.0.1:{p}" for p in redis_cluster.primary_ports())
+    assert list(stats.redis_nodes) == primaries and len(primaries) == 3
+    assert stats.key_counts["tokens"] >= 1  # counted on the primary that owns the namespace
+
+
+async def test_two_servers_on_one_cluster_hand_each_task_to_exactly_one_claimant(
+    two_servers, namespace
+):
+    servers = two_servers
+    clients = [
+        AsyncClient(servers[n % 2].address, token=servers[n % 2].issue_token(f"w{n}", "CONTRIBUTOR", namespace))
+        for n in range(16)
+    ]
+    ids = [f"t{i:03d}" for i in range(100)]
+    await asyncio.gather(*(clients[0].tasks.add_task(task_id=i, task_type="job") for i in ids))
+    claimed: list[tuple[int, str]] = []
+
+    async def work(n: int) -> None:
+        client = clients[n]
+        while (task := await client.tasks.claim_task(task_types=["job"])) is not None:
+            claimed.append((n % 2, task.task_id))
+            await client.tasks.complete_task(
+                task_id=task.task_id, fencing_token=task.lease.fencing_token, result={"n": n}
+            )
+
+    try:
+        await asyncio.gather(*(work(n) for n in range(16)))
+        prize = [c.tasks.claim_task(task_types=["prize"]) for c in clients]
+        await clients[1].tasks.add_task(task_id="prize", task_type="prize")
+        winners = [t for t in await asyncio.gather(*prize) if t is not None]
+    finally:
+        for client in clients:
+            await client.close()
+
+    assert sorted(t for _, t in claimed) == ids  # none claimed twice, none left
+    assert {server for server, _ in claimed} == {0, 1}  # both servers handed tasks out
+    assert [t.task_id for t in winners] == ["prize"]
+
+
+async def test_signals_sent_through_one_server_reach_the_other_servers_subscribers_in_order(
+    two_servers, namespace
+):
+    first, second = two_servers
+    sender = AsyncClient(first.address, token=first.issue_token("alice", "CONTRIBUTOR", namespace))
+    listener = AsyncClient(second.address, token=second.issue_token("bob", "OBSERVER", namespace))
+    try:
+        anchor = await sender.signals.send_signal("start")
+        stream = listener.signals.subscribe(after_id=anchor.id)
+        receiving = asyncio.ensure_future(_take(stream, 50))
+        sent = [(await sender.signals.send_signal("n", {"i": i})).id for i in range(50)]
+        got = [s.id for s in await receiving]
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await sender.close()
+        await listener.close()
+
+    assert got == sent
+
+
+async def _take(stream, count: int):  # type: ignore[no-untyped-def]
+    out = []
+    async with asyncio.timeout(30):
+        async for item in stream:
+            out.append(item)
+            if len(out) == count:
+                return out
+    return out
+
+
+def _serve(redis_url: str, tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [
+            sys.executable, "-m", "agentcoord_server.cli", "serve",
+            "--listen", "127.0.0.1:0",
+            "--redis-url", redis_url,
+            "--redis-timeout", "2",
+            "--data-dir", str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def odd_nodes(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A standalone Redis and a cluster-enabled node that owns no slot, on TCP ports."""
+    nodes = _Nodes(tmp_path_factory.mktemp("odd"))
+    standalone, lonely = free_ports(2, bus=True)
+    nodes.start(standalone)
+    nodes.start(lonely, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    yield standalone, lonely
+    nodes.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://127.0.0.1:{free}", "cannot reach any Redis Cluster node"),
+        ("redis+cluster://127.0.0.1:{lonely}", "does not cover all 16384 slots"),
+        ("redis+cluster://127.0.0.1:{standalone}", "names a standalone Redis, not a cluster node"),
+        ("redis://127.0.0.1:{cluster}", "is a Redis Cluster node; use redis+cluster://"),
+        ("redis+sentinel://127.0.0.1:{free}", "needs the master name"),
+        ("redis+sentinel://127.0.0.1:{free}/mymaster", "no Sentinel of"),
+        ("redis+cluster://127.0.0.1", "needs host:port"),
+    ],
+)
+def test_a_redis_url_that_cannot_work_fails_the_start_with_one_line(
+    url, says, odd_nodes, redis_cluster, tmp_path
+):
+    standalone, lonely = odd_nodes
+    (free,) = free_ports(1)
+    named = url.format(
+        free=free, lonely=lonely, standalone=standalone, cluster=redis_cluster.ports[0]
+    )
+
+    done = _serve(named, tmp_path)
+
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, done.stderr
+    assert says in errors[0]
+    assert "Traceback" not in done.stdout + done.stderr
