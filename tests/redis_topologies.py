@@ -216,6 +216,7 @@ class LocalSentinel:
             conf.write_text(
                 f"port {self.sentinel}\n"
                 "bind 127.0.0.1\n"
+                f"logfile {self.nodes.root / 'sentinel.log'}\n"
                 f"dir {self.nodes.root}\n"
                 f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary} 1\n"
                 f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
@@ -235,10 +236,24 @@ class LocalSentinel:
                 20,
                 "the sentinel to see the replica",
             )
+            self.wait_replicated()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def wait_replicated(self, timeout: float = 20) -> None:
+        """Until the replica has everything the primary wrote so far."""
+        primary, replica = self.nodes.client(self.primary), self.nodes.client(self.replica)
+
+        def caught_up() -> bool:
+            info = replica.info("replication")
+            offset = primary.info("replication")["master_repl_offset"]
+            return info.get("master_link_status") == "up" and (
+                info["slave_repl_offset"] >= offset
+            )
+
+        _wait(caught_up, timeout, "the replica to catch up")
 
     def master_port(self) -> int:
         _host, port = self.nodes.client(self.sentinel).execute_command(
