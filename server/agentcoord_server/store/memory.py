@@ -59,6 +59,7 @@ from ..errors import (
     ResourceExhausted,
 )
 from .keys import Keyspace
+from .paging import page_by_lex
 from .scripts import load_script
 
 RAW = {NEVER_DECODE: True}
@@ -67,6 +68,7 @@ MAX_PARTICIPANTS = 1000
 """Most participants a session may have: every response about a session lists them, so 1000
 ids of at most 128 characters (~130 KB) keep it within one message with its metadata
 (config.FIXED_FIELDS_BYTES)."""
+LIST_BUDGET = 2000  # index members one List call examines at most (expired ones included)
 
 
 def now_ms() -> int:
@@ -146,7 +148,7 @@ class MemoryStore:
         self._session_activity = load_script(redis, "memory_session_activity")
         self._session_list = load_script(redis, "memory_session_list")
         self._collab_save = load_script(redis, "memory_collab_save")
-        self._collab_list = load_script(redis, "memory_collab_list")
+        self._collab_list = load_script(redis, "index_read")
 
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA with undecoded replies (values are protobuf bytes); loads the script on
@@ -219,15 +221,18 @@ class MemoryStore:
             )
 
     async def clear(self, namespace: str, owner: str) -> int:
-        """Deletes all of `owner`'s entries, CLEAR_BATCH per script call. Returns how many live
-        entries were deleted. Entries stashed while it runs may or may not be deleted."""
+        """Deletes all of `owner`'s entries, CLEAR_BATCH per script call (two round trips per
+        batch: the index read, then memory_clear.lua with the batch's keys). Returns how many
+        live entries were deleted. Entries stashed while it runs may or may not be deleted."""
         ks = Keyspace(namespace)
-        prefix = ks.key("memory", owner, "")
+        index, expiry = self._owner_keys(ks, owner)
         total = 0
         while True:
-            deleted, left = await self._run(
-                self._clear, self._owner_keys(ks, owner), [prefix, CLEAR_BATCH]
-            )
+            members = [_text(m) for m in await self._redis.zrange(index, 0, CLEAR_BATCH - 1)]
+            if not members:
+                return total
+            entries = [ks.key("memory", owner, m) for m in members]
+            deleted, left = await self._run(self._clear, [index, expiry, *entries], members)
             total += int(deleted)
             if not left:
                 return total
@@ -237,18 +242,28 @@ class MemoryStore:
     ) -> tuple[list[StoredEntry], str]:
         """One page of `owner`'s live entries whose key starts with `key_prefix`, in key order,
         metadata only. `page_token` is the previous page's last key ('' to start); returns
-        (entries, next token or '')."""
+        (entries, next token or ''). Examines at most LIST_BUDGET index members, so a page can
+        be short; the token then says where to go on. Two round trips per batch (paging.py)."""
         ks = Keyspace(namespace)
-        token, rows = await self._run(
-            self._list,
-            self._owner_keys(ks, owner),
-            [ks.key("memory", owner, ""), key_prefix, page_token, page_size],
+        index, expiry = self._owner_keys(ks, owner)
+
+        async def examine(keys: Sequence[str]) -> list[StoredEntry | None]:
+            entries = [ks.key("memory", owner, k) for k in keys]
+            rows = await self._run(self._list, [index, expiry, *entries], keys)
+            return [
+                StoredEntry(key, owner, _int(row[0]), _int(row[1]), int(row[2])) if row else None
+                for key, row in zip(keys, rows, strict=True)
+            ]
+
+        return await page_by_lex(
+            self._redis,
+            index,
+            lo=f"({page_token}" if page_token else f"[{key_prefix}",
+            hi=f"[{key_prefix}\xff",
+            want=page_size,
+            budget=LIST_BUDGET,
+            examine=examine,
         )
-        entries = [
-            StoredEntry(_text(key), owner, _int(stash), _int(expire), int(size))
-            for key, stash, expire, size in rows
-        ]
-        return entries, _text(token)
 
     # --- team sessions --------------------------------------------------------------------
 
@@ -369,14 +384,29 @@ class MemoryStore:
         self, namespace: str, page_token: str, page_size: int
     ) -> tuple[list[StoredSession], str]:
         """One page of live sessions in id order; `page_token` is the previous page's last id
-        ('' to start). Returns (sessions, next token or '')."""
+        ('' to start). Returns (sessions, next token or ''). At most LIST_BUDGET ids are
+        examined per call; two round trips per batch (paging.py)."""
         ks = Keyspace(namespace)
-        token, rows = await self._run(
-            self._session_list,
-            [ks.key("session-index", "ids"), ks.key("session-index", "expiry")],
-            [ks.key("sessions", ""), page_token, page_size],
+        index, expiry = ks.key("session-index", "ids"), ks.key("session-index", "expiry")
+
+        async def examine(ids: Sequence[str]) -> list[StoredSession | None]:
+            keys = [index, expiry]
+            for session_id in ids:
+                keys += [ks.key("sessions", session_id, "info")]
+                keys += [ks.key("sessions", session_id, "participants")]
+            rows = await self._run(self._session_list, keys, ids)
+            return [
+                self._session(i, row) if row else None for i, row in zip(ids, rows, strict=True)
+            ]
+
+        return await page_by_lex(
+            self._redis,
+            index,
+            lo=f"({page_token}" if page_token else "-",
+            want=page_size,
+            budget=LIST_BUDGET,
+            examine=examine,
         )
-        return [self._session(_text(row[0]), row[1:]) for row in rows], _text(token)
 
     async def participants(self, namespace: str, session_id: str) -> set[str]:
         """The agent ids currently in a session; empty if it does not exist or has expired.
@@ -464,15 +494,26 @@ class MemoryStore:
         self, namespace: str, owner: str, page_token: str, page_size: int
     ) -> tuple[list[StoredCollaborationState], str]:
         """One page of `owner`'s states in session id order; `page_token` is the previous page's
-        last session id ('' to start). Returns (states, next token or '')."""
+        last session id ('' to start). Returns (states, next token or ''). Two round trips per
+        page (paging.py with index_read.lua)."""
         ks = Keyspace(namespace)
-        token, rows = await self._run(
-            self._collab_list,
-            [ks.key("collab-index", owner)],
-            [ks.key("collab", owner, ""), page_token, page_size],
+        index = ks.key("collab-index", owner)
+
+        async def examine(ids: Sequence[str]) -> list[StoredCollaborationState | None]:
+            keys = [ks.key("collab", owner, i) for i in ids]
+            rows = await self._run(self._collab_list, keys, [0, 3, "s", "v", "u", *ids])
+            return [
+                StoredCollaborationState(i, owner, row[0], _int(row[1]), _int(row[2]))
+                if row
+                else None
+                for i, row in zip(ids, rows, strict=True)
+            ]
+
+        return await page_by_lex(
+            self._redis,
+            index,
+            lo=f"({page_token}" if page_token else "-",
+            want=page_size,
+            budget=LIST_BUDGET,
+            examine=examine,
         )
-        states = [
-            StoredCollaborationState(_text(sid), owner, state, _int(version), _int(update))
-            for sid, state, version, update in rows
-        ]
-        return states, _text(token)

@@ -609,13 +609,52 @@ class StagingStore:
         page_size: int,
         page_token: str,
     ) -> tuple[list[dict[str, str]], str]:
+        """One page of an index's items that match `filters` (flat (field, op, value) triples).
+
+        Reads the index in batches and has staging_list.lua examine each batch's items (two
+        round trips per batch: the script may touch only keys named in KEYS); examines at most
+        SCAN_BUDGET members and stops before the page's values exceed the page byte bound.
+        """
         after = decode_page_token(kind, page_token)
-        size = clamp_page_size(page_size)
-        result = await self._list(
-            keys=[index],
-            args=[item_prefix, after, size, max(SCAN_BUDGET, size), self._page_bytes, *filters],
-        )
-        return [_flat_to_dict(flat) for flat in result[1:]], encode_page_token(kind, result[0])
+        want = clamp_page_size(page_size)
+        budget = max(SCAN_BUDGET, want)
+        flats: list[dict[str, str]] = []
+        used = 0
+        cursor = after
+        more = True
+        while budget > 0 and len(flats) < want:
+            room = min(budget, want - len(flats) + 16)
+            lo = f"({cursor}" if cursor else "-"
+            # One member beyond the batch says whether anything follows it.
+            members: list[str] = await self._redis.zrangebylex(  # type: ignore[assignment]
+                index, lo, "+", start=0, num=room + 1
+            )
+            batch = members[:room]
+            if not batch:
+                more = False
+                break
+            keys = [index, *(item_prefix + m.rsplit(":", 1)[-1] for m in batch)]
+            reply = await self._list(
+                keys=keys,
+                args=[
+                    want - len(flats),
+                    used,
+                    self._page_bytes,
+                    len(flats),
+                    len(filters) // 3,
+                    *filters,
+                    *batch,
+                ],
+            )
+            examined, used, full = int(reply[0]), int(reply[1]), reply[2] == "1"
+            flats += [_flat_to_dict(flat) for flat in reply[3:]]
+            budget -= examined + (1 if full else 0)
+            if examined:
+                cursor = batch[examined - 1]
+            more = examined < len(batch) or len(members) > room
+            if full or not more:
+                break
+        return flats, encode_page_token(kind, cursor if more else "")
 
 
 def _staged_not_found(pattern_id: str) -> NotFound:

@@ -42,6 +42,7 @@ from ..errors import (
     invalid_field,
 )
 from .keys import Keyspace, validate_id
+from .paging import page_by_lex
 from .scripts import load_script
 from .task_wakeups import TaskWakeups
 
@@ -247,7 +248,7 @@ class TaskStore:
         self._get = _Script(redis, "tasks_get")
         self._register = _Script(redis, "tasks_register_agent")
         self._heartbeat = _Script(redis, "tasks_heartbeat")
-        self._list_agents = _Script(redis, "tasks_list_agents")
+        self._read = load_script(redis, "index_read")
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -308,10 +309,24 @@ class TaskStore:
                 validate_id(page_token, "page_token")  # the token is the last agent id
             except InvalidArgument:
                 raise invalid_field("page_token", "is not a token this server returned") from None
-        cursor, flats = await self._list_agents(
-            args=[Keyspace(namespace).prefix, page_token, page_size]
+        ks = Keyspace(namespace)
+        index = ks.key("agents", "index")
+
+        async def examine(ids: Sequence[str]) -> list[AgentRecord | None]:
+            # A registration that lapsed (its hash expired) leaves the index here.
+            rows = await self._read(
+                keys=[index, *(ks.key("agents", "a", i) for i in ids)], args=[1, 0, *ids]
+            )
+            return [self._agent(row) if row else None for row in rows]
+
+        return await page_by_lex(
+            self._redis,
+            index,
+            lo=f"({page_token}" if page_token else "-",
+            want=page_size,
+            budget=max(LIST_BUDGET, page_size),
+            examine=examine,
         )
-        return [self._agent(f) for f in flats], cursor
 
     # -- tasks ----------------------------------------------------------------------------
 

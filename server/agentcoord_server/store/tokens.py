@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ from redis.asyncio import Redis
 from ..errors import NotFound
 from ..identity import Principal, TokenGrant, token_digest
 from .keys import Keyspace
+from .paging import page_by_lex
 from .scripts import load_script
 
 TOKEN_PREFIX = "agc_"
@@ -46,6 +48,10 @@ TOKEN_PREFIX = "agc_"
 GLOBAL_PREFIX = "ac:tokens:"
 LIVE_KEY = "ac:tokens"
 """Sorted set: the hash of every live token, scored by its expiry in ms (+inf: never)."""
+
+
+LIST_BUDGET = 1000
+"""Index members one ListTokens call examines at most (expired tokens included)."""
 
 
 def global_key(digest: str) -> str:
@@ -96,7 +102,7 @@ class TokenStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._list = load_script(redis, "tokens_list")
+        self._read = load_script(redis, "index_read")
 
     async def issue(
         self,
@@ -190,21 +196,29 @@ class TokenStore:
         self, namespace: str, page_size: int, after: str = ""
     ) -> tuple[list[TokenRecord], str]:
         """Up to `page_size` live tokens with ids greater than `after`, in issue order, and the id
-        to continue after ("" when this is the last page). One round trip (tokens_list.lua)."""
+        to continue after ("" when this is the last page). Two round trips per
+        `page_size` index members (paging.page_by_lex with index_read.lua); index members whose
+        record expired are dropped on the way."""
         keys = Keyspace(namespace)
-        start = f"({after}" if after else "-"
-        rows = await self._list(
-            keys=[keys.key("tokens", "index")],
-            args=[keys.key("tokens", ""), start, page_size + 1],
-        )
-        records = []
-        for row in rows[:page_size]:
-            token_id, flat = row[0], row[1:]
-            records.append(
-                _record(namespace, token_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        index = keys.key("tokens", "index")
+
+        async def examine(ids: Sequence[str]) -> list[TokenRecord | None]:
+            rows = await self._read(
+                keys=[index, *(keys.key("tokens", i) for i in ids)], args=[1, 0, *ids]
             )
-        next_after = records[-1].token_id if len(rows) > page_size else ""
-        return records, next_after
+            return [
+                _record(namespace, i, dict(zip(row[::2], row[1::2], strict=True))) if row else None
+                for i, row in zip(ids, rows, strict=True)
+            ]
+
+        return await page_by_lex(
+            self._redis,
+            index,
+            lo=f"({after}" if after else "-",
+            want=page_size,
+            budget=max(LIST_BUDGET, page_size),
+            examine=examine,
+        )
 
     async def lookup(self, digest: str) -> TokenGrant | None:
         """The grant stored under a token's SHA-256 hex digest, or None if unknown, revoked or

@@ -1,15 +1,14 @@
--- Deletes up to ARGV[2] of an owner's entries, in key order (MemoryStore.clear calls it until
--- none remain, so one call never blocks Redis for long).
--- KEYS[1] key index, KEYS[2] expiry index; ARGV[1] the owner's entry key prefix, ARGV[2] batch size.
--- Entry keys are built here from ARGV[1]; they share KEYS' {namespace} hash tag, hence one slot.
+-- Deletes some of an owner's entries (MemoryStore.clear reads the index in batches and calls
+-- this per batch, so one call never blocks Redis for long).
+-- KEYS[1] key index, KEYS[2] expiry index, KEYS[2 + i] the entry hash of member i.
+-- ARGV[i] member i (an entry key).
 -- Returns {live entries deleted, index members left}.
-local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local deleted = 0
-for _, key in ipairs(members) do
-  deleted = deleted + redis.call('DEL', ARGV[1] .. key)
+for i = 3, #KEYS do
+  deleted = deleted + redis.call('DEL', KEYS[i])
 end
-if #members > 0 then
-  redis.call('ZREM', KEYS[1], unpack(members))
-  redis.call('ZREM', KEYS[2], unpack(members))
+if #ARGV > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ARGV))
+  redis.call('ZREM', KEYS[2], unpack(ARGV))
 end
 return {deleted, redis.call('ZCARD', KEYS[1])}
