@@ -130,6 +130,9 @@ async def test_an_issue_cut_short_anywhere_never_leaves_a_usable_token_without_i
         grant = await store.lookup(token_digest(token))
         if grant is not None:
             assert grant.token_id in await listed(store, namespace), f"cut after {budget}"
+            # …and start-up's "does any token exist?" sees it (no second bootstrap token).
+            live = await aredis.zscore(tokens_module.LIVE_KEY, token_digest(token))
+            assert live is not None, f"cut after {budget}"
 
 
 async def test_an_issue_whose_record_write_is_refused_leaves_no_usable_token(

@@ -15,15 +15,18 @@ only at their own optional lifetime):
 - `ac:tokens` — a sorted set of every live token's hash, scored by its expiry (ms; +inf for
   never), so start-up learns whether any token exists with one small read instead of a SCAN.
 
-The global key lives outside the namespace's hash tag (a bare token names no namespace), so
-issue and revoke touch two cluster slots and cannot be one Lua script or MULTI. They are two
-steps instead, the second sent only once the first succeeded (a non-transactional pipeline
-runs its later commands even when an earlier one fails, and a cluster pipeline sends to each
-node in parallel, so one pipeline could not order them), so that a failure half-way can only
-leave a token unusable, never usable without its namespace record: issue writes the namespace
-record first and the global entry after it; revoke deletes the global entry first and the
-record after it. A leftover namespace record shows in ListTokens and is removed by revoking it
-again; a leftover member of `ac:tokens` is dropped by the next `any_exist`.
+On a Redis Cluster every key above sits in one slot or another: the namespace's keys in the
+namespace's (its `{ns}` hash tag), each global entry in its digest's, `ac:tokens` in its own.
+The global key cannot share the namespace's slot (a bare bearer token names no namespace,
+and only the hash of the secret is kept), so issue and revoke touch several slots and cannot
+be one Lua script or MULTI. They are steps instead, each sent only once the one before
+succeeded (a non-transactional pipeline runs its later commands even when an earlier one
+fails, and a cluster pipeline sends to each node in parallel, so one pipeline could not order
+them), so that a failure half-way can only leave a token unusable, never usable without its
+namespace record or its member of `ac:tokens`: issue writes the namespace record, then the
+member, then the global entry; revoke deletes the global entry first and the rest after it.
+A leftover namespace record shows in ListTokens and is removed by revoking it again; a
+leftover member of `ac:tokens` is dropped by the next `any_exist`.
 """
 
 from __future__ import annotations
@@ -115,9 +118,9 @@ class TokenStore:
         issued_by: str = "",
         token: str | None = None,
     ) -> tuple[str, TokenRecord]:
-        """Creates a token and returns (the secret token, its record). Two round trips: the
-        namespace record (MULTI), then — only if that succeeded — the global entry that makes
-        the token usable and its member of `ac:tokens`.
+        """Creates a token and returns (the secret token, its record). Three round trips, each
+        sent only once the one before succeeded: the namespace record (MULTI), the token's
+        member of `ac:tokens`, then the global entry that makes the token usable (MULTI).
 
         `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
@@ -156,12 +159,14 @@ class TokenStore:
                 pipe.pexpireat(record_key, expires_ms)
             await pipe.execute()
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(global_key(digest), mapping=grant)
-            if expires_ms:
-                pipe.pexpireat(global_key(digest), expires_ms)
             pipe.zadd(LIVE_KEY, {digest: expires_ms or "+inf"})
             # Tokens that expired by their lifetime leave it here, so it never grows with them.
             pipe.zremrangebyscore(LIVE_KEY, "-inf", now_ms)
+            await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:  # one key: one slot
+            pipe.hset(global_key(digest), mapping=grant)
+            if expires_ms:
+                pipe.pexpireat(global_key(digest), expires_ms)
             await pipe.execute()
         return token, _record(namespace, token_id, record)
 
