@@ -13,6 +13,7 @@ import sys
 import pytest
 from agentcoord import AsyncClient
 from agentcoord.v1 import admin_pb2
+from agentcoord_server.store.scripts import _registered
 
 from .conftest import server_settings
 from .redis_topologies import LocalCluster, _Nodes, free_ports
@@ -162,3 +163,31 @@ def test_a_redis_url_that_cannot_work_fails_the_start_with_one_line(
     assert len(errors) == 1, done.stderr
     assert says in errors[0]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+async def test_scripts_are_loaded_on_every_primary_and_reloaded_after_a_script_flush(
+    redis_cluster, namespace
+):
+    primaries = [redis_cluster.nodes.client(p) for p in redis_cluster.primary_ports()]
+    for node in primaries:
+        node.script_flush()
+    server = ServerThread(server_settings(redis_cluster.url)).start()
+    try:
+        shas = sorted({s.sha for s in _registered[server.server.ctx.redis]})
+        loaded = [node.script_exists(*shas) for node in primaries]
+        # As after a failover to a replica that never saw SCRIPT LOAD, or a resharding: the
+        # namespace's primary has forgotten every script. Callers must not notice.
+        redis_cluster.nodes.client(redis_cluster.owner_of(f"ac:{{{namespace}}}:")).script_flush()
+        token = server.issue_token("w", "CONTRIBUTOR", namespace)
+        async with AsyncClient(server.address, token=token) as client:
+            await client.memory.stash("k", {"v": 1})
+            await client.signals.send_signal("s")
+            await client.tasks.add_task(task_id="t1", task_type="job")
+            claimed = await client.tasks.claim_task(task_types=["job"])
+            entries = await client.memory.list_entries()
+    finally:
+        server.stop()
+
+    assert all(flags == [True] * len(shas) for flags in loaded) and len(loaded) == 3
+    assert claimed is not None and claimed.task_id == "t1"
+    assert [e.key for e in entries.entries] == ["k"]
