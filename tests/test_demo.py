@@ -35,11 +35,14 @@ def _stop_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _run_fleet(timeout: float) -> tuple[int, str]:
+def _run_fleet(timeout: float, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Runs fleet.py in its own process group; on timeout stops the whole group (fleet, server,
-    agents), so a stuck run fails with its transcript instead of leaving processes behind."""
+    agents), so a stuck run fails with its transcript instead of leaving processes behind.
+    `env` adds to the environment (DEMO_REDIS_URL and AGENTCOORD_STEWARD_TOKEN: run on that
+    Redis)."""
     process = subprocess.Popen(
         [sys.executable, str(FLEET)],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -56,9 +59,19 @@ def _run_fleet(timeout: float) -> tuple[int, str]:
         _stop_group(process.pid)
 
 
+@pytest.mark.every_backend
 @pytest.mark.timeout(200)  # beyond the fleet's own 150 s, so the group is stopped, not orphaned
-def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_workers_task():
-    returncode, transcript = _run_fleet(timeout=150)
+def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_workers_task(
+    redis_backend, request, namespace
+):
+    env = None
+    if redis_backend == "cluster":  # its own server on the cluster, in a fresh namespace
+        server = request.getfixturevalue("server")
+        env = {
+            "DEMO_REDIS_URL": server.settings.redis_url,
+            "AGENTCOORD_STEWARD_TOKEN": server.issue_token("steward", "STEWARD", namespace),
+        }
+    returncode, transcript = _run_fleet(timeout=150, env=env)
 
     assert returncode == 0, transcript
     assert "killed performance-1 (SIGKILL)" in transcript

@@ -8,7 +8,11 @@
 4. Waits for everyone, then checks the aggregate, the library and the redelivered task against
    the scenario. Exit status 0 only if all of it is what the scenario implies.
 
-    python examples/code_review/fleet.py [--keep-logs]
+    python examples/code_review/fleet.py
+
+With DEMO_REDIS_URL set (e.g. `redis+cluster://127.0.0.1:7000`) the server runs on that Redis
+instead, and the steward is the STEWARD token in AGENTCOORD_STEWARD_TOKEN (a Redis that
+already holds tokens bootstraps none); the fleet then works in that token's namespace.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class Fleet:
         os.environ["FLEET_T0"] = str(time.time())
         self.env = {**os.environ, "AGENTCOORD_TARGET": self.address}
         self.env.pop("REDIS_URL", None)
+        self.redis_url = self.env.pop("DEMO_REDIS_URL", None)
+        self.steward_token = self.env.pop("AGENTCOORD_STEWARD_TOKEN", None)
         self.env["PYTHONPATH"] = os.pathsep.join([str(HERE), self.env.get("PYTHONPATH", "")])
         self.tokens: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -99,13 +105,15 @@ class Fleet:
                 str(self.data_dir / "redis"),
                 "--log-format",
                 "json",
+                *(["--redis-url", self.redis_url] if self.redis_url else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
         )
         wait_until_serving(self.address)
-        say(ME, f"agentcoord serving on {self.address} (embedded Redis, logs in server.log)")
+        redis = self.redis_url if self.redis_url else "embedded Redis"
+        say(ME, f"agentcoord serving on {self.address} ({redis}, logs in server.log)")
 
     def issue_tokens(self, steward: Client) -> None:
         for agent_id, tier in TIERS.items():
@@ -198,7 +206,10 @@ def main() -> int:
         fleet = Fleet(Path(tmp))
         try:
             fleet.start_server()
-            steward_token = (fleet.data_dir / "redis" / "bootstrap-token").read_text().strip()
+            steward_token = (
+                fleet.steward_token
+                or (fleet.data_dir / "redis" / "bootstrap-token").read_text().strip()
+            )
             with Client(fleet.address, token=steward_token) as steward:
                 fleet.issue_tokens(steward)
 
