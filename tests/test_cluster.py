@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from agentcoord import AsyncClient
+from agentcoord import AgentcoordError, AsyncClient
 from agentcoord.v1 import admin_pb2
 from agentcoord_server.store.scripts import _registered
 
@@ -191,3 +191,25 @@ async def test_scripts_are_loaded_on_every_primary_and_reloaded_after_a_script_f
     assert all(flags == [True] * len(shas) for flags in loaded) and len(loaded) == 3
     assert claimed is not None and claimed.task_id == "t1"
     assert [e.key for e in entries.entries] == ["k"]
+
+
+async def test_writes_refused_for_want_of_replicas_fail_unavailable(odd_nodes, tmp_path, namespace):
+    # min-replicas-to-write (README, "Failover"): a primary without enough replicas refuses
+    # writes with NOREPLICAS, which is "retry later", not a bug.
+    standalone, _ = odd_nodes
+    server = ServerThread(server_settings(f"redis://127.0.0.1:{standalone}")).start()
+    admin = _Nodes(tmp_path).client(standalone)
+    try:
+        token = server.issue_token("w", "CONTRIBUTOR", namespace)
+        admin.config_set("min-replicas-to-write", 1)
+        async with AsyncClient(server.address, token=token) as client:
+            with pytest.raises(AgentcoordError) as refused:
+                await client.memory.stash("k", 1)
+            with pytest.raises(AgentcoordError) as refused_signal:
+                await client.signals.send_signal("s")
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+        server.stop()
+
+    for error in (refused.value, refused_signal.value):
+        assert error.code.name == "UNAVAILABLE" and error.reason == "REDIS_UNAVAILABLE"

@@ -275,12 +275,20 @@ REDIS_UNAVAILABLE_ERRORS = (
 )
 """Exceptions meaning "Redis cannot serve this now, retry": UNAVAILABLE (REDIS_UNAVAILABLE)."""
 
+REDIS_UNAVAILABLE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+"""Error replies (also inside a Lua script's error) that redis-py leaves as a plain
+ResponseError but that mean the same: a primary refusing writes under `min-replicas-to-write`
+with too few replicas, a replica that lost its primary, a cluster mid-failover."""
+
 
 def _translate(exc: BaseException) -> errors.DomainError:
     """Any exception that escaped a servicer, as the domain error the client should see."""
     if isinstance(exc, errors.DomainError):
         return exc
-    if isinstance(exc, REDIS_UNAVAILABLE_ERRORS):
+    if isinstance(exc, REDIS_UNAVAILABLE_ERRORS) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and any(word in str(exc) for word in REDIS_UNAVAILABLE_REPLIES)
+    ):
         log.warning("redis unavailable", error=type(exc).__name__)
         return errors.Unavailable("Redis is unavailable; retry later", reason="REDIS_UNAVAILABLE")
     log.error("unhandled error", exc_info=exc)
