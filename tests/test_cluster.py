@@ -13,7 +13,10 @@ import sys
 import pytest
 from agentcoord import AgentcoordError, AsyncClient
 from agentcoord.v1 import admin_pb2
+from agentcoord_server.errors import Unavailable
+from agentcoord_server.interceptors import _translate
 from agentcoord_server.store.scripts import _registered
+from redis.asyncio import Connection
 
 from .conftest import server_settings
 from .redis_topologies import LocalCluster, _Nodes, free_ports
@@ -213,3 +216,21 @@ async def test_writes_refused_for_want_of_replicas_fail_unavailable(odd_nodes, t
 
     for error in (refused.value, refused_signal.value):
         assert error.code.name == "UNAVAILABLE" and error.reason == "REDIS_UNAVAILABLE"
+
+
+async def test_redis_pys_error_for_a_connection_closed_under_it_is_unavailable(redis_cluster):
+    # redis/redis-py#4287: during a failover the cluster client may tear down a connection
+    # another task is writing on, and redis-py raises AttributeError/TypeError instead of
+    # ConnectionError. Produced here for real on a connection whose writer is gone.
+    connection = Connection(host="127.0.0.1", port=redis_cluster.ports[0])
+    await connection.connect()
+    writer, connection._writer = connection._writer, None
+    try:
+        with pytest.raises((AttributeError, TypeError)) as raised:
+            await connection._send_packed_command([b"PING\r\n"])
+    finally:
+        assert writer is not None
+        writer.close()
+
+    assert isinstance(_translate(raised.value), Unavailable)
+    assert not isinstance(_translate(AttributeError("ours")), Unavailable)

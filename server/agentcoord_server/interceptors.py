@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -281,13 +282,39 @@ ResponseError but that mean the same: a primary refusing writes under `min-repli
 with too few replicas, a replica that lost its primary, a cluster mid-failover."""
 
 
+_REDIS_CONNECTION_FILE = os.path.join("redis", "asyncio", "connection.py")
+
+
+def _lost_redis_transport(exc: BaseException) -> bool:
+    """True for the AttributeError/TypeError redis-py's asyncio connection raises when it
+    writes on a transport closed under it (the peer reset it, or a cluster client tore its
+    connections down to re-read the slot map during a failover) instead of ConnectionError:
+    redis/redis-py#4287, seen in redis-py 8.1. Only errors raised inside that module count, so
+    a bug of ours is still INTERNAL."""
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    tb = exc.__traceback__
+    files = []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    innermost = files[-1] if files else ""
+    return any(f.endswith(_REDIS_CONNECTION_FILE) for f in files) and (
+        innermost.endswith(_REDIS_CONNECTION_FILE) or f"{os.sep}asyncio{os.sep}" in innermost
+    )
+
+
 def _translate(exc: BaseException) -> errors.DomainError:
     """Any exception that escaped a servicer, as the domain error the client should see."""
     if isinstance(exc, errors.DomainError):
         return exc
-    if isinstance(exc, REDIS_UNAVAILABLE_ERRORS) or (
-        isinstance(exc, redis.exceptions.ResponseError)
-        and any(word in str(exc) for word in REDIS_UNAVAILABLE_REPLIES)
+    if (
+        isinstance(exc, REDIS_UNAVAILABLE_ERRORS)
+        or (
+            isinstance(exc, redis.exceptions.ResponseError)
+            and any(word in str(exc) for word in REDIS_UNAVAILABLE_REPLIES)
+        )
+        or _lost_redis_transport(exc)
     ):
         log.warning("redis unavailable", error=type(exc).__name__)
         return errors.Unavailable("Redis is unavailable; retry later", reason="REDIS_UNAVAILABLE")
