@@ -79,8 +79,10 @@ async def _load(cluster: LocalCluster, server: ServerThread, writers: int) -> di
     victim = cluster.owner_of(f"ac:{{{namespace}}}:")
     cluster.kill(victim)
     killed = time.monotonic()
-    while failures.total() == 0 or time.monotonic() - last_failure < 2:
+    while True:  # until calls have succeeded again for 2 s
         await asyncio.sleep(0.1)
+        if failures.total() and time.monotonic() - last_failure >= 2:
+            break
     stop.set()
     await asyncio.gather(*tasks)
 

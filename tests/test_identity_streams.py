@@ -96,6 +96,7 @@ async def test_open_stream_of_a_revoked_token_ends_unauthenticated_within_the_bo
     await asyncio.wait_for(handlers.closed.wait(), timeout=2)  # the handler was closed too
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_stream_of_an_expiring_token_ends_unauthenticated(stream_server):
     channel, store, _, namespace = stream_server
     token, _ = await store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER, lifetime_s=1)
@@ -108,6 +109,7 @@ async def test_stream_of_an_expiring_token_ends_unauthenticated(stream_server):
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_stream_of_a_valid_token_runs_through_many_rechecks(stream_server):
     channel, store, _, namespace = stream_server
     token, _ = await store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER)
@@ -143,6 +145,7 @@ def server_streaming_rpcs():
 @pytest.mark.parametrize(
     "method", list(server_streaming_rpcs()), ids=lambda m: f"{m.containing_service.name}.{m.name}"
 )
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_every_registered_stream_ends_unauthenticated_when_its_token_is_revoked(
     method, server, namespace
 ):

@@ -98,6 +98,7 @@ def test_ttl_strategy_uses_the_policy_seconds(make_client, namespace, redis_clie
     assert 290_000 < redis_client.pttl(entry_key(namespace, "agent-1", "beat")) <= 300_000
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_entry_with_explicit_one_second_ttl_expires(make_client, namespace, redis_client):
     client = make_client()
     client.memory.stash("short", "gone soon", ttl=1)

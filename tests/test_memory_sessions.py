@@ -268,6 +268,7 @@ def test_sharing_into_a_missing_session_is_not_found(make_client, namespace, red
     assert namespace_keys(redis_client, namespace) == []
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_session_and_its_shared_context_expire_together(redis_url, namespace, redis_client):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(session=1))).start()
     try:
@@ -291,6 +292,7 @@ def test_session_and_its_shared_context_expire_together(redis_url, namespace, re
     assert redis_client.zrange(Keyspace(namespace).key("session-index", "ids"), 0, -1) == []
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_an_expired_session_id_can_be_created_again(redis_url, namespace):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(session=1))).start()
     try:

@@ -216,6 +216,7 @@ def short_retention_server(redis_url):
     handle.stop()
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_signals_older_than_retention_are_trimmed_and_an_older_cursor_is_out_of_range(
     short_retention_server, credentials, redis_client, namespace
 ):
@@ -239,6 +240,7 @@ def test_signals_older_than_retention_are_trimmed_and_an_older_cursor_is_out_of_
     assert caught.value.reason == "CURSOR_TRIMMED"
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_an_idle_stream_is_trimmed_when_read(
     short_retention_server, credentials, redis_client, namespace
 ):

@@ -36,6 +36,7 @@ async def next_signal(entries: AsyncIterator[SignalEntry | Progress]) -> SignalE
     return await asyncio.wait_for(run(), 10)
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_earliest_subscription_survives_a_trim_between_subscribing_and_catching_up(
     aredis, namespace
 ):

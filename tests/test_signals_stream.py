@@ -259,6 +259,7 @@ async def test_cancelled_streams_leave_no_subscriber_reader_or_connection_behind
     assert all(task.done() for task in ours)
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_subscribing_after_a_trimmed_cursor_is_out_of_range(redis_url, credentials):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(coordination=1))).start()
     try:
@@ -483,6 +484,7 @@ def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
     assert got == sent
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_a_filtered_subscriber_is_told_its_progress_so_its_cursor_stays_resumable(
     redis_url, credentials
 ):
@@ -521,6 +523,7 @@ async def test_a_filtered_subscriber_is_told_its_progress_so_its_cursor_stays_re
     assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_revoking_the_token_ends_the_subscription_and_releases_it(server, namespace):
     store = TokenStore(server.server.ctx.redis)
     token, record = server.run(store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER))

@@ -395,6 +395,7 @@ def test_expired_patterns_are_never_listed_and_leave_the_index(
             client.staging.get_staged_pattern("old")
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_pattern_restaged_after_expiry_is_listed_once_as_revision_one(
     short_ttl_server, credentials, namespace, redis_client
 ):
@@ -410,6 +411,7 @@ def test_pattern_restaged_after_expiry_is_listed_once_as_revision_one(
     assert [(p.pattern_id, p.confidence) for p in listed] == [("p", 0.2)]
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_expired_pattern_of_another_agent_can_be_staged_by_anyone(short_ttl_server, credentials):
     with (
         Client(short_ttl_server.address, **credentials("first")) as first,
@@ -485,6 +487,7 @@ def test_pages_of_large_patterns_stop_at_half_the_message_limit_and_cover_everyt
     assert sorted(seen) == [f"big-{i}" for i in range(5)]
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_expired_patterns_leave_the_index_on_later_stages_even_if_never_listed(
     short_ttl_server, credentials, namespace, redis_client
 ):

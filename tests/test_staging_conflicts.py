@@ -235,6 +235,7 @@ def test_unknown_state_filter_is_refused_by_the_client(make_client):
         make_client().staging.list_conflicts(state="closed")
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_expired_conflicts_are_not_listed_and_their_id_can_be_reused(
     redis_url, credentials, namespace, redis_client
 ):
@@ -252,6 +253,7 @@ def test_expired_conflicts_are_not_listed_and_their_id_can_be_reused(
         handle.stop()
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_expired_conflicts_leave_the_index_on_later_creates_even_if_never_listed(
     redis_url, credentials, namespace, redis_client
 ):

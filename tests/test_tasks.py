@@ -67,6 +67,7 @@ def test_second_claim_of_last_task_gets_nothing(make_client):
     assert second.tasks.claim_task(task_types=["review"]) is None
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_32_concurrent_claimers_complete_each_of_500_tasks_exactly_once(make_aclient):
     adder = make_aclient("adder")
     ids = [f"t{i:03d}" for i in range(500)]
@@ -98,6 +99,7 @@ async def test_32_concurrent_claimers_complete_each_of_500_tasks_exactly_once(ma
     assert dict(totals.by_type) == {"load": 500}
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_tasks_abandoned_by_crashed_workers_are_completed_exactly_once_by_the_others(
     make_aclient,
 ):
@@ -142,6 +144,7 @@ async def test_concurrent_claims_of_one_task_have_exactly_one_winner(make_aclien
     assert [r.task_id for r in results if r is not None] == ["prize"]
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_task_of_a_worker_that_stopped_renewing_is_handed_out_again(make_aclient):
     dead, alive = make_aclient("dead-worker"), make_aclient("alive-worker")
     await dead.tasks.add_task(task_id="t1", task_type="review")
@@ -157,6 +160,7 @@ async def test_task_of_a_worker_that_stopped_renewing_is_handed_out_again(make_a
     assert second.lease.fencing_token > first.lease.fencing_token
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_completion_with_a_lost_lease_is_refused_and_changes_nothing(make_aclient):
     dead, alive = make_aclient("dead-worker"), make_aclient("alive-worker")
     await dead.tasks.add_task(task_id="t1", task_type="review")
@@ -320,6 +324,7 @@ def test_non_retryable_failure_dead_letters_at_once(make_client):
     assert failed.attempts == 1
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_failure_with_backoff_is_not_claimable_until_the_backoff_ends(make_client):
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review")
@@ -510,6 +515,7 @@ def expire_lease(redis_client, namespace, task_id, task_type):
     redis_client.zadd(f"ac:{{{namespace}}}:tasks:l:{task_type}", {task_id: 1})
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_get_task_reports_a_task_whose_lease_ran_out_as_pending_again(make_client):
     dead, reader = make_client("dead-worker"), make_client("reader", "OBSERVER")
     dead.tasks.add_task(task_id="t1", task_type="review")

@@ -16,6 +16,7 @@ from .support import ServerThread
 pytestmark = pytest.mark.every_backend
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_registration_lapses_after_the_coordination_ttl_without_a_heartbeat(redis_url, namespace):
     handle = ServerThread(server_settings(redis_url, ttl=TtlPolicy(coordination=1))).start()
     try:

@@ -26,6 +26,7 @@ def test_sync_worker_completes_tasks_with_the_handlers_result(make_client):
     assert [client.tasks.get_task(f"t{n}").result["doubled"] for n in range(3)] == [0, 2, 4]
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_sync_worker_renews_the_lease_while_a_slow_handler_works(make_client):
     client = make_client("worker")
     client.tasks.add_task(task_id="slow", task_type="slow")
@@ -42,6 +43,7 @@ def test_sync_worker_renews_the_lease_while_a_slow_handler_works(make_client):
     assert worker.completed == 1 and worker.lost == 0
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_async_worker_renews_the_lease_while_a_slow_handler_works(make_aclient):
     client = make_aclient("worker")
     await client.tasks.add_task(task_id="slow", task_type="slow")

@@ -73,6 +73,7 @@ def test_tokens_without_lifetime_never_expire(make_client, redis_client, namespa
     assert redis_client.pttl(f"ac:{{{namespace}}}:tokens:{issued.info.token_id}") == -1
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_token_with_lifetime_expires_with_its_keys(make_client, server, redis_client, namespace):
     issued = make_client("lead", "STEWARD").admin.issue_token("w1", "OBSERVER", lifetime=1)
     digest = hashlib.sha256(issued.token.encode()).hexdigest()
@@ -111,6 +112,7 @@ def test_list_tokens_pages_in_issue_order_without_secrets(make_client, namespace
         assert issued_token.token not in repr(listed)
 
 
+@pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 def test_revoked_token_is_refused_within_the_cache_bound(make_client, server):
     steward = make_client("lead", "STEWARD")
     issued = steward.admin.issue_token("w1", "CONTRIBUTOR")
