@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import uvloop
 from agentcoord import AgentcoordError, AsyncClient
 from agentcoord.v1 import admin_pb2
 from agentcoord_server.errors import Unavailable
@@ -235,3 +236,23 @@ async def test_redis_pys_error_for_a_connection_closed_under_it_is_unavailable(r
 
     assert isinstance(_translate(raised.value), Unavailable)
     assert not isinstance(_translate(AttributeError("ours")), Unavailable)
+
+
+def test_uvloops_error_for_a_connection_closed_under_it_is_unavailable(redis_cluster):
+    # The same race on uvloop (as the server runs): RuntimeError "the handler is closed".
+    async def write_on_a_closed_transport() -> BaseException:
+        connection = Connection(host="127.0.0.1", port=redis_cluster.ports[0])
+        await connection.connect()
+        assert connection._writer is not None
+        connection._writer.transport.abort()
+        await asyncio.sleep(0)
+        try:
+            await connection._send_packed_command([b"PING\r\n"])
+        except Exception as error:
+            return error
+        raise AssertionError("the write on a closed transport succeeded")
+
+    error = uvloop.run(write_on_a_closed_transport())
+
+    assert isinstance(error, RuntimeError)
+    assert isinstance(_translate(error), Unavailable)

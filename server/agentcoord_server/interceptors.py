@@ -286,12 +286,13 @@ _REDIS_CONNECTION_FILE = os.path.join("redis", "asyncio", "connection.py")
 
 
 def _lost_redis_transport(exc: BaseException) -> bool:
-    """True for the AttributeError/TypeError redis-py's asyncio connection raises when it
+    """True for what redis-py's asyncio connection raises, instead of ConnectionError, when it
     writes on a transport closed under it (the peer reset it, or a cluster client tore its
-    connections down to re-read the slot map during a failover) instead of ConnectionError:
-    redis/redis-py#4287, seen in redis-py 8.1. Only errors raised inside that module count, so
-    a bug of ours is still INTERNAL."""
-    if not isinstance(exc, AttributeError | TypeError):
+    connections down to re-read the slot map during a failover): AttributeError or TypeError
+    from asyncio (redis/redis-py#4287, redis-py 8.1), RuntimeError "the handler is closed"
+    from uvloop. redis-py disconnects that connection, so a retry gets a fresh one. Only such
+    errors raised under redis-py's connection module count, so a bug of ours stays INTERNAL."""
+    if not isinstance(exc, AttributeError | TypeError | RuntimeError):
         return False
     tb = exc.__traceback__
     files = []
@@ -300,7 +301,9 @@ def _lost_redis_transport(exc: BaseException) -> bool:
         tb = tb.tb_next
     innermost = files[-1] if files else ""
     return any(f.endswith(_REDIS_CONNECTION_FILE) for f in files) and (
-        innermost.endswith(_REDIS_CONNECTION_FILE) or f"{os.sep}asyncio{os.sep}" in innermost
+        innermost.endswith(_REDIS_CONNECTION_FILE)
+        or f"{os.sep}asyncio{os.sep}" in innermost
+        or "uvloop" in innermost
     )
 
 
