@@ -65,7 +65,7 @@ def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-
         time.sleep(0.05)
 
 
-class _Nodes:
+class RedisNodes:
     """redis-server processes by port, in directories under `root`."""
 
     def __init__(self, root: Path) -> None:
@@ -118,7 +118,7 @@ class LocalCluster:
     """
 
     def __init__(self, root: Path, primaries: int = 3) -> None:
-        self.nodes = _Nodes(root)
+        self.nodes = RedisNodes(root)
         self.ports = free_ports(primaries * 2, bus=True)
         self.primaries = primaries
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
@@ -148,7 +148,7 @@ class LocalCluster:
             raise
         return self
 
-    def _state(self, port: int) -> dict[str, str]:
+    def state(self, port: int) -> dict[str, str]:
         raw = self.nodes.client(port).execute_command("CLUSTER INFO")
         if isinstance(raw, dict):
             return {k: str(v) for k, v in raw.items()}
@@ -158,7 +158,7 @@ class LocalCluster:
         """Until every live node says cluster_state:ok and each primary has a synced replica."""
 
         def healthy() -> bool:
-            if not all(self._state(p).get("cluster_state") == "ok" for p in self.nodes.procs):
+            if not all(self.state(p).get("cluster_state") == "ok" for p in self.nodes.procs):
                 return False
             for port in self.primary_ports():
                 info = self.nodes.client(port).info("replication")
@@ -204,7 +204,7 @@ class LocalSentinel:
     MASTER = "mymaster"
 
     def __init__(self, root: Path) -> None:
-        self.nodes = _Nodes(root)
+        self.nodes = RedisNodes(root)
         self.primary, self.replica, self.sentinel = free_ports(3)
         self.url = f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.MASTER}"
 

@@ -20,7 +20,7 @@ from agentcoord_server.store.scripts import _registered
 from redis.asyncio import Connection
 
 from .conftest import server_settings
-from .redis_topologies import LocalCluster, _Nodes, free_ports
+from .redis_topologies import LocalCluster, RedisNodes, free_ports
 from .support import ServerThread
 
 
@@ -132,7 +132,7 @@ def _serve(redis_url: str, tmp_path) -> subprocess.CompletedProcess[str]:  # typ
 @pytest.fixture(scope="module")
 def odd_nodes(tmp_path_factory):  # type: ignore[no-untyped-def]
     """A standalone Redis and a cluster-enabled node that owns no slot, on TCP ports."""
-    nodes = _Nodes(tmp_path_factory.mktemp("odd"))
+    nodes = RedisNodes(tmp_path_factory.mktemp("odd"))
     standalone, lonely = free_ports(2, bus=True)
     nodes.start(standalone)
     nodes.start(lonely, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
@@ -203,7 +203,7 @@ async def test_writes_refused_for_want_of_replicas_fail_unavailable(odd_nodes, t
     # writes with NOREPLICAS, which is "retry later", not a bug.
     standalone, _ = odd_nodes
     server = ServerThread(server_settings(f"redis://127.0.0.1:{standalone}")).start()
-    admin = _Nodes(tmp_path).client(standalone)
+    admin = RedisNodes(tmp_path).client(standalone)
     try:
         token = server.issue_token("w", "CONTRIBUTOR", namespace)
         admin.config_set("min-replicas-to-write", 1)

@@ -112,7 +112,7 @@ def _wait_promoted(cluster: LocalCluster, key: str, old: int, timeout: float = 3
         try:
             owner = cluster.owner_of(key)
             if owner != old and all(
-                cluster._state(p).get("cluster_state") == "ok" for p in cluster.nodes.procs
+                cluster.state(p).get("cluster_state") == "ok" for p in cluster.nodes.procs
             ):
                 return owner
         except Exception:
