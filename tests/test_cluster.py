@@ -165,7 +165,7 @@ def test_a_redis_url_that_cannot_work_fails_the_start_with_one_line(
 
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1, done.stderr
+    assert len(errors) == 1 and errors[0].startswith(("agentcoord: ", "Error: ")), done.stderr
     assert says in errors[0]
     assert "Traceback" not in done.stdout + done.stderr
 
