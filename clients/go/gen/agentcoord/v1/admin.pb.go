@@ -30,9 +30,10 @@ const (
 	RedisMode_REDIS_MODE_UNSPECIFIED RedisMode = 0
 	// A redis-server the agentcoord process started and owns, in its data directory.
 	RedisMode_REDIS_MODE_EMBEDDED RedisMode = 1
-	// A standalone Redis named by REDIS_URL.
+	// A standalone Redis named by REDIS_URL (redis://, rediss://, unix://), or the
+	// primary a Sentinel names (redis+sentinel://).
 	RedisMode_REDIS_MODE_EXTERNAL RedisMode = 2
-	// A Redis Cluster named by REDIS_URL.
+	// A Redis Cluster named by REDIS_URL (redis+cluster:// or rediss+cluster://).
 	RedisMode_REDIS_MODE_CLUSTER RedisMode = 3
 )
 
@@ -215,8 +216,12 @@ type GetServerStatsResponse struct {
 	Uptime *durationpb.Duration `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
 	// What the caller's namespace holds.
 	NamespaceStats *NamespaceStats `protobuf:"bytes,7,opt,name=namespace_stats,json=namespaceStats,proto3" json:"namespace_stats,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// On a Redis Cluster (REDIS_MODE_CLUSTER): the primaries this server reached
+	// ("host:port", as the cluster announces them), sorted; empty on a standalone
+	// Redis.
+	RedisNodes    []string `protobuf:"bytes,16,rep,name=redis_nodes,json=redisNodes,proto3" json:"redis_nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetServerStatsResponse) Reset() {
@@ -295,6 +300,13 @@ func (x *GetServerStatsResponse) GetUptime() *durationpb.Duration {
 func (x *GetServerStatsResponse) GetNamespaceStats() *NamespaceStats {
 	if x != nil {
 		return x.NamespaceStats
+	}
+	return nil
+}
+
+func (x *GetServerStatsResponse) GetRedisNodes() []string {
+	if x != nil {
+		return x.RedisNodes
 	}
 	return nil
 }
@@ -1072,7 +1084,7 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\rWhoAmIRequest\"H\n" +
 	"\x0eWhoAmIResponse\x126\n" +
 	"\tprincipal\x18\x01 \x01(\v2\x18.agentcoord.v1.PrincipalR\tprincipal\"\x17\n" +
-	"\x15GetServerStatsRequest\"\xdb\x03\n" +
+	"\x15GetServerStatsRequest\"\xfc\x03\n" +
 	"\x16GetServerStatsResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x127\n" +
 	"\n" +
@@ -1082,7 +1094,9 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"key_counts\x18\x04 \x03(\v24.agentcoord.v1.GetServerStatsResponse.KeyCountsEntryB\x02\x18\x01R\tkeyCounts\x12*\n" +
 	"\x11used_memory_bytes\x18\x05 \x01(\x03R\x0fusedMemoryBytes\x121\n" +
 	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12F\n" +
-	"\x0fnamespace_stats\x18\a \x01(\v2\x1d.agentcoord.v1.NamespaceStatsR\x0enamespaceStats\x1a<\n" +
+	"\x0fnamespace_stats\x18\a \x01(\v2\x1d.agentcoord.v1.NamespaceStatsR\x0enamespaceStats\x12\x1f\n" +
+	"\vredis_nodes\x18\x10 \x03(\tR\n" +
+	"redisNodes\x1a<\n" +
 	"\x0eKeyCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xfa\x03\n" +
