@@ -24,7 +24,6 @@ Crash safety (issue #12):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -129,27 +127,27 @@ def _write_private(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive SIGTERM when its parent dies (Linux), or None.
+# Runs as the child, then becomes redis-server (the death signal survives execve). Not a
+# preexec_fn: that makes subprocess fork() instead of vfork(), and a fork of a process with gRPC
+# threads runs gRPC's atfork handlers in the child, which then sometimes died before exec.
+_PDEATHSIG_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"  # the parent died before the request took effect
+    "    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
-    Everything is resolved here, in the parent: between fork and exec the child only makes one
-    system call. The death signal fires when the *thread* that forked exits, so the child must
-    be spawned from a thread that lives as long as the server (the event loop's).
+
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run so that the process gets SIGTERM when its parent dies (Linux), else as is.
+
+    The death signal fires when the *thread* that spawned it exits, so spawn from a thread
+    that lives as long as the server (the event loop's).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-    return preexec
+        return argv
+    return [sys.executable, "-S", "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *argv]
 
 
 def _process_in(pid: int, directory: Path) -> bool:
@@ -369,13 +367,12 @@ class EmbeddedRedis:
         )
         try:
             self._process = subprocess.Popen(
-                [self.executable, str(config_path)],
+                _dying_with_parent([self.executable, str(config_path)]),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_fd,
                 start_new_session=True,  # a Ctrl-C to the server reaches us; we stop Redis ourselves
                 umask=0o077,  # the AOF, RDB, log and pidfile it creates: 0600
-                preexec_fn=_die_with_parent(),
             )
         finally:
             os.close(log_fd)
