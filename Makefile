@@ -61,7 +61,7 @@ test-go: install
 	cd $(GO_DIR) && go mod download && go vet ./... && go test -count=1 ./...
 
 # Go and TypeScript workers, a TypeScript observer and a Python coordinator (examples/polyglot).
-demo-polyglot: install $(TS_INSTALLED)
+demo-polyglot: install clients/ts/node_modules/.installed
 	$(PY) examples/polyglot/fleet.py
 # --- end of the Go client block -----------------------------------------------------------------
 
