@@ -21,7 +21,7 @@ import textwrap
 from pathlib import Path
 
 import unasync
-from google.protobuf import descriptor_pb2
+from gen_reason_table import descriptor as error_reason_descriptor
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,19 +94,7 @@ def generate_reasons() -> None:
     """Writes ErrorReason as a `StrEnum` whose members equal the ErrorInfo.reason strings, so
     `error.reason == ErrorReason.TIER_TOO_LOW` reads naturally; each member's docstring is its
     comment in error_reason.proto."""
-    with tempfile.TemporaryDirectory() as tmp:
-        descriptor_set = Path(tmp) / "reasons.pb"
-        args = [
-            "grpc_tools.protoc",
-            f"-I{PROTO}",
-            "--include_source_info",
-            f"--descriptor_set_out={descriptor_set}",
-            "agentcoord/v1/error_reason.proto",
-        ]
-        if protoc.main(args) != 0:
-            raise SystemExit("protoc failed")
-        files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    (proto_file,) = files.file
+    proto_file = error_reason_descriptor()
     enum_index, enum = next(
         (i, e) for i, e in enumerate(proto_file.enum_type) if e.name == "ErrorReason"
     )
