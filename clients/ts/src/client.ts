@@ -7,7 +7,6 @@
 import { create, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
-  ConnectError,
   createClient as createConnectClient,
   type Client as ServiceClient,
   type Interceptor,
@@ -255,8 +254,9 @@ function retryInterceptor(policy: RetryPolicy, closed: AbortSignal): Interceptor
         return await next(req);
       } catch (error) {
         // A stream reset by a dying server surfaces as CANCELLED in Node; unless this call
-        // was aborted, that is a lost connection like UNAVAILABLE.
-        const code = ConnectError.from(error).code;
+        // was aborted, that is a lost connection like UNAVAILABLE (which a connection reset
+        // becomes in fromError). Either may have run: only safe calls are repeated.
+        const code = AgentcoordError.fromError(error).code;
         const lost = code === Code.Unavailable || code === Code.Canceled;
         const again = neverRan(error) || (safe && lost);
         if (!again || attempt >= policy.maxRetries || req.signal.aborted || closed.aborted) {

@@ -109,7 +109,10 @@ export class AgentcoordError extends ConnectError {
    * Converts anything a call threw into an AgentcoordError: an AgentcoordError is returned
    * as is; a `ConnectError` keeps its code, message and trailers and has its
    * `grpc-status-details-bin` details (ErrorInfo, BadRequest, RetryInfo) decoded; anything else becomes
-   * `Code.Unknown` (an `AbortError` becomes `Code.Canceled`).
+   * `Code.Unknown` (an `AbortError` becomes `Code.Canceled`). A connection reset under the call
+   * (ECONNRESET, EPIPE), which Connect reports as ABORTED, becomes `Code.Unavailable`: the server
+   * did not answer, as gRPC clients in other languages report it; ABORTED stays the server's
+   * word for a conflict (e.g. a stale fencing token).
    */
   static fromError(error: unknown): AgentcoordError {
     if (error instanceof AgentcoordError) {
@@ -119,7 +122,11 @@ export class AgentcoordError extends ConnectError {
     const info = connect.findDetails(ErrorInfoSchema)[0];
     const badRequest = connect.findDetails(BadRequestSchema)[0];
     const retryDelay = connect.findDetails(RetryInfoSchema)[0]?.retryDelay;
-    return new AgentcoordError(connect.rawMessage, connect.code, {
+    const code =
+      connect.code === Code.Aborted && nodeErrorCode(connect, CONNECTION_RESET) !== undefined
+        ? Code.Unavailable
+        : connect.code;
+    return new AgentcoordError(connect.rawMessage, code, {
       reasonName: info?.reason ?? "",
       errorMetadata: info?.metadata ?? {},
       fieldViolations: (badRequest?.fieldViolations ?? []).map((v) => ({
@@ -131,6 +138,31 @@ export class AgentcoordError extends ConnectError {
       cause: error,
     });
   }
+}
+
+/** Node error codes of a connection that broke under a call (the peer went away). */
+const CONNECTION_RESET: ReadonlySet<string> = new Set(["ECONNRESET", "EPIPE"]);
+
+/**
+ * The Node error code (e.g. `"ECONNREFUSED"`) of the first error in `error`'s cause chain
+ * whose code is in `codes` and, when `syscall` is given, whose failed system call is `syscall`;
+ * undefined if none. Connect wraps the Node error once (ConnectError → Error), this client once
+ * more (AgentcoordError → ConnectError), so the chain is short.
+ */
+export function nodeErrorCode(
+  error: unknown,
+  codes: ReadonlySet<string>,
+  syscall?: string,
+): string | undefined {
+  let cause: unknown = error;
+  for (let depth = 0; cause instanceof Error && depth < 4; depth++) {
+    const { code, syscall: call } = cause as NodeJS.ErrnoException;
+    if (typeof code === "string" && codes.has(code) && (syscall === undefined || call === syscall)) {
+      return code;
+    }
+    cause = cause.cause;
+  }
+  return undefined;
 }
 
 /** `reason` as its {@link ErrorReason} value; `ERROR_REASON_UNSPECIFIED` if unknown or empty. */

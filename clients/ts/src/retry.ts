@@ -3,10 +3,12 @@
  *
  * Any call is retried when it surely never ran: the server refused it while stopping
  * (UNAVAILABLE / SERVER_SHUTTING_DOWN: refused before anything ran, says the contract), or the
- * connection was refused (nothing listened). A call that failed otherwise with UNAVAILABLE (or
- * CANCELLED without the caller aborting it: how Node reports a connection reset by a dying
- * server) may or may not have run on the server (the connection can drop after the server
- * acted), so only calls whose repetition changes nothing are retried then: every read, and the
+ * attempt's own connection was refused (nothing listened, so nothing was sent). A call that
+ * failed otherwise with UNAVAILABLE (a connection reset: ECONNRESET/EPIPE) or CANCELLED without
+ * the caller aborting it (how Node reports a stream whose connection a dying server dropped) may
+ * or may not have run on the server: the connection can drop after the server acted, and a
+ * request written to a connection whose peer had already gone, before the client noticed, looks
+ * the same. So only calls whose repetition changes nothing are retried then: every read, and the
  * writes the contract makes idempotent. Everything else surfaces the error to the caller, who
  * knows whether repeating it is safe.
  *
@@ -14,7 +16,7 @@
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
-import { AgentcoordError } from "./errors.js";
+import { AgentcoordError, nodeErrorCode } from "./errors.js";
 import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
 
 /**
@@ -99,24 +101,26 @@ export function isSafeToRetry(method: DescMethod, request: unknown): boolean {
 }
 
 /**
- * Whether a failed call surely never ran on a server: refused with UNAVAILABLE /
- * SERVER_SHUTTING_DOWN (the server's drain refuses calls before running them), or its
- * connection was refused (ECONNREFUSED: nothing listened). Any such call may be repeated.
+ * Whether a failed call (one attempt of it) surely never ran on a server: refused with
+ * UNAVAILABLE / SERVER_SHUTTING_DOWN (the server's drain refuses calls before running them), or
+ * UNAVAILABLE because the `connect()` of the connection this attempt waited for was refused
+ * (ECONNREFUSED: nothing listened; the request was never written). Any such call may be
+ * repeated. A stream or connection reset (CANCELLED, UNAVAILABLE from ECONNRESET/EPIPE) is never
+ * "never ran", even right after the server stopped: the request may have been written before
+ * the client noticed the connection was gone.
  */
 export function neverRan(error: unknown): boolean {
   const decoded = AgentcoordError.fromError(error);
-  if (decoded.code === Code.Unavailable && decoded.reason === ErrorReason.SERVER_SHUTTING_DOWN) {
-    return true;
+  if (decoded.code !== Code.Unavailable) {
+    return false;
   }
-  let cause: unknown = error;
-  for (let depth = 0; cause instanceof Error && depth < 4; depth++) {
-    if ((cause as NodeJS.ErrnoException).code === "ECONNREFUSED") {
-      return true;
-    }
-    cause = cause.cause;
-  }
-  return false;
+  return (
+    decoded.reason === ErrorReason.SERVER_SHUTTING_DOWN ||
+    nodeErrorCode(error, CONNECT_REFUSED, "connect") !== undefined
+  );
 }
+
+const CONNECT_REFUSED: ReadonlySet<string> = new Set(["ECONNREFUSED"]);
 
 /** How many times, and how patiently, calls are retried. */
 export interface RetryPolicy {

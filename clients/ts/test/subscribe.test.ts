@@ -1,19 +1,39 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { AccessTier, AgentcoordError, Code, type Client, type Signal } from "../src/index.js";
-import { TestServer, eventually } from "./support.js";
+import type { Interceptor } from "@connectrpc/connect";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+
+import { AccessTier, AgentcoordError, Code, neverRan, type Client, type Signal } from "../src/index.js";
+import { TestServer, eventually, outcome, valueOf } from "./support.js";
 
 // A small per-stream buffer, so a reader that stops reading is cut off (SUBSCRIBER_TOO_SLOW).
 let server: TestServer;
 let sender: Client;
 let reader: Client;
 
+/** The sender's failed attempts (each try of a call), as its retry layer saw them. */
+const senderFailures: { method: string; neverRan: boolean }[] = [];
+
+/** Runs inside the client's retry layer, so it sees every attempt of a call. */
+const recordFailures: Interceptor = (next) => async (req) => {
+  try {
+    return await next(req);
+  } catch (error) {
+    senderFailures.push({ method: req.method.name, neverRan: neverRan(error) });
+    throw error;
+  }
+};
+
 before(async () => {
   server = await TestServer.start(["--signal-queue-size", "8"]);
-  // Retries of safe calls must outlast a server restart here.
-  const retry = { maxRetries: 20, initialBackoffMs: 100, maxBackoffMs: 500 };
-  sender = server.client(await server.issueToken("ts-sender", AccessTier.CONTRIBUTOR), { retry });
+  // Retries of safe calls must outlast a server restart here, however slow the machine
+  // (100 retries, at most 500 ms apart: some 50 s).
+  const retry = { maxRetries: 100, initialBackoffMs: 100, maxBackoffMs: 500 };
+  sender = server.client(await server.issueToken("ts-sender", AccessTier.CONTRIBUTOR), {
+    retry,
+    interceptors: [recordFailures],
+  });
   reader = server.client(await server.issueToken("ts-reader", AccessTier.OBSERVER), { retry });
 });
 
@@ -55,6 +75,7 @@ test("a subscription resumes from its cursor across a server restart, losing and
       if (received.length === 6) controller.abort();
     }
   })();
+  consumed.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
   await eventually(() => opened === 1, "the first stream to open");
   const sent: string[] = [];
   for (let n = 1; n <= 3; n++) {
@@ -79,30 +100,57 @@ test("calls that never ran are retried through a restart, safe reads too; the wr
   const added = await sender.tasks.addTask({ taskType: "retry-check" });
   const taskId = added.task?.taskId ?? "";
   await server.stop();
-  // Nothing listens now: the connection is refused, so even a write without a request id is
-  // retried (it never reached a server).
-  const send = sender.signals.sendSignal({ signalType: "while-down" });
-  const read = reader.tasks.getTask({ taskId });
+  const since = senderFailures.length;
+  const refused = (method: string): boolean =>
+    senderFailures.slice(since).some((f) => f.method === method && f.neverRan);
+  // The sender may not have noticed yet that its connection died with the server: a request
+  // written to it fails CANCELLED and may have run, so only a safe call is repeated then. A
+  // safe read finds out; once one of its attempts had its connection refused, every new call
+  // opens a new connection, which is refused too while nothing listens.
+  const probe = outcome(sender.tasks.getTask({ taskId }));
+  await eventually(() => refused("GetTask"), "a read's connection to be refused");
+  // Refused, so it never reached a server: even a write without a request id is retried.
+  const send = outcome(sender.signals.sendSignal({ signalType: "while-down" }));
+  const read = outcome(reader.tasks.getTask({ taskId }));
+  await eventually(() => refused("SendSignal"), "the write's connection to be refused");
   await server.respawn();
-  assert.equal((await read).task?.taskId, taskId);
-  const sent = await send;
+  assert.equal(valueOf(await read).task?.taskId, taskId);
+  assert.equal(valueOf(await probe).task?.taskId, taskId);
+  const sent = valueOf(await send);
   const stored = await reader.signals.receiveSignals({ signalTypes: ["while-down"] });
   assert.deepEqual(stored.signals.map((s) => s.id), [sent.signal?.id], "stored once");
 });
 
 test("an unsafe call in flight when the server crashes fails and is not repeated", async () => {
-  const started = server.rpcLines("TaskService/ClaimTask", "ts-sender").length;
-  const claim = sender.tasks
-    .claimTask({ taskTypes: ["nothing-here"], wait: { seconds: 30n } }, { timeoutMs: 60_000 })
-    .then(() => undefined, (error: unknown) => error);
-  await new Promise((r) => setTimeout(r, 300)); // the long poll is waiting on the server now
+  // A claim is a sign of life: the server marks a registered agent seen when it runs one.
+  await sender.tasks.registerAgent({ capabilities: ["nothing-here"] });
+  const lastSeen = async (): Promise<number> => {
+    const agent = (await reader.tasks.listAgents({})).agents.find((a) => a.agentId === "ts-sender");
+    return agent?.lastSeenTime === undefined ? 0 : timestampMs(agent.lastSeenTime);
+  };
+  const registered = await lastSeen();
+  assert.ok(registered > 0, "the sender is registered");
+  await eventually(() => Date.now() > registered, "a later millisecond than the registration");
+  const claim = outcome(
+    sender.tasks.claimTask({ taskTypes: ["nothing-here"], wait: { seconds: 30n } }, { timeoutMs: 60_000 }),
+  );
+  // The server ran the claim and is waiting for a task now: the call is in flight.
+  await eventually(async () => (await lastSeen()) > registered, "the server to run the claim");
+  const ranAt = await lastSeen();
   await server.kill();
-  await server.respawn(); // back within the retry window: a retry would now succeed
-  const error = await claim;
-  assert.ok(error instanceof AgentcoordError, `the claim did not fail: ${String(error)}`);
-  assert.ok([Code.Canceled, Code.Unavailable].includes(error.code), `code ${error.code}`);
-  await eventually(() => server.logText().includes('"event": "serving"'), "the log");
-  assert.equal(server.rpcLines("TaskService/ClaimTask", "ts-sender").length, started);
+  await server.respawn(); // back within the retry window: a retry would now run (and succeed)
+  const result = await claim;
+  assert.ok(!result.ok, "the claim did not fail");
+  const error = result.error;
+  assert.ok(error instanceof AgentcoordError, `not an AgentcoordError: ${String(error)}`);
+  assert.ok([Code.Canceled, Code.Unavailable].includes(error.code), `code ${error.code}: ${error.message}`);
+  assert.ok(!neverRan(error), "a call that ran is not classed as never ran");
+  assert.equal(await lastSeen(), ranAt, "no claim ran after the crash");
+  assert.deepEqual(
+    senderFailures.filter((f) => f.method === "ClaimTask"),
+    [{ method: "ClaimTask", neverRan: false }],
+    "one attempt, not repeated",
+  );
 });
 
 test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from its cursor", async () => {
@@ -129,6 +177,7 @@ test("a reader that falls behind is cut off SUBSCRIBER_TOO_SLOW and resumes from
       if (received.length === total) controller.abort();
     }
   })();
+  consumed.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
   await eventually(() => opened === 1, "the stream to open");
   const sent: string[] = [];
   for (let n = 0; n < total; n++) {
@@ -164,6 +213,7 @@ test("a subscription resumes after the server is SIGKILLed and started again", a
       if (received.length === 2) controller.abort();
     }
   })();
+  consumed.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
   await eventually(() => opened === 1, "the stream to open");
   const sent = [(await sender.signals.sendSignal({ signalType: "crash" })).signal?.id ?? ""];
   await eventually(() => received.length === 1, "the signal sent before the crash");

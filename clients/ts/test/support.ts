@@ -217,11 +217,40 @@ export class TestServer {
   }
 }
 
-/** Polls `condition` every 50 ms until it holds; throws after `attempts` tries (default 30 s). */
-export async function eventually(condition: () => boolean, what: string, attempts = 600): Promise<void> {
+/**
+ * Polls `condition` (which may be async) every 50 ms until it holds; throws after `attempts`
+ * tries (default 600: 30 s and more).
+ */
+export async function eventually(
+  condition: () => boolean | Promise<boolean>,
+  what: string,
+  attempts = 600,
+): Promise<void> {
   for (let i = 0; i < attempts; i++) {
-    if (condition()) return;
+    if (await condition()) return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** How a promise ended: its value, or what it threw. */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
+
+/**
+ * `promise`'s outcome, observed from now on: a promise that is awaited only later (while the
+ * test awaits something else) must not reject unobserved (an unhandled rejection fails the run).
+ */
+export function outcome<T>(promise: Promise<T>): Promise<Outcome<T>> {
+  return promise.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+}
+
+/** The value of an {@link Outcome}, or its error thrown. */
+export function valueOf<T>(result: Outcome<T>): T {
+  if (!result.ok) {
+    throw result.error;
+  }
+  return result.value;
 }
