@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createServer, type Socket } from "node:net";
 import { after, before, describe, test } from "node:test";
 
 import { createClient as createConnectClient } from "@connectrpc/connect";
@@ -8,17 +9,19 @@ import {
   AccessTier,
   AgentcoordError,
   Code,
+  createClient,
   ErrorReason,
   MemoryService,
   SAFE_TO_RETRY,
   SERVICES,
   TaskService,
   fromValue,
+  neverRan,
   requiredTier,
   toValue,
   type Client,
 } from "../src/index.js";
-import { TestServer, eventually } from "./support.js";
+import { TestServer, eventually, freePort } from "./support.js";
 
 // Signals are kept 1 s here, so a cursor can be made stale quickly (CURSOR_TRIMMED).
 let server: TestServer;
@@ -215,6 +218,42 @@ describe("subscribe errors", () => {
       controller.abort();
     }
     assert.equal(seen.length, 1);
+  });
+});
+
+describe("connection failures", () => {
+  test("a refused connection is UNAVAILABLE and surely never ran", async () => {
+    const client = createClient(`127.0.0.1:${await freePort()}`, "t", { retry: { maxRetries: 0 } });
+    try {
+      const error = await rejection(client.admin.whoAmI({}));
+      assert.equal(error.code, Code.Unavailable);
+      assert.ok(neverRan(error), error.message);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a connection reset under a call is UNAVAILABLE, and not classed as never ran", async () => {
+    // A peer that accepts, reads what the client sends and resets the TCP connection (RST), as
+    // the kernel of a server that crashed with the request unread does.
+    const sockets = new Set<Socket>();
+    const peer = createServer((socket) => {
+      sockets.add(socket);
+      socket.once("data", () => setImmediate(() => socket.resetAndDestroy()));
+    });
+    await new Promise<void>((done) => peer.listen(0, "127.0.0.1", done));
+    const address = peer.address();
+    const port = typeof address === "object" && address !== null ? address.port : 0;
+    const client = createClient(`127.0.0.1:${port}`, "t", { retry: { maxRetries: 0 } });
+    try {
+      const error = await rejection(client.admin.whoAmI({}));
+      assert.equal(error.code, Code.Unavailable, error.message);
+      assert.ok(!neverRan(error), error.message);
+    } finally {
+      client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((done) => peer.close(done));
+    }
   });
 });
 
