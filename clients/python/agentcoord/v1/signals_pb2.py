@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentcoord/v1/signals.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bsignal_type\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x14\n\x0ctarget_agent\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12-\n\tsend_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x11SendSignalRequest\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctarget_agent\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"M\n\x12SendSignalResponse\x12%\n\x06signal\x18\x01 \x01(\x0b\x32\x15.agentcoord.v1.Signal\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\x15ReceiveSignalsRequest\x12\x14\n\x0csignal_types\x18\x01 \x03(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"e\n\x16ReceiveSignalsResponse\x12&\n\x07signals\x18\x01 \x03(\x0b\x32\x15.agentcoord.v1.Signal\x12\x15\n\rnext_after_id\x18\x02 \x01(\t\x12\x0c\n\x04more\x18\x03 \x01(\x08\"g\n\x10SubscribeRequest\x12\x14\n\x0csignal_types\x18\x01 \x03(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12+\n\x05start\x18\x03 \x01(\x0e\x32\x1c.agentcoord.v1.StartPosition\"J\n\x11SubscribeResponse\x12%\n\x06signal\x18\x01 \x01(\x0b\x32\x15.agentcoord.v1.Signal\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xa5\x02\n\rSignalService\x12W\n\nSendSignal\x12 .agentcoord.v1.SendSignalRequest\x1a!.agentcoord.v1.SendSignalResponse\"\x04\x88\xb5\x18\x02\x12\x63\n\x0eReceiveSignals\x12$.agentcoord.v1.ReceiveSignalsRequest\x1a%.agentcoord.v1.ReceiveSignalsResponse\"\x04\x88\xb5\x18\x01\x12V\n\tSubscribe\x12\x1f.agentcoord.v1.SubscribeRequest\x1a .agentcoord.v1.SubscribeResponse\"\x04\x88\xb5\x18\x01\x30\x01\x42LZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentcoord/v1/signals.proto\x12\ragentcoord.v1\x1a\x1a\x61gentcoord/v1/access.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bsignal_type\x18\x02 \x01(\t\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x14\n\x0ctarget_agent\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12-\n\tsend_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x11SendSignalRequest\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0ctarget_agent\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"M\n\x12SendSignalResponse\x12%\n\x06signal\x18\x01 \x01(\x0b\x32\x15.agentcoord.v1.Signal\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"N\n\x15ReceiveSignalsRequest\x12\x14\n\x0csignal_types\x18\x01 \x03(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"e\n\x16ReceiveSignalsResponse\x12&\n\x07signals\x18\x01 \x03(\x0b\x32\x15.agentcoord.v1.Signal\x12\x15\n\rnext_after_id\x18\x02 \x01(\t\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x7f\n\x10SubscribeRequest\x12\x14\n\x0csignal_types\x18\x01 \x03(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12+\n\x05start\x18\x03 \x01(\x0e\x32\x1c.agentcoord.v1.StartPosition\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x04 \x01(\x08\"r\n\x11SubscribeResponse\x12%\n\x06signal\x18\x01 \x01(\x0b\x32\x15.agentcoord.v1.Signal\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12&\n\x07signals\x18\x03 \x03(\x0b\x32\x15.agentcoord.v1.Signal*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xa5\x02\n\rSignalService\x12W\n\nSendSignal\x12 .agentcoord.v1.SendSignalRequest\x1a!.agentcoord.v1.SendSignalResponse\"\x04\x88\xb5\x18\x02\x12\x63\n\x0eReceiveSignals\x12$.agentcoord.v1.ReceiveSignalsRequest\x1a%.agentcoord.v1.ReceiveSignalsResponse\"\x04\x88\xb5\x18\x01\x12V\n\tSubscribe\x12\x1f.agentcoord.v1.SubscribeRequest\x1a .agentcoord.v1.SubscribeResponse\"\x04\x88\xb5\x18\x01\x30\x01\x42LZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNALSERVICE'].methods_by_name['ReceiveSignals']._serialized_options = b'\210\265\030\001'
   _globals['_SIGNALSERVICE'].methods_by_name['Subscribe']._loaded_options = None
   _globals['_SIGNALSERVICE'].methods_by_name['Subscribe']._serialized_options = b'\210\265\030\001'
-  _globals['_STARTPOSITION']._serialized_start=912
-  _globals['_STARTPOSITION']._serialized_end=1015
+  _globals['_STARTPOSITION']._serialized_start=976
+  _globals['_STARTPOSITION']._serialized_end=1079
   _globals['_SIGNAL']._serialized_start=138
   _globals['_SIGNAL']._serialized_end=323
   _globals['_SENDSIGNALREQUEST']._serialized_start=326
@@ -54,9 +54,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIVESIGNALSRESPONSE']._serialized_start=628
   _globals['_RECEIVESIGNALSRESPONSE']._serialized_end=729
   _globals['_SUBSCRIBEREQUEST']._serialized_start=731
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=834
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=836
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=910
-  _globals['_SIGNALSERVICE']._serialized_start=1018
-  _globals['_SIGNALSERVICE']._serialized_end=1311
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=858
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=860
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=974
+  _globals['_SIGNALSERVICE']._serialized_start=1082
+  _globals['_SIGNALSERVICE']._serialized_end=1375
 # @@protoc_insertion_point(module_scope)

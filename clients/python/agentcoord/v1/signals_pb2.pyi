@@ -262,10 +262,18 @@ class SubscribeRequest(_message.Message):
     SIGNAL_TYPES_FIELD_NUMBER: _builtins.int
     AFTER_ID_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    ACCEPT_BATCHES_FIELD_NUMBER: _builtins.int
     after_id: _builtins.str
     """Resume after this id (exclusive). Mutually exclusive with start."""
     start: Global___StartPosition.ValueType
     """Where to start when after_id is empty."""
+    accept_batches: _builtins.bool
+    """Lets the server put several signals in one response (SubscribeResponse.signals)
+    when more than one is waiting as the stream becomes ready to write. The
+    server never waits to fill a batch; a batch holds at most 100 signals and
+    about 256 KiB (always at least one signal). False (what clients written
+    before batching send): one signal per response, in `signal`.
+    """
     @_builtins.property
     def signal_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only signals of these types; empty means every type. Applies to broadcast,
@@ -278,10 +286,11 @@ class SubscribeRequest(_message.Message):
         signal_types: _abc.Iterable[_builtins.str] | None = ...,
         after_id: _builtins.str = ...,
         start: Global___StartPosition.ValueType = ...,
+        accept_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "signal_types", b"signal_types", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "after_id", b"after_id", "signal_types", b"signal_types", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,15 +304,25 @@ class SubscribeResponse(_message.Message):
 
     SIGNAL_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    SIGNALS_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """The position after this response: signal.id, the position the stream starts
-    after (first response), or how far it has read. Resume with after_id = the
-    last cursor.
+    """The position after this response: the id of the (last) signal it carries,
+    the position the stream starts after (first response), or how far it has
+    read. Resume with after_id = the last cursor.
     """
     @_builtins.property
     def signal(self) -> Global___Signal:
-        """The next signal; unset in responses that only report the cursor (the first
-        one, and progress past signals the caller does not see).
+        """The next signal, for a request without accept_batches; unset in responses
+        that only report the cursor (the first one, and progress past signals the
+        caller does not see), and always unset with accept_batches.
+        """
+
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Signal]:
+        """With accept_batches: the next signals, oldest first (one or more; empty in
+        cursor-only responses). Handle them in order; cursor is the last one's id.
+        Never filled without accept_batches, so a client that only reads `signal`
+        (written before batching) never misses a signal that rode in a batch.
         """
 
     def __init__(
@@ -311,10 +330,11 @@ class SubscribeResponse(_message.Message):
         *,
         signal: Global___Signal | None = ...,
         cursor: _builtins.str = ...,
+        signals: _abc.Iterable[Global___Signal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "signal", b"signal", "signals", b"signals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -465,7 +465,13 @@ type SubscribeRequest struct {
 	// Resume after this id (exclusive). Mutually exclusive with start.
 	AfterId string `protobuf:"bytes,2,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
 	// Where to start when after_id is empty.
-	Start         StartPosition `protobuf:"varint,3,opt,name=start,proto3,enum=agentcoord.v1.StartPosition" json:"start,omitempty"`
+	Start StartPosition `protobuf:"varint,3,opt,name=start,proto3,enum=agentcoord.v1.StartPosition" json:"start,omitempty"`
+	// Lets the server put several signals in one response (SubscribeResponse.signals)
+	// when more than one is waiting as the stream becomes ready to write. The
+	// server never waits to fill a batch; a batch holds at most 100 signals and
+	// about 256 KiB (always at least one signal). False (what clients written
+	// before batching send): one signal per response, in `signal`.
+	AcceptBatches bool `protobuf:"varint,4,opt,name=accept_batches,json=acceptBatches,proto3" json:"accept_batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,16 +527,29 @@ func (x *SubscribeRequest) GetStart() StartPosition {
 	return StartPosition_START_POSITION_UNSPECIFIED
 }
 
+func (x *SubscribeRequest) GetAcceptBatches() bool {
+	if x != nil {
+		return x.AcceptBatches
+	}
+	return false
+}
+
 // SubscribeResponse is one step of a subscription.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The next signal; unset in responses that only report the cursor (the first
-	// one, and progress past signals the caller does not see).
+	// The next signal, for a request without accept_batches; unset in responses
+	// that only report the cursor (the first one, and progress past signals the
+	// caller does not see), and always unset with accept_batches.
 	Signal *Signal `protobuf:"bytes,1,opt,name=signal,proto3" json:"signal,omitempty"`
-	// The position after this response: signal.id, the position the stream starts
-	// after (first response), or how far it has read. Resume with after_id = the
-	// last cursor.
-	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// The position after this response: the id of the (last) signal it carries,
+	// the position the stream starts after (first response), or how far it has
+	// read. Resume with after_id = the last cursor.
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// With accept_batches: the next signals, oldest first (one or more; empty in
+	// cursor-only responses). Handle them in order; cursor is the last one's id.
+	// Never filled without accept_batches, so a client that only reads `signal`
+	// (written before batching) never misses a signal that rode in a batch.
+	Signals       []*Signal `protobuf:"bytes,3,rep,name=signals,proto3" json:"signals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -579,6 +598,13 @@ func (x *SubscribeResponse) GetCursor() string {
 	return ""
 }
 
+func (x *SubscribeResponse) GetSignals() []*Signal {
+	if x != nil {
+		return x.Signals
+	}
+	return nil
+}
+
 var File_agentcoord_v1_signals_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_signals_proto_rawDesc = "" +
@@ -613,14 +639,16 @@ const file_agentcoord_v1_signals_proto_rawDesc = "" +
 	"\x16ReceiveSignalsResponse\x12/\n" +
 	"\asignals\x18\x01 \x03(\v2\x15.agentcoord.v1.SignalR\asignals\x12\"\n" +
 	"\rnext_after_id\x18\x02 \x01(\tR\vnextAfterId\x12\x12\n" +
-	"\x04more\x18\x03 \x01(\bR\x04more\"\x84\x01\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\"\xab\x01\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\fsignal_types\x18\x01 \x03(\tR\vsignalTypes\x12\x19\n" +
 	"\bafter_id\x18\x02 \x01(\tR\aafterId\x122\n" +
-	"\x05start\x18\x03 \x01(\x0e2\x1c.agentcoord.v1.StartPositionR\x05start\"Z\n" +
+	"\x05start\x18\x03 \x01(\x0e2\x1c.agentcoord.v1.StartPositionR\x05start\x12%\n" +
+	"\x0eaccept_batches\x18\x04 \x01(\bR\racceptBatches\"\x8b\x01\n" +
 	"\x11SubscribeResponse\x12-\n" +
 	"\x06signal\x18\x01 \x01(\v2\x15.agentcoord.v1.SignalR\x06signal\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor*g\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12/\n" +
+	"\asignals\x18\x03 \x03(\v2\x15.agentcoord.v1.SignalR\asignals*g\n" +
 	"\rStartPosition\x12\x1e\n" +
 	"\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15START_POSITION_LATEST\x10\x01\x12\x1b\n" +
@@ -665,17 +693,18 @@ var file_agentcoord_v1_signals_proto_depIdxs = []int32{
 	1,  // 4: agentcoord.v1.ReceiveSignalsResponse.signals:type_name -> agentcoord.v1.Signal
 	0,  // 5: agentcoord.v1.SubscribeRequest.start:type_name -> agentcoord.v1.StartPosition
 	1,  // 6: agentcoord.v1.SubscribeResponse.signal:type_name -> agentcoord.v1.Signal
-	2,  // 7: agentcoord.v1.SignalService.SendSignal:input_type -> agentcoord.v1.SendSignalRequest
-	4,  // 8: agentcoord.v1.SignalService.ReceiveSignals:input_type -> agentcoord.v1.ReceiveSignalsRequest
-	6,  // 9: agentcoord.v1.SignalService.Subscribe:input_type -> agentcoord.v1.SubscribeRequest
-	3,  // 10: agentcoord.v1.SignalService.SendSignal:output_type -> agentcoord.v1.SendSignalResponse
-	5,  // 11: agentcoord.v1.SignalService.ReceiveSignals:output_type -> agentcoord.v1.ReceiveSignalsResponse
-	7,  // 12: agentcoord.v1.SignalService.Subscribe:output_type -> agentcoord.v1.SubscribeResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	1,  // 7: agentcoord.v1.SubscribeResponse.signals:type_name -> agentcoord.v1.Signal
+	2,  // 8: agentcoord.v1.SignalService.SendSignal:input_type -> agentcoord.v1.SendSignalRequest
+	4,  // 9: agentcoord.v1.SignalService.ReceiveSignals:input_type -> agentcoord.v1.ReceiveSignalsRequest
+	6,  // 10: agentcoord.v1.SignalService.Subscribe:input_type -> agentcoord.v1.SubscribeRequest
+	3,  // 11: agentcoord.v1.SignalService.SendSignal:output_type -> agentcoord.v1.SendSignalResponse
+	5,  // 12: agentcoord.v1.SignalService.ReceiveSignals:output_type -> agentcoord.v1.ReceiveSignalsResponse
+	7,  // 13: agentcoord.v1.SignalService.Subscribe:output_type -> agentcoord.v1.SubscribeResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_signals_proto_init() }

@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/signals.proto.
  */
 export const file_agentcoord_v1_signals: GenFile = /*@__PURE__*/
-  fileDesc("ChthZ2VudGNvb3JkL3YxL3NpZ25hbHMucHJvdG8SDWFnZW50Y29vcmQudjEiuQEKBlNpZ25hbBIKCgJpZBgBIAEoCRITCgtzaWduYWxfdHlwZRgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIOCgZzZW5kZXIYBCABKAkSFAoMdGFyZ2V0X2FnZW50GAUgASgJEhIKCnNlc3Npb25faWQYBiABKAkSLQoJc2VuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKNAQoRU2VuZFNpZ25hbFJlcXVlc3QSEwoLc2lnbmFsX3R5cGUYASABKAkSJQoEZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFAoMdGFyZ2V0X2FnZW50GAMgASgJEhIKCnNlc3Npb25faWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJNChJTZW5kU2lnbmFsUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSEAoIcmVwbGF5ZWQYAiABKAgiTgoVUmVjZWl2ZVNpZ25hbHNSZXF1ZXN0EhQKDHNpZ25hbF90eXBlcxgBIAMoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSJlChZSZWNlaXZlU2lnbmFsc1Jlc3BvbnNlEiYKB3NpZ25hbHMYASADKAsyFS5hZ2VudGNvb3JkLnYxLlNpZ25hbBIVCg1uZXh0X2FmdGVyX2lkGAIgASgJEgwKBG1vcmUYAyABKAgiZwoQU3Vic2NyaWJlUmVxdWVzdBIUCgxzaWduYWxfdHlwZXMYASADKAkSEAoIYWZ0ZXJfaWQYAiABKAkSKwoFc3RhcnQYAyABKA4yHC5hZ2VudGNvb3JkLnYxLlN0YXJ0UG9zaXRpb24iSgoRU3Vic2NyaWJlUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSDgoGY3Vyc29yGAIgASgJKmcKDVN0YXJ0UG9zaXRpb24SHgoaU1RBUlRfUE9TSVRJT05fVU5TUEVDSUZJRUQQABIZChVTVEFSVF9QT1NJVElPTl9MQVRFU1QQARIbChdTVEFSVF9QT1NJVElPTl9FQVJMSUVTVBACMqUCCg1TaWduYWxTZXJ2aWNlElcKClNlbmRTaWduYWwSIC5hZ2VudGNvb3JkLnYxLlNlbmRTaWduYWxSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5TZW5kU2lnbmFsUmVzcG9uc2UiBIi1GAISYwoOUmVjZWl2ZVNpZ25hbHMSJC5hZ2VudGNvb3JkLnYxLlJlY2VpdmVTaWduYWxzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuUmVjZWl2ZVNpZ25hbHNSZXNwb25zZSIEiLUYARJWCglTdWJzY3JpYmUSHy5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLlN1YnNjcmliZVJlc3BvbnNlIgSItRgBMAFCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_agentcoord_v1_access, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChthZ2VudGNvb3JkL3YxL3NpZ25hbHMucHJvdG8SDWFnZW50Y29vcmQudjEiuQEKBlNpZ25hbBIKCgJpZBgBIAEoCRITCgtzaWduYWxfdHlwZRgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIOCgZzZW5kZXIYBCABKAkSFAoMdGFyZ2V0X2FnZW50GAUgASgJEhIKCnNlc3Npb25faWQYBiABKAkSLQoJc2VuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKNAQoRU2VuZFNpZ25hbFJlcXVlc3QSEwoLc2lnbmFsX3R5cGUYASABKAkSJQoEZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFAoMdGFyZ2V0X2FnZW50GAMgASgJEhIKCnNlc3Npb25faWQYBCABKAkSEgoKcmVxdWVzdF9pZBgFIAEoCSJNChJTZW5kU2lnbmFsUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSEAoIcmVwbGF5ZWQYAiABKAgiTgoVUmVjZWl2ZVNpZ25hbHNSZXF1ZXN0EhQKDHNpZ25hbF90eXBlcxgBIAMoCRIQCghhZnRlcl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBSJlChZSZWNlaXZlU2lnbmFsc1Jlc3BvbnNlEiYKB3NpZ25hbHMYASADKAsyFS5hZ2VudGNvb3JkLnYxLlNpZ25hbBIVCg1uZXh0X2FmdGVyX2lkGAIgASgJEgwKBG1vcmUYAyABKAgifwoQU3Vic2NyaWJlUmVxdWVzdBIUCgxzaWduYWxfdHlwZXMYASADKAkSEAoIYWZ0ZXJfaWQYAiABKAkSKwoFc3RhcnQYAyABKA4yHC5hZ2VudGNvb3JkLnYxLlN0YXJ0UG9zaXRpb24SFgoOYWNjZXB0X2JhdGNoZXMYBCABKAgicgoRU3Vic2NyaWJlUmVzcG9uc2USJQoGc2lnbmFsGAEgASgLMhUuYWdlbnRjb29yZC52MS5TaWduYWwSDgoGY3Vyc29yGAIgASgJEiYKB3NpZ25hbHMYAyADKAsyFS5hZ2VudGNvb3JkLnYxLlNpZ25hbCpnCg1TdGFydFBvc2l0aW9uEh4KGlNUQVJUX1BPU0lUSU9OX1VOU1BFQ0lGSUVEEAASGQoVU1RBUlRfUE9TSVRJT05fTEFURVNUEAESGwoXU1RBUlRfUE9TSVRJT05fRUFSTElFU1QQAjKlAgoNU2lnbmFsU2VydmljZRJXCgpTZW5kU2lnbmFsEiAuYWdlbnRjb29yZC52MS5TZW5kU2lnbmFsUmVxdWVzdBohLmFnZW50Y29vcmQudjEuU2VuZFNpZ25hbFJlc3BvbnNlIgSItRgCEmMKDlJlY2VpdmVTaWduYWxzEiQuYWdlbnRjb29yZC52MS5SZWNlaXZlU2lnbmFsc1JlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLlJlY2VpdmVTaWduYWxzUmVzcG9uc2UiBIi1GAESVgoJU3Vic2NyaWJlEh8uYWdlbnRjb29yZC52MS5TdWJzY3JpYmVSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5TdWJzY3JpYmVSZXNwb25zZSIEiLUYATABQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Signal is one event.
@@ -267,6 +267,17 @@ export type SubscribeRequest = Message<"agentcoord.v1.SubscribeRequest"> & {
    * @generated from field: agentcoord.v1.StartPosition start = 3;
    */
   start: StartPosition;
+
+  /**
+   * Lets the server put several signals in one response (SubscribeResponse.signals)
+   * when more than one is waiting as the stream becomes ready to write. The
+   * server never waits to fill a batch; a batch holds at most 100 signals and
+   * about 256 KiB (always at least one signal). False (what clients written
+   * before batching send): one signal per response, in `signal`.
+   *
+   * @generated from field: bool accept_batches = 4;
+   */
+  acceptBatches: boolean;
 };
 
 /**
@@ -283,21 +294,32 @@ export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*
  */
 export type SubscribeResponse = Message<"agentcoord.v1.SubscribeResponse"> & {
   /**
-   * The next signal; unset in responses that only report the cursor (the first
-   * one, and progress past signals the caller does not see).
+   * The next signal, for a request without accept_batches; unset in responses
+   * that only report the cursor (the first one, and progress past signals the
+   * caller does not see), and always unset with accept_batches.
    *
    * @generated from field: agentcoord.v1.Signal signal = 1;
    */
   signal?: Signal | undefined;
 
   /**
-   * The position after this response: signal.id, the position the stream starts
-   * after (first response), or how far it has read. Resume with after_id = the
-   * last cursor.
+   * The position after this response: the id of the (last) signal it carries,
+   * the position the stream starts after (first response), or how far it has
+   * read. Resume with after_id = the last cursor.
    *
    * @generated from field: string cursor = 2;
    */
   cursor: string;
+
+  /**
+   * With accept_batches: the next signals, oldest first (one or more; empty in
+   * cursor-only responses). Handle them in order; cursor is the last one's id.
+   * Never filled without accept_batches, so a client that only reads `signal`
+   * (written before batching) never misses a signal that rode in a batch.
+   *
+   * @generated from field: repeated agentcoord.v1.Signal signals = 3;
+   */
+  signals: Signal[];
 };
 
 /**
