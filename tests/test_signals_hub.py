@@ -26,11 +26,11 @@ async def aredis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def next_signal(entries: AsyncIterator[SignalEntry | Progress]) -> SignalEntry:
+async def next_signal(entries: AsyncIterator[list[SignalEntry] | Progress]) -> SignalEntry:
     async def run() -> SignalEntry:
         async for item in entries:
-            if isinstance(item, SignalEntry):
-                return item
+            if not isinstance(item, Progress):
+                return item[0]
         raise AssertionError("the subscription ended")
 
     return await asyncio.wait_for(run(), 10)

@@ -2,12 +2,18 @@
 
 Storage is store/signals.py (one Redis stream per namespace); live delivery is
 store/signal_fanout.py (one reader per namespace per process, bounded buffers per stream).
+
+Subscribe writes pre-serialized responses: its handler is registered without a response
+serializer (grpc then sends the bytes the handler yields as they are), and each signal is
+encoded once however many streams carry it. A response is the concatenation of protobuf
+records (repeated fields append, the last `cursor` wins), so a batch is a join of the
+signals' cached records plus its cursor, with no per-stream serialization.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -29,6 +35,12 @@ PB2 = signals_pb2
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_SIGNAL_TYPES = 64
+BATCH_BYTES = 256 * 1024
+"""A batched response stops growing past this many bytes of signals (it always holds one)."""
+
+# Wire-format tags (field number << 3 | 2, length-delimited) of SubscribeResponse's fields.
+_SIGNAL_TAG = b"\x0a"  # signal = 1
+_SIGNALS_TAG = b"\x1a"  # signals = 3
 
 _HUBS: dict[int, SignalHub] = {}
 
@@ -61,11 +73,59 @@ def to_signal(entry: SignalEntry) -> signals_pb2.Signal:
     return signal
 
 
-def _live_response(entry: SignalEntry) -> signals_pb2.SubscribeResponse:
-    # A live entry is shared by every subscriber of its namespace: convert it once.
-    if entry.cache is None:
-        entry.cache = signals_pb2.SubscribeResponse(signal=to_signal(entry), cursor=entry.id)
-    return entry.cache  # type: ignore[no-any-return]
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _cursor_only(cursor: str) -> bytes:
+    """A serialized SubscribeResponse carrying only `cursor` (also the tail of a batch)."""
+    return signals_pb2.SubscribeResponse(cursor=cursor).SerializeToString()
+
+
+class _Wire:
+    """An entry's encodings: `record` is one SubscribeResponse.signals element (tag, length,
+    Signal); `single` a whole SubscribeResponse with `signal` and `cursor` (unbatched)."""
+
+    __slots__ = ("record", "single")
+
+    def __init__(self, entry: SignalEntry) -> None:
+        body = to_signal(entry).SerializeToString()
+        length = _varint(len(body))
+        self.record = _SIGNALS_TAG + length + body
+        self.single = _SIGNAL_TAG + length + body + _cursor_only(entry.id)
+
+
+def _wire(entry: SignalEntry) -> _Wire:
+    # A live entry is shared by every subscriber of its namespace: encode it once.
+    wire = entry.cache
+    if wire is None:
+        wire = entry.cache = _Wire(entry)
+    return wire  # type: ignore[no-any-return]
+
+
+def _batches(entries: list[SignalEntry]) -> Iterator[bytes]:
+    """Serialized SubscribeResponses carrying `entries` in `signals`, in order, each at most
+    BATCH_BYTES of signals (or one signal), its cursor the id of its last signal."""
+    parts: list[bytes] = []
+    size = 0
+    last = ""
+    for entry in entries:
+        record = _wire(entry).record
+        if parts and size + len(record) > BATCH_BYTES:
+            parts.append(_cursor_only(last))
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(record)
+        size += len(record)
+        last = entry.id
+    if parts:
+        parts.append(_cursor_only(last))
+        yield b"".join(parts)
 
 
 class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
@@ -128,7 +188,8 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
 
     async def Subscribe(
         self, request: signals_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[signals_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized SubscribeResponses (see the module docstring)."""
         principal = current_principal()
         types = _validate_types(request.signal_types)
         after: str | None = None
@@ -142,17 +203,43 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
             principal.namespace, principal.agent_id, types, after=after, earliest=earliest
         ) as subscription:
             context.add_done_callback(lambda _: subscription.close())
-            yield signals_pb2.SubscribeResponse(cursor=subscription.start_cursor)
+            yield _cursor_only(subscription.start_cursor)
+            batched = request.accept_batches
             async for item in subscription.entries():
                 if isinstance(item, Progress):
-                    yield signals_pb2.SubscribeResponse(cursor=item.cursor)
+                    yield _cursor_only(item.cursor)
+                elif batched:
+                    for message in _batches(item):
+                        yield message
                 else:
-                    yield _live_response(item)
+                    for entry in item:
+                        yield _wire(entry).single
 
 
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:
     servicer = SignalServicer(ctx)
     _HUBS[id(ctx)] = servicer.hub
     weakref.finalize(ctx, _HUBS.pop, id(ctx), None)
-    signals_pb2_grpc.add_SignalServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    return signals_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name
+    # As signals_pb2_grpc.add_SignalServiceServicer_to_server, but Subscribe has no response
+    # serializer: grpc.aio writes the bytes its handler yields unchanged.
+    handlers = {
+        "SendSignal": grpc.unary_unary_rpc_method_handler(
+            servicer.SendSignal,
+            request_deserializer=PB2.SendSignalRequest.FromString,
+            response_serializer=PB2.SendSignalResponse.SerializeToString,
+        ),
+        "ReceiveSignals": grpc.unary_unary_rpc_method_handler(
+            servicer.ReceiveSignals,
+            request_deserializer=PB2.ReceiveSignalsRequest.FromString,
+            response_serializer=PB2.ReceiveSignalsResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=PB2.SubscribeRequest.FromString,
+            response_serializer=None,
+        ),
+    }
+    name = PB2.DESCRIPTOR.services_by_name["SignalService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+    return name

@@ -4,8 +4,9 @@ DESIGN.md, "Redis": a subscriber never costs its own Redis connection. `SignalHu
 `_NamespaceReader` per namespace that has subscribers: a task blocked in XREAD on its own
 single-connection client (named `agentcoord-signals:<ns>` in CLIENT LIST), started when the
 namespace's first subscriber arrives and stopped when its last one leaves. Each entry read is
-parsed once and offered to every subscriber, which keeps it if the subscriber may see it and
-wants its type.
+parsed once and offered only to the subscriptions that may see it and want its type: the
+reader indexes its subscriptions by signal type and, for targeted and session signals, by
+agent, so a send costs work proportional to the subscriptions it matches, not to all of them.
 
 No gaps, no duplicates: a subscriber registers with the reader first and waits until the reader
 knows its position P (everything after P will be offered to it). It then catches up from its own
@@ -49,6 +50,12 @@ READ_COUNT = 1000
 CATCH_UP_LIMIT = 500
 """Signals per catch-up page."""
 
+BATCH_SIGNALS = 100
+"""Most live signals `entries()` hands over at once (what was queued when the stream asked)."""
+
+ANY_TYPE = ""
+"""The index key of subscriptions without a type filter."""
+
 PROGRESS_SECONDS = 10.0
 """After this long without a visible signal, a subscription whose namespace moved on reports
 its new position (a Progress), so a filtered or quiet subscriber's resume cursor never falls
@@ -65,8 +72,8 @@ class Progress:
 class Subscription:
     """One live stream's state: its filter, its bounded buffer and how it ended.
 
-    `entries()` yields SignalEntry objects: stored ones after `start_cursor`, then live
-    ones. It raises the DomainError that ended it (OutOfRange for a trimmed cursor,
+    `entries()` yields lists of SignalEntry objects (oldest first): stored ones after
+    `start_cursor`, then live ones. It raises the DomainError that ended it (OutOfRange for a trimmed cursor,
     ResourceExhausted for overflow, Unavailable for shutdown or a lost Redis connection).
     """
 
@@ -90,7 +97,7 @@ class Subscription:
         self._items: deque[SignalEntry] = deque()
         self._wake = asyncio.Event()
         self._live = False
-        self._passed = ""  # the newest live entry offered, visible or not
+        self._reader: _NamespaceReader | None = None  # set on registration
         self.error: DomainError | None = None
         self.closed = False
 
@@ -99,14 +106,10 @@ class Subscription:
         return len(self._items)
 
     def offer(self, entry: SignalEntry) -> None:
-        """Called by the reader for every new entry of the namespace (never blocks)."""
+        """Called by the reader for every new entry this subscription may see and wants
+        (the reader's index chose it; never blocks)."""
         if self.error is not None or not self._live:
             return  # during catch-up the store read will return this entry
-        self._passed = entry.id
-        if self.signal_types and entry.signal_type not in self.signal_types:
-            return
-        if not entry.visible_to(self.agent_id):
-            return
         if len(self._items) >= self._queue_size:
             self._hub.overflows += 1
             self.fail(
@@ -137,15 +140,19 @@ class Subscription:
             self._items.clear()
             self._wake.set()
 
-    async def _next_live(self, idle: float) -> SignalEntry | None:
-        """The next buffered entry, or None after `idle` seconds with the buffer empty."""
+    async def _next_live(self, idle: float) -> list[SignalEntry] | None:
+        """The buffered entries (at most BATCH_SIGNALS, never waiting for more than one), or
+        None after `idle` seconds with the buffer empty."""
         while True:
             if self.error is not None:
                 raise self.error
             if self.closed:
                 return None
-            if self._items:
-                return self._items.popleft()
+            items = self._items
+            if items:
+                if len(items) == 1:
+                    return [items.popleft()]
+                return [items.popleft() for _ in range(min(len(items), BATCH_SIGNALS))]
             self._wake.clear()
             try:
                 async with asyncio.timeout(idle):
@@ -154,9 +161,10 @@ class Subscription:
                 if not self._items and self.error is None:
                     return None
 
-    async def entries(self) -> AsyncIterator[SignalEntry | Progress]:
-        """Stored signals after `start_cursor`, then live ones, with a Progress whenever the
-        position moved past signals the subscriber does not see; iterate once."""
+    async def entries(self) -> AsyncIterator[list[SignalEntry] | Progress]:
+        """Stored signals after `start_cursor`, then live ones, in non-empty lists (a catch-up
+        page, or what was buffered when asked), with a Progress whenever the position moved
+        past signals the subscriber does not see; iterate once."""
         store = self._hub.store
         cursor = self.start_cursor
         reported = cursor
@@ -171,9 +179,9 @@ class Subscription:
                 after=after,
                 limit=CATCH_UP_LIMIT,
             )
-            for entry in page.entries:
-                yield entry
-                reported = entry.id
+            if page.entries:
+                yield page.entries
+                reported = page.entries[-1].id
             cursor = page.next_after or cursor
             after = cursor
             if not page.more:
@@ -192,16 +200,27 @@ class Subscription:
             if live is None:
                 if self.closed:
                     return
-                # The buffer is empty, so every visible entry up to _passed was delivered.
-                if self._passed and id_key(self._passed) > covered:
-                    covered = id_key(self._passed)
-                    yield Progress(self._passed)
+                # The buffer is empty and the reader offers every entry it reads before it
+                # awaits again, so every visible entry up to its position was delivered.
+                passed = self._reader.position if self._reader is not None else ""
+                if passed and id_key(passed) > covered:
+                    covered = id_key(passed)
+                    yield Progress(passed)
                 continue
-            key = id_key(live.id)
-            if key <= covered:
-                continue
-            covered = key
+            if id_key(live[0].id) <= covered:  # rare: live entries the last page also read
+                live = [entry for entry in live if id_key(entry.id) > covered]
+                if not live:
+                    continue
+            covered = id_key(live[-1].id)
             yield live
+
+
+def _drop(index: dict[Any, set[Subscription]], key: Any, subscription: Subscription) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.discard(subscription)
+        if not group:
+            del index[key]
 
 
 class _NamespaceReader:
@@ -211,6 +230,10 @@ class _NamespaceReader:
         self.hub = hub
         self.namespace = namespace
         self.subscribers: set[Subscription] = set()
+        # Who an entry is offered to: broadcasts by type (ANY_TYPE for no filter), targeted
+        # and session signals by (agent, type) for each agent that may see them.
+        self._by_type: dict[str, set[Subscription]] = {}
+        self._by_agent_type: dict[tuple[str, str], set[Subscription]] = {}
         self.position = "0-0"
         self.ready = asyncio.Event()
         self.error: DomainError | None = None
@@ -219,6 +242,47 @@ class _NamespaceReader:
         self.task = asyncio.create_task(
             self._run(), name=f"signals-reader:{namespace}", context=contextvars.Context()
         )
+
+    def _keys(self, subscription: Subscription) -> list[str]:
+        return list(subscription.signal_types) or [ANY_TYPE]
+
+    def add(self, subscription: Subscription) -> None:
+        self.subscribers.add(subscription)
+        subscription._reader = self
+        for signal_type in self._keys(subscription):
+            self._by_type.setdefault(signal_type, set()).add(subscription)
+            key = (subscription.agent_id, signal_type)
+            self._by_agent_type.setdefault(key, set()).add(subscription)
+
+    def discard(self, subscription: Subscription) -> None:
+        if subscription not in self.subscribers:
+            return
+        self.subscribers.discard(subscription)
+        for signal_type in self._keys(subscription):
+            _drop(self._by_type, signal_type, subscription)
+            _drop(self._by_agent_type, (subscription.agent_id, signal_type), subscription)
+
+    def _offer(self, entry: SignalEntry) -> None:
+        """Offers `entry` to exactly the subscriptions that may see it and want its type
+        (SignalEntry.visible_to, by index), each once."""
+        signal_type = entry.signal_type
+        if not entry.target_agent and not entry.session_id:
+            for key in (signal_type, ANY_TYPE):
+                for subscriber in tuple(self._by_type.get(key, ())):
+                    subscriber.offer(entry)
+            return
+        agents = {entry.sender}
+        if entry.target_agent:
+            agents.add(entry.target_agent)
+        if entry.recipients:
+            agents.update(agent for agent in entry.recipients.split(",") if agent)
+        by_agent_type = self._by_agent_type
+        for agent in agents:
+            for key in ((agent, signal_type), (agent, ANY_TYPE)):
+                group = by_agent_type.get(key)
+                if group:
+                    for subscriber in tuple(group):
+                        subscriber.offer(entry)
 
     def _connect(self, key: str) -> Redis:
         # The read blocks for BLOCK_MS; a socket timeout shorter than that would cut it.
@@ -246,8 +310,7 @@ class _NamespaceReader:
                     for entry_id, fields in entries:
                         entry = SignalEntry.from_fields(entry_id, fields)
                         self.position = entry_id
-                        for subscriber in tuple(self.subscribers):
-                            subscriber.offer(entry)
+                        self._offer(entry)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -348,7 +411,7 @@ class SignalHub:
         if reader is None:
             reader = self._readers[namespace] = _NamespaceReader(self, namespace)
         subscription = Subscription(self, namespace, agent_id, signal_types, self.queue_size)
-        reader.subscribers.add(subscription)
+        reader.add(subscription)
         try:
             await reader.ready.wait()
             if reader.error is not None:
@@ -362,7 +425,7 @@ class SignalHub:
                 subscription.start_cursor = reader.position
             yield subscription
         finally:
-            reader.subscribers.discard(subscription)
+            reader.discard(subscription)
             if not reader.subscribers:
                 self._forget(reader)
                 reader.task.cancel()

@@ -112,7 +112,9 @@ class SignalsClient(ServiceClient):
         cursor = after_id
         retries = 0
         while True:
-            request = signals_pb2.SubscribeRequest(signal_types=types, after_id=cursor)
+            request = signals_pb2.SubscribeRequest(
+                signal_types=types, after_id=cursor, accept_batches=True
+            )
             if not cursor and earliest:
                 request.start = signals_pb2.START_POSITION_EARLIEST
             # The raw call rather than ServiceClient._stream, so that closing this iterator
@@ -121,9 +123,13 @@ class SignalsClient(ServiceClient):
             try:
                 async for response in call:
                     retries = 0
-                    cursor = response.cursor or cursor
-                    if response.HasField("signal"):
+                    # A batch (several signals in one response) is handed out one signal at
+                    # a time; its cursor is its last signal's id.
+                    for signal in response.signals:
+                        yield signal
+                    if response.HasField("signal"):  # a server from before batching
                         yield response.signal
+                    cursor = response.cursor or cursor
             except grpc.RpcError as rpc_error:
                 error = AgentcoordError.from_rpc_error(rpc_error)
                 if error.code not in RESUMABLE_CODES or retries >= max_retries:
