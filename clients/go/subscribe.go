@@ -50,7 +50,9 @@ type Subscription struct {
 	opts    SubscribeOptions
 
 	stream  grpc.ServerStreamingClient[agentcoordv1.SubscribeResponse]
-	cancel  context.CancelFunc // ends the current stream's call
+	cancel  context.CancelFunc     // ends the current stream's call
+	batch   []*agentcoordv1.Signal // the rest of the last response's signals, handed out first
+	last    string                 // the last response's cursor, the cursor once batch is handed out
 	cursor  string
 	retries int
 	resumes int
@@ -96,6 +98,15 @@ func (c *Client) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 // done or after Close. After an error, every later Recv returns it again.
 func (s *Subscription) Recv() (*agentcoordv1.Signal, error) {
 	for s.err == nil {
+		if len(s.batch) > 0 {
+			signal := s.batch[0]
+			s.batch[0], s.batch = nil, s.batch[1:]
+			s.cursor = signal.GetId()
+			if len(s.batch) == 0 && s.last != "" {
+				s.cursor = s.last
+			}
+			return signal, nil
+		}
 		if s.stream == nil {
 			if err := s.pause(); err != nil {
 				s.fail(err)
@@ -112,11 +123,15 @@ func (s *Subscription) Recv() (*agentcoordv1.Signal, error) {
 		response, err := s.stream.Recv()
 		if err == nil {
 			s.retries = 0
-			if response.GetCursor() != "" {
-				s.cursor = response.GetCursor()
+			// A batch (several signals in one response) is handed out one signal at a time; its
+			// cursor is its last signal's id.
+			s.batch = response.GetSignals()
+			if response.GetSignal() != nil { // a server from before batching
+				s.batch = append(s.batch, response.GetSignal())
 			}
-			if response.GetSignal() != nil {
-				return response.GetSignal(), nil
+			s.last = response.GetCursor()
+			if len(s.batch) == 0 && s.last != "" {
+				s.cursor = s.last // progress past signals this subscriber does not see
 			}
 			continue
 		}
@@ -142,7 +157,8 @@ func (s *Subscription) All() iter.Seq2[*agentcoordv1.Signal, error] {
 	}
 }
 
-// Cursor is the position after the last response received: pass it as AfterID to continue
+// Cursor is the position after the last signal Recv returned (or the last progress the server
+// reported; never past a signal of a batch not yet returned): pass it as AfterID to continue
 // elsewhere (another process, after a restart) with no gap and no duplicate.
 func (s *Subscription) Cursor() string { return s.cursor }
 
@@ -156,7 +172,7 @@ func (s *Subscription) Close() { s.stop() }
 // open starts a call after s.cursor and reads its first response, which only reports the
 // position the stream starts after.
 func (s *Subscription) open() error {
-	request := &agentcoordv1.SubscribeRequest{SignalTypes: s.opts.SignalTypes, AfterId: s.cursor}
+	request := &agentcoordv1.SubscribeRequest{SignalTypes: s.opts.SignalTypes, AfterId: s.cursor, AcceptBatches: true}
 	if s.cursor == "" && s.opts.Earliest {
 		request.Start = agentcoordv1.StartPosition_START_POSITION_EARLIEST
 	}

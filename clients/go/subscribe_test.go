@@ -188,3 +188,50 @@ func TestSubscribeSurfacesCursorTrimmedWhenItCannotResumeWithoutAGap(t *testing.
 		t.Fatalf("a second Recv returned %v", again)
 	}
 }
+
+func TestSubscribeUnpacksBatchesInOrderWithoutLossOrDuplicate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sender := dialAs(t, "batch-sender", contributor)
+	reader := dialAs(t, "batch-reader", observer)
+	signalType := uniqueID("batch")
+	anchor := send(t, sender, signalType, 0, nil)
+	var stored []*agentcoordv1.Signal
+	for n := 1; n <= 30; n++ { // the catch-up reads these as one page, sent as one batch
+		stored = append(stored, send(t, sender, signalType, n, nil))
+	}
+	// The server does batch them (what the Subscription below has to unpack).
+	raw, err := reader.Signals.Subscribe(ctx, &agentcoordv1.SubscribeRequest{
+		SignalTypes: []string{signalType}, AfterId: anchor.GetId(), AcceptBatches: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	largest := 0
+	for carried := 0; carried < len(stored); {
+		response, err := raw.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		carried += len(response.GetSignals())
+		largest = max(largest, len(response.GetSignals()))
+	}
+	if largest < 2 {
+		t.Fatal("the server sent no batch")
+	}
+
+	sub, err := reader.Subscribe(ctx, agentcoord.SubscribeOptions{SignalTypes: []string{signalType}, AfterID: anchor.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	first := receive(t, sub, 1)
+	if sub.Cursor() != stored[0].GetId() {
+		t.Fatalf("cursor after the first signal of a batch = %s, want its id %s", sub.Cursor(), stored[0].GetId())
+	}
+	for n := 31; n <= 60; n++ {
+		send(t, sender, signalType, n, nil)
+	}
+	if got := append(first, receive(t, sub, 59)...); !equal(got, sequence(1, 60)) {
+		t.Fatalf("received %v", got)
+	}
+}

@@ -52,7 +52,10 @@ type WorkerOptions struct {
 
 // Worker claims tasks and runs a Handler on each: it long-polls ClaimTask, renews the lease in
 // the background while the handler runs, then completes the task with the claim's fencing token,
-// or fails it (FailTask) when the handler returns an error. Build one with Client.NewWorker.
+// or fails it (FailTask) when the handler returns an error. In Run, that completion (or failure)
+// also claims the next task (claim_next with the worker's TaskTypes and Lease), so a busy worker
+// makes one RPC per task; only when nothing is pending does it long-poll ClaimTask again. Build
+// one with Client.NewWorker.
 type Worker struct {
 	tasks   agentcoordv1.TaskServiceClient
 	handler Handler
@@ -78,14 +81,32 @@ const finishTimeout = 10 * time.Second
 
 // Run claims and processes tasks one at a time until ctx is done, then returns nil. A task in
 // hand when ctx ends has its handler cancelled and is failed (retryable) so that another worker
-// gets it at once. Handler errors and lost leases do not stop Run; neither does UNAVAILABLE
+// gets it at once; so is a task the last completion claimed (claim_next) that was not started.
+// Handler errors and lost leases do not stop Run; neither does UNAVAILABLE
 // from a claim (it pauses 1 s and claims again).
 //
 // Errors: any other claim failure, e.g. PERMISSION_DENIED (TIER_TOO_LOW), UNAUTHENTICATED,
 // INVALID_ARGUMENT (NO_TASK_TYPES: no TaskTypes and no registered capabilities).
 func (w *Worker) Run(ctx context.Context) error {
-	for ctx.Err() == nil {
-		_, err := w.RunOnce(ctx)
+	var held *agentcoordv1.Task // claimed by the last completion or failure
+	var heldSince time.Time     // when that call was sent: the new lease counts from then
+	for ctx.Err() == nil || held != nil {
+		var err error
+		if held != nil {
+			task, since := held, heldSince
+			held = nil
+			if ctx.Err() != nil {
+				w.release(ctx, task)
+				break
+			}
+			_, held, heldSince, err = w.process(ctx, task, since, true)
+		} else {
+			claimSent := time.Now()
+			var task *agentcoordv1.Task
+			if task, err = w.claim(ctx); err == nil && task != nil {
+				_, held, heldSince, err = w.process(ctx, task, claimSent, true)
+			}
+		}
 		if err == nil || ctx.Err() != nil || errors.Is(err, ErrLeaseLost) || isHandlerError(err) {
 			continue
 		}
@@ -129,6 +150,16 @@ func isHandlerError(err error) bool {
 //     then the task is redelivered when its lease runs out).
 func (w *Worker) RunOnce(ctx context.Context) (*agentcoordv1.Task, error) {
 	claimSent := time.Now()
+	task, err := w.claim(ctx)
+	if err != nil || task == nil {
+		return nil, err
+	}
+	done, _, _, err := w.process(ctx, task, claimSent, false)
+	return done, err
+}
+
+// claim long-polls ClaimTask: the claimed task, or nil when none came within Wait.
+func (w *Worker) claim(ctx context.Context) (*agentcoordv1.Task, error) {
 	claimed, err := w.tasks.ClaimTask(ctx, &agentcoordv1.ClaimTaskRequest{
 		TaskTypes:     w.opts.TaskTypes,
 		LeaseDuration: durationpb.New(w.opts.Lease),
@@ -137,10 +168,27 @@ func (w *Worker) RunOnce(ctx context.Context) (*agentcoordv1.Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	task := claimed.GetTask()
-	if task == nil {
-		return nil, nil
-	}
+	return claimed.GetTask(), nil
+}
+
+// release fails a task claimed by the last completion but not started (the worker is stopping),
+// retryable and without backoff, so that another worker gets it at once.
+func (w *Worker) release(ctx context.Context, task *agentcoordv1.Task) {
+	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	retryable := true
+	_, _ = w.tasks.FailTask(finishCtx, &agentcoordv1.FailTaskRequest{
+		TaskId: task.GetTaskId(), FencingToken: task.GetLease().GetFencingToken(),
+		Error: "worker stopped before starting the task", Retryable: &retryable,
+	})
+}
+
+// process runs the handler on a claimed task (claimed at claimSent) and completes or fails it, as
+// RunOnce describes. With claimNext the completion or failure also claims the next task: it is
+// returned with the time that call was sent (nil when none was pending or the call failed).
+func (w *Worker) process(ctx context.Context, task *agentcoordv1.Task, claimSent time.Time, claimNext bool) (
+	*agentcoordv1.Task, *agentcoordv1.Task, time.Time, error,
+) {
 	fencing := task.GetLease().GetFencingToken()
 
 	handlerCtx, cancelHandler := context.WithCancelCause(ctx)
@@ -159,20 +207,25 @@ func (w *Worker) RunOnce(ctx context.Context) (*agentcoordv1.Task, error) {
 	renewing.Wait()
 
 	if errors.Is(context.Cause(handlerCtx), ErrLeaseLost) {
-		return task, keeper.lostErr
+		return task, nil, time.Time{}, keeper.lostErr
 	}
 	finishCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
+	var next *agentcoordv1.ClaimNextOptions
+	if claimNext && ctx.Err() == nil {
+		next = &agentcoordv1.ClaimNextOptions{TaskTypes: w.opts.TaskTypes, LeaseDuration: durationpb.New(w.opts.Lease)}
+	}
+	finishSent := time.Now()
 	if handlerErr == nil {
 		var payload *structpb.Struct
 		if payload, handlerErr = structpb.NewStruct(result); handlerErr == nil {
 			done, err := w.tasks.CompleteTask(finishCtx, &agentcoordv1.CompleteTaskRequest{
-				TaskId: task.GetTaskId(), FencingToken: fencing, Result: payload,
+				TaskId: task.GetTaskId(), FencingToken: fencing, Result: payload, ClaimNext: next,
 			})
 			if err != nil {
-				return task, leaseLostOr(err)
+				return task, nil, time.Time{}, leaseLostOr(err)
 			}
-			return done.GetTask(), nil
+			return done.GetTask(), done.GetNextTask(), finishSent, nil
 		}
 		handlerErr = Permanent(fmt.Errorf("result is not JSON-like: %w", handlerErr))
 	}
@@ -184,12 +237,12 @@ func (w *Worker) RunOnce(ctx context.Context) (*agentcoordv1.Task, error) {
 	}
 	failed, err := w.tasks.FailTask(finishCtx, &agentcoordv1.FailTaskRequest{
 		TaskId: task.GetTaskId(), FencingToken: fencing, Error: message,
-		Retryable: &retryable, Backoff: durationpb.New(w.opts.RetryBackoff),
+		Retryable: &retryable, Backoff: durationpb.New(w.opts.RetryBackoff), ClaimNext: next,
 	})
 	if err != nil {
-		return task, leaseLostOr(err)
+		return task, nil, time.Time{}, leaseLostOr(err)
 	}
-	return failed.GetTask(), &HandlerError{TaskID: task.GetTaskId(), Err: handlerErr}
+	return failed.GetTask(), failed.GetNextTask(), finishSent, &HandlerError{TaskID: task.GetTaskId(), Err: handlerErr}
 }
 
 // call runs the handler, turning a panic into an error so that the task is failed, not leaked.

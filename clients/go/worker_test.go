@@ -198,3 +198,47 @@ func TestWorkerRunStopsWhenItsContextEnds(t *testing.T) {
 		t.Fatalf("Run = %v; not handled: %v", err, ids)
 	}
 }
+
+func TestWorkerRunClaimsEachNextTaskWithTheCompletion(t *testing.T) {
+	client := dialAs(t, "chain", contributor)
+	agent := client.Principal().GetAgentId()
+	taskType := uniqueID("type")
+	const count = 12
+	ids := map[string]bool{}
+	for range count {
+		ids[addTask(t, taskType)] = true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	completed := make(chan string, count)
+	failedOnce := false
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		if !failedOnce { // one failure: FailTask claims the next task too (here the same one again)
+			failedOnce = true
+			return nil, errors.New("once")
+		}
+		completed <- task.GetTaskId()
+		return nil, nil
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Wait: 20 * time.Second})
+	stopped := make(chan error, 1)
+	go func() { stopped <- worker.Run(ctx) }()
+	for range count {
+		delete(ids, <-completed)
+	}
+	cancel()
+	if err := <-stopped; err != nil || len(ids) != 0 {
+		t.Fatalf("Run = %v; not handled: %v", err, ids)
+	}
+
+	// One claim found the first task; every later one came with a completion or failure. The
+	// last completion found nothing pending, so a second claim long-polled until cancel.
+	claims := 0
+	for _, line := range srv.rpcLines(t) {
+		if line["method"] == "/agentcoord.v1.TaskService/ClaimTask" && line["agent"] == agent {
+			claims++
+		}
+	}
+	if claims > 2 {
+		t.Fatalf("%d ClaimTask calls for %d tasks queued at once (want at most 2)", claims, count)
+	}
+}
