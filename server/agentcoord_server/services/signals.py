@@ -89,15 +89,18 @@ def _cursor_only(cursor: str) -> bytes:
 
 class _Wire:
     """An entry's encodings: `record` is one SubscribeResponse.signals element (tag, length,
-    Signal); `single` a whole SubscribeResponse with `signal` and `cursor` (unbatched)."""
+    Signal) and `cursor` a cursor field with its id; `alone` a whole batched response holding
+    just it, `single` a whole unbatched one (`signal` and `cursor`)."""
 
-    __slots__ = ("record", "single")
+    __slots__ = ("alone", "cursor", "record", "single")
 
     def __init__(self, entry: SignalEntry) -> None:
         body = to_signal(entry).SerializeToString()
         length = _varint(len(body))
+        self.cursor = _cursor_only(entry.id)
         self.record = _SIGNALS_TAG + length + body
-        self.single = _SIGNAL_TAG + length + body + _cursor_only(entry.id)
+        self.alone = self.record + self.cursor
+        self.single = _SIGNAL_TAG + length + body + self.cursor
 
 
 def _wire(entry: SignalEntry) -> _Wire:
@@ -111,20 +114,23 @@ def _wire(entry: SignalEntry) -> _Wire:
 def _batches(entries: list[SignalEntry]) -> Iterator[bytes]:
     """Serialized SubscribeResponses carrying `entries` in `signals`, in order, each at most
     BATCH_BYTES of signals (or one signal), its cursor the id of its last signal."""
+    if len(entries) == 1:  # the usual case: bytes shared by every stream that carries it
+        yield _wire(entries[0]).alone
+        return
     parts: list[bytes] = []
     size = 0
-    last = ""
+    last: _Wire | None = None
     for entry in entries:
-        record = _wire(entry).record
-        if parts and size + len(record) > BATCH_BYTES:
-            parts.append(_cursor_only(last))
+        wire = _wire(entry)
+        if last is not None and size + len(wire.record) > BATCH_BYTES:
+            parts.append(last.cursor)
             yield b"".join(parts)
             parts, size = [], 0
-        parts.append(record)
-        size += len(record)
-        last = entry.id
-    if parts:
-        parts.append(_cursor_only(last))
+        parts.append(wire.record)
+        size += len(wire.record)
+        last = wire
+    if last is not None:
+        parts.append(last.cursor)
         yield b"".join(parts)
 
 
