@@ -57,7 +57,10 @@ export interface SubscribeOptions {
  * (UNAUTHENTICATED for a revoked token…) at once.
  */
 export class Subscription implements AsyncIterable<Signal> {
-  /** The position after the last response received; "" before the first. */
+  /**
+   * The position after the last signal yielded (or the last progress the server reported; never
+   * past a signal of a batch not yet yielded); "" before the first response.
+   */
   cursor: string;
   private readonly options: SubscribeOptions;
 
@@ -85,6 +88,7 @@ export class Subscription implements AsyncIterable<Signal> {
           {
             signalTypes,
             afterId: this.cursor,
+            acceptBatches: true,
             // after_id and start are mutually exclusive in the contract.
             start: !this.cursor && earliest ? StartPosition.EARLIEST : StartPosition.UNSPECIFIED,
           },
@@ -93,14 +97,20 @@ export class Subscription implements AsyncIterable<Signal> {
         let first = true;
         for await (const response of stream) {
           retries = 0;
-          this.cursor = response.cursor || this.cursor;
           if (first) {
             first = false;
+            this.cursor = response.cursor || this.cursor;
             this.options.onOpen?.(this.cursor);
+            continue;
           }
-          if (response.signal !== undefined) {
-            yield response.signal;
+          // A batch (several signals in one response) is yielded one signal at a time; its
+          // cursor is its last signal's id. `signal` is what a server from before batching fills.
+          const batch = response.signal !== undefined ? [response.signal] : response.signals;
+          for (const signal of batch) {
+            this.cursor = signal.id;
+            yield signal;
           }
+          this.cursor = response.cursor || this.cursor;
         }
         return; // the server ended the stream cleanly: nothing more will come
       } catch (caught) {

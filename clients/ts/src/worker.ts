@@ -116,6 +116,15 @@ export class Worker {
    *   than LEASE_LOST.
    */
   async runOnce(signal?: AbortSignal): Promise<WorkerOutcome | undefined> {
+    const task = await this.claim(signal);
+    if (task === undefined) {
+      return undefined;
+    }
+    return (await this.process(task, () => false)).outcome;
+  }
+
+  /** A long-polled ClaimTask: the claimed task, or `undefined` when none came or `signal` aborted. */
+  private async claim(signal?: AbortSignal): Promise<Task | undefined> {
     let task: Task | undefined;
     try {
       const response = await this.tasks.claimTask(
@@ -134,10 +143,19 @@ export class Worker {
       }
       throw error;
     }
-    if (task === undefined || task.lease === undefined) {
-      return undefined;
-    }
-    const claimed = task;
+    return task?.lease === undefined ? undefined : task;
+  }
+
+  /**
+   * Runs the handler on a claimed task and completes or fails it, as {@link Worker.runOnce}
+   * describes. When `wantNext()` says so as the handler returns, that CompleteTask/FailTask also
+   * claims the next task (claim_next with this worker's task types and lease): returned in
+   * `next`, unset when none was pending.
+   */
+  private async process(
+    claimed: Task,
+    wantNext: () => boolean,
+  ): Promise<{ outcome: WorkerOutcome; next?: Task }> {
     const taskId = claimed.taskId;
     const fencingToken = claimed.lease?.fencingToken ?? 0n;
 
@@ -164,17 +182,21 @@ export class Worker {
     }
     if (keeper.lostError !== undefined) {
       this.lost++;
-      return { task: claimed, outcome: "lost", error: keeper.lostError };
+      return { outcome: { task: claimed, outcome: "lost", error: keeper.lostError } };
     }
+    const claimNext = wantNext()
+      ? { taskTypes: this.taskTypes, leaseDuration: durationFromMs(this.leaseMs) }
+      : undefined;
     try {
       if (!threw) {
         const done = await this.tasks.completeTask({
           taskId,
           fencingToken,
           result: result ?? undefined,
+          claimNext,
         });
         this.completed++;
-        return { task: done.task ?? claimed, outcome: "completed" };
+        return { outcome: { task: done.task ?? claimed, outcome: "completed" }, next: done.nextTask };
       }
       const failed = await this.tasks.failTask({
         taskId,
@@ -182,13 +204,17 @@ export class Worker {
         error: describe(failure).slice(0, 4096),
         retryable: !(failure instanceof PermanentTaskError),
         backoff: this.retryBackoffMs > 0 ? durationFromMs(this.retryBackoffMs) : undefined,
+        claimNext,
       });
       this.failed++;
-      return { task: failed.task ?? claimed, outcome: "failed", error: failure };
+      return {
+        outcome: { task: failed.task ?? claimed, outcome: "failed", error: failure },
+        next: failed.nextTask,
+      };
     } catch (error) {
       if (isLeaseLost(error)) {
         this.lost++;
-        return { task: claimed, outcome: "lost", error };
+        return { outcome: { task: claimed, outcome: "lost", error } };
       }
       throw error;
     }
@@ -196,7 +222,10 @@ export class Worker {
 
   /**
    * Processes tasks until `signal` aborts, `maxTasks` were processed, or (with
-   * `stopWhenIdle`) a claim's wait ends with no task. A claim that fails UNAVAILABLE (or on a
+   * `stopWhenIdle`) a claim's wait ends with no task. Each completion (or failure) also claims
+   * the next task (claim_next), so a busy worker makes one call per task and long-polls
+   * ClaimTask only when nothing was pending; a task claimed that way is processed even if
+   * `signal` aborts meanwhile (no further one is claimed then). A claim that fails UNAVAILABLE (or on a
    * lost connection) is tried again after a pause (a claim the server made but whose answer was lost only delays that
    * task until its lease runs out).
    *
@@ -208,10 +237,17 @@ export class Worker {
     const signals = [options.signal, this.closed].filter((s): s is AbortSignal => s !== undefined);
     const signal = signals.length > 0 ? AbortSignal.any(signals) : undefined;
     let processed = 0;
-    while (!signal?.aborted && (maxTasks === undefined || processed < maxTasks)) {
+    let held: Task | undefined; // claimed by the last completion or failure
+    const more = (): boolean =>
+      !signal?.aborted && (maxTasks === undefined || processed + 1 < maxTasks);
+    while (held !== undefined || (!signal?.aborted && (maxTasks === undefined || processed < maxTasks))) {
       let outcome: WorkerOutcome | undefined;
       try {
-        outcome = await this.runOnce(signal);
+        const task = held ?? (await this.claim(signal));
+        held = undefined;
+        if (task !== undefined) {
+          ({ outcome, next: held } = await this.process(task, more));
+        }
       } catch (error) {
         const lost =
           error instanceof AgentcoordError &&

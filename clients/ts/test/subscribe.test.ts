@@ -224,3 +224,43 @@ test("a subscription resumes after the server is SIGKILLed and started again", a
   assert.ok(opened >= 2, "the stream was reopened");
   assert.deepEqual(received, sent);
 });
+
+test("a subscription yields batched signals one by one, in order, without loss or duplicate", async () => {
+  const send = async (n: number): Promise<string> =>
+    (await sender.signals.sendSignal({ signalType: "batch", data: { n } })).signal?.id ?? "";
+  const anchor = await send(0);
+  const stored: string[] = [];
+  for (let n = 1; n <= 30; n++) stored.push(await send(n)); // the catch-up sends these as one batch
+  // The server does batch them (what the Subscription below has to unpack).
+  const raw = new AbortController();
+  let largest = 0;
+  let carried = 0;
+  for await (const response of reader.signals.subscribe(
+    { signalTypes: ["batch"], afterId: anchor, acceptBatches: true },
+    { signal: raw.signal, timeoutMs: 0 },
+  )) {
+    largest = Math.max(largest, response.signals.length);
+    carried += response.signals.length;
+    if (carried >= stored.length) break;
+  }
+  raw.abort();
+  assert.ok(largest > 1, "the server sent no batch");
+
+  const controller = new AbortController();
+  const subscription = reader.subscribe({ signalTypes: ["batch"], afterId: anchor, signal: controller.signal });
+  const received: Signal[] = [];
+  let cursorAfterFirst = "";
+  const sent = [...stored];
+  for await (const signal of subscription) {
+    received.push(signal);
+    if (received.length === 1) {
+      cursorAfterFirst = subscription.cursor;
+      for (let n = 31; n <= 60; n++) sent.push(await send(n));
+    }
+    if (received.length === 60) break;
+  }
+  controller.abort();
+  assert.equal(cursorAfterFirst, stored[0], "the cursor stops at the signal yielded, not the batch's end");
+  assert.deepEqual(received.map((s) => s.id), sent);
+  assert.deepEqual(received.map((s) => s.data?.["n"]), Array.from({ length: 60 }, (_, i) => i + 1));
+});

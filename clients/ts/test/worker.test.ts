@@ -158,3 +158,33 @@ test("the demo programs: the observer sees each completion once and its write is
   await eventually(() => server.rpcLines("SignalService/Subscribe", "demo-observer").length === 1, "the observer's stream to be logged");
   assert.equal(server.rpcLines("MemoryService/Stash", "demo-observer").length, 0);
 });
+
+test("run() claims each next task with the completion (or failure): one ClaimTask per idle period", async () => {
+  const chain = server.client(await server.issueToken("ts-chain", AccessTier.CONTRIBUTOR));
+  const count = 12;
+  for (let n = 1; n <= count; n++) {
+    await validator.tasks.addTask({ taskId: `chain-${n}`, taskType: "chain" });
+  }
+  let failedOnce = false;
+  const completed = new Set<string>();
+  const w = chain.worker(
+    (task) => {
+      if (!failedOnce) {
+        failedOnce = true; // FailTask claims the next task too (here the same one again)
+        throw new Error("once");
+      }
+      completed.add(task.taskId);
+      return {};
+    },
+    { taskTypes: ["chain"], waitMs: 1000 },
+  );
+  const processed = await w.run({ stopWhenIdle: true });
+  chain.close();
+
+  assert.equal(processed, count + 1);
+  assert.equal(completed.size, count);
+  // One claim found the first task; every later one came with a completion or failure; the
+  // last completion found nothing pending, so one more claim waited and came back empty.
+  const claims = server.rpcLines("TaskService/ClaimTask", "ts-chain").length;
+  assert.ok(claims <= 2, `${claims} ClaimTask calls for ${count} tasks queued at once`);
+});
