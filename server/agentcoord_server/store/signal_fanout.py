@@ -278,8 +278,8 @@ class _NamespaceReader:
             agents.update(agent for agent in entry.recipients.split(",") if agent)
         by_agent_type = self._by_agent_type
         for agent in agents:
-            for key in ((agent, signal_type), (agent, ANY_TYPE)):
-                group = by_agent_type.get(key)
+            for pair in ((agent, signal_type), (agent, ANY_TYPE)):
+                group = by_agent_type.get(pair)
                 if group:
                     for subscriber in tuple(group):
                         subscriber.offer(entry)
