@@ -73,8 +73,9 @@ class Subscription:
     """One live stream's state: its filter, its bounded buffer and how it ended.
 
     `entries()` yields lists of SignalEntry objects (oldest first): stored ones after
-    `start_cursor`, then live ones. It raises the DomainError that ended it (OutOfRange for a trimmed cursor,
-    ResourceExhausted for overflow, Unavailable for shutdown or a lost Redis connection).
+    `start_cursor`, then live ones. It raises the DomainError that ended it (OutOfRange for a
+    trimmed cursor, ResourceExhausted for overflow, Unavailable for shutdown or a lost Redis
+    connection).
     """
 
     def __init__(
