@@ -98,6 +98,7 @@ class Subscription:
         self._items: deque[SignalEntry] = deque()
         self._wake = asyncio.Event()
         self._live = False
+        self._tick = False  # a progress tick passed (see _NamespaceReader._progress_tick)
         self._reader: _NamespaceReader | None = None  # set on registration
         self.error: DomainError | None = None
         self.closed = False
@@ -141,9 +142,18 @@ class Subscription:
             self._items.clear()
             self._wake.set()
 
-    async def _next_live(self, idle: float) -> list[SignalEntry] | None:
+    def tick(self) -> None:
+        """Called by the reader every progress interval: an idle `_next_live` returns None."""
+        self._tick = True
+        self._wake.set()
+
+    async def _next_live(self) -> list[SignalEntry] | None:
         """The buffered entries (at most BATCH_SIGNALS, never waiting for more than one), or
-        None after `idle` seconds with the buffer empty."""
+        None when a progress tick passes with the buffer empty.
+
+        No timeout per wait: a timer per subscription per delivery cost more than the rest of
+        the wait (asyncio.timeout schedules and cancels a loop timer each time); the reader's one
+        timer ticks every subscription instead."""
         while True:
             if self.error is not None:
                 raise self.error
@@ -154,13 +164,11 @@ class Subscription:
                 if len(items) == 1:
                     return [items.popleft()]
                 return [items.popleft() for _ in range(min(len(items), BATCH_SIGNALS))]
+            if self._tick:
+                self._tick = False
+                return None
             self._wake.clear()
-            try:
-                async with asyncio.timeout(idle):
-                    await self._wake.wait()
-            except TimeoutError:
-                if not self._items and self.error is None:
-                    return None
+            await self._wake.wait()
 
     async def entries(self) -> AsyncIterator[list[SignalEntry] | Progress]:
         """Stored signals after `start_cursor`, then live ones, in non-empty lists (a catch-up
@@ -197,7 +205,7 @@ class Subscription:
             yield Progress(cursor)
         covered = id_key(cursor) if cursor else (0, 0)
         while not self.closed:
-            live = await self._next_live(self._hub.progress_interval)
+            live = await self._next_live()
             if live is None:
                 if self.closed:
                     return
@@ -243,6 +251,15 @@ class _NamespaceReader:
         self.task = asyncio.create_task(
             self._run(), name=f"signals-reader:{namespace}", context=contextvars.Context()
         )
+        self._interval = hub.progress_interval
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._progress_tick)
+
+    def _progress_tick(self) -> None:
+        """Every progress interval: subscriptions idle since the last tick report their position
+        (Subscription.entries); one loop timer per namespace, not one per wait."""
+        for subscriber in tuple(self.subscribers):
+            subscriber.tick()
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._progress_tick)
 
     def _keys(self, subscription: Subscription) -> list[str]:
         return list(subscription.signal_types) or [ANY_TYPE]
@@ -325,9 +342,15 @@ class _NamespaceReader:
             self.ready.set()
             self.hub._forget(self)
         finally:
+            self._timer.cancel()
             if redis is not None:
                 with contextlib.suppress(Exception):
                     await close_redis(redis)
+
+    def stop(self) -> None:
+        """Stops the read loop and the progress timer (also when the loop never started)."""
+        self._timer.cancel()
+        self.task.cancel()
 
 
 class SignalHub:
@@ -429,4 +452,4 @@ class SignalHub:
             reader.discard(subscription)
             if not reader.subscribers:
                 self._forget(reader)
-                reader.task.cancel()
+                reader.stop()
