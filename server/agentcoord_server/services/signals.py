@@ -208,7 +208,6 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
         async with self.hub.subscribe(
             principal.namespace, principal.agent_id, types, after=after, earliest=earliest
         ) as subscription:
-            context.add_done_callback(lambda _: subscription.close())
             yield _cursor_only(subscription.start_cursor)
             batched = request.accept_batches
             async for item in subscription.entries():

@@ -28,9 +28,9 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -38,6 +38,8 @@ from redis.asyncio import Redis
 from ..errors import DomainError, ResourceExhausted, Unavailable
 from ..redis_client import close_redis, dedicated_client
 from .signals import SignalEntry, SignalStore, id_key
+
+T = TypeVar("T")
 
 log = structlog.get_logger("agentcoord.signals")
 
@@ -67,6 +69,34 @@ class Progress:
     """Everything up to `cursor` was considered for the subscriber: resume after it."""
 
     cursor: str
+
+
+async def cancellable(call: Awaitable[T]) -> T:
+    """Awaits a Redis call of a stream handler so that cancelling the handler always raises
+    CancelledError in it. redis-py can lose a cancellation that lands while it starts a command
+    (the call then returns normally), and a Subscribe handler that missed its cancellation would
+    wait for live signals that in a quiet namespace never come, holding its subscription until
+    the server stops. Under `shield` the handler's own await is what gets cancelled; the Redis
+    call finishes (or fails) in the background."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_consume_outcome)
+        raise
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _raise_if_cancel_was_lost() -> None:
+    """A second net for the same loss anywhere else: a task asked to cancel that is still
+    running (asyncio.Task.cancelling() > 0) ends at its next idle tick."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Subscription:
@@ -101,7 +131,6 @@ class Subscription:
         self._tick = False  # a progress tick passed (see _NamespaceReader._progress_tick)
         self._reader: _NamespaceReader | None = None  # set on registration
         self.error: DomainError | None = None
-        self.closed = False
 
     @property
     def queued(self) -> int:
@@ -126,15 +155,6 @@ class Subscription:
         self._items.append(entry)
         self._wake.set()
 
-    def close(self) -> None:
-        """Ends `entries()` quietly: the call it serves is over (cancelled, or its deadline
-        passed). grpc cancels the handler's task too, but a cancellation that arrives while
-        redis-py starts a command can be lost, and the handler would then wait for a live
-        signal that in a quiet namespace never comes, holding its subscription."""
-        self.closed = True
-        self._items.clear()
-        self._wake.set()
-
     def fail(self, error: DomainError) -> None:
         """Ends the subscription with `error` (the first error wins) and drops its buffer."""
         if self.error is None:
@@ -157,8 +177,6 @@ class Subscription:
         while True:
             if self.error is not None:
                 raise self.error
-            if self.closed:
-                return None
             items = self._items
             if items:
                 if len(items) == 1:
@@ -166,6 +184,7 @@ class Subscription:
                 return [items.popleft() for _ in range(min(len(items), BATCH_SIGNALS))]
             if self._tick:
                 self._tick = False
+                _raise_if_cancel_was_lost()
                 return None
             self._wake.clear()
             await self._wake.wait()
@@ -178,15 +197,17 @@ class Subscription:
         cursor = self.start_cursor
         reported = cursor
         after = "" if self.from_oldest else cursor
-        while not self.closed:
+        while True:
             if self.error is not None:
                 raise self.error
-            page = await store.receive(
-                self.namespace,
-                self.agent_id,
-                sorted(self.signal_types),
-                after=after,
-                limit=CATCH_UP_LIMIT,
+            page = await cancellable(
+                store.receive(
+                    self.namespace,
+                    self.agent_id,
+                    sorted(self.signal_types),
+                    after=after,
+                    limit=CATCH_UP_LIMIT,
+                )
             )
             if page.entries:
                 yield page.entries
@@ -199,16 +220,12 @@ class Subscription:
                 # Buffer live entries from here on; the next page picks up whatever was
                 # appended between this page's read and this line.
                 self._live = True
-        if self.closed:
-            return
         if cursor != reported:
             yield Progress(cursor)
         covered = id_key(cursor) if cursor else (0, 0)
-        while not self.closed:
+        while True:
             live = await self._next_live()
             if live is None:
-                if self.closed:
-                    return
                 # The buffer is empty and the reader offers every entry it reads before it
                 # awaits again, so every visible entry up to its position was delivered.
                 passed = self._reader.position if self._reader is not None else ""
@@ -443,7 +460,7 @@ class SignalHub:
             if after is not None:
                 subscription.start_cursor = after
             elif earliest:
-                _, subscription.start_cursor = await self.store.positions(namespace)
+                _, subscription.start_cursor = await cancellable(self.store.positions(namespace))
                 subscription.from_oldest = True
             else:
                 subscription.start_cursor = reader.position
