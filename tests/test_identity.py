@@ -7,13 +7,13 @@ import grpc
 import pytest
 from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import access_pb2
-from agentcoord_server.identity import required_tiers
+from agentcoord_server.identity import OPERATOR_NAMESPACE, operator_callable, required_tiers
 from agentcoord_server.services import SERVICE_MODULES
 from google.protobuf import message_factory
 
 pytestmark = pytest.mark.every_backend
 
-TIERS = ["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD"]
+TIERS = ["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD", "OPERATOR"]
 
 
 def all_rpcs():
@@ -25,6 +25,7 @@ def all_rpcs():
 
 RPCS = list(all_rpcs())
 REQUIRED = required_tiers(m.PB2 for m in SERVICE_MODULES)
+OPERATOR_CALLABLE = operator_callable(m.PB2 for m in SERVICE_MODULES)
 
 
 def path_of(method) -> str:
@@ -64,7 +65,18 @@ def test_tier_matrix_lower_tiers_are_denied_and_the_required_tier_is_admitted(
 ):
     required = REQUIRED[path_of(method)]
     lower = [t for t in TIERS if access_pb2.AccessTier.Value(f"ACCESS_TIER_{t}") < required]
-    tokens = {t: server.issue_token(f"agent-{t.lower()}", t, namespace) for t in TIERS}
+    # The OPERATOR stands apart (access.proto): only OPERATOR RPCs and operator_callable ones.
+    operator_admitted = (
+        required == access_pb2.ACCESS_TIER_OPERATOR or path_of(method) in OPERATOR_CALLABLE
+    )
+    if not operator_admitted:
+        lower.append("OPERATOR")
+    tokens = {
+        t: server.issue_token(
+            f"agent-{t.lower()}", t, OPERATOR_NAMESPACE if t == "OPERATOR" else namespace
+        )
+        for t in TIERS
+    }
     before = namespace_keys(redis_client, namespace)
 
     denied = {t: raw_call(server.address, method, tokens[t]) for t in lower}

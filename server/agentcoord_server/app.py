@@ -27,11 +27,14 @@ from . import __version__, reflection
 from . import tracing as tracing_setup
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
+from .errors import AlreadyExists
 from .identity import (
+    OPERATOR_NAMESPACE,
     Authenticator,
     DevIdentityAuthenticator,
     FailedAuthLimiter,
     TokenAuthenticator,
+    operator_callable,
     required_tiers,
 )
 from .interceptors import (
@@ -44,6 +47,7 @@ from .metrics import ServerMetrics
 from .redis_client import close_redis, connect_redis, parse_redis_url
 from .redis_supervisor import RedisSupervisor
 from .services import SERVICE_MODULES, ServiceContext
+from .store.namespaces import NamespaceStore
 from .store.scripts import preload_registered
 from .store.tokens import TokenStore
 
@@ -60,6 +64,9 @@ KEEPALIVE_OPTIONS = [
 
 BOOTSTRAP_FILE = "bootstrap-token"
 """Name of the 0600 file in the data directory that receives the first STEWARD token."""
+OPERATOR_FILE = "operator-token"
+"""Name of the 0600 file in the data directory that receives the first OPERATOR token."""
+OPERATOR_AGENT = "operator"
 BOOTSTRAP_NAMESPACE = "default"
 BOOTSTRAP_AGENT = "steward"
 # Held while one server bootstraps, so two starting at once on one Redis make one token.
@@ -170,7 +177,8 @@ class AgentcoordServer:
         return TokenAuthenticator(tokens, cache_seconds=self.settings.auth_cache_seconds)
 
     async def _bootstrap(self, tokens: TokenStore, redis: Redis) -> None:
-        """First start (no token in Redis): one STEWARD token for namespace `default`.
+        """First start (no token in Redis): one STEWARD token for namespace `default` and the
+        server-wide OPERATOR token (`<data dir>/operator-token`, or `--bootstrap-operator-token`).
 
         A generated token goes to `<data dir>/bootstrap-token` (0600) and the log says where;
         `--bootstrap-token` registers the given token instead and writes no file. Neither token
@@ -199,6 +207,30 @@ class AgentcoordServer:
                 issued_by="bootstrap",
                 token=supplied,
             )
+            # The server-wide operator (DESIGN.md "Tenancy"), and `default` registered as the
+            # namespace the bootstrap STEWARD administers.
+            operator_token, operator_record = await tokens.issue(
+                OPERATOR_NAMESPACE,
+                OPERATOR_AGENT,
+                access_pb2.ACCESS_TIER_OPERATOR,
+                description="bootstrap OPERATOR token",
+                issued_by="bootstrap",
+                token=self.settings.bootstrap_operator_token,
+            )
+            try:
+                await NamespaceStore(redis, tokens).create(
+                    BOOTSTRAP_NAMESPACE, created_by="bootstrap", description="bootstrap namespace"
+                )
+            except AlreadyExists:
+                pass
+            if not self.settings.bootstrap_operator_token:
+                operator_path = Path(self.settings.data_dir) / OPERATOR_FILE
+                write_secret_file(operator_path, operator_token)
+                log.warning(
+                    "bootstrap: wrote the OPERATOR token; use it to create namespaces",
+                    path=str(operator_path.resolve()),
+                    token_id=operator_record.token_id,
+                )
             if supplied:
                 log.info(
                     "registered the supplied bootstrap token as STEWARD",
@@ -298,6 +330,7 @@ class AgentcoordServer:
         if authenticator.revocable:
             await self._bootstrap(tokens, redis)
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
+        for_operator = operator_callable(m.PB2 for m in SERVICE_MODULES)
         options = [
             *KEEPALIVE_OPTIONS,
             # grpc enables SO_REUSEPORT by default: a second server on a port in use would then
@@ -316,6 +349,7 @@ class AgentcoordServer:
                 IdentityInterceptor(
                     authenticator,
                     tiers,
+                    operator_callable=for_operator,
                     # Streams re-check at the cache bound (uncached), so revocation reaches
                     # them within it too; at least every 0.1 s when caching is off.
                     recheck_seconds=self.settings.auth_cache_seconds or 0.1,

@@ -115,6 +115,14 @@ def main() -> None:
     "'default' instead of generating one into <data-dir>/bootstrap-token.",
 )
 @click.option(
+    "--bootstrap-operator-token",
+    envvar="AGENTCOORD_BOOTSTRAP_OPERATOR_TOKEN",
+    default=None,
+    show_default=False,
+    help="On first start (no tokens yet), register this as the server-wide OPERATOR token "
+    "instead of generating one into <data-dir>/operator-token.",
+)
+@click.option(
     "--auth-cache-seconds",
     envvar="AGENTCOORD_AUTH_CACHE_SECONDS",
     default=5.0,
@@ -231,6 +239,7 @@ def serve(
     signal_queue_size: int,
     insecure_dev_identity: bool,
     bootstrap_token: str | None,
+    bootstrap_operator_token: str | None,
     auth_cache_seconds: float,
     auth_failure_limit: int,
     auth_failure_window: float,
@@ -289,6 +298,7 @@ def serve(
         ttl=ttl,
         signal_queue_size=signal_queue_size,
         bootstrap_token=bootstrap_token or None,
+        bootstrap_operator_token=bootstrap_operator_token or None,
         auth_cache_seconds=auth_cache_seconds,
         auth_failure_limit=auth_failure_limit,
         auth_failure_window=auth_failure_window,

@@ -20,7 +20,11 @@ from agentcoord.v1 import access_pb2
 
 from .errors import Unauthenticated
 
-AccessTier = int  # an access_pb2.AccessTier value; ordered OBSERVER < … < STEWARD
+AccessTier = int  # an access_pb2.AccessTier value; ordered OBSERVER < … < STEWARD < OPERATOR
+
+OPERATOR = access_pb2.ACCESS_TIER_OPERATOR
+OPERATOR_NAMESPACE = "_operator"
+"""The namespace of OPERATOR tokens: reserved (CreateNamespace refuses '_' names), holds no data."""
 
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 """Agent ids, namespaces and every other id that becomes part of a Redis key (DESIGN.md)."""
@@ -87,6 +91,26 @@ def required_tiers(modules: Iterable[ModuleType]) -> dict[str, AccessTier]:
                 tier = options.Extensions[access_pb2.required_tier]
                 tiers[f"/{service.full_name}/{method.name}"] = tier
     return tiers
+
+
+def operator_callable(modules: Iterable[ModuleType]) -> frozenset[str]:
+    """The RPC paths that declare `(agentcoord.v1.operator_callable) = true`, read once at start
+    from the descriptors like `required_tiers`."""
+    paths = set()
+    for module in modules:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if method.GetOptions().Extensions[access_pb2.operator_callable]:
+                    paths.add(f"/{service.full_name}/{method.name}")
+    return frozenset(paths)
+
+
+def tier_allows(own: AccessTier, required: AccessTier, operator_callable: bool) -> bool:
+    """The contract's rule (access.proto, AccessTier): the OPERATOR calls exactly the RPCs that
+    require OPERATOR or are operator_callable; every other tier those its tier reaches."""
+    if own == OPERATOR:
+        return required == OPERATOR or operator_callable
+    return required != 0 and own >= required
 
 
 class Authenticator(Protocol):

@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 
 from . import errors
 from .identity import (
+    OPERATOR,
     AccessTier,
     Authenticator,
     FailedAuthLimiter,
@@ -33,6 +34,7 @@ from .identity import (
     bind_principal,
     metadata_value,
     peer_address,
+    tier_allows,
     tier_name,
 )
 
@@ -447,6 +449,7 @@ class IdentityInterceptor(_CachingInterceptor):
         authenticator: Authenticator,
         tiers: Mapping[str, AccessTier],
         *,
+        operator_callable: frozenset[str] = frozenset(),
         recheck_seconds: float = 5.0,
         limiter: FailedAuthLimiter | None = None,
     ) -> None:
@@ -456,6 +459,7 @@ class IdentityInterceptor(_CachingInterceptor):
         self._authenticator = authenticator
         self._limiter = limiter if limiter is not None else FailedAuthLimiter(max_failures=0)
         self._tiers = dict(tiers)
+        self._operator_callable = operator_callable
         self._recheck_seconds = recheck_seconds
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -473,6 +477,14 @@ class IdentityInterceptor(_CachingInterceptor):
         structlog.contextvars.bind_contextvars(
             agent=principal.agent_id, namespace=principal.namespace
         )
+        if principal.tier == OPERATOR and not tier_allows(
+            principal.tier, required, method in self._operator_callable
+        ):
+            raise errors.PermissionDenied(
+                f"{method} reads or writes a namespace's data, which the OPERATOR never does",
+                reason="OPERATOR_DATA_ACCESS",
+                metadata={"required_tier": tier_name(required), "caller_tier": "OPERATOR"},
+            )
         if principal.tier < required:
             raise errors.PermissionDenied(
                 f"{method} needs tier {tier_name(required)}; caller has {tier_name(principal.tier)}",

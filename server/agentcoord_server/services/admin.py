@@ -1,7 +1,11 @@
-"""AdminService: WhoAmI, GetServerStats and token administration (proto/agentcoord/v1/admin.proto).
+"""AdminService: WhoAmI, GetServerStats, token and namespace administration
+(proto/agentcoord/v1/admin.proto).
 
 Token RPCs act only in the caller's namespace: a STEWARD administers its own team's tokens
-and nothing else (DESIGN.md "Identity and tiers"). The tier check itself is the interceptor's.
+and nothing else (DESIGN.md "Identity and tiers"). The OPERATOR (DESIGN.md "Tenancy") names
+the namespace whose tokens it administers, and creates, lists and deletes namespaces; it never
+reaches their data (the interceptor refuses it every RPC that is not operator_callable or
+OPERATOR-only). The tier check itself is the interceptor's.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import grpc
 from agentcoord.v1 import access_pb2, admin_pb2, admin_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from ..errors import PermissionDenied, invalid_field
-from ..identity import current_principal
+from ..errors import InvalidArgument, PermissionDenied, invalid_field
+from ..identity import OPERATOR, OPERATOR_NAMESPACE, Principal, current_principal
 from ..store.admin import AdminStore, NamespaceCounts
 from ..store.keys import validate_id
+from ..store.namespaces import DELETING, NamespaceRecord, NamespaceStore
 from ..store.tokens import TokenRecord, TokenStore
 from .signals import hub_for
 from .values import fitting, response_budget
@@ -88,6 +93,52 @@ def namespace_stats(
     )
 
 
+MAX_STATS_NAMESPACES = 100
+"""Namespaces whose stats the OPERATOR's GetServerStats returns (two round trips each)."""
+
+
+def namespace_message(record: NamespaceRecord) -> admin_pb2.Namespace:
+    state = (
+        admin_pb2.NAMESPACE_STATE_DELETING
+        if record.state == DELETING
+        else admin_pb2.NAMESPACE_STATE_ACTIVE
+    )
+    return admin_pb2.Namespace(
+        name=record.name,
+        state=state,
+        create_time=_timestamp(record.created_ms),
+        created_by=record.created_by,
+        description=record.description,
+    )
+
+
+def target_namespace(principal: Principal, requested: str) -> str:
+    """The namespace a token RPC acts in: the caller's own unless the OPERATOR names another.
+
+    Raises PermissionDenied (NAMESPACE_MISMATCH) when a non-operator names another namespace,
+    InvalidArgument (INVALID_ID) for a malformed name.
+    """
+    if not requested or requested == principal.namespace:
+        return principal.namespace
+    if principal.tier != OPERATOR:
+        raise PermissionDenied(
+            "a STEWARD administers tokens only in its own namespace",
+            reason="NAMESPACE_MISMATCH",
+        )
+    return validate_id(requested, "namespace")
+
+
+def validate_new_namespace(name: str) -> str:
+    validate_id(name, "name")
+    if name.startswith("_"):
+        raise InvalidArgument(
+            "namespace names starting with '_' are reserved",
+            reason="RESERVED_NAMESPACE",
+            field_violations=[("name", "must not start with '_'")],
+        )
+    return name
+
+
 def _page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise invalid_field("page_size", f"must be 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE")
@@ -100,6 +151,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._store = AdminStore(ctx.redis, task_ttl=ctx.settings.ttl.task)
         self._max_message_bytes = ctx.settings.max_message_bytes
         self._tokens = TokenStore(ctx.redis)
+        self._namespaces = NamespaceStore(ctx.redis, self._tokens)
 
     async def WhoAmI(
         self, request: admin_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
@@ -109,33 +161,48 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetServerStats(
         self, request: admin_pb2.GetServerStatsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetServerStatsResponse:
-        namespace = current_principal().namespace
+        principal = current_principal()
+        namespace = principal.namespace
         stats = await self._store.stats(namespace)
         mode = admin_pb2.REDIS_MODE_CLUSTER if stats.cluster_enabled else self._ctx.redis_mode
         uptime = duration_pb2.Duration()
         uptime.FromNanoseconds(int((time.monotonic() - self._ctx.started_at) * 1e9))
-        subscriptions = hub_for(self._ctx).stats().get(namespace, 0)
-        return admin_pb2.GetServerStatsResponse(
+        live = hub_for(self._ctx).stats()
+        response = admin_pb2.GetServerStatsResponse(
             server_version=self._ctx.server_version,
             redis_mode=mode,  # type: ignore[arg-type]
             redis_version=stats.redis_version,
             used_memory_bytes=stats.used_memory_bytes,
             uptime=uptime,
-            namespace_stats=namespace_stats(namespace, stats.namespace, subscriptions),
             redis_nodes=stats.nodes,
         )
+        if principal.tier != OPERATOR:
+            response.namespace_stats.CopyFrom(
+                namespace_stats(namespace, stats.namespace, live.get(namespace, 0))
+            )
+            return response
+        # Server-wide for the operator: every registered namespace's counts (bounded).
+        records, more = await self._namespaces.list(MAX_STATS_NAMESPACES)
+        for record in records:
+            counts = (await self._store.stats(record.name)).namespace
+            response.namespaces.append(
+                namespace_stats(record.name, counts, live.get(record.name, 0))
+            )
+        response.namespaces_truncated = bool(more)
+        return response
 
     async def IssueToken(
         self, request: admin_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.IssueTokenResponse:
         principal = current_principal()
-        if request.namespace and request.namespace != principal.namespace:
-            raise PermissionDenied(
-                "a STEWARD issues tokens only in its own namespace",
-                reason="NAMESPACE_MISMATCH",
-            )
+        namespace = target_namespace(principal, request.namespace)
         validate_id(request.agent_id, "agent_id")
-        if request.tier not in (
+        if namespace == OPERATOR_NAMESPACE:
+            # Only the operator reaches its own namespace (target_namespace), and it holds
+            # only OPERATOR tokens.
+            if request.tier != access_pb2.ACCESS_TIER_OPERATOR:
+                raise invalid_field("tier", "the operator's namespace holds only OPERATOR tokens")
+        elif request.tier not in (
             access_pb2.ACCESS_TIER_OBSERVER,
             access_pb2.ACCESS_TIER_CONTRIBUTOR,
             access_pb2.ACCESS_TIER_VALIDATOR,
@@ -152,36 +219,73 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "description", f"must be at most {MAX_DESCRIPTION_CHARS} characters"
             )
         token, record = await self._tokens.issue(
-            principal.namespace,
+            namespace,
             request.agent_id,
             request.tier,
             lifetime_s=lifetime_s,
             description=request.description,
             issued_by=principal.agent_id,
+            # The operator issues only into registered namespaces; a STEWARD's own namespace
+            # may predate the registry.
+            registered_only=principal.tier == OPERATOR and namespace != OPERATOR_NAMESPACE,
         )
         return admin_pb2.IssueTokenResponse(token=token, info=token_info(record))
 
     async def RevokeToken(
         self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RevokeTokenResponse:
+        namespace = target_namespace(current_principal(), request.namespace)
         validate_id(request.token_id, "token_id")
-        record = await self._tokens.revoke(current_principal().namespace, request.token_id)
+        record = await self._tokens.revoke(namespace, request.token_id)
         return admin_pb2.RevokeTokenResponse(info=token_info(record))
 
     async def ListTokens(
         self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListTokensResponse:
+        namespace = target_namespace(current_principal(), request.namespace)
         page_size = _page_size(request.page_size)
         if request.page_token:
             validate_id(request.page_token, "page_token")
-        records, next_after = await self._tokens.list(
-            current_principal().namespace, page_size, request.page_token
-        )
+        records, next_after = await self._tokens.list(namespace, page_size, request.page_token)
         tokens = [token_info(r) for r in records]
         fit = fitting(tokens, response_budget(self._max_message_bytes))
         if fit < len(tokens):  # the token is the last token id listed
             tokens, next_after = tokens[:fit], tokens[fit - 1].token_id
         return admin_pb2.ListTokensResponse(tokens=tokens, next_page_token=next_after)
+
+    async def CreateNamespace(
+        self, request: admin_pb2.CreateNamespaceRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateNamespaceResponse:
+        name = validate_new_namespace(request.name)
+        if len(request.description) > MAX_DESCRIPTION_CHARS:
+            raise invalid_field(
+                "description", f"must be at most {MAX_DESCRIPTION_CHARS} characters"
+            )
+        record = await self._namespaces.create(
+            name, created_by=current_principal().agent_id, description=request.description
+        )
+        return admin_pb2.CreateNamespaceResponse(namespace=namespace_message(record))
+
+    async def ListNamespaces(
+        self, request: admin_pb2.ListNamespacesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListNamespacesResponse:
+        page_size = _page_size(request.page_size)
+        if request.page_token:
+            validate_id(request.page_token, "page_token")
+        records, next_after = await self._namespaces.list(page_size, request.page_token)
+        return admin_pb2.ListNamespacesResponse(
+            namespaces=[namespace_message(r) for r in records], next_page_token=next_after
+        )
+
+    async def DeleteNamespace(
+        self, request: admin_pb2.DeleteNamespaceRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteNamespaceResponse:
+        name = validate_new_namespace(request.name)
+        cache = self._ctx.settings.auth_cache_seconds
+        record = await self._namespaces.delete(
+            name, settle_seconds=max(cache, 0.1), auth_cache_seconds=cache
+        )
+        return admin_pb2.DeleteNamespaceResponse(namespace=namespace_message(record))
 
 
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:

@@ -39,7 +39,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from ..errors import NotFound
+from ..errors import FailedPrecondition, NotFound
 from ..identity import Principal, TokenGrant, token_digest
 from .keys import Keyspace
 from .paging import page_by_lex
@@ -106,6 +106,7 @@ class TokenStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._read = load_script(redis, "index_read")
+        self._issue = load_script(redis, "tokens_issue")
 
     async def issue(
         self,
@@ -117,14 +118,20 @@ class TokenStore:
         description: str = "",
         issued_by: str = "",
         token: str | None = None,
+        registered_only: bool = False,
     ) -> tuple[str, TokenRecord]:
         """Creates a token and returns (the secret token, its record). Three round trips, each
-        sent only once the one before succeeded: the namespace record (MULTI), the token's
+        sent only once the one before succeeded: the namespace record
+        (tokens_issue.lua, which also checks the namespace's state), the token's
         member of `ac:tokens`, then the global entry that makes the token usable (MULTI).
 
         `namespace` and `agent_id` must be validated ids and `tier` a real tier (the servicer
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
         `token` registers a given secret instead of a fresh one (the `--bootstrap-token` flag).
+        `registered_only`: the namespace must be registered (store/namespaces.py) and active.
+
+        Raises NotFound (NAMESPACE_NOT_FOUND) when `registered_only` and the namespace is not
+        registered; FailedPrecondition (NAMESPACE_DELETING) while DeleteNamespace runs.
         """
         token = token or new_token()
         digest = token_digest(token)
@@ -150,14 +157,25 @@ class TokenStore:
             "expires_ms": str(expires_ms),
             "digest": digest,
         }
-        # One slot (the namespace's hash tag): MULTI. execute() raises if any command failed,
-        # and then the token is never made usable.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record_key, mapping=record)
-            pipe.zadd(keys.key("tokens", "index"), {token_id: 0})
-            if expires_ms:
-                pipe.pexpireat(record_key, expires_ms)
-            await pipe.execute()
+        # One slot (the namespace's hash tag): one script, which also refuses a namespace
+        # being deleted. Only if it wrote is the token made usable.
+        flat = [str(v) for pair in record.items() for v in pair]
+        outcome = await self._issue(
+            keys=[keys.key("namespace"), record_key, keys.key("tokens", "index")],
+            args=["1" if registered_only else "0", expires_ms, token_id, *flat],
+        )
+        if outcome == "missing":
+            raise NotFound(
+                f"namespace {namespace} is not registered",
+                reason="NAMESPACE_NOT_FOUND",
+                metadata={"namespace": namespace},
+            )
+        if outcome == "deleting":
+            raise FailedPrecondition(
+                f"namespace {namespace} is being deleted",
+                reason="NAMESPACE_DELETING",
+                metadata={"namespace": namespace},
+            )
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(LIVE_KEY, {digest: expires_ms or "+inf"})
             # Tokens that expired by their lifetime leave it here, so it never grows with them.

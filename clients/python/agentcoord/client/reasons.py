@@ -254,3 +254,22 @@ class ErrorReason(StrEnum):
     """OUT_OF_RANGE: the resume cursor is older than the signals kept (they are trimmed after
     the COORDINATION TTL). Signals were missed: re-read the state the signals were about, then
     subscribe without a cursor."""
+
+    OPERATOR_DATA_ACCESS = "OPERATOR_DATA_ACCESS"
+    """PERMISSION_DENIED: the OPERATOR called an RPC that reads or writes a namespace's data.
+    The operator manages namespaces and tokens only: issue a token of the namespace (IssueToken
+    naming it) and call with that."""
+
+    NAMESPACE_EXISTS = "NAMESPACE_EXISTS"
+    """ALREADY_EXISTS: CreateNamespace named a registered namespace."""
+
+    NAMESPACE_NOT_FOUND = "NAMESPACE_NOT_FOUND"
+    """NOT_FOUND: the namespace is not registered (CreateNamespace it first)."""
+
+    NAMESPACE_DELETING = "NAMESPACE_DELETING"
+    """FAILED_PRECONDITION: the namespace is being deleted; call DeleteNamespace again to
+    finish, then create it anew if wanted."""
+
+    RESERVED_NAMESPACE = "RESERVED_NAMESPACE"
+    """INVALID_ARGUMENT: namespace names starting with '_' are reserved for the server (the
+    operator's own is "_operator")."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentcoord/v1/access.proto\x12\ragentcoord.v1\x1a google/protobuf/descriptor.proto\"Y\n\tPrincipal\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier*\x94\x01\n\nAccessTier\x12\x1b\n\x17\x41\x43\x43\x45SS_TIER_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_TIER_OBSERVER\x10\x01\x12\x1b\n\x17\x41\x43\x43\x45SS_TIER_CONTRIBUTOR\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_TIER_VALIDATOR\x10\x03\x12\x17\n\x13\x41\x43\x43\x45SS_TIER_STEWARD\x10\x04:R\n\rrequired_tier\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTierBLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentcoord/v1/access.proto\x12\ragentcoord.v1\x1a google/protobuf/descriptor.proto\"Y\n\tPrincipal\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier*\xae\x01\n\nAccessTier\x12\x1b\n\x17\x41\x43\x43\x45SS_TIER_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_TIER_OBSERVER\x10\x01\x12\x1b\n\x17\x41\x43\x43\x45SS_TIER_CONTRIBUTOR\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_TIER_VALIDATOR\x10\x03\x12\x17\n\x13\x41\x43\x43\x45SS_TIER_STEWARD\x10\x04\x12\x18\n\x14\x41\x43\x43\x45SS_TIER_OPERATOR\x10\x05:R\n\rrequired_tier\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x19.agentcoord.v1.AccessTier:;\n\x11operator_callable\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08\x42LZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1'
   _globals['_ACCESSTIER']._serialized_start=171
-  _globals['_ACCESSTIER']._serialized_end=319
+  _globals['_ACCESSTIER']._serialized_end=345
   _globals['_PRINCIPAL']._serialized_start=79
   _globals['_PRINCIPAL']._serialized_end=168
 # @@protoc_insertion_point(module_scope)

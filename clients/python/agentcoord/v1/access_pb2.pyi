@@ -30,11 +30,20 @@ class _AccessTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccessTier
     ACCESS_TIER_CONTRIBUTOR: _AccessTier.ValueType  # 2
     ACCESS_TIER_VALIDATOR: _AccessTier.ValueType  # 3
     ACCESS_TIER_STEWARD: _AccessTier.ValueType  # 4
+    ACCESS_TIER_OPERATOR: _AccessTier.ValueType  # 5
 
 class AccessTier(_AccessTier, metaclass=_AccessTierEnumTypeWrapper):
     """AccessTier orders what a caller may do. Each tier includes the ones below it:
     OBSERVER reads; CONTRIBUTOR also writes; VALIDATOR also promotes, rejects and
-    resolves; STEWARD also administers tokens and the server.
+    resolves; STEWARD also administers its namespace's tokens.
+
+    OPERATOR stands apart from that order: it is the server-wide operator (the
+    bootstrap token holds it), who creates and deletes namespaces and issues their
+    tokens but never reads or writes a namespace's data. An OPERATOR principal may
+    call exactly the RPCs that require ACCESS_TIER_OPERATOR and those that declare
+    `(agentcoord.v1.operator_callable) = true`; no other tier may call an RPC that
+    requires ACCESS_TIER_OPERATOR (its value is above every namespace tier, so the
+    plain "tier >= required" comparison already refuses them).
     """
 
 ACCESS_TIER_UNSPECIFIED: AccessTier.ValueType  # 0
@@ -42,6 +51,7 @@ ACCESS_TIER_OBSERVER: AccessTier.ValueType  # 1
 ACCESS_TIER_CONTRIBUTOR: AccessTier.ValueType  # 2
 ACCESS_TIER_VALIDATOR: AccessTier.ValueType  # 3
 ACCESS_TIER_STEWARD: AccessTier.ValueType  # 4
+ACCESS_TIER_OPERATOR: AccessTier.ValueType  # 5
 Global___AccessTier: _TypeAlias = AccessTier  # noqa: Y015
 
 @_typing.final
@@ -56,7 +66,9 @@ class Principal(_message.Message):
     agent_id: _builtins.str
     """The agent's id: letters, digits, '.', '_', '-', at most 128 characters."""
     namespace: _builtins.str
-    """The team the agent belongs to. No call reaches outside it."""
+    """The team the agent belongs to. No call reaches outside it. An OPERATOR's
+    namespace is "_operator", which holds no data.
+    """
     tier: Global___AccessTier.ValueType
     """What the agent may do."""
     def __init__(
@@ -75,8 +87,17 @@ class Principal(_message.Message):
 Global___Principal: _TypeAlias = Principal  # noqa: Y015
 
 REQUIRED_TIER_FIELD_NUMBER: _builtins.int
+OPERATOR_CALLABLE_FIELD_NUMBER: _builtins.int
 required_tier: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AccessTier.ValueType]
 """The lowest tier allowed to call the method. Every agentcoord RPC declares it;
 the server's enforcement and the clients' fail-fast check both read it from
 the descriptors, so this is the one place the rule lives.
+"""
+operator_callable: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
+"""True on the few RPCs an OPERATOR principal may call besides those requiring
+ACCESS_TIER_OPERATOR (WhoAmI, GetServerStats, token administration where it
+names the namespace). Every other RPC reads or writes a namespace's data, which
+the operator never does. A caller of tier T may call a method iff
+T == OPERATOR ? (required_tier == OPERATOR || operator_callable)
+              : T >= required_tier.
 """

@@ -27,6 +27,28 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _NamespaceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NamespaceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NamespaceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NAMESPACE_STATE_UNSPECIFIED: _NamespaceState.ValueType  # 0
+    NAMESPACE_STATE_ACTIVE: _NamespaceState.ValueType  # 1
+    """Registered: the operator may issue its tokens."""
+    NAMESPACE_STATE_DELETING: _NamespaceState.ValueType  # 2
+    """DeleteNamespace started and has not finished; calling it again resumes it."""
+
+class NamespaceState(_NamespaceState, metaclass=_NamespaceStateEnumTypeWrapper):
+    """NamespaceState says whether a namespace is usable."""
+
+NAMESPACE_STATE_UNSPECIFIED: NamespaceState.ValueType  # 0
+NAMESPACE_STATE_ACTIVE: NamespaceState.ValueType  # 1
+"""Registered: the operator may issue its tokens."""
+NAMESPACE_STATE_DELETING: NamespaceState.ValueType  # 2
+"""DeleteNamespace started and has not finished; calling it again resumes it."""
+Global___NamespaceState: _TypeAlias = NamespaceState  # noqa: Y015
+
 class _RedisMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -56,6 +78,164 @@ primary a Sentinel names (redis+sentinel://).
 REDIS_MODE_CLUSTER: RedisMode.ValueType  # 3
 """A Redis Cluster named by REDIS_URL (redis+cluster:// or rediss+cluster://)."""
 Global___RedisMode: _TypeAlias = RedisMode  # noqa: Y015
+
+@_typing.final
+class Namespace(_message.Message):
+    """Namespace is a registered team."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The namespace's name (letters, digits, '.', '_', '-', at most 128 characters,
+    not starting with '_').
+    """
+    state: Global___NamespaceState.ValueType
+    """Whether it is usable or being deleted."""
+    created_by: _builtins.str
+    """The agent id of the operator that created it."""
+    description: _builtins.str
+    """Free text the operator gave, at most 256 characters."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___NamespaceState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "description", b"description", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Namespace: _TypeAlias = Namespace  # noqa: Y015
+
+@_typing.final
+class CreateNamespaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The new namespace's name."""
+    description: _builtins.str
+    """Free text to recognize the namespace by, at most 256 characters."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNamespaceRequest: _TypeAlias = CreateNamespaceRequest  # noqa: Y015
+
+@_typing.final
+class CreateNamespaceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def namespace(self) -> Global___Namespace:
+        """The namespace created."""
+
+    def __init__(
+        self,
+        *,
+        namespace: Global___Namespace | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateNamespaceResponse: _TypeAlias = CreateNamespaceResponse  # noqa: Y015
+
+@_typing.final
+class ListNamespacesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most namespaces to return, 1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNamespacesRequest: _TypeAlias = ListNamespacesRequest  # noqa: Y015
+
+@_typing.final
+class ListNamespacesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty when this is the last page."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___Namespace]:
+        """Registered namespaces in name order."""
+
+    def __init__(
+        self,
+        *,
+        namespaces: _abc.Iterable[Global___Namespace] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespaces", b"namespaces", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNamespacesResponse: _TypeAlias = ListNamespacesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteNamespaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The namespace to delete."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteNamespaceRequest: _TypeAlias = DeleteNamespaceRequest  # noqa: Y015
 
 @_typing.final
 class WhoAmIRequest(_message.Message):
@@ -141,6 +321,8 @@ class GetServerStatsResponse(_message.Message):
     UPTIME_FIELD_NUMBER: _builtins.int
     NAMESPACE_STATS_FIELD_NUMBER: _builtins.int
     REDIS_NODES_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    NAMESPACES_TRUNCATED_FIELD_NUMBER: _builtins.int
     server_version: _builtins.str
     """The agentcoord server's version, e.g. "0.1.0"."""
     redis_mode: Global___RedisMode.ValueType
@@ -149,6 +331,8 @@ class GetServerStatsResponse(_message.Message):
     """The Redis server's version, e.g. "7.2.4"."""
     used_memory_bytes: _builtins.int
     """Memory Redis uses, in bytes (INFO memory used_memory)."""
+    namespaces_truncated: _builtins.bool
+    """True when namespaces lists only the first 100 registered namespaces."""
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def key_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -162,13 +346,21 @@ class GetServerStatsResponse(_message.Message):
 
     @_builtins.property
     def namespace_stats(self) -> Global___NamespaceStats:
-        """What the caller's namespace holds."""
+        """What the caller's namespace holds (unset for the OPERATOR, whose namespace
+        holds no data).
+        """
 
     @_builtins.property
     def redis_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """On a Redis Cluster (REDIS_MODE_CLUSTER): the primaries this server reached
         ("host:port", as the cluster announces them), sorted; empty on a standalone
         Redis.
+        """
+
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceStats]:
+        """OPERATOR only: the stats of every registered namespace, in name order (at most
+        100; namespaces_truncated says there are more).
         """
 
     def __init__(
@@ -182,10 +374,12 @@ class GetServerStatsResponse(_message.Message):
         uptime: _duration_pb2.Duration | None = ...,
         namespace_stats: Global___NamespaceStats | None = ...,
         redis_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        namespaces: _abc.Iterable[Global___NamespaceStats] | None = ...,
+        namespaces_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["namespace_stats", b"namespace_stats", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "namespace_stats", b"namespace_stats", "redis_mode", b"redis_mode", "redis_nodes", b"redis_nodes", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_counts", b"key_counts", "namespace_stats", b"namespace_stats", "namespaces", b"namespaces", "namespaces_truncated", b"namespaces_truncated", "redis_mode", b"redis_mode", "redis_nodes", b"redis_nodes", "redis_version", b"redis_version", "server_version", b"server_version", "uptime", b"uptime", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -425,11 +619,16 @@ class IssueTokenRequest(_message.Message):
     most 128 characters).
     """
     namespace: _builtins.str
-    """The token's namespace. Empty means the caller's; any other namespace is
-    refused with PERMISSION_DENIED (a STEWARD administers only its own team).
+    """The token's namespace. Empty means the caller's; for a STEWARD any other
+    namespace is refused with PERMISSION_DENIED (NAMESPACE_MISMATCH: a STEWARD
+    administers only its own team). The OPERATOR names a registered, active
+    namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise) to issue one of its tokens
+    (OBSERVER..STEWARD), or leaves it empty to issue another OPERATOR token.
     """
     tier: _access_pb2.AccessTier.ValueType
-    """The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT)."""
+    """The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT). OPERATOR only
+    in the operator's own namespace, by the OPERATOR.
+    """
     description: _builtins.str
     """Free text to recognize the token by later, at most 256 characters."""
     @_builtins.property
@@ -486,16 +685,22 @@ class RevokeTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     """The id of a token of the caller's namespace (TokenInfo.token_id)."""
+    namespace: _builtins.str
+    """As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+    may name another.
+    """
     def __init__(
         self,
         *,
         token_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,19 +734,25 @@ class ListTokensRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most tokens to return, 1..1000; 0 means 100."""
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
+    namespace: _builtins.str
+    """As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+    may name another.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -572,3 +783,25 @@ class ListTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
+
+@_typing.final
+class DeleteNamespaceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def namespace(self) -> Global___Namespace:
+        """The namespace as it was when deletion started."""
+
+    def __init__(
+        self,
+        *,
+        namespace: Global___Namespace | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteNamespaceResponse: _TypeAlias = DeleteNamespaceResponse  # noqa: Y015

@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     def __init__(self, channel):
@@ -61,11 +63,28 @@ class AdminServiceStub:
                 request_serializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
                 response_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
                 _registered_method=True)
+        self.CreateNamespace = channel.unary_unary(
+                '/agentcoord.v1.AdminService/CreateNamespace',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceResponse.FromString,
+                _registered_method=True)
+        self.ListNamespaces = channel.unary_unary(
+                '/agentcoord.v1.AdminService/ListNamespaces',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.ListNamespacesRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListNamespacesResponse.FromString,
+                _registered_method=True)
+        self.DeleteNamespace = channel.unary_unary(
+                '/agentcoord.v1.AdminService/DeleteNamespace',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     def WhoAmI(self, request, context):
@@ -78,7 +97,8 @@ class AdminServiceServicer:
     def GetServerStats(self, request, context):
         """Returns the server's version, its Redis, and what the caller's namespace holds
         (namespace_stats): counted from index structures the server maintains, never
-        a scan of the keyspace, so its cost does not grow with the data.
+        a scan of the keyspace, so its cost does not grow with the data. For the
+        OPERATOR: server-wide, every registered namespace's stats (namespaces).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +124,33 @@ class AdminServiceServicer:
     def ListTokens(self, request, context):
         """Lists the live tokens of the caller's namespace, oldest first. Never returns
         secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateNamespace(self, request, context):
+        """Registers a namespace (a team) so the operator can issue its tokens. Names
+        starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+        registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNamespaces(self, request, context):
+        """Lists registered namespaces in name order, including those being deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNamespace(self, request, context):
+        """Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+        revokes every token of it, then removes every key of it in bounded batches.
+        Safe to call again if interrupted: it resumes where it stopped. Returns the
+        namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+        namespace that is not registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +184,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
                     response_serializer=agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
             ),
+            'CreateNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNamespace,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceResponse.SerializeToString,
+            ),
+            'ListNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNamespaces,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.ListNamespacesRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.ListNamespacesResponse.SerializeToString,
+            ),
+            'DeleteNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNamespace,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentcoord.v1.AdminService', rpc_method_handlers)
@@ -146,8 +208,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     @staticmethod
@@ -275,6 +339,87 @@ class AdminService:
             '/agentcoord.v1.AdminService/ListTokens',
             agentcoord_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
             agentcoord_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/CreateNamespace',
+            agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.CreateNamespaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/ListNamespaces',
+            agentcoord_dot_v1_dot_admin__pb2.ListNamespacesRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.ListNamespacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/DeleteNamespace',
+            agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.FromString,
             options,
             channel_credentials,
             insecure,

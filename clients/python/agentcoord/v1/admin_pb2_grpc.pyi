@@ -27,8 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     @_typing.overload
@@ -40,7 +42,8 @@ class AdminServiceStub:
     GetServerStats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]
     """Returns the server's version, its Redis, and what the caller's namespace holds
     (namespace_stats): counted from index structures the server maintains, never
-    a scan of the keyspace, so its cost does not grow with the data.
+    a scan of the keyspace, so its cost does not grow with the data. For the
+    OPERATOR: server-wide, every registered namespace's stats (namespaces).
     """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]
     """Issues a bearer token for an agent of the caller's namespace. The secret is in
@@ -55,11 +58,27 @@ class AdminServiceStub:
     """Lists the live tokens of the caller's namespace, oldest first. Never returns
     secrets.
     """
+    CreateNamespace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateNamespaceRequest, _admin_pb2.CreateNamespaceResponse]
+    """Registers a namespace (a team) so the operator can issue its tokens. Names
+    starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+    registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+    """
+    ListNamespaces: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNamespacesRequest, _admin_pb2.ListNamespacesResponse]
+    """Lists registered namespaces in name order, including those being deleted."""
+    DeleteNamespace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteNamespaceRequest, _admin_pb2.DeleteNamespaceResponse]
+    """Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+    revokes every token of it, then removes every key of it in bounded batches.
+    Safe to call again if interrupted: it resumes where it stopped. Returns the
+    namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+    namespace that is not registered.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -68,7 +87,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetServerStats: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatsRequest, _admin_pb2.GetServerStatsResponse]  # type: ignore[assignment]
     """Returns the server's version, its Redis, and what the caller's namespace holds
     (namespace_stats): counted from index structures the server maintains, never
-    a scan of the keyspace, so its cost does not grow with the data.
+    a scan of the keyspace, so its cost does not grow with the data. For the
+    OPERATOR: server-wide, every registered namespace's stats (namespaces).
     """
     IssueToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.IssueTokenRequest, _admin_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """Issues a bearer token for an agent of the caller's namespace. The secret is in
@@ -83,10 +103,26 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists the live tokens of the caller's namespace, oldest first. Never returns
     secrets.
     """
+    CreateNamespace: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateNamespaceRequest, _admin_pb2.CreateNamespaceResponse]  # type: ignore[assignment]
+    """Registers a namespace (a team) so the operator can issue its tokens. Names
+    starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+    registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+    """
+    ListNamespaces: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNamespacesRequest, _admin_pb2.ListNamespacesResponse]  # type: ignore[assignment]
+    """Lists registered namespaces in name order, including those being deleted."""
+    DeleteNamespace: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteNamespaceRequest, _admin_pb2.DeleteNamespaceResponse]  # type: ignore[assignment]
+    """Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+    revokes every token of it, then removes every key of it in bounded batches.
+    Safe to call again if interrupted: it resumes where it stopped. Returns the
+    namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+    namespace that is not registered.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService tells callers who they are and how the server is doing, and lets a
-    STEWARD issue, revoke and list the bearer tokens of its own namespace.
+    """AdminService tells callers who they are and how the server is doing, lets a
+    STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+    the server-wide OPERATOR create, list and delete namespaces and administer any
+    namespace's tokens (never its data).
     """
 
     @_abc_1.abstractmethod
@@ -105,7 +141,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.GetServerStatsResponse, _abc.Awaitable[_admin_pb2.GetServerStatsResponse]]:
         """Returns the server's version, its Redis, and what the caller's namespace holds
         (namespace_stats): counted from index structures the server maintains, never
-        a scan of the keyspace, so its cost does not grow with the data.
+        a scan of the keyspace, so its cost does not grow with the data. For the
+        OPERATOR: server-wide, every registered namespace's stats (namespaces).
         """
 
     @_abc_1.abstractmethod
@@ -137,6 +174,38 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListTokensResponse, _abc.Awaitable[_admin_pb2.ListTokensResponse]]:
         """Lists the live tokens of the caller's namespace, oldest first. Never returns
         secrets.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateNamespace(
+        self,
+        request: _admin_pb2.CreateNamespaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateNamespaceResponse, _abc.Awaitable[_admin_pb2.CreateNamespaceResponse]]:
+        """Registers a namespace (a team) so the operator can issue its tokens. Names
+        starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+        registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNamespaces(
+        self,
+        request: _admin_pb2.ListNamespacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListNamespacesResponse, _abc.Awaitable[_admin_pb2.ListNamespacesResponse]]:
+        """Lists registered namespaces in name order, including those being deleted."""
+
+    @_abc_1.abstractmethod
+    def DeleteNamespace(
+        self,
+        request: _admin_pb2.DeleteNamespaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteNamespaceResponse, _abc.Awaitable[_admin_pb2.DeleteNamespaceResponse]]:
+        """Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+        revokes every token of it, then removes every key of it in bounded batches.
+        Safe to call again if interrupted: it resumes where it stopped. Returns the
+        namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+        namespace that is not registered.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

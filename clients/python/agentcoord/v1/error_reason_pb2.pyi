@@ -268,6 +268,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     trimmed after the COORDINATION TTL). Signals were missed: re-read the state
     the signals were about, then subscribe without a cursor.
     """
+    OPERATOR_DATA_ACCESS: _ErrorReason.ValueType  # 150
+    """--- Namespaces (tenancy).
+
+    PERMISSION_DENIED: the OPERATOR called an RPC that reads or writes a
+    namespace's data. The operator manages namespaces and tokens only: issue a
+    token of the namespace (IssueToken naming it) and call with that.
+    """
+    NAMESPACE_EXISTS: _ErrorReason.ValueType  # 151
+    """ALREADY_EXISTS: CreateNamespace named a registered namespace."""
+    NAMESPACE_NOT_FOUND: _ErrorReason.ValueType  # 152
+    """NOT_FOUND: the namespace is not registered (CreateNamespace it first)."""
+    NAMESPACE_DELETING: _ErrorReason.ValueType  # 153
+    """FAILED_PRECONDITION: the namespace is being deleted; call DeleteNamespace
+    again to finish, then create it anew if wanted.
+    """
+    RESERVED_NAMESPACE: _ErrorReason.ValueType  # 154
+    """INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
+    server (the operator's own is "_operator").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason an agentcoord server sends in the
@@ -533,5 +552,24 @@ CURSOR_TRIMMED: ErrorReason.ValueType  # 140
 OUT_OF_RANGE: the resume cursor is older than the signals kept (they are
 trimmed after the COORDINATION TTL). Signals were missed: re-read the state
 the signals were about, then subscribe without a cursor.
+"""
+OPERATOR_DATA_ACCESS: ErrorReason.ValueType  # 150
+"""--- Namespaces (tenancy).
+
+PERMISSION_DENIED: the OPERATOR called an RPC that reads or writes a
+namespace's data. The operator manages namespaces and tokens only: issue a
+token of the namespace (IssueToken naming it) and call with that.
+"""
+NAMESPACE_EXISTS: ErrorReason.ValueType  # 151
+"""ALREADY_EXISTS: CreateNamespace named a registered namespace."""
+NAMESPACE_NOT_FOUND: ErrorReason.ValueType  # 152
+"""NOT_FOUND: the namespace is not registered (CreateNamespace it first)."""
+NAMESPACE_DELETING: ErrorReason.ValueType  # 153
+"""FAILED_PRECONDITION: the namespace is being deleted; call DeleteNamespace
+again to finish, then create it anew if wanted.
+"""
+RESERVED_NAMESPACE: ErrorReason.ValueType  # 154
+"""INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
+server (the operator's own is "_operator").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

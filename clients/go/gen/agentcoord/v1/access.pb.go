@@ -24,7 +24,15 @@ const (
 
 // AccessTier orders what a caller may do. Each tier includes the ones below it:
 // OBSERVER reads; CONTRIBUTOR also writes; VALIDATOR also promotes, rejects and
-// resolves; STEWARD also administers tokens and the server.
+// resolves; STEWARD also administers its namespace's tokens.
+//
+// OPERATOR stands apart from that order: it is the server-wide operator (the
+// bootstrap token holds it), who creates and deletes namespaces and issues their
+// tokens but never reads or writes a namespace's data. An OPERATOR principal may
+// call exactly the RPCs that require ACCESS_TIER_OPERATOR and those that declare
+// `(agentcoord.v1.operator_callable) = true`; no other tier may call an RPC that
+// requires ACCESS_TIER_OPERATOR (its value is above every namespace tier, so the
+// plain "tier >= required" comparison already refuses them).
 type AccessTier int32
 
 const (
@@ -33,6 +41,7 @@ const (
 	AccessTier_ACCESS_TIER_CONTRIBUTOR AccessTier = 2
 	AccessTier_ACCESS_TIER_VALIDATOR   AccessTier = 3
 	AccessTier_ACCESS_TIER_STEWARD     AccessTier = 4
+	AccessTier_ACCESS_TIER_OPERATOR    AccessTier = 5
 )
 
 // Enum value maps for AccessTier.
@@ -43,6 +52,7 @@ var (
 		2: "ACCESS_TIER_CONTRIBUTOR",
 		3: "ACCESS_TIER_VALIDATOR",
 		4: "ACCESS_TIER_STEWARD",
+		5: "ACCESS_TIER_OPERATOR",
 	}
 	AccessTier_value = map[string]int32{
 		"ACCESS_TIER_UNSPECIFIED": 0,
@@ -50,6 +60,7 @@ var (
 		"ACCESS_TIER_CONTRIBUTOR": 2,
 		"ACCESS_TIER_VALIDATOR":   3,
 		"ACCESS_TIER_STEWARD":     4,
+		"ACCESS_TIER_OPERATOR":    5,
 	}
 )
 
@@ -85,7 +96,8 @@ type Principal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The agent's id: letters, digits, '.', '_', '-', at most 128 characters.
 	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	// The team the agent belongs to. No call reaches outside it.
+	// The team the agent belongs to. No call reaches outside it. An OPERATOR's
+	// namespace is "_operator", which holds no data.
 	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// What the agent may do.
 	Tier          AccessTier `protobuf:"varint,3,opt,name=tier,proto3,enum=agentcoord.v1.AccessTier" json:"tier,omitempty"`
@@ -153,6 +165,14 @@ var file_agentcoord_v1_access_proto_extTypes = []protoimpl.ExtensionInfo{
 		Tag:           "varint,50001,opt,name=required_tier,enum=agentcoord.v1.AccessTier",
 		Filename:      "agentcoord/v1/access.proto",
 	},
+	{
+		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
+		ExtensionType: (*bool)(nil),
+		Field:         50002,
+		Name:          "agentcoord.v1.operator_callable",
+		Tag:           "varint,50002,opt,name=operator_callable",
+		Filename:      "agentcoord/v1/access.proto",
+	},
 }
 
 // Extension fields to descriptorpb.MethodOptions.
@@ -163,6 +183,16 @@ var (
 	//
 	// optional agentcoord.v1.AccessTier required_tier = 50001;
 	E_RequiredTier = &file_agentcoord_v1_access_proto_extTypes[0]
+	// True on the few RPCs an OPERATOR principal may call besides those requiring
+	// ACCESS_TIER_OPERATOR (WhoAmI, GetServerStats, token administration where it
+	// names the namespace). Every other RPC reads or writes a namespace's data, which
+	// the operator never does. A caller of tier T may call a method iff
+	// T == OPERATOR ? (required_tier == OPERATOR || operator_callable)
+	//
+	//	: T >= required_tier.
+	//
+	// optional bool operator_callable = 50002;
+	E_OperatorCallable = &file_agentcoord_v1_access_proto_extTypes[1]
 )
 
 var File_agentcoord_v1_access_proto protoreflect.FileDescriptor
@@ -173,15 +203,17 @@ const file_agentcoord_v1_access_proto_rawDesc = "" +
 	"\tPrincipal\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12-\n" +
-	"\x04tier\x18\x03 \x01(\x0e2\x19.agentcoord.v1.AccessTierR\x04tier*\x94\x01\n" +
+	"\x04tier\x18\x03 \x01(\x0e2\x19.agentcoord.v1.AccessTierR\x04tier*\xae\x01\n" +
 	"\n" +
 	"AccessTier\x12\x1b\n" +
 	"\x17ACCESS_TIER_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCESS_TIER_OBSERVER\x10\x01\x12\x1b\n" +
 	"\x17ACCESS_TIER_CONTRIBUTOR\x10\x02\x12\x19\n" +
 	"\x15ACCESS_TIER_VALIDATOR\x10\x03\x12\x17\n" +
-	"\x13ACCESS_TIER_STEWARD\x10\x04:`\n" +
-	"\rrequired_tier\x12\x1e.google.protobuf.MethodOptions\x18ц\x03 \x01(\x0e2\x19.agentcoord.v1.AccessTierR\frequiredTierBLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x13ACCESS_TIER_STEWARD\x10\x04\x12\x18\n" +
+	"\x14ACCESS_TIER_OPERATOR\x10\x05:`\n" +
+	"\rrequired_tier\x12\x1e.google.protobuf.MethodOptions\x18ц\x03 \x01(\x0e2\x19.agentcoord.v1.AccessTierR\frequiredTier:M\n" +
+	"\x11operator_callable\x12\x1e.google.protobuf.MethodOptions\x18҆\x03 \x01(\bR\x10operatorCallableBLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_access_proto_rawDescOnce sync.Once
@@ -205,11 +237,12 @@ var file_agentcoord_v1_access_proto_goTypes = []any{
 var file_agentcoord_v1_access_proto_depIdxs = []int32{
 	0, // 0: agentcoord.v1.Principal.tier:type_name -> agentcoord.v1.AccessTier
 	2, // 1: agentcoord.v1.required_tier:extendee -> google.protobuf.MethodOptions
-	0, // 2: agentcoord.v1.required_tier:type_name -> agentcoord.v1.AccessTier
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	2, // [2:3] is the sub-list for extension type_name
-	1, // [1:2] is the sub-list for extension extendee
+	2, // 2: agentcoord.v1.operator_callable:extendee -> google.protobuf.MethodOptions
+	0, // 3: agentcoord.v1.required_tier:type_name -> agentcoord.v1.AccessTier
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	3, // [3:4] is the sub-list for extension type_name
+	1, // [1:3] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
 }
 
@@ -225,7 +258,7 @@ func file_agentcoord_v1_access_proto_init() {
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_access_proto_rawDesc), len(file_agentcoord_v1_access_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   1,
-			NumExtensions: 1,
+			NumExtensions: 2,
 			NumServices:   0,
 		},
 		GoTypes:           file_agentcoord_v1_access_proto_goTypes,

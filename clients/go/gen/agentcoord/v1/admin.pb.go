@@ -23,6 +23,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NamespaceState says whether a namespace is usable.
+type NamespaceState int32
+
+const (
+	NamespaceState_NAMESPACE_STATE_UNSPECIFIED NamespaceState = 0
+	// Registered: the operator may issue its tokens.
+	NamespaceState_NAMESPACE_STATE_ACTIVE NamespaceState = 1
+	// DeleteNamespace started and has not finished; calling it again resumes it.
+	NamespaceState_NAMESPACE_STATE_DELETING NamespaceState = 2
+)
+
+// Enum value maps for NamespaceState.
+var (
+	NamespaceState_name = map[int32]string{
+		0: "NAMESPACE_STATE_UNSPECIFIED",
+		1: "NAMESPACE_STATE_ACTIVE",
+		2: "NAMESPACE_STATE_DELETING",
+	}
+	NamespaceState_value = map[string]int32{
+		"NAMESPACE_STATE_UNSPECIFIED": 0,
+		"NAMESPACE_STATE_ACTIVE":      1,
+		"NAMESPACE_STATE_DELETING":    2,
+	}
+)
+
+func (x NamespaceState) Enum() *NamespaceState {
+	p := new(NamespaceState)
+	*p = x
+	return p
+}
+
+func (x NamespaceState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NamespaceState) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentcoord_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (NamespaceState) Type() protoreflect.EnumType {
+	return &file_agentcoord_v1_admin_proto_enumTypes[0]
+}
+
+func (x NamespaceState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NamespaceState.Descriptor instead.
+func (NamespaceState) EnumDescriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // RedisMode says which Redis the server runs on.
 type RedisMode int32
 
@@ -64,11 +116,11 @@ func (x RedisMode) String() string {
 }
 
 func (RedisMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentcoord_v1_admin_proto_enumTypes[0].Descriptor()
+	return file_agentcoord_v1_admin_proto_enumTypes[1].Descriptor()
 }
 
 func (RedisMode) Type() protoreflect.EnumType {
-	return &file_agentcoord_v1_admin_proto_enumTypes[0]
+	return &file_agentcoord_v1_admin_proto_enumTypes[1]
 }
 
 func (x RedisMode) Number() protoreflect.EnumNumber {
@@ -77,7 +129,342 @@ func (x RedisMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RedisMode.Descriptor instead.
 func (RedisMode) EnumDescriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// Namespace is a registered team.
+type Namespace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace's name (letters, digits, '.', '_', '-', at most 128 characters,
+	// not starting with '_').
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Whether it is usable or being deleted.
+	State NamespaceState `protobuf:"varint,2,opt,name=state,proto3,enum=agentcoord.v1.NamespaceState" json:"state,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The agent id of the operator that created it.
+	CreatedBy string `protobuf:"bytes,4,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Free text the operator gave, at most 256 characters.
+	Description   string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Namespace) Reset() {
+	*x = Namespace{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Namespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Namespace) ProtoMessage() {}
+
+func (x *Namespace) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
+func (*Namespace) Descriptor() ([]byte, []int) {
 	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Namespace) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Namespace) GetState() NamespaceState {
+	if x != nil {
+		return x.State
+	}
+	return NamespaceState_NAMESPACE_STATE_UNSPECIFIED
+}
+
+func (x *Namespace) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Namespace) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Namespace) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateNamespaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new namespace's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Free text to recognize the namespace by, at most 256 characters.
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNamespaceRequest) Reset() {
+	*x = CreateNamespaceRequest{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNamespaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNamespaceRequest) ProtoMessage() {}
+
+func (x *CreateNamespaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNamespaceRequest.ProtoReflect.Descriptor instead.
+func (*CreateNamespaceRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateNamespaceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateNamespaceRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateNamespaceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace created.
+	Namespace     *Namespace `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNamespaceResponse) Reset() {
+	*x = CreateNamespaceResponse{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNamespaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNamespaceResponse) ProtoMessage() {}
+
+func (x *CreateNamespaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNamespaceResponse.ProtoReflect.Descriptor instead.
+func (*CreateNamespaceResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateNamespaceResponse) GetNamespace() *Namespace {
+	if x != nil {
+		return x.Namespace
+	}
+	return nil
+}
+
+type ListNamespacesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most namespaces to return, 1..1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNamespacesRequest) Reset() {
+	*x = ListNamespacesRequest{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNamespacesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNamespacesRequest) ProtoMessage() {}
+
+func (x *ListNamespacesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNamespacesRequest.ProtoReflect.Descriptor instead.
+func (*ListNamespacesRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListNamespacesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNamespacesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListNamespacesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Registered namespaces in name order.
+	Namespaces []*Namespace `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	// Pass as page_token to get the next page; empty when this is the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNamespacesResponse) Reset() {
+	*x = ListNamespacesResponse{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNamespacesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNamespacesResponse) ProtoMessage() {}
+
+func (x *ListNamespacesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNamespacesResponse.ProtoReflect.Descriptor instead.
+func (*ListNamespacesResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListNamespacesResponse) GetNamespaces() []*Namespace {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *ListNamespacesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type DeleteNamespaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace to delete.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceRequest) Reset() {
+	*x = DeleteNamespaceRequest{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceRequest) ProtoMessage() {}
+
+func (x *DeleteNamespaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeleteNamespaceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
 }
 
 type WhoAmIRequest struct {
@@ -88,7 +475,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[0]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +487,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[0]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +500,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type WhoAmIResponse struct {
@@ -126,7 +513,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[1]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +525,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[1]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +538,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WhoAmIResponse) GetPrincipal() *Principal {
@@ -169,7 +556,7 @@ type GetServerStatsRequest struct {
 
 func (x *GetServerStatsRequest) Reset() {
 	*x = GetServerStatsRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[2]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -181,7 +568,7 @@ func (x *GetServerStatsRequest) String() string {
 func (*GetServerStatsRequest) ProtoMessage() {}
 
 func (x *GetServerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[2]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -194,7 +581,7 @@ func (x *GetServerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetServerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 type GetServerStatsResponse struct {
@@ -214,19 +601,25 @@ type GetServerStatsResponse struct {
 	UsedMemoryBytes int64 `protobuf:"varint,5,opt,name=used_memory_bytes,json=usedMemoryBytes,proto3" json:"used_memory_bytes,omitempty"`
 	// How long this server process has been serving.
 	Uptime *durationpb.Duration `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
-	// What the caller's namespace holds.
+	// What the caller's namespace holds (unset for the OPERATOR, whose namespace
+	// holds no data).
 	NamespaceStats *NamespaceStats `protobuf:"bytes,7,opt,name=namespace_stats,json=namespaceStats,proto3" json:"namespace_stats,omitempty"`
 	// On a Redis Cluster (REDIS_MODE_CLUSTER): the primaries this server reached
 	// ("host:port", as the cluster announces them), sorted; empty on a standalone
 	// Redis.
-	RedisNodes    []string `protobuf:"bytes,16,rep,name=redis_nodes,json=redisNodes,proto3" json:"redis_nodes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RedisNodes []string `protobuf:"bytes,16,rep,name=redis_nodes,json=redisNodes,proto3" json:"redis_nodes,omitempty"`
+	// OPERATOR only: the stats of every registered namespace, in name order (at most
+	// 100; namespaces_truncated says there are more).
+	Namespaces []*NamespaceStats `protobuf:"bytes,8,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	// True when namespaces lists only the first 100 registered namespaces.
+	NamespacesTruncated bool `protobuf:"varint,9,opt,name=namespaces_truncated,json=namespacesTruncated,proto3" json:"namespaces_truncated,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetServerStatsResponse) Reset() {
 	*x = GetServerStatsResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[3]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +631,7 @@ func (x *GetServerStatsResponse) String() string {
 func (*GetServerStatsResponse) ProtoMessage() {}
 
 func (x *GetServerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[3]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +644,7 @@ func (x *GetServerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetServerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetServerStatsResponse) GetServerVersion() string {
@@ -311,6 +704,20 @@ func (x *GetServerStatsResponse) GetRedisNodes() []string {
 	return nil
 }
 
+func (x *GetServerStatsResponse) GetNamespaces() []*NamespaceStats {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *GetServerStatsResponse) GetNamespacesTruncated() bool {
+	if x != nil {
+		return x.NamespacesTruncated
+	}
+	return false
+}
+
 // NamespaceStats says what one namespace holds, in the terms its users work in.
 // Every count is read from an index the server keeps up to date as it writes
 // (two Redis round trips per GetServerStats, whatever the namespace's size); an
@@ -352,7 +759,7 @@ type NamespaceStats struct {
 
 func (x *NamespaceStats) Reset() {
 	*x = NamespaceStats{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +771,7 @@ func (x *NamespaceStats) String() string {
 func (*NamespaceStats) ProtoMessage() {}
 
 func (x *NamespaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +784,7 @@ func (x *NamespaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamespaceStats.ProtoReflect.Descriptor instead.
 func (*NamespaceStats) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NamespaceStats) GetNamespace() string {
@@ -485,7 +892,7 @@ type TaskCounts struct {
 
 func (x *TaskCounts) Reset() {
 	*x = TaskCounts{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +904,7 @@ func (x *TaskCounts) String() string {
 func (*TaskCounts) ProtoMessage() {}
 
 func (x *TaskCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +917,7 @@ func (x *TaskCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskCounts.ProtoReflect.Descriptor instead.
 func (*TaskCounts) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskCounts) GetPending() int64 {
@@ -567,7 +974,7 @@ type TaskQueueStats struct {
 
 func (x *TaskQueueStats) Reset() {
 	*x = TaskQueueStats{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +986,7 @@ func (x *TaskQueueStats) String() string {
 func (*TaskQueueStats) ProtoMessage() {}
 
 func (x *TaskQueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +999,7 @@ func (x *TaskQueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskQueueStats.ProtoReflect.Descriptor instead.
 func (*TaskQueueStats) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TaskQueueStats) GetTaskType() string {
@@ -656,7 +1063,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +1075,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +1088,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenInfo) GetTokenId() string {
@@ -745,10 +1152,14 @@ type IssueTokenRequest struct {
 	// The agent the token will authenticate as (letters, digits, '.', '_', '-', at
 	// most 128 characters).
 	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	// The token's namespace. Empty means the caller's; any other namespace is
-	// refused with PERMISSION_DENIED (a STEWARD administers only its own team).
+	// The token's namespace. Empty means the caller's; for a STEWARD any other
+	// namespace is refused with PERMISSION_DENIED (NAMESPACE_MISMATCH: a STEWARD
+	// administers only its own team). The OPERATOR names a registered, active
+	// namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise) to issue one of its tokens
+	// (OBSERVER..STEWARD), or leaves it empty to issue another OPERATOR token.
 	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	// The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT).
+	// The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT). OPERATOR only
+	// in the operator's own namespace, by the OPERATOR.
 	Tier AccessTier `protobuf:"varint,3,opt,name=tier,proto3,enum=agentcoord.v1.AccessTier" json:"tier,omitempty"`
 	// How long the token works, at least 1 second; unset: until revoked.
 	Lifetime *durationpb.Duration `protobuf:"bytes,4,opt,name=lifetime,proto3" json:"lifetime,omitempty"`
@@ -760,7 +1171,7 @@ type IssueTokenRequest struct {
 
 func (x *IssueTokenRequest) Reset() {
 	*x = IssueTokenRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1183,7 @@ func (x *IssueTokenRequest) String() string {
 func (*IssueTokenRequest) ProtoMessage() {}
 
 func (x *IssueTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1196,7 @@ func (x *IssueTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueTokenRequest.ProtoReflect.Descriptor instead.
 func (*IssueTokenRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IssueTokenRequest) GetAgentId() string {
@@ -836,7 +1247,7 @@ type IssueTokenResponse struct {
 
 func (x *IssueTokenResponse) Reset() {
 	*x = IssueTokenResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1259,7 @@ func (x *IssueTokenResponse) String() string {
 func (*IssueTokenResponse) ProtoMessage() {}
 
 func (x *IssueTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1272,7 @@ func (x *IssueTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueTokenResponse.ProtoReflect.Descriptor instead.
 func (*IssueTokenResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IssueTokenResponse) GetToken() string {
@@ -881,14 +1292,17 @@ func (x *IssueTokenResponse) GetInfo() *TokenInfo {
 type RevokeTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id of a token of the caller's namespace (TokenInfo.token_id).
-	TokenId       string `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	TokenId string `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+	// may name another.
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1314,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,12 +1327,19 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeTokenRequest) GetTokenId() string {
 	if x != nil {
 		return x.TokenId
+	}
+	return ""
+}
+
+func (x *RevokeTokenRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -933,7 +1354,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1366,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[11]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1379,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeTokenResponse) GetInfo() *TokenInfo {
@@ -973,14 +1394,17 @@ type ListTokensRequest struct {
 	// Most tokens to return, 1..1000; 0 means 100.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page; empty for the first page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+	// may name another.
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1416,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[12]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1429,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListTokensRequest) GetPageSize() int32 {
@@ -1022,6 +1446,13 @@ func (x *ListTokensRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListTokensRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 type ListTokensResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Live (unexpired, unrevoked) tokens of the caller's namespace, in issue order.
@@ -1034,7 +1465,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1477,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_admin_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1490,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -1076,15 +1507,84 @@ func (x *ListTokensResponse) GetNextPageToken() string {
 	return ""
 }
 
+type DeleteNamespaceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace as it was when deletion started.
+	Namespace     *Namespace `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceResponse) Reset() {
+	*x = DeleteNamespaceResponse{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceResponse) ProtoMessage() {}
+
+func (x *DeleteNamespaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeleteNamespaceResponse) GetNamespace() *Namespace {
+	if x != nil {
+		return x.Namespace
+	}
+	return nil
+}
+
 var File_agentcoord_v1_admin_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19agentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1aagentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\x19agentcoord/v1/admin.proto\x12\ragentcoord.v1\x1a\x1aagentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n" +
+	"\tNamespace\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.agentcoord.v1.NamespaceStateR\x05state\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x04 \x01(\tR\tcreatedBy\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"N\n" +
+	"\x16CreateNamespaceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"Q\n" +
+	"\x17CreateNamespaceResponse\x126\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"S\n" +
+	"\x15ListNamespacesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"z\n" +
+	"\x16ListNamespacesResponse\x128\n" +
+	"\n" +
+	"namespaces\x18\x01 \x03(\v2\x18.agentcoord.v1.NamespaceR\n" +
+	"namespaces\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
+	"\x16DeleteNamespaceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x0f\n" +
 	"\rWhoAmIRequest\"H\n" +
 	"\x0eWhoAmIResponse\x126\n" +
 	"\tprincipal\x18\x01 \x01(\v2\x18.agentcoord.v1.PrincipalR\tprincipal\"\x17\n" +
-	"\x15GetServerStatsRequest\"\xfc\x03\n" +
+	"\x15GetServerStatsRequest\"\xee\x04\n" +
 	"\x16GetServerStatsResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x127\n" +
 	"\n" +
@@ -1096,7 +1596,11 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x06uptime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12F\n" +
 	"\x0fnamespace_stats\x18\a \x01(\v2\x1d.agentcoord.v1.NamespaceStatsR\x0enamespaceStats\x12\x1f\n" +
 	"\vredis_nodes\x18\x10 \x03(\tR\n" +
-	"redisNodes\x1a<\n" +
+	"redisNodes\x12=\n" +
+	"\n" +
+	"namespaces\x18\b \x03(\v2\x1d.agentcoord.v1.NamespaceStatsR\n" +
+	"namespaces\x121\n" +
+	"\x14namespaces_truncated\x18\t \x01(\bR\x13namespacesTruncated\x1a<\n" +
 	"\x0eKeyCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xfa\x03\n" +
@@ -1149,31 +1653,42 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\"X\n" +
 	"\x12IssueTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12,\n" +
-	"\x04info\x18\x02 \x01(\v2\x18.agentcoord.v1.TokenInfoR\x04info\"/\n" +
+	"\x04info\x18\x02 \x01(\v2\x18.agentcoord.v1.TokenInfoR\x04info\"M\n" +
 	"\x12RevokeTokenRequest\x12\x19\n" +
-	"\btoken_id\x18\x01 \x01(\tR\atokenId\"C\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"C\n" +
 	"\x13RevokeTokenResponse\x12,\n" +
-	"\x04info\x18\x01 \x01(\v2\x18.agentcoord.v1.TokenInfoR\x04info\"O\n" +
+	"\x04info\x18\x01 \x01(\v2\x18.agentcoord.v1.TokenInfoR\x04info\"m\n" +
 	"\x11ListTokensRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"n\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"n\n" +
 	"\x12ListTokensResponse\x120\n" +
 	"\x06tokens\x18\x01 \x03(\v2\x18.agentcoord.v1.TokenInfoR\x06tokens\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*q\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
+	"\x17DeleteNamespaceResponse\x126\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace*k\n" +
+	"\x0eNamespaceState\x12\x1f\n" +
+	"\x1bNAMESPACE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16NAMESPACE_STATE_ACTIVE\x10\x01\x12\x1c\n" +
+	"\x18NAMESPACE_STATE_DELETING\x10\x02*q\n" +
 	"\tRedisMode\x12\x1a\n" +
 	"\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n" +
 	"\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n" +
-	"\x12REDIS_MODE_CLUSTER\x10\x032\xce\x03\n" +
-	"\fAdminService\x12K\n" +
-	"\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\x04\x88\xb5\x18\x01\x12c\n" +
-	"\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\x04\x88\xb5\x18\x01\x12W\n" +
+	"\x12REDIS_MODE_CLUSTER\x10\x032\x97\x06\n" +
+	"\fAdminService\x12O\n" +
+	"\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\b\x88\xb5\x18\x01\x90\xb5\x18\x01\x12g\n" +
+	"\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\b\x88\xb5\x18\x01\x90\xb5\x18\x01\x12[\n" +
 	"\n" +
-	"IssueToken\x12 .agentcoord.v1.IssueTokenRequest\x1a!.agentcoord.v1.IssueTokenResponse\"\x04\x88\xb5\x18\x04\x12Z\n" +
-	"\vRevokeToken\x12!.agentcoord.v1.RevokeTokenRequest\x1a\".agentcoord.v1.RevokeTokenResponse\"\x04\x88\xb5\x18\x04\x12W\n" +
+	"IssueToken\x12 .agentcoord.v1.IssueTokenRequest\x1a!.agentcoord.v1.IssueTokenResponse\"\b\x88\xb5\x18\x04\x90\xb5\x18\x01\x12^\n" +
+	"\vRevokeToken\x12!.agentcoord.v1.RevokeTokenRequest\x1a\".agentcoord.v1.RevokeTokenResponse\"\b\x88\xb5\x18\x04\x90\xb5\x18\x01\x12[\n" +
 	"\n" +
-	"ListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\x04\x88\xb5\x18\x04BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"ListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\b\x88\xb5\x18\x04\x90\xb5\x18\x01\x12f\n" +
+	"\x0fCreateNamespace\x12%.agentcoord.v1.CreateNamespaceRequest\x1a&.agentcoord.v1.CreateNamespaceResponse\"\x04\x88\xb5\x18\x05\x12c\n" +
+	"\x0eListNamespaces\x12$.agentcoord.v1.ListNamespacesRequest\x1a%.agentcoord.v1.ListNamespacesResponse\"\x04\x88\xb5\x18\x05\x12f\n" +
+	"\x0fDeleteNamespace\x12%.agentcoord.v1.DeleteNamespaceRequest\x1a&.agentcoord.v1.DeleteNamespaceResponse\"\x04\x88\xb5\x18\x05BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_admin_proto_rawDescOnce sync.Once
@@ -1187,61 +1702,81 @@ func file_agentcoord_v1_admin_proto_rawDescGZIP() []byte {
 	return file_agentcoord_v1_admin_proto_rawDescData
 }
 
-var file_agentcoord_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_agentcoord_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_agentcoord_v1_admin_proto_goTypes = []any{
-	(RedisMode)(0),                 // 0: agentcoord.v1.RedisMode
-	(*WhoAmIRequest)(nil),          // 1: agentcoord.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),         // 2: agentcoord.v1.WhoAmIResponse
-	(*GetServerStatsRequest)(nil),  // 3: agentcoord.v1.GetServerStatsRequest
-	(*GetServerStatsResponse)(nil), // 4: agentcoord.v1.GetServerStatsResponse
-	(*NamespaceStats)(nil),         // 5: agentcoord.v1.NamespaceStats
-	(*TaskCounts)(nil),             // 6: agentcoord.v1.TaskCounts
-	(*TaskQueueStats)(nil),         // 7: agentcoord.v1.TaskQueueStats
-	(*TokenInfo)(nil),              // 8: agentcoord.v1.TokenInfo
-	(*IssueTokenRequest)(nil),      // 9: agentcoord.v1.IssueTokenRequest
-	(*IssueTokenResponse)(nil),     // 10: agentcoord.v1.IssueTokenResponse
-	(*RevokeTokenRequest)(nil),     // 11: agentcoord.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),    // 12: agentcoord.v1.RevokeTokenResponse
-	(*ListTokensRequest)(nil),      // 13: agentcoord.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),     // 14: agentcoord.v1.ListTokensResponse
-	nil,                            // 15: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	(*Principal)(nil),              // 16: agentcoord.v1.Principal
-	(*durationpb.Duration)(nil),    // 17: google.protobuf.Duration
-	(AccessTier)(0),                // 18: agentcoord.v1.AccessTier
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(NamespaceState)(0),             // 0: agentcoord.v1.NamespaceState
+	(RedisMode)(0),                  // 1: agentcoord.v1.RedisMode
+	(*Namespace)(nil),               // 2: agentcoord.v1.Namespace
+	(*CreateNamespaceRequest)(nil),  // 3: agentcoord.v1.CreateNamespaceRequest
+	(*CreateNamespaceResponse)(nil), // 4: agentcoord.v1.CreateNamespaceResponse
+	(*ListNamespacesRequest)(nil),   // 5: agentcoord.v1.ListNamespacesRequest
+	(*ListNamespacesResponse)(nil),  // 6: agentcoord.v1.ListNamespacesResponse
+	(*DeleteNamespaceRequest)(nil),  // 7: agentcoord.v1.DeleteNamespaceRequest
+	(*WhoAmIRequest)(nil),           // 8: agentcoord.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 9: agentcoord.v1.WhoAmIResponse
+	(*GetServerStatsRequest)(nil),   // 10: agentcoord.v1.GetServerStatsRequest
+	(*GetServerStatsResponse)(nil),  // 11: agentcoord.v1.GetServerStatsResponse
+	(*NamespaceStats)(nil),          // 12: agentcoord.v1.NamespaceStats
+	(*TaskCounts)(nil),              // 13: agentcoord.v1.TaskCounts
+	(*TaskQueueStats)(nil),          // 14: agentcoord.v1.TaskQueueStats
+	(*TokenInfo)(nil),               // 15: agentcoord.v1.TokenInfo
+	(*IssueTokenRequest)(nil),       // 16: agentcoord.v1.IssueTokenRequest
+	(*IssueTokenResponse)(nil),      // 17: agentcoord.v1.IssueTokenResponse
+	(*RevokeTokenRequest)(nil),      // 18: agentcoord.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 19: agentcoord.v1.RevokeTokenResponse
+	(*ListTokensRequest)(nil),       // 20: agentcoord.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 21: agentcoord.v1.ListTokensResponse
+	(*DeleteNamespaceResponse)(nil), // 22: agentcoord.v1.DeleteNamespaceResponse
+	nil,                             // 23: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(*Principal)(nil),               // 25: agentcoord.v1.Principal
+	(*durationpb.Duration)(nil),     // 26: google.protobuf.Duration
+	(AccessTier)(0),                 // 27: agentcoord.v1.AccessTier
 }
 var file_agentcoord_v1_admin_proto_depIdxs = []int32{
-	16, // 0: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
-	0,  // 1: agentcoord.v1.GetServerStatsResponse.redis_mode:type_name -> agentcoord.v1.RedisMode
-	15, // 2: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	17, // 3: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
-	5,  // 4: agentcoord.v1.GetServerStatsResponse.namespace_stats:type_name -> agentcoord.v1.NamespaceStats
-	6,  // 5: agentcoord.v1.NamespaceStats.tasks:type_name -> agentcoord.v1.TaskCounts
-	7,  // 6: agentcoord.v1.NamespaceStats.task_queues:type_name -> agentcoord.v1.TaskQueueStats
-	18, // 7: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
-	19, // 8: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
-	19, // 9: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
-	18, // 10: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
-	17, // 11: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
-	8,  // 12: agentcoord.v1.IssueTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
-	8,  // 13: agentcoord.v1.RevokeTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
-	8,  // 14: agentcoord.v1.ListTokensResponse.tokens:type_name -> agentcoord.v1.TokenInfo
-	1,  // 15: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
-	3,  // 16: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
-	9,  // 17: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
-	11, // 18: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
-	13, // 19: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
-	2,  // 20: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
-	4,  // 21: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
-	10, // 22: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
-	12, // 23: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
-	14, // 24: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	0,  // 0: agentcoord.v1.Namespace.state:type_name -> agentcoord.v1.NamespaceState
+	24, // 1: agentcoord.v1.Namespace.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 2: agentcoord.v1.CreateNamespaceResponse.namespace:type_name -> agentcoord.v1.Namespace
+	2,  // 3: agentcoord.v1.ListNamespacesResponse.namespaces:type_name -> agentcoord.v1.Namespace
+	25, // 4: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
+	1,  // 5: agentcoord.v1.GetServerStatsResponse.redis_mode:type_name -> agentcoord.v1.RedisMode
+	23, // 6: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	26, // 7: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
+	12, // 8: agentcoord.v1.GetServerStatsResponse.namespace_stats:type_name -> agentcoord.v1.NamespaceStats
+	12, // 9: agentcoord.v1.GetServerStatsResponse.namespaces:type_name -> agentcoord.v1.NamespaceStats
+	13, // 10: agentcoord.v1.NamespaceStats.tasks:type_name -> agentcoord.v1.TaskCounts
+	14, // 11: agentcoord.v1.NamespaceStats.task_queues:type_name -> agentcoord.v1.TaskQueueStats
+	27, // 12: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
+	24, // 13: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
+	24, // 14: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
+	27, // 15: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
+	26, // 16: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
+	15, // 17: agentcoord.v1.IssueTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
+	15, // 18: agentcoord.v1.RevokeTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
+	15, // 19: agentcoord.v1.ListTokensResponse.tokens:type_name -> agentcoord.v1.TokenInfo
+	2,  // 20: agentcoord.v1.DeleteNamespaceResponse.namespace:type_name -> agentcoord.v1.Namespace
+	8,  // 21: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
+	10, // 22: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
+	16, // 23: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
+	18, // 24: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
+	20, // 25: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
+	3,  // 26: agentcoord.v1.AdminService.CreateNamespace:input_type -> agentcoord.v1.CreateNamespaceRequest
+	5,  // 27: agentcoord.v1.AdminService.ListNamespaces:input_type -> agentcoord.v1.ListNamespacesRequest
+	7,  // 28: agentcoord.v1.AdminService.DeleteNamespace:input_type -> agentcoord.v1.DeleteNamespaceRequest
+	9,  // 29: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
+	11, // 30: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
+	17, // 31: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
+	19, // 32: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
+	21, // 33: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
+	4,  // 34: agentcoord.v1.AdminService.CreateNamespace:output_type -> agentcoord.v1.CreateNamespaceResponse
+	6,  // 35: agentcoord.v1.AdminService.ListNamespaces:output_type -> agentcoord.v1.ListNamespacesResponse
+	22, // 36: agentcoord.v1.AdminService.DeleteNamespace:output_type -> agentcoord.v1.DeleteNamespaceResponse
+	29, // [29:37] is the sub-list for method output_type
+	21, // [21:29] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_admin_proto_init() }
@@ -1255,8 +1790,8 @@ func file_agentcoord_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_admin_proto_rawDesc), len(file_agentcoord_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   15,
+			NumEnums:      2,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

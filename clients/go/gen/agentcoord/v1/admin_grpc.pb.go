@@ -19,25 +19,31 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_WhoAmI_FullMethodName         = "/agentcoord.v1.AdminService/WhoAmI"
-	AdminService_GetServerStats_FullMethodName = "/agentcoord.v1.AdminService/GetServerStats"
-	AdminService_IssueToken_FullMethodName     = "/agentcoord.v1.AdminService/IssueToken"
-	AdminService_RevokeToken_FullMethodName    = "/agentcoord.v1.AdminService/RevokeToken"
-	AdminService_ListTokens_FullMethodName     = "/agentcoord.v1.AdminService/ListTokens"
+	AdminService_WhoAmI_FullMethodName          = "/agentcoord.v1.AdminService/WhoAmI"
+	AdminService_GetServerStats_FullMethodName  = "/agentcoord.v1.AdminService/GetServerStats"
+	AdminService_IssueToken_FullMethodName      = "/agentcoord.v1.AdminService/IssueToken"
+	AdminService_RevokeToken_FullMethodName     = "/agentcoord.v1.AdminService/RevokeToken"
+	AdminService_ListTokens_FullMethodName      = "/agentcoord.v1.AdminService/ListTokens"
+	AdminService_CreateNamespace_FullMethodName = "/agentcoord.v1.AdminService/CreateNamespace"
+	AdminService_ListNamespaces_FullMethodName  = "/agentcoord.v1.AdminService/ListNamespaces"
+	AdminService_DeleteNamespace_FullMethodName = "/agentcoord.v1.AdminService/DeleteNamespace"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService tells callers who they are and how the server is doing, and lets a
-// STEWARD issue, revoke and list the bearer tokens of its own namespace.
+// AdminService tells callers who they are and how the server is doing, lets a
+// STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+// the server-wide OPERATOR create, list and delete namespaces and administer any
+// namespace's tokens (never its data).
 type AdminServiceClient interface {
 	// Returns the principal the call was authenticated as. Any tier.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
 	// Returns the server's version, its Redis, and what the caller's namespace holds
 	// (namespace_stats): counted from index structures the server maintains, never
-	// a scan of the keyspace, so its cost does not grow with the data.
+	// a scan of the keyspace, so its cost does not grow with the data. For the
+	// OPERATOR: server-wide, every registered namespace's stats (namespaces).
 	GetServerStats(ctx context.Context, in *GetServerStatsRequest, opts ...grpc.CallOption) (*GetServerStatsResponse, error)
 	// Issues a bearer token for an agent of the caller's namespace. The secret is in
 	// the response only: the server keeps just its SHA-256 hash.
@@ -49,6 +55,18 @@ type AdminServiceClient interface {
 	// Lists the live tokens of the caller's namespace, oldest first. Never returns
 	// secrets.
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
+	// Registers a namespace (a team) so the operator can issue its tokens. Names
+	// starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+	// registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+	CreateNamespace(ctx context.Context, in *CreateNamespaceRequest, opts ...grpc.CallOption) (*CreateNamespaceResponse, error)
+	// Lists registered namespaces in name order, including those being deleted.
+	ListNamespaces(ctx context.Context, in *ListNamespacesRequest, opts ...grpc.CallOption) (*ListNamespacesResponse, error)
+	// Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+	// revokes every token of it, then removes every key of it in bounded batches.
+	// Safe to call again if interrupted: it resumes where it stopped. Returns the
+	// namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+	// namespace that is not registered.
+	DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error)
 }
 
 type adminServiceClient struct {
@@ -109,18 +127,51 @@ func (c *adminServiceClient) ListTokens(ctx context.Context, in *ListTokensReque
 	return out, nil
 }
 
+func (c *adminServiceClient) CreateNamespace(ctx context.Context, in *CreateNamespaceRequest, opts ...grpc.CallOption) (*CreateNamespaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateNamespaceResponse)
+	err := c.cc.Invoke(ctx, AdminService_CreateNamespace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListNamespaces(ctx context.Context, in *ListNamespacesRequest, opts ...grpc.CallOption) (*ListNamespacesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNamespacesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListNamespaces_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteNamespaceResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteNamespace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService tells callers who they are and how the server is doing, and lets a
-// STEWARD issue, revoke and list the bearer tokens of its own namespace.
+// AdminService tells callers who they are and how the server is doing, lets a
+// STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+// the server-wide OPERATOR create, list and delete namespaces and administer any
+// namespace's tokens (never its data).
 type AdminServiceServer interface {
 	// Returns the principal the call was authenticated as. Any tier.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
 	// Returns the server's version, its Redis, and what the caller's namespace holds
 	// (namespace_stats): counted from index structures the server maintains, never
-	// a scan of the keyspace, so its cost does not grow with the data.
+	// a scan of the keyspace, so its cost does not grow with the data. For the
+	// OPERATOR: server-wide, every registered namespace's stats (namespaces).
 	GetServerStats(context.Context, *GetServerStatsRequest) (*GetServerStatsResponse, error)
 	// Issues a bearer token for an agent of the caller's namespace. The secret is in
 	// the response only: the server keeps just its SHA-256 hash.
@@ -132,6 +183,18 @@ type AdminServiceServer interface {
 	// Lists the live tokens of the caller's namespace, oldest first. Never returns
 	// secrets.
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
+	// Registers a namespace (a team) so the operator can issue its tokens. Names
+	// starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+	// registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+	CreateNamespace(context.Context, *CreateNamespaceRequest) (*CreateNamespaceResponse, error)
+	// Lists registered namespaces in name order, including those being deleted.
+	ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error)
+	// Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+	// revokes every token of it, then removes every key of it in bounded batches.
+	// Safe to call again if interrupted: it resumes where it stopped. Returns the
+	// namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+	// namespace that is not registered.
+	DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -156,6 +219,15 @@ func (UnimplementedAdminServiceServer) RevokeToken(context.Context, *RevokeToken
 }
 func (UnimplementedAdminServiceServer) ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTokens not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateNamespace(context.Context, *CreateNamespaceRequest) (*CreateNamespaceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateNamespace not implemented")
+}
+func (UnimplementedAdminServiceServer) ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNamespaces not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteNamespace not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -268,6 +340,60 @@ func _AdminService_ListTokens_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CreateNamespace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateNamespaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateNamespace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateNamespace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateNamespace(ctx, req.(*CreateNamespaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListNamespaces_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNamespacesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListNamespaces(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListNamespaces_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListNamespaces(ctx, req.(*ListNamespacesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteNamespace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteNamespaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteNamespace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteNamespace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteNamespace(ctx, req.(*DeleteNamespaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +420,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTokens",
 			Handler:    _AdminService_ListTokens_Handler,
+		},
+		{
+			MethodName: "CreateNamespace",
+			Handler:    _AdminService_CreateNamespace_Handler,
+		},
+		{
+			MethodName: "ListNamespaces",
+			Handler:    _AdminService_ListNamespaces_Handler,
+		},
+		{
+			MethodName: "DeleteNamespace",
+			Handler:    _AdminService_DeleteNamespace_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

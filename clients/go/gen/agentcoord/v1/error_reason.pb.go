@@ -231,6 +231,20 @@ const (
 	// trimmed after the COORDINATION TTL). Signals were missed: re-read the state
 	// the signals were about, then subscribe without a cursor.
 	ErrorReason_CURSOR_TRIMMED ErrorReason = 140
+	// PERMISSION_DENIED: the OPERATOR called an RPC that reads or writes a
+	// namespace's data. The operator manages namespaces and tokens only: issue a
+	// token of the namespace (IssueToken naming it) and call with that.
+	ErrorReason_OPERATOR_DATA_ACCESS ErrorReason = 150
+	// ALREADY_EXISTS: CreateNamespace named a registered namespace.
+	ErrorReason_NAMESPACE_EXISTS ErrorReason = 151
+	// NOT_FOUND: the namespace is not registered (CreateNamespace it first).
+	ErrorReason_NAMESPACE_NOT_FOUND ErrorReason = 152
+	// FAILED_PRECONDITION: the namespace is being deleted; call DeleteNamespace
+	// again to finish, then create it anew if wanted.
+	ErrorReason_NAMESPACE_DELETING ErrorReason = 153
+	// INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
+	// server (the operator's own is "_operator").
+	ErrorReason_RESERVED_NAMESPACE ErrorReason = 154
 )
 
 // Enum value maps for ErrorReason.
@@ -300,6 +314,11 @@ var (
 		125: "TASK_COMPLETED",
 		126: "NOT_DEAD_LETTERED",
 		140: "CURSOR_TRIMMED",
+		150: "OPERATOR_DATA_ACCESS",
+		151: "NAMESPACE_EXISTS",
+		152: "NAMESPACE_NOT_FOUND",
+		153: "NAMESPACE_DELETING",
+		154: "RESERVED_NAMESPACE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":        0,
@@ -366,6 +385,11 @@ var (
 		"TASK_COMPLETED":                  125,
 		"NOT_DEAD_LETTERED":               126,
 		"CURSOR_TRIMMED":                  140,
+		"OPERATOR_DATA_ACCESS":            150,
+		"NAMESPACE_EXISTS":                151,
+		"NAMESPACE_NOT_FOUND":             152,
+		"NAMESPACE_DELETING":              153,
+		"RESERVED_NAMESPACE":              154,
 	}
 )
 
@@ -400,7 +424,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x90\v\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x8e\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -469,7 +493,12 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\x0eNOT_TASK_ADDER\x10|\x12\x12\n" +
 	"\x0eTASK_COMPLETED\x10}\x12\x15\n" +
 	"\x11NOT_DEAD_LETTERED\x10~\x12\x13\n" +
-	"\x0eCURSOR_TRIMMED\x10\x8c\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x0eCURSOR_TRIMMED\x10\x8c\x01\x12\x19\n" +
+	"\x14OPERATOR_DATA_ACCESS\x10\x96\x01\x12\x15\n" +
+	"\x10NAMESPACE_EXISTS\x10\x97\x01\x12\x18\n" +
+	"\x13NAMESPACE_NOT_FOUND\x10\x98\x01\x12\x17\n" +
+	"\x12NAMESPACE_DELETING\x10\x99\x01\x12\x17\n" +
+	"\x12RESERVED_NAMESPACE\x10\x9a\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_error_reason_proto_rawDescOnce sync.Once

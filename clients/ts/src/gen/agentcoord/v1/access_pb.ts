@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/access.proto.
  */
 export const file_agentcoord_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChphZ2VudGNvb3JkL3YxL2FjY2Vzcy5wcm90bxINYWdlbnRjb29yZC52MSJZCglQcmluY2lwYWwSEAoIYWdlbnRfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEicKBHRpZXIYAyABKA4yGS5hZ2VudGNvb3JkLnYxLkFjY2Vzc1RpZXIqlAEKCkFjY2Vzc1RpZXISGwoXQUNDRVNTX1RJRVJfVU5TUEVDSUZJRUQQABIYChRBQ0NFU1NfVElFUl9PQlNFUlZFUhABEhsKF0FDQ0VTU19USUVSX0NPTlRSSUJVVE9SEAISGQoVQUNDRVNTX1RJRVJfVkFMSURBVE9SEAMSFwoTQUNDRVNTX1RJRVJfU1RFV0FSRBAEOmAKDXJlcXVpcmVkX3RpZXISHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjRhgMgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyUgxyZXF1aXJlZFRpZXJCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("ChphZ2VudGNvb3JkL3YxL2FjY2Vzcy5wcm90bxINYWdlbnRjb29yZC52MSJZCglQcmluY2lwYWwSEAoIYWdlbnRfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEicKBHRpZXIYAyABKA4yGS5hZ2VudGNvb3JkLnYxLkFjY2Vzc1RpZXIqrgEKCkFjY2Vzc1RpZXISGwoXQUNDRVNTX1RJRVJfVU5TUEVDSUZJRUQQABIYChRBQ0NFU1NfVElFUl9PQlNFUlZFUhABEhsKF0FDQ0VTU19USUVSX0NPTlRSSUJVVE9SEAISGQoVQUNDRVNTX1RJRVJfVkFMSURBVE9SEAMSFwoTQUNDRVNTX1RJRVJfU1RFV0FSRBAEEhgKFEFDQ0VTU19USUVSX09QRVJBVE9SEAU6YAoNcmVxdWlyZWRfdGllchIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKA4yGS5hZ2VudGNvb3JkLnYxLkFjY2Vzc1RpZXJSDHJlcXVpcmVkVGllcjpNChFvcGVyYXRvcl9jYWxsYWJsZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNKGAyABKAhSEG9wZXJhdG9yQ2FsbGFibGVCTFpKZ2l0aHViLmNvbS9hZ2VudGNvb3JkL2FnZW50Y29vcmQvY2xpZW50cy9nby9nZW4vYWdlbnRjb29yZC92MTthZ2VudGNvb3JkdjFiBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * Principal is the authenticated identity a call runs as.
@@ -28,7 +28,8 @@ export type Principal = Message<"agentcoord.v1.Principal"> & {
   agentId: string;
 
   /**
-   * The team the agent belongs to. No call reaches outside it.
+   * The team the agent belongs to. No call reaches outside it. An OPERATOR's
+   * namespace is "_operator", which holds no data.
    *
    * @generated from field: string namespace = 2;
    */
@@ -52,7 +53,15 @@ export const PrincipalSchema: GenMessage<Principal> = /*@__PURE__*/
 /**
  * AccessTier orders what a caller may do. Each tier includes the ones below it:
  * OBSERVER reads; CONTRIBUTOR also writes; VALIDATOR also promotes, rejects and
- * resolves; STEWARD also administers tokens and the server.
+ * resolves; STEWARD also administers its namespace's tokens.
+ *
+ * OPERATOR stands apart from that order: it is the server-wide operator (the
+ * bootstrap token holds it), who creates and deletes namespaces and issues their
+ * tokens but never reads or writes a namespace's data. An OPERATOR principal may
+ * call exactly the RPCs that require ACCESS_TIER_OPERATOR and those that declare
+ * `(agentcoord.v1.operator_callable) = true`; no other tier may call an RPC that
+ * requires ACCESS_TIER_OPERATOR (its value is above every namespace tier, so the
+ * plain "tier >= required" comparison already refuses them).
  *
  * @generated from enum agentcoord.v1.AccessTier
  */
@@ -81,6 +90,11 @@ export enum AccessTier {
    * @generated from enum value: ACCESS_TIER_STEWARD = 4;
    */
   STEWARD = 4,
+
+  /**
+   * @generated from enum value: ACCESS_TIER_OPERATOR = 5;
+   */
+  OPERATOR = 5,
 }
 
 /**
@@ -98,4 +112,17 @@ export const AccessTierSchema: GenEnum<AccessTier> = /*@__PURE__*/
  */
 export const required_tier: GenExtension<MethodOptions, AccessTier> = /*@__PURE__*/
   extDesc(file_agentcoord_v1_access, 0);
+
+/**
+ * True on the few RPCs an OPERATOR principal may call besides those requiring
+ * ACCESS_TIER_OPERATOR (WhoAmI, GetServerStats, token administration where it
+ * names the namespace). Every other RPC reads or writes a namespace's data, which
+ * the operator never does. A caller of tier T may call a method iff
+ * T == OPERATOR ? (required_tier == OPERATOR || operator_callable)
+ *               : T >= required_tier.
+ *
+ * @generated from extension: bool operator_callable = 50002;
+ */
+export const operator_callable: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
+  extDesc(file_agentcoord_v1_access, 1);
 

@@ -14,7 +14,173 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/admin.proto.
  */
 export const file_agentcoord_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0IogDChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkwKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnlCAhgBEhkKEXVzZWRfbWVtb3J5X2J5dGVzGAUgASgDEikKBnVwdGltZRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2Cg9uYW1lc3BhY2Vfc3RhdHMYByABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhMKC3JlZGlzX25vZGVzGBAgAygJGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi1gIKDk5hbWVzcGFjZVN0YXRzEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5tZW1vcnlfZW50cmllcxgCIAEoAxIVCg1tZW1vcnlfb3duZXJzGAMgASgDEhAKCHNlc3Npb25zGAQgASgDEhcKD3N0YWdlZF9wYXR0ZXJucxgFIAEoAxIYChBsaWJyYXJ5X3BhdHRlcm5zGAYgASgDEhYKDm9wZW5fY29uZmxpY3RzGAcgASgDEigKBXRhc2tzGAggASgLMhkuYWdlbnRjb29yZC52MS5UYXNrQ291bnRzEjIKC3Rhc2tfcXVldWVzGAkgAygLMh0uYWdlbnRjb29yZC52MS5UYXNrUXVldWVTdGF0cxIYChByZXRhaW5lZF9zaWduYWxzGAogASgDEhoKEmxpdmVfc3Vic2NyaXB0aW9ucxgLIAEoAxIRCgl0cnVuY2F0ZWQYDCABKAgibAoKVGFza0NvdW50cxIPCgdwZW5kaW5nGAEgASgDEhMKC2JhY2tpbmdfb2ZmGAIgASgDEg8KB2NsYWltZWQYAyABKAMSFAoMZGVhZF9sZXR0ZXJzGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyJtCg5UYXNrUXVldWVTdGF0cxIRCgl0YXNrX3R5cGUYASABKAkSDwoHcGVuZGluZxgCIAEoAxITCgtiYWNraW5nX29mZhgDIAEoAxIPCgdjbGFpbWVkGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyL1AQoJVG9rZW5JbmZvEhAKCHRva2VuX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRInCgR0aWVyGAQgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaXNzdWVkX2J5GAggASgJIqMBChFJc3N1ZVRva2VuUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdGllchgDIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchIrCghsaWZldGltZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgtkZXNjcmlwdGlvbhgFIAEoCSJLChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSJgoEaW5mbxgCIAEoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvIiYKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCSI9ChNSZXZva2VUb2tlblJlc3BvbnNlEiYKBGluZm8YASABKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbyI6ChFMaXN0VG9rZW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJXChJMaXN0VG9rZW5zUmVzcG9uc2USKAoGdG9rZW5zGAEgAygLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKnEKCVJlZGlzTW9kZRIaChZSRURJU19NT0RFX1VOU1BFQ0lGSUVEEAASFwoTUkVESVNfTU9ERV9FTUJFRERFRBABEhcKE1JFRElTX01PREVfRVhURVJOQUwQAhIWChJSRURJU19NT0RFX0NMVVNURVIQAzLOAwoMQWRtaW5TZXJ2aWNlEksKBldob0FtSRIcLmFnZW50Y29vcmQudjEuV2hvQW1JUmVxdWVzdBodLmFnZW50Y29vcmQudjEuV2hvQW1JUmVzcG9uc2UiBIi1GAESYwoOR2V0U2VydmVyU3RhdHMSJC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuR2V0U2VydmVyU3RhdHNSZXNwb25zZSIEiLUYARJXCgpJc3N1ZVRva2VuEiAuYWdlbnRjb29yZC52MS5Jc3N1ZVRva2VuUmVxdWVzdBohLmFnZW50Y29vcmQudjEuSXNzdWVUb2tlblJlc3BvbnNlIgSItRgEEloKC1Jldm9rZVRva2VuEiEuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiBIi1GAQSVwoKTGlzdFRva2VucxIgLmFnZW50Y29vcmQudjEuTGlzdFRva2Vuc1JlcXVlc3QaIS5hZ2VudGNvb3JkLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIEiLUYBEJMWkpnaXRodWIuY29tL2FnZW50Y29vcmQvYWdlbnRjb29yZC9jbGllbnRzL2dvL2dlbi9hZ2VudGNvb3JkL3YxO2FnZW50Y29vcmR2MWIGcHJvdG8z", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIqEBCglOYW1lc3BhY2USDAoEbmFtZRgBIAEoCRIsCgVzdGF0ZRgCIAEoDjIdLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlU3RhdGUSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkiOwoWQ3JlYXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkYKF0NyZWF0ZU5hbWVzcGFjZVJlc3BvbnNlEisKCW5hbWVzcGFjZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlIj4KFUxpc3ROYW1lc3BhY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJfChZMaXN0TmFtZXNwYWNlc1Jlc3BvbnNlEiwKCm5hbWVzcGFjZXMYASADKAsyGC5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoWRGVsZXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0ItkDChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkwKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnlCAhgBEhkKEXVzZWRfbWVtb3J5X2J5dGVzGAUgASgDEikKBnVwdGltZRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2Cg9uYW1lc3BhY2Vfc3RhdHMYByABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhMKC3JlZGlzX25vZGVzGBAgAygJEjEKCm5hbWVzcGFjZXMYCCADKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhwKFG5hbWVzcGFjZXNfdHJ1bmNhdGVkGAkgASgIGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi1gIKDk5hbWVzcGFjZVN0YXRzEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5tZW1vcnlfZW50cmllcxgCIAEoAxIVCg1tZW1vcnlfb3duZXJzGAMgASgDEhAKCHNlc3Npb25zGAQgASgDEhcKD3N0YWdlZF9wYXR0ZXJucxgFIAEoAxIYChBsaWJyYXJ5X3BhdHRlcm5zGAYgASgDEhYKDm9wZW5fY29uZmxpY3RzGAcgASgDEigKBXRhc2tzGAggASgLMhkuYWdlbnRjb29yZC52MS5UYXNrQ291bnRzEjIKC3Rhc2tfcXVldWVzGAkgAygLMh0uYWdlbnRjb29yZC52MS5UYXNrUXVldWVTdGF0cxIYChByZXRhaW5lZF9zaWduYWxzGAogASgDEhoKEmxpdmVfc3Vic2NyaXB0aW9ucxgLIAEoAxIRCgl0cnVuY2F0ZWQYDCABKAgibAoKVGFza0NvdW50cxIPCgdwZW5kaW5nGAEgASgDEhMKC2JhY2tpbmdfb2ZmGAIgASgDEg8KB2NsYWltZWQYAyABKAMSFAoMZGVhZF9sZXR0ZXJzGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyJtCg5UYXNrUXVldWVTdGF0cxIRCgl0YXNrX3R5cGUYASABKAkSDwoHcGVuZGluZxgCIAEoAxITCgtiYWNraW5nX29mZhgDIAEoAxIPCgdjbGFpbWVkGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyL1AQoJVG9rZW5JbmZvEhAKCHRva2VuX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRInCgR0aWVyGAQgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaXNzdWVkX2J5GAggASgJIqMBChFJc3N1ZVRva2VuUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdGllchgDIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchIrCghsaWZldGltZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgtkZXNjcmlwdGlvbhgFIAEoCSJLChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSJgoEaW5mbxgCIAEoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvIjkKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiPQoTUmV2b2tlVG9rZW5SZXNwb25zZRImCgRpbmZvGAEgASgLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8iTQoRTGlzdFRva2Vuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlcKEkxpc3RUb2tlbnNSZXNwb25zZRIoCgZ0b2tlbnMYASADKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoXRGVsZXRlTmFtZXNwYWNlUmVzcG9uc2USKwoJbmFtZXNwYWNlGAEgASgLMhguYWdlbnRjb29yZC52MS5OYW1lc3BhY2UqawoOTmFtZXNwYWNlU3RhdGUSHwobTkFNRVNQQUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWTkFNRVNQQUNFX1NUQVRFX0FDVElWRRABEhwKGE5BTUVTUEFDRV9TVEFURV9ERUxFVElORxACKnEKCVJlZGlzTW9kZRIaChZSRURJU19NT0RFX1VOU1BFQ0lGSUVEEAASFwoTUkVESVNfTU9ERV9FTUJFRERFRBABEhcKE1JFRElTX01PREVfRVhURVJOQUwQAhIWChJSRURJU19NT0RFX0NMVVNURVIQAzKXBgoMQWRtaW5TZXJ2aWNlEk8KBldob0FtSRIcLmFnZW50Y29vcmQudjEuV2hvQW1JUmVxdWVzdBodLmFnZW50Y29vcmQudjEuV2hvQW1JUmVzcG9uc2UiCIi1GAGQtRgBEmcKDkdldFNlcnZlclN0YXRzEiQuYWdlbnRjb29yZC52MS5HZXRTZXJ2ZXJTdGF0c1JlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UiCIi1GAGQtRgBElsKCklzc3VlVG9rZW4SIC5hZ2VudGNvb3JkLnYxLklzc3VlVG9rZW5SZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5Jc3N1ZVRva2VuUmVzcG9uc2UiCIi1GASQtRgBEl4KC1Jldm9rZVRva2VuEiEuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiCIi1GASQtRgBElsKCkxpc3RUb2tlbnMSIC5hZ2VudGNvb3JkLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0VG9rZW5zUmVzcG9uc2UiCIi1GASQtRgBEmYKD0NyZWF0ZU5hbWVzcGFjZRIlLmFnZW50Y29vcmQudjEuQ3JlYXRlTmFtZXNwYWNlUmVxdWVzdBomLmFnZW50Y29vcmQudjEuQ3JlYXRlTmFtZXNwYWNlUmVzcG9uc2UiBIi1GAUSYwoOTGlzdE5hbWVzcGFjZXMSJC5hZ2VudGNvb3JkLnYxLkxpc3ROYW1lc3BhY2VzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuTGlzdE5hbWVzcGFjZXNSZXNwb25zZSIEiLUYBRJmCg9EZWxldGVOYW1lc3BhY2USJS5hZ2VudGNvb3JkLnYxLkRlbGV0ZU5hbWVzcGFjZVJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkRlbGV0ZU5hbWVzcGFjZVJlc3BvbnNlIgSItRgFQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * Namespace is a registered team.
+ *
+ * @generated from message agentcoord.v1.Namespace
+ */
+export type Namespace = Message<"agentcoord.v1.Namespace"> & {
+  /**
+   * The namespace's name (letters, digits, '.', '_', '-', at most 128 characters,
+   * not starting with '_').
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Whether it is usable or being deleted.
+   *
+   * @generated from field: agentcoord.v1.NamespaceState state = 2;
+   */
+  state: NamespaceState;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 3;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * The agent id of the operator that created it.
+   *
+   * @generated from field: string created_by = 4;
+   */
+  createdBy: string;
+
+  /**
+   * Free text the operator gave, at most 256 characters.
+   *
+   * @generated from field: string description = 5;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.Namespace.
+ * Use `create(NamespaceSchema)` to create a new message.
+ */
+export const NamespaceSchema: GenMessage<Namespace> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 0);
+
+/**
+ * @generated from message agentcoord.v1.CreateNamespaceRequest
+ */
+export type CreateNamespaceRequest = Message<"agentcoord.v1.CreateNamespaceRequest"> & {
+  /**
+   * The new namespace's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Free text to recognize the namespace by, at most 256 characters.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.CreateNamespaceRequest.
+ * Use `create(CreateNamespaceRequestSchema)` to create a new message.
+ */
+export const CreateNamespaceRequestSchema: GenMessage<CreateNamespaceRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 1);
+
+/**
+ * @generated from message agentcoord.v1.CreateNamespaceResponse
+ */
+export type CreateNamespaceResponse = Message<"agentcoord.v1.CreateNamespaceResponse"> & {
+  /**
+   * The namespace created.
+   *
+   * @generated from field: agentcoord.v1.Namespace namespace = 1;
+   */
+  namespace?: Namespace | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.CreateNamespaceResponse.
+ * Use `create(CreateNamespaceResponseSchema)` to create a new message.
+ */
+export const CreateNamespaceResponseSchema: GenMessage<CreateNamespaceResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 2);
+
+/**
+ * @generated from message agentcoord.v1.ListNamespacesRequest
+ */
+export type ListNamespacesRequest = Message<"agentcoord.v1.ListNamespacesRequest"> & {
+  /**
+   * Most namespaces to return, 1..1000; 0 means 100.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.ListNamespacesRequest.
+ * Use `create(ListNamespacesRequestSchema)` to create a new message.
+ */
+export const ListNamespacesRequestSchema: GenMessage<ListNamespacesRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 3);
+
+/**
+ * @generated from message agentcoord.v1.ListNamespacesResponse
+ */
+export type ListNamespacesResponse = Message<"agentcoord.v1.ListNamespacesResponse"> & {
+  /**
+   * Registered namespaces in name order.
+   *
+   * @generated from field: repeated agentcoord.v1.Namespace namespaces = 1;
+   */
+  namespaces: Namespace[];
+
+  /**
+   * Pass as page_token to get the next page; empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.ListNamespacesResponse.
+ * Use `create(ListNamespacesResponseSchema)` to create a new message.
+ */
+export const ListNamespacesResponseSchema: GenMessage<ListNamespacesResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 4);
+
+/**
+ * @generated from message agentcoord.v1.DeleteNamespaceRequest
+ */
+export type DeleteNamespaceRequest = Message<"agentcoord.v1.DeleteNamespaceRequest"> & {
+  /**
+   * The namespace to delete.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.DeleteNamespaceRequest.
+ * Use `create(DeleteNamespaceRequestSchema)` to create a new message.
+ */
+export const DeleteNamespaceRequestSchema: GenMessage<DeleteNamespaceRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 5);
 
 /**
  * @generated from message agentcoord.v1.WhoAmIRequest
@@ -27,7 +193,7 @@ export type WhoAmIRequest = Message<"agentcoord.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 0);
+  messageDesc(file_agentcoord_v1_admin, 6);
 
 /**
  * @generated from message agentcoord.v1.WhoAmIResponse
@@ -46,7 +212,7 @@ export type WhoAmIResponse = Message<"agentcoord.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 1);
+  messageDesc(file_agentcoord_v1_admin, 7);
 
 /**
  * @generated from message agentcoord.v1.GetServerStatsRequest
@@ -59,7 +225,7 @@ export type GetServerStatsRequest = Message<"agentcoord.v1.GetServerStatsRequest
  * Use `create(GetServerStatsRequestSchema)` to create a new message.
  */
 export const GetServerStatsRequestSchema: GenMessage<GetServerStatsRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 2);
+  messageDesc(file_agentcoord_v1_admin, 8);
 
 /**
  * @generated from message agentcoord.v1.GetServerStatsResponse
@@ -110,7 +276,8 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
   uptime?: Duration | undefined;
 
   /**
-   * What the caller's namespace holds.
+   * What the caller's namespace holds (unset for the OPERATOR, whose namespace
+   * holds no data).
    *
    * @generated from field: agentcoord.v1.NamespaceStats namespace_stats = 7;
    */
@@ -124,6 +291,21 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
    * @generated from field: repeated string redis_nodes = 16;
    */
   redisNodes: string[];
+
+  /**
+   * OPERATOR only: the stats of every registered namespace, in name order (at most
+   * 100; namespaces_truncated says there are more).
+   *
+   * @generated from field: repeated agentcoord.v1.NamespaceStats namespaces = 8;
+   */
+  namespaces: NamespaceStats[];
+
+  /**
+   * True when namespaces lists only the first 100 registered namespaces.
+   *
+   * @generated from field: bool namespaces_truncated = 9;
+   */
+  namespacesTruncated: boolean;
 };
 
 /**
@@ -131,7 +313,7 @@ export type GetServerStatsResponse = Message<"agentcoord.v1.GetServerStatsRespon
  * Use `create(GetServerStatsResponseSchema)` to create a new message.
  */
 export const GetServerStatsResponseSchema: GenMessage<GetServerStatsResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 3);
+  messageDesc(file_agentcoord_v1_admin, 9);
 
 /**
  * NamespaceStats says what one namespace holds, in the terms its users work in.
@@ -237,7 +419,7 @@ export type NamespaceStats = Message<"agentcoord.v1.NamespaceStats"> & {
  * Use `create(NamespaceStatsSchema)` to create a new message.
  */
 export const NamespaceStatsSchema: GenMessage<NamespaceStats> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 4);
+  messageDesc(file_agentcoord_v1_admin, 10);
 
 /**
  * TaskCounts counts tasks by state.
@@ -288,7 +470,7 @@ export type TaskCounts = Message<"agentcoord.v1.TaskCounts"> & {
  * Use `create(TaskCountsSchema)` to create a new message.
  */
 export const TaskCountsSchema: GenMessage<TaskCounts> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 5);
+  messageDesc(file_agentcoord_v1_admin, 11);
 
 /**
  * TaskQueueStats counts one task type's tasks by state.
@@ -337,7 +519,7 @@ export type TaskQueueStats = Message<"agentcoord.v1.TaskQueueStats"> & {
  * Use `create(TaskQueueStatsSchema)` to create a new message.
  */
 export const TaskQueueStatsSchema: GenMessage<TaskQueueStats> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 6);
+  messageDesc(file_agentcoord_v1_admin, 12);
 
 /**
  * TokenInfo describes an issued token. It never carries the secret.
@@ -408,7 +590,7 @@ export type TokenInfo = Message<"agentcoord.v1.TokenInfo"> & {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 7);
+  messageDesc(file_agentcoord_v1_admin, 13);
 
 /**
  * @generated from message agentcoord.v1.IssueTokenRequest
@@ -423,15 +605,19 @@ export type IssueTokenRequest = Message<"agentcoord.v1.IssueTokenRequest"> & {
   agentId: string;
 
   /**
-   * The token's namespace. Empty means the caller's; any other namespace is
-   * refused with PERMISSION_DENIED (a STEWARD administers only its own team).
+   * The token's namespace. Empty means the caller's; for a STEWARD any other
+   * namespace is refused with PERMISSION_DENIED (NAMESPACE_MISMATCH: a STEWARD
+   * administers only its own team). The OPERATOR names a registered, active
+   * namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise) to issue one of its tokens
+   * (OBSERVER..STEWARD), or leaves it empty to issue another OPERATOR token.
    *
    * @generated from field: string namespace = 2;
    */
   namespace: string;
 
   /**
-   * The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT).
+   * The token's tier; required (UNSPECIFIED is INVALID_ARGUMENT). OPERATOR only
+   * in the operator's own namespace, by the OPERATOR.
    *
    * @generated from field: agentcoord.v1.AccessTier tier = 3;
    */
@@ -457,7 +643,7 @@ export type IssueTokenRequest = Message<"agentcoord.v1.IssueTokenRequest"> & {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 8);
+  messageDesc(file_agentcoord_v1_admin, 14);
 
 /**
  * @generated from message agentcoord.v1.IssueTokenResponse
@@ -484,7 +670,7 @@ export type IssueTokenResponse = Message<"agentcoord.v1.IssueTokenResponse"> & {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 9);
+  messageDesc(file_agentcoord_v1_admin, 15);
 
 /**
  * @generated from message agentcoord.v1.RevokeTokenRequest
@@ -496,6 +682,14 @@ export type RevokeTokenRequest = Message<"agentcoord.v1.RevokeTokenRequest"> & {
    * @generated from field: string token_id = 1;
    */
   tokenId: string;
+
+  /**
+   * As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+   * may name another.
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -503,7 +697,7 @@ export type RevokeTokenRequest = Message<"agentcoord.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 10);
+  messageDesc(file_agentcoord_v1_admin, 16);
 
 /**
  * @generated from message agentcoord.v1.RevokeTokenResponse
@@ -522,7 +716,7 @@ export type RevokeTokenResponse = Message<"agentcoord.v1.RevokeTokenResponse"> &
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 11);
+  messageDesc(file_agentcoord_v1_admin, 17);
 
 /**
  * @generated from message agentcoord.v1.ListTokensRequest
@@ -541,6 +735,14 @@ export type ListTokensRequest = Message<"agentcoord.v1.ListTokensRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * As IssueTokenRequest.namespace: empty means the caller's; only the OPERATOR
+   * may name another.
+   *
+   * @generated from field: string namespace = 3;
+   */
+  namespace: string;
 };
 
 /**
@@ -548,7 +750,7 @@ export type ListTokensRequest = Message<"agentcoord.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 12);
+  messageDesc(file_agentcoord_v1_admin, 18);
 
 /**
  * @generated from message agentcoord.v1.ListTokensResponse
@@ -574,7 +776,58 @@ export type ListTokensResponse = Message<"agentcoord.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_admin, 13);
+  messageDesc(file_agentcoord_v1_admin, 19);
+
+/**
+ * @generated from message agentcoord.v1.DeleteNamespaceResponse
+ */
+export type DeleteNamespaceResponse = Message<"agentcoord.v1.DeleteNamespaceResponse"> & {
+  /**
+   * The namespace as it was when deletion started.
+   *
+   * @generated from field: agentcoord.v1.Namespace namespace = 1;
+   */
+  namespace?: Namespace | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.DeleteNamespaceResponse.
+ * Use `create(DeleteNamespaceResponseSchema)` to create a new message.
+ */
+export const DeleteNamespaceResponseSchema: GenMessage<DeleteNamespaceResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 20);
+
+/**
+ * NamespaceState says whether a namespace is usable.
+ *
+ * @generated from enum agentcoord.v1.NamespaceState
+ */
+export enum NamespaceState {
+  /**
+   * @generated from enum value: NAMESPACE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Registered: the operator may issue its tokens.
+   *
+   * @generated from enum value: NAMESPACE_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * DeleteNamespace started and has not finished; calling it again resumes it.
+   *
+   * @generated from enum value: NAMESPACE_STATE_DELETING = 2;
+   */
+  DELETING = 2,
+}
+
+/**
+ * Describes the enum agentcoord.v1.NamespaceState.
+ */
+export const NamespaceStateSchema: GenEnum<NamespaceState> = /*@__PURE__*/
+  enumDesc(file_agentcoord_v1_admin, 0);
 
 /**
  * RedisMode says which Redis the server runs on.
@@ -614,11 +867,13 @@ export enum RedisMode {
  * Describes the enum agentcoord.v1.RedisMode.
  */
 export const RedisModeSchema: GenEnum<RedisMode> = /*@__PURE__*/
-  enumDesc(file_agentcoord_v1_admin, 0);
+  enumDesc(file_agentcoord_v1_admin, 1);
 
 /**
- * AdminService tells callers who they are and how the server is doing, and lets a
- * STEWARD issue, revoke and list the bearer tokens of its own namespace.
+ * AdminService tells callers who they are and how the server is doing, lets a
+ * STEWARD issue, revoke and list the bearer tokens of its own namespace, and lets
+ * the server-wide OPERATOR create, list and delete namespaces and administer any
+ * namespace's tokens (never its data).
  *
  * @generated from service agentcoord.v1.AdminService
  */
@@ -636,7 +891,8 @@ export const AdminService: GenService<{
   /**
    * Returns the server's version, its Redis, and what the caller's namespace holds
    * (namespace_stats): counted from index structures the server maintains, never
-   * a scan of the keyspace, so its cost does not grow with the data.
+   * a scan of the keyspace, so its cost does not grow with the data. For the
+   * OPERATOR: server-wide, every registered namespace's stats (namespaces).
    *
    * @generated from rpc agentcoord.v1.AdminService.GetServerStats
    */
@@ -678,6 +934,42 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListTokensRequestSchema;
     output: typeof ListTokensResponseSchema;
+  },
+  /**
+   * Registers a namespace (a team) so the operator can issue its tokens. Names
+   * starting with '_' are reserved. ALREADY_EXISTS (NAMESPACE_EXISTS) if it is
+   * registered; FAILED_PRECONDITION (NAMESPACE_DELETING) while it is being deleted.
+   *
+   * @generated from rpc agentcoord.v1.AdminService.CreateNamespace
+   */
+  createNamespace: {
+    methodKind: "unary";
+    input: typeof CreateNamespaceRequestSchema;
+    output: typeof CreateNamespaceResponseSchema;
+  },
+  /**
+   * Lists registered namespaces in name order, including those being deleted.
+   *
+   * @generated from rpc agentcoord.v1.AdminService.ListNamespaces
+   */
+  listNamespaces: {
+    methodKind: "unary";
+    input: typeof ListNamespacesRequestSchema;
+    output: typeof ListNamespacesResponseSchema;
+  },
+  /**
+   * Deletes a namespace: marks it DELETING (its tokens can no longer be issued),
+   * revokes every token of it, then removes every key of it in bounded batches.
+   * Safe to call again if interrupted: it resumes where it stopped. Returns the
+   * namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
+   * namespace that is not registered.
+   *
+   * @generated from rpc agentcoord.v1.AdminService.DeleteNamespace
+   */
+  deleteNamespace: {
+    methodKind: "unary";
+    input: typeof DeleteNamespaceRequestSchema;
+    output: typeof DeleteNamespaceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentcoord_v1_admin, 0);
