@@ -9,7 +9,9 @@ The fail-fast check (DESIGN.md "The contract": every client reads the one `requi
 declaration from the descriptors): the interceptor learns the caller's principal once, with
 WhoAmI, lazily on the first call that needs more than OBSERVER (every principal has at least
 OBSERVER), and raises AgentcoordError(PERMISSION_DENIED, reason "TIER_TOO_LOW") without a round
-trip for a call whose required tier is above it. If WhoAmI fails, the call goes out and the
+trip for a call whose required tier is above it (for the OPERATOR, whose tier stands apart:
+reason "OPERATOR_DATA_ACCESS" for a method it may not call; OBSERVER methods are left to the
+server, so no principal costs a WhoAmI for them). If WhoAmI fails, the call goes out and the
 server answers: it stays the authority.
 """
 
@@ -75,21 +77,34 @@ WHO_AM_I = "/agentcoord.v1.AdminService/WhoAmI"
 
 
 @functools.cache
-def required_tiers() -> Mapping[str, int]:
-    """`/agentcoord.v1.<Service>/<Method>` → its declared required_tier, read once from the
-    descriptors of every `agentcoord.v1.*_pb2` module (the same declaration the server reads)."""
+def _method_options() -> tuple[Mapping[str, int], frozenset[str]]:
     import agentcoord.v1 as generated
 
     tiers: dict[str, int] = {}
+    for_operator: set[str] = set()
     for info in pkgutil.iter_modules(generated.__path__):
         if not info.name.endswith("_pb2"):
             continue
         module = importlib.import_module(f"agentcoord.v1.{info.name}")
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                tier = method.GetOptions().Extensions[access_pb2.required_tier]
-                tiers[f"/{service.full_name}/{method.name}"] = tier
-    return tiers
+                options = method.GetOptions()
+                path = f"/{service.full_name}/{method.name}"
+                tiers[path] = options.Extensions[access_pb2.required_tier]
+                if options.Extensions[access_pb2.operator_callable]:
+                    for_operator.add(path)
+    return tiers, frozenset(for_operator)
+
+
+def required_tiers() -> Mapping[str, int]:
+    """`/agentcoord.v1.<Service>/<Method>` → its declared required_tier, read once from the
+    descriptors of every `agentcoord.v1.*_pb2` module (the same declaration the server reads)."""
+    return _method_options()[0]
+
+
+def operator_callable() -> frozenset[str]:
+    """The methods declaring `(agentcoord.v1.operator_callable) = true`, from the descriptors."""
+    return _method_options()[1]
 
 
 def _method_name(details: Any) -> str:
@@ -109,6 +124,23 @@ def _tier_too_low(method: str, required: int, own: int) -> AgentcoordError:
         reason=ErrorReason.TIER_TOO_LOW,
         metadata={"required_tier": _tier_name(required), "caller_tier": _tier_name(own)},
     )
+
+
+def _refusal(method: str, required: int, own: int) -> AgentcoordError | None:
+    """The error the contract's rule (access.proto, AccessTier) refuses the call with, or None:
+    the OPERATOR calls only OPERATOR and operator_callable methods, every other tier those its
+    tier reaches."""
+    if own == access_pb2.ACCESS_TIER_OPERATOR:
+        if required == own or method in operator_callable():
+            return None
+        return AgentcoordError(
+            code=grpc.StatusCode.PERMISSION_DENIED,
+            message=f"{method} reads or writes a namespace's data, which the OPERATOR never "
+            "does (refused by the client, not sent)",
+            reason=ErrorReason.OPERATOR_DATA_ACCESS,
+            metadata={"required_tier": _tier_name(required), "caller_tier": _tier_name(own)},
+        )
+    return _tier_too_low(method, required, own) if own < required else None
 
 
 def _needed_tier(details: Any) -> tuple[str, int]:
@@ -156,8 +188,9 @@ class _AsyncMetadataInterceptor(
         method, required = _needed_tier(details)
         if required:
             own = await self._own_tier()
-            if own is not None and own < required:
-                raise _tier_too_low(method, required, own)
+            refused = None if own is None else _refusal(method, required, own)
+            if refused is not None:
+                raise refused
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         await self._check(client_call_details)
@@ -220,8 +253,9 @@ class _SyncMetadataInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStrea
         method, required = _needed_tier(details)
         if required:
             own = self._own_tier()
-            if own is not None and own < required:
-                raise _tier_too_low(method, required, own)
+            refused = None if own is None else _refusal(method, required, own)
+            if refused is not None:
+                raise refused
 
     def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         self._check(client_call_details)

@@ -1,5 +1,6 @@
 # Generated from ../_async by `make generate` (unasync); do not edit.
-"""AdminService calls: who_am_i, get_server_stats, and token administration (STEWARD)."""
+"""AdminService calls: who_am_i, get_server_stats, token administration (STEWARD, or the
+OPERATOR naming the namespace) and namespace administration (OPERATOR)."""
 
 from __future__ import annotations
 
@@ -50,12 +51,15 @@ class AdminClient(ServiceClient):
         description: str = "",
         namespace: str = "",
     ) -> admin_pb2.IssueTokenResponse:
-        """Issues a bearer token for `agent_id` at `tier` in the caller's namespace. STEWARD.
+        """Issues a bearer token for `agent_id` at `tier` in the caller's namespace. STEWARD,
+        or the OPERATOR naming a registered namespace (e.g. its first STEWARD).
 
         Args:
             lifetime: seconds (or a timedelta) the token works, at least 1 s; None: until revoked.
             description: up to 256 characters, shown by list_tokens.
-            namespace: empty or the caller's own; any other is refused (PERMISSION_DENIED).
+            namespace: empty or the caller's own; any other is refused (PERMISSION_DENIED)
+                unless the caller is the OPERATOR (NOT_FOUND NAMESPACE_NOT_FOUND if it is not
+                registered, FAILED_PRECONDITION NAMESPACE_DELETING while it is deleted).
 
         Returns the response: `.token` is the secret (shown only here), `.info` its TokenInfo.
         Raises AgentcoordError: INVALID_ARGUMENT (bad agent id, tier, lifetime, description),
@@ -74,35 +78,90 @@ class AdminClient(ServiceClient):
             request.lifetime.FromNanoseconds(round(seconds * 1e9))
         return self._unary(self._stub.IssueToken, request)  # type: ignore[no-any-return]
 
-    def revoke_token(self, token_id: str) -> admin_pb2.TokenInfo:
+    def revoke_token(self, token_id: str, *, namespace: str = "") -> admin_pb2.TokenInfo:
         """Revokes a token of the caller's namespace by id; returns what was revoked. STEWARD.
 
         Calls with it fail (UNAUTHENTICATED) within the server's auth cache bound (≤ 5 s), open
         streams end within the same bound. Raises AgentcoordError NOT_FOUND (TOKEN_NOT_FOUND)
-        for an id this namespace does not have.
+        for an id this namespace does not have. `namespace`: as in issue_token.
         """
         response = self._unary(
-            self._stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id)
+            self._stub.RevokeToken,
+            admin_pb2.RevokeTokenRequest(token_id=token_id, namespace=namespace),
         )
         return response.info  # type: ignore[no-any-return]
 
     def list_tokens(
-        self, *, page_size: int = 0, page_token: str = ""
+        self, *, page_size: int = 0, page_token: str = "", namespace: str = ""
     ) -> admin_pb2.ListTokensResponse:
         """One page (page_size 1..1000, 0: 100) of the caller's namespace's live tokens, in issue
-        order, without secrets; `.next_page_token` is empty on the last page. STEWARD."""
+        order, without secrets; `.next_page_token` is empty on the last page. STEWARD.
+        `namespace`: as in issue_token."""
         return self._unary(  # type: ignore[no-any-return]
             self._stub.ListTokens,
-            admin_pb2.ListTokensRequest(page_size=page_size, page_token=page_token),
+            admin_pb2.ListTokensRequest(
+                page_size=page_size, page_token=page_token, namespace=namespace
+            ),
         )
 
-    def iter_tokens(self, *, page_size: int = 0) -> Iterator[admin_pb2.TokenInfo]:
-        """Every live token of the caller's namespace, fetching page after page. STEWARD."""
+    def iter_tokens(
+        self, *, page_size: int = 0, namespace: str = ""
+    ) -> Iterator[admin_pb2.TokenInfo]:
+        """Every live token of the caller's namespace (or, for the OPERATOR, of `namespace`),
+        fetching page after page. STEWARD."""
         page_token = ""
         while True:
-            page = self.list_tokens(page_size=page_size, page_token=page_token)
+            page = self.list_tokens(
+                page_size=page_size, page_token=page_token, namespace=namespace
+            )
             for info in page.tokens:
                 yield info
             page_token = page.next_page_token
             if not page_token:
                 return
+
+    def create_namespace(self, name: str, *, description: str = "") -> admin_pb2.Namespace:
+        """Registers namespace `name` (a team) and returns it. OPERATOR.
+
+        Raises AgentcoordError: INVALID_ARGUMENT (bad name; RESERVED_NAMESPACE for a name
+        starting with '_'), ALREADY_EXISTS (NAMESPACE_EXISTS), FAILED_PRECONDITION
+        (NAMESPACE_DELETING while a deletion of it is unfinished).
+        """
+        response = self._unary(
+            self._stub.CreateNamespace,
+            admin_pb2.CreateNamespaceRequest(name=name, description=description),
+        )
+        return response.namespace  # type: ignore[no-any-return]
+
+    def list_namespaces(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> admin_pb2.ListNamespacesResponse:
+        """One page (page_size 1..1000, 0: 100) of registered namespaces in name order;
+        `.next_page_token` is empty on the last page. OPERATOR."""
+        return self._unary(  # type: ignore[no-any-return]
+            self._stub.ListNamespaces,
+            admin_pb2.ListNamespacesRequest(page_size=page_size, page_token=page_token),
+        )
+
+    def iter_namespaces(self, *, page_size: int = 0) -> Iterator[admin_pb2.Namespace]:
+        """Every registered namespace, fetching page after page. OPERATOR."""
+        page_token = ""
+        while True:
+            page = self.list_namespaces(page_size=page_size, page_token=page_token)
+            for namespace in page.namespaces:
+                yield namespace
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def delete_namespace(self, name: str) -> admin_pb2.Namespace:
+        """Deletes namespace `name`: revokes its tokens and removes every key it holds; returns
+        it as it was. Takes about twice the server's auth cache bound (≤ 10 s) plus the time to
+        remove its keys; if interrupted, call again to finish. OPERATOR.
+
+        Raises AgentcoordError NOT_FOUND (NAMESPACE_NOT_FOUND) for a namespace not registered.
+        """
+        response = self._unary(
+            self._stub.DeleteNamespace, admin_pb2.DeleteNamespaceRequest(name=name)
+        )
+        return response.namespace  # type: ignore[no-any-return]
