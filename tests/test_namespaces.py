@@ -19,7 +19,9 @@ def fresh() -> str:
 
 @pytest.fixture
 def operator(server):
-    client = Client(server.address, token=server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE))
+    client = Client(
+        server.address, token=server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE)
+    )
     yield client
     client.close()
 
@@ -55,7 +57,10 @@ def test_creating_an_existing_or_reserved_namespace_is_refused(operator):
     with pytest.raises(AgentcoordError) as reserved:
         operator.admin.create_namespace("_mine")
 
-    assert (again.value.code, again.value.reason) == (grpc.StatusCode.ALREADY_EXISTS, "NAMESPACE_EXISTS")
+    assert (again.value.code, again.value.reason) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "NAMESPACE_EXISTS",
+    )
     assert (reserved.value.code, reserved.value.reason) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "RESERVED_NAMESPACE",
@@ -66,13 +71,19 @@ def test_operator_cannot_issue_into_an_unregistered_namespace(operator):
     with pytest.raises(AgentcoordError) as caught:
         operator.admin.issue_token("x", "STEWARD", namespace=fresh())
 
-    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.NOT_FOUND, "NAMESPACE_NOT_FOUND")
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "NAMESPACE_NOT_FOUND",
+    )
 
 
 def test_operator_never_reads_or_writes_a_namespaces_data(server, operator, make_client, namespace):
     make_client("owner", "CONTRIBUTOR").memory.stash("secret", 1)
 
-    for call in (lambda: operator.memory.stash("k", 1), lambda: operator.tasks.claim_task(task_types=["any"])):
+    for call in (
+        lambda: operator.memory.stash("k", 1),
+        lambda: operator.tasks.claim_task(task_types=["any"]),
+    ):
         with pytest.raises(AgentcoordError) as caught:
             call()
         assert (caught.value.code, caught.value.reason) == (
@@ -85,7 +96,9 @@ def test_operator_never_reads_or_writes_a_namespaces_data(server, operator, make
     assert read.value.reason == "OPERATOR_DATA_ACCESS"
 
 
-def test_steward_cannot_create_namespaces_nor_reach_another_namespaces_tokens(make_client, operator):
+def test_steward_cannot_create_namespaces_nor_reach_another_namespaces_tokens(
+    make_client, operator
+):
     other = fresh()
     operator.admin.create_namespace(other)
     steward = make_client("lead", "STEWARD")
@@ -97,7 +110,10 @@ def test_steward_cannot_create_namespaces_nor_reach_another_namespaces_tokens(ma
     with pytest.raises(AgentcoordError) as listing:
         steward.admin.list_tokens(namespace=other)
 
-    assert (create.value.code, create.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "TIER_TOO_LOW")
+    assert (create.value.code, create.value.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "TIER_TOO_LOW",
+    )
     assert issue.value.reason == listing.value.reason == "NAMESPACE_MISMATCH"
 
 
@@ -120,7 +136,9 @@ def test_operator_stats_are_server_wide_and_stewards_see_only_their_own(server, 
     assert own.namespace_stats.namespace == blue and not own.namespaces
 
 
-def test_deleting_a_namespace_removes_its_keys_and_revokes_its_tokens(server, operator, redis_client):
+def test_deleting_a_namespace_removes_its_keys_and_revokes_its_tokens(
+    server, operator, redis_client
+):
     name = fresh()
     operator.admin.create_namespace(name)
     token = operator.admin.issue_token("blue-1", "CONTRIBUTOR", namespace=name).token
@@ -166,4 +184,7 @@ def test_deleting_an_unregistered_namespace_is_not_found(operator):
     with pytest.raises(AgentcoordError) as caught:
         operator.admin.delete_namespace(fresh())
 
-    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.NOT_FOUND, "NAMESPACE_NOT_FOUND")
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "NAMESPACE_NOT_FOUND",
+    )
