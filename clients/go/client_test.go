@@ -76,6 +76,36 @@ func TestDialWithUnknownTokenFailsUnauthenticatedUnknownToken(t *testing.T) {
 	}
 }
 
+func TestTheOperatorIsRefusedDataCallsLocallyAndMakesItsOwn(t *testing.T) {
+	ctx := context.Background()
+	sent := newAttempts()
+	operator, err := agentcoord.Dial(ctx, srv.address, srv.operatorToken(), sent.option())
+	if err != nil {
+		t.Fatalf("Dial as operator: %v", err)
+	}
+	defer operator.Close()
+
+	_, err = operator.Memory.Stash(ctx, &agentcoordv1.StashRequest{Key: "k", Value: structpb.NewNumberValue(1)})
+	if e := asError(t, err); !e.Local || e.Reason != agentcoordv1.ErrorReason_OPERATOR_DATA_ACCESS {
+		t.Fatalf("operator Stash: %v", err)
+	}
+	if n := sent.of("/agentcoord.v1.MemoryService/Stash"); n != 0 {
+		t.Fatalf("the client started %d Stash attempts", n)
+	}
+	name := uniqueID("team")
+	if _, err := operator.Admin.CreateNamespace(ctx, &agentcoordv1.CreateNamespaceRequest{Name: name}); err != nil {
+		t.Fatalf("operator CreateNamespace: %v", err)
+	}
+	if _, err := operator.Admin.IssueToken(ctx, &agentcoordv1.IssueTokenRequest{AgentId: "lead", Namespace: name, Tier: agentcoordv1.AccessTier_ACCESS_TIER_STEWARD}); err != nil {
+		t.Fatalf("operator IssueToken: %v", err)
+	}
+	// A STEWARD cannot reach the operator's RPCs: refused locally by the tier order.
+	_, err = steward.Admin.CreateNamespace(ctx, &agentcoordv1.CreateNamespaceRequest{Name: uniqueID("team")})
+	if e := asError(t, err); !e.Local || e.Reason != agentcoordv1.ErrorReason_TIER_TOO_LOW || e.Metadata["required_tier"] != "OPERATOR" {
+		t.Fatalf("steward CreateNamespace: %v", err)
+	}
+}
+
 func TestRequiredTierIsReadFromTheContractsDescriptors(t *testing.T) {
 	want := map[string]agentcoordv1.AccessTier{
 		"/agentcoord.v1.MemoryService/Stash":           contributor,

@@ -149,10 +149,22 @@ func convertError(err error) error {
 // tierTooLow is the error a call above the caller's tier fails with, locally: the same code,
 // reason and metadata the server would send.
 func tierTooLow(method string, required, own agentcoordv1.AccessTier) *Error {
-	metadata := map[string]string{"required_tier": tierName(required), "caller_tier": tierName(own)}
 	message := fmt.Sprintf("%s needs tier %s; caller has %s (refused by the client, not sent)",
 		method, tierName(required), tierName(own))
-	reason := agentcoordv1.ErrorReason_TIER_TOO_LOW
+	return localDenial(message, agentcoordv1.ErrorReason_TIER_TOO_LOW, required, own)
+}
+
+// operatorDataAccess is the error the OPERATOR's call of a method that reaches a namespace's
+// data fails with, locally, as the server would refuse it.
+func operatorDataAccess(method string, required agentcoordv1.AccessTier) *Error {
+	message := fmt.Sprintf("%s reads or writes a namespace's data, which the OPERATOR never does "+
+		"(refused by the client, not sent)", method)
+	return localDenial(message, agentcoordv1.ErrorReason_OPERATOR_DATA_ACCESS, required,
+		agentcoordv1.AccessTier_ACCESS_TIER_OPERATOR)
+}
+
+func localDenial(message string, reason agentcoordv1.ErrorReason, required, own agentcoordv1.AccessTier) *Error {
+	metadata := map[string]string{"required_tier": tierName(required), "caller_tier": tierName(own)}
 	st := status.New(codes.PermissionDenied, message)
 	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: ErrorDomain, Metadata: metadata}); err == nil {
 		st = withInfo

@@ -18,15 +18,16 @@ type callGuard struct {
 	tier          atomic.Int32 // the caller's AccessTier; 0 (UNSPECIFIED) until WhoAmI answered
 }
 
-// check refuses a method whose required_tier is above the caller's known tier. Before the
+// check refuses a method the caller's known tier may not call (refusal: above its tier, or
+// reaching a namespace's data for the OPERATOR). Before the
 // principal is known (the WhoAmI at Dial) nothing is refused: the server decides.
 func (g *callGuard) check(method string) error {
 	own := agentcoordv1.AccessTier(g.tier.Load())
 	if own == agentcoordv1.AccessTier_ACCESS_TIER_UNSPECIFIED {
 		return nil
 	}
-	if required := RequiredTier(method); required > own {
-		return tierTooLow(method, required, own)
+	if refused := refusal(method, own); refused != nil {
+		return refused
 	}
 	return nil
 }

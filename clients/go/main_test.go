@@ -187,6 +187,12 @@ func (s *server) remove() {
 	_ = os.RemoveAll(s.dataDir)
 }
 
+// operatorToken is the server-wide OPERATOR token the server wrote at its first start.
+func (s *server) operatorToken() string {
+	token, _ := os.ReadFile(filepath.Join(s.dataDir, "redis", "operator-token"))
+	return strings.TrimSpace(string(token))
+}
+
 func (s *server) bootstrapToken() string {
 	token, _ := os.ReadFile(filepath.Join(s.dataDir, "redis", "bootstrap-token"))
 	return strings.TrimSpace(string(token))
