@@ -23,7 +23,7 @@ import { TaskService } from "./gen/agentcoord/v1/tasks_pb.js";
 import { AgentcoordError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isSafeToRetry, neverRan, sleep, type RetryPolicy } from "./retry.js";
 import { Subscription, type SubscribeOptions } from "./subscribe.js";
-import { requiredTier, tierTooLow } from "./tiers.js";
+import { refusal, requiredTier } from "./tiers.js";
 import { Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
 
 export type { ServiceClient };
@@ -198,9 +198,8 @@ export class Client {
         } catch {
           own = undefined; // let the call go out: the server stays the authority
         }
-        if (own !== undefined && own < required) {
-          throw tierTooLow(req.method, required, own);
-        }
+        const refused = own === undefined ? undefined : refusal(req.method, own);
+        if (refused !== undefined) throw refused;
       }
       return next(req);
     };

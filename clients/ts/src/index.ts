@@ -25,7 +25,7 @@ export {
   type RetryPolicy,
 } from "./retry.js";
 export { isResumable, Subscription, type SubscribeOptions } from "./subscribe.js";
-export { AccessTier, methodPath, requiredTier, tierName } from "./tiers.js";
+export { AccessTier, methodPath, operatorCallable, requiredTier, tierName } from "./tiers.js";
 export {
   PermanentTaskError,
   Worker,

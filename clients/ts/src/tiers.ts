@@ -6,7 +6,7 @@
  * @module
  */
 import { getOption, hasOption, type DescMethod } from "@bufbuild/protobuf";
-import { AccessTier, required_tier } from "./gen/agentcoord/v1/access_pb.js";
+import { AccessTier, operator_callable, required_tier } from "./gen/agentcoord/v1/access_pb.js";
 import { Code } from "@connectrpc/connect";
 import { AgentcoordError } from "./errors.js";
 
@@ -20,6 +20,36 @@ export function requiredTier(method: DescMethod): AccessTier {
   return hasOption(method, required_tier)
     ? getOption(method, required_tier)
     : AccessTier.UNSPECIFIED;
+}
+
+/**
+ * Whether `method` declares `(agentcoord.v1.operator_callable) = true`: besides the
+ * OPERATOR-only methods, the only ones an OPERATOR principal may call.
+ */
+export function operatorCallable(method: DescMethod): boolean {
+  return hasOption(method, operator_callable) && getOption(method, operator_callable);
+}
+
+/**
+ * The contract's rule (access.proto, AccessTier), as the local refusal a call meets, or
+ * `undefined` when `own` may call `method`: the OPERATOR calls exactly the OPERATOR-only and
+ * operator_callable methods; every other tier those its tier reaches.
+ */
+export function refusal(method: DescMethod, own: AccessTier): AgentcoordError | undefined {
+  const required = requiredTier(method);
+  if (own === AccessTier.OPERATOR) {
+    if (required === AccessTier.OPERATOR || operatorCallable(method)) return undefined;
+    return new AgentcoordError(
+      `${methodPath(method)} reads or writes a namespace's data, which the OPERATOR never does ` +
+        "(refused by the client, not sent)",
+      Code.PermissionDenied,
+      {
+        reasonName: "OPERATOR_DATA_ACCESS",
+        errorMetadata: { required_tier: tierName(required), caller_tier: tierName(own) },
+      },
+    );
+  }
+  return own < required ? tierTooLow(method, required, own) : undefined;
 }
 
 /** "CONTRIBUTOR" for `AccessTier.CONTRIBUTOR`: the tier names the server uses in ErrorInfo. */

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import assert from "node:assert/strict";
 import { createServer, type Socket } from "node:net";
 import { after, before, describe, test } from "node:test";
@@ -139,6 +140,26 @@ describe("tier fail-fast", () => {
     assert.equal(error.reason, ErrorReason.TIER_TOO_LOW);
     assert.ok(error.requestId, "the server's refusal carries its request id");
     await eventually(() => server.rpcLines("MemoryService/Stash", "ts-raw-observer").length === 1, "its Stash line");
+  });
+
+  test("the operator is refused data calls locally and makes its own; a steward cannot", async () => {
+    const operator = server.client(server.operatorToken);
+    const steward = server.client(server.stewardToken);
+    try {
+      const refused = await rejection(operator.memory.stash({ key: "k", value: toValue(1) }));
+      assert.equal(refused.reason, ErrorReason.OPERATOR_DATA_ACCESS);
+      assert.equal(refused.requestId, undefined, "refused locally");
+      const name = `team-${randomBytes(4).toString("hex")}`;
+      const created = await operator.admin.createNamespace({ name });
+      assert.equal(created.namespace?.name, name);
+      const denied = await rejection(steward.admin.createNamespace({ name: `${name}-x` }));
+      assert.equal(denied.reason, ErrorReason.TIER_TOO_LOW);
+      assert.equal(denied.errorMetadata["required_tier"], "OPERATOR");
+      assert.equal(denied.requestId, undefined, "refused locally");
+    } finally {
+      operator.close();
+      steward.close();
+    }
   });
 
   test("calls within the caller's tier go through", async () => {

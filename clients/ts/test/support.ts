@@ -46,6 +46,8 @@ export class TestServer {
   readonly logPath: string;
   /** The bootstrap STEWARD token of namespace "default" (agent "steward"). */
   readonly stewardToken: string;
+  /** The server-wide OPERATOR token (agent "operator"). */
+  readonly operatorToken: string;
   private process: ChildProcess | undefined;
   private readonly extraArgs: string[];
 
@@ -54,6 +56,7 @@ export class TestServer {
     this.dataDir = mkdtempSync(join(tmpdir(), "agentcoord-ts-"));
     this.logPath = join(this.dataDir, "server.log");
     this.stewardToken = `steward-${randomBytes(16).toString("hex")}`;
+    this.operatorToken = `operator-${randomBytes(16).toString("hex")}`;
     this.extraArgs = extraArgs;
   }
 
@@ -75,6 +78,7 @@ export class TestServer {
           "--data-dir", join(this.dataDir, "redis"),
           "--log-format", "json",
           "--bootstrap-token", this.stewardToken,
+          "--bootstrap-operator-token", this.operatorToken,
           "--shutdown-grace", "1",
           ...this.extraArgs,
         ],
