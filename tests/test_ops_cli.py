@@ -169,3 +169,28 @@ def test_health_fails_when_nothing_listens(tmp_path):
 
     assert result.exit_code == 1
     assert "UNAVAILABLE" in result.output
+
+
+def test_operator_creates_a_namespace_issues_its_steward_lists_and_deletes_it(server):
+    operator = server.issue_token("operator", "OPERATOR", "_operator")
+    name = f"cli{time.time_ns()}"
+
+    created = cli(server, operator, "namespaces", "create", name, "--description", "team", "--json")
+    issued = cli(server, operator, "token", "issue", "lead", "--tier", "STEWARD", "--namespace", name)
+    steward_token = issued.stdout.strip().splitlines()[-1]
+    with Client(server.address, token=steward_token) as steward:
+        principal = steward.admin.who_am_i()
+    listed = cli(server, operator, "namespaces", "list", "--json")
+    table = cli(server, operator, "namespaces", "list")
+    tokens = cli(server, operator, "token", "list", "--namespace", name)
+    deleted = cli(server, operator, "namespaces", "delete", name, "--yes", "--json")
+    refused = cli(server, steward_token, "namespaces", "list")
+
+    assert created.exit_code == 0, created.output
+    assert json_lines(created.output, "name")[0]["state"] == "NAMESPACE_STATE_ACTIVE"
+    assert (principal.namespace, principal.agent_id) == (name, "lead")
+    assert name in {row["name"] for row in json_lines(listed.output, "name")}
+    assert name in table.output and "ACTIVE" in table.output
+    assert [row["agent_id"] for row in json_lines(tokens.output, "token_id")] == ["lead"]
+    assert deleted.exit_code == 0 and json_lines(deleted.output, "name")[0]["name"] == name
+    assert refused.exit_code == 1  # a STEWARD's token is revoked with its namespace

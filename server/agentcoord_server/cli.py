@@ -345,7 +345,15 @@ def serve(
 @main.group()
 @connection_options
 def token() -> None:
-    """Issue, revoke and list the tokens of your namespace (needs a STEWARD token)."""
+    """Issue, revoke and list the tokens of your namespace (needs a STEWARD token), or, with
+    the OPERATOR token and --namespace, of any namespace."""
+
+
+namespace_option = click.option(
+    "--namespace",
+    default="",
+    help="The namespace (OPERATOR token only; default: your token's own).",
+)
 
 
 def _info_json(info: object) -> str:
@@ -370,7 +378,9 @@ def _admin_call(call):  # type: ignore[no-untyped-def]
 @click.option(
     "--tier",
     required=True,
-    type=click.Choice(["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD"], case_sensitive=False),
+    type=click.Choice(
+        ["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD", "OPERATOR"], case_sensitive=False
+    ),
 )
 @click.option(
     "--lifetime",
@@ -379,15 +389,21 @@ def _admin_call(call):  # type: ignore[no-untyped-def]
     help="Seconds the token works. Unset: until revoked.",
 )
 @click.option("--description", default="", help="Free text shown by `token list`.")
+@namespace_option
 @click.pass_obj
 def token_issue(
-    connection: Connection, agent_id: str, tier: str, lifetime: float | None, description: str
+    connection: Connection,
+    agent_id: str,
+    tier: str,
+    lifetime: float | None,
+    description: str,
+    namespace: str,
 ) -> None:
     """Issue a token for AGENT_ID; prints the token (shown once) on stdout."""
     client = connection.client
     issued = _admin_call(
         lambda: client.admin.issue_token(
-            agent_id, tier.upper(), lifetime=lifetime, description=description
+            agent_id, tier.upper(), lifetime=lifetime, description=description, namespace=namespace
         )
     )
     click.echo(
@@ -400,18 +416,24 @@ def token_issue(
 
 @token.command("revoke")
 @click.argument("token_id")
+@namespace_option
 @click.pass_obj
-def token_revoke(connection: Connection, token_id: str) -> None:
+def token_revoke(connection: Connection, token_id: str, namespace: str) -> None:
     """Revoke the token TOKEN_ID of your namespace; prints what was revoked (JSON)."""
-    info = _admin_call(lambda: connection.client.admin.revoke_token(token_id))
+    info = _admin_call(
+        lambda: connection.client.admin.revoke_token(token_id, namespace=namespace)
+    )
     click.echo(_info_json(info))
 
 
 @token.command("list")
+@namespace_option
 @click.pass_obj
-def token_list(connection: Connection) -> None:
+def token_list(connection: Connection, namespace: str) -> None:
     """List the live tokens of your namespace, one JSON object per line (never secrets)."""
-    for info in _admin_call(lambda: list(connection.client.admin.iter_tokens())):
+    for info in _admin_call(
+        lambda: list(connection.client.admin.iter_tokens(namespace=namespace))
+    ):
         click.echo(_info_json(info))
 
 

@@ -1,4 +1,4 @@
-"""The operator commands of `agentcoord`: stats, health, tasks, signals (and the connection options every
+"""The operator commands of `agentcoord`: stats, health, tasks, signals, namespaces (and the connection options every
 client command shares, `token` included).
 
 Every command talks to a server through the Python client. Where it connects and as whom comes
@@ -527,9 +527,78 @@ def _guarded(stream: Iterator[Any]) -> Iterator[Any]:
         raise click.ClickException(str(exc)) from None
 
 
+# -- namespaces -------------------------------------------------------------------------------
+
+NAMESPACE_COLUMNS = ("name", "state", "created", "created by", "description")
+
+
+def _namespace_row(record: Mapping[str, Any]) -> list[Any]:
+    return [
+        record.get("name", ""),
+        record.get("state", "").removeprefix("NAMESPACE_STATE_"),
+        record.get("create_time", ""),
+        record.get("created_by", ""),
+        record.get("description", ""),
+    ]
+
+
+def _emit_namespaces(title: str, namespaces: Iterable[Any], as_json: bool) -> None:
+    records = [to_dict(n) for n in namespaces]
+    if as_json:
+        for record in records:
+            echo_json(record)
+        return
+    print_table(title, NAMESPACE_COLUMNS, (_namespace_row(r) for r in records))
+
+
+@click.group()
+@connection_options
+def namespaces() -> None:
+    """Create, list and delete namespaces (teams); needs the OPERATOR token
+    (<data-dir>/operator-token). Issue a namespace's tokens with
+    `agentcoord token issue --namespace NAME`."""
+
+
+@namespaces.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="Free text shown by `namespaces list`.")
+@json_option
+@click.pass_obj
+def namespaces_create(connection: Connection, name: str, description: str, as_json: bool) -> None:
+    """Register namespace NAME."""
+    created = call(
+        functools.partial(connection.client.admin.create_namespace, name, description=description)
+    )
+    _emit_namespaces("created", [created], as_json)
+
+
+@namespaces.command("list")
+@json_option
+@click.pass_obj
+def namespaces_list(connection: Connection, as_json: bool) -> None:
+    """List registered namespaces in name order."""
+    found = call(lambda: list(connection.client.admin.iter_namespaces()))
+    _emit_namespaces("namespaces", found, as_json)
+
+
+@namespaces.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def namespaces_delete(connection: Connection, name: str, yes: bool, as_json: bool) -> None:
+    """Delete namespace NAME: revoke its tokens and remove all its data. Takes a few seconds
+    (twice the server's auth cache bound, plus the data); if interrupted, run it again."""
+    if not yes:
+        click.confirm(f"delete namespace {name} and all its data?", abort=True)
+    deleted = call(functools.partial(connection.client.admin.delete_namespace, name))
+    _emit_namespaces("deleted", [deleted], as_json)
+
+
 def register(main: click.Group) -> None:
     """Adds the operator commands to the `agentcoord` group."""
     main.add_command(stats)
+    main.add_command(namespaces)
     main.add_command(health)
     main.add_command(tasks)
     main.add_command(signals)
