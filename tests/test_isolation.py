@@ -24,6 +24,8 @@ from agentcoord_server.services import SERVICE_MODULES
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
+pytestmark = pytest.mark.every_backend
+
 A_TIERS = ["OBSERVER", "CONTRIBUTOR", "VALIDATOR", "STEWARD"]
 AGENT = "shared-agent"  # B's data belongs to it, and A's tokens are issued to the same id
 OPERATOR_TIER = 5

@@ -12,6 +12,8 @@ from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import admin_pb2
 from agentcoord_server.identity import OPERATOR_NAMESPACE
 
+pytestmark = pytest.mark.every_backend
+
 
 def fresh() -> str:
     return f"n{uuid.uuid4().hex[:12]}"
@@ -158,6 +160,7 @@ def test_deleting_a_namespace_removes_its_keys_and_revokes_its_tokens(
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.standalone_only  # waits out the auth cache bound twice, as the test above does
 def test_an_interrupted_deletion_refuses_new_tokens_and_resumes(server, operator, redis_client):
     name = fresh()
     operator.admin.create_namespace(name)
