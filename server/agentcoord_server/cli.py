@@ -123,6 +123,22 @@ def main() -> None:
     "instead of generating one into <data-dir>/operator-token.",
 )
 @click.option(
+    "--quota-tokens",
+    envvar="AGENTCOORD_QUOTA_TOKENS",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default live tokens per namespace (0: no limit); the operator sets each "
+    "namespace's own with `agentcoord namespaces quota`.",
+)
+@click.option(
+    "--quota-signals-per-second",
+    envvar="AGENTCOORD_QUOTA_SIGNALS_PER_SECOND",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default signals per second per namespace, a token bucket shared by every server "
+    "process (0: no limit).",
+)
+@click.option(
     "--auth-cache-seconds",
     envvar="AGENTCOORD_AUTH_CACHE_SECONDS",
     default=5.0,
@@ -240,6 +256,8 @@ def serve(
     insecure_dev_identity: bool,
     bootstrap_token: str | None,
     bootstrap_operator_token: str | None,
+    quota_tokens: int,
+    quota_signals_per_second: int,
     auth_cache_seconds: float,
     auth_failure_limit: int,
     auth_failure_window: float,
@@ -299,6 +317,8 @@ def serve(
         signal_queue_size=signal_queue_size,
         bootstrap_token=bootstrap_token or None,
         bootstrap_operator_token=bootstrap_operator_token or None,
+        quota_tokens=quota_tokens,
+        quota_signals_per_second=quota_signals_per_second,
         auth_cache_seconds=auth_cache_seconds,
         auth_failure_limit=auth_failure_limit,
         auth_failure_window=auth_failure_window,

@@ -84,6 +84,9 @@ class Settings:
     # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
     bootstrap_token: str | None = field(default=None, repr=False)
     bootstrap_operator_token: str | None = field(default=None, repr=False)
+    # Default namespace quotas (admin.proto NamespaceQuota; 0: no limit), issue #14.
+    quota_tokens: int = 0
+    quota_signals_per_second: int = 0
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
     # Failed authentications one peer address may make per window before it is refused
     # without a Redis lookup (a token bucket; identity.FailedAuthLimiter). 0: no limit.

@@ -95,3 +95,13 @@ def invalid_field(
     return InvalidArgument(
         f"{field}: {description}", reason=reason, field_violations=[(field, description)]
     )
+
+
+def quota_exceeded(quota: str, limit: int, used: int) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED QUOTA_EXCEEDED for a namespace quota (admin.proto NamespaceQuota), with
+    the quota's name, limit and current use in the ErrorInfo metadata."""
+    return ResourceExhausted(
+        f"the namespace's {quota} quota ({limit}) is used up ({used})",
+        reason="QUOTA_EXCEEDED",
+        metadata={"quota": quota, "limit": str(limit), "used": str(used)},
+    )

@@ -554,7 +554,7 @@ def _emit_namespaces(title: str, namespaces: Iterable[Any], as_json: bool) -> No
 @click.group()
 @connection_options
 def namespaces() -> None:
-    """Create, list and delete namespaces (teams); needs the OPERATOR token
+    """Create, list and delete namespaces (teams) and set their quotas; needs the OPERATOR token
     (<data-dir>/operator-token). Issue a namespace's tokens with
     `agentcoord token issue --namespace NAME`."""
 
@@ -593,6 +593,54 @@ def namespaces_delete(connection: Connection, name: str, yes: bool, as_json: boo
         click.confirm(f"delete namespace {name} and all its data?", abort=True)
     deleted = call(functools.partial(connection.client.admin.delete_namespace, name))
     _emit_namespaces("deleted", [deleted], as_json)
+
+
+@namespaces.command("quota")
+@click.argument("name", default="")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=None, help="Live tokens.")
+@click.option(
+    "--max-signals-per-second",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Signals per second (a token bucket shared by every server process).",
+)
+@json_option
+@click.pass_obj
+def namespaces_quota(
+    connection: Connection,
+    name: str,
+    max_tokens: int | None,
+    max_signals_per_second: int | None,
+    as_json: bool,
+) -> None:
+    """Show namespace NAME's quotas (limit and current use), or with --max-* set them (the
+    OPERATOR; 0: the server's default, from its --quota-* flags; quotas not given are kept).
+    A STEWARD shows its own namespace's with no NAME."""
+    admin = connection.client.admin
+    response = call(functools.partial(admin.get_namespace_quota, name))
+    if max_tokens is not None or max_signals_per_second is not None:
+        current = response.quota
+        response = call(
+            functools.partial(
+                admin.update_namespace_quota,
+                response.namespace,
+                max_tokens=current.max_tokens if max_tokens is None else max_tokens,
+                max_signals_per_second=(
+                    current.max_signals_per_second
+                    if max_signals_per_second is None
+                    else max_signals_per_second
+                ),
+            )
+        )
+    rows = [to_dict(u) for u in response.usage]
+    if as_json:
+        echo_json({"namespace": response.namespace, "quotas": rows})
+        return
+    print_table(
+        f"quotas of {response.namespace}",
+        ("quota", "limit", "used"),
+        ([r.get("name", ""), r.get("limit") or "none", r.get("used", "0")] for r in rows),
+    )
 
 
 def register(main: click.Group) -> None:

@@ -228,6 +228,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             # The operator issues only into registered namespaces; a STEWARD's own namespace
             # may predate the registry.
             registered_only=principal.tier == OPERATOR and namespace != OPERATOR_NAMESPACE,
+            max_tokens=0 if namespace == OPERATOR_NAMESPACE else self._ctx.settings.quota_tokens,
         )
         return admin_pb2.IssueTokenResponse(token=token, info=token_info(record))
 
@@ -286,6 +287,55 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             name, settle_seconds=max(cache, 0.1), auth_cache_seconds=cache
         )
         return admin_pb2.DeleteNamespaceResponse(namespace=namespace_message(record))
+
+    async def _quota_view(
+        self, namespace: str
+    ) -> tuple[admin_pb2.NamespaceQuota, list[admin_pb2.QuotaUsage]]:
+        limits, usage = await self._namespaces.quotas(namespace)
+        settings = self._ctx.settings
+        defaults = {
+            "tokens": settings.quota_tokens,
+            "signals_per_second": settings.quota_signals_per_second,
+        }
+        effective = {q: limits[q] or defaults[q] for q in limits}
+        rate = effective["signals_per_second"]
+        signals_used = 0
+        if rate and "signal_bucket" in usage:
+            elapsed_ms = max(0.0, time.time() * 1000 - usage["signal_bucket_ms"])
+            left = min(rate, usage["signal_bucket"] + elapsed_ms * rate / 1000)
+            signals_used = rate - int(left)
+        quota = admin_pb2.NamespaceQuota(
+            max_tokens=limits["tokens"], max_signals_per_second=limits["signals_per_second"]
+        )
+        return quota, [
+            admin_pb2.QuotaUsage(
+                name="tokens", limit=effective["tokens"], used=int(usage["tokens"])
+            ),
+            admin_pb2.QuotaUsage(name="signals_per_second", limit=rate, used=signals_used),
+        ]
+
+    async def GetNamespaceQuota(
+        self, request: admin_pb2.GetNamespaceQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetNamespaceQuotaResponse:
+        namespace = target_namespace(current_principal(), request.namespace)
+        quota, usage = await self._quota_view(namespace)
+        return admin_pb2.GetNamespaceQuotaResponse(namespace=namespace, quota=quota, usage=usage)
+
+    async def UpdateNamespaceQuota(
+        self, request: admin_pb2.UpdateNamespaceQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateNamespaceQuotaResponse:
+        name = validate_id(request.namespace, "namespace")
+        limits = {
+            "tokens": request.quota.max_tokens,
+            "signals_per_second": request.quota.max_signals_per_second,
+        }
+        for quota_name, limit in limits.items():
+            if limit < 0:
+                field = "quota.max_" + quota_name
+                raise invalid_field(field, "must be 0 (the server's default) or more")
+        await self._namespaces.set_quotas(name, limits)
+        quota, usage = await self._quota_view(name)
+        return admin_pb2.UpdateNamespaceQuotaResponse(namespace=name, quota=quota, usage=usage)
 
 
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:

@@ -137,7 +137,9 @@ def _batches(entries: list[SignalEntry]) -> Iterator[bytes]:
 class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self._store = SignalStore(ctx.redis, ctx.settings.ttl.coordination)
+        self._store = SignalStore(
+            ctx.redis, ctx.settings.ttl.coordination, ctx.settings.quota_signals_per_second
+        )
         self._max_signal_bytes = ctx.settings.max_signal_bytes
         self._budget = response_budget(ctx.settings.max_message_bytes)
         self.hub = SignalHub(ctx.redis, self._store, ctx.settings.signal_queue_size, ctx.shutdown)

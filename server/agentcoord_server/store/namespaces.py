@@ -34,11 +34,24 @@ from redis.asyncio import Redis
 
 from ..errors import AlreadyExists, FailedPrecondition, NotFound
 from .keys import Keyspace
+from .scripts import register_source
 from .tokens import TokenStore
 
 INDEX_KEY = "ac:namespaces"
 BATCH = 500
 """Keys unlinked per command, and SCAN's COUNT hint, while deleting a namespace."""
+
+QUOTAS = ("tokens", "signals_per_second")
+"""The quotas a namespace record may set (`quota:<name>` fields; admin.proto NamespaceQuota)."""
+
+# Sets quota fields only on a registered namespace (never recreating a deleted record).
+_SET_QUOTAS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 ACTIVE = "active"
 DELETING = "deleting"
@@ -75,6 +88,7 @@ class NamespaceStore:
     def __init__(self, redis: Redis, tokens: TokenStore) -> None:
         self._redis = redis
         self._tokens = tokens
+        self._set_quotas = register_source(redis, _SET_QUOTAS, "namespace_set_quotas")
 
     async def get(self, name: str) -> NamespaceRecord | None:
         """The namespace's record, or None if it is not registered. One round trip."""
@@ -170,3 +184,30 @@ class NamespaceStore:
         await self._redis.delete(key)
         await self._redis.zrem(INDEX_KEY, name)
         return before
+
+    async def quotas(self, name: str) -> tuple[dict[str, int], dict[str, float]]:
+        """(the quotas set for `name`: quota → limit, 0 for unset; current use: "tokens" → live
+        tokens in the index, "signal_bucket" → tokens left, "signal_bucket_ms" → when it was
+        last refilled, Unix ms, both absent for a full bucket). One round trip."""
+        keys = Keyspace(name)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(record_key(name), [f"quota:{q}" for q in QUOTAS])
+            pipe.zcard(keys.key("tokens", "index"))
+            pipe.hmget(keys.key("quota", "signals"), ["tokens", "ms"])
+            limits, tokens, bucket = await pipe.execute()
+        usage: dict[str, float] = {"tokens": int(tokens)}
+        if bucket[0] is not None and bucket[1] is not None:
+            usage["signal_bucket"] = float(bucket[0])
+            usage["signal_bucket_ms"] = float(bucket[1])
+        return {q: int(v or 0) for q, v in zip(QUOTAS, limits, strict=True)}, usage
+
+    async def set_quotas(self, name: str, limits: dict[str, int]) -> None:
+        """Sets the namespace's quotas (quota → limit, 0: the server's default). One round trip.
+        Raises NotFound (NAMESPACE_NOT_FOUND) if it is not registered."""
+        flat = [str(v) for q, limit in limits.items() for v in (f"quota:{q}", limit)]
+        if not await self._set_quotas(keys=[record_key(name)], args=flat):
+            raise NotFound(
+                f"namespace {name} is not registered",
+                reason="NAMESPACE_NOT_FOUND",
+                metadata={"namespace": name},
+            )

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from ..errors import NotFound, OutOfRange, invalid_field
+from ..errors import NotFound, OutOfRange, invalid_field, quota_exceeded
 from .keys import Keyspace
 from .scripts import load_script
 
@@ -125,8 +125,9 @@ class SignalStore:
         retention: seconds a signal is kept (TtlPolicy.coordination).
     """
 
-    def __init__(self, redis: Redis, retention: int) -> None:
+    def __init__(self, redis: Redis, retention: int, max_per_second: int = 0) -> None:
         self._redis = redis
+        self._max_per_second = max_per_second
         self._retention_ms = retention * 1000
         self._send = load_script(redis, "signals_send", prelude="signals_common")
         self._receive = load_script(redis, "signals_receive", prelude="signals_common")
@@ -161,11 +162,18 @@ class SignalStore:
         participants SET (`ac:{ns}:sessions:<id>:participants`, MemoryService) at send time;
         the session exists while its `…:info` HASH does.
 
-        Raises NotFound (SESSION_NOT_FOUND) when the session is missing or expired; nothing is
-        written then.
+        Raises NotFound (SESSION_NOT_FOUND) when the session is missing or expired, and
+        ResourceExhausted (QUOTA_EXCEEDED, quota "signals_per_second") when the namespace's
+        signal bucket is empty (`max_per_second`: the server's default rate, 0: none; the
+        namespace's own quota overrides it); nothing is written then.
         """
         ks = Keyspace(namespace)
-        keys = [self.stream_key(namespace), self.trimmed_key(namespace)]
+        keys = [
+            self.stream_key(namespace),
+            self.trimmed_key(namespace),
+            ks.key("namespace"),
+            ks.key("quota", "signals"),
+        ]
         if session_id:
             keys.append(ks.key("sessions", session_id, "info"))
             keys.append(ks.key("sessions", session_id, "participants"))
@@ -182,8 +190,11 @@ class SignalStore:
                 target_agent,
                 session_id,
                 "1" if request_id else "0",
+                self._max_per_second,
             ],
         )
+        if reply[0] == "QUOTA_EXCEEDED":
+            raise quota_exceeded("signals_per_second", int(reply[1]), int(reply[2]))
         if reply[0] == "REPLAYED":
             if reply[2]:
                 return SignalEntry.from_fields(reply[1], _pairs(reply[2])), True

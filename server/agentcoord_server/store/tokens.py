@@ -39,7 +39,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from ..errors import FailedPrecondition, NotFound
+from ..errors import FailedPrecondition, NotFound, quota_exceeded
 from ..identity import Principal, TokenGrant, token_digest
 from .keys import Keyspace
 from .paging import page_by_lex
@@ -119,6 +119,7 @@ class TokenStore:
         issued_by: str = "",
         token: str | None = None,
         registered_only: bool = False,
+        max_tokens: int = 0,
     ) -> tuple[str, TokenRecord]:
         """Creates a token and returns (the secret token, its record). Three round trips, each
         sent only once the one before succeeded: the namespace record
@@ -129,9 +130,13 @@ class TokenStore:
         checks). `lifetime_s` (seconds) makes both keys expire at that time; None: never.
         `token` registers a given secret instead of a fresh one (the `--bootstrap-token` flag).
         `registered_only`: the namespace must be registered (store/namespaces.py) and active.
+        `max_tokens`: the server's default token quota (0: none; the namespace's own quota,
+        set by UpdateNamespaceQuota, overrides it). Expired tokens still in the index count
+        until a ListTokens drops them.
 
         Raises NotFound (NAMESPACE_NOT_FOUND) when `registered_only` and the namespace is not
-        registered; FailedPrecondition (NAMESPACE_DELETING) while DeleteNamespace runs.
+        registered; FailedPrecondition (NAMESPACE_DELETING) while DeleteNamespace runs;
+        ResourceExhausted (QUOTA_EXCEEDED, quota "tokens") at the namespace's token quota.
         """
         token = token or new_token()
         digest = token_digest(token)
@@ -162,15 +167,17 @@ class TokenStore:
         flat = [str(v) for pair in record.items() for v in pair]
         outcome = await self._issue(
             keys=[keys.key("namespace"), record_key, keys.key("tokens", "index")],
-            args=["1" if registered_only else "0", expires_ms, token_id, *flat],
+            args=["1" if registered_only else "0", expires_ms, token_id, max_tokens, *flat],
         )
-        if outcome == "missing":
+        if outcome[0] == "quota":
+            raise quota_exceeded("tokens", int(outcome[1]), int(outcome[2]))
+        if outcome[0] == "missing":
             raise NotFound(
                 f"namespace {namespace} is not registered",
                 reason="NAMESPACE_NOT_FOUND",
                 metadata={"namespace": namespace},
             )
-        if outcome == "deleting":
+        if outcome[0] == "deleting":
             raise FailedPrecondition(
                 f"namespace {namespace} is being deleted",
                 reason="NAMESPACE_DELETING",

@@ -273,3 +273,9 @@ class ErrorReason(StrEnum):
     RESERVED_NAMESPACE = "RESERVED_NAMESPACE"
     """INVALID_ARGUMENT: namespace names starting with '_' are reserved for the server (the
     operator's own is "_operator")."""
+
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    """RESOURCE_EXHAUSTED: the call would exceed a quota of the namespace (ErrorInfo metadata
+    "quota" names it, "limit" and "used" give its limit and current use); nothing was written.
+    Free some use or ask the operator for more; a "signals_per_second" refusal clears within a
+    second."""

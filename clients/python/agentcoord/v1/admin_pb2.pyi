@@ -805,3 +805,182 @@ class DeleteNamespaceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteNamespaceResponse: _TypeAlias = DeleteNamespaceResponse  # noqa: Y015
+
+@_typing.final
+class NamespaceQuota(_message.Message):
+    """NamespaceQuota limits what one namespace may hold or do. A call that would
+    exceed a limit fails with RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED (ErrorInfo
+    metadata "quota", "limit", "used"), and writes nothing. Each field: 0 means the
+    server's default for it (its --quota-* flag; a default of 0 is no limit).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_SIGNALS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    max_tokens: _builtins.int
+    """Live tokens of the namespace ("tokens"): IssueToken beyond it is refused."""
+    max_signals_per_second: _builtins.int
+    """Signals sent per second by the whole namespace ("signals_per_second"), as a
+    token bucket of this many that refills at this rate, kept in Redis and
+    shared by every server process: SendSignal beyond it is refused.
+    """
+    def __init__(
+        self,
+        *,
+        max_tokens: _builtins.int = ...,
+        max_signals_per_second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_signals_per_second", b"max_signals_per_second", "max_tokens", b"max_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceQuota: _TypeAlias = NamespaceQuota  # noqa: Y015
+
+@_typing.final
+class QuotaUsage(_message.Message):
+    """QuotaUsage is one quota's effective limit and current use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
+    "signals_per_second".
+    """
+    limit: _builtins.int
+    """The limit in force (the namespace's own, or the server's default); 0: none."""
+    used: _builtins.int
+    """Current use: live tokens; signals of the last second's bucket (the limit
+    minus what is left in the bucket).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        used: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaUsage: _TypeAlias = QuotaUsage  # noqa: Y015
+
+@_typing.final
+class GetNamespaceQuotaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace; empty means the caller's. Only the OPERATOR may name another
+    (PERMISSION_DENIED NAMESPACE_MISMATCH otherwise).
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNamespaceQuotaRequest: _TypeAlias = GetNamespaceQuotaRequest  # noqa: Y015
+
+@_typing.final
+class GetNamespaceQuotaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    @_builtins.property
+    def quota(self) -> Global___NamespaceQuota:
+        """The quotas as set for it (0 fields: the server's default)."""
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaUsage]:
+        """Every quota's effective limit and current use."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        quota: Global___NamespaceQuota | None = ...,
+        usage: _abc.Iterable[Global___QuotaUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNamespaceQuotaResponse: _TypeAlias = GetNamespaceQuotaResponse  # noqa: Y015
+
+@_typing.final
+class UpdateNamespaceQuotaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The registered namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise)."""
+    @_builtins.property
+    def quota(self) -> Global___NamespaceQuota:
+        """The new quotas; every field is set (0: the server's default)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        quota: Global___NamespaceQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateNamespaceQuotaRequest: _TypeAlias = UpdateNamespaceQuotaRequest  # noqa: Y015
+
+@_typing.final
+class UpdateNamespaceQuotaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace."""
+    @_builtins.property
+    def quota(self) -> Global___NamespaceQuota:
+        """The quotas as now set."""
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaUsage]:
+        """Every quota's effective limit and current use."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        quota: Global___NamespaceQuota | None = ...,
+        usage: _abc.Iterable[Global___QuotaUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "quota", b"quota", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateNamespaceQuotaResponse: _TypeAlias = UpdateNamespaceQuotaResponse  # noqa: Y015

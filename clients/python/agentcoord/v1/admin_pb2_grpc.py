@@ -78,6 +78,16 @@ class AdminServiceStub:
                 request_serializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.SerializeToString,
                 response_deserializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.FromString,
                 _registered_method=True)
+        self.GetNamespaceQuota = channel.unary_unary(
+                '/agentcoord.v1.AdminService/GetNamespaceQuota',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaResponse.FromString,
+                _registered_method=True)
+        self.UpdateNamespaceQuota = channel.unary_unary(
+                '/agentcoord.v1.AdminService/UpdateNamespaceQuota',
+                request_serializer=agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -156,6 +166,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNamespaceQuota(self, request, context):
+        """Returns a namespace's quotas as set, and each quota's effective limit and
+        current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNamespaceQuota(self, request, context):
+        """Sets a registered namespace's quotas (every field of quota: 0 means the
+        server's default, from its --quota-* flags). Returns them as Get does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +224,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteNamespace,
                     request_deserializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.FromString,
                     response_serializer=agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.SerializeToString,
+            ),
+            'GetNamespaceQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNamespaceQuota,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaResponse.SerializeToString,
+            ),
+            'UpdateNamespaceQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNamespaceQuota,
+                    request_deserializer=agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -420,6 +456,60 @@ class AdminService:
             '/agentcoord.v1.AdminService/DeleteNamespace',
             agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceRequest.SerializeToString,
             agentcoord_dot_v1_dot_admin__pb2.DeleteNamespaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNamespaceQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/GetNamespaceQuota',
+            agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.GetNamespaceQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNamespaceQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.AdminService/UpdateNamespaceQuota',
+            agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaRequest.SerializeToString,
+            agentcoord_dot_v1_dot_admin__pb2.UpdateNamespaceQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

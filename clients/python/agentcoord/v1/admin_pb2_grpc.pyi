@@ -72,6 +72,14 @@ class AdminServiceStub:
     namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
     namespace that is not registered.
     """
+    GetNamespaceQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetNamespaceQuotaRequest, _admin_pb2.GetNamespaceQuotaResponse]
+    """Returns a namespace's quotas as set, and each quota's effective limit and
+    current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+    """
+    UpdateNamespaceQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateNamespaceQuotaRequest, _admin_pb2.UpdateNamespaceQuotaResponse]
+    """Sets a registered namespace's quotas (every field of quota: 0 means the
+    server's default, from its --quota-* flags). Returns them as Get does.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -116,6 +124,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Safe to call again if interrupted: it resumes where it stopped. Returns the
     namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
     namespace that is not registered.
+    """
+    GetNamespaceQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetNamespaceQuotaRequest, _admin_pb2.GetNamespaceQuotaResponse]  # type: ignore[assignment]
+    """Returns a namespace's quotas as set, and each quota's effective limit and
+    current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+    """
+    UpdateNamespaceQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateNamespaceQuotaRequest, _admin_pb2.UpdateNamespaceQuotaResponse]  # type: ignore[assignment]
+    """Sets a registered namespace's quotas (every field of quota: 0 means the
+    server's default, from its --quota-* flags). Returns them as Get does.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +222,26 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         Safe to call again if interrupted: it resumes where it stopped. Returns the
         namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
         namespace that is not registered.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNamespaceQuota(
+        self,
+        request: _admin_pb2.GetNamespaceQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetNamespaceQuotaResponse, _abc.Awaitable[_admin_pb2.GetNamespaceQuotaResponse]]:
+        """Returns a namespace's quotas as set, and each quota's effective limit and
+        current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateNamespaceQuota(
+        self,
+        request: _admin_pb2.UpdateNamespaceQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UpdateNamespaceQuotaResponse, _abc.Awaitable[_admin_pb2.UpdateNamespaceQuotaResponse]]:
+        """Sets a registered namespace's quotas (every field of quota: 0 means the
+        server's default, from its --quota-* flags). Returns them as Get does.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -287,6 +287,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
     server (the operator's own is "_operator").
     """
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 155
+    """RESOURCE_EXHAUSTED: the call would exceed a quota of the namespace (ErrorInfo
+    metadata "quota" names it, "limit" and "used" give its limit and current
+    use); nothing was written. Free some use or ask the operator for more; a
+    "signals_per_second" refusal clears within a second.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason an agentcoord server sends in the
@@ -571,5 +577,11 @@ again to finish, then create it anew if wanted.
 RESERVED_NAMESPACE: ErrorReason.ValueType  # 154
 """INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
 server (the operator's own is "_operator").
+"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 155
+"""RESOURCE_EXHAUSTED: the call would exceed a quota of the namespace (ErrorInfo
+metadata "quota" names it, "limit" and "used" give its limit and current
+use); nothing was written. Free some use or ask the operator for more; a
+"signals_per_second" refusal clears within a second.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

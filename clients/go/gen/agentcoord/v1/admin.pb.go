@@ -1552,6 +1552,358 @@ func (x *DeleteNamespaceResponse) GetNamespace() *Namespace {
 	return nil
 }
 
+// NamespaceQuota limits what one namespace may hold or do. A call that would
+// exceed a limit fails with RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED (ErrorInfo
+// metadata "quota", "limit", "used"), and writes nothing. Each field: 0 means the
+// server's default for it (its --quota-* flag; a default of 0 is no limit).
+type NamespaceQuota struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Live tokens of the namespace ("tokens"): IssueToken beyond it is refused.
+	MaxTokens int64 `protobuf:"varint,1,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	// Signals sent per second by the whole namespace ("signals_per_second"), as a
+	// token bucket of this many that refills at this rate, kept in Redis and
+	// shared by every server process: SendSignal beyond it is refused.
+	MaxSignalsPerSecond int64 `protobuf:"varint,2,opt,name=max_signals_per_second,json=maxSignalsPerSecond,proto3" json:"max_signals_per_second,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *NamespaceQuota) Reset() {
+	*x = NamespaceQuota{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamespaceQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamespaceQuota) ProtoMessage() {}
+
+func (x *NamespaceQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamespaceQuota.ProtoReflect.Descriptor instead.
+func (*NamespaceQuota) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *NamespaceQuota) GetMaxTokens() int64 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *NamespaceQuota) GetMaxSignalsPerSecond() int64 {
+	if x != nil {
+		return x.MaxSignalsPerSecond
+	}
+	return 0
+}
+
+// QuotaUsage is one quota's effective limit and current use.
+type QuotaUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
+	// "signals_per_second".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The limit in force (the namespace's own, or the server's default); 0: none.
+	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Current use: live tokens; signals of the last second's bucket (the limit
+	// minus what is left in the bucket).
+	Used          int64 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *QuotaUsage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QuotaUsage) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetUsed() int64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+type GetNamespaceQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace; empty means the caller's. Only the OPERATOR may name another
+	// (PERMISSION_DENIED NAMESPACE_MISMATCH otherwise).
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNamespaceQuotaRequest) Reset() {
+	*x = GetNamespaceQuotaRequest{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNamespaceQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNamespaceQuotaRequest) ProtoMessage() {}
+
+func (x *GetNamespaceQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNamespaceQuotaRequest.ProtoReflect.Descriptor instead.
+func (*GetNamespaceQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetNamespaceQuotaRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type GetNamespaceQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The quotas as set for it (0 fields: the server's default).
+	Quota *NamespaceQuota `protobuf:"bytes,2,opt,name=quota,proto3" json:"quota,omitempty"`
+	// Every quota's effective limit and current use.
+	Usage         []*QuotaUsage `protobuf:"bytes,3,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNamespaceQuotaResponse) Reset() {
+	*x = GetNamespaceQuotaResponse{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNamespaceQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNamespaceQuotaResponse) ProtoMessage() {}
+
+func (x *GetNamespaceQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNamespaceQuotaResponse.ProtoReflect.Descriptor instead.
+func (*GetNamespaceQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetNamespaceQuotaResponse) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *GetNamespaceQuotaResponse) GetQuota() *NamespaceQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+func (x *GetNamespaceQuotaResponse) GetUsage() []*QuotaUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+type UpdateNamespaceQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The registered namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise).
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The new quotas; every field is set (0: the server's default).
+	Quota         *NamespaceQuota `protobuf:"bytes,2,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNamespaceQuotaRequest) Reset() {
+	*x = UpdateNamespaceQuotaRequest{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNamespaceQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNamespaceQuotaRequest) ProtoMessage() {}
+
+func (x *UpdateNamespaceQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNamespaceQuotaRequest.ProtoReflect.Descriptor instead.
+func (*UpdateNamespaceQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UpdateNamespaceQuotaRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UpdateNamespaceQuotaRequest) GetQuota() *NamespaceQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+type UpdateNamespaceQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The quotas as now set.
+	Quota *NamespaceQuota `protobuf:"bytes,2,opt,name=quota,proto3" json:"quota,omitempty"`
+	// Every quota's effective limit and current use.
+	Usage         []*QuotaUsage `protobuf:"bytes,3,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNamespaceQuotaResponse) Reset() {
+	*x = UpdateNamespaceQuotaResponse{}
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNamespaceQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNamespaceQuotaResponse) ProtoMessage() {}
+
+func (x *UpdateNamespaceQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNamespaceQuotaResponse.ProtoReflect.Descriptor instead.
+func (*UpdateNamespaceQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UpdateNamespaceQuotaResponse) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UpdateNamespaceQuotaResponse) GetQuota() *NamespaceQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+func (x *UpdateNamespaceQuotaResponse) GetUsage() []*QuotaUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 var File_agentcoord_v1_admin_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_admin_proto_rawDesc = "" +
@@ -1668,7 +2020,29 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x18.agentcoord.v1.TokenInfoR\x06tokens\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
 	"\x17DeleteNamespaceResponse\x126\n" +
-	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace*k\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"d\n" +
+	"\x0eNamespaceQuota\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\x01 \x01(\x03R\tmaxTokens\x123\n" +
+	"\x16max_signals_per_second\x18\x02 \x01(\x03R\x13maxSignalsPerSecond\"J\n" +
+	"\n" +
+	"QuotaUsage\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12\x12\n" +
+	"\x04used\x18\x03 \x01(\x03R\x04used\"8\n" +
+	"\x18GetNamespaceQuotaRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\x9f\x01\n" +
+	"\x19GetNamespaceQuotaResponse\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x123\n" +
+	"\x05quota\x18\x02 \x01(\v2\x1d.agentcoord.v1.NamespaceQuotaR\x05quota\x12/\n" +
+	"\x05usage\x18\x03 \x03(\v2\x19.agentcoord.v1.QuotaUsageR\x05usage\"p\n" +
+	"\x1bUpdateNamespaceQuotaRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x123\n" +
+	"\x05quota\x18\x02 \x01(\v2\x1d.agentcoord.v1.NamespaceQuotaR\x05quota\"\xa2\x01\n" +
+	"\x1cUpdateNamespaceQuotaResponse\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x123\n" +
+	"\x05quota\x18\x02 \x01(\v2\x1d.agentcoord.v1.NamespaceQuotaR\x05quota\x12/\n" +
+	"\x05usage\x18\x03 \x03(\v2\x19.agentcoord.v1.QuotaUsageR\x05usage*k\n" +
 	"\x0eNamespaceState\x12\x1f\n" +
 	"\x1bNAMESPACE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16NAMESPACE_STATE_ACTIVE\x10\x01\x12\x1c\n" +
@@ -1677,7 +2051,7 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x16REDIS_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REDIS_MODE_EMBEDDED\x10\x01\x12\x17\n" +
 	"\x13REDIS_MODE_EXTERNAL\x10\x02\x12\x16\n" +
-	"\x12REDIS_MODE_CLUSTER\x10\x032\x97\x06\n" +
+	"\x12REDIS_MODE_CLUSTER\x10\x032\x80\b\n" +
 	"\fAdminService\x12O\n" +
 	"\x06WhoAmI\x12\x1c.agentcoord.v1.WhoAmIRequest\x1a\x1d.agentcoord.v1.WhoAmIResponse\"\b\x88\xb5\x18\x01\x90\xb5\x18\x01\x12g\n" +
 	"\x0eGetServerStats\x12$.agentcoord.v1.GetServerStatsRequest\x1a%.agentcoord.v1.GetServerStatsResponse\"\b\x88\xb5\x18\x01\x90\xb5\x18\x01\x12[\n" +
@@ -1688,7 +2062,9 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"ListTokens\x12 .agentcoord.v1.ListTokensRequest\x1a!.agentcoord.v1.ListTokensResponse\"\b\x88\xb5\x18\x04\x90\xb5\x18\x01\x12f\n" +
 	"\x0fCreateNamespace\x12%.agentcoord.v1.CreateNamespaceRequest\x1a&.agentcoord.v1.CreateNamespaceResponse\"\x04\x88\xb5\x18\x05\x12c\n" +
 	"\x0eListNamespaces\x12$.agentcoord.v1.ListNamespacesRequest\x1a%.agentcoord.v1.ListNamespacesResponse\"\x04\x88\xb5\x18\x05\x12f\n" +
-	"\x0fDeleteNamespace\x12%.agentcoord.v1.DeleteNamespaceRequest\x1a&.agentcoord.v1.DeleteNamespaceResponse\"\x04\x88\xb5\x18\x05BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x0fDeleteNamespace\x12%.agentcoord.v1.DeleteNamespaceRequest\x1a&.agentcoord.v1.DeleteNamespaceResponse\"\x04\x88\xb5\x18\x05\x12p\n" +
+	"\x11GetNamespaceQuota\x12'.agentcoord.v1.GetNamespaceQuotaRequest\x1a(.agentcoord.v1.GetNamespaceQuotaResponse\"\b\x88\xb5\x18\x04\x90\xb5\x18\x01\x12u\n" +
+	"\x14UpdateNamespaceQuota\x12*.agentcoord.v1.UpdateNamespaceQuotaRequest\x1a+.agentcoord.v1.UpdateNamespaceQuotaResponse\"\x04\x88\xb5\x18\x05BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_admin_proto_rawDescOnce sync.Once
@@ -1703,80 +2079,95 @@ func file_agentcoord_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_agentcoord_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_agentcoord_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_agentcoord_v1_admin_proto_goTypes = []any{
-	(NamespaceState)(0),             // 0: agentcoord.v1.NamespaceState
-	(RedisMode)(0),                  // 1: agentcoord.v1.RedisMode
-	(*Namespace)(nil),               // 2: agentcoord.v1.Namespace
-	(*CreateNamespaceRequest)(nil),  // 3: agentcoord.v1.CreateNamespaceRequest
-	(*CreateNamespaceResponse)(nil), // 4: agentcoord.v1.CreateNamespaceResponse
-	(*ListNamespacesRequest)(nil),   // 5: agentcoord.v1.ListNamespacesRequest
-	(*ListNamespacesResponse)(nil),  // 6: agentcoord.v1.ListNamespacesResponse
-	(*DeleteNamespaceRequest)(nil),  // 7: agentcoord.v1.DeleteNamespaceRequest
-	(*WhoAmIRequest)(nil),           // 8: agentcoord.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 9: agentcoord.v1.WhoAmIResponse
-	(*GetServerStatsRequest)(nil),   // 10: agentcoord.v1.GetServerStatsRequest
-	(*GetServerStatsResponse)(nil),  // 11: agentcoord.v1.GetServerStatsResponse
-	(*NamespaceStats)(nil),          // 12: agentcoord.v1.NamespaceStats
-	(*TaskCounts)(nil),              // 13: agentcoord.v1.TaskCounts
-	(*TaskQueueStats)(nil),          // 14: agentcoord.v1.TaskQueueStats
-	(*TokenInfo)(nil),               // 15: agentcoord.v1.TokenInfo
-	(*IssueTokenRequest)(nil),       // 16: agentcoord.v1.IssueTokenRequest
-	(*IssueTokenResponse)(nil),      // 17: agentcoord.v1.IssueTokenResponse
-	(*RevokeTokenRequest)(nil),      // 18: agentcoord.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 19: agentcoord.v1.RevokeTokenResponse
-	(*ListTokensRequest)(nil),       // 20: agentcoord.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 21: agentcoord.v1.ListTokensResponse
-	(*DeleteNamespaceResponse)(nil), // 22: agentcoord.v1.DeleteNamespaceResponse
-	nil,                             // 23: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
-	(*Principal)(nil),               // 25: agentcoord.v1.Principal
-	(*durationpb.Duration)(nil),     // 26: google.protobuf.Duration
-	(AccessTier)(0),                 // 27: agentcoord.v1.AccessTier
+	(NamespaceState)(0),                  // 0: agentcoord.v1.NamespaceState
+	(RedisMode)(0),                       // 1: agentcoord.v1.RedisMode
+	(*Namespace)(nil),                    // 2: agentcoord.v1.Namespace
+	(*CreateNamespaceRequest)(nil),       // 3: agentcoord.v1.CreateNamespaceRequest
+	(*CreateNamespaceResponse)(nil),      // 4: agentcoord.v1.CreateNamespaceResponse
+	(*ListNamespacesRequest)(nil),        // 5: agentcoord.v1.ListNamespacesRequest
+	(*ListNamespacesResponse)(nil),       // 6: agentcoord.v1.ListNamespacesResponse
+	(*DeleteNamespaceRequest)(nil),       // 7: agentcoord.v1.DeleteNamespaceRequest
+	(*WhoAmIRequest)(nil),                // 8: agentcoord.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),               // 9: agentcoord.v1.WhoAmIResponse
+	(*GetServerStatsRequest)(nil),        // 10: agentcoord.v1.GetServerStatsRequest
+	(*GetServerStatsResponse)(nil),       // 11: agentcoord.v1.GetServerStatsResponse
+	(*NamespaceStats)(nil),               // 12: agentcoord.v1.NamespaceStats
+	(*TaskCounts)(nil),                   // 13: agentcoord.v1.TaskCounts
+	(*TaskQueueStats)(nil),               // 14: agentcoord.v1.TaskQueueStats
+	(*TokenInfo)(nil),                    // 15: agentcoord.v1.TokenInfo
+	(*IssueTokenRequest)(nil),            // 16: agentcoord.v1.IssueTokenRequest
+	(*IssueTokenResponse)(nil),           // 17: agentcoord.v1.IssueTokenResponse
+	(*RevokeTokenRequest)(nil),           // 18: agentcoord.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),          // 19: agentcoord.v1.RevokeTokenResponse
+	(*ListTokensRequest)(nil),            // 20: agentcoord.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),           // 21: agentcoord.v1.ListTokensResponse
+	(*DeleteNamespaceResponse)(nil),      // 22: agentcoord.v1.DeleteNamespaceResponse
+	(*NamespaceQuota)(nil),               // 23: agentcoord.v1.NamespaceQuota
+	(*QuotaUsage)(nil),                   // 24: agentcoord.v1.QuotaUsage
+	(*GetNamespaceQuotaRequest)(nil),     // 25: agentcoord.v1.GetNamespaceQuotaRequest
+	(*GetNamespaceQuotaResponse)(nil),    // 26: agentcoord.v1.GetNamespaceQuotaResponse
+	(*UpdateNamespaceQuotaRequest)(nil),  // 27: agentcoord.v1.UpdateNamespaceQuotaRequest
+	(*UpdateNamespaceQuotaResponse)(nil), // 28: agentcoord.v1.UpdateNamespaceQuotaResponse
+	nil,                                  // 29: agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
+	(*Principal)(nil),                    // 31: agentcoord.v1.Principal
+	(*durationpb.Duration)(nil),          // 32: google.protobuf.Duration
+	(AccessTier)(0),                      // 33: agentcoord.v1.AccessTier
 }
 var file_agentcoord_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: agentcoord.v1.Namespace.state:type_name -> agentcoord.v1.NamespaceState
-	24, // 1: agentcoord.v1.Namespace.create_time:type_name -> google.protobuf.Timestamp
+	30, // 1: agentcoord.v1.Namespace.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: agentcoord.v1.CreateNamespaceResponse.namespace:type_name -> agentcoord.v1.Namespace
 	2,  // 3: agentcoord.v1.ListNamespacesResponse.namespaces:type_name -> agentcoord.v1.Namespace
-	25, // 4: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
+	31, // 4: agentcoord.v1.WhoAmIResponse.principal:type_name -> agentcoord.v1.Principal
 	1,  // 5: agentcoord.v1.GetServerStatsResponse.redis_mode:type_name -> agentcoord.v1.RedisMode
-	23, // 6: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
-	26, // 7: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
+	29, // 6: agentcoord.v1.GetServerStatsResponse.key_counts:type_name -> agentcoord.v1.GetServerStatsResponse.KeyCountsEntry
+	32, // 7: agentcoord.v1.GetServerStatsResponse.uptime:type_name -> google.protobuf.Duration
 	12, // 8: agentcoord.v1.GetServerStatsResponse.namespace_stats:type_name -> agentcoord.v1.NamespaceStats
 	12, // 9: agentcoord.v1.GetServerStatsResponse.namespaces:type_name -> agentcoord.v1.NamespaceStats
 	13, // 10: agentcoord.v1.NamespaceStats.tasks:type_name -> agentcoord.v1.TaskCounts
 	14, // 11: agentcoord.v1.NamespaceStats.task_queues:type_name -> agentcoord.v1.TaskQueueStats
-	27, // 12: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
-	24, // 13: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
-	24, // 14: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
-	27, // 15: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
-	26, // 16: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
+	33, // 12: agentcoord.v1.TokenInfo.tier:type_name -> agentcoord.v1.AccessTier
+	30, // 13: agentcoord.v1.TokenInfo.create_time:type_name -> google.protobuf.Timestamp
+	30, // 14: agentcoord.v1.TokenInfo.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 15: agentcoord.v1.IssueTokenRequest.tier:type_name -> agentcoord.v1.AccessTier
+	32, // 16: agentcoord.v1.IssueTokenRequest.lifetime:type_name -> google.protobuf.Duration
 	15, // 17: agentcoord.v1.IssueTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
 	15, // 18: agentcoord.v1.RevokeTokenResponse.info:type_name -> agentcoord.v1.TokenInfo
 	15, // 19: agentcoord.v1.ListTokensResponse.tokens:type_name -> agentcoord.v1.TokenInfo
 	2,  // 20: agentcoord.v1.DeleteNamespaceResponse.namespace:type_name -> agentcoord.v1.Namespace
-	8,  // 21: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
-	10, // 22: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
-	16, // 23: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
-	18, // 24: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
-	20, // 25: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
-	3,  // 26: agentcoord.v1.AdminService.CreateNamespace:input_type -> agentcoord.v1.CreateNamespaceRequest
-	5,  // 27: agentcoord.v1.AdminService.ListNamespaces:input_type -> agentcoord.v1.ListNamespacesRequest
-	7,  // 28: agentcoord.v1.AdminService.DeleteNamespace:input_type -> agentcoord.v1.DeleteNamespaceRequest
-	9,  // 29: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
-	11, // 30: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
-	17, // 31: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
-	19, // 32: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
-	21, // 33: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
-	4,  // 34: agentcoord.v1.AdminService.CreateNamespace:output_type -> agentcoord.v1.CreateNamespaceResponse
-	6,  // 35: agentcoord.v1.AdminService.ListNamespaces:output_type -> agentcoord.v1.ListNamespacesResponse
-	22, // 36: agentcoord.v1.AdminService.DeleteNamespace:output_type -> agentcoord.v1.DeleteNamespaceResponse
-	29, // [29:37] is the sub-list for method output_type
-	21, // [21:29] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	23, // 21: agentcoord.v1.GetNamespaceQuotaResponse.quota:type_name -> agentcoord.v1.NamespaceQuota
+	24, // 22: agentcoord.v1.GetNamespaceQuotaResponse.usage:type_name -> agentcoord.v1.QuotaUsage
+	23, // 23: agentcoord.v1.UpdateNamespaceQuotaRequest.quota:type_name -> agentcoord.v1.NamespaceQuota
+	23, // 24: agentcoord.v1.UpdateNamespaceQuotaResponse.quota:type_name -> agentcoord.v1.NamespaceQuota
+	24, // 25: agentcoord.v1.UpdateNamespaceQuotaResponse.usage:type_name -> agentcoord.v1.QuotaUsage
+	8,  // 26: agentcoord.v1.AdminService.WhoAmI:input_type -> agentcoord.v1.WhoAmIRequest
+	10, // 27: agentcoord.v1.AdminService.GetServerStats:input_type -> agentcoord.v1.GetServerStatsRequest
+	16, // 28: agentcoord.v1.AdminService.IssueToken:input_type -> agentcoord.v1.IssueTokenRequest
+	18, // 29: agentcoord.v1.AdminService.RevokeToken:input_type -> agentcoord.v1.RevokeTokenRequest
+	20, // 30: agentcoord.v1.AdminService.ListTokens:input_type -> agentcoord.v1.ListTokensRequest
+	3,  // 31: agentcoord.v1.AdminService.CreateNamespace:input_type -> agentcoord.v1.CreateNamespaceRequest
+	5,  // 32: agentcoord.v1.AdminService.ListNamespaces:input_type -> agentcoord.v1.ListNamespacesRequest
+	7,  // 33: agentcoord.v1.AdminService.DeleteNamespace:input_type -> agentcoord.v1.DeleteNamespaceRequest
+	25, // 34: agentcoord.v1.AdminService.GetNamespaceQuota:input_type -> agentcoord.v1.GetNamespaceQuotaRequest
+	27, // 35: agentcoord.v1.AdminService.UpdateNamespaceQuota:input_type -> agentcoord.v1.UpdateNamespaceQuotaRequest
+	9,  // 36: agentcoord.v1.AdminService.WhoAmI:output_type -> agentcoord.v1.WhoAmIResponse
+	11, // 37: agentcoord.v1.AdminService.GetServerStats:output_type -> agentcoord.v1.GetServerStatsResponse
+	17, // 38: agentcoord.v1.AdminService.IssueToken:output_type -> agentcoord.v1.IssueTokenResponse
+	19, // 39: agentcoord.v1.AdminService.RevokeToken:output_type -> agentcoord.v1.RevokeTokenResponse
+	21, // 40: agentcoord.v1.AdminService.ListTokens:output_type -> agentcoord.v1.ListTokensResponse
+	4,  // 41: agentcoord.v1.AdminService.CreateNamespace:output_type -> agentcoord.v1.CreateNamespaceResponse
+	6,  // 42: agentcoord.v1.AdminService.ListNamespaces:output_type -> agentcoord.v1.ListNamespacesResponse
+	22, // 43: agentcoord.v1.AdminService.DeleteNamespace:output_type -> agentcoord.v1.DeleteNamespaceResponse
+	26, // 44: agentcoord.v1.AdminService.GetNamespaceQuota:output_type -> agentcoord.v1.GetNamespaceQuotaResponse
+	28, // 45: agentcoord.v1.AdminService.UpdateNamespaceQuota:output_type -> agentcoord.v1.UpdateNamespaceQuotaResponse
+	36, // [36:46] is the sub-list for method output_type
+	26, // [26:36] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_admin_proto_init() }
@@ -1791,7 +2182,7 @@ func file_agentcoord_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_admin_proto_rawDesc), len(file_agentcoord_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

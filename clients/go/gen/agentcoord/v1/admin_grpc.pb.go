@@ -19,14 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_WhoAmI_FullMethodName          = "/agentcoord.v1.AdminService/WhoAmI"
-	AdminService_GetServerStats_FullMethodName  = "/agentcoord.v1.AdminService/GetServerStats"
-	AdminService_IssueToken_FullMethodName      = "/agentcoord.v1.AdminService/IssueToken"
-	AdminService_RevokeToken_FullMethodName     = "/agentcoord.v1.AdminService/RevokeToken"
-	AdminService_ListTokens_FullMethodName      = "/agentcoord.v1.AdminService/ListTokens"
-	AdminService_CreateNamespace_FullMethodName = "/agentcoord.v1.AdminService/CreateNamespace"
-	AdminService_ListNamespaces_FullMethodName  = "/agentcoord.v1.AdminService/ListNamespaces"
-	AdminService_DeleteNamespace_FullMethodName = "/agentcoord.v1.AdminService/DeleteNamespace"
+	AdminService_WhoAmI_FullMethodName               = "/agentcoord.v1.AdminService/WhoAmI"
+	AdminService_GetServerStats_FullMethodName       = "/agentcoord.v1.AdminService/GetServerStats"
+	AdminService_IssueToken_FullMethodName           = "/agentcoord.v1.AdminService/IssueToken"
+	AdminService_RevokeToken_FullMethodName          = "/agentcoord.v1.AdminService/RevokeToken"
+	AdminService_ListTokens_FullMethodName           = "/agentcoord.v1.AdminService/ListTokens"
+	AdminService_CreateNamespace_FullMethodName      = "/agentcoord.v1.AdminService/CreateNamespace"
+	AdminService_ListNamespaces_FullMethodName       = "/agentcoord.v1.AdminService/ListNamespaces"
+	AdminService_DeleteNamespace_FullMethodName      = "/agentcoord.v1.AdminService/DeleteNamespace"
+	AdminService_GetNamespaceQuota_FullMethodName    = "/agentcoord.v1.AdminService/GetNamespaceQuota"
+	AdminService_UpdateNamespaceQuota_FullMethodName = "/agentcoord.v1.AdminService/UpdateNamespaceQuota"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -67,6 +69,12 @@ type AdminServiceClient interface {
 	// namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
 	// namespace that is not registered.
 	DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error)
+	// Returns a namespace's quotas as set, and each quota's effective limit and
+	// current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+	GetNamespaceQuota(ctx context.Context, in *GetNamespaceQuotaRequest, opts ...grpc.CallOption) (*GetNamespaceQuotaResponse, error)
+	// Sets a registered namespace's quotas (every field of quota: 0 means the
+	// server's default, from its --quota-* flags). Returns them as Get does.
+	UpdateNamespaceQuota(ctx context.Context, in *UpdateNamespaceQuotaRequest, opts ...grpc.CallOption) (*UpdateNamespaceQuotaResponse, error)
 }
 
 type adminServiceClient struct {
@@ -157,6 +165,26 @@ func (c *adminServiceClient) DeleteNamespace(ctx context.Context, in *DeleteName
 	return out, nil
 }
 
+func (c *adminServiceClient) GetNamespaceQuota(ctx context.Context, in *GetNamespaceQuotaRequest, opts ...grpc.CallOption) (*GetNamespaceQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetNamespaceQuotaResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetNamespaceQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UpdateNamespaceQuota(ctx context.Context, in *UpdateNamespaceQuotaRequest, opts ...grpc.CallOption) (*UpdateNamespaceQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateNamespaceQuotaResponse)
+	err := c.cc.Invoke(ctx, AdminService_UpdateNamespaceQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -195,6 +223,12 @@ type AdminServiceServer interface {
 	// namespace as it was before deletion. NOT_FOUND (NAMESPACE_NOT_FOUND) for a
 	// namespace that is not registered.
 	DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error)
+	// Returns a namespace's quotas as set, and each quota's effective limit and
+	// current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+	GetNamespaceQuota(context.Context, *GetNamespaceQuotaRequest) (*GetNamespaceQuotaResponse, error)
+	// Sets a registered namespace's quotas (every field of quota: 0 means the
+	// server's default, from its --quota-* flags). Returns them as Get does.
+	UpdateNamespaceQuota(context.Context, *UpdateNamespaceQuotaRequest) (*UpdateNamespaceQuotaResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -228,6 +262,12 @@ func (UnimplementedAdminServiceServer) ListNamespaces(context.Context, *ListName
 }
 func (UnimplementedAdminServiceServer) DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteNamespace not implemented")
+}
+func (UnimplementedAdminServiceServer) GetNamespaceQuota(context.Context, *GetNamespaceQuotaRequest) (*GetNamespaceQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetNamespaceQuota not implemented")
+}
+func (UnimplementedAdminServiceServer) UpdateNamespaceQuota(context.Context, *UpdateNamespaceQuotaRequest) (*UpdateNamespaceQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateNamespaceQuota not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -394,6 +434,42 @@ func _AdminService_DeleteNamespace_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetNamespaceQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNamespaceQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetNamespaceQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetNamespaceQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetNamespaceQuota(ctx, req.(*GetNamespaceQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UpdateNamespaceQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateNamespaceQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UpdateNamespaceQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UpdateNamespaceQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UpdateNamespaceQuota(ctx, req.(*UpdateNamespaceQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -432,6 +508,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteNamespace",
 			Handler:    _AdminService_DeleteNamespace_Handler,
+		},
+		{
+			MethodName: "GetNamespaceQuota",
+			Handler:    _AdminService_GetNamespaceQuota_Handler,
+		},
+		{
+			MethodName: "UpdateNamespaceQuota",
+			Handler:    _AdminService_UpdateNamespaceQuota_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

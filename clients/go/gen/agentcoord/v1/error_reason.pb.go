@@ -245,6 +245,11 @@ const (
 	// INVALID_ARGUMENT: namespace names starting with '_' are reserved for the
 	// server (the operator's own is "_operator").
 	ErrorReason_RESERVED_NAMESPACE ErrorReason = 154
+	// RESOURCE_EXHAUSTED: the call would exceed a quota of the namespace (ErrorInfo
+	// metadata "quota" names it, "limit" and "used" give its limit and current
+	// use); nothing was written. Free some use or ask the operator for more; a
+	// "signals_per_second" refusal clears within a second.
+	ErrorReason_QUOTA_EXCEEDED ErrorReason = 155
 )
 
 // Enum value maps for ErrorReason.
@@ -319,6 +324,7 @@ var (
 		152: "NAMESPACE_NOT_FOUND",
 		153: "NAMESPACE_DELETING",
 		154: "RESERVED_NAMESPACE",
+		155: "QUOTA_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":        0,
@@ -390,6 +396,7 @@ var (
 		"NAMESPACE_NOT_FOUND":             152,
 		"NAMESPACE_DELETING":              153,
 		"RESERVED_NAMESPACE":              154,
+		"QUOTA_EXCEEDED":                  155,
 	}
 )
 
@@ -424,7 +431,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x8e\f\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xa3\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -498,7 +505,8 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\x10NAMESPACE_EXISTS\x10\x97\x01\x12\x18\n" +
 	"\x13NAMESPACE_NOT_FOUND\x10\x98\x01\x12\x17\n" +
 	"\x12NAMESPACE_DELETING\x10\x99\x01\x12\x17\n" +
-	"\x12RESERVED_NAMESPACE\x10\x9a\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x12RESERVED_NAMESPACE\x10\x9a\x01\x12\x13\n" +
+	"\x0eQUOTA_EXCEEDED\x10\x9b\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_error_reason_proto_rawDescOnce sync.Once

@@ -165,3 +165,28 @@ class AdminClient(ServiceClient):
             self._stub.DeleteNamespace, admin_pb2.DeleteNamespaceRequest(name=name)
         )
         return response.namespace  # type: ignore[no-any-return]
+
+    def get_namespace_quota(self, namespace: str = "") -> admin_pb2.GetNamespaceQuotaResponse:
+        """The namespace's quotas as set (`.quota`; 0 fields: the server's default) and each
+        quota's effective limit and current use (`.usage`: name, limit, used). STEWARD for its
+        own namespace (`namespace` empty), the OPERATOR for any."""
+        return self._unary(  # type: ignore[no-any-return]
+            self._stub.GetNamespaceQuota, admin_pb2.GetNamespaceQuotaRequest(namespace=namespace)
+        )
+
+    def update_namespace_quota(
+        self, namespace: str, *, max_tokens: int = 0, max_signals_per_second: int = 0
+    ) -> admin_pb2.UpdateNamespaceQuotaResponse:
+        """Sets a registered namespace's quotas; every one is set (0: the server's default,
+        from its --quota-* flags). Returns them as get_namespace_quota does. OPERATOR.
+
+        Raises AgentcoordError NOT_FOUND (NAMESPACE_NOT_FOUND), INVALID_ARGUMENT (a negative
+        limit). Calls over a quota fail with RESOURCE_EXHAUSTED QUOTA_EXCEEDED.
+        """
+        quota = admin_pb2.NamespaceQuota(
+            max_tokens=max_tokens, max_signals_per_second=max_signals_per_second
+        )
+        return self._unary(  # type: ignore[no-any-return]
+            self._stub.UpdateNamespaceQuota,
+            admin_pb2.UpdateNamespaceQuotaRequest(namespace=namespace, quota=quota),
+        )

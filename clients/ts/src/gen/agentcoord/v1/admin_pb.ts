@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/admin.proto.
  */
 export const file_agentcoord_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIqEBCglOYW1lc3BhY2USDAoEbmFtZRgBIAEoCRIsCgVzdGF0ZRgCIAEoDjIdLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlU3RhdGUSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkiOwoWQ3JlYXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkYKF0NyZWF0ZU5hbWVzcGFjZVJlc3BvbnNlEisKCW5hbWVzcGFjZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlIj4KFUxpc3ROYW1lc3BhY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJfChZMaXN0TmFtZXNwYWNlc1Jlc3BvbnNlEiwKCm5hbWVzcGFjZXMYASADKAsyGC5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoWRGVsZXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0ItkDChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkwKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnlCAhgBEhkKEXVzZWRfbWVtb3J5X2J5dGVzGAUgASgDEikKBnVwdGltZRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2Cg9uYW1lc3BhY2Vfc3RhdHMYByABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhMKC3JlZGlzX25vZGVzGBAgAygJEjEKCm5hbWVzcGFjZXMYCCADKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhwKFG5hbWVzcGFjZXNfdHJ1bmNhdGVkGAkgASgIGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi1gIKDk5hbWVzcGFjZVN0YXRzEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5tZW1vcnlfZW50cmllcxgCIAEoAxIVCg1tZW1vcnlfb3duZXJzGAMgASgDEhAKCHNlc3Npb25zGAQgASgDEhcKD3N0YWdlZF9wYXR0ZXJucxgFIAEoAxIYChBsaWJyYXJ5X3BhdHRlcm5zGAYgASgDEhYKDm9wZW5fY29uZmxpY3RzGAcgASgDEigKBXRhc2tzGAggASgLMhkuYWdlbnRjb29yZC52MS5UYXNrQ291bnRzEjIKC3Rhc2tfcXVldWVzGAkgAygLMh0uYWdlbnRjb29yZC52MS5UYXNrUXVldWVTdGF0cxIYChByZXRhaW5lZF9zaWduYWxzGAogASgDEhoKEmxpdmVfc3Vic2NyaXB0aW9ucxgLIAEoAxIRCgl0cnVuY2F0ZWQYDCABKAgibAoKVGFza0NvdW50cxIPCgdwZW5kaW5nGAEgASgDEhMKC2JhY2tpbmdfb2ZmGAIgASgDEg8KB2NsYWltZWQYAyABKAMSFAoMZGVhZF9sZXR0ZXJzGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyJtCg5UYXNrUXVldWVTdGF0cxIRCgl0YXNrX3R5cGUYASABKAkSDwoHcGVuZGluZxgCIAEoAxITCgtiYWNraW5nX29mZhgDIAEoAxIPCgdjbGFpbWVkGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyL1AQoJVG9rZW5JbmZvEhAKCHRva2VuX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRInCgR0aWVyGAQgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaXNzdWVkX2J5GAggASgJIqMBChFJc3N1ZVRva2VuUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdGllchgDIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchIrCghsaWZldGltZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgtkZXNjcmlwdGlvbhgFIAEoCSJLChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSJgoEaW5mbxgCIAEoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvIjkKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiPQoTUmV2b2tlVG9rZW5SZXNwb25zZRImCgRpbmZvGAEgASgLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8iTQoRTGlzdFRva2Vuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlcKEkxpc3RUb2tlbnNSZXNwb25zZRIoCgZ0b2tlbnMYASADKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoXRGVsZXRlTmFtZXNwYWNlUmVzcG9uc2USKwoJbmFtZXNwYWNlGAEgASgLMhguYWdlbnRjb29yZC52MS5OYW1lc3BhY2UqawoOTmFtZXNwYWNlU3RhdGUSHwobTkFNRVNQQUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWTkFNRVNQQUNFX1NUQVRFX0FDVElWRRABEhwKGE5BTUVTUEFDRV9TVEFURV9ERUxFVElORxACKnEKCVJlZGlzTW9kZRIaChZSRURJU19NT0RFX1VOU1BFQ0lGSUVEEAASFwoTUkVESVNfTU9ERV9FTUJFRERFRBABEhcKE1JFRElTX01PREVfRVhURVJOQUwQAhIWChJSRURJU19NT0RFX0NMVVNURVIQAzKXBgoMQWRtaW5TZXJ2aWNlEk8KBldob0FtSRIcLmFnZW50Y29vcmQudjEuV2hvQW1JUmVxdWVzdBodLmFnZW50Y29vcmQudjEuV2hvQW1JUmVzcG9uc2UiCIi1GAGQtRgBEmcKDkdldFNlcnZlclN0YXRzEiQuYWdlbnRjb29yZC52MS5HZXRTZXJ2ZXJTdGF0c1JlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UiCIi1GAGQtRgBElsKCklzc3VlVG9rZW4SIC5hZ2VudGNvb3JkLnYxLklzc3VlVG9rZW5SZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5Jc3N1ZVRva2VuUmVzcG9uc2UiCIi1GASQtRgBEl4KC1Jldm9rZVRva2VuEiEuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiCIi1GASQtRgBElsKCkxpc3RUb2tlbnMSIC5hZ2VudGNvb3JkLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0VG9rZW5zUmVzcG9uc2UiCIi1GASQtRgBEmYKD0NyZWF0ZU5hbWVzcGFjZRIlLmFnZW50Y29vcmQudjEuQ3JlYXRlTmFtZXNwYWNlUmVxdWVzdBomLmFnZW50Y29vcmQudjEuQ3JlYXRlTmFtZXNwYWNlUmVzcG9uc2UiBIi1GAUSYwoOTGlzdE5hbWVzcGFjZXMSJC5hZ2VudGNvb3JkLnYxLkxpc3ROYW1lc3BhY2VzUmVxdWVzdBolLmFnZW50Y29vcmQudjEuTGlzdE5hbWVzcGFjZXNSZXNwb25zZSIEiLUYBRJmCg9EZWxldGVOYW1lc3BhY2USJS5hZ2VudGNvb3JkLnYxLkRlbGV0ZU5hbWVzcGFjZVJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkRlbGV0ZU5hbWVzcGFjZVJlc3BvbnNlIgSItRgFQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChlhZ2VudGNvb3JkL3YxL2FkbWluLnByb3RvEg1hZ2VudGNvb3JkLnYxIqEBCglOYW1lc3BhY2USDAoEbmFtZRgBIAEoCRIsCgVzdGF0ZRgCIAEoDjIdLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlU3RhdGUSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkiOwoWQ3JlYXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIkYKF0NyZWF0ZU5hbWVzcGFjZVJlc3BvbnNlEisKCW5hbWVzcGFjZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuTmFtZXNwYWNlIj4KFUxpc3ROYW1lc3BhY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJfChZMaXN0TmFtZXNwYWNlc1Jlc3BvbnNlEiwKCm5hbWVzcGFjZXMYASADKAsyGC5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJgoWRGVsZXRlTmFtZXNwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJIg8KDVdob0FtSVJlcXVlc3QiPQoOV2hvQW1JUmVzcG9uc2USKwoJcHJpbmNpcGFsGAEgASgLMhguYWdlbnRjb29yZC52MS5QcmluY2lwYWwiFwoVR2V0U2VydmVyU3RhdHNSZXF1ZXN0ItkDChZHZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlEhYKDnNlcnZlcl92ZXJzaW9uGAEgASgJEiwKCnJlZGlzX21vZGUYAiABKA4yGC5hZ2VudGNvb3JkLnYxLlJlZGlzTW9kZRIVCg1yZWRpc192ZXJzaW9uGAMgASgJEkwKCmtleV9jb3VudHMYBCADKAsyNC5hZ2VudGNvb3JkLnYxLkdldFNlcnZlclN0YXRzUmVzcG9uc2UuS2V5Q291bnRzRW50cnlCAhgBEhkKEXVzZWRfbWVtb3J5X2J5dGVzGAUgASgDEikKBnVwdGltZRgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI2Cg9uYW1lc3BhY2Vfc3RhdHMYByABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhMKC3JlZGlzX25vZGVzGBAgAygJEjEKCm5hbWVzcGFjZXMYCCADKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVN0YXRzEhwKFG5hbWVzcGFjZXNfdHJ1bmNhdGVkGAkgASgIGjAKDktleUNvdW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEi1gIKDk5hbWVzcGFjZVN0YXRzEhEKCW5hbWVzcGFjZRgBIAEoCRIWCg5tZW1vcnlfZW50cmllcxgCIAEoAxIVCg1tZW1vcnlfb3duZXJzGAMgASgDEhAKCHNlc3Npb25zGAQgASgDEhcKD3N0YWdlZF9wYXR0ZXJucxgFIAEoAxIYChBsaWJyYXJ5X3BhdHRlcm5zGAYgASgDEhYKDm9wZW5fY29uZmxpY3RzGAcgASgDEigKBXRhc2tzGAggASgLMhkuYWdlbnRjb29yZC52MS5UYXNrQ291bnRzEjIKC3Rhc2tfcXVldWVzGAkgAygLMh0uYWdlbnRjb29yZC52MS5UYXNrUXVldWVTdGF0cxIYChByZXRhaW5lZF9zaWduYWxzGAogASgDEhoKEmxpdmVfc3Vic2NyaXB0aW9ucxgLIAEoAxIRCgl0cnVuY2F0ZWQYDCABKAgibAoKVGFza0NvdW50cxIPCgdwZW5kaW5nGAEgASgDEhMKC2JhY2tpbmdfb2ZmGAIgASgDEg8KB2NsYWltZWQYAyABKAMSFAoMZGVhZF9sZXR0ZXJzGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyJtCg5UYXNrUXVldWVTdGF0cxIRCgl0YXNrX3R5cGUYASABKAkSDwoHcGVuZGluZxgCIAEoAxITCgtiYWNraW5nX29mZhgDIAEoAxIPCgdjbGFpbWVkGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAyL1AQoJVG9rZW5JbmZvEhAKCHRva2VuX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRInCgR0aWVyGAQgASgOMhkuYWdlbnRjb29yZC52MS5BY2Nlc3NUaWVyEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaXNzdWVkX2J5GAggASgJIqMBChFJc3N1ZVRva2VuUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdGllchgDIAEoDjIZLmFnZW50Y29vcmQudjEuQWNjZXNzVGllchIrCghsaWZldGltZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgtkZXNjcmlwdGlvbhgFIAEoCSJLChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSJgoEaW5mbxgCIAEoCzIYLmFnZW50Y29vcmQudjEuVG9rZW5JbmZvIjkKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiPQoTUmV2b2tlVG9rZW5SZXNwb25zZRImCgRpbmZvGAEgASgLMhguYWdlbnRjb29yZC52MS5Ub2tlbkluZm8iTQoRTGlzdFRva2Vuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlcKEkxpc3RUb2tlbnNSZXNwb25zZRIoCgZ0b2tlbnMYASADKAsyGC5hZ2VudGNvb3JkLnYxLlRva2VuSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRgoXRGVsZXRlTmFtZXNwYWNlUmVzcG9uc2USKwoJbmFtZXNwYWNlGAEgASgLMhguYWdlbnRjb29yZC52MS5OYW1lc3BhY2UiRAoOTmFtZXNwYWNlUXVvdGESEgoKbWF4X3Rva2VucxgBIAEoAxIeChZtYXhfc2lnbmFsc19wZXJfc2Vjb25kGAIgASgDIjcKClF1b3RhVXNhZ2USDAoEbmFtZRgBIAEoCRINCgVsaW1pdBgCIAEoAxIMCgR1c2VkGAMgASgDIi0KGEdldE5hbWVzcGFjZVF1b3RhUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkihgEKGUdldE5hbWVzcGFjZVF1b3RhUmVzcG9uc2USEQoJbmFtZXNwYWNlGAEgASgJEiwKBXF1b3RhGAIgASgLMh0uYWdlbnRjb29yZC52MS5OYW1lc3BhY2VRdW90YRIoCgV1c2FnZRgDIAMoCzIZLmFnZW50Y29vcmQudjEuUXVvdGFVc2FnZSJeChtVcGRhdGVOYW1lc3BhY2VRdW90YVJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEiwKBXF1b3RhGAIgASgLMh0uYWdlbnRjb29yZC52MS5OYW1lc3BhY2VRdW90YSKJAQocVXBkYXRlTmFtZXNwYWNlUXVvdGFSZXNwb25zZRIRCgluYW1lc3BhY2UYASABKAkSLAoFcXVvdGEYAiABKAsyHS5hZ2VudGNvb3JkLnYxLk5hbWVzcGFjZVF1b3RhEigKBXVzYWdlGAMgAygLMhkuYWdlbnRjb29yZC52MS5RdW90YVVzYWdlKmsKDk5hbWVzcGFjZVN0YXRlEh8KG05BTUVTUEFDRV9TVEFURV9VTlNQRUNJRklFRBAAEhoKFk5BTUVTUEFDRV9TVEFURV9BQ1RJVkUQARIcChhOQU1FU1BBQ0VfU1RBVEVfREVMRVRJTkcQAipxCglSZWRpc01vZGUSGgoWUkVESVNfTU9ERV9VTlNQRUNJRklFRBAAEhcKE1JFRElTX01PREVfRU1CRURERUQQARIXChNSRURJU19NT0RFX0VYVEVSTkFMEAISFgoSUkVESVNfTU9ERV9DTFVTVEVSEAMygAgKDEFkbWluU2VydmljZRJPCgZXaG9BbUkSHC5hZ2VudGNvb3JkLnYxLldob0FtSVJlcXVlc3QaHS5hZ2VudGNvb3JkLnYxLldob0FtSVJlc3BvbnNlIgiItRgBkLUYARJnCg5HZXRTZXJ2ZXJTdGF0cxIkLmFnZW50Y29vcmQudjEuR2V0U2VydmVyU3RhdHNSZXF1ZXN0GiUuYWdlbnRjb29yZC52MS5HZXRTZXJ2ZXJTdGF0c1Jlc3BvbnNlIgiItRgBkLUYARJbCgpJc3N1ZVRva2VuEiAuYWdlbnRjb29yZC52MS5Jc3N1ZVRva2VuUmVxdWVzdBohLmFnZW50Y29vcmQudjEuSXNzdWVUb2tlblJlc3BvbnNlIgiItRgEkLUYARJeCgtSZXZva2VUb2tlbhIhLmFnZW50Y29vcmQudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiIuYWdlbnRjb29yZC52MS5SZXZva2VUb2tlblJlc3BvbnNlIgiItRgEkLUYARJbCgpMaXN0VG9rZW5zEiAuYWdlbnRjb29yZC52MS5MaXN0VG9rZW5zUmVxdWVzdBohLmFnZW50Y29vcmQudjEuTGlzdFRva2Vuc1Jlc3BvbnNlIgiItRgEkLUYARJmCg9DcmVhdGVOYW1lc3BhY2USJS5hZ2VudGNvb3JkLnYxLkNyZWF0ZU5hbWVzcGFjZVJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkNyZWF0ZU5hbWVzcGFjZVJlc3BvbnNlIgSItRgFEmMKDkxpc3ROYW1lc3BhY2VzEiQuYWdlbnRjb29yZC52MS5MaXN0TmFtZXNwYWNlc1JlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLkxpc3ROYW1lc3BhY2VzUmVzcG9uc2UiBIi1GAUSZgoPRGVsZXRlTmFtZXNwYWNlEiUuYWdlbnRjb29yZC52MS5EZWxldGVOYW1lc3BhY2VSZXF1ZXN0GiYuYWdlbnRjb29yZC52MS5EZWxldGVOYW1lc3BhY2VSZXNwb25zZSIEiLUYBRJwChFHZXROYW1lc3BhY2VRdW90YRInLmFnZW50Y29vcmQudjEuR2V0TmFtZXNwYWNlUXVvdGFSZXF1ZXN0GiguYWdlbnRjb29yZC52MS5HZXROYW1lc3BhY2VRdW90YVJlc3BvbnNlIgiItRgEkLUYARJ1ChRVcGRhdGVOYW1lc3BhY2VRdW90YRIqLmFnZW50Y29vcmQudjEuVXBkYXRlTmFtZXNwYWNlUXVvdGFSZXF1ZXN0GisuYWdlbnRjb29yZC52MS5VcGRhdGVOYW1lc3BhY2VRdW90YVJlc3BvbnNlIgSItRgFQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Namespace is a registered team.
@@ -798,6 +798,188 @@ export const DeleteNamespaceResponseSchema: GenMessage<DeleteNamespaceResponse> 
   messageDesc(file_agentcoord_v1_admin, 20);
 
 /**
+ * NamespaceQuota limits what one namespace may hold or do. A call that would
+ * exceed a limit fails with RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED (ErrorInfo
+ * metadata "quota", "limit", "used"), and writes nothing. Each field: 0 means the
+ * server's default for it (its --quota-* flag; a default of 0 is no limit).
+ *
+ * @generated from message agentcoord.v1.NamespaceQuota
+ */
+export type NamespaceQuota = Message<"agentcoord.v1.NamespaceQuota"> & {
+  /**
+   * Live tokens of the namespace ("tokens"): IssueToken beyond it is refused.
+   *
+   * @generated from field: int64 max_tokens = 1;
+   */
+  maxTokens: bigint;
+
+  /**
+   * Signals sent per second by the whole namespace ("signals_per_second"), as a
+   * token bucket of this many that refills at this rate, kept in Redis and
+   * shared by every server process: SendSignal beyond it is refused.
+   *
+   * @generated from field: int64 max_signals_per_second = 2;
+   */
+  maxSignalsPerSecond: bigint;
+};
+
+/**
+ * Describes the message agentcoord.v1.NamespaceQuota.
+ * Use `create(NamespaceQuotaSchema)` to create a new message.
+ */
+export const NamespaceQuotaSchema: GenMessage<NamespaceQuota> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 21);
+
+/**
+ * QuotaUsage is one quota's effective limit and current use.
+ *
+ * @generated from message agentcoord.v1.QuotaUsage
+ */
+export type QuotaUsage = Message<"agentcoord.v1.QuotaUsage"> & {
+  /**
+   * The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
+   * "signals_per_second".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The limit in force (the namespace's own, or the server's default); 0: none.
+   *
+   * @generated from field: int64 limit = 2;
+   */
+  limit: bigint;
+
+  /**
+   * Current use: live tokens; signals of the last second's bucket (the limit
+   * minus what is left in the bucket).
+   *
+   * @generated from field: int64 used = 3;
+   */
+  used: bigint;
+};
+
+/**
+ * Describes the message agentcoord.v1.QuotaUsage.
+ * Use `create(QuotaUsageSchema)` to create a new message.
+ */
+export const QuotaUsageSchema: GenMessage<QuotaUsage> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 22);
+
+/**
+ * @generated from message agentcoord.v1.GetNamespaceQuotaRequest
+ */
+export type GetNamespaceQuotaRequest = Message<"agentcoord.v1.GetNamespaceQuotaRequest"> & {
+  /**
+   * The namespace; empty means the caller's. Only the OPERATOR may name another
+   * (PERMISSION_DENIED NAMESPACE_MISMATCH otherwise).
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+};
+
+/**
+ * Describes the message agentcoord.v1.GetNamespaceQuotaRequest.
+ * Use `create(GetNamespaceQuotaRequestSchema)` to create a new message.
+ */
+export const GetNamespaceQuotaRequestSchema: GenMessage<GetNamespaceQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 23);
+
+/**
+ * @generated from message agentcoord.v1.GetNamespaceQuotaResponse
+ */
+export type GetNamespaceQuotaResponse = Message<"agentcoord.v1.GetNamespaceQuotaResponse"> & {
+  /**
+   * The namespace.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The quotas as set for it (0 fields: the server's default).
+   *
+   * @generated from field: agentcoord.v1.NamespaceQuota quota = 2;
+   */
+  quota?: NamespaceQuota | undefined;
+
+  /**
+   * Every quota's effective limit and current use.
+   *
+   * @generated from field: repeated agentcoord.v1.QuotaUsage usage = 3;
+   */
+  usage: QuotaUsage[];
+};
+
+/**
+ * Describes the message agentcoord.v1.GetNamespaceQuotaResponse.
+ * Use `create(GetNamespaceQuotaResponseSchema)` to create a new message.
+ */
+export const GetNamespaceQuotaResponseSchema: GenMessage<GetNamespaceQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 24);
+
+/**
+ * @generated from message agentcoord.v1.UpdateNamespaceQuotaRequest
+ */
+export type UpdateNamespaceQuotaRequest = Message<"agentcoord.v1.UpdateNamespaceQuotaRequest"> & {
+  /**
+   * The registered namespace (NOT_FOUND NAMESPACE_NOT_FOUND otherwise).
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The new quotas; every field is set (0: the server's default).
+   *
+   * @generated from field: agentcoord.v1.NamespaceQuota quota = 2;
+   */
+  quota?: NamespaceQuota | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.UpdateNamespaceQuotaRequest.
+ * Use `create(UpdateNamespaceQuotaRequestSchema)` to create a new message.
+ */
+export const UpdateNamespaceQuotaRequestSchema: GenMessage<UpdateNamespaceQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 25);
+
+/**
+ * @generated from message agentcoord.v1.UpdateNamespaceQuotaResponse
+ */
+export type UpdateNamespaceQuotaResponse = Message<"agentcoord.v1.UpdateNamespaceQuotaResponse"> & {
+  /**
+   * The namespace.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * The quotas as now set.
+   *
+   * @generated from field: agentcoord.v1.NamespaceQuota quota = 2;
+   */
+  quota?: NamespaceQuota | undefined;
+
+  /**
+   * Every quota's effective limit and current use.
+   *
+   * @generated from field: repeated agentcoord.v1.QuotaUsage usage = 3;
+   */
+  usage: QuotaUsage[];
+};
+
+/**
+ * Describes the message agentcoord.v1.UpdateNamespaceQuotaResponse.
+ * Use `create(UpdateNamespaceQuotaResponseSchema)` to create a new message.
+ */
+export const UpdateNamespaceQuotaResponseSchema: GenMessage<UpdateNamespaceQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_admin, 26);
+
+/**
  * NamespaceState says whether a namespace is usable.
  *
  * @generated from enum agentcoord.v1.NamespaceState
@@ -970,6 +1152,28 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DeleteNamespaceRequestSchema;
     output: typeof DeleteNamespaceResponseSchema;
+  },
+  /**
+   * Returns a namespace's quotas as set, and each quota's effective limit and
+   * current use. A STEWARD reads its own namespace's; the OPERATOR names any.
+   *
+   * @generated from rpc agentcoord.v1.AdminService.GetNamespaceQuota
+   */
+  getNamespaceQuota: {
+    methodKind: "unary";
+    input: typeof GetNamespaceQuotaRequestSchema;
+    output: typeof GetNamespaceQuotaResponseSchema;
+  },
+  /**
+   * Sets a registered namespace's quotas (every field of quota: 0 means the
+   * server's default, from its --quota-* flags). Returns them as Get does.
+   *
+   * @generated from rpc agentcoord.v1.AdminService.UpdateNamespaceQuota
+   */
+  updateNamespaceQuota: {
+    methodKind: "unary";
+    input: typeof UpdateNamespaceQuotaRequestSchema;
+    output: typeof UpdateNamespaceQuotaResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentcoord_v1_admin, 0);
