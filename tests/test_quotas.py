@@ -70,9 +70,29 @@ def test_a_steward_reads_its_own_quotas_only_and_cannot_set_them(operator, team)
 
     assert own.namespace == name
     assert (own.quota.max_tokens, own.quota.max_signals_per_second) == (5, 7)
-    assert usage(own) == {"tokens": (5, 1), "signals_per_second": (7, 0)}
+    assert usage(own) == {"tokens": (5, 1), "signals_per_second": (7, 0), "pending_tasks": (0, 0)}
     assert update.value.reason == "TIER_TOO_LOW"
     assert foreign.value.reason == "NAMESPACE_MISMATCH"
+
+
+def test_the_pending_tasks_quota_counts_every_type_and_frees_up_on_claim(operator, team):
+    name, steward, _ = team
+    operator.admin.update_namespace_quota(name, max_pending_tasks=2)
+    steward.tasks.add_task(task_type="build", task_id="t1")
+    steward.tasks.add_task(task_type="lint", task_id="t2")
+
+    with pytest.raises(AgentcoordError) as caught:
+        steward.tasks.add_task(task_type="build", task_id="t3")
+    with pytest.raises(AgentcoordError) as missing:
+        steward.tasks.get_task("t3")
+    steward.tasks.claim_task(task_types=["build"])
+    steward.tasks.add_task(task_type="build", task_id="t3")  # a claim made room
+
+    metadata = caught.value.metadata
+    assert caught.value.reason == "QUOTA_EXCEEDED"
+    assert (metadata["quota"], metadata["limit"], metadata["used"]) == ("pending_tasks", "2", "2")
+    assert missing.value.reason == "TASK_NOT_FOUND"  # the refused add wrote nothing
+    assert usage(steward.admin.get_namespace_quota())["pending_tasks"] == (2, 2)
 
 
 def test_quotas_of_an_unregistered_namespace_cannot_be_set(operator):

@@ -131,6 +131,13 @@ def main() -> None:
     "namespace's own with `agentcoord namespaces quota`.",
 )
 @click.option(
+    "--quota-pending-tasks",
+    envvar="AGENTCOORD_QUOTA_PENDING_TASKS",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default pending tasks (queued or backing off) per namespace (0: no limit).",
+)
+@click.option(
     "--quota-signals-per-second",
     envvar="AGENTCOORD_QUOTA_SIGNALS_PER_SECOND",
     default=0,
@@ -257,6 +264,7 @@ def serve(
     bootstrap_token: str | None,
     bootstrap_operator_token: str | None,
     quota_tokens: int,
+    quota_pending_tasks: int,
     quota_signals_per_second: int,
     auth_cache_seconds: float,
     auth_failure_limit: int,
@@ -319,6 +327,7 @@ def serve(
         bootstrap_operator_token=bootstrap_operator_token or None,
         quota_tokens=quota_tokens,
         quota_signals_per_second=quota_signals_per_second,
+        quota_pending_tasks=quota_pending_tasks,
         auth_cache_seconds=auth_cache_seconds,
         auth_failure_limit=auth_failure_limit,
         auth_failure_window=auth_failure_window,

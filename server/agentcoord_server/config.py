@@ -87,6 +87,7 @@ class Settings:
     # Default namespace quotas (admin.proto NamespaceQuota; 0: no limit), issue #14.
     quota_tokens: int = 0
     quota_signals_per_second: int = 0
+    quota_pending_tasks: int = 0
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
     # Failed authentications one peer address may make per window before it is refused
     # without a Redis lookup (a token bucket; identity.FailedAuthLimiter). 0: no limit.

@@ -604,6 +604,12 @@ def namespaces_delete(connection: Connection, name: str, yes: bool, as_json: boo
     default=None,
     help="Signals per second (a token bucket shared by every server process).",
 )
+@click.option(
+    "--max-pending-tasks",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Pending tasks (queued or backing off).",
+)
 @json_option
 @click.pass_obj
 def namespaces_quota(
@@ -611,6 +617,7 @@ def namespaces_quota(
     name: str,
     max_tokens: int | None,
     max_signals_per_second: int | None,
+    max_pending_tasks: int | None,
     as_json: bool,
 ) -> None:
     """Show namespace NAME's quotas (limit and current use), or with --max-* set them (the
@@ -618,7 +625,7 @@ def namespaces_quota(
     A STEWARD shows its own namespace's with no NAME."""
     admin = connection.client.admin
     response = call(functools.partial(admin.get_namespace_quota, name))
-    if max_tokens is not None or max_signals_per_second is not None:
+    if any(v is not None for v in (max_tokens, max_signals_per_second, max_pending_tasks)):
         current = response.quota
         response = call(
             functools.partial(
@@ -629,6 +636,9 @@ def namespaces_quota(
                     current.max_signals_per_second
                     if max_signals_per_second is None
                     else max_signals_per_second
+                ),
+                max_pending_tasks=(
+                    current.max_pending_tasks if max_pending_tasks is None else max_pending_tasks
                 ),
             )
         )

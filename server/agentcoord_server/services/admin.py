@@ -296,6 +296,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         defaults = {
             "tokens": settings.quota_tokens,
             "signals_per_second": settings.quota_signals_per_second,
+            "pending_tasks": settings.quota_pending_tasks,
         }
         effective = {q: limits[q] or defaults[q] for q in limits}
         rate = effective["signals_per_second"]
@@ -305,13 +306,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             left = min(rate, usage["signal_bucket"] + elapsed_ms * rate / 1000)
             signals_used = rate - int(left)
         quota = admin_pb2.NamespaceQuota(
-            max_tokens=limits["tokens"], max_signals_per_second=limits["signals_per_second"]
+            max_tokens=limits["tokens"],
+            max_signals_per_second=limits["signals_per_second"],
+            max_pending_tasks=limits["pending_tasks"],
         )
         return quota, [
             admin_pb2.QuotaUsage(
                 name="tokens", limit=effective["tokens"], used=int(usage["tokens"])
             ),
             admin_pb2.QuotaUsage(name="signals_per_second", limit=rate, used=signals_used),
+            admin_pb2.QuotaUsage(
+                name="pending_tasks",
+                limit=effective["pending_tasks"],
+                used=int(usage["pending_tasks"]),
+            ),
         ]
 
     async def GetNamespaceQuota(
@@ -328,6 +336,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         limits = {
             "tokens": request.quota.max_tokens,
             "signals_per_second": request.quota.max_signals_per_second,
+            "pending_tasks": request.quota.max_pending_tasks,
         }
         for quota_name, limit in limits.items():
             if limit < 0:

@@ -201,6 +201,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             task_ttl=ctx.settings.ttl.task,
             agent_ttl=ctx.settings.ttl.coordination,
             shutdown=ctx.shutdown,
+            max_pending=ctx.settings.quota_pending_tasks,
         )
         self._max_task_bytes = ctx.settings.max_task_bytes
         self._budget = response_budget(ctx.settings.max_message_bytes)

@@ -41,7 +41,7 @@ INDEX_KEY = "ac:namespaces"
 BATCH = 500
 """Keys unlinked per command, and SCAN's COUNT hint, while deleting a namespace."""
 
-QUOTAS = ("tokens", "signals_per_second")
+QUOTAS = ("tokens", "signals_per_second", "pending_tasks")
 """The quotas a namespace record may set (`quota:<name>` fields; admin.proto NamespaceQuota)."""
 
 # Sets quota fields only on a registered namespace (never recreating a deleted record).
@@ -187,15 +187,22 @@ class NamespaceStore:
 
     async def quotas(self, name: str) -> tuple[dict[str, int], dict[str, float]]:
         """(the quotas set for `name`: quota → limit, 0 for unset; current use: "tokens" → live
-        tokens in the index, "signal_bucket" → tokens left, "signal_bucket_ms" → when it was
-        last refilled, Unix ms, both absent for a full bucket). One round trip."""
+        tokens in the index, "pending_tasks" → queued or backing-off tasks over every type
+        (one more round trip, one command per task type), "signal_bucket" → tokens left, "signal_bucket_ms" → when it was
+        last refilled, Unix ms, both absent for a full bucket). Two round trips."""
         keys = Keyspace(name)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record_key(name), [f"quota:{q}" for q in QUOTAS])
             pipe.zcard(keys.key("tokens", "index"))
             pipe.hmget(keys.key("quota", "signals"), ["tokens", "ms"])
-            limits, tokens, bucket = await pipe.execute()
-        usage: dict[str, float] = {"tokens": int(tokens)}
+            pipe.zrange(keys.key("tasks", "types"), 0, -1)
+            limits, tokens, bucket, types = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_type in types:
+                pipe.zcard(keys.key("tasks", "q", task_type))
+                pipe.zcard(keys.key("tasks", "d", task_type))
+            pending = sum(await pipe.execute()) if types else 0
+        usage: dict[str, float] = {"tokens": int(tokens), "pending_tasks": pending}
         if bucket[0] is not None and bucket[1] is not None:
             usage["signal_bucket"] = float(bucket[0])
             usage["signal_bucket_ms"] = float(bucket[1])

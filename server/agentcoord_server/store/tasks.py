@@ -40,6 +40,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     invalid_field,
+    quota_exceeded,
 )
 from .keys import Keyspace, validate_id
 from .paging import page_by_lex
@@ -221,6 +222,7 @@ class TaskStore:
         redis: the shared client (decode_responses=True).
         task_ttl: TtlPolicy.task, seconds. agent_ttl: TtlPolicy.coordination, seconds.
         shutdown: set when the server begins a graceful stop (closes the wake-up subscriber).
+        max_pending: the server's default pending-tasks quota per namespace (0: none).
     """
 
     def __init__(
@@ -230,8 +232,10 @@ class TaskStore:
         task_ttl: int,
         agent_ttl: int,
         shutdown: asyncio.Event | None = None,
+        max_pending: int = 0,
     ) -> None:
         self._redis = redis
+        self._max_pending = max_pending
         self._task_ttl_ms = task_ttl * 1000
         self._agent_ttl_ms = agent_ttl * 1000
         self.wakeups = TaskWakeups(redis, shutdown if shutdown is not None else asyncio.Event())
@@ -347,7 +351,8 @@ class TaskStore:
 
         replayed is True when `request_id` (scoped to `agent_id`) matched an earlier AddTask
         whose task still exists: that task is returned and nothing is written.
-        Raises AlreadyExists (TASK_EXISTS) if `task_id` is taken.
+        Raises AlreadyExists (TASK_EXISTS) if `task_id` is taken; ResourceExhausted
+        (QUOTA_EXCEEDED, quota "pending_tasks") at the namespace's pending-tasks quota.
         """
         reply = await self._add(
             args=[
@@ -361,8 +366,11 @@ class TaskStore:
                 max_attempts,
                 request_id,
                 self._task_ttl_ms,
+                self._max_pending,
             ]
         )
+        if reply[0] == "quota":
+            raise quota_exceeded("pending_tasks", int(reply[1]), int(reply[2]))
         if reply[0] == "exists":
             raise AlreadyExists(
                 f"task {task_id} already exists",

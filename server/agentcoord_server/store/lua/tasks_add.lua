@@ -1,6 +1,9 @@
 -- AddTask. ARGV: prefix, task_id, agent, type, description, priority (1..10), payload JSON,
--- max_attempts, request_id ('' for none), task TTL ms.
--- Returns {'ok', task} | {'replayed', task} | {'exists'}.
+-- max_attempts, request_id ('' for none), task TTL ms, the server's default pending-tasks
+-- quota (0: none; the namespace record's "quota:pending_tasks" overrides it).
+-- Returns {'ok', task} | {'replayed', task} | {'exists'} | {'quota', limit, used} (the
+-- namespace has as many pending tasks, queued or backing off, as its quota allows; nothing
+-- written). The count walks the namespace's task types, so it is done only under a quota.
 local P, id, agent, ttype = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local desc, pri, payload, max_attempts = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local req, ttl = ARGV[9], tonumber(ARGV[10])
@@ -21,6 +24,20 @@ end
 local tkey = P .. 'tasks:t:' .. id
 if redis.call('EXISTS', tkey) == 1 then
   return {'exists'}
+end
+
+local limit = tonumber(redis.call('HGET', P .. 'namespace', 'quota:pending_tasks') or '0')
+if limit == 0 then
+  limit = tonumber(ARGV[11] or '0')
+end
+if limit > 0 then
+  local used = 0
+  for _, t in ipairs(redis.call('ZRANGE', P .. 'tasks:types', 0, -1)) do
+    used = used + redis.call('ZCARD', P .. 'tasks:q:' .. t) + redis.call('ZCARD', P .. 'tasks:d:' .. t)
+  end
+  if used >= limit then
+    return {'quota', limit, used}
+  end
 end
 
 local seq = redis.call('INCR', P .. 'tasks:seq')

@@ -1564,8 +1564,11 @@ type NamespaceQuota struct {
 	// token bucket of this many that refills at this rate, kept in Redis and
 	// shared by every server process: SendSignal beyond it is refused.
 	MaxSignalsPerSecond int64 `protobuf:"varint,2,opt,name=max_signals_per_second,json=maxSignalsPerSecond,proto3" json:"max_signals_per_second,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Pending tasks, queued or backing off, over every task type
+	// ("pending_tasks"): AddTask beyond it is refused.
+	MaxPendingTasks int64 `protobuf:"varint,3,opt,name=max_pending_tasks,json=maxPendingTasks,proto3" json:"max_pending_tasks,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NamespaceQuota) Reset() {
@@ -1612,16 +1615,23 @@ func (x *NamespaceQuota) GetMaxSignalsPerSecond() int64 {
 	return 0
 }
 
+func (x *NamespaceQuota) GetMaxPendingTasks() int64 {
+	if x != nil {
+		return x.MaxPendingTasks
+	}
+	return 0
+}
+
 // QuotaUsage is one quota's effective limit and current use.
 type QuotaUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
-	// "signals_per_second".
+	// "signals_per_second", "pending_tasks".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The limit in force (the namespace's own, or the server's default); 0: none.
 	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Current use: live tokens; signals of the last second's bucket (the limit
-	// minus what is left in the bucket).
+	// minus what is left in the bucket); pending tasks.
 	Used          int64 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2020,11 +2030,12 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x18.agentcoord.v1.TokenInfoR\x06tokens\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
 	"\x17DeleteNamespaceResponse\x126\n" +
-	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"d\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"\x90\x01\n" +
 	"\x0eNamespaceQuota\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x03R\tmaxTokens\x123\n" +
-	"\x16max_signals_per_second\x18\x02 \x01(\x03R\x13maxSignalsPerSecond\"J\n" +
+	"\x16max_signals_per_second\x18\x02 \x01(\x03R\x13maxSignalsPerSecond\x12*\n" +
+	"\x11max_pending_tasks\x18\x03 \x01(\x03R\x0fmaxPendingTasks\"J\n" +
 	"\n" +
 	"QuotaUsage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +

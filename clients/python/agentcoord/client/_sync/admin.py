@@ -175,7 +175,12 @@ class AdminClient(ServiceClient):
         )
 
     def update_namespace_quota(
-        self, namespace: str, *, max_tokens: int = 0, max_signals_per_second: int = 0
+        self,
+        namespace: str,
+        *,
+        max_tokens: int = 0,
+        max_signals_per_second: int = 0,
+        max_pending_tasks: int = 0,
     ) -> admin_pb2.UpdateNamespaceQuotaResponse:
         """Sets a registered namespace's quotas; every one is set (0: the server's default,
         from its --quota-* flags). Returns them as get_namespace_quota does. OPERATOR.
@@ -184,7 +189,9 @@ class AdminClient(ServiceClient):
         limit). Calls over a quota fail with RESOURCE_EXHAUSTED QUOTA_EXCEEDED.
         """
         quota = admin_pb2.NamespaceQuota(
-            max_tokens=max_tokens, max_signals_per_second=max_signals_per_second
+            max_tokens=max_tokens,
+            max_signals_per_second=max_signals_per_second,
+            max_pending_tasks=max_pending_tasks,
         )
         return self._unary(  # type: ignore[no-any-return]
             self._stub.UpdateNamespaceQuota,
