@@ -72,6 +72,20 @@ async def wait_for_state(
         await asyncio.sleep(0.02)
 
 
+def reader_connection(redis_client, namespace: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The one Redis connection of this namespace's signal reader, once it has connected (the
+    reader opens it in the background, so it may lag the first signal a catch-up delivered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        named = [
+            c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
+        ]
+        if len(named) == 1:
+            return named[0]
+        assert time.monotonic() < deadline, f"reader connections: {named}"
+        time.sleep(0.02)
+
+
 def reader_connections(redis_client, namespace: str) -> int:
     """Redis connections named for this namespace's signal reader (CLIENT LIST)."""
     return sum(
@@ -424,21 +438,23 @@ async def test_losing_the_readers_redis_connection_loses_no_signal(
     sent = [(await alice.signals.send_signal("x")).id]
     got = [s.id for s in await take(stream, 1)]
     await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
-    (reader,) = [
-        c for c in namespace_redis.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
-    ]
+    reader = await asyncio.to_thread(reader_connection, namespace_redis, namespace)
 
     namespace_redis.execute_command("CLIENT", "KILL", "ID", reader["id"])
     sent += [(await alice.signals.send_signal("x")).id for _ in range(3)]
     got += [s.id for s in await take(stream, 3)]
-    resumed = await wait_for_state(server, namespace, lambda s: s["subscribers"] == 1)
-    connections_resumed = reader_connections(namespace_redis, namespace)
+    resumed = await wait_for_state(
+        server,
+        namespace,
+        lambda s: s["subscribers"] == 1 and all(not task.done() for task in s["readers"]),
+    )
+    replacement = await asyncio.to_thread(reader_connection, namespace_redis, namespace)
     await stream.aclose()
     await wait_for_state(server, namespace, lambda s: not s["readers"])
 
     assert got == sent
     # The failed reader left; the resumed subscription has one reader with one connection.
-    assert len(resumed["readers"]) == 1 and connections_resumed == 1
+    assert len(resumed["readers"]) == 1 and replacement["id"] != reader["id"]
 
 
 async def test_concurrent_senders_are_seen_in_one_order_by_every_reader(make_aclient):
@@ -472,9 +488,7 @@ def test_sync_subscribe_resumes_by_itself_when_the_server_ends_the_stream(
     stream = bob.signals.subscribe(after_id=anchor.id, backoff=0.05)
     sent = [alice.signals.send_signal("x").id]
     got = [next(stream).id]
-    (reader,) = [
-        c for c in namespace_redis.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
-    ]
+    reader = reader_connection(namespace_redis, namespace)
 
     namespace_redis.execute_command("CLIENT", "KILL", "ID", reader["id"])  # stream ends UNAVAILABLE
     sent += [alice.signals.send_signal("x").id for _ in range(3)]
