@@ -125,7 +125,7 @@ def test_second_server_on_a_port_in_use_is_refused_and_stops_its_embedded_redis(
     finally:
         first.stop()
 
-    assert "bind" in str(refused).lower()
+    assert "cannot listen on" in str(refused)
     # The half-started server stopped the redis-server it had started (it removes its socket).
     assert not (second_dir / "redis.sock").exists(), "embedded redis-server leaked"
     assert not EmbeddedRedis(second_dir)._answers()

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ import redis
 from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import signals_pb2, signals_pb2_grpc
 from agentcoord_server.config import Settings
-from agentcoord_server.embedded_redis import _process_in, find_redis_server
+from agentcoord_server.embedded_redis import EmbeddedRedis, _process_in, find_redis_server
 from agentcoord_server.store.scripts import _registered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -395,6 +396,27 @@ def test_a_second_live_server_on_the_same_data_directory_is_refused_in_one_line(
     assert second.stdout == ""
     assert second.stderr.count("\n") == 1, second.stderr  # one line, no traceback
     assert "in use by another running agentcoord server" in second.stderr
+
+
+def test_a_listen_address_in_use_is_refused_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, "-m", "agentcoord_server.cli", "serve", "--listen",
+             f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"), "--log-format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "REDIS_URL": ""},
+        )
+
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr, refused.stderr
+    # The log lines of the start, then one line saying what failed.
+    assert refused.stderr.splitlines()[-1].startswith(f"agentcoord: cannot listen on 127.0.0.1:{port}")
+    assert not EmbeddedRedis(tmp_path / "data")._answers()  # the Redis it started is stopped
 
 
 def test_serve_exits_non_zero_when_its_embedded_redis_cannot_come_back(tmp_path):

@@ -371,10 +371,16 @@ class AgentcoordServer:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(self.settings.listen)
-        else:
-            self.port = server.add_secure_port(self.settings.listen, credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, credentials)
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address …"
+            raise ServeFailed(
+                f"cannot listen on {self.settings.listen}: the address is in use or not "
+                "available here (see --listen)"
+            ) from exc
         # Before the gRPC server starts: a metrics port in use then fails the start cleanly.
         metrics_port = self._serve_metrics(redis)
         await server.start()
