@@ -3,11 +3,7 @@
 -- Returns {'ok', task} | {'empty', due ms (-1: nothing due)} | {'no_types'}; see claim().
 local P, agent = ARGV[1], ARGV[2]
 local lease_ms, ttl, agent_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local given = {}
-for i = 6, #ARGV do
-  given[#given + 1] = ARGV[i]
-end
-local types = claim_types(P, agent, given)
+local types = claim_types(P, agent, {unpack(ARGV, 6)})
 if not types then
   return {'no_types'}
 end

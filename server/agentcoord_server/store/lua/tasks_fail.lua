@@ -11,16 +11,9 @@ local want_next, lease_ms, agent_ttl = ARGV[9] == '1', tonumber(ARGV[10]), tonum
 local now = now_ms()
 local tkey = P .. 'tasks:t:' .. id
 
-local types = nil
-if want_next then
-  local given = {}
-  for i = 12, #ARGV do
-    given[#given + 1] = ARGV[i]
-  end
-  types = claim_types(P, agent, given)
-  if not types then
-    return {'no_types'}
-  end
+local types = want_next and claim_types(P, agent, {unpack(ARGV, 12)}) or nil
+if want_next and not types then
+  return {'no_types'}
 end
 
 local refused = check_lease(tkey, token, agent, now)
