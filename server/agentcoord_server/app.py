@@ -430,7 +430,7 @@ class AgentcoordServer:
         self.metrics.watch(
             asyncio.get_running_loop(),
             redis,
-            lambda: signals_service._HUBS.get(id(ctx)),
+            lambda: signals_service.hub_for(ctx),
             tasks_service.store_for(ctx),
             task_ttl=self.settings.ttl.task,
         )

@@ -385,23 +385,6 @@ namespace_option = click.option(
 )
 
 
-def _info_json(info: object) -> str:
-    import json
-
-    from google.protobuf.json_format import MessageToDict
-
-    return json.dumps(MessageToDict(info, preserving_proto_field_name=True))  # type: ignore[arg-type]
-
-
-def _admin_call(call):  # type: ignore[no-untyped-def]
-    from agentcoord import AgentcoordError
-
-    try:
-        return call()
-    except AgentcoordError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 @token.command("issue")
 @click.argument("agent_id")
 @click.option(
@@ -430,7 +413,7 @@ def token_issue(
 ) -> None:
     """Issue a token for AGENT_ID; prints the token (shown once) on stdout."""
     client = connection.client
-    issued = _admin_call(
+    issued = ops_cli.call(
         lambda: client.admin.issue_token(
             agent_id, tier.upper(), lifetime=lifetime, description=description, namespace=namespace
         )
@@ -449,10 +432,10 @@ def token_issue(
 @click.pass_obj
 def token_revoke(connection: Connection, token_id: str, namespace: str) -> None:
     """Revoke the token TOKEN_ID of your namespace; prints what was revoked (JSON)."""
-    info = _admin_call(
+    info = ops_cli.call(
         lambda: connection.client.admin.revoke_token(token_id, namespace=namespace)
     )
-    click.echo(_info_json(info))
+    ops_cli.echo_json(ops_cli.to_dict(info))
 
 
 @token.command("list")
@@ -460,10 +443,10 @@ def token_revoke(connection: Connection, token_id: str, namespace: str) -> None:
 @click.pass_obj
 def token_list(connection: Connection, namespace: str) -> None:
     """List the live tokens of your namespace, one JSON object per line (never secrets)."""
-    for info in _admin_call(
+    for info in ops_cli.call(
         lambda: list(connection.client.admin.iter_tokens(namespace=namespace))
     ):
-        click.echo(_info_json(info))
+        ops_cli.echo_json(ops_cli.to_dict(info))
 
 
 ops_cli.register(main)

@@ -105,14 +105,6 @@ def operator_callable(modules: Iterable[ModuleType]) -> frozenset[str]:
     return frozenset(paths)
 
 
-def tier_allows(own: AccessTier, required: AccessTier, operator_callable: bool) -> bool:
-    """The contract's rule (access.proto, AccessTier): the OPERATOR calls exactly the RPCs that
-    require OPERATOR or are operator_callable; every other tier those its tier reaches."""
-    if own == OPERATOR:
-        return required == OPERATOR or operator_callable
-    return required != 0 and own >= required
-
-
 class Authenticator(Protocol):
     """Turns a call's invocation metadata into a Principal, or raises Unauthenticated.
 

@@ -34,7 +34,6 @@ from .identity import (
     bind_principal,
     metadata_value,
     peer_address,
-    tier_allows,
     tier_name,
 )
 
@@ -477,8 +476,12 @@ class IdentityInterceptor(_CachingInterceptor):
         structlog.contextvars.bind_contextvars(
             agent=principal.agent_id, namespace=principal.namespace
         )
-        if principal.tier == OPERATOR and not tier_allows(
-            principal.tier, required, method in self._operator_callable
+        # The contract's rule (access.proto): the OPERATOR calls exactly the RPCs that require
+        # OPERATOR or are operator_callable; every other tier those its tier reaches (below).
+        if (
+            principal.tier == OPERATOR
+            and required != OPERATOR
+            and method not in self._operator_callable
         ):
             raise errors.PermissionDenied(
                 f"{method} reads or writes a namespace's data, which the OPERATOR never does",

@@ -245,6 +245,4 @@ async def close_redis(client: Redis) -> None:
     if isinstance(client, RedisCluster):
         await client.aclose()
         return
-    pool = client.connection_pool
-    await client.aclose(close_connection_pool=True)
-    await pool.disconnect()
+    await client.aclose(close_connection_pool=True)  # disconnects the pool's connections too
