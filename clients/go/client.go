@@ -28,7 +28,6 @@ type Client struct {
 	Signals agentcoordv1.SignalServiceClient
 
 	conn      *grpc.ClientConn
-	guard     *callGuard
 	principal *agentcoordv1.Principal
 }
 
@@ -97,7 +96,6 @@ func Dial(ctx context.Context, target, token string, opts ...Option) (*Client, e
 		Tasks:   agentcoordv1.NewTaskServiceClient(conn),
 		Signals: agentcoordv1.NewSignalServiceClient(conn),
 		conn:    conn,
-		guard:   guard,
 	}
 	who, err := c.Admin.WhoAmI(ctx, &agentcoordv1.WhoAmIRequest{})
 	if err != nil {

@@ -270,9 +270,18 @@ func TestRetryPolicyRetriesSafeCallsOnlyOnUnavailable(t *testing.T) {
 func TestRetrySafeMethodsAreMethodsOfTheContract(t *testing.T) {
 	known := map[string]bool{}
 	forEachMethod(func(fullMethod string) { known[fullMethod] = true })
+	safe := map[string]bool{}
 	for _, m := range agentcoord.RetrySafeMethods {
+		safe["/"+m] = true
 		if !known["/"+m] {
 			t.Errorf("RetrySafeMethods names %s, which the contract does not have", m)
+		}
+	}
+	// The other direction: every read of the contract is listed (a new Get or List is safe).
+	for m := range known {
+		short := m[strings.LastIndex(m, "/")+1:]
+		if (strings.HasPrefix(short, "Get") || strings.HasPrefix(short, "List")) && !safe[m] {
+			t.Errorf("the read %s is missing from RetrySafeMethods", m)
 		}
 	}
 }

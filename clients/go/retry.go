@@ -37,6 +37,8 @@ var RetrySafeMethods = []string{
 	"agentcoord.v1.AdminService/WhoAmI",
 	"agentcoord.v1.AdminService/GetServerStats",
 	"agentcoord.v1.AdminService/ListTokens",
+	"agentcoord.v1.AdminService/ListNamespaces",
+	"agentcoord.v1.AdminService/GetNamespaceQuota",
 	"agentcoord.v1.MemoryService/Retrieve",
 	"agentcoord.v1.MemoryService/BatchRetrieve",
 	"agentcoord.v1.MemoryService/ListEntries",

@@ -10,19 +10,11 @@ import (
 	agentcoordv1 "github.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1"
 )
 
-// requiredTiers maps "/agentcoord.v1.<Service>/<Method>" to the method's required_tier option,
-// read once from the generated descriptors: the declaration the server enforces, so there is no
+// methodOptionsOnce reads, once, from the generated descriptors each
+// "/agentcoord.v1.<Service>/<Method>"'s required_tier option and whether it declares
+// (agentcoord.v1.operator_callable) = true: the declarations the server enforces, so there is no
 // second table to keep in step (DESIGN.md, "The contract").
-var requiredTiers = sync.OnceValue(func() map[string]agentcoordv1.AccessTier {
-	tiers, _ := methodOptions()
-	return tiers
-})
-
-// operatorCallable holds the methods declaring (agentcoord.v1.operator_callable) = true.
-var operatorCallable = sync.OnceValue(func() map[string]bool {
-	_, callable := methodOptions()
-	return callable
-})
+var methodOptionsOnce = sync.OnceValues(methodOptions)
 
 func methodOptions() (map[string]agentcoordv1.AccessTier, map[string]bool) {
 	tiers := map[string]agentcoordv1.AccessTier{}
@@ -52,13 +44,15 @@ func methodOptions() (map[string]agentcoordv1.AccessTier, map[string]bool) {
 // name such as "/agentcoord.v1.MemoryService/Stash", or ACCESS_TIER_UNSPECIFIED for a method
 // that is not agentcoord's (e.g. grpc.health.v1).
 func RequiredTier(fullMethod string) agentcoordv1.AccessTier {
-	return requiredTiers()[fullMethod]
+	tiers, _ := methodOptionsOnce()
+	return tiers[fullMethod]
 }
 
 // OperatorCallable reports whether a full method name declares (agentcoord.v1.operator_callable):
 // besides the OPERATOR-only methods, the only ones an OPERATOR principal may call.
 func OperatorCallable(fullMethod string) bool {
-	return operatorCallable()[fullMethod]
+	_, callable := methodOptionsOnce()
+	return callable[fullMethod]
 }
 
 // refusal applies the contract's rule (access.proto, AccessTier): the OPERATOR calls exactly the

@@ -22,7 +22,7 @@ import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
 /**
  * The RPCs retried on UNAVAILABLE (`Service/Method`, package omitted), and why each is safe:
  *
- * - reads: WhoAmI, GetServerStats, ListTokens; Retrieve, BatchRetrieve, ListEntries,
+ * - reads: WhoAmI, GetServerStats, ListTokens, ListNamespaces, GetNamespaceQuota; Retrieve, BatchRetrieve, ListEntries,
  *   GetSession, ListSessions, GetSharedContext, LoadCollaborationState,
  *   ListCollaborationStates; GetStagedPattern, ListStagedPatterns, GetPatternRejection,
  *   GetPattern, ListPatterns, GetConflict, ListConflicts; ListAgents, GetTask, ListTasks,
@@ -31,13 +31,14 @@ import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
  * - RegisterAgent (registering again replaces the capabilities with the same ones),
  *   Heartbeat, RenewTaskLease (extends the same lease to the same length from now),
  *   CompleteTask (the contract: repeating a successful completion with the same lease
- *   returns the same task).
+ *   returns the same task), JoinSession (joining again is a no-op), CancelTask (cancelling
+ *   a cancelled task returns it unchanged).
  * - AddTask and SendSignal only with a `requestId` (the contract's idempotency key: a repeat
  *   stores nothing and returns what the first call stored); see {@link isSafeToRetry}.
  *
  * Not retried: Stash, BatchStash, DeleteEntry, ClearWorkingMemory, session writes,
  * SaveCollaborationState, staging writes, FailTask (a repeat could count a second failed
- * attempt), CancelTask, RequeueDeadLetter, SendSignal without a `requestId` (a repeat sends a
+ * attempt), RequeueDeadLetter, SendSignal without a `requestId` (a repeat sends a
  * second signal),
  * DeregisterAgent, IssueToken, RevokeToken, and Subscribe (which resumes instead: see
  * `Subscription`).
@@ -46,9 +47,12 @@ export const SAFE_TO_RETRY: ReadonlySet<string> = new Set([
   "AdminService/WhoAmI",
   "AdminService/GetServerStats",
   "AdminService/ListTokens",
+  "AdminService/ListNamespaces",
+  "AdminService/GetNamespaceQuota",
   "MemoryService/Retrieve",
   "MemoryService/BatchRetrieve",
   "MemoryService/ListEntries",
+  "MemoryService/JoinSession",
   "MemoryService/GetSession",
   "MemoryService/ListSessions",
   "MemoryService/GetSharedContext",
@@ -68,6 +72,7 @@ export const SAFE_TO_RETRY: ReadonlySet<string> = new Set([
   "TaskService/CompleteTask",
   "TaskService/GetTask",
   "TaskService/ListTasks",
+  "TaskService/CancelTask",
   "TaskService/ListDeadLetters",
   "TaskService/AggregateResults",
   "SignalService/ReceiveSignals",

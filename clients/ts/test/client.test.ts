@@ -68,6 +68,11 @@ describe("contract descriptors", () => {
     for (const name of SAFE_TO_RETRY) {
       assert.ok(known.has(name), `${name} is not in the contract`);
     }
+    // The other direction: every read of the contract is listed (a new Get or List is safe).
+    for (const name of known) {
+      const method = name.slice(name.indexOf("/") + 1);
+      if (/^(Get|List)/.test(method)) assert.ok(SAFE_TO_RETRY.has(name), `${name} is not retry-safe`);
+    }
   });
 });
 
