@@ -27,7 +27,9 @@ def register_source(redis: Redis, source: str, name: str = "") -> AsyncScript:
     """Registers Lua `source` on `redis` and remembers it for `preload_registered`; `name`
     labels its EVALSHA calls in metrics and traces (`script_name`)."""
     script = redis.register_script(source)
-    _registered.setdefault(redis, []).append(script)
+    scripts = _registered.setdefault(redis, [])
+    if all(known.sha != script.sha for known in scripts):  # several stores share some scripts
+        scripts.append(script)
     if name:
         _names[script.sha] = name
     return script

@@ -303,7 +303,7 @@ class _NamespaceReader:
         signal_type = entry.signal_type
         if not entry.target_agent and not entry.session_id:
             for key in (signal_type, ANY_TYPE):
-                for subscriber in tuple(self._by_type.get(key, ())):
+                for subscriber in self._by_type.get(key, ()):  # offer() never changes it
                     subscriber.offer(entry)
             return
         agents = {entry.sender}
@@ -316,7 +316,7 @@ class _NamespaceReader:
             for pair in ((agent, signal_type), (agent, ANY_TYPE)):
                 group = by_agent_type.get(pair)
                 if group:
-                    for subscriber in tuple(group):
+                    for subscriber in group:
                         subscriber.offer(entry)
 
     def _connect(self, key: str) -> Redis:

@@ -145,6 +145,13 @@ class TaskWakeups:
                     waiter.future.set_result(None)
                 return
 
+    @staticmethod
+    def _wake_all(space: _Namespace) -> None:
+        for waiter in space.waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        space.waiters.clear()
+
     # -- the pub/sub connection -----------------------------------------------------------
 
     def _connect(self) -> Any:
@@ -198,8 +205,7 @@ class TaskWakeups:
                 for space in self._spaces.values():
                     space.subscribed.clear()
                     space.epoch += 1
-                    for _ in tuple(space.waiters):  # let them look again now
-                        self._wake_one(space, None)
+                    self._wake_all(space)  # let them look again now
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             if message is None:
@@ -220,8 +226,7 @@ class TaskWakeups:
             elif kind == "subscribe":  # also after a reconnect: anything may have been missed
                 space.epoch += 1
                 space.subscribed.set()
-                for _ in tuple(space.waiters):
-                    self._wake_one(space, None)
+                self._wake_all(space)
             elif kind == "unsubscribe":
                 space.subscribed.clear()
 
@@ -242,8 +247,7 @@ class TaskWakeups:
     async def _close_at_shutdown(self) -> None:
         await self._shutdown.wait()
         for space in self._spaces.values():  # waiting claims answer now
-            for _ in tuple(space.waiters):
-                self._wake_one(space, None)
+            self._wake_all(space)
         await self.aclose()
 
     async def aclose(self) -> None:
