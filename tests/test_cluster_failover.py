@@ -76,12 +76,12 @@ class Load:
 
 
 async def subscribe_until_stopped(
-    client: AsyncClient, after: str, stop: asyncio.Event
+    client: AsyncClient, after: str, stop: asyncio.Event, received: list[str]
 ) -> tuple[list[str], list[grpc.StatusCode]]:
     """Reads Subscribe with the raw stub, so every end of the stream is seen; resumes each
-    time from the last cursor received. Returns (signal ids received, statuses it ended with)."""
+    time from the last cursor received, appending each signal id to `received` as it comes.
+    Returns (received, the statuses it ended with)."""
     stub = client.signals._stub
-    received: list[str] = []
     endings: list[grpc.StatusCode] = []
     cursor = after
     while not stop.is_set():
@@ -133,7 +133,10 @@ async def test_primary_killed_under_load_fails_calls_unavailable_then_serves_aga
         anchor = (await writer.signals.send_signal("start")).id
         load = Load(writer)
         stop_reading = asyncio.Event()
-        reading = asyncio.ensure_future(subscribe_until_stopped(reader, anchor, stop_reading))
+        arrived: list[str] = []
+        reading = asyncio.ensure_future(
+            subscribe_until_stopped(reader, anchor, stop_reading, arrived)
+        )
         running = [asyncio.ensure_future(load.stash()), asyncio.ensure_future(load.send())]
         await load.successes(50)  # the load is flowing
 
@@ -147,13 +150,9 @@ async def test_primary_killed_under_load_fails_calls_unavailable_then_serves_aga
         await asyncio.gather(*running)
         last_sent = load.sent[-1]
         # The subscriber must reach the last acknowledged signal before it is stopped.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            page = await reader.signals.receive_signals(after_id=anchor, limit=1000)
-            if page.signals and _key(page.signals[-1].id) >= _key(last_sent):
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(20):
+            while not arrived or _key(arrived[-1]) < _key(last_sent):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         stop_reading.set()
         await writer.signals.send_signal("wake")  # lets the open stream see the stop
         received, endings = await reading

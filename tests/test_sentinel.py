@@ -13,6 +13,7 @@ from agentcoord.v1 import admin_pb2
 from .conftest import server_settings
 from .redis_topologies import LocalSentinel
 from .support import ServerThread
+from .test_signals_stream import wait_for_state
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,10 @@ async def test_server_behind_sentinel_follows_a_failover_without_restarting(sent
         first = await steward.signals.send_signal("before")
         stream = steward.signals.subscribe(after_id=first.id, max_retries=10)
         receiving = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0.5)  # the subscription's reader is blocked on the old primary
+        # The subscription is open, its reader blocked on the old primary.
+        await wait_for_state(
+            server, namespace, lambda s: s["subscribers"] == 1 and bool(s["readers"])
+        )
         old = sentinel.master_port()
         # Replication is asynchronous: what this test checks is that the server follows the
         # failover, so the data written so far is on the replica before the primary dies.

@@ -57,6 +57,7 @@ async def waiting(redis_client: redis.Redis, namespace: str) -> None:
             return
         calls = now
         await asyncio.sleep(0.3)
+    pytest.fail("the claims never settled into waiting")
 
 
 async def test_claim_waiting_on_one_server_gets_a_task_added_through_another(
