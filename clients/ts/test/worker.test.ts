@@ -30,8 +30,10 @@ after(async () => {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test("the worker long-polls, renews its lease while the handler runs, and completes with the fencing token", async () => {
+  let claimedToken: bigint | undefined;
   const w = worker.worker(
     async (task) => {
+      claimedToken = task.lease?.fencingToken;
       await sleep(2500); // longer than the 1 s lease: only renewals keep it
       return { handled: task.taskId };
     },
@@ -46,7 +48,9 @@ test("the worker long-polls, renews its lease while the handler runs, and comple
   assert.equal(task?.status, TaskStatus.COMPLETED);
   assert.equal(task?.attempts, 1, "the lease never lapsed, so the task was claimed once");
   assert.deepEqual(task?.result, { handled: "renew-1" });
-  assert.equal(task?.lease?.fencingToken, outcome?.task.lease?.fencingToken);
+  // Completed under the lease the handler was given: the claim's fencing token.
+  assert.ok(claimedToken !== undefined && claimedToken > 0n, `claimed token ${claimedToken}`);
+  assert.equal(task?.lease?.fencingToken, claimedToken);
   await eventually(
     () => server.rpcLines("TaskService/RenewTaskLease", "ts-worker").length >= 2,
     "at least two renewals in the server's log",
