@@ -211,6 +211,18 @@ async def test_any_exist_ignores_expired_tokens_and_leftovers_of_a_half_done_rev
 
 
 @pytest.mark.standalone_only  # needs a Redis of its own (a numbered database)
+async def test_any_exist_leaves_the_member_of_a_token_being_issued(empty_aredis):
+    # issue() writes the member of ac:tokens before the global entry; a server deciding
+    # whether to bootstrap in between must not remove it (it did, and four servers starting
+    # together then left a live token out of ac:tokens).
+    digest = "0" * 64
+    await empty_aredis.zadd("ac:tokens", {digest: "+inf"})
+    store = TokenStore(empty_aredis)
+    assert not await store.any_exist()
+    assert await empty_aredis.zrange("ac:tokens", 0, -1) == [digest]
+
+
+@pytest.mark.standalone_only  # needs a Redis of its own (a numbered database)
 async def test_expired_tokens_leave_the_live_set_when_tokens_are_issued(empty_aredis):
     # Start-up prunes it too, but a server that runs for months issuing short-lived tokens
     # must not grow it without bound in between.

@@ -268,18 +268,18 @@ class TokenStore:
     async def any_exist(self) -> bool:
         """True if any namespace has a live token (start-up's bootstrap decision).
 
-        Reads the few lowest members of `ac:tokens` and checks their global entries exist: one
-        round trip plus one per batch of leftovers. Expired members and leftovers of a revoke
-        cut short (global entry gone, member kept) are removed on the way, so the answer is
-        never "yes" for tokens that cannot authenticate. No SCAN: on a large Redis or a Cluster
-        the answer costs the same.
+        Drops expired members of `ac:tokens`, then reads its lowest members and checks their
+        global entries exist: a few round trips, plus one per batch of members without one.
+        Those are passed over, never removed: they are leftovers of a revoke cut short or tokens
+        being issued right now (issue writes the member before the entry; removing it raced
+        with servers bootstrapping together). So the answer is never "yes" for tokens that
+        cannot authenticate. No SCAN: on a large Redis or a Cluster the answer costs the same.
         """
+        now_ms = int(time.time() * 1000)
+        await self._redis.zremrangebyscore(LIVE_KEY, "-inf", now_ms)
+        start = 0
         while True:
-            now_ms = int(time.time() * 1000)
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.zremrangebyscore(LIVE_KEY, "-inf", now_ms)
-            pipe.zrange(LIVE_KEY, 0, 15)
-            _, digests = await pipe.execute()
+            digests = cast(list[str], await self._redis.zrange(LIVE_KEY, start, start + 15))
             if not digests:
                 return False
             pipe = self._redis.pipeline(transaction=False)
@@ -288,4 +288,6 @@ class TokenStore:
             present = await pipe.execute()
             if any(present):
                 return True
-            await self._redis.zrem(LIVE_KEY, *digests)
+            # Passed over, not removed: a member without its global entry may be a token being
+            # issued right now (issue writes the member first), not a leftover of a revoke.
+            start += len(digests)
