@@ -37,6 +37,8 @@ SYNC_NAMES = {
     "AsyncTransport": "SyncTransport",
     "AsyncWorker": "Worker",
     "AsyncLeaseKeeper": "LeaseKeeper",
+    "AsyncHandlerRun": "HandlerRun",
+    "AsyncCancelWatch": "CancelWatch",
     "AsyncTaskHandler": "TaskHandler",
     "AsyncAgent": "Agent",
     "AsyncCoordinator": "Coordinator",

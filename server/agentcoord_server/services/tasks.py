@@ -4,12 +4,16 @@
 Thin: validate the request, one store call, build the response. Bounds enforced here (all
 INVALID_ARGUMENT with a field violation, nothing written): priority 1..10 (0 → 5),
 max_attempts 1..100 (0 → 3), leases 1 s..1 h (unset → 5 min), claim waits 0..60 s, backoffs
-0..1 h, descriptions and errors ≤ 4096 characters, ≤ 64 capabilities, ≤ 32 claim types.
+0..1 h, descriptions and errors ≤ 4096 characters, ≤ 64 capabilities, ≤ 32 claim types,
+≤ 32 dependencies, not_before at most the TASK TTL ahead, backoff policies: initial 1 ms..1 h,
+multiplier 1..10 (0 → 2), maximum initial..1 h (unset → 1 h).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +44,8 @@ MAX_BACKOFF_MS = 3600 * 1000
 MAX_TEXT_CHARS = 4096
 MAX_CAPABILITIES = 64
 MAX_CLAIM_TYPES = 32
+MAX_DEPENDENCIES = 32
+DEFAULT_BACKOFF_MULTIPLIER, MAX_BACKOFF_MULTIPLIER = 2.0, 10.0
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_TASK_SETTING = "--max-task-bytes"
 
@@ -51,6 +57,15 @@ _STATUS_TO_PROTO = {
     store.CANCELLED: tasks_pb2.TASK_STATUS_CANCELLED,
 }
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+_WAIT_TO_PROTO = {
+    store.WAIT_SCHEDULED: tasks_pb2.TASK_WAIT_REASON_SCHEDULED,
+    store.WAIT_BACKOFF: tasks_pb2.TASK_WAIT_REASON_BACKOFF,
+    store.WAIT_DEPENDENCIES: tasks_pb2.TASK_WAIT_REASON_DEPENDENCIES,
+}
+_ON_FAILURE_TO_PROTO = {
+    "cancel": tasks_pb2.DEPENDENCY_FAILURE_POLICY_CANCEL,
+    "run": tasks_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY,
+}
 
 
 # -- conversions ---------------------------------------------------------------------------
@@ -102,6 +117,19 @@ def task_proto(rec: store.TaskRecord) -> tasks_pb2.Task:
         task.complete_time.FromMilliseconds(rec.complete_ms)
     if rec.available_ms:
         task.available_time.FromMilliseconds(rec.available_ms)
+    if rec.not_before_ms:
+        task.not_before.FromMilliseconds(rec.not_before_ms)
+    if rec.depends_on:
+        task.depends_on.extend(rec.depends_on)
+        task.dependencies_outstanding = rec.dependencies_outstanding
+        task.dependency_failure_policy = _ON_FAILURE_TO_PROTO.get(
+            rec.on_dependency_failure, tasks_pb2.DEPENDENCY_FAILURE_POLICY_UNSPECIFIED
+        )
+    if rec.backoff is not None:
+        task.backoff_policy.initial.FromMilliseconds(rec.backoff.initial_ms)
+        task.backoff_policy.multiplier = rec.backoff.multiplier
+        task.backoff_policy.maximum.FromMilliseconds(rec.backoff.max_ms)
+    task.wait_reason = _WAIT_TO_PROTO.get(rec.wait_reason, tasks_pb2.TASK_WAIT_REASON_UNSPECIFIED)
     return task
 
 
@@ -193,6 +221,58 @@ def _claim_next(
     )
 
 
+def _backoff_policy(request: tasks_pb2.AddTaskRequest) -> store.BackoffPolicy | None:
+    """AddTask's backoff_policy as the store takes it; None when unset."""
+    if not request.HasField("backoff_policy"):
+        return None
+    policy = request.backoff_policy
+    if not policy.HasField("initial"):
+        raise invalid_field("backoff_policy.initial", "is required (1 ms to 1 h)")
+    initial = _duration_ms(
+        policy,
+        "initial",
+        default=0,
+        low=1,
+        high=MAX_BACKOFF_MS,
+        what="must be 1 ms to 1 h",
+        prefix="backoff_policy.",
+    )
+    multiplier = policy.multiplier or DEFAULT_BACKOFF_MULTIPLIER
+    if not math.isfinite(multiplier) or not 1 <= multiplier <= MAX_BACKOFF_MULTIPLIER:
+        raise invalid_field("backoff_policy.multiplier", "must be 1 to 10 (0 means 2)")
+    maximum = _duration_ms(
+        policy,
+        "maximum",
+        default=MAX_BACKOFF_MS,
+        low=initial,
+        high=MAX_BACKOFF_MS,
+        what="must be at least backoff_policy.initial and at most 1 h",
+        prefix="backoff_policy.",
+    )
+    return store.BackoffPolicy(initial_ms=initial, multiplier=multiplier, max_ms=maximum)
+
+
+def _not_before_ms(request: tasks_pb2.AddTaskRequest, task_ttl_ms: int) -> int:
+    """AddTask's not_before in ms since the epoch (0 when unset). The bound uses this process's
+    clock (the claim compares with Redis time): it only keeps a task from outliving its TTL."""
+    if not request.HasField("not_before"):
+        return 0
+    value = request.not_before
+    if value.seconds < 0 or not 0 <= value.nanos < 1_000_000_000:
+        raise invalid_field("not_before", "must be a valid time after 1970")
+    ms = value.ToMilliseconds()
+    if ms > time.time() * 1000 + task_ttl_ms:
+        raise invalid_field("not_before", "must be at most the TASK TTL ahead")
+    return ms
+
+
+_ON_FAILURE_FROM_PROTO = {
+    tasks_pb2.DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: "cancel",
+    tasks_pb2.DEPENDENCY_FAILURE_POLICY_CANCEL: "cancel",
+    tasks_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY: "run",
+}
+
+
 class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
@@ -274,6 +354,11 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             raise invalid_field("max_attempts", f"must be 1 to {MAX_ATTEMPTS_LIMIT}")
         if request.request_id:
             validate_id(request.request_id, "request_id")
+        depends_on = _ids(request.depends_on, "depends_on", MAX_DEPENDENCIES)
+        if request.dependency_failure_policy not in _ON_FAILURE_FROM_PROTO:
+            raise invalid_field("dependency_failure_policy", "unknown policy")
+        not_before_ms = _not_before_ms(request, self._ctx.settings.ttl.task * 1000)
+        backoff = _backoff_policy(request)
         p = current_principal()
         rec, replayed = await self._store.add_task(
             p.namespace,
@@ -285,6 +370,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             payload_json=_json(request.payload, "payload", self._max_task_bytes),
             max_attempts=max_attempts,
             request_id=request.request_id,
+            not_before_ms=not_before_ms,
+            depends_on=depends_on,
+            on_dependency_failure=_ON_FAILURE_FROM_PROTO[request.dependency_failure_policy],
+            backoff=backoff,
         )
         return tasks_pb2.AddTaskResponse(task=task_proto(rec), replayed=replayed)
 
@@ -349,8 +438,12 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     ) -> tasks_pb2.FailTaskResponse:
         task_id = validate_id(request.task_id, "task_id")
         token = _token(request.fencing_token)
-        backoff_ms = _duration_ms(
-            request, "backoff", default=0, low=0, high=MAX_BACKOFF_MS, what="must be 0 to 1 h"
+        backoff_ms = (
+            _duration_ms(
+                request, "backoff", default=0, low=0, high=MAX_BACKOFF_MS, what="must be 0 to 1 h"
+            )
+            if request.HasField("backoff")
+            else None  # the task's backoff policy decides
         )
         claim_next = _claim_next(request)
         p = current_principal()

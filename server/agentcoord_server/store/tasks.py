@@ -45,6 +45,7 @@ from ..errors import (
 from .keys import Keyspace, validate_id
 from .paging import page_by_lex
 from .scripts import load_script
+from .signals import SignalStore
 from .task_wakeups import TaskWakeups
 
 PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
@@ -62,6 +63,12 @@ SUMMARY_RESULT_MAX_BYTES = 4096
 """A result whose JSON is larger is left out of the recent summaries (kept on the task)."""
 LIST_BUDGET = 1000
 """Index entries one ListTasks/ListDeadLetters call examines at most (bounds a script's run)."""
+CANCEL_SIGNAL_TYPE = "task.cancelled"
+"""The type of the signal CancelTask sends the holder of a claimed task (data: task_id,
+fencing_token); the clients' task workers listen for it."""
+ON_DEPENDENCY_FAILURE = ("cancel", "run")
+"""What a dead-lettered or cancelled dependency does to a dependent: cancel it, or run it."""
+WAIT_SCHEDULED, WAIT_BACKOFF, WAIT_DEPENDENCIES = "scheduled", "backoff", "deps"
 RECHECK_SECONDS = 5.0
 """A waiting claim looks again at least this often (seconds) — a safety net for a wake-up lost
 with a pub/sub connection; wake-ups (from any server process) and the lease expiries and
@@ -91,12 +98,22 @@ class _Script:
     def __init__(self, redis: Redis, name: str) -> None:
         self._script: AsyncScript = load_script(redis, name, prelude="tasks_common")
 
-    async def __call__(self, *, args: Sequence[str | int]) -> Any:
-        return await self._script(keys=[f"{args[0]}tasks:seq"], args=args)
+    async def __call__(self, *, args: Sequence[str | int | float], keys: Sequence[str] = ()) -> Any:
+        return await self._script(keys=[f"{args[0]}tasks:seq", *keys], args=args)
 
 
 def _int(value: str | None) -> int:
     return int(value) if value else 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """A task's retry delays: the n-th failed attempt waits min(max_ms, initial_ms *
+    multiplier^(n-1)) ms when the failure names no delay of its own."""
+
+    initial_ms: int
+    multiplier: float
+    max_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +143,12 @@ class TaskRecord:
     available_ms: int
     complete_ms: int
     expire_ms: int
+    not_before_ms: int = 0
+    depends_on: tuple[str, ...] = ()
+    dependencies_outstanding: int = 0
+    on_dependency_failure: str = ""  # "cancel" | "run"; "" without dependencies
+    backoff: BackoffPolicy | None = None
+    wait_reason: str = ""  # WAIT_SCHEDULED | WAIT_BACKOFF | WAIT_DEPENDENCIES | ""
 
     @classmethod
     def from_flat(cls, flat: Sequence[str]) -> TaskRecord:
@@ -151,6 +174,16 @@ class TaskRecord:
             available_ms=_int(h.get("avail")),
             complete_ms=_int(h.get("completed")),
             expire_ms=_int(h.get("exp")),
+            not_before_ms=_int(h.get("nb")),
+            depends_on=tuple(d for d in h.get("deps", "").split(",") if d),
+            dependencies_outstanding=_int(h.get("deps_left")) if h.get("why") == "deps" else 0,
+            on_dependency_failure=h.get("on_fail", ""),
+            backoff=(
+                BackoffPolicy(_int(h["bo_i"]), float(h.get("bo_m") or 2), _int(h.get("bo_x")))
+                if h.get("bo_i")
+                else None
+            ),
+            wait_reason=h.get("why", "") if h.get("status") == PENDING else "",
         )
 
 
@@ -280,11 +313,19 @@ class TaskStore:
     async def heartbeat(self, namespace: str, agent_id: str) -> AgentRecord:
         """Extends the registration by the agent TTL.
 
-        Raises NotFound (AGENT_NOT_REGISTERED) if it is not registered or has lapsed.
+        Raises NotFound (AGENT_NOT_REGISTERED) if it is not registered or has lapsed;
+        FailedPrecondition (TASK_CANCELLED, metadata task_ids) once after tasks the agent held
+        were cancelled (the registration is extended all the same).
         """
         flat = await self._heartbeat(
             args=[Keyspace(namespace).prefix, agent_id, self._agent_ttl_ms]
         )
+        if len(flat) == 3 and flat[0] == "cancelled" and isinstance(flat[2], list):
+            raise FailedPrecondition(
+                f"tasks held by agent {agent_id} were cancelled: {flat[1]}",
+                reason="TASK_CANCELLED",
+                metadata={"task_ids": str(flat[1])},
+            )
         if not flat:
             raise NotFound(
                 f"agent {agent_id} is not registered (or its registration lapsed)",
@@ -346,13 +387,22 @@ class TaskStore:
         payload_json: str,
         max_attempts: int,
         request_id: str,
+        not_before_ms: int = 0,
+        depends_on: Sequence[str] = (),
+        on_dependency_failure: str = "cancel",
+        backoff: BackoffPolicy | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Adds a pending task; returns (task, replayed).
 
+        `not_before_ms` (ms since the epoch, 0: none) keeps it from claims until then;
+        `depends_on` (validated ids of existing tasks) until they complete, and
+        `on_dependency_failure` ("cancel" | "run") says what a dead-lettered or cancelled one
+        does to it; `backoff` is its retry-delay policy.
         replayed is True when `request_id` (scoped to `agent_id`) matched an earlier AddTask
         whose task still exists: that task is returned and nothing is written.
         Raises AlreadyExists (TASK_EXISTS) if `task_id` is taken; ResourceExhausted
-        (QUOTA_EXCEEDED, quota "pending_tasks") at the namespace's pending-tasks quota.
+        (QUOTA_EXCEEDED, quota "pending_tasks") at the namespace's pending-tasks quota;
+        NotFound (DEPENDENCY_NOT_FOUND) for a dependency that does not exist.
         """
         reply = await self._add(
             args=[
@@ -367,8 +417,20 @@ class TaskStore:
                 request_id,
                 self._task_ttl_ms,
                 self._max_pending,
+                not_before_ms,
+                on_dependency_failure,
+                backoff.initial_ms if backoff else 0,
+                repr(backoff.multiplier) if backoff else "0",
+                backoff.max_ms if backoff else 0,
+                *depends_on,
             ]
         )
+        if reply[0] == "unknown_dep":
+            raise NotFound(
+                f"dependency {reply[1]} not found",
+                reason="DEPENDENCY_NOT_FOUND",
+                metadata={"task_id": str(reply[1])},
+            )
         if reply[0] == "quota":
             raise quota_exceeded("pending_tasks", int(reply[1]), int(reply[2]))
         if reply[0] == "exists":
@@ -445,7 +507,8 @@ class TaskStore:
     ) -> int:
         """Extends the caller's live lease to now + `lease_ms`; returns the new expiry (ms).
 
-        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (LEASE_LOST).
+        Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (TASK_CANCELLED when the task was
+        cancelled while the caller held it; LEASE_LOST).
         """
         reply = await self._renew(
             args=[
@@ -457,6 +520,12 @@ class TaskStore:
                 self._task_ttl_ms,
             ]
         )
+        if reply[0] == "cancelled":
+            raise FailedPrecondition(
+                f"task {task_id} was cancelled",
+                reason="TASK_CANCELLED",
+                metadata={"task_id": task_id},
+            )
         self._check(task_id, reply)
         return int(reply[2])
 
@@ -511,10 +580,11 @@ class TaskStore:
         *,
         error: str,
         retryable: bool,
-        backoff_ms: int,
+        backoff_ms: int | None,
         claim_next: ClaimNext | None = None,
     ) -> tuple[TaskRecord, TaskRecord | None]:
-        """Ends the caller's claim unsuccessfully: pending again (after `backoff_ms`) or dead
+        """Ends the caller's claim unsuccessfully: pending again (after `backoff_ms`; None: the
+        task's backoff policy decides, no policy meaning at once) or dead
         when not retryable or attempts reached max_attempts; with `claim_next`, then leases the
         caller's next task in the same script (with no backoff, possibly this one again).
         Returns (failed task, next task or None).
@@ -530,7 +600,7 @@ class TaskStore:
                 agent_id,
                 error,
                 "1" if retryable else "0",
-                backoff_ms,
+                -1 if backoff_ms is None else backoff_ms,
                 self._task_ttl_ms,
                 *self._next_args(claim_next),
             ]
@@ -544,6 +614,8 @@ class TaskStore:
             raise _not_found(task_id)
         if reply[0] == "lease_lost":
             raise _lease_lost(task_id, reply)
+        if reply[0] == "cancelled":  # Complete/Fail keep answering LEASE_LOST, as before
+            raise _lease_lost(task_id, ["lease_lost", "cancelled"])
         if reply[0] == "no_types":
             raise _no_types("claim_next.task_types")
 
@@ -622,6 +694,10 @@ class TaskStore:
         """Cancels a task that is not completed (revoking any lease). Only its adder, or a
         `privileged` caller (VALIDATOR+, per the TaskService issue), may.
 
+        A claimed task's holder is told in the same script: a CANCEL_SIGNAL_TYPE signal
+        targeted at it in the namespace's signals stream, TASK_CANCELLED on its next renewal
+        and heartbeat. Dependents are settled by their policy.
+
         Raises NotFound (TASK_NOT_FOUND), PermissionDenied (NOT_TASK_ADDER),
         FailedPrecondition (TASK_COMPLETED).
         """
@@ -632,7 +708,9 @@ class TaskStore:
                 agent_id,
                 "1" if privileged else "0",
                 self._task_ttl_ms,
-            ]
+                CANCEL_SIGNAL_TYPE,
+            ],
+            keys=[SignalStore.stream_key(namespace)],
         )
         if reply[0] == "not_found":
             raise _not_found(task_id)

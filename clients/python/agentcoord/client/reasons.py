@@ -250,6 +250,15 @@ class ErrorReason(StrEnum):
     """FAILED_PRECONDITION: only a dead-lettered task can be requeued (ErrorInfo metadata
     "status" says what it is)."""
 
+    TASK_CANCELLED = "TASK_CANCELLED"
+    """FAILED_PRECONDITION: the task the caller holds was cancelled (RenewTaskLease), or one it
+    held was (Heartbeat; ErrorInfo metadata "task_ids"). Stop working on it and do not complete
+    it; the result would be refused."""
+
+    DEPENDENCY_NOT_FOUND = "DEPENDENCY_NOT_FOUND"
+    """NOT_FOUND: AddTask's depends_on names a task that does not exist (ErrorInfo metadata
+    "task_id"); nothing was added."""
+
     CURSOR_TRIMMED = "CURSOR_TRIMMED"
     """OUT_OF_RANGE: the resume cursor is older than the signals kept (they are trimmed after
     the COORDINATION TTL). Signals were missed: re-read the state the signals were about, then

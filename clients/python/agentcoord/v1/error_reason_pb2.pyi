@@ -261,6 +261,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: only a dead-lettered task can be requeued (ErrorInfo
     metadata "status" says what it is).
     """
+    TASK_CANCELLED: _ErrorReason.ValueType  # 127
+    """FAILED_PRECONDITION: the task the caller holds was cancelled (RenewTaskLease),
+    or one it held was (Heartbeat; ErrorInfo metadata "task_ids"). Stop working on
+    it and do not complete it; the result would be refused.
+    """
+    DEPENDENCY_NOT_FOUND: _ErrorReason.ValueType  # 128
+    """NOT_FOUND: AddTask's depends_on names a task that does not exist (ErrorInfo
+    metadata "task_id"); nothing was added.
+    """
     CURSOR_TRIMMED: _ErrorReason.ValueType  # 140
     """--- Signals.
 
@@ -551,6 +560,15 @@ TASK_COMPLETED: ErrorReason.ValueType  # 125
 NOT_DEAD_LETTERED: ErrorReason.ValueType  # 126
 """FAILED_PRECONDITION: only a dead-lettered task can be requeued (ErrorInfo
 metadata "status" says what it is).
+"""
+TASK_CANCELLED: ErrorReason.ValueType  # 127
+"""FAILED_PRECONDITION: the task the caller holds was cancelled (RenewTaskLease),
+or one it held was (Heartbeat; ErrorInfo metadata "task_ids"). Stop working on
+it and do not complete it; the result would be refused.
+"""
+DEPENDENCY_NOT_FOUND: ErrorReason.ValueType  # 128
+"""NOT_FOUND: AddTask's depends_on names a task that does not exist (ErrorInfo
+metadata "task_id"); nothing was added.
 """
 CURSOR_TRIMMED: ErrorReason.ValueType  # 140
 """--- Signals.

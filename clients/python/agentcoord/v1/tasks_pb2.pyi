@@ -30,7 +30,9 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_STATUS_UNSPECIFIED: _TaskStatus.ValueType  # 0
     TASK_STATUS_PENDING: _TaskStatus.ValueType  # 1
-    """Waiting to be claimed (possibly not before `available_time`, after a backoff)."""
+    """Waiting to be claimed (possibly not before `available_time`, or until its
+    dependencies complete: see Task.wait_reason).
+    """
     TASK_STATUS_CLAIMED: _TaskStatus.ValueType  # 2
     """Handed to `assignee` under `lease`, which has not run out: a task whose lease has
     expired is settled back to pending (or dead-lettered) by the next ClaimTask of its
@@ -43,14 +45,18 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     RequeueDeadLetter.
     """
     TASK_STATUS_CANCELLED: _TaskStatus.ValueType  # 5
-    """Cancelled by its adder or a validator."""
+    """Cancelled by its adder or a validator, or because a dependency failed for good
+    or was cancelled (DEPENDENCY_FAILURE_POLICY_CANCEL).
+    """
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper):
     """TaskStatus is where a task is in its life."""
 
 TASK_STATUS_UNSPECIFIED: TaskStatus.ValueType  # 0
 TASK_STATUS_PENDING: TaskStatus.ValueType  # 1
-"""Waiting to be claimed (possibly not before `available_time`, after a backoff)."""
+"""Waiting to be claimed (possibly not before `available_time`, or until its
+dependencies complete: see Task.wait_reason).
+"""
 TASK_STATUS_CLAIMED: TaskStatus.ValueType  # 2
 """Handed to `assignee` under `lease`, which has not run out: a task whose lease has
 expired is settled back to pending (or dead-lettered) by the next ClaimTask of its
@@ -63,8 +69,68 @@ TASK_STATUS_DEAD_LETTERED: TaskStatus.ValueType  # 4
 RequeueDeadLetter.
 """
 TASK_STATUS_CANCELLED: TaskStatus.ValueType  # 5
-"""Cancelled by its adder or a validator."""
+"""Cancelled by its adder or a validator, or because a dependency failed for good
+or was cancelled (DEPENDENCY_FAILURE_POLICY_CANCEL).
+"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
+
+class _TaskWaitReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskWaitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskWaitReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_WAIT_REASON_UNSPECIFIED: _TaskWaitReason.ValueType  # 0
+    """Not waiting: claimable now (or not pending)."""
+    TASK_WAIT_REASON_SCHEDULED: _TaskWaitReason.ValueType  # 1
+    """Scheduled: not claimable before available_time (AddTask's not_before)."""
+    TASK_WAIT_REASON_BACKOFF: _TaskWaitReason.ValueType  # 2
+    """Backing off after a failed attempt: not claimable before available_time."""
+    TASK_WAIT_REASON_DEPENDENCIES: _TaskWaitReason.ValueType  # 3
+    """Waiting for dependencies_outstanding of depends_on to complete."""
+
+class TaskWaitReason(_TaskWaitReason, metaclass=_TaskWaitReasonEnumTypeWrapper):
+    """TaskWaitReason says why a PENDING task is not claimable yet."""
+
+TASK_WAIT_REASON_UNSPECIFIED: TaskWaitReason.ValueType  # 0
+"""Not waiting: claimable now (or not pending)."""
+TASK_WAIT_REASON_SCHEDULED: TaskWaitReason.ValueType  # 1
+"""Scheduled: not claimable before available_time (AddTask's not_before)."""
+TASK_WAIT_REASON_BACKOFF: TaskWaitReason.ValueType  # 2
+"""Backing off after a failed attempt: not claimable before available_time."""
+TASK_WAIT_REASON_DEPENDENCIES: TaskWaitReason.ValueType  # 3
+"""Waiting for dependencies_outstanding of depends_on to complete."""
+Global___TaskWaitReason: _TypeAlias = TaskWaitReason  # noqa: Y015
+
+class _DependencyFailurePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DependencyFailurePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DependencyFailurePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: _DependencyFailurePolicy.ValueType  # 0
+    """The default: DEPENDENCY_FAILURE_POLICY_CANCEL."""
+    DEPENDENCY_FAILURE_POLICY_CANCEL: _DependencyFailurePolicy.ValueType  # 1
+    """The dependent is cancelled in the same atomic step (last_error names the dependency),
+    and so, in turn, are its own dependents that ask for it.
+    """
+    DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY: _DependencyFailurePolicy.ValueType  # 2
+    """The failed dependency counts as done: the dependent runs once the others complete."""
+
+class DependencyFailurePolicy(_DependencyFailurePolicy, metaclass=_DependencyFailurePolicyEnumTypeWrapper):
+    """DependencyFailurePolicy says what happens to a task when one of its dependencies is
+    dead-lettered or cancelled (already, or later).
+    """
+
+DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: DependencyFailurePolicy.ValueType  # 0
+"""The default: DEPENDENCY_FAILURE_POLICY_CANCEL."""
+DEPENDENCY_FAILURE_POLICY_CANCEL: DependencyFailurePolicy.ValueType  # 1
+"""The dependent is cancelled in the same atomic step (last_error names the dependency),
+and so, in turn, are its own dependents that ask for it.
+"""
+DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY: DependencyFailurePolicy.ValueType  # 2
+"""The failed dependency counts as done: the dependent runs once the others complete."""
+Global___DependencyFailurePolicy: _TypeAlias = DependencyFailurePolicy  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
@@ -111,6 +177,43 @@ class Agent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class BackoffPolicy(_message.Message):
+    """BackoffPolicy is how long a task waits before it is claimable again after a failed
+    attempt whose FailTask gave no backoff, or after its lease ran out: the n-th attempt's
+    failure waits min(maximum, initial * multiplier^(n-1)).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    multiplier: _builtins.float
+    """The factor each further failed attempt multiplies the wait by, 1 to 10; 0 means 2."""
+    @_builtins.property
+    def initial(self) -> _duration_pb2.Duration:
+        """The wait after the first failed attempt, 1 ms to 1 h."""
+
+    @_builtins.property
+    def maximum(self) -> _duration_pb2.Duration:
+        """The longest wait, at least `initial`, at most 1 h; unset means 1 h."""
+
+    def __init__(
+        self,
+        *,
+        initial: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float = ...,
+        maximum: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "maximum", b"maximum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "maximum", b"maximum", "multiplier", b"multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackoffPolicy: _TypeAlias = BackoffPolicy  # noqa: Y015
 
 @_typing.final
 class TaskLease(_message.Message):
@@ -166,6 +269,12 @@ class Task(_message.Message):
     AVAILABLE_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_FAILURE_POLICY_FIELD_NUMBER: _builtins.int
+    BACKOFF_POLICY_FIELD_NUMBER: _builtins.int
+    WAIT_REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id: letters, digits, '.', '_', '-', at most 128 characters."""
     task_type: _builtins.str
@@ -186,6 +295,14 @@ class Task(_message.Message):
     """The agent that holds (or last held) the task's lease; empty if never claimed."""
     last_error: _builtins.str
     """The last failure: FailTask's error, or "lease expired"."""
+    dependencies_outstanding: _builtins.int
+    """How many of depends_on have not completed yet (0 once released)."""
+    dependency_failure_policy: Global___DependencyFailurePolicy.ValueType
+    """What a dead-lettered or cancelled dependency does to this task."""
+    wait_reason: Global___TaskWaitReason.ValueType
+    """Why a PENDING task is not claimable yet; UNSPECIFIED when it is (or is not pending).
+    SCHEDULED and BACKOFF hold until available_time (a claim after that time takes it).
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The task's input, free-form JSON."""
@@ -220,6 +337,20 @@ class Task(_message.Message):
         (plus the lease while claimed).
         """
 
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """AddTask's not_before; unset if it had none."""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tasks that must complete before this one is claimable (AddTask's depends_on)."""
+
+    @_builtins.property
+    def backoff_policy(self) -> Global___BackoffPolicy:
+        """The task's backoff policy; unset if it has none (failures retry at once unless
+        FailTask gives a backoff).
+        """
+
     def __init__(
         self,
         *,
@@ -241,10 +372,16 @@ class Task(_message.Message):
         available_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        dependencies_outstanding: _builtins.int = ...,
+        dependency_failure_policy: Global___DependencyFailurePolicy.ValueType = ...,
+        backoff_policy: Global___BackoffPolicy | None = ...,
+        wait_reason: Global___TaskWaitReason.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["available_time", b"available_time", "complete_time", b"complete_time", "create_time", b"create_time", "expire_time", b"expire_time", "lease", b"lease", "payload", b"payload", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_time", b"available_time", "backoff_policy", b"backoff_policy", "complete_time", b"complete_time", "create_time", b"create_time", "expire_time", b"expire_time", "lease", b"lease", "not_before", b"not_before", "payload", b"payload", "result", b"result", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "attempts", b"attempts", "available_time", b"available_time", "complete_time", b"complete_time", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "expire_time", b"expire_time", "last_error", b"last_error", "lease", b"lease", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "result", b"result", "status", b"status", "task_id", b"task_id", "task_type", b"task_type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "attempts", b"attempts", "available_time", b"available_time", "backoff_policy", b"backoff_policy", "complete_time", b"complete_time", "create_time", b"create_time", "created_by", b"created_by", "dependencies_outstanding", b"dependencies_outstanding", "dependency_failure_policy", b"dependency_failure_policy", "depends_on", b"depends_on", "description", b"description", "expire_time", b"expire_time", "last_error", b"last_error", "lease", b"lease", "max_attempts", b"max_attempts", "not_before", b"not_before", "payload", b"payload", "priority", b"priority", "result", b"result", "status", b"status", "task_id", b"task_id", "task_type", b"task_type", "update_time", b"update_time", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,6 +612,10 @@ class AddTaskRequest(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_FAILURE_POLICY_FIELD_NUMBER: _builtins.int
+    BACKOFF_POLICY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Optional task id (letters, digits, '.', '_', '-', at most 128); the server makes
     one (32 hex digits) when empty.
@@ -491,9 +632,30 @@ class AddTaskRequest(_message.Message):
     """Optional idempotency key (an id), scoped to the caller: a retry with the same
     request_id within the TASK TTL returns the task the first call added.
     """
+    dependency_failure_policy: Global___DependencyFailurePolicy.ValueType
+    """What a dependency that is dead-lettered or cancelled (now or later) does to this task."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The task's input, free-form JSON."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Not claimable before this time (server clock); unset or past means at once. At most
+        the TASK TTL ahead.
+        """
+
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of tasks in the namespace (at most 32) that must complete before this one is
+        claimable. Each must exist (NOT_FOUND, reason DEPENDENCY_NOT_FOUND, nothing added),
+        so no cycle can form. Completed ones count as done at once.
+        """
+
+    @_builtins.property
+    def backoff_policy(self) -> Global___BackoffPolicy:
+        """Delays between attempts when a failure gives none (FailTask without backoff, an
+        expired lease); unset: retry at once.
+        """
 
     def __init__(
         self,
@@ -505,10 +667,14 @@ class AddTaskRequest(_message.Message):
         payload: _struct_pb2.Struct | None = ...,
         max_attempts: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        dependency_failure_policy: Global___DependencyFailurePolicy.ValueType = ...,
+        backoff_policy: Global___BackoffPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff_policy", b"backoff_policy", "not_before", b"not_before", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "max_attempts", b"max_attempts", "payload", b"payload", "priority", b"priority", "request_id", b"request_id", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_policy", b"backoff_policy", "dependency_failure_policy", b"dependency_failure_policy", "depends_on", b"depends_on", "description", b"description", "max_attempts", b"max_attempts", "not_before", b"not_before", "payload", b"payload", "priority", b"priority", "request_id", b"request_id", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,7 +941,10 @@ class FailTaskRequest(_message.Message):
     """False dead-letters the task at once; unset means true (retry until max_attempts)."""
     @_builtins.property
     def backoff(self) -> _duration_pb2.Duration:
-        """How long the task waits before it is claimable again, 0 to 1 h."""
+        """How long the task waits before it is claimable again, 0 to 1 h: the issue's
+        `retry_after`. Unset: the task's backoff_policy decides (no policy: at once); set, even
+        to 0, it overrides the policy.
+        """
 
     @_builtins.property
     def claim_next(self) -> Global___ClaimNextOptions:

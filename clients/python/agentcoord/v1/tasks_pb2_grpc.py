@@ -136,6 +136,9 @@ class TaskServiceServicer:
     def Heartbeat(self, request, context):
         """Keeps the caller's registration alive for another COORDINATION TTL.
         NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+        FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+        cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+        the registration was extended all the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +161,10 @@ class TaskServiceServicer:
     def AddTask(self, request, context):
         """Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
         same request_id returns the task the first call added.
+        With not_before it is not claimable before that time; with depends_on not before
+        those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+        Because dependencies must already exist when a task is added, the dependency graph
+        can never hold a cycle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,8 +180,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RenewTaskLease(self, request, context):
-        """Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-        has expired, was handed to someone else, or the task was cancelled.
+        """Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+        was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+        (LEASE_LOST) if the lease has expired or was handed to someone else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +232,10 @@ class TaskServiceServicer:
         dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
         PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
         cancelling a cancelled task returns it unchanged.
+        The holder of a claimed task learns it at once: the same atomic step sends it a
+        targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+        its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+        Tasks that depend on it are settled by their dependency_failure_policy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,6 +46,9 @@ class TaskServiceStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.HeartbeatRequest, _tasks_pb2.HeartbeatResponse]
     """Keeps the caller's registration alive for another COORDINATION TTL.
     NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+    FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+    cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+    the registration was extended all the same.
     """
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.DeregisterAgentRequest, _tasks_pb2.DeregisterAgentResponse]
     """Removes the caller's registration. Harmless if it is not registered."""
@@ -54,6 +57,10 @@ class TaskServiceStub:
     AddTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.AddTaskRequest, _tasks_pb2.AddTaskResponse]
     """Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
     same request_id returns the task the first call added.
+    With not_before it is not claimable before that time; with depends_on not before
+    those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+    Because dependencies must already exist when a task is added, the dependency graph
+    can never hold a cycle.
     """
     ClaimTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ClaimTaskRequest, _tasks_pb2.ClaimTaskResponse]
     """Claims the highest-priority pending task among the given types (FIFO among equal
@@ -61,8 +68,9 @@ class TaskServiceStub:
     Returns no task when none came. Expired leases of those types are reclaimed first.
     """
     RenewTaskLease: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.RenewTaskLeaseRequest, _tasks_pb2.RenewTaskLeaseResponse]
-    """Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-    has expired, was handed to someone else, or the task was cancelled.
+    """Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+    was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+    (LEASE_LOST) if the lease has expired or was handed to someone else.
     """
     CompleteTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CompleteTaskRequest, _tasks_pb2.CompleteTaskResponse]
     """Completes a task with its result. Only the holder of the live lease with the
@@ -92,6 +100,10 @@ class TaskServiceStub:
     dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
     PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
     cancelling a cancelled task returns it unchanged.
+    The holder of a claimed task learns it at once: the same atomic step sends it a
+    targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+    its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+    Tasks that depend on it are settled by their dependency_failure_policy.
     """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListDeadLettersRequest, _tasks_pb2.ListDeadLettersResponse]
     """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
@@ -124,6 +136,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_tasks_pb2.HeartbeatRequest, _tasks_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Keeps the caller's registration alive for another COORDINATION TTL.
     NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+    FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+    cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+    the registration was extended all the same.
     """
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_tasks_pb2.DeregisterAgentRequest, _tasks_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
     """Removes the caller's registration. Harmless if it is not registered."""
@@ -132,6 +147,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     AddTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.AddTaskRequest, _tasks_pb2.AddTaskResponse]  # type: ignore[assignment]
     """Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
     same request_id returns the task the first call added.
+    With not_before it is not claimable before that time; with depends_on not before
+    those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+    Because dependencies must already exist when a task is added, the dependency graph
+    can never hold a cycle.
     """
     ClaimTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ClaimTaskRequest, _tasks_pb2.ClaimTaskResponse]  # type: ignore[assignment]
     """Claims the highest-priority pending task among the given types (FIFO among equal
@@ -139,8 +158,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Returns no task when none came. Expired leases of those types are reclaimed first.
     """
     RenewTaskLease: _aio.UnaryUnaryMultiCallable[_tasks_pb2.RenewTaskLeaseRequest, _tasks_pb2.RenewTaskLeaseResponse]  # type: ignore[assignment]
-    """Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-    has expired, was handed to someone else, or the task was cancelled.
+    """Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+    was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+    (LEASE_LOST) if the lease has expired or was handed to someone else.
     """
     CompleteTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CompleteTaskRequest, _tasks_pb2.CompleteTaskResponse]  # type: ignore[assignment]
     """Completes a task with its result. Only the holder of the live lease with the
@@ -170,6 +190,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
     PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
     cancelling a cancelled task returns it unchanged.
+    The holder of a claimed task learns it at once: the same atomic step sends it a
+    targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+    its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+    Tasks that depend on it are settled by their dependency_failure_policy.
     """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListDeadLettersRequest, _tasks_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
@@ -211,6 +235,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_pb2.HeartbeatResponse, _abc.Awaitable[_tasks_pb2.HeartbeatResponse]]:
         """Keeps the caller's registration alive for another COORDINATION TTL.
         NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+        FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+        cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+        the registration was extended all the same.
         """
 
     @_abc_1.abstractmethod
@@ -237,6 +264,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_pb2.AddTaskResponse, _abc.Awaitable[_tasks_pb2.AddTaskResponse]]:
         """Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
         same request_id returns the task the first call added.
+        With not_before it is not claimable before that time; with depends_on not before
+        those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+        Because dependencies must already exist when a task is added, the dependency graph
+        can never hold a cycle.
         """
 
     @_abc_1.abstractmethod
@@ -256,8 +287,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.RenewTaskLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.RenewTaskLeaseResponse, _abc.Awaitable[_tasks_pb2.RenewTaskLeaseResponse]]:
-        """Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-        has expired, was handed to someone else, or the task was cancelled.
+        """Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+        was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+        (LEASE_LOST) if the lease has expired or was handed to someone else.
         """
 
     @_abc_1.abstractmethod
@@ -317,6 +349,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
         PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
         cancelling a cancelled task returns it unchanged.
+        The holder of a claimed task learns it at once: the same atomic step sends it a
+        targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+        its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+        Tasks that depend on it are settled by their dependency_failure_policy.
         """
 
     @_abc_1.abstractmethod

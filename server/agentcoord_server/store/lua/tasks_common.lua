@@ -13,12 +13,20 @@
 --   P..'tasks:req:'..agent..':'..request_id   string: AddTask idempotency → task id
 --   P..'tasks:stats*', 'tasks:recent*'         completion counts and recent summaries
 --   P..'tasks:lease_expiries'    counter: leases that ran out (metrics)
+--   P..'tasks:deps'              hash: task id → ",dependent,ids," of the tasks waiting for it
+--                                to settle (one hash per namespace, not a key per task)
 --   P..'agents:a:'..agent, P..'agents:index'  registrations
 -- Pub/sub channel (not a key: it names no data, so it needs no place in KEYS):
 --   P..'tasks:wake'              one message per task that became pending (or due after a
 --                                backoff), its task type: wakes one claim waiting in each
 --                                server process subscribed to it (store/task_wakeups.py)
 -- Times are Redis server time in ms, never a client's clock.
+--
+-- Task hash fields for tasks in time (tasks-time): 'nb' not_before (ms), 'why' the wait reason
+-- of a pending task ('scheduled', 'backoff', 'deps' or ''), 'deps' the dependency ids
+-- (comma-joined), 'deps_left' how many have not completed, 'on_fail' 'cancel'|'run' (what a
+-- failed dependency does), 'bo_i'/'bo_m'/'bo_x' the backoff policy (initial ms, multiplier,
+-- maximum ms).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -46,21 +54,102 @@ local function set_task_ttl(P, tkey, ms, now)
   extend_ttl(P .. 'tasks:index', ms)
 end
 
+-- Makes the pending task `id` claimable: into its type's queue (keeping its place in line),
+-- or, while its not_before is ahead, into the delayed zset the claims promote from. Wakes a
+-- waiting claim either way (one that finds it not yet due learns when it is and sleeps).
+local function enqueue(P, id, now, ttl)
+  local tkey = P .. 'tasks:t:' .. id
+  local f = redis.call('HMGET', tkey, 'type', 'score', 'nb')
+  local ttype, score, nb = f[1], f[2], tonumber(f[3] or '0') or 0
+  if nb > now then
+    redis.call('HSET', tkey, 'why', 'scheduled', 'avail', nb)
+    local delayed = P .. 'tasks:d:' .. ttype
+    redis.call('ZADD', delayed, nb, id)
+    extend_ttl(delayed, ttl + nb - now)
+    set_task_ttl(P, tkey, ttl + nb - now, now)
+  else
+    redis.call('HSET', tkey, 'why', '', 'avail', '')
+    local queue = P .. 'tasks:q:' .. ttype
+    redis.call('ZADD', queue, score, id)
+    extend_ttl(queue, ttl)
+  end
+  wake(P, ttype)
+end
+
+-- Task `first` settled for good: completed (failed = false), or dead-lettered or cancelled
+-- (failed = true). Its waiting dependents lose one outstanding dependency — the last one makes
+-- them claimable — or, when it failed and they ask for it (on_fail 'cancel'), are cancelled,
+-- which settles their own dependents in turn (a worklist, not recursion). Runs inside the
+-- settling script, so a dependent is released in the same atomic step as its last dependency
+-- completes: no claim can see it early, and no background job is needed.
+local function release_dependents(P, first, failed, now, ttl)
+  local deps = P .. 'tasks:deps'
+  local work = {{first, failed}}
+  local i = 1
+  while i <= #work do
+    local id, bad = work[i][1], work[i][2]
+    i = i + 1
+    local list = redis.call('HGET', deps, id)
+    if list then
+      redis.call('HDEL', deps, id)
+      local how = redis.call('HGET', P .. 'tasks:t:' .. id, 'status')
+      for dependent in string.gmatch(list, '[^,]+') do
+        local dkey = P .. 'tasks:t:' .. dependent
+        local f = redis.call('HMGET', dkey, 'status', 'why', 'deps_left', 'on_fail')
+        if f[1] == 'pending' and f[2] == 'deps' then
+          if bad and f[4] ~= 'run' then
+            local what = how == 'dead' and 'dead-lettered' or 'cancelled'
+            redis.call('HSET', dkey, 'status', 'cancelled', 'why', '', 'updated', now,
+              'err', 'dependency ' .. id .. ' was ' .. what)
+            set_task_ttl(P, dkey, ttl, now)
+            work[#work + 1] = {dependent, true}
+          else
+            local left = tonumber(f[3]) - 1
+            redis.call('HSET', dkey, 'deps_left', left)
+            if left <= 0 then
+              redis.call('HSET', dkey, 'updated', now)
+              set_task_ttl(P, dkey, ttl, now)
+              enqueue(P, dependent, now, ttl)
+            end
+          end
+        end
+      end
+    end
+  end
+end
+
+-- The delay before retry number `attempts` + 1 under the task's backoff policy (ms; 0 when
+-- it has none): min(maximum, initial * multiplier^(attempts - 1)).
+local function policy_delay(tkey, attempts)
+  local f = redis.call('HMGET', tkey, 'bo_i', 'bo_m', 'bo_x')
+  if not f[1] then
+    return 0
+  end
+  local delay = tonumber(f[1]) * tonumber(f[2]) ^ math.max(0, attempts - 1)
+  return math.floor(math.min(tonumber(f[3]), delay))
+end
+
 -- A claim ended without success (FailTask or an expired lease): back to pending (keeping its
--- place in line, after `backoff` ms if > 0) or, when not retryable or out of attempts, dead.
+-- place in line, after `backoff` ms if > 0; backoff < 0 means "none given": the task's backoff
+-- policy decides) or, when not retryable or out of attempts, dead (settling its dependents).
 local function settle_failure(P, id, now, ttl, err, retryable, backoff)
   local tkey = P .. 'tasks:t:' .. id
   local f = redis.call('HMGET', tkey, 'attempts', 'max', 'score', 'type')
   local attempts, max_attempts, score, ttype = tonumber(f[1]), tonumber(f[2]), f[3], f[4]
   redis.call('ZREM', P .. 'tasks:l:' .. ttype, id)
+  if backoff < 0 then
+    backoff = policy_delay(tkey, attempts)
+  end
   if (not retryable) or attempts >= max_attempts then
-    redis.call('HSET', tkey, 'status', 'dead', 'err', err, 'updated', now, 'avail', '')
+    redis.call('HSET', tkey, 'status', 'dead', 'err', err, 'updated', now, 'avail', '', 'why', '')
     local dead = P .. 'tasks:dead'
     redis.call('ZADD', dead, now, id)
     extend_ttl(dead, ttl)
     set_task_ttl(P, tkey, ttl, now)
+    release_dependents(P, id, true, now, ttl)
   elseif backoff > 0 then
-    redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', now + backoff)
+    redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', now + backoff,
+      'why', 'backoff')
     local delayed = P .. 'tasks:d:' .. ttype
     redis.call('ZADD', delayed, now + backoff, id)
     extend_ttl(delayed, ttl + backoff)
@@ -83,7 +172,7 @@ end
 local function settle_if_expired(P, id, now, ttl)
   local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'lease_exp')
   if f[1] == 'claimed' and tonumber(f[2]) <= now then
-    settle_failure(P, id, now, ttl, 'lease expired', true, 0)
+    settle_failure(P, id, now, ttl, 'lease expired', true, -1)
     -- Counted for the agentcoord_task_lease_expiries metric.
     local expiries = P .. 'tasks:lease_expiries'
     redis.call('INCR', expiries)
@@ -94,11 +183,15 @@ local function settle_if_expired(P, id, now, ttl)
 end
 
 -- Checks that `agent` holds the live lease `token` on task `id`. Returns nil when it does,
--- else the refusal to return from the script.
+-- else the refusal to return from the script: {'cancelled'} when the task was cancelled
+-- while `agent` held it under that token.
 local function check_lease(tkey, token, agent, now)
   local f = redis.call('HMGET', tkey, 'status', 'token', 'assignee', 'lease_exp')
   if not f[1] then
     return {'not_found'}
+  end
+  if f[1] == 'cancelled' and f[2] == token and f[3] == agent then
+    return {'cancelled'}
   end
   if f[1] ~= 'claimed' or f[2] ~= token or f[3] ~= agent then
     return {'lease_lost', f[1]}
@@ -188,7 +281,7 @@ local function claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
       local expiry = now + lease_ms
       redis.call('HINCRBY', tkey, 'attempts', 1)
       redis.call('HSET', tkey, 'status', 'claimed', 'assignee', agent, 'token', token,
-        'lease_exp', expiry, 'updated', now, 'avail', '')
+        'lease_exp', expiry, 'updated', now, 'avail', '', 'why', '')
       local leases = P .. 'tasks:l:' .. f[2]
       redis.call('ZADD', leases, expiry, best_id)
       extend_ttl(leases, ttl + lease_ms)

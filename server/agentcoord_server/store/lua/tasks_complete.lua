@@ -37,6 +37,7 @@ redis.call('HSET', tkey, 'status', 'completed', 'result', result, 'completed', n
 redis.call('HDEL', tkey, 'next', 'next_token')
 redis.call('ZREM', P .. 'tasks:l:' .. ttype, id)
 set_task_ttl(P, tkey, ttl, now)
+release_dependents(P, id, false, now, ttl)
 
 local function count(key, field)
   redis.call('HINCRBY', key, field, 1)

@@ -227,6 +227,13 @@ const (
 	// FAILED_PRECONDITION: only a dead-lettered task can be requeued (ErrorInfo
 	// metadata "status" says what it is).
 	ErrorReason_NOT_DEAD_LETTERED ErrorReason = 126
+	// FAILED_PRECONDITION: the task the caller holds was cancelled (RenewTaskLease),
+	// or one it held was (Heartbeat; ErrorInfo metadata "task_ids"). Stop working on
+	// it and do not complete it; the result would be refused.
+	ErrorReason_TASK_CANCELLED ErrorReason = 127
+	// NOT_FOUND: AddTask's depends_on names a task that does not exist (ErrorInfo
+	// metadata "task_id"); nothing was added.
+	ErrorReason_DEPENDENCY_NOT_FOUND ErrorReason = 128
 	// OUT_OF_RANGE: the resume cursor is older than the signals kept (they are
 	// trimmed after the COORDINATION TTL). Signals were missed: re-read the state
 	// the signals were about, then subscribe without a cursor.
@@ -318,6 +325,8 @@ var (
 		124: "NOT_TASK_ADDER",
 		125: "TASK_COMPLETED",
 		126: "NOT_DEAD_LETTERED",
+		127: "TASK_CANCELLED",
+		128: "DEPENDENCY_NOT_FOUND",
 		140: "CURSOR_TRIMMED",
 		150: "OPERATOR_DATA_ACCESS",
 		151: "NAMESPACE_EXISTS",
@@ -390,6 +399,8 @@ var (
 		"NOT_TASK_ADDER":                  124,
 		"TASK_COMPLETED":                  125,
 		"NOT_DEAD_LETTERED":               126,
+		"TASK_CANCELLED":                  127,
+		"DEPENDENCY_NOT_FOUND":            128,
 		"CURSOR_TRIMMED":                  140,
 		"OPERATOR_DATA_ACCESS":            150,
 		"NAMESPACE_EXISTS":                151,
@@ -431,7 +442,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xa3\f\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xd2\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -499,7 +510,9 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"LEASE_LOST\x10{\x12\x12\n" +
 	"\x0eNOT_TASK_ADDER\x10|\x12\x12\n" +
 	"\x0eTASK_COMPLETED\x10}\x12\x15\n" +
-	"\x11NOT_DEAD_LETTERED\x10~\x12\x13\n" +
+	"\x11NOT_DEAD_LETTERED\x10~\x12\x12\n" +
+	"\x0eTASK_CANCELLED\x10\x7f\x12\x19\n" +
+	"\x14DEPENDENCY_NOT_FOUND\x10\x80\x01\x12\x13\n" +
 	"\x0eCURSOR_TRIMMED\x10\x8c\x01\x12\x19\n" +
 	"\x14OPERATOR_DATA_ACCESS\x10\x96\x01\x12\x15\n" +
 	"\x10NAMESPACE_EXISTS\x10\x97\x01\x12\x18\n" +

@@ -29,7 +29,8 @@ type TaskStatus int32
 
 const (
 	TaskStatus_TASK_STATUS_UNSPECIFIED TaskStatus = 0
-	// Waiting to be claimed (possibly not before `available_time`, after a backoff).
+	// Waiting to be claimed (possibly not before `available_time`, or until its
+	// dependencies complete: see Task.wait_reason).
 	TaskStatus_TASK_STATUS_PENDING TaskStatus = 1
 	// Handed to `assignee` under `lease`, which has not run out: a task whose lease has
 	// expired is settled back to pending (or dead-lettered) by the next ClaimTask of its
@@ -40,7 +41,8 @@ const (
 	// Failed for good (not retryable, or attempts reached max_attempts); see
 	// RequeueDeadLetter.
 	TaskStatus_TASK_STATUS_DEAD_LETTERED TaskStatus = 4
-	// Cancelled by its adder or a validator.
+	// Cancelled by its adder or a validator, or because a dependency failed for good
+	// or was cancelled (DEPENDENCY_FAILURE_POLICY_CANCEL).
 	TaskStatus_TASK_STATUS_CANCELLED TaskStatus = 5
 )
 
@@ -89,6 +91,118 @@ func (x TaskStatus) Number() protoreflect.EnumNumber {
 // Deprecated: Use TaskStatus.Descriptor instead.
 func (TaskStatus) EnumDescriptor() ([]byte, []int) {
 	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{0}
+}
+
+// TaskWaitReason says why a PENDING task is not claimable yet.
+type TaskWaitReason int32
+
+const (
+	// Not waiting: claimable now (or not pending).
+	TaskWaitReason_TASK_WAIT_REASON_UNSPECIFIED TaskWaitReason = 0
+	// Scheduled: not claimable before available_time (AddTask's not_before).
+	TaskWaitReason_TASK_WAIT_REASON_SCHEDULED TaskWaitReason = 1
+	// Backing off after a failed attempt: not claimable before available_time.
+	TaskWaitReason_TASK_WAIT_REASON_BACKOFF TaskWaitReason = 2
+	// Waiting for dependencies_outstanding of depends_on to complete.
+	TaskWaitReason_TASK_WAIT_REASON_DEPENDENCIES TaskWaitReason = 3
+)
+
+// Enum value maps for TaskWaitReason.
+var (
+	TaskWaitReason_name = map[int32]string{
+		0: "TASK_WAIT_REASON_UNSPECIFIED",
+		1: "TASK_WAIT_REASON_SCHEDULED",
+		2: "TASK_WAIT_REASON_BACKOFF",
+		3: "TASK_WAIT_REASON_DEPENDENCIES",
+	}
+	TaskWaitReason_value = map[string]int32{
+		"TASK_WAIT_REASON_UNSPECIFIED":  0,
+		"TASK_WAIT_REASON_SCHEDULED":    1,
+		"TASK_WAIT_REASON_BACKOFF":      2,
+		"TASK_WAIT_REASON_DEPENDENCIES": 3,
+	}
+)
+
+func (x TaskWaitReason) Enum() *TaskWaitReason {
+	p := new(TaskWaitReason)
+	*p = x
+	return p
+}
+
+func (x TaskWaitReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskWaitReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentcoord_v1_tasks_proto_enumTypes[1].Descriptor()
+}
+
+func (TaskWaitReason) Type() protoreflect.EnumType {
+	return &file_agentcoord_v1_tasks_proto_enumTypes[1]
+}
+
+func (x TaskWaitReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskWaitReason.Descriptor instead.
+func (TaskWaitReason) EnumDescriptor() ([]byte, []int) {
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{1}
+}
+
+// DependencyFailurePolicy says what happens to a task when one of its dependencies is
+// dead-lettered or cancelled (already, or later).
+type DependencyFailurePolicy int32
+
+const (
+	// The default: DEPENDENCY_FAILURE_POLICY_CANCEL.
+	DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_UNSPECIFIED DependencyFailurePolicy = 0
+	// The dependent is cancelled in the same atomic step (last_error names the dependency),
+	// and so, in turn, are its own dependents that ask for it.
+	DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_CANCEL DependencyFailurePolicy = 1
+	// The failed dependency counts as done: the dependent runs once the others complete.
+	DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY DependencyFailurePolicy = 2
+)
+
+// Enum value maps for DependencyFailurePolicy.
+var (
+	DependencyFailurePolicy_name = map[int32]string{
+		0: "DEPENDENCY_FAILURE_POLICY_UNSPECIFIED",
+		1: "DEPENDENCY_FAILURE_POLICY_CANCEL",
+		2: "DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY",
+	}
+	DependencyFailurePolicy_value = map[string]int32{
+		"DEPENDENCY_FAILURE_POLICY_UNSPECIFIED": 0,
+		"DEPENDENCY_FAILURE_POLICY_CANCEL":      1,
+		"DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY":  2,
+	}
+)
+
+func (x DependencyFailurePolicy) Enum() *DependencyFailurePolicy {
+	p := new(DependencyFailurePolicy)
+	*p = x
+	return p
+}
+
+func (x DependencyFailurePolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DependencyFailurePolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentcoord_v1_tasks_proto_enumTypes[2].Descriptor()
+}
+
+func (DependencyFailurePolicy) Type() protoreflect.EnumType {
+	return &file_agentcoord_v1_tasks_proto_enumTypes[2]
+}
+
+func (x DependencyFailurePolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DependencyFailurePolicy.Descriptor instead.
+func (DependencyFailurePolicy) EnumDescriptor() ([]byte, []int) {
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{2}
 }
 
 // Agent is a registered worker.
@@ -173,6 +287,72 @@ func (x *Agent) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// BackoffPolicy is how long a task waits before it is claimable again after a failed
+// attempt whose FailTask gave no backoff, or after its lease ran out: the n-th attempt's
+// failure waits min(maximum, initial * multiplier^(n-1)).
+type BackoffPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The wait after the first failed attempt, 1 ms to 1 h.
+	Initial *durationpb.Duration `protobuf:"bytes,1,opt,name=initial,proto3" json:"initial,omitempty"`
+	// The factor each further failed attempt multiplies the wait by, 1 to 10; 0 means 2.
+	Multiplier float64 `protobuf:"fixed64,2,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
+	// The longest wait, at least `initial`, at most 1 h; unset means 1 h.
+	Maximum       *durationpb.Duration `protobuf:"bytes,3,opt,name=maximum,proto3" json:"maximum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackoffPolicy) Reset() {
+	*x = BackoffPolicy{}
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackoffPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackoffPolicy) ProtoMessage() {}
+
+func (x *BackoffPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackoffPolicy.ProtoReflect.Descriptor instead.
+func (*BackoffPolicy) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BackoffPolicy) GetInitial() *durationpb.Duration {
+	if x != nil {
+		return x.Initial
+	}
+	return nil
+}
+
+func (x *BackoffPolicy) GetMultiplier() float64 {
+	if x != nil {
+		return x.Multiplier
+	}
+	return 0
+}
+
+func (x *BackoffPolicy) GetMaximum() *durationpb.Duration {
+	if x != nil {
+		return x.Maximum
+	}
+	return nil
+}
+
 // TaskLease is a claim's right to work on a task until expire_time.
 type TaskLease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -187,7 +367,7 @@ type TaskLease struct {
 
 func (x *TaskLease) Reset() {
 	*x = TaskLease{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[1]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -199,7 +379,7 @@ func (x *TaskLease) String() string {
 func (*TaskLease) ProtoMessage() {}
 
 func (x *TaskLease) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[1]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -212,7 +392,7 @@ func (x *TaskLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLease.ProtoReflect.Descriptor instead.
 func (*TaskLease) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{1}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TaskLease) GetFencingToken() int64 {
@@ -268,14 +448,28 @@ type Task struct {
 	CompleteTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=complete_time,json=completeTime,proto3" json:"complete_time,omitempty"`
 	// When the task and its data expire: the TASK TTL after its last state change
 	// (plus the lease while claimed).
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// AddTask's not_before; unset if it had none.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// The tasks that must complete before this one is claimable (AddTask's depends_on).
+	DependsOn []string `protobuf:"bytes,20,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	// How many of depends_on have not completed yet (0 once released).
+	DependenciesOutstanding int32 `protobuf:"varint,21,opt,name=dependencies_outstanding,json=dependenciesOutstanding,proto3" json:"dependencies_outstanding,omitempty"`
+	// What a dead-lettered or cancelled dependency does to this task.
+	DependencyFailurePolicy DependencyFailurePolicy `protobuf:"varint,22,opt,name=dependency_failure_policy,json=dependencyFailurePolicy,proto3,enum=agentcoord.v1.DependencyFailurePolicy" json:"dependency_failure_policy,omitempty"`
+	// The task's backoff policy; unset if it has none (failures retry at once unless
+	// FailTask gives a backoff).
+	BackoffPolicy *BackoffPolicy `protobuf:"bytes,23,opt,name=backoff_policy,json=backoffPolicy,proto3" json:"backoff_policy,omitempty"`
+	// Why a PENDING task is not claimable yet; UNSPECIFIED when it is (or is not pending).
+	// SCHEDULED and BACKOFF hold until available_time (a claim after that time takes it).
+	WaitReason    TaskWaitReason `protobuf:"varint,24,opt,name=wait_reason,json=waitReason,proto3,enum=agentcoord.v1.TaskWaitReason" json:"wait_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[2]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +481,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[2]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +494,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{2}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Task) GetTaskId() string {
@@ -429,6 +623,48 @@ func (x *Task) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Task) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Task) GetDependsOn() []string {
+	if x != nil {
+		return x.DependsOn
+	}
+	return nil
+}
+
+func (x *Task) GetDependenciesOutstanding() int32 {
+	if x != nil {
+		return x.DependenciesOutstanding
+	}
+	return 0
+}
+
+func (x *Task) GetDependencyFailurePolicy() DependencyFailurePolicy {
+	if x != nil {
+		return x.DependencyFailurePolicy
+	}
+	return DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_UNSPECIFIED
+}
+
+func (x *Task) GetBackoffPolicy() *BackoffPolicy {
+	if x != nil {
+		return x.BackoffPolicy
+	}
+	return nil
+}
+
+func (x *Task) GetWaitReason() TaskWaitReason {
+	if x != nil {
+		return x.WaitReason
+	}
+	return TaskWaitReason_TASK_WAIT_REASON_UNSPECIFIED
+}
+
 // TaskResultSummary is one recent completion.
 type TaskResultSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -450,7 +686,7 @@ type TaskResultSummary struct {
 
 func (x *TaskResultSummary) Reset() {
 	*x = TaskResultSummary{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[3]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +698,7 @@ func (x *TaskResultSummary) String() string {
 func (*TaskResultSummary) ProtoMessage() {}
 
 func (x *TaskResultSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[3]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +711,7 @@ func (x *TaskResultSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResultSummary.ProtoReflect.Descriptor instead.
 func (*TaskResultSummary) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{3}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TaskResultSummary) GetTaskId() string {
@@ -530,7 +766,7 @@ type RegisterAgentRequest struct {
 
 func (x *RegisterAgentRequest) Reset() {
 	*x = RegisterAgentRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +778,7 @@ func (x *RegisterAgentRequest) String() string {
 func (*RegisterAgentRequest) ProtoMessage() {}
 
 func (x *RegisterAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[4]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +791,7 @@ func (x *RegisterAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgentRequest.ProtoReflect.Descriptor instead.
 func (*RegisterAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{4}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterAgentRequest) GetCapabilities() []string {
@@ -575,7 +811,7 @@ type RegisterAgentResponse struct {
 
 func (x *RegisterAgentResponse) Reset() {
 	*x = RegisterAgentResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +823,7 @@ func (x *RegisterAgentResponse) String() string {
 func (*RegisterAgentResponse) ProtoMessage() {}
 
 func (x *RegisterAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[5]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +836,7 @@ func (x *RegisterAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgentResponse.ProtoReflect.Descriptor instead.
 func (*RegisterAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{5}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterAgentResponse) GetAgent() *Agent {
@@ -618,7 +854,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +866,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[6]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +879,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{6}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{7}
 }
 
 type HeartbeatResponse struct {
@@ -656,7 +892,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +904,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[7]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +917,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{7}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HeartbeatResponse) GetAgent() *Agent {
@@ -699,7 +935,7 @@ type DeregisterAgentRequest struct {
 
 func (x *DeregisterAgentRequest) Reset() {
 	*x = DeregisterAgentRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +947,7 @@ func (x *DeregisterAgentRequest) String() string {
 func (*DeregisterAgentRequest) ProtoMessage() {}
 
 func (x *DeregisterAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[8]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +960,7 @@ func (x *DeregisterAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{8}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{9}
 }
 
 type DeregisterAgentResponse struct {
@@ -737,7 +973,7 @@ type DeregisterAgentResponse struct {
 
 func (x *DeregisterAgentResponse) Reset() {
 	*x = DeregisterAgentResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +985,7 @@ func (x *DeregisterAgentResponse) String() string {
 func (*DeregisterAgentResponse) ProtoMessage() {}
 
 func (x *DeregisterAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[9]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +998,7 @@ func (x *DeregisterAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{9}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeregisterAgentResponse) GetDeregistered() bool {
@@ -785,7 +1021,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +1033,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[10]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1046,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{10}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -839,7 +1075,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[11]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1087,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[11]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1100,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{11}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -898,14 +1134,26 @@ type AddTaskRequest struct {
 	MaxAttempts int32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Optional idempotency key (an id), scoped to the caller: a retry with the same
 	// request_id within the TASK TTL returns the task the first call added.
-	RequestId     string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Not claimable before this time (server clock); unset or past means at once. At most
+	// the TASK TTL ahead.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// Ids of tasks in the namespace (at most 32) that must complete before this one is
+	// claimable. Each must exist (NOT_FOUND, reason DEPENDENCY_NOT_FOUND, nothing added),
+	// so no cycle can form. Completed ones count as done at once.
+	DependsOn []string `protobuf:"bytes,9,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	// What a dependency that is dead-lettered or cancelled (now or later) does to this task.
+	DependencyFailurePolicy DependencyFailurePolicy `protobuf:"varint,10,opt,name=dependency_failure_policy,json=dependencyFailurePolicy,proto3,enum=agentcoord.v1.DependencyFailurePolicy" json:"dependency_failure_policy,omitempty"`
+	// Delays between attempts when a failure gives none (FailTask without backoff, an
+	// expired lease); unset: retry at once.
+	BackoffPolicy *BackoffPolicy `protobuf:"bytes,11,opt,name=backoff_policy,json=backoffPolicy,proto3" json:"backoff_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddTaskRequest) Reset() {
 	*x = AddTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[12]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1165,7 @@ func (x *AddTaskRequest) String() string {
 func (*AddTaskRequest) ProtoMessage() {}
 
 func (x *AddTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[12]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1178,7 @@ func (x *AddTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTaskRequest.ProtoReflect.Descriptor instead.
 func (*AddTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{12}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddTaskRequest) GetTaskId() string {
@@ -982,6 +1230,34 @@ func (x *AddTaskRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *AddTaskRequest) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *AddTaskRequest) GetDependsOn() []string {
+	if x != nil {
+		return x.DependsOn
+	}
+	return nil
+}
+
+func (x *AddTaskRequest) GetDependencyFailurePolicy() DependencyFailurePolicy {
+	if x != nil {
+		return x.DependencyFailurePolicy
+	}
+	return DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_UNSPECIFIED
+}
+
+func (x *AddTaskRequest) GetBackoffPolicy() *BackoffPolicy {
+	if x != nil {
+		return x.BackoffPolicy
+	}
+	return nil
+}
+
 type AddTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The added task (or, for a repeated request_id, the one added before).
@@ -994,7 +1270,7 @@ type AddTaskResponse struct {
 
 func (x *AddTaskResponse) Reset() {
 	*x = AddTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1282,7 @@ func (x *AddTaskResponse) String() string {
 func (*AddTaskResponse) ProtoMessage() {}
 
 func (x *AddTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1295,7 @@ func (x *AddTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTaskResponse.ProtoReflect.Descriptor instead.
 func (*AddTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{13}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddTaskResponse) GetTask() *Task {
@@ -1051,7 +1327,7 @@ type ClaimTaskRequest struct {
 
 func (x *ClaimTaskRequest) Reset() {
 	*x = ClaimTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[14]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1339,7 @@ func (x *ClaimTaskRequest) String() string {
 func (*ClaimTaskRequest) ProtoMessage() {}
 
 func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[14]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1352,7 @@ func (x *ClaimTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskRequest.ProtoReflect.Descriptor instead.
 func (*ClaimTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{14}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClaimTaskRequest) GetTaskTypes() []string {
@@ -1110,7 +1386,7 @@ type ClaimTaskResponse struct {
 
 func (x *ClaimTaskResponse) Reset() {
 	*x = ClaimTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[15]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1398,7 @@ func (x *ClaimTaskResponse) String() string {
 func (*ClaimTaskResponse) ProtoMessage() {}
 
 func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[15]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1411,7 @@ func (x *ClaimTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimTaskResponse.ProtoReflect.Descriptor instead.
 func (*ClaimTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{15}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClaimTaskResponse) GetTask() *Task {
@@ -1159,7 +1435,7 @@ type RenewTaskLeaseRequest struct {
 
 func (x *RenewTaskLeaseRequest) Reset() {
 	*x = RenewTaskLeaseRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[16]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1447,7 @@ func (x *RenewTaskLeaseRequest) String() string {
 func (*RenewTaskLeaseRequest) ProtoMessage() {}
 
 func (x *RenewTaskLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[16]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1460,7 @@ func (x *RenewTaskLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewTaskLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewTaskLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{16}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewTaskLeaseRequest) GetTaskId() string {
@@ -1218,7 +1494,7 @@ type RenewTaskLeaseResponse struct {
 
 func (x *RenewTaskLeaseResponse) Reset() {
 	*x = RenewTaskLeaseResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[17]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1506,7 @@ func (x *RenewTaskLeaseResponse) String() string {
 func (*RenewTaskLeaseResponse) ProtoMessage() {}
 
 func (x *RenewTaskLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[17]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1519,7 @@ func (x *RenewTaskLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewTaskLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewTaskLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{17}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewTaskLeaseResponse) GetLease() *TaskLease {
@@ -1272,7 +1548,7 @@ type ClaimNextOptions struct {
 
 func (x *ClaimNextOptions) Reset() {
 	*x = ClaimNextOptions{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1560,7 @@ func (x *ClaimNextOptions) String() string {
 func (*ClaimNextOptions) ProtoMessage() {}
 
 func (x *ClaimNextOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1573,7 @@ func (x *ClaimNextOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimNextOptions.ProtoReflect.Descriptor instead.
 func (*ClaimNextOptions) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{18}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClaimNextOptions) GetTaskTypes() []string {
@@ -1330,7 +1606,7 @@ type CompleteTaskRequest struct {
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1618,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1631,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{19}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -1400,7 +1676,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1688,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1701,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{20}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteTaskResponse) GetTask() *Task {
@@ -1452,7 +1728,9 @@ type FailTaskRequest struct {
 	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
 	// False dead-letters the task at once; unset means true (retry until max_attempts).
 	Retryable *bool `protobuf:"varint,4,opt,name=retryable,proto3,oneof" json:"retryable,omitempty"`
-	// How long the task waits before it is claimable again, 0 to 1 h.
+	// How long the task waits before it is claimable again, 0 to 1 h: the issue's
+	// `retry_after`. Unset: the task's backoff_policy decides (no policy: at once); set, even
+	// to 0, it overrides the policy.
 	Backoff *durationpb.Duration `protobuf:"bytes,5,opt,name=backoff,proto3" json:"backoff,omitempty"`
 	// Set: also claim the caller's next task (returned in next_task); with no backoff that
 	// may be this task again. Unset: fail only.
@@ -1463,7 +1741,7 @@ type FailTaskRequest struct {
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1753,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1766,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{21}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -1546,7 +1824,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1836,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1849,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{22}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FailTaskResponse) GetTask() *Task {
@@ -1598,7 +1876,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1888,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1901,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{23}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -1643,7 +1921,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1933,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1946,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{24}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -1697,7 +1975,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1987,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +2000,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{25}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListTasksRequest) GetStatus() TaskStatus {
@@ -1772,7 +2050,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +2062,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +2075,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{26}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1824,7 +2102,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2114,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2127,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{27}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelTaskRequest) GetTaskId() string {
@@ -1869,7 +2147,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2159,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2172,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{28}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelTaskResponse) GetTask() *Task {
@@ -1916,7 +2194,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2206,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2219,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{29}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDeadLettersRequest) GetPageSize() int32 {
@@ -1970,7 +2248,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2260,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2273,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{30}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListDeadLettersResponse) GetTasks() []*Task {
@@ -2022,7 +2300,7 @@ type RequeueDeadLetterRequest struct {
 
 func (x *RequeueDeadLetterRequest) Reset() {
 	*x = RequeueDeadLetterRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2034,7 +2312,7 @@ func (x *RequeueDeadLetterRequest) String() string {
 func (*RequeueDeadLetterRequest) ProtoMessage() {}
 
 func (x *RequeueDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2047,7 +2325,7 @@ func (x *RequeueDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RequeueDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{31}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RequeueDeadLetterRequest) GetTaskId() string {
@@ -2067,7 +2345,7 @@ type RequeueDeadLetterResponse struct {
 
 func (x *RequeueDeadLetterResponse) Reset() {
 	*x = RequeueDeadLetterResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2357,7 @@ func (x *RequeueDeadLetterResponse) String() string {
 func (*RequeueDeadLetterResponse) ProtoMessage() {}
 
 func (x *RequeueDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2370,7 @@ func (x *RequeueDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequeueDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RequeueDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{32}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RequeueDeadLetterResponse) GetTask() *Task {
@@ -2112,7 +2390,7 @@ type AggregateResultsRequest struct {
 
 func (x *AggregateResultsRequest) Reset() {
 	*x = AggregateResultsRequest{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2402,7 @@ func (x *AggregateResultsRequest) String() string {
 func (*AggregateResultsRequest) ProtoMessage() {}
 
 func (x *AggregateResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2415,7 @@ func (x *AggregateResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregateResultsRequest.ProtoReflect.Descriptor instead.
 func (*AggregateResultsRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{33}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AggregateResultsRequest) GetTaskType() string {
@@ -2167,7 +2445,7 @@ type AggregateResultsResponse struct {
 
 func (x *AggregateResultsResponse) Reset() {
 	*x = AggregateResultsResponse{}
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2457,7 @@ func (x *AggregateResultsResponse) String() string {
 func (*AggregateResultsResponse) ProtoMessage() {}
 
 func (x *AggregateResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_tasks_proto_msgTypes[34]
+	mi := &file_agentcoord_v1_tasks_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2470,7 @@ func (x *AggregateResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregateResultsResponse.ProtoReflect.Descriptor instead.
 func (*AggregateResultsResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{34}
+	return file_agentcoord_v1_tasks_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AggregateResultsResponse) GetTotalCompleted() int64 {
@@ -2234,11 +2512,17 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"\rregister_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fregisterTime\x12@\n" +
 	"\x0elast_seen_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vexpire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"m\n" +
+	"expireTime\"\x99\x01\n" +
+	"\rBackoffPolicy\x123\n" +
+	"\ainitial\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\ainitial\x12\x1e\n" +
+	"\n" +
+	"multiplier\x18\x02 \x01(\x01R\n" +
+	"multiplier\x123\n" +
+	"\amaximum\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\amaximum\"m\n" +
 	"\tTaskLease\x12#\n" +
 	"\rfencing_token\x18\x01 \x01(\x03R\ffencingToken\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\x95\x06\n" +
+	"expireTime\"\x93\t\n" +
 	"\x04Task\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\ttask_type\x18\x02 \x01(\tR\btaskType\x12 \n" +
@@ -2263,7 +2547,16 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"\x0eavailable_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\ravailableTime\x12?\n" +
 	"\rcomplete_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\fcompleteTime\x12;\n" +
 	"\vexpire_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\xfd\x01\n" +
+	"expireTime\x129\n" +
+	"\n" +
+	"not_before\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x12\x1d\n" +
+	"\n" +
+	"depends_on\x18\x14 \x03(\tR\tdependsOn\x129\n" +
+	"\x18dependencies_outstanding\x18\x15 \x01(\x05R\x17dependenciesOutstanding\x12b\n" +
+	"\x19dependency_failure_policy\x18\x16 \x01(\x0e2&.agentcoord.v1.DependencyFailurePolicyR\x17dependencyFailurePolicy\x12C\n" +
+	"\x0ebackoff_policy\x18\x17 \x01(\v2\x1c.agentcoord.v1.BackoffPolicyR\rbackoffPolicy\x12>\n" +
+	"\vwait_reason\x18\x18 \x01(\x0e2\x1d.agentcoord.v1.TaskWaitReasonR\n" +
+	"waitReason\"\xfd\x01\n" +
 	"\x11TaskResultSummary\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\ttask_type\x18\x02 \x01(\tR\btaskType\x12\x19\n" +
@@ -2287,7 +2580,7 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"j\n" +
 	"\x12ListAgentsResponse\x12,\n" +
 	"\x06agents\x18\x01 \x03(\v2\x14.agentcoord.v1.AgentR\x06agents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xfc\x03\n" +
 	"\x0eAddTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\ttask_type\x18\x02 \x01(\tR\btaskType\x12 \n" +
@@ -2296,7 +2589,14 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"\apayload\x18\x05 \x01(\v2\x17.google.protobuf.StructR\apayload\x12!\n" +
 	"\fmax_attempts\x18\x06 \x01(\x05R\vmaxAttempts\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\a \x01(\tR\trequestId\"V\n" +
+	"request_id\x18\a \x01(\tR\trequestId\x129\n" +
+	"\n" +
+	"not_before\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x12\x1d\n" +
+	"\n" +
+	"depends_on\x18\t \x03(\tR\tdependsOn\x12b\n" +
+	"\x19dependency_failure_policy\x18\n" +
+	" \x01(\x0e2&.agentcoord.v1.DependencyFailurePolicyR\x17dependencyFailurePolicy\x12C\n" +
+	"\x0ebackoff_policy\x18\v \x01(\v2\x1c.agentcoord.v1.BackoffPolicyR\rbackoffPolicy\"V\n" +
 	"\x0fAddTaskResponse\x12'\n" +
 	"\x04task\x18\x01 \x01(\v2\x13.agentcoord.v1.TaskR\x04task\x12\x1a\n" +
 	"\breplayed\x18\x02 \x01(\bR\breplayed\"\xa2\x01\n" +
@@ -2388,7 +2688,16 @@ const file_agentcoord_v1_tasks_proto_rawDesc = "" +
 	"\x13TASK_STATUS_CLAIMED\x10\x02\x12\x19\n" +
 	"\x15TASK_STATUS_COMPLETED\x10\x03\x12\x1d\n" +
 	"\x19TASK_STATUS_DEAD_LETTERED\x10\x04\x12\x19\n" +
-	"\x15TASK_STATUS_CANCELLED\x10\x052\x83\v\n" +
+	"\x15TASK_STATUS_CANCELLED\x10\x05*\x93\x01\n" +
+	"\x0eTaskWaitReason\x12 \n" +
+	"\x1cTASK_WAIT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aTASK_WAIT_REASON_SCHEDULED\x10\x01\x12\x1c\n" +
+	"\x18TASK_WAIT_REASON_BACKOFF\x10\x02\x12!\n" +
+	"\x1dTASK_WAIT_REASON_DEPENDENCIES\x10\x03*\x94\x01\n" +
+	"\x17DependencyFailurePolicy\x12)\n" +
+	"%DEPENDENCY_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
+	" DEPENDENCY_FAILURE_POLICY_CANCEL\x10\x01\x12(\n" +
+	"$DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY\x10\x022\x83\v\n" +
 	"\vTaskService\x12`\n" +
 	"\rRegisterAgent\x12#.agentcoord.v1.RegisterAgentRequest\x1a$.agentcoord.v1.RegisterAgentResponse\"\x04\x88\xb5\x18\x02\x12T\n" +
 	"\tHeartbeat\x12\x1f.agentcoord.v1.HeartbeatRequest\x1a .agentcoord.v1.HeartbeatResponse\"\x04\x88\xb5\x18\x02\x12f\n" +
@@ -2420,130 +2729,142 @@ func file_agentcoord_v1_tasks_proto_rawDescGZIP() []byte {
 	return file_agentcoord_v1_tasks_proto_rawDescData
 }
 
-var file_agentcoord_v1_tasks_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentcoord_v1_tasks_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_agentcoord_v1_tasks_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_agentcoord_v1_tasks_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_agentcoord_v1_tasks_proto_goTypes = []any{
 	(TaskStatus)(0),                   // 0: agentcoord.v1.TaskStatus
-	(*Agent)(nil),                     // 1: agentcoord.v1.Agent
-	(*TaskLease)(nil),                 // 2: agentcoord.v1.TaskLease
-	(*Task)(nil),                      // 3: agentcoord.v1.Task
-	(*TaskResultSummary)(nil),         // 4: agentcoord.v1.TaskResultSummary
-	(*RegisterAgentRequest)(nil),      // 5: agentcoord.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),     // 6: agentcoord.v1.RegisterAgentResponse
-	(*HeartbeatRequest)(nil),          // 7: agentcoord.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 8: agentcoord.v1.HeartbeatResponse
-	(*DeregisterAgentRequest)(nil),    // 9: agentcoord.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil),   // 10: agentcoord.v1.DeregisterAgentResponse
-	(*ListAgentsRequest)(nil),         // 11: agentcoord.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 12: agentcoord.v1.ListAgentsResponse
-	(*AddTaskRequest)(nil),            // 13: agentcoord.v1.AddTaskRequest
-	(*AddTaskResponse)(nil),           // 14: agentcoord.v1.AddTaskResponse
-	(*ClaimTaskRequest)(nil),          // 15: agentcoord.v1.ClaimTaskRequest
-	(*ClaimTaskResponse)(nil),         // 16: agentcoord.v1.ClaimTaskResponse
-	(*RenewTaskLeaseRequest)(nil),     // 17: agentcoord.v1.RenewTaskLeaseRequest
-	(*RenewTaskLeaseResponse)(nil),    // 18: agentcoord.v1.RenewTaskLeaseResponse
-	(*ClaimNextOptions)(nil),          // 19: agentcoord.v1.ClaimNextOptions
-	(*CompleteTaskRequest)(nil),       // 20: agentcoord.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),      // 21: agentcoord.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),           // 22: agentcoord.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),          // 23: agentcoord.v1.FailTaskResponse
-	(*GetTaskRequest)(nil),            // 24: agentcoord.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),           // 25: agentcoord.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),          // 26: agentcoord.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),         // 27: agentcoord.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),         // 28: agentcoord.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),        // 29: agentcoord.v1.CancelTaskResponse
-	(*ListDeadLettersRequest)(nil),    // 30: agentcoord.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),   // 31: agentcoord.v1.ListDeadLettersResponse
-	(*RequeueDeadLetterRequest)(nil),  // 32: agentcoord.v1.RequeueDeadLetterRequest
-	(*RequeueDeadLetterResponse)(nil), // 33: agentcoord.v1.RequeueDeadLetterResponse
-	(*AggregateResultsRequest)(nil),   // 34: agentcoord.v1.AggregateResultsRequest
-	(*AggregateResultsResponse)(nil),  // 35: agentcoord.v1.AggregateResultsResponse
-	nil,                               // 36: agentcoord.v1.AggregateResultsResponse.ByAgentEntry
-	nil,                               // 37: agentcoord.v1.AggregateResultsResponse.ByTypeEntry
-	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),           // 39: google.protobuf.Struct
-	(*durationpb.Duration)(nil),       // 40: google.protobuf.Duration
+	(TaskWaitReason)(0),               // 1: agentcoord.v1.TaskWaitReason
+	(DependencyFailurePolicy)(0),      // 2: agentcoord.v1.DependencyFailurePolicy
+	(*Agent)(nil),                     // 3: agentcoord.v1.Agent
+	(*BackoffPolicy)(nil),             // 4: agentcoord.v1.BackoffPolicy
+	(*TaskLease)(nil),                 // 5: agentcoord.v1.TaskLease
+	(*Task)(nil),                      // 6: agentcoord.v1.Task
+	(*TaskResultSummary)(nil),         // 7: agentcoord.v1.TaskResultSummary
+	(*RegisterAgentRequest)(nil),      // 8: agentcoord.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),     // 9: agentcoord.v1.RegisterAgentResponse
+	(*HeartbeatRequest)(nil),          // 10: agentcoord.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 11: agentcoord.v1.HeartbeatResponse
+	(*DeregisterAgentRequest)(nil),    // 12: agentcoord.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),   // 13: agentcoord.v1.DeregisterAgentResponse
+	(*ListAgentsRequest)(nil),         // 14: agentcoord.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 15: agentcoord.v1.ListAgentsResponse
+	(*AddTaskRequest)(nil),            // 16: agentcoord.v1.AddTaskRequest
+	(*AddTaskResponse)(nil),           // 17: agentcoord.v1.AddTaskResponse
+	(*ClaimTaskRequest)(nil),          // 18: agentcoord.v1.ClaimTaskRequest
+	(*ClaimTaskResponse)(nil),         // 19: agentcoord.v1.ClaimTaskResponse
+	(*RenewTaskLeaseRequest)(nil),     // 20: agentcoord.v1.RenewTaskLeaseRequest
+	(*RenewTaskLeaseResponse)(nil),    // 21: agentcoord.v1.RenewTaskLeaseResponse
+	(*ClaimNextOptions)(nil),          // 22: agentcoord.v1.ClaimNextOptions
+	(*CompleteTaskRequest)(nil),       // 23: agentcoord.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),      // 24: agentcoord.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),           // 25: agentcoord.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),          // 26: agentcoord.v1.FailTaskResponse
+	(*GetTaskRequest)(nil),            // 27: agentcoord.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),           // 28: agentcoord.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),          // 29: agentcoord.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),         // 30: agentcoord.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),         // 31: agentcoord.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),        // 32: agentcoord.v1.CancelTaskResponse
+	(*ListDeadLettersRequest)(nil),    // 33: agentcoord.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),   // 34: agentcoord.v1.ListDeadLettersResponse
+	(*RequeueDeadLetterRequest)(nil),  // 35: agentcoord.v1.RequeueDeadLetterRequest
+	(*RequeueDeadLetterResponse)(nil), // 36: agentcoord.v1.RequeueDeadLetterResponse
+	(*AggregateResultsRequest)(nil),   // 37: agentcoord.v1.AggregateResultsRequest
+	(*AggregateResultsResponse)(nil),  // 38: agentcoord.v1.AggregateResultsResponse
+	nil,                               // 39: agentcoord.v1.AggregateResultsResponse.ByAgentEntry
+	nil,                               // 40: agentcoord.v1.AggregateResultsResponse.ByTypeEntry
+	(*timestamppb.Timestamp)(nil),     // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 42: google.protobuf.Duration
+	(*structpb.Struct)(nil),           // 43: google.protobuf.Struct
 }
 var file_agentcoord_v1_tasks_proto_depIdxs = []int32{
-	38, // 0: agentcoord.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
-	38, // 1: agentcoord.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
-	38, // 2: agentcoord.v1.Agent.expire_time:type_name -> google.protobuf.Timestamp
-	38, // 3: agentcoord.v1.TaskLease.expire_time:type_name -> google.protobuf.Timestamp
-	39, // 4: agentcoord.v1.Task.payload:type_name -> google.protobuf.Struct
-	0,  // 5: agentcoord.v1.Task.status:type_name -> agentcoord.v1.TaskStatus
-	2,  // 6: agentcoord.v1.Task.lease:type_name -> agentcoord.v1.TaskLease
-	39, // 7: agentcoord.v1.Task.result:type_name -> google.protobuf.Struct
-	38, // 8: agentcoord.v1.Task.create_time:type_name -> google.protobuf.Timestamp
-	38, // 9: agentcoord.v1.Task.update_time:type_name -> google.protobuf.Timestamp
-	38, // 10: agentcoord.v1.Task.available_time:type_name -> google.protobuf.Timestamp
-	38, // 11: agentcoord.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
-	38, // 12: agentcoord.v1.Task.expire_time:type_name -> google.protobuf.Timestamp
-	38, // 13: agentcoord.v1.TaskResultSummary.complete_time:type_name -> google.protobuf.Timestamp
-	39, // 14: agentcoord.v1.TaskResultSummary.result:type_name -> google.protobuf.Struct
-	1,  // 15: agentcoord.v1.RegisterAgentResponse.agent:type_name -> agentcoord.v1.Agent
-	1,  // 16: agentcoord.v1.HeartbeatResponse.agent:type_name -> agentcoord.v1.Agent
-	1,  // 17: agentcoord.v1.ListAgentsResponse.agents:type_name -> agentcoord.v1.Agent
-	39, // 18: agentcoord.v1.AddTaskRequest.payload:type_name -> google.protobuf.Struct
-	3,  // 19: agentcoord.v1.AddTaskResponse.task:type_name -> agentcoord.v1.Task
-	40, // 20: agentcoord.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
-	40, // 21: agentcoord.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
-	3,  // 22: agentcoord.v1.ClaimTaskResponse.task:type_name -> agentcoord.v1.Task
-	40, // 23: agentcoord.v1.RenewTaskLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	2,  // 24: agentcoord.v1.RenewTaskLeaseResponse.lease:type_name -> agentcoord.v1.TaskLease
-	40, // 25: agentcoord.v1.ClaimNextOptions.lease_duration:type_name -> google.protobuf.Duration
-	39, // 26: agentcoord.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Struct
-	19, // 27: agentcoord.v1.CompleteTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
-	3,  // 28: agentcoord.v1.CompleteTaskResponse.task:type_name -> agentcoord.v1.Task
-	3,  // 29: agentcoord.v1.CompleteTaskResponse.next_task:type_name -> agentcoord.v1.Task
-	40, // 30: agentcoord.v1.FailTaskRequest.backoff:type_name -> google.protobuf.Duration
-	19, // 31: agentcoord.v1.FailTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
-	3,  // 32: agentcoord.v1.FailTaskResponse.task:type_name -> agentcoord.v1.Task
-	3,  // 33: agentcoord.v1.FailTaskResponse.next_task:type_name -> agentcoord.v1.Task
-	3,  // 34: agentcoord.v1.GetTaskResponse.task:type_name -> agentcoord.v1.Task
-	0,  // 35: agentcoord.v1.ListTasksRequest.status:type_name -> agentcoord.v1.TaskStatus
-	3,  // 36: agentcoord.v1.ListTasksResponse.tasks:type_name -> agentcoord.v1.Task
-	3,  // 37: agentcoord.v1.CancelTaskResponse.task:type_name -> agentcoord.v1.Task
-	3,  // 38: agentcoord.v1.ListDeadLettersResponse.tasks:type_name -> agentcoord.v1.Task
-	3,  // 39: agentcoord.v1.RequeueDeadLetterResponse.task:type_name -> agentcoord.v1.Task
-	36, // 40: agentcoord.v1.AggregateResultsResponse.by_agent:type_name -> agentcoord.v1.AggregateResultsResponse.ByAgentEntry
-	37, // 41: agentcoord.v1.AggregateResultsResponse.by_type:type_name -> agentcoord.v1.AggregateResultsResponse.ByTypeEntry
-	4,  // 42: agentcoord.v1.AggregateResultsResponse.recent_results:type_name -> agentcoord.v1.TaskResultSummary
-	5,  // 43: agentcoord.v1.TaskService.RegisterAgent:input_type -> agentcoord.v1.RegisterAgentRequest
-	7,  // 44: agentcoord.v1.TaskService.Heartbeat:input_type -> agentcoord.v1.HeartbeatRequest
-	9,  // 45: agentcoord.v1.TaskService.DeregisterAgent:input_type -> agentcoord.v1.DeregisterAgentRequest
-	11, // 46: agentcoord.v1.TaskService.ListAgents:input_type -> agentcoord.v1.ListAgentsRequest
-	13, // 47: agentcoord.v1.TaskService.AddTask:input_type -> agentcoord.v1.AddTaskRequest
-	15, // 48: agentcoord.v1.TaskService.ClaimTask:input_type -> agentcoord.v1.ClaimTaskRequest
-	17, // 49: agentcoord.v1.TaskService.RenewTaskLease:input_type -> agentcoord.v1.RenewTaskLeaseRequest
-	20, // 50: agentcoord.v1.TaskService.CompleteTask:input_type -> agentcoord.v1.CompleteTaskRequest
-	22, // 51: agentcoord.v1.TaskService.FailTask:input_type -> agentcoord.v1.FailTaskRequest
-	24, // 52: agentcoord.v1.TaskService.GetTask:input_type -> agentcoord.v1.GetTaskRequest
-	26, // 53: agentcoord.v1.TaskService.ListTasks:input_type -> agentcoord.v1.ListTasksRequest
-	28, // 54: agentcoord.v1.TaskService.CancelTask:input_type -> agentcoord.v1.CancelTaskRequest
-	30, // 55: agentcoord.v1.TaskService.ListDeadLetters:input_type -> agentcoord.v1.ListDeadLettersRequest
-	32, // 56: agentcoord.v1.TaskService.RequeueDeadLetter:input_type -> agentcoord.v1.RequeueDeadLetterRequest
-	34, // 57: agentcoord.v1.TaskService.AggregateResults:input_type -> agentcoord.v1.AggregateResultsRequest
-	6,  // 58: agentcoord.v1.TaskService.RegisterAgent:output_type -> agentcoord.v1.RegisterAgentResponse
-	8,  // 59: agentcoord.v1.TaskService.Heartbeat:output_type -> agentcoord.v1.HeartbeatResponse
-	10, // 60: agentcoord.v1.TaskService.DeregisterAgent:output_type -> agentcoord.v1.DeregisterAgentResponse
-	12, // 61: agentcoord.v1.TaskService.ListAgents:output_type -> agentcoord.v1.ListAgentsResponse
-	14, // 62: agentcoord.v1.TaskService.AddTask:output_type -> agentcoord.v1.AddTaskResponse
-	16, // 63: agentcoord.v1.TaskService.ClaimTask:output_type -> agentcoord.v1.ClaimTaskResponse
-	18, // 64: agentcoord.v1.TaskService.RenewTaskLease:output_type -> agentcoord.v1.RenewTaskLeaseResponse
-	21, // 65: agentcoord.v1.TaskService.CompleteTask:output_type -> agentcoord.v1.CompleteTaskResponse
-	23, // 66: agentcoord.v1.TaskService.FailTask:output_type -> agentcoord.v1.FailTaskResponse
-	25, // 67: agentcoord.v1.TaskService.GetTask:output_type -> agentcoord.v1.GetTaskResponse
-	27, // 68: agentcoord.v1.TaskService.ListTasks:output_type -> agentcoord.v1.ListTasksResponse
-	29, // 69: agentcoord.v1.TaskService.CancelTask:output_type -> agentcoord.v1.CancelTaskResponse
-	31, // 70: agentcoord.v1.TaskService.ListDeadLetters:output_type -> agentcoord.v1.ListDeadLettersResponse
-	33, // 71: agentcoord.v1.TaskService.RequeueDeadLetter:output_type -> agentcoord.v1.RequeueDeadLetterResponse
-	35, // 72: agentcoord.v1.TaskService.AggregateResults:output_type -> agentcoord.v1.AggregateResultsResponse
-	58, // [58:73] is the sub-list for method output_type
-	43, // [43:58] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	41, // 0: agentcoord.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
+	41, // 1: agentcoord.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	41, // 2: agentcoord.v1.Agent.expire_time:type_name -> google.protobuf.Timestamp
+	42, // 3: agentcoord.v1.BackoffPolicy.initial:type_name -> google.protobuf.Duration
+	42, // 4: agentcoord.v1.BackoffPolicy.maximum:type_name -> google.protobuf.Duration
+	41, // 5: agentcoord.v1.TaskLease.expire_time:type_name -> google.protobuf.Timestamp
+	43, // 6: agentcoord.v1.Task.payload:type_name -> google.protobuf.Struct
+	0,  // 7: agentcoord.v1.Task.status:type_name -> agentcoord.v1.TaskStatus
+	5,  // 8: agentcoord.v1.Task.lease:type_name -> agentcoord.v1.TaskLease
+	43, // 9: agentcoord.v1.Task.result:type_name -> google.protobuf.Struct
+	41, // 10: agentcoord.v1.Task.create_time:type_name -> google.protobuf.Timestamp
+	41, // 11: agentcoord.v1.Task.update_time:type_name -> google.protobuf.Timestamp
+	41, // 12: agentcoord.v1.Task.available_time:type_name -> google.protobuf.Timestamp
+	41, // 13: agentcoord.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
+	41, // 14: agentcoord.v1.Task.expire_time:type_name -> google.protobuf.Timestamp
+	41, // 15: agentcoord.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	2,  // 16: agentcoord.v1.Task.dependency_failure_policy:type_name -> agentcoord.v1.DependencyFailurePolicy
+	4,  // 17: agentcoord.v1.Task.backoff_policy:type_name -> agentcoord.v1.BackoffPolicy
+	1,  // 18: agentcoord.v1.Task.wait_reason:type_name -> agentcoord.v1.TaskWaitReason
+	41, // 19: agentcoord.v1.TaskResultSummary.complete_time:type_name -> google.protobuf.Timestamp
+	43, // 20: agentcoord.v1.TaskResultSummary.result:type_name -> google.protobuf.Struct
+	3,  // 21: agentcoord.v1.RegisterAgentResponse.agent:type_name -> agentcoord.v1.Agent
+	3,  // 22: agentcoord.v1.HeartbeatResponse.agent:type_name -> agentcoord.v1.Agent
+	3,  // 23: agentcoord.v1.ListAgentsResponse.agents:type_name -> agentcoord.v1.Agent
+	43, // 24: agentcoord.v1.AddTaskRequest.payload:type_name -> google.protobuf.Struct
+	41, // 25: agentcoord.v1.AddTaskRequest.not_before:type_name -> google.protobuf.Timestamp
+	2,  // 26: agentcoord.v1.AddTaskRequest.dependency_failure_policy:type_name -> agentcoord.v1.DependencyFailurePolicy
+	4,  // 27: agentcoord.v1.AddTaskRequest.backoff_policy:type_name -> agentcoord.v1.BackoffPolicy
+	6,  // 28: agentcoord.v1.AddTaskResponse.task:type_name -> agentcoord.v1.Task
+	42, // 29: agentcoord.v1.ClaimTaskRequest.lease_duration:type_name -> google.protobuf.Duration
+	42, // 30: agentcoord.v1.ClaimTaskRequest.wait:type_name -> google.protobuf.Duration
+	6,  // 31: agentcoord.v1.ClaimTaskResponse.task:type_name -> agentcoord.v1.Task
+	42, // 32: agentcoord.v1.RenewTaskLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	5,  // 33: agentcoord.v1.RenewTaskLeaseResponse.lease:type_name -> agentcoord.v1.TaskLease
+	42, // 34: agentcoord.v1.ClaimNextOptions.lease_duration:type_name -> google.protobuf.Duration
+	43, // 35: agentcoord.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Struct
+	22, // 36: agentcoord.v1.CompleteTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
+	6,  // 37: agentcoord.v1.CompleteTaskResponse.task:type_name -> agentcoord.v1.Task
+	6,  // 38: agentcoord.v1.CompleteTaskResponse.next_task:type_name -> agentcoord.v1.Task
+	42, // 39: agentcoord.v1.FailTaskRequest.backoff:type_name -> google.protobuf.Duration
+	22, // 40: agentcoord.v1.FailTaskRequest.claim_next:type_name -> agentcoord.v1.ClaimNextOptions
+	6,  // 41: agentcoord.v1.FailTaskResponse.task:type_name -> agentcoord.v1.Task
+	6,  // 42: agentcoord.v1.FailTaskResponse.next_task:type_name -> agentcoord.v1.Task
+	6,  // 43: agentcoord.v1.GetTaskResponse.task:type_name -> agentcoord.v1.Task
+	0,  // 44: agentcoord.v1.ListTasksRequest.status:type_name -> agentcoord.v1.TaskStatus
+	6,  // 45: agentcoord.v1.ListTasksResponse.tasks:type_name -> agentcoord.v1.Task
+	6,  // 46: agentcoord.v1.CancelTaskResponse.task:type_name -> agentcoord.v1.Task
+	6,  // 47: agentcoord.v1.ListDeadLettersResponse.tasks:type_name -> agentcoord.v1.Task
+	6,  // 48: agentcoord.v1.RequeueDeadLetterResponse.task:type_name -> agentcoord.v1.Task
+	39, // 49: agentcoord.v1.AggregateResultsResponse.by_agent:type_name -> agentcoord.v1.AggregateResultsResponse.ByAgentEntry
+	40, // 50: agentcoord.v1.AggregateResultsResponse.by_type:type_name -> agentcoord.v1.AggregateResultsResponse.ByTypeEntry
+	7,  // 51: agentcoord.v1.AggregateResultsResponse.recent_results:type_name -> agentcoord.v1.TaskResultSummary
+	8,  // 52: agentcoord.v1.TaskService.RegisterAgent:input_type -> agentcoord.v1.RegisterAgentRequest
+	10, // 53: agentcoord.v1.TaskService.Heartbeat:input_type -> agentcoord.v1.HeartbeatRequest
+	12, // 54: agentcoord.v1.TaskService.DeregisterAgent:input_type -> agentcoord.v1.DeregisterAgentRequest
+	14, // 55: agentcoord.v1.TaskService.ListAgents:input_type -> agentcoord.v1.ListAgentsRequest
+	16, // 56: agentcoord.v1.TaskService.AddTask:input_type -> agentcoord.v1.AddTaskRequest
+	18, // 57: agentcoord.v1.TaskService.ClaimTask:input_type -> agentcoord.v1.ClaimTaskRequest
+	20, // 58: agentcoord.v1.TaskService.RenewTaskLease:input_type -> agentcoord.v1.RenewTaskLeaseRequest
+	23, // 59: agentcoord.v1.TaskService.CompleteTask:input_type -> agentcoord.v1.CompleteTaskRequest
+	25, // 60: agentcoord.v1.TaskService.FailTask:input_type -> agentcoord.v1.FailTaskRequest
+	27, // 61: agentcoord.v1.TaskService.GetTask:input_type -> agentcoord.v1.GetTaskRequest
+	29, // 62: agentcoord.v1.TaskService.ListTasks:input_type -> agentcoord.v1.ListTasksRequest
+	31, // 63: agentcoord.v1.TaskService.CancelTask:input_type -> agentcoord.v1.CancelTaskRequest
+	33, // 64: agentcoord.v1.TaskService.ListDeadLetters:input_type -> agentcoord.v1.ListDeadLettersRequest
+	35, // 65: agentcoord.v1.TaskService.RequeueDeadLetter:input_type -> agentcoord.v1.RequeueDeadLetterRequest
+	37, // 66: agentcoord.v1.TaskService.AggregateResults:input_type -> agentcoord.v1.AggregateResultsRequest
+	9,  // 67: agentcoord.v1.TaskService.RegisterAgent:output_type -> agentcoord.v1.RegisterAgentResponse
+	11, // 68: agentcoord.v1.TaskService.Heartbeat:output_type -> agentcoord.v1.HeartbeatResponse
+	13, // 69: agentcoord.v1.TaskService.DeregisterAgent:output_type -> agentcoord.v1.DeregisterAgentResponse
+	15, // 70: agentcoord.v1.TaskService.ListAgents:output_type -> agentcoord.v1.ListAgentsResponse
+	17, // 71: agentcoord.v1.TaskService.AddTask:output_type -> agentcoord.v1.AddTaskResponse
+	19, // 72: agentcoord.v1.TaskService.ClaimTask:output_type -> agentcoord.v1.ClaimTaskResponse
+	21, // 73: agentcoord.v1.TaskService.RenewTaskLease:output_type -> agentcoord.v1.RenewTaskLeaseResponse
+	24, // 74: agentcoord.v1.TaskService.CompleteTask:output_type -> agentcoord.v1.CompleteTaskResponse
+	26, // 75: agentcoord.v1.TaskService.FailTask:output_type -> agentcoord.v1.FailTaskResponse
+	28, // 76: agentcoord.v1.TaskService.GetTask:output_type -> agentcoord.v1.GetTaskResponse
+	30, // 77: agentcoord.v1.TaskService.ListTasks:output_type -> agentcoord.v1.ListTasksResponse
+	32, // 78: agentcoord.v1.TaskService.CancelTask:output_type -> agentcoord.v1.CancelTaskResponse
+	34, // 79: agentcoord.v1.TaskService.ListDeadLetters:output_type -> agentcoord.v1.ListDeadLettersResponse
+	36, // 80: agentcoord.v1.TaskService.RequeueDeadLetter:output_type -> agentcoord.v1.RequeueDeadLetterResponse
+	38, // 81: agentcoord.v1.TaskService.AggregateResults:output_type -> agentcoord.v1.AggregateResultsResponse
+	67, // [67:82] is the sub-list for method output_type
+	52, // [52:67] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_tasks_proto_init() }
@@ -2552,14 +2873,14 @@ func file_agentcoord_v1_tasks_proto_init() {
 		return
 	}
 	file_agentcoord_v1_access_proto_init()
-	file_agentcoord_v1_tasks_proto_msgTypes[21].OneofWrappers = []any{}
+	file_agentcoord_v1_tasks_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_tasks_proto_rawDesc), len(file_agentcoord_v1_tasks_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   37,
+			NumEnums:      3,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -52,6 +52,9 @@ type TaskServiceClient interface {
 	RegisterAgent(ctx context.Context, in *RegisterAgentRequest, opts ...grpc.CallOption) (*RegisterAgentResponse, error)
 	// Keeps the caller's registration alive for another COORDINATION TTL.
 	// NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+	// FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+	// cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+	// the registration was extended all the same.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// Removes the caller's registration. Harmless if it is not registered.
 	DeregisterAgent(ctx context.Context, in *DeregisterAgentRequest, opts ...grpc.CallOption) (*DeregisterAgentResponse, error)
@@ -59,13 +62,18 @@ type TaskServiceClient interface {
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
 	// same request_id returns the task the first call added.
+	// With not_before it is not claimable before that time; with depends_on not before
+	// those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+	// Because dependencies must already exist when a task is added, the dependency graph
+	// can never hold a cycle.
 	AddTask(ctx context.Context, in *AddTaskRequest, opts ...grpc.CallOption) (*AddTaskResponse, error)
 	// Claims the highest-priority pending task among the given types (FIFO among equal
 	// priorities) under a lease, optionally waiting up to `wait` for one to appear.
 	// Returns no task when none came. Expired leases of those types are reclaimed first.
 	ClaimTask(ctx context.Context, in *ClaimTaskRequest, opts ...grpc.CallOption) (*ClaimTaskResponse, error)
-	// Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-	// has expired, was handed to someone else, or the task was cancelled.
+	// Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+	// was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+	// (LEASE_LOST) if the lease has expired or was handed to someone else.
 	RenewTaskLease(ctx context.Context, in *RenewTaskLeaseRequest, opts ...grpc.CallOption) (*RenewTaskLeaseResponse, error)
 	// Completes a task with its result. Only the holder of the live lease with the
 	// matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
@@ -90,6 +98,10 @@ type TaskServiceClient interface {
 	// dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
 	// PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
 	// cancelling a cancelled task returns it unchanged.
+	// The holder of a claimed task learns it at once: the same atomic step sends it a
+	// targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+	// its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+	// Tasks that depend on it are settled by their dependency_failure_policy.
 	CancelTask(ctx context.Context, in *CancelTaskRequest, opts ...grpc.CallOption) (*CancelTaskResponse, error)
 	// Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
 	// appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.
@@ -276,6 +288,9 @@ type TaskServiceServer interface {
 	RegisterAgent(context.Context, *RegisterAgentRequest) (*RegisterAgentResponse, error)
 	// Keeps the caller's registration alive for another COORDINATION TTL.
 	// NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+	// FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+	// cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+	// the registration was extended all the same.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// Removes the caller's registration. Harmless if it is not registered.
 	DeregisterAgent(context.Context, *DeregisterAgentRequest) (*DeregisterAgentResponse, error)
@@ -283,13 +298,18 @@ type TaskServiceServer interface {
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
 	// same request_id returns the task the first call added.
+	// With not_before it is not claimable before that time; with depends_on not before
+	// those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+	// Because dependencies must already exist when a task is added, the dependency graph
+	// can never hold a cycle.
 	AddTask(context.Context, *AddTaskRequest) (*AddTaskResponse, error)
 	// Claims the highest-priority pending task among the given types (FIFO among equal
 	// priorities) under a lease, optionally waiting up to `wait` for one to appear.
 	// Returns no task when none came. Expired leases of those types are reclaimed first.
 	ClaimTask(context.Context, *ClaimTaskRequest) (*ClaimTaskResponse, error)
-	// Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-	// has expired, was handed to someone else, or the task was cancelled.
+	// Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+	// was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+	// (LEASE_LOST) if the lease has expired or was handed to someone else.
 	RenewTaskLease(context.Context, *RenewTaskLeaseRequest) (*RenewTaskLeaseResponse, error)
 	// Completes a task with its result. Only the holder of the live lease with the
 	// matching fencing token may; else FAILED_PRECONDITION (LEASE_LOST). Repeating a
@@ -314,6 +334,10 @@ type TaskServiceServer interface {
 	// dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
 	// PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
 	// cancelling a cancelled task returns it unchanged.
+	// The holder of a claimed task learns it at once: the same atomic step sends it a
+	// targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+	// its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+	// Tasks that depend on it are settled by their dependency_failure_policy.
 	CancelTask(context.Context, *CancelTaskRequest) (*CancelTaskResponse, error)
 	// Lists dead-lettered tasks, oldest dead-lettering first. A task whose last lease ran out
 	// appears here once a ClaimTask of its type, GetTask or ListTasks has settled it.

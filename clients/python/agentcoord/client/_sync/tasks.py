@@ -4,12 +4,14 @@
 Tiers: reads (get/list/aggregate) need OBSERVER; registering, adding, claiming, renewing,
 completing, failing and cancelling your own tasks CONTRIBUTOR; cancelling others' tasks and
 requeue_dead_letter VALIDATOR. Durations are seconds (floats). Every failure raises
-AgentcoordError; its `reason` tells the cases apart (LEASE_LOST, TASK_NOT_FOUND, TASK_EXISTS,
-NOT_TASK_ADDER, TASK_COMPLETED, NOT_DEAD_LETTERED, NO_TASK_TYPES, AGENT_NOT_REGISTERED…).
+AgentcoordError; its `reason` tells the cases apart (LEASE_LOST, TASK_CANCELLED, TASK_NOT_FOUND,
+TASK_EXISTS, DEPENDENCY_NOT_FOUND, NOT_TASK_ADDER, TASK_COMPLETED, NOT_DEAD_LETTERED,
+NO_TASK_TYPES, AGENT_NOT_REGISTERED…).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,8 +21,17 @@ from agentcoord.v1 import tasks_pb2, tasks_pb2_grpc
 
 from .._transport import SyncTransport, sync_sleep
 from ..errors import AgentcoordError
-from ..task_worker import LeaseKeeper, TaskHandler, PermanentTaskError
+from ..task_worker import (
+    CANCEL_SIGNAL_TYPE,
+    CancelWatch,
+    HandlerRun,
+    LeaseKeeper,
+    TaskHandler,
+    PermanentTaskError,
+    TaskCancelled,
+)
 from ._base import ServiceClient
+from .signals import SignalsClient
 
 IDLE_PAUSE = 0.5
 """Seconds a worker with wait=0 pauses after finding nothing to claim."""
@@ -32,6 +43,10 @@ _STATUSES = {
     "completed": tasks_pb2.TASK_STATUS_COMPLETED,
     "dead_lettered": tasks_pb2.TASK_STATUS_DEAD_LETTERED,
     "cancelled": tasks_pb2.TASK_STATUS_CANCELLED,
+}
+_ON_DEPENDENCY_FAILURE = {
+    "cancel": tasks_pb2.DEPENDENCY_FAILURE_POLICY_CANCEL,
+    "run_anyway": tasks_pb2.DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY,
 }
 
 
@@ -109,15 +124,30 @@ class TasksClient(ServiceClient):
         task_id: str = "",
         max_attempts: int = 3,
         request_id: str = "",
+        not_before: datetime.datetime | None = None,
+        depends_on: Iterable[str] = (),
+        on_dependency_failure: str = "cancel",
+        backoff_initial: float | None = None,
+        backoff_multiplier: float = 2.0,
+        backoff_max: float | None = None,
     ) -> tasks_pb2.Task:
         """Adds a pending task. `priority` 1 (lowest) to 10 (highest); `payload` any JSON-like
         dict; `task_id` empty lets the server make one; `max_attempts` 1-100 claims before it
         is dead-lettered; `request_id` makes retries safe: the same request_id (from this
         agent, within the TASK TTL) returns the task the first call added.
 
+        Tasks in time: `not_before` (an aware datetime, at most the TASK TTL ahead) keeps it
+        from claims until then (server clock); `depends_on` (ids of existing tasks, at most 32)
+        until they complete, and `on_dependency_failure` ("cancel" or "run_anyway") says what a
+        dependency that is dead-lettered or cancelled does to it. `backoff_initial` (seconds,
+        0.001-3600) gives it a backoff policy: a failure that names no delay (and an expired
+        lease) waits min(`backoff_max` (default 3600), initial * multiplier^(attempt-1))
+        seconds before it is claimable again (`backoff_multiplier` 1-10).
+
         Raises AgentcoordError: INVALID_ARGUMENT (NON_FINITE_NUMBER for NaN/±Infinity in the
-        payload), ALREADY_EXISTS (TASK_EXISTS), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: the
-        serialized payload is over the server's --max-task-bytes, default 1 MiB).
+        payload), ALREADY_EXISTS (TASK_EXISTS), NOT_FOUND (DEPENDENCY_NOT_FOUND),
+        RESOURCE_EXHAUSTED (VALUE_TOO_LARGE: the serialized payload is over the server's
+        --max-task-bytes, default 1 MiB).
         """
         request = tasks_pb2.AddTaskRequest(
             task_id=task_id,
@@ -127,7 +157,16 @@ class TasksClient(ServiceClient):
             payload=_struct(payload),
             max_attempts=max_attempts,
             request_id=request_id,
+            depends_on=list(depends_on),
+            dependency_failure_policy=_ON_DEPENDENCY_FAILURE[on_dependency_failure],
         )
+        if not_before is not None:
+            request.not_before.FromDatetime(not_before)
+        if backoff_initial is not None:
+            request.backoff_policy.initial.CopyFrom(_duration(backoff_initial))
+            request.backoff_policy.multiplier = backoff_multiplier
+            if backoff_max is not None:
+                request.backoff_policy.maximum.CopyFrom(_duration(backoff_max))
         response = self._unary(self._stub.AddTask, request)
         return response.task  # type: ignore[no-any-return]
 
@@ -157,7 +196,8 @@ class TasksClient(ServiceClient):
     ) -> tasks_pb2.TaskLease:
         """Extends this agent's live lease to `lease` seconds from now.
 
-        Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND).
+        Raises AgentcoordError: FAILED_PRECONDITION (TASK_CANCELLED: the task was cancelled,
+        stop working on it; LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND).
         """
         request = tasks_pb2.RenewTaskLeaseRequest(
             task_id=task_id, fencing_token=fencing_token, lease_duration=_duration(lease)
@@ -214,12 +254,12 @@ class TasksClient(ServiceClient):
         fencing_token: int,
         error: str = "",
         retryable: bool = True,
-        backoff: float = 0.0,
+        backoff: float | None = None,
         task_types: Iterable[str] = (),
         lease: float = 300.0,
     ) -> tuple[tasks_pb2.Task, tasks_pb2.Task | None]:
         """`fail_task`, and in the same call claims this agent's next task as
-        `complete_and_claim_next` does (with no `backoff`, possibly the failed task again).
+        `complete_and_claim_next` does (with no delay, possibly the failed task again).
         Returns (failed task, next task or None).
 
         Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND),
@@ -232,7 +272,7 @@ class TasksClient(ServiceClient):
             retryable=retryable,
             claim_next=_claim_next(task_types, lease),
         )
-        if backoff > 0:
+        if backoff is not None:
             request.backoff.CopyFrom(_duration(backoff))
         response = self._unary(self._stub.FailTask, request)
         return response.task, _next_task(response)
@@ -244,9 +284,10 @@ class TasksClient(ServiceClient):
         fencing_token: int,
         error: str = "",
         retryable: bool = True,
-        backoff: float = 0.0,
+        backoff: float | None = None,
     ) -> tasks_pb2.Task:
-        """Reports a failed attempt: the task is pending again after `backoff` seconds (0-3600)
+        """Reports a failed attempt: the task is pending again after `backoff` seconds (0-3600;
+        the issue's retry_after; None: the task's backoff policy decides, at once without one)
         or, when not `retryable` or out of attempts, dead-lettered.
 
         Raises AgentcoordError: FAILED_PRECONDITION (LEASE_LOST), NOT_FOUND (TASK_NOT_FOUND).
@@ -254,7 +295,7 @@ class TasksClient(ServiceClient):
         request = tasks_pb2.FailTaskRequest(
             task_id=task_id, fencing_token=fencing_token, error=error, retryable=retryable
         )
-        if backoff > 0:
+        if backoff is not None:
             request.backoff.CopyFrom(_duration(backoff))
         response = self._unary(self._stub.FailTask, request)
         return response.task  # type: ignore[no-any-return]
@@ -288,6 +329,8 @@ class TasksClient(ServiceClient):
 
     def cancel_task(self, task_id: str) -> tasks_pb2.Task:
         """Cancels a task that is not completed (revoking any lease). Its adder or a VALIDATOR.
+        The holder of a claimed task is told at once (a "task.cancelled" signal) and its
+        renewals answer TASK_CANCELLED; tasks depending on it follow their policy.
 
         Raises AgentcoordError: PERMISSION_DENIED (NOT_TASK_ADDER), FAILED_PRECONDITION
         (TASK_COMPLETED), NOT_FOUND.
@@ -325,9 +368,10 @@ class TasksClient(ServiceClient):
         task_types: Iterable[str] = (),
         lease: float = 60.0,
         wait: float = 10.0,
-        retry_backoff: float = 0.0,
+        retry_backoff: float | None = None,
     ) -> Worker:
         """A worker that runs `handler` on tasks claimed from `task_types`; see AsyncWorker."""
+        signals = SignalsClient(self._transport)
         return Worker(
             self,
             handler,
@@ -335,21 +379,35 @@ class TasksClient(ServiceClient):
             lease=lease,
             wait=wait,
             retry_backoff=retry_backoff,
+            # From the oldest retained signal: one sent before the stream was set up is not
+            # missed, and an old one cannot match (fencing tokens never repeat).
+            cancel_watch=CancelWatch(
+                lambda: signals.subscribe([CANCEL_SIGNAL_TYPE], earliest=True)
+            ),
         )
 
 
 class Worker:
     """Claims tasks, runs `handler(task)` while renewing the lease in the background (every
     lease/3 seconds), then completes the task with the handler's return value (a JSON-like dict
-    or None) or, if it raised, fails it: retryable after `retry_backoff` seconds, or
-    dead-lettered at once for PermanentTaskError.
+    or None) or, if it raised, fails it: retryable after `retry_backoff` seconds (None: the
+    task's backoff policy decides), or dead-lettered at once for PermanentTaskError.
+
+    Cancellation: when the task is cancelled (CancelTask) while the handler runs, the handler
+    is stopped — its asyncio task is cancelled, so it sees CancelledError — and the task is
+    neither completed nor failed (counted in `cancelled`). `run` learns it at once from the
+    "task.cancelled" signal the server sends the holder (one Subscribe per running worker,
+    `cancel_watch`); every worker also learns it from its next renewal (TASK_CANCELLED), the
+    backstop for a signal missed while that subscription was reconnecting. (The sync Worker
+    cannot interrupt a handler running in its thread: it learns it from the renewal and skips
+    the completion once the handler returns.)
 
     In `run`, the completion (or failure) also claims the next task in the same call
     (`complete_and_claim_next`), so a busy worker costs one RPC per task; only when nothing is
     pending does it fall back to a ClaimTask that waits up to `wait` seconds.
 
     Counters: `completed`, `failed`, `lost` (attempts whose lease was lost: the server refused
-    the completion, the task went back to the queue or to someone else).
+    the completion, the task went back to the queue or to someone else), `cancelled`.
     """
 
     def __init__(
@@ -360,7 +418,8 @@ class Worker:
         task_types: Iterable[str] = (),
         lease: float = 60.0,
         wait: float = 10.0,
-        retry_backoff: float = 0.0,
+        retry_backoff: float | None = None,
+        cancel_watch: CancelWatch | None = None,
     ) -> None:
         self._tasks = tasks
         self._handler = handler
@@ -368,10 +427,12 @@ class Worker:
         self._lease = lease
         self._wait = wait
         self._retry_backoff = retry_backoff
+        self._cancel_watch = cancel_watch
         self._stopping = False
         self.completed = 0
         self.failed = 0
         self.lost = 0
+        self.cancelled = 0
 
     def stop(self) -> None:
         """Makes `run` return after the task in hand (or the current claim's wait); a task
@@ -406,11 +467,21 @@ class Worker:
 
         error: Exception | None = None
         result: Any = None
-        with LeaseKeeper(renew, self._lease / 3):
-            try:
-                result = self._handler(task)
-            except Exception as exc:
-                error = exc
+        run = HandlerRun(self._handler)
+        if self._cancel_watch is not None:
+            self._cancel_watch.watch(task_id, token, run)
+        try:
+            with LeaseKeeper(renew, self._lease / 3, run.cancel):
+                try:
+                    result = run.result(task)
+                except TaskCancelled:
+                    self.cancelled += 1
+                    return task, None
+                except Exception as exc:
+                    error = exc
+        finally:
+            if self._cancel_watch is not None:
+                self._cancel_watch.unwatch(task_id, token)
         next_task: tasks_pb2.Task | None = None
         try:
             if error is None:
@@ -459,6 +530,15 @@ class Worker:
     def run(self, *, max_tasks: int | None = None, stop_when_idle: bool = False) -> int:
         """Processes tasks until `stop()`, `max_tasks` were processed, or (with
         `stop_when_idle`) a claim's wait ends with no task. Returns how many were processed."""
+        if self._cancel_watch is not None:
+            self._cancel_watch.start()
+        try:
+            return self._run(max_tasks, stop_when_idle)
+        finally:
+            if self._cancel_watch is not None:
+                self._cancel_watch.close()
+
+    def _run(self, max_tasks: int | None, stop_when_idle: bool) -> int:
         processed = 0
         held: tasks_pb2.Task | None = None  # claimed by the last completion
         while held is not None or (

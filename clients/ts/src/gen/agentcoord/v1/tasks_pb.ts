@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/tasks.proto.
  */
 export const file_agentcoord_v1_tasks: GenFile = /*@__PURE__*/
-  fileDesc("ChlhZ2VudGNvb3JkL3YxL3Rhc2tzLnByb3RvEg1hZ2VudGNvb3JkLnYxIscBCgVBZ2VudBIQCghhZ2VudF9pZBgBIAEoCRIUCgxjYXBhYmlsaXRpZXMYAiADKAkSMQoNcmVnaXN0ZXJfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTCglUYXNrTGVhc2USFQoNZmVuY2luZ190b2tlbhgBIAEoAxIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1AQKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSKAoHcGF5bG9hZBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoGc3RhdHVzGAYgASgOMhkuYWdlbnRjb29yZC52MS5UYXNrU3RhdHVzEhAKCGF0dGVtcHRzGAcgASgFEhQKDG1heF9hdHRlbXB0cxgIIAEoBRISCgpjcmVhdGVkX2J5GAkgASgJEhAKCGFzc2lnbmVlGAogASgJEicKBWxlYXNlGAsgASgLMhguYWdlbnRjb29yZC52MS5UYXNrTGVhc2USJwoGcmVzdWx0GAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpsYXN0X2Vycm9yGA0gASgJEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOYXZhaWxhYmxlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK9AQoRVGFza1Jlc3VsdFN1bW1hcnkSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSMQoNY29tcGxldGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGcmVzdWx0GAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXN1bHRfb21pdHRlZBgGIAEoCCIsChRSZWdpc3RlckFnZW50UmVxdWVzdBIUCgxjYXBhYmlsaXRpZXMYASADKAkiPAoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCISChBIZWFydGJlYXRSZXF1ZXN0IjgKEUhlYXJ0YmVhdFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCIYChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Ii8KF0RlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlEhQKDGRlcmVnaXN0ZXJlZBgBIAEoCCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJTChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuYWdlbnRjb29yZC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkirwEKDkFkZFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJdGFza190eXBlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCHByaW9yaXR5GAQgASgFEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDG1heF9hdHRlbXB0cxgGIAEoBRISCgpyZXF1ZXN0X2lkGAcgASgJIkYKD0FkZFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrEhAKCHJlcGxheWVkGAIgASgIIoIBChBDbGFpbVRhc2tSZXF1ZXN0EhIKCnRhc2tfdHlwZXMYASADKAkSMQoObGVhc2VfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoEd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI2ChFDbGFpbVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrInIKFVJlbmV3VGFza0xlYXNlUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSMQoObGVhc2VfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoWUmVuZXdUYXNrTGVhc2VSZXNwb25zZRInCgVsZWFzZRgBIAEoCzIYLmFnZW50Y29vcmQudjEuVGFza0xlYXNlIlkKEENsYWltTmV4dE9wdGlvbnMSEgoKdGFza190eXBlcxgBIAMoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKbAQoTQ29tcGxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSJwoGcmVzdWx0GAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIzCgpjbGFpbV9uZXh0GAQgASgLMh8uYWdlbnRjb29yZC52MS5DbGFpbU5leHRPcHRpb25zImEKFENvbXBsZXRlVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSJgoJbmV4dF90YXNrGAIgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIs8BCg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIVCg1mZW5jaW5nX3Rva2VuGAIgASgDEg0KBWVycm9yGAMgASgJEhYKCXJldHJ5YWJsZRgEIAEoCEgAiAEBEioKB2JhY2tvZmYYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMwoKY2xhaW1fbmV4dBgGIAEoCzIfLmFnZW50Y29vcmQudjEuQ2xhaW1OZXh0T3B0aW9uc0IMCgpfcmV0cnlhYmxlIl0KEEZhaWxUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzaxImCgluZXh0X3Rhc2sYAiABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2siIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayKJAQoQTGlzdFRhc2tzUmVxdWVzdBIpCgZzdGF0dXMYASABKA4yGS5hZ2VudGNvb3JkLnYxLlRhc2tTdGF0dXMSEQoJdGFza190eXBlGAIgASgJEhAKCGFzc2lnbmVlGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIlAKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRjb29yZC52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjcKEkNhbmNlbFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIj8KFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVgoXTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKGFJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIj4KGVJlcXVldWVEZWFkTGV0dGVyUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayIsChdBZ2dyZWdhdGVSZXN1bHRzUmVxdWVzdBIRCgl0YXNrX3R5cGUYASABKAki2gIKGEFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZRIXCg90b3RhbF9jb21wbGV0ZWQYASABKAMSRgoIYnlfYWdlbnQYAiADKAsyNC5hZ2VudGNvb3JkLnYxLkFnZ3JlZ2F0ZVJlc3VsdHNSZXNwb25zZS5CeUFnZW50RW50cnkSRAoHYnlfdHlwZRgDIAMoCzIzLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlLkJ5VHlwZUVudHJ5EjgKDnJlY2VudF9yZXN1bHRzGAQgAygLMiAuYWdlbnRjb29yZC52MS5UYXNrUmVzdWx0U3VtbWFyeRouCgxCeUFnZW50RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARotCgtCeVR5cGVFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKrABCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhcKE1RBU0tfU1RBVFVTX0NMQUlNRUQQAhIZChVUQVNLX1NUQVRVU19DT01QTEVURUQQAxIdChlUQVNLX1NUQVRVU19ERUFEX0xFVFRFUkVEEAQSGQoVVEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAUygwsKC1Rhc2tTZXJ2aWNlEmAKDVJlZ2lzdGVyQWdlbnQSIy5hZ2VudGNvb3JkLnYxLlJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiQuYWdlbnRjb29yZC52MS5SZWdpc3RlckFnZW50UmVzcG9uc2UiBIi1GAISVAoJSGVhcnRiZWF0Eh8uYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXNwb25zZSIEiLUYAhJmCg9EZXJlZ2lzdGVyQWdlbnQSJS5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlIgSItRgCElcKCkxpc3RBZ2VudHMSIC5hZ2VudGNvb3JkLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0QWdlbnRzUmVzcG9uc2UiBIi1GAESTgoHQWRkVGFzaxIdLmFnZW50Y29vcmQudjEuQWRkVGFza1JlcXVlc3QaHi5hZ2VudGNvb3JkLnYxLkFkZFRhc2tSZXNwb25zZSIEiLUYAhJUCglDbGFpbVRhc2sSHy5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1JlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1Jlc3BvbnNlIgSItRgCEmMKDlJlbmV3VGFza0xlYXNlEiQuYWdlbnRjb29yZC52MS5SZW5ld1Rhc2tMZWFzZVJlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLlJlbmV3VGFza0xlYXNlUmVzcG9uc2UiBIi1GAISXQoMQ29tcGxldGVUYXNrEiIuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiMuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXNwb25zZSIEiLUYAhJRCghGYWlsVGFzaxIeLmFnZW50Y29vcmQudjEuRmFpbFRhc2tSZXF1ZXN0Gh8uYWdlbnRjb29yZC52MS5GYWlsVGFza1Jlc3BvbnNlIgSItRgCEk4KB0dldFRhc2sSHS5hZ2VudGNvb3JkLnYxLkdldFRhc2tSZXF1ZXN0Gh4uYWdlbnRjb29yZC52MS5HZXRUYXNrUmVzcG9uc2UiBIi1GAESVAoJTGlzdFRhc2tzEh8uYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXNwb25zZSIEiLUYARJXCgpDYW5jZWxUYXNrEiAuYWdlbnRjb29yZC52MS5DYW5jZWxUYXNrUmVxdWVzdBohLmFnZW50Y29vcmQudjEuQ2FuY2VsVGFza1Jlc3BvbnNlIgSItRgCEmYKD0xpc3REZWFkTGV0dGVycxIlLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBomLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2UiBIi1GAESbAoRUmVxdWV1ZURlYWRMZXR0ZXISJy5hZ2VudGNvb3JkLnYxLlJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBooLmFnZW50Y29vcmQudjEuUmVxdWV1ZURlYWRMZXR0ZXJSZXNwb25zZSIEiLUYAxJpChBBZ2dyZWdhdGVSZXN1bHRzEiYuYWdlbnRjb29yZC52MS5BZ2dyZWdhdGVSZXN1bHRzUmVxdWVzdBonLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlIgSItRgBQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChlhZ2VudGNvb3JkL3YxL3Rhc2tzLnByb3RvEg1hZ2VudGNvb3JkLnYxIscBCgVBZ2VudBIQCghhZ2VudF9pZBgBIAEoCRIUCgxjYXBhYmlsaXRpZXMYAiADKAkSMQoNcmVnaXN0ZXJfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ7Cg1CYWNrb2ZmUG9saWN5EioKB2luaXRpYWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKbXVsdGlwbGllchgCIAEoARIqCgdtYXhpbXVtGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKCVRhc2tMZWFzZRIVCg1mZW5jaW5nX3Rva2VuGAEgASgDEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLvBgoEVGFzaxIPCgd0YXNrX2lkGAEgASgJEhEKCXRhc2tfdHlwZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghwcmlvcml0eRgEIAEoBRIoCgdwYXlsb2FkGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgZzdGF0dXMYBiABKA4yGS5hZ2VudGNvb3JkLnYxLlRhc2tTdGF0dXMSEAoIYXR0ZW1wdHMYByABKAUSFAoMbWF4X2F0dGVtcHRzGAggASgFEhIKCmNyZWF0ZWRfYnkYCSABKAkSEAoIYXNzaWduZWUYCiABKAkSJwoFbGVhc2UYCyABKAsyGC5hZ2VudGNvb3JkLnYxLlRhc2tMZWFzZRInCgZyZXN1bHQYDCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCmxhc3RfZXJyb3IYDSABKAkSLwoLY3JlYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5hdmFpbGFibGVfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNY29tcGxldGVfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCm5vdF9iZWZvcmUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmRlcGVuZHNfb24YFCADKAkSIAoYZGVwZW5kZW5jaWVzX291dHN0YW5kaW5nGBUgASgFEkkKGWRlcGVuZGVuY3lfZmFpbHVyZV9wb2xpY3kYFiABKA4yJi5hZ2VudGNvb3JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlUG9saWN5EjQKDmJhY2tvZmZfcG9saWN5GBcgASgLMhwuYWdlbnRjb29yZC52MS5CYWNrb2ZmUG9saWN5EjIKC3dhaXRfcmVhc29uGBggASgOMh0uYWdlbnRjb29yZC52MS5UYXNrV2FpdFJlYXNvbiK9AQoRVGFza1Jlc3VsdFN1bW1hcnkSDwoHdGFza19pZBgBIAEoCRIRCgl0YXNrX3R5cGUYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSMQoNY29tcGxldGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoGcmVzdWx0GAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXN1bHRfb21pdHRlZBgGIAEoCCIsChRSZWdpc3RlckFnZW50UmVxdWVzdBIUCgxjYXBhYmlsaXRpZXMYASADKAkiPAoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCISChBIZWFydGJlYXRSZXF1ZXN0IjgKEUhlYXJ0YmVhdFJlc3BvbnNlEiMKBWFnZW50GAEgASgLMhQuYWdlbnRjb29yZC52MS5BZ2VudCIYChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Ii8KF0RlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlEhQKDGRlcmVnaXN0ZXJlZBgBIAEoCCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJTChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuYWdlbnRjb29yZC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki9AIKDkFkZFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJdGFza190eXBlGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhAKCHByaW9yaXR5GAQgASgFEigKB3BheWxvYWQYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDG1heF9hdHRlbXB0cxgGIAEoBRISCgpyZXF1ZXN0X2lkGAcgASgJEi4KCm5vdF9iZWZvcmUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmRlcGVuZHNfb24YCSADKAkSSQoZZGVwZW5kZW5jeV9mYWlsdXJlX3BvbGljeRgKIAEoDjImLmFnZW50Y29vcmQudjEuRGVwZW5kZW5jeUZhaWx1cmVQb2xpY3kSNAoOYmFja29mZl9wb2xpY3kYCyABKAsyHC5hZ2VudGNvb3JkLnYxLkJhY2tvZmZQb2xpY3kiRgoPQWRkVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSEAoIcmVwbGF5ZWQYAiABKAgiggEKEENsYWltVGFza1JlcXVlc3QSEgoKdGFza190eXBlcxgBIAMoCRIxCg5sZWFzZV9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhInCgR3YWl0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjYKEUNsYWltVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sicgoVUmVuZXdUYXNrTGVhc2VSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFQoNZmVuY2luZ190b2tlbhgCIAEoAxIxCg5sZWFzZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJBChZSZW5ld1Rhc2tMZWFzZVJlc3BvbnNlEicKBWxlYXNlGAEgASgLMhguYWdlbnRjb29yZC52MS5UYXNrTGVhc2UiWQoQQ2xhaW1OZXh0T3B0aW9ucxISCgp0YXNrX3R5cGVzGAEgAygJEjEKDmxlYXNlX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpsBChNDb21wbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFQoNZmVuY2luZ190b2tlbhgCIAEoAxInCgZyZXN1bHQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjMKCmNsYWltX25leHQYBCABKAsyHy5hZ2VudGNvb3JkLnYxLkNsYWltTmV4dE9wdGlvbnMiYQoUQ29tcGxldGVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50Y29vcmQudjEuVGFzaxImCgluZXh0X3Rhc2sYAiABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sizwEKD0ZhaWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhUKDWZlbmNpbmdfdG9rZW4YAiABKAMSDQoFZXJyb3IYAyABKAkSFgoJcmV0cnlhYmxlGAQgASgISACIAQESKgoHYmFja29mZhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIzCgpjbGFpbV9uZXh0GAYgASgLMh8uYWdlbnRjb29yZC52MS5DbGFpbU5leHRPcHRpb25zQgwKCl9yZXRyeWFibGUiXQoQRmFpbFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrEiYKCW5leHRfdGFzaxgCIAEoCzITLmFnZW50Y29vcmQudjEuVGFzayIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKD0dldFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIokBChBMaXN0VGFza3NSZXF1ZXN0EikKBnN0YXR1cxgBIAEoDjIZLmFnZW50Y29vcmQudjEuVGFza1N0YXR1cxIRCgl0YXNrX3R5cGUYAiABKAkSEAoIYXNzaWduZWUYAyABKAkSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiUAoRTGlzdFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNwoSQ2FuY2VsVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudGNvb3JkLnYxLlRhc2siPwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIiCgV0YXNrcxgBIAMoCzITLmFnZW50Y29vcmQudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKwoYUmVxdWV1ZURlYWRMZXR0ZXJSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiPgoZUmVxdWV1ZURlYWRMZXR0ZXJSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRjb29yZC52MS5UYXNrIiwKF0FnZ3JlZ2F0ZVJlc3VsdHNSZXF1ZXN0EhEKCXRhc2tfdHlwZRgBIAEoCSLaAgoYQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlEhcKD3RvdGFsX2NvbXBsZXRlZBgBIAEoAxJGCghieV9hZ2VudBgCIAMoCzI0LmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlLkJ5QWdlbnRFbnRyeRJECgdieV90eXBlGAMgAygLMjMuYWdlbnRjb29yZC52MS5BZ2dyZWdhdGVSZXN1bHRzUmVzcG9uc2UuQnlUeXBlRW50cnkSOAoOcmVjZW50X3Jlc3VsdHMYBCADKAsyIC5hZ2VudGNvb3JkLnYxLlRhc2tSZXN1bHRTdW1tYXJ5Gi4KDEJ5QWdlbnRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGi0KC0J5VHlwZUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEqsAEKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFwoTVEFTS19TVEFUVVNfQ0xBSU1FRBACEhkKFVRBU0tfU1RBVFVTX0NPTVBMRVRFRBADEh0KGVRBU0tfU1RBVFVTX0RFQURfTEVUVEVSRUQQBBIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQBSqTAQoOVGFza1dhaXRSZWFzb24SIAocVEFTS19XQUlUX1JFQVNPTl9VTlNQRUNJRklFRBAAEh4KGlRBU0tfV0FJVF9SRUFTT05fU0NIRURVTEVEEAESHAoYVEFTS19XQUlUX1JFQVNPTl9CQUNLT0ZGEAISIQodVEFTS19XQUlUX1JFQVNPTl9ERVBFTkRFTkNJRVMQAyqUAQoXRGVwZW5kZW5jeUZhaWx1cmVQb2xpY3kSKQolREVQRU5ERU5DWV9GQUlMVVJFX1BPTElDWV9VTlNQRUNJRklFRBAAEiQKIERFUEVOREVOQ1lfRkFJTFVSRV9QT0xJQ1lfQ0FOQ0VMEAESKAokREVQRU5ERU5DWV9GQUlMVVJFX1BPTElDWV9SVU5fQU5ZV0FZEAIygwsKC1Rhc2tTZXJ2aWNlEmAKDVJlZ2lzdGVyQWdlbnQSIy5hZ2VudGNvb3JkLnYxLlJlZ2lzdGVyQWdlbnRSZXF1ZXN0GiQuYWdlbnRjb29yZC52MS5SZWdpc3RlckFnZW50UmVzcG9uc2UiBIi1GAISVAoJSGVhcnRiZWF0Eh8uYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5IZWFydGJlYXRSZXNwb25zZSIEiLUYAhJmCg9EZXJlZ2lzdGVyQWdlbnQSJS5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlcXVlc3QaJi5hZ2VudGNvb3JkLnYxLkRlcmVnaXN0ZXJBZ2VudFJlc3BvbnNlIgSItRgCElcKCkxpc3RBZ2VudHMSIC5hZ2VudGNvb3JkLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5MaXN0QWdlbnRzUmVzcG9uc2UiBIi1GAESTgoHQWRkVGFzaxIdLmFnZW50Y29vcmQudjEuQWRkVGFza1JlcXVlc3QaHi5hZ2VudGNvb3JkLnYxLkFkZFRhc2tSZXNwb25zZSIEiLUYAhJUCglDbGFpbVRhc2sSHy5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1JlcXVlc3QaIC5hZ2VudGNvb3JkLnYxLkNsYWltVGFza1Jlc3BvbnNlIgSItRgCEmMKDlJlbmV3VGFza0xlYXNlEiQuYWdlbnRjb29yZC52MS5SZW5ld1Rhc2tMZWFzZVJlcXVlc3QaJS5hZ2VudGNvb3JkLnYxLlJlbmV3VGFza0xlYXNlUmVzcG9uc2UiBIi1GAISXQoMQ29tcGxldGVUYXNrEiIuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0GiMuYWdlbnRjb29yZC52MS5Db21wbGV0ZVRhc2tSZXNwb25zZSIEiLUYAhJRCghGYWlsVGFzaxIeLmFnZW50Y29vcmQudjEuRmFpbFRhc2tSZXF1ZXN0Gh8uYWdlbnRjb29yZC52MS5GYWlsVGFza1Jlc3BvbnNlIgSItRgCEk4KB0dldFRhc2sSHS5hZ2VudGNvb3JkLnYxLkdldFRhc2tSZXF1ZXN0Gh4uYWdlbnRjb29yZC52MS5HZXRUYXNrUmVzcG9uc2UiBIi1GAESVAoJTGlzdFRhc2tzEh8uYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRjb29yZC52MS5MaXN0VGFza3NSZXNwb25zZSIEiLUYARJXCgpDYW5jZWxUYXNrEiAuYWdlbnRjb29yZC52MS5DYW5jZWxUYXNrUmVxdWVzdBohLmFnZW50Y29vcmQudjEuQ2FuY2VsVGFza1Jlc3BvbnNlIgSItRgCEmYKD0xpc3REZWFkTGV0dGVycxIlLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBomLmFnZW50Y29vcmQudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2UiBIi1GAESbAoRUmVxdWV1ZURlYWRMZXR0ZXISJy5hZ2VudGNvb3JkLnYxLlJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBooLmFnZW50Y29vcmQudjEuUmVxdWV1ZURlYWRMZXR0ZXJSZXNwb25zZSIEiLUYAxJpChBBZ2dyZWdhdGVSZXN1bHRzEiYuYWdlbnRjb29yZC52MS5BZ2dyZWdhdGVSZXN1bHRzUmVxdWVzdBonLmFnZW50Y29vcmQudjEuQWdncmVnYXRlUmVzdWx0c1Jlc3BvbnNlIgSItRgBQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Agent is a registered worker.
@@ -65,6 +65,43 @@ export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
   messageDesc(file_agentcoord_v1_tasks, 0);
 
 /**
+ * BackoffPolicy is how long a task waits before it is claimable again after a failed
+ * attempt whose FailTask gave no backoff, or after its lease ran out: the n-th attempt's
+ * failure waits min(maximum, initial * multiplier^(n-1)).
+ *
+ * @generated from message agentcoord.v1.BackoffPolicy
+ */
+export type BackoffPolicy = Message<"agentcoord.v1.BackoffPolicy"> & {
+  /**
+   * The wait after the first failed attempt, 1 ms to 1 h.
+   *
+   * @generated from field: google.protobuf.Duration initial = 1;
+   */
+  initial?: Duration | undefined;
+
+  /**
+   * The factor each further failed attempt multiplies the wait by, 1 to 10; 0 means 2.
+   *
+   * @generated from field: double multiplier = 2;
+   */
+  multiplier: number;
+
+  /**
+   * The longest wait, at least `initial`, at most 1 h; unset means 1 h.
+   *
+   * @generated from field: google.protobuf.Duration maximum = 3;
+   */
+  maximum?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.BackoffPolicy.
+ * Use `create(BackoffPolicySchema)` to create a new message.
+ */
+export const BackoffPolicySchema: GenMessage<BackoffPolicy> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_tasks, 1);
+
+/**
  * TaskLease is a claim's right to work on a task until expire_time.
  *
  * @generated from message agentcoord.v1.TaskLease
@@ -91,7 +128,7 @@ export type TaskLease = Message<"agentcoord.v1.TaskLease"> & {
  * Use `create(TaskLeaseSchema)` to create a new message.
  */
 export const TaskLeaseSchema: GenMessage<TaskLease> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 1);
+  messageDesc(file_agentcoord_v1_tasks, 2);
 
 /**
  * Task is a unit of work of one type.
@@ -225,6 +262,50 @@ export type Task = Message<"agentcoord.v1.Task"> & {
    * @generated from field: google.protobuf.Timestamp expire_time = 18;
    */
   expireTime?: Timestamp | undefined;
+
+  /**
+   * AddTask's not_before; unset if it had none.
+   *
+   * @generated from field: google.protobuf.Timestamp not_before = 19;
+   */
+  notBefore?: Timestamp | undefined;
+
+  /**
+   * The tasks that must complete before this one is claimable (AddTask's depends_on).
+   *
+   * @generated from field: repeated string depends_on = 20;
+   */
+  dependsOn: string[];
+
+  /**
+   * How many of depends_on have not completed yet (0 once released).
+   *
+   * @generated from field: int32 dependencies_outstanding = 21;
+   */
+  dependenciesOutstanding: number;
+
+  /**
+   * What a dead-lettered or cancelled dependency does to this task.
+   *
+   * @generated from field: agentcoord.v1.DependencyFailurePolicy dependency_failure_policy = 22;
+   */
+  dependencyFailurePolicy: DependencyFailurePolicy;
+
+  /**
+   * The task's backoff policy; unset if it has none (failures retry at once unless
+   * FailTask gives a backoff).
+   *
+   * @generated from field: agentcoord.v1.BackoffPolicy backoff_policy = 23;
+   */
+  backoffPolicy?: BackoffPolicy | undefined;
+
+  /**
+   * Why a PENDING task is not claimable yet; UNSPECIFIED when it is (or is not pending).
+   * SCHEDULED and BACKOFF hold until available_time (a claim after that time takes it).
+   *
+   * @generated from field: agentcoord.v1.TaskWaitReason wait_reason = 24;
+   */
+  waitReason: TaskWaitReason;
 };
 
 /**
@@ -232,7 +313,7 @@ export type Task = Message<"agentcoord.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 2);
+  messageDesc(file_agentcoord_v1_tasks, 3);
 
 /**
  * TaskResultSummary is one recent completion.
@@ -288,7 +369,7 @@ export type TaskResultSummary = Message<"agentcoord.v1.TaskResultSummary"> & {
  * Use `create(TaskResultSummarySchema)` to create a new message.
  */
 export const TaskResultSummarySchema: GenMessage<TaskResultSummary> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 3);
+  messageDesc(file_agentcoord_v1_tasks, 4);
 
 /**
  * @generated from message agentcoord.v1.RegisterAgentRequest
@@ -307,7 +388,7 @@ export type RegisterAgentRequest = Message<"agentcoord.v1.RegisterAgentRequest">
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
 export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 4);
+  messageDesc(file_agentcoord_v1_tasks, 5);
 
 /**
  * @generated from message agentcoord.v1.RegisterAgentResponse
@@ -326,7 +407,7 @@ export type RegisterAgentResponse = Message<"agentcoord.v1.RegisterAgentResponse
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
 export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 5);
+  messageDesc(file_agentcoord_v1_tasks, 6);
 
 /**
  * @generated from message agentcoord.v1.HeartbeatRequest
@@ -339,7 +420,7 @@ export type HeartbeatRequest = Message<"agentcoord.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 6);
+  messageDesc(file_agentcoord_v1_tasks, 7);
 
 /**
  * @generated from message agentcoord.v1.HeartbeatResponse
@@ -358,7 +439,7 @@ export type HeartbeatResponse = Message<"agentcoord.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 7);
+  messageDesc(file_agentcoord_v1_tasks, 8);
 
 /**
  * @generated from message agentcoord.v1.DeregisterAgentRequest
@@ -371,7 +452,7 @@ export type DeregisterAgentRequest = Message<"agentcoord.v1.DeregisterAgentReque
  * Use `create(DeregisterAgentRequestSchema)` to create a new message.
  */
 export const DeregisterAgentRequestSchema: GenMessage<DeregisterAgentRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 8);
+  messageDesc(file_agentcoord_v1_tasks, 9);
 
 /**
  * @generated from message agentcoord.v1.DeregisterAgentResponse
@@ -390,7 +471,7 @@ export type DeregisterAgentResponse = Message<"agentcoord.v1.DeregisterAgentResp
  * Use `create(DeregisterAgentResponseSchema)` to create a new message.
  */
 export const DeregisterAgentResponseSchema: GenMessage<DeregisterAgentResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 9);
+  messageDesc(file_agentcoord_v1_tasks, 10);
 
 /**
  * @generated from message agentcoord.v1.ListAgentsRequest
@@ -417,7 +498,7 @@ export type ListAgentsRequest = Message<"agentcoord.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 10);
+  messageDesc(file_agentcoord_v1_tasks, 11);
 
 /**
  * @generated from message agentcoord.v1.ListAgentsResponse
@@ -443,7 +524,7 @@ export type ListAgentsResponse = Message<"agentcoord.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 11);
+  messageDesc(file_agentcoord_v1_tasks, 12);
 
 /**
  * @generated from message agentcoord.v1.AddTaskRequest
@@ -499,6 +580,38 @@ export type AddTaskRequest = Message<"agentcoord.v1.AddTaskRequest"> & {
    * @generated from field: string request_id = 7;
    */
   requestId: string;
+
+  /**
+   * Not claimable before this time (server clock); unset or past means at once. At most
+   * the TASK TTL ahead.
+   *
+   * @generated from field: google.protobuf.Timestamp not_before = 8;
+   */
+  notBefore?: Timestamp | undefined;
+
+  /**
+   * Ids of tasks in the namespace (at most 32) that must complete before this one is
+   * claimable. Each must exist (NOT_FOUND, reason DEPENDENCY_NOT_FOUND, nothing added),
+   * so no cycle can form. Completed ones count as done at once.
+   *
+   * @generated from field: repeated string depends_on = 9;
+   */
+  dependsOn: string[];
+
+  /**
+   * What a dependency that is dead-lettered or cancelled (now or later) does to this task.
+   *
+   * @generated from field: agentcoord.v1.DependencyFailurePolicy dependency_failure_policy = 10;
+   */
+  dependencyFailurePolicy: DependencyFailurePolicy;
+
+  /**
+   * Delays between attempts when a failure gives none (FailTask without backoff, an
+   * expired lease); unset: retry at once.
+   *
+   * @generated from field: agentcoord.v1.BackoffPolicy backoff_policy = 11;
+   */
+  backoffPolicy?: BackoffPolicy | undefined;
 };
 
 /**
@@ -506,7 +619,7 @@ export type AddTaskRequest = Message<"agentcoord.v1.AddTaskRequest"> & {
  * Use `create(AddTaskRequestSchema)` to create a new message.
  */
 export const AddTaskRequestSchema: GenMessage<AddTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 12);
+  messageDesc(file_agentcoord_v1_tasks, 13);
 
 /**
  * @generated from message agentcoord.v1.AddTaskResponse
@@ -532,7 +645,7 @@ export type AddTaskResponse = Message<"agentcoord.v1.AddTaskResponse"> & {
  * Use `create(AddTaskResponseSchema)` to create a new message.
  */
 export const AddTaskResponseSchema: GenMessage<AddTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 13);
+  messageDesc(file_agentcoord_v1_tasks, 14);
 
 /**
  * @generated from message agentcoord.v1.ClaimTaskRequest
@@ -566,7 +679,7 @@ export type ClaimTaskRequest = Message<"agentcoord.v1.ClaimTaskRequest"> & {
  * Use `create(ClaimTaskRequestSchema)` to create a new message.
  */
 export const ClaimTaskRequestSchema: GenMessage<ClaimTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 14);
+  messageDesc(file_agentcoord_v1_tasks, 15);
 
 /**
  * @generated from message agentcoord.v1.ClaimTaskResponse
@@ -585,7 +698,7 @@ export type ClaimTaskResponse = Message<"agentcoord.v1.ClaimTaskResponse"> & {
  * Use `create(ClaimTaskResponseSchema)` to create a new message.
  */
 export const ClaimTaskResponseSchema: GenMessage<ClaimTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 15);
+  messageDesc(file_agentcoord_v1_tasks, 16);
 
 /**
  * @generated from message agentcoord.v1.RenewTaskLeaseRequest
@@ -618,7 +731,7 @@ export type RenewTaskLeaseRequest = Message<"agentcoord.v1.RenewTaskLeaseRequest
  * Use `create(RenewTaskLeaseRequestSchema)` to create a new message.
  */
 export const RenewTaskLeaseRequestSchema: GenMessage<RenewTaskLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 16);
+  messageDesc(file_agentcoord_v1_tasks, 17);
 
 /**
  * @generated from message agentcoord.v1.RenewTaskLeaseResponse
@@ -637,7 +750,7 @@ export type RenewTaskLeaseResponse = Message<"agentcoord.v1.RenewTaskLeaseRespon
  * Use `create(RenewTaskLeaseResponseSchema)` to create a new message.
  */
 export const RenewTaskLeaseResponseSchema: GenMessage<RenewTaskLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 17);
+  messageDesc(file_agentcoord_v1_tasks, 18);
 
 /**
  * ClaimNextOptions asks CompleteTask or FailTask to claim the caller's next task in the
@@ -671,7 +784,7 @@ export type ClaimNextOptions = Message<"agentcoord.v1.ClaimNextOptions"> & {
  * Use `create(ClaimNextOptionsSchema)` to create a new message.
  */
 export const ClaimNextOptionsSchema: GenMessage<ClaimNextOptions> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 18);
+  messageDesc(file_agentcoord_v1_tasks, 19);
 
 /**
  * @generated from message agentcoord.v1.CompleteTaskRequest
@@ -711,7 +824,7 @@ export type CompleteTaskRequest = Message<"agentcoord.v1.CompleteTaskRequest"> &
  * Use `create(CompleteTaskRequestSchema)` to create a new message.
  */
 export const CompleteTaskRequestSchema: GenMessage<CompleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 19);
+  messageDesc(file_agentcoord_v1_tasks, 20);
 
 /**
  * @generated from message agentcoord.v1.CompleteTaskResponse
@@ -739,7 +852,7 @@ export type CompleteTaskResponse = Message<"agentcoord.v1.CompleteTaskResponse">
  * Use `create(CompleteTaskResponseSchema)` to create a new message.
  */
 export const CompleteTaskResponseSchema: GenMessage<CompleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 20);
+  messageDesc(file_agentcoord_v1_tasks, 21);
 
 /**
  * @generated from message agentcoord.v1.FailTaskRequest
@@ -774,7 +887,9 @@ export type FailTaskRequest = Message<"agentcoord.v1.FailTaskRequest"> & {
   retryable?: boolean | undefined;
 
   /**
-   * How long the task waits before it is claimable again, 0 to 1 h.
+   * How long the task waits before it is claimable again, 0 to 1 h: the issue's
+   * `retry_after`. Unset: the task's backoff_policy decides (no policy: at once); set, even
+   * to 0, it overrides the policy.
    *
    * @generated from field: google.protobuf.Duration backoff = 5;
    */
@@ -794,7 +909,7 @@ export type FailTaskRequest = Message<"agentcoord.v1.FailTaskRequest"> & {
  * Use `create(FailTaskRequestSchema)` to create a new message.
  */
 export const FailTaskRequestSchema: GenMessage<FailTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 21);
+  messageDesc(file_agentcoord_v1_tasks, 22);
 
 /**
  * @generated from message agentcoord.v1.FailTaskResponse
@@ -821,7 +936,7 @@ export type FailTaskResponse = Message<"agentcoord.v1.FailTaskResponse"> & {
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 22);
+  messageDesc(file_agentcoord_v1_tasks, 23);
 
 /**
  * @generated from message agentcoord.v1.GetTaskRequest
@@ -840,7 +955,7 @@ export type GetTaskRequest = Message<"agentcoord.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 23);
+  messageDesc(file_agentcoord_v1_tasks, 24);
 
 /**
  * @generated from message agentcoord.v1.GetTaskResponse
@@ -859,7 +974,7 @@ export type GetTaskResponse = Message<"agentcoord.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 24);
+  messageDesc(file_agentcoord_v1_tasks, 25);
 
 /**
  * @generated from message agentcoord.v1.ListTasksRequest
@@ -907,7 +1022,7 @@ export type ListTasksRequest = Message<"agentcoord.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 25);
+  messageDesc(file_agentcoord_v1_tasks, 26);
 
 /**
  * @generated from message agentcoord.v1.ListTasksResponse
@@ -933,7 +1048,7 @@ export type ListTasksResponse = Message<"agentcoord.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 26);
+  messageDesc(file_agentcoord_v1_tasks, 27);
 
 /**
  * @generated from message agentcoord.v1.CancelTaskRequest
@@ -952,7 +1067,7 @@ export type CancelTaskRequest = Message<"agentcoord.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 27);
+  messageDesc(file_agentcoord_v1_tasks, 28);
 
 /**
  * @generated from message agentcoord.v1.CancelTaskResponse
@@ -971,7 +1086,7 @@ export type CancelTaskResponse = Message<"agentcoord.v1.CancelTaskResponse"> & {
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 28);
+  messageDesc(file_agentcoord_v1_tasks, 29);
 
 /**
  * @generated from message agentcoord.v1.ListDeadLettersRequest
@@ -997,7 +1112,7 @@ export type ListDeadLettersRequest = Message<"agentcoord.v1.ListDeadLettersReque
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 29);
+  messageDesc(file_agentcoord_v1_tasks, 30);
 
 /**
  * @generated from message agentcoord.v1.ListDeadLettersResponse
@@ -1023,7 +1138,7 @@ export type ListDeadLettersResponse = Message<"agentcoord.v1.ListDeadLettersResp
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 30);
+  messageDesc(file_agentcoord_v1_tasks, 31);
 
 /**
  * @generated from message agentcoord.v1.RequeueDeadLetterRequest
@@ -1042,7 +1157,7 @@ export type RequeueDeadLetterRequest = Message<"agentcoord.v1.RequeueDeadLetterR
  * Use `create(RequeueDeadLetterRequestSchema)` to create a new message.
  */
 export const RequeueDeadLetterRequestSchema: GenMessage<RequeueDeadLetterRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 31);
+  messageDesc(file_agentcoord_v1_tasks, 32);
 
 /**
  * @generated from message agentcoord.v1.RequeueDeadLetterResponse
@@ -1061,7 +1176,7 @@ export type RequeueDeadLetterResponse = Message<"agentcoord.v1.RequeueDeadLetter
  * Use `create(RequeueDeadLetterResponseSchema)` to create a new message.
  */
 export const RequeueDeadLetterResponseSchema: GenMessage<RequeueDeadLetterResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 32);
+  messageDesc(file_agentcoord_v1_tasks, 33);
 
 /**
  * @generated from message agentcoord.v1.AggregateResultsRequest
@@ -1080,7 +1195,7 @@ export type AggregateResultsRequest = Message<"agentcoord.v1.AggregateResultsReq
  * Use `create(AggregateResultsRequestSchema)` to create a new message.
  */
 export const AggregateResultsRequestSchema: GenMessage<AggregateResultsRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 33);
+  messageDesc(file_agentcoord_v1_tasks, 34);
 
 /**
  * The counts are exact: the completion script increments them in the same atomic step.
@@ -1125,7 +1240,7 @@ export type AggregateResultsResponse = Message<"agentcoord.v1.AggregateResultsRe
  * Use `create(AggregateResultsResponseSchema)` to create a new message.
  */
 export const AggregateResultsResponseSchema: GenMessage<AggregateResultsResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_tasks, 34);
+  messageDesc(file_agentcoord_v1_tasks, 35);
 
 /**
  * TaskStatus is where a task is in its life.
@@ -1139,7 +1254,8 @@ export enum TaskStatus {
   UNSPECIFIED = 0,
 
   /**
-   * Waiting to be claimed (possibly not before `available_time`, after a backoff).
+   * Waiting to be claimed (possibly not before `available_time`, or until its
+   * dependencies complete: see Task.wait_reason).
    *
    * @generated from enum value: TASK_STATUS_PENDING = 1;
    */
@@ -1170,7 +1286,8 @@ export enum TaskStatus {
   DEAD_LETTERED = 4,
 
   /**
-   * Cancelled by its adder or a validator.
+   * Cancelled by its adder or a validator, or because a dependency failed for good
+   * or was cancelled (DEPENDENCY_FAILURE_POLICY_CANCEL).
    *
    * @generated from enum value: TASK_STATUS_CANCELLED = 5;
    */
@@ -1182,6 +1299,83 @@ export enum TaskStatus {
  */
 export const TaskStatusSchema: GenEnum<TaskStatus> = /*@__PURE__*/
   enumDesc(file_agentcoord_v1_tasks, 0);
+
+/**
+ * TaskWaitReason says why a PENDING task is not claimable yet.
+ *
+ * @generated from enum agentcoord.v1.TaskWaitReason
+ */
+export enum TaskWaitReason {
+  /**
+   * Not waiting: claimable now (or not pending).
+   *
+   * @generated from enum value: TASK_WAIT_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Scheduled: not claimable before available_time (AddTask's not_before).
+   *
+   * @generated from enum value: TASK_WAIT_REASON_SCHEDULED = 1;
+   */
+  SCHEDULED = 1,
+
+  /**
+   * Backing off after a failed attempt: not claimable before available_time.
+   *
+   * @generated from enum value: TASK_WAIT_REASON_BACKOFF = 2;
+   */
+  BACKOFF = 2,
+
+  /**
+   * Waiting for dependencies_outstanding of depends_on to complete.
+   *
+   * @generated from enum value: TASK_WAIT_REASON_DEPENDENCIES = 3;
+   */
+  DEPENDENCIES = 3,
+}
+
+/**
+ * Describes the enum agentcoord.v1.TaskWaitReason.
+ */
+export const TaskWaitReasonSchema: GenEnum<TaskWaitReason> = /*@__PURE__*/
+  enumDesc(file_agentcoord_v1_tasks, 1);
+
+/**
+ * DependencyFailurePolicy says what happens to a task when one of its dependencies is
+ * dead-lettered or cancelled (already, or later).
+ *
+ * @generated from enum agentcoord.v1.DependencyFailurePolicy
+ */
+export enum DependencyFailurePolicy {
+  /**
+   * The default: DEPENDENCY_FAILURE_POLICY_CANCEL.
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The dependent is cancelled in the same atomic step (last_error names the dependency),
+   * and so, in turn, are its own dependents that ask for it.
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_POLICY_CANCEL = 1;
+   */
+  CANCEL = 1,
+
+  /**
+   * The failed dependency counts as done: the dependent runs once the others complete.
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY = 2;
+   */
+  RUN_ANYWAY = 2,
+}
+
+/**
+ * Describes the enum agentcoord.v1.DependencyFailurePolicy.
+ */
+export const DependencyFailurePolicySchema: GenEnum<DependencyFailurePolicy> = /*@__PURE__*/
+  enumDesc(file_agentcoord_v1_tasks, 2);
 
 /**
  * TaskService coordinates work among agents: agents register with capabilities,
@@ -1208,6 +1402,9 @@ export const TaskService: GenService<{
   /**
    * Keeps the caller's registration alive for another COORDINATION TTL.
    * NOT_FOUND (AGENT_NOT_REGISTERED) if it is not registered (or has lapsed).
+   * FAILED_PRECONDITION (TASK_CANCELLED) once after a task the caller held was
+   * cancelled (ErrorInfo metadata "task_ids": the cancelled task ids, comma-separated);
+   * the registration was extended all the same.
    *
    * @generated from rpc agentcoord.v1.TaskService.Heartbeat
    */
@@ -1239,6 +1436,10 @@ export const TaskService: GenService<{
   /**
    * Adds a pending task. ALREADY_EXISTS if the task id is taken; a retry with the
    * same request_id returns the task the first call added.
+   * With not_before it is not claimable before that time; with depends_on not before
+   * those tasks complete (NOT_FOUND with reason DEPENDENCY_NOT_FOUND for an unknown id).
+   * Because dependencies must already exist when a task is added, the dependency graph
+   * can never hold a cycle.
    *
    * @generated from rpc agentcoord.v1.TaskService.AddTask
    */
@@ -1260,8 +1461,9 @@ export const TaskService: GenService<{
     output: typeof ClaimTaskResponseSchema;
   },
   /**
-   * Extends the caller's live lease. FAILED_PRECONDITION (LEASE_LOST) if the lease
-   * has expired, was handed to someone else, or the task was cancelled.
+   * Extends the caller's live lease. FAILED_PRECONDITION (TASK_CANCELLED) if the task
+   * was cancelled while the caller held it: stop working on it. FAILED_PRECONDITION
+   * (LEASE_LOST) if the lease has expired or was handed to someone else.
    *
    * @generated from rpc agentcoord.v1.TaskService.RenewTaskLease
    */
@@ -1326,6 +1528,10 @@ export const TaskService: GenService<{
    * dead-lettered. Only the agent that added it, or a VALIDATOR or above; else
    * PERMISSION_DENIED. FAILED_PRECONDITION (TASK_COMPLETED) for a completed task;
    * cancelling a cancelled task returns it unchanged.
+   * The holder of a claimed task learns it at once: the same atomic step sends it a
+   * targeted signal of type "task.cancelled" (data: {"task_id", "fencing_token"}), and
+   * its next RenewTaskLease or Heartbeat answers FAILED_PRECONDITION (TASK_CANCELLED).
+   * Tasks that depend on it are settled by their dependency_failure_policy.
    *
    * @generated from rpc agentcoord.v1.TaskService.CancelTask
    */
