@@ -16,8 +16,9 @@ import (
 
 // Handler does one claimed task and returns its result, a JSON-like map (nil for none), or an
 // error to fail the attempt (wrap it with Permanent to dead-letter the task instead). ctx is
-// cancelled when the lease is lost (context.Cause(ctx) is then ErrLeaseLost) or the worker's
-// context ends: stop then, the result would be refused.
+// cancelled when the lease is lost (context.Cause(ctx) is then ErrLeaseLost), when the task is
+// cancelled (CancelTask; the cause is then ErrTaskCancelled) or the worker's context ends: stop
+// then, the result would be refused.
 type Handler func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error)
 
 // ErrLeaseLost is the cause of a handler's cancelled context, and what RunOnce returns (wrapped
@@ -25,6 +26,20 @@ type Handler func(ctx context.Context, task *agentcoordv1.Task) (map[string]any,
 // the lease expired and the task went back to the queue or to another worker, or it was
 // cancelled. Its result is not stored.
 var ErrLeaseLost = errors.New("agentcoord: task lease lost")
+
+// ErrTaskCancelled is the cause of a handler's cancelled context, and what RunOnce returns
+// (wrapped), when the task was cancelled (CancelTask) while the handler ran: the worker neither
+// completes nor fails it. Run learns it at once from the "task.cancelled" signal the server sends
+// the holder in the cancelling step (Run holds one Subscribe for it, opened before its first
+// claim, so no signal for a task it claims can be missed); every worker, RunOnce included, also
+// learns it from its next renewal (TASK_CANCELLED), every Lease/3 — the backstop for a
+// subscription that could not be opened or was lost. A cancelled task's lease is gone too:
+// errors.Is(ErrTaskCancelled, ErrLeaseLost) holds, so code written for lost leases handles it.
+var ErrTaskCancelled = fmt.Errorf("%w: task cancelled", ErrLeaseLost)
+
+// CancelSignalType is the type of the signal CancelTask sends the holder of a claimed task (data:
+// task_id, fencing_token).
+const CancelSignalType = "task.cancelled"
 
 // Permanent marks a handler error as final: the worker fails the task with retryable=false, so
 // it is dead-lettered at once instead of being handed out again.
@@ -46,7 +61,9 @@ type WorkerOptions struct {
 	// Wait is how long one claim waits on the server for a task when none is pending (long-poll),
 	// 0 to 60 s (default 10 s).
 	Wait time.Duration
-	// RetryBackoff is how long a failed task waits before it can be claimed again (default 0).
+	// RetryBackoff is how long a failed task waits before it can be claimed again (FailTask's
+	// backoff, the retry_after). 0 sends none: the task's backoff policy decides (at once
+	// without one).
 	RetryBackoff time.Duration
 }
 
@@ -57,9 +74,11 @@ type WorkerOptions struct {
 // makes one RPC per task; only when nothing is pending does it long-poll ClaimTask again. Build
 // one with Client.NewWorker.
 type Worker struct {
-	tasks   agentcoordv1.TaskServiceClient
-	handler Handler
-	opts    WorkerOptions
+	tasks     agentcoordv1.TaskServiceClient
+	handler   Handler
+	opts      WorkerOptions
+	subscribe func(ctx context.Context) (*Subscription, error)
+	watch     *cancelWatch // set while Run holds its subscription
 }
 
 // NewWorker returns a worker that runs handler on the tasks it claims as this client's agent.
@@ -71,7 +90,51 @@ func (c *Client) NewWorker(handler Handler, opts WorkerOptions) *Worker {
 	if opts.Wait <= 0 {
 		opts.Wait = 10 * time.Second
 	}
-	return &Worker{tasks: c.Tasks, handler: handler, opts: opts}
+	subscribe := func(ctx context.Context) (*Subscription, error) {
+		return c.Subscribe(ctx, SubscribeOptions{SignalTypes: []string{CancelSignalType}})
+	}
+	return &Worker{tasks: c.Tasks, handler: handler, opts: opts, subscribe: subscribe}
+}
+
+type watchKey struct {
+	taskID  string
+	fencing int64
+}
+
+// cancelWatch reads Run's subscription to task.cancelled signals and cancels the handler of the
+// (task, fencing token) a signal names, when this worker is running it.
+type cancelWatch struct {
+	mu   sync.Mutex
+	runs map[watchKey]context.CancelCauseFunc
+}
+
+func (w *cancelWatch) add(taskID string, fencing int64, cancel context.CancelCauseFunc) func() {
+	key := watchKey{taskID, fencing}
+	w.mu.Lock()
+	w.runs[key] = cancel
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		delete(w.runs, key)
+		w.mu.Unlock()
+	}
+}
+
+func (w *cancelWatch) read(sub *Subscription) {
+	for {
+		signal, err := sub.Recv()
+		if err != nil {
+			return // the renewals still tell the worker
+		}
+		fields := signal.GetData().GetFields()
+		key := watchKey{fields["task_id"].GetStringValue(), int64(fields["fencing_token"].GetNumberValue())}
+		w.mu.Lock()
+		cancel := w.runs[key]
+		w.mu.Unlock()
+		if cancel != nil {
+			cancel(ErrTaskCancelled)
+		}
+	}
 }
 
 // finishTimeout bounds the CompleteTask/FailTask call made after the handler returned; it runs
@@ -88,6 +151,15 @@ const finishTimeout = 10 * time.Second
 // Errors: any other claim failure, e.g. PERMISSION_DENIED (TIER_TOO_LOW), UNAUTHENTICATED,
 // INVALID_ARGUMENT (NO_TASK_TYPES: no TaskTypes and no registered capabilities).
 func (w *Worker) Run(ctx context.Context) error {
+	if w.subscribe != nil {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		if sub, err := w.subscribe(watchCtx); err == nil {
+			w.watch = &cancelWatch{runs: map[watchKey]context.CancelCauseFunc{}}
+			defer func() { w.watch = nil }()
+			go w.watch.read(sub)
+		}
+	}
 	var held *agentcoordv1.Task // claimed by the last completion or failure
 	var heldSince time.Time     // when that call was sent: the new lease counts from then
 	for ctx.Err() == nil || held != nil {
@@ -146,6 +218,8 @@ func isHandlerError(err error) bool {
 //     *HandlerError wrapping the handler's error;
 //   - the claimed task and an error wrapping ErrLeaseLost when the lease was lost: the result
 //     was not stored;
+//   - the claimed task and an error wrapping ErrTaskCancelled when the task was cancelled while
+//     the handler ran (its context was cancelled; nothing was sent);
 //   - nil or the claimed task and an *Error when a call failed (the claim, or the completion:
 //     then the task is redelivered when its lease runs out).
 func (w *Worker) RunOnce(ctx context.Context) (*agentcoordv1.Task, error) {
@@ -193,6 +267,9 @@ func (w *Worker) process(ctx context.Context, task *agentcoordv1.Task, claimSent
 
 	handlerCtx, cancelHandler := context.WithCancelCause(ctx)
 	defer cancelHandler(nil)
+	if w.watch != nil {
+		defer w.watch.add(task.GetTaskId(), fencing, cancelHandler)()
+	}
 	keeper := &leaseKeeper{
 		tasks: w.tasks, taskID: task.GetTaskId(), fencing: fencing, lease: w.opts.Lease,
 		// Counted from when the claim was sent, so it never runs past the server's expiry.
@@ -206,6 +283,10 @@ func (w *Worker) process(ctx context.Context, task *agentcoordv1.Task, claimSent
 	stopRenewing()
 	renewing.Wait()
 
+	if errors.Is(context.Cause(handlerCtx), ErrTaskCancelled) && keeper.lostErr == nil {
+		// The signal told it first.
+		return task, nil, time.Time{}, fmt.Errorf("%w: task %s", ErrTaskCancelled, task.GetTaskId())
+	}
 	if errors.Is(context.Cause(handlerCtx), ErrLeaseLost) {
 		return task, nil, time.Time{}, keeper.lostErr
 	}
@@ -235,9 +316,13 @@ func (w *Worker) process(ctx context.Context, task *agentcoordv1.Task, claimSent
 	if len(message) > 4096 {
 		message = message[:4096]
 	}
+	var backoff *durationpb.Duration
+	if w.opts.RetryBackoff > 0 {
+		backoff = durationpb.New(w.opts.RetryBackoff)
+	}
 	failed, err := w.tasks.FailTask(finishCtx, &agentcoordv1.FailTaskRequest{
 		TaskId: task.GetTaskId(), FencingToken: fencing, Error: message,
-		Retryable: &retryable, Backoff: durationpb.New(w.opts.RetryBackoff), ClaimNext: next,
+		Retryable: &retryable, Backoff: backoff, ClaimNext: next,
 	})
 	if err != nil {
 		return task, nil, time.Time{}, leaseLostOr(err)
@@ -303,6 +388,10 @@ func (k *leaseKeeper) run(ctx context.Context) {
 		case err == nil:
 			k.deadline = sent.Add(k.lease)
 		case ctx.Err() != nil:
+			return
+		case ReasonOf(err) == agentcoordv1.ErrorReason_TASK_CANCELLED:
+			k.lostErr = fmt.Errorf("%w: %w", ErrTaskCancelled, err)
+			k.lost(ErrTaskCancelled)
 			return
 		case isLeaseGone(err):
 			k.lostErr = fmt.Errorf("%w: %w", ErrLeaseLost, err)

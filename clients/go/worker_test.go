@@ -149,7 +149,7 @@ func TestWorkerCancelsTheHandlerWhenTheLeaseIsLost(t *testing.T) {
 	taskID := addTask(t, taskType)
 	var cause error
 	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
-		// Cancelling a claimed task revokes its lease; the next renewal hears LEASE_LOST.
+		// Cancelling a claimed task revokes its lease; the next renewal hears TASK_CANCELLED.
 		if _, err := steward.Tasks.CancelTask(context.Background(), &agentcoordv1.CancelTaskRequest{TaskId: taskID}); err != nil {
 			t.Errorf("CancelTask: %v", err)
 		}
@@ -167,7 +167,7 @@ func TestWorkerCancelsTheHandlerWhenTheLeaseIsLost(t *testing.T) {
 	if !errors.Is(cause, agentcoord.ErrLeaseLost) {
 		t.Fatalf("handler context ended with cause %v, want ErrLeaseLost", cause)
 	}
-	if !errors.Is(err, agentcoord.ErrLeaseLost) || agentcoord.ReasonOf(err) != agentcoordv1.ErrorReason_LEASE_LOST || task.GetTaskId() != taskID {
+	if !errors.Is(err, agentcoord.ErrTaskCancelled) || agentcoord.ReasonOf(err) != agentcoordv1.ErrorReason_TASK_CANCELLED || task.GetTaskId() != taskID {
 		t.Fatalf("RunOnce = %v, %v", task, err)
 	}
 	if status := getTask(t, taskID).GetStatus(); status != agentcoordv1.TaskStatus_TASK_STATUS_CANCELLED {
@@ -240,5 +240,95 @@ func TestWorkerRunClaimsEachNextTaskWithTheCompletion(t *testing.T) {
 	}
 	if claims > 2 {
 		t.Fatalf("%d ClaimTask calls for %d tasks queued at once (want at most 2)", claims, count)
+	}
+}
+
+func TestWorkerStopsTheHandlerOfACancelledTask(t *testing.T) {
+	client := dialAs(t, "cancelled-worker", contributor)
+	taskType := uniqueID("type")
+	taskID := addTask(t, taskType)
+	started, causes := make(chan struct{}), make(chan error, 1)
+	// A 60 s lease renews every 20 s: within the test's bound only the signal can tell the worker.
+	worker := client.NewWorker(func(ctx context.Context, task *agentcoordv1.Task) (map[string]any, error) {
+		close(started)
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return nil, ctx.Err()
+	}, agentcoord.WorkerOptions{TaskTypes: []string{taskType}, Lease: time.Minute, Wait: time.Second})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	ran := make(chan error, 1)
+	go func() { ran <- worker.Run(ctx) }()
+	select {
+	case <-started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler never started")
+	}
+
+	if _, err := steward.Tasks.CancelTask(context.Background(), &agentcoordv1.CancelTaskRequest{TaskId: taskID}); err != nil {
+		t.Fatalf("CancelTask: %v", err)
+	}
+
+	select {
+	case cause := <-causes:
+		if !errors.Is(cause, agentcoord.ErrTaskCancelled) {
+			t.Fatalf("handler's context ended with %v, want ErrTaskCancelled", cause)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the cancelled task's handler was not stopped")
+	}
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if status := getTask(t, taskID).GetStatus(); status != agentcoordv1.TaskStatus_TASK_STATUS_CANCELLED {
+		t.Fatalf("task status %v, want CANCELLED", status)
+	}
+}
+
+func TestRenewalOfACancelledTaskAnswersTaskCancelled(t *testing.T) {
+	client := dialAs(t, "renewer", contributor)
+	taskType := uniqueID("type")
+	taskID := addTask(t, taskType)
+	ctx := context.Background()
+	claimed, err := client.Tasks.ClaimTask(ctx, &agentcoordv1.ClaimTaskRequest{TaskTypes: []string{taskType}})
+	if err != nil || claimed.GetTask() == nil {
+		t.Fatalf("ClaimTask: %v %v", claimed, err)
+	}
+	if _, err := steward.Tasks.CancelTask(ctx, &agentcoordv1.CancelTaskRequest{TaskId: taskID}); err != nil {
+		t.Fatalf("CancelTask: %v", err)
+	}
+
+	_, err = client.Tasks.RenewTaskLease(ctx, &agentcoordv1.RenewTaskLeaseRequest{
+		TaskId: taskID, FencingToken: claimed.GetTask().GetLease().GetFencingToken(),
+	})
+
+	if agentcoord.ReasonOf(err) != agentcoordv1.ErrorReason_TASK_CANCELLED {
+		t.Fatalf("RenewTaskLease after CancelTask: %v, want TASK_CANCELLED", err)
+	}
+}
+
+func TestAddTaskWithDependenciesWaitsForThem(t *testing.T) {
+	client := dialAs(t, "lead-go", contributor)
+	taskType := uniqueID("type")
+	ctx := context.Background()
+	dep := addTask(t, taskType)
+	synthesisType := uniqueID("synthesis")
+	added, err := client.Tasks.AddTask(ctx, &agentcoordv1.AddTaskRequest{
+		TaskType: synthesisType, DependsOn: []string{dep},
+		DependencyFailurePolicy: agentcoordv1.DependencyFailurePolicy_DEPENDENCY_FAILURE_POLICY_RUN_ANYWAY,
+	})
+	if err != nil {
+		t.Fatalf("AddTask: %v", err)
+	}
+	if added.GetTask().GetWaitReason() != agentcoordv1.TaskWaitReason_TASK_WAIT_REASON_DEPENDENCIES || added.GetTask().GetDependenciesOutstanding() != 1 {
+		t.Fatalf("dependent task: %v", added.GetTask())
+	}
+	if _, err := steward.Tasks.CancelTask(ctx, &agentcoordv1.CancelTaskRequest{TaskId: dep}); err != nil {
+		t.Fatalf("CancelTask: %v", err)
+	}
+	claimed, err := client.Tasks.ClaimTask(ctx, &agentcoordv1.ClaimTaskRequest{TaskTypes: []string{synthesisType}})
+	if err != nil || claimed.GetTask().GetTaskId() != added.GetTask().GetTaskId() {
+		t.Fatalf("claim after the dependency was cancelled (run anyway): %v %v", claimed, err)
 	}
 }
