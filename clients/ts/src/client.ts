@@ -24,7 +24,7 @@ import { AgentcoordError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isSafeToRetry, neverRan, sleep, type RetryPolicy } from "./retry.js";
 import { Subscription, type SubscribeOptions } from "./subscribe.js";
 import { refusal, requiredTier } from "./tiers.js";
-import { Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
+import { CANCEL_SIGNAL_TYPE, Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
 
 export type { ServiceClient };
 
@@ -174,7 +174,9 @@ export class Client {
 
   /** A task worker running `handler` on claimed tasks; see {@link Worker}. */
   worker(handler: TaskHandler, options: WorkerOptions = {}): Worker {
-    return new Worker(this.tasks, handler, options, this.lifetime.signal);
+    return new Worker(this.tasks, handler, options, this.lifetime.signal, (signal) =>
+      this.subscribe({ signalTypes: [CANCEL_SIGNAL_TYPE], earliest: true, signal }),
+    );
   }
 
   /**

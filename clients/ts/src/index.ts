@@ -27,8 +27,10 @@ export {
 export { isResumable, Subscription, type SubscribeOptions } from "./subscribe.js";
 export { AccessTier, methodPath, operatorCallable, requiredTier, tierName } from "./tiers.js";
 export {
+  CANCEL_SIGNAL_TYPE,
   PermanentTaskError,
   Worker,
+  type CancelSubscriber,
   type RunOptions,
   type TaskHandler,
   type WorkerOptions,

@@ -8,13 +8,15 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, type Client as ServiceClient } from "@connectrpc/connect";
 import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
+import type { Signal } from "./gen/agentcoord/v1/signals_pb.js";
 import type { Task, TaskService } from "./gen/agentcoord/v1/tasks_pb.js";
 import { AgentcoordError } from "./errors.js";
 import { sleep } from "./retry.js";
 
 /**
  * Does one task's work. Gets the claimed task and a signal that aborts when the lease is lost
- * (the task may be handed to someone else: stop working on it). Returns the task's result, a
+ * (the task may be handed to someone else: stop working on it) or the task is cancelled
+ * (CancelTask; the abort reason is then an {@link AgentcoordError} with reason TASK_CANCELLED). Returns the task's result, a
  * JSON object (or nothing). Throwing fails the attempt: retryable, unless it throws
  * {@link PermanentTaskError}.
  */
@@ -38,7 +40,11 @@ export interface WorkerOptions {
   waitMs?: number;
   /** How often the lease is renewed while the handler runs, in milliseconds. Default leaseMs / 3. */
   renewEveryMs?: number;
-  /** How long a failed (retryable) task waits before it can be claimed again, in milliseconds. Default 0. */
+  /**
+   * How long a failed (retryable) task waits before it can be claimed again, in milliseconds
+   * (FailTask's backoff, the issue's retry_after). Unset or 0 sends none: the task's backoff
+   * policy decides (at once without one).
+   */
   retryBackoffMs?: number;
 }
 
@@ -49,10 +55,11 @@ export interface WorkerOutcome {
   /**
    * `completed`: CompleteTask succeeded. `failed`: the handler threw and FailTask succeeded.
    * `lost`: the lease was lost (renewal or completion refused with LEASE_LOST, or no renewal
-   * succeeded before the lease ran out), so the result was not submitted.
+   * succeeded before the lease ran out), so the result was not submitted. `cancelled`: the task
+   * was cancelled while the handler ran; its signal was aborted and nothing was submitted.
    */
-  outcome: "completed" | "failed" | "lost";
-  /** The handler's error for `failed`; the lease error for `lost`. */
+  outcome: "completed" | "failed" | "lost" | "cancelled";
+  /** The handler's error for `failed`; the lease error for `lost`; the TASK_CANCELLED error for `cancelled`. */
   error?: unknown;
 }
 
@@ -71,18 +78,40 @@ export interface RunOptions {
 /** Pause after an UNAVAILABLE claim, or after an empty claim with `waitMs` 0, in milliseconds. */
 const IDLE_PAUSE_MS = 500;
 
+/** The type of the signal CancelTask sends the holder of a claimed task (data: task_id, fencing_token). */
+export const CANCEL_SIGNAL_TYPE = "task.cancelled";
+
+/** Opens a subscription to this agent's {@link CANCEL_SIGNAL_TYPE} signals, ending when `signal` aborts. */
+export type CancelSubscriber = (signal: AbortSignal) => AsyncIterable<Signal>;
+
+function cancelledError(taskId: string): AgentcoordError {
+  return new AgentcoordError(`task ${taskId} was cancelled`, Code.FailedPrecondition, {
+    reasonName: "TASK_CANCELLED",
+  });
+}
+
 /**
  * Runs `handler` on tasks claimed from `taskTypes` (see {@link WorkerOptions}). Each task: the
  * claim waits up to `waitMs` for one (long poll); while the handler runs, the lease is renewed
  * every `renewEveryMs`; then the task is completed with the handler's result and the lease's
  * fencing token or, if the handler threw, failed (FailTask: retryable after `retryBackoffMs`, or
  * dead-lettered for {@link PermanentTaskError}). A lost lease aborts the handler's signal and
- * nothing is submitted. Counters: `completed`, `failed`, `lost`.
+ * nothing is submitted. Counters: `completed`, `failed`, `lost`, `cancelled`.
+ *
+ * Cancellation (CancelTask of the task in hand) aborts the handler's signal too. `run` learns it
+ * at once: it holds one subscription to the "task.cancelled" signal the server sends the holder
+ * in the cancelling step (from the oldest retained one, so a signal sent before the stream was
+ * set up is not missed; old ones cannot match, fencing tokens never repeat). Every worker,
+ * `runOnce` included, also learns it from its next renewal (TASK_CANCELLED), the backstop for
+ * a subscription that failed.
  */
 export class Worker {
   completed = 0;
   failed = 0;
   lost = 0;
+  cancelled = 0;
+  /** While `run` holds its subscription: the abort controllers of the tasks in hand. */
+  private watched: Map<string, AbortController> | undefined;
   private readonly taskTypes: string[];
   private readonly leaseMs: number;
   private readonly waitMs: number;
@@ -97,6 +126,7 @@ export class Worker {
     private readonly handler: TaskHandler,
     options: WorkerOptions = {},
     private readonly closed?: AbortSignal,
+    private readonly subscribeCancels?: CancelSubscriber,
   ) {
     this.taskTypes = options.taskTypes ?? [];
     this.leaseMs = options.leaseMs ?? 60_000;
@@ -169,16 +199,29 @@ export class Worker {
       this.renewEveryMs,
       this.leaseMs,
     );
+    const cancel = new AbortController();
+    const key = `${taskId}/${fencingToken}`;
+    this.watched?.set(key, cancel);
     let result: JsonObject | void = undefined;
     let failure: unknown;
     let threw = false;
     try {
-      result = await this.handler(claimed, keeper.signal);
+      result = await this.handler(claimed, AbortSignal.any([keeper.signal, cancel.signal]));
     } catch (error) {
       threw = true;
       failure = error;
     } finally {
+      this.watched?.delete(key);
       await keeper.stop();
+    }
+    const cancelledBy = cancel.signal.aborted
+      ? (cancel.signal.reason as unknown)
+      : keeper.lostError instanceof AgentcoordError && keeper.lostError.reason === ErrorReason.TASK_CANCELLED
+        ? keeper.lostError
+        : undefined;
+    if (cancelledBy !== undefined) {
+      this.cancelled++;
+      return { outcome: { task: claimed, outcome: "cancelled", error: cancelledBy } };
     }
     if (keeper.lostError !== undefined) {
       this.lost++;
@@ -233,9 +276,44 @@ export class Worker {
    * @throws {@link AgentcoordError} as {@link Worker.runOnce}, except UNAVAILABLE.
    */
   async run(options: RunOptions = {}): Promise<number> {
-    const { maxTasks, stopWhenIdle = false, onOutcome } = options;
     const signals = [options.signal, this.closed].filter((s): s is AbortSignal => s !== undefined);
     const signal = signals.length > 0 ? AbortSignal.any(signals) : undefined;
+    const stopWatch = new AbortController();
+    if (this.subscribeCancels !== undefined) {
+      this.watched = new Map();
+      void this.watchCancels(this.subscribeCancels, this.watched, stopWatch.signal);
+    }
+    try {
+      return await this.loop(options, signal);
+    } finally {
+      stopWatch.abort();
+      this.watched = undefined;
+    }
+  }
+
+  /** Aborts the handler of the task a cancel signal names, while `stop` has not aborted. */
+  private async watchCancels(
+    subscribe: CancelSubscriber,
+    watched: Map<string, AbortController>,
+    stop: AbortSignal,
+  ): Promise<void> {
+    while (!stop.aborted) {
+      try {
+        for await (const received of subscribe(stop)) {
+          const data = received.data ?? {};
+          const taskId = typeof data.task_id === "string" ? data.task_id : "";
+          const token = typeof data.fencing_token === "number" ? BigInt(data.fencing_token) : -1n;
+          watched.get(`${taskId}/${token}`)?.abort(cancelledError(taskId));
+        }
+      } catch {
+        // the renewals still tell the worker; subscribe again after a pause
+      }
+      await sleep(IDLE_PAUSE_MS * 2, stop).catch(() => undefined);
+    }
+  }
+
+  private async loop(options: RunOptions, signal: AbortSignal | undefined): Promise<number> {
+    const { maxTasks, stopWhenIdle = false, onOutcome } = options;
     let processed = 0;
     let held: Task | undefined; // claimed by the last completion or failure
     const more = (): boolean =>
@@ -338,7 +416,10 @@ class LeaseKeeper {
         this.deadline = sent + this.leaseMs;
       })
       .catch((error: unknown) => {
-        if (isLeaseLost(error)) {
+        if (
+          isLeaseLost(error) ||
+          (error instanceof AgentcoordError && error.reason === ErrorReason.TASK_CANCELLED)
+        ) {
           this.lose(error);
         }
       })

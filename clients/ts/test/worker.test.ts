@@ -6,6 +6,7 @@ import {
   ErrorReason,
   PermanentTaskError,
   TaskStatus,
+  TaskWaitReason,
   type Client,
   type WorkerOutcome,
 } from "../src/index.js";
@@ -84,12 +85,13 @@ test("a handler that throws fails the attempt: retryable, or dead-lettered for P
   assert.equal(task?.status, TaskStatus.DEAD_LETTERED);
 });
 
-test("a lost lease aborts the handler's signal and nothing is submitted", async () => {
+test("a renewal refused TASK_CANCELLED aborts the handler's signal and nothing is submitted", async () => {
   await validator.tasks.addTask({ taskId: "lost-1", taskType: "lost" });
   let aborted: unknown;
   const w = worker.worker(
     async (task, signal) => {
-      // The task is taken away while the handler works: cancelling revokes the lease.
+      // The task is taken away while the handler works: runOnce holds no subscription, so the
+      // next renewal (TASK_CANCELLED) is what tells the worker.
       await validator.tasks.cancelTask({ taskId: task.taskId });
       await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve()));
       aborted = signal.reason;
@@ -98,12 +100,12 @@ test("a lost lease aborts the handler's signal and nothing is submitted", async 
     { taskTypes: ["lost"], leaseMs: 1000, waitMs: 0 },
   );
   const outcome: WorkerOutcome | undefined = await w.runOnce();
-  assert.equal(outcome?.outcome, "lost");
-  assert.equal((aborted as { reason?: unknown }).reason, ErrorReason.LEASE_LOST);
+  assert.equal(outcome?.outcome, "cancelled");
+  assert.equal((aborted as { reason?: unknown }).reason, ErrorReason.TASK_CANCELLED);
   const task = (await validator.tasks.getTask({ taskId: "lost-1" })).task;
   assert.equal(task?.status, TaskStatus.CANCELLED);
   assert.equal(server.rpcLines("TaskService/CompleteTask", "ts-worker").length, 1, "only renew-1 was completed");
-  assert.equal(w.lost, 1);
+  assert.equal(w.cancelled, 1);
 });
 
 test("run() processes tasks until its signal aborts", async () => {
@@ -191,4 +193,56 @@ test("run() claims each next task with the completion (or failure): one ClaimTas
   // last completion found nothing pending, so one more claim waited and came back empty.
   const claims = server.rpcLines("TaskService/ClaimTask", "ts-chain").length;
   assert.ok(claims <= 2, `${claims} ClaimTask calls for ${count} tasks queued at once`);
+});
+
+test("a cancelled task's handler is aborted at once and nothing is submitted", async () => {
+  await validator.tasks.addTask({ taskId: "cancel-me", taskType: "cancel-ts" });
+  let started!: () => void;
+  const handlerStarted = new Promise<void>((resolve) => (started = resolve));
+  let reason: unknown;
+  // A 60 s lease renews every 20 s: within the test's bound only the signal can tell the worker.
+  const w = worker.worker(
+    (_task, signal) =>
+      new Promise((_resolve, reject) => {
+        started();
+        signal.addEventListener("abort", () => {
+          reason = signal.reason;
+          reject(signal.reason as Error);
+        });
+      }),
+    { taskTypes: ["cancel-ts"], leaseMs: 60_000, waitMs: 1000 },
+  );
+  const outcomes: WorkerOutcome[] = [];
+  const running = w.run({ maxTasks: 1, onOutcome: (o) => void outcomes.push(o) });
+  await handlerStarted;
+
+  await validator.tasks.cancelTask({ taskId: "cancel-me" });
+
+  const processed = await Promise.race([
+    running,
+    sleep(15_000).then(() => assert.fail("the cancelled task's handler was not stopped")),
+  ]);
+  assert.equal(processed, 1);
+  assert.equal(outcomes[0]?.outcome, "cancelled");
+  assert.equal((reason as { reason?: ErrorReason }).reason, ErrorReason.TASK_CANCELLED);
+  assert.equal(w.cancelled, 1);
+  assert.equal(w.completed + w.failed, 0);
+  const task = (await validator.tasks.getTask({ taskId: "cancel-me" })).task;
+  assert.equal(task?.status, TaskStatus.CANCELLED);
+});
+
+test("addTask takes dependencies and ListTasks says why the dependent waits", async () => {
+  await validator.tasks.addTask({ taskId: "dep-ts", taskType: "dep-ts" });
+  const added = await validator.tasks.addTask({
+    taskId: "syn-ts",
+    taskType: "syn-ts",
+    dependsOn: ["dep-ts"],
+  });
+  assert.equal(added.task?.waitReason, TaskWaitReason.DEPENDENCIES);
+  assert.equal(added.task?.dependenciesOutstanding, 1);
+  assert.equal((await worker.tasks.claimTask({ taskTypes: ["syn-ts"] })).task, undefined);
+  const dep = (await worker.tasks.claimTask({ taskTypes: ["dep-ts"] })).task;
+  await worker.tasks.completeTask({ taskId: "dep-ts", fencingToken: dep?.lease?.fencingToken ?? 0n });
+  const claimed = (await worker.tasks.claimTask({ taskTypes: ["syn-ts"] })).task;
+  assert.equal(claimed?.taskId, "syn-ts");
 });
