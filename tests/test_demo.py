@@ -77,6 +77,9 @@ def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_w
     assert "killed performance-1 (SIGKILL)" in transcript
     assert "performance-2  claimed perf-orders (priority 8, attempt 2)" in transcript
     assert "all checks passed" in transcript
+    # Tasks in time: the synthesis waits for the six reviews; the cancelled review's worker stops.
+    assert "claimed and completed synthesis after all 6 reviews completed" in transcript
+    assert "docs-1         handler stopped: docs-readme was cancelled" in transcript
 
 
 @pytest.mark.timeout(200)

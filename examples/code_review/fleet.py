@@ -30,6 +30,7 @@ import grpc
 from agentcoord import AgentcoordError, Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import in_time
 from scenario import (
     EXPECTED_LIBRARY,
     EXPECTED_REJECTED,
@@ -116,10 +117,14 @@ class Fleet:
         say(ME, f"agentcoord serving on {self.address} ({redis}, logs in server.log)")
 
     def issue_tokens(self, steward: Client) -> None:
-        for agent_id, tier in TIERS.items():
+        for agent_id, tier in (TIERS | in_time.TIERS).items():
             issued = steward.admin.issue_token(agent_id, tier, description="code-review demo")
             self.tokens[agent_id] = issued.token
-        say(ME, "steward issued tokens: " + ", ".join(f"{a}={t}" for a, t in TIERS.items()))
+        say(
+            ME,
+            "steward issued tokens: "
+            + ", ".join(f"{a}={t}" for a, t in (TIERS | in_time.TIERS).items()),
+        )
 
     def spawn(self, agent_id: str, script: str, *args: str) -> None:
         env = {**self.env, "AGENTCOORD_TOKEN": self.tokens[agent_id]}
@@ -161,11 +166,14 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
 
     aggregate = steward.tasks.aggregate_results()
     by_agent = dict(aggregate.by_agent)
-    expected_by_agent = {"security-1": 2, "style-1": 2, REPLACEMENT: 2}
-    if aggregate.total_completed != len(TASKS):
-        problems.append(f"total completed {aggregate.total_completed}, expected {len(TASKS)}")
-    if dict(aggregate.by_type) != count_by_type():
-        problems.append(f"by type {dict(aggregate.by_type)}, expected {count_by_type()}")
+    expected_by_agent = {"security-1": 2, "style-1": 2, REPLACEMENT: 2} | in_time.EXTRA_BY_AGENT
+    expected_total = len(TASKS) + sum(in_time.EXTRA_BY_TYPE.values())
+    if aggregate.total_completed != expected_total:
+        problems.append(f"total completed {aggregate.total_completed}, expected {expected_total}")
+    if dict(aggregate.by_type) != count_by_type() | in_time.EXTRA_BY_TYPE:
+        problems.append(
+            f"by type {dict(aggregate.by_type)}, expected {count_by_type() | in_time.EXTRA_BY_TYPE}"
+        )
     if by_agent != expected_by_agent:
         problems.append(f"by agent {by_agent}, expected {expected_by_agent}")
 
@@ -195,6 +203,7 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
         rejection = steward.staging.get_pattern_rejection(pattern_id)
         if rejection.rejected_by != LEAD:
             problems.append(f"{pattern_id} rejected by {rejection.rejected_by!r}")
+    problems.extend(in_time.check(steward))
     return problems
 
 
@@ -215,10 +224,11 @@ def main() -> int:
 
                 fleet.spawn(LEAD, "lead.py")
                 wait_for(
-                    lambda: len(steward.tasks.list_tasks(page_size=100).tasks) == len(TASKS),
+                    lambda: len(steward.tasks.list_tasks(page_size=100).tasks) >= len(TASKS),
                     "the lead's tasks",
                 )
                 fleet.spawn(MONITOR, "monitor.py")
+                fleet.spawn(in_time.DOCS_REVIEWER, "docs_reviewer.py")
                 for agent_id, capability in WORKERS.items():
                     if agent_id != REPLACEMENT:
                         fleet.spawn(

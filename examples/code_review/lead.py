@@ -11,6 +11,7 @@ import json
 
 from agentcoord import Agent, AgentcoordError
 
+import in_time
 from scenario import PROMOTION_THRESHOLD, SCOPE, SESSION_ID, TASKS, fail, say, target
 
 ME = "lead"
@@ -37,6 +38,8 @@ def main() -> None:
         say(
             ME, f"added {len(TASKS)} tasks: " + ", ".join(f"{t}(p{v[1]})" for t, v in TASKS.items())
         )
+        in_time.add_tasks(coordinator)
+        in_time.cancel_held_review(coordinator)
 
         completed: set[str] = set()
         for signal in signals:
@@ -51,6 +54,7 @@ def main() -> None:
             if completed == set(TASKS):
                 break
         signals.close()
+        in_time.synthesize(coordinator)
 
         promoted, rejected = [], []
         for staged in agent.staged_patterns():

@@ -16,6 +16,7 @@ subscribe). Reach the full client as `agent.client` for anything not here.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator, Iterable, Mapping
 from typing import Any
 
@@ -295,9 +296,18 @@ class Coordinator:
         payload: Mapping[str, Any] | None = None,
         task_id: str = "",
         max_attempts: int = 3,
+        not_before: datetime.datetime | None = None,
+        depends_on: Iterable[str] = (),
+        on_dependency_failure: str = "cancel",
+        backoff_initial: float | None = None,
+        backoff_multiplier: float = 2.0,
+        backoff_max: float | None = None,
     ) -> tasks_pb2.Task:
         """Adds a task (priority 1-10, highest claimed first; max_attempts 1-100; empty
-        task_id: the server makes one). ALREADY_EXISTS (TASK_EXISTS) for a taken task_id."""
+        task_id: the server makes one). ALREADY_EXISTS (TASK_EXISTS) for a taken task_id.
+        Scheduled (`not_before`), dependent (`depends_on`, `on_dependency_failure` "cancel" or
+        "run_anyway") and backoff-policy (`backoff_*`, seconds) tasks as in
+        TasksClient.add_task; NOT_FOUND (DEPENDENCY_NOT_FOUND) for an unknown dependency."""
         return self.client.tasks.add_task(
             task_type=task_type,
             description=description,
@@ -305,6 +315,12 @@ class Coordinator:
             payload=payload,
             task_id=task_id,
             max_attempts=max_attempts,
+            not_before=not_before,
+            depends_on=depends_on,
+            on_dependency_failure=on_dependency_failure,
+            backoff_initial=backoff_initial,
+            backoff_multiplier=backoff_multiplier,
+            backoff_max=backoff_max,
         )
 
     def claim_task(
@@ -324,15 +340,22 @@ class Coordinator:
         )
 
     def fail_task(
-        self, task: tasks_pb2.Task, error: str, *, retryable: bool = True
+        self,
+        task: tasks_pb2.Task,
+        error: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
     ) -> tasks_pb2.Task:
-        """Gives up this attempt: the task is pending again, or dead-lettered when not
-        `retryable` or out of attempts. FAILED_PRECONDITION (LEASE_LOST) if the lease was lost."""
+        """Gives up this attempt: the task is pending again (after `retry_after` seconds; None:
+        its backoff policy decides), or dead-lettered when not `retryable` or out of attempts.
+        FAILED_PRECONDITION (LEASE_LOST) if the lease was lost."""
         return self.client.tasks.fail_task(
             task_id=task.task_id,
             fencing_token=task.lease.fencing_token,
             error=error,
             retryable=retryable,
+            backoff=retry_after,
         )
 
     def worker(
