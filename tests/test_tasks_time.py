@@ -159,37 +159,52 @@ def test_list_tasks_shows_why_a_dependent_waits(make_client):
 async def test_a_dependent_task_is_never_claimed_before_its_dependencies_complete(make_aclient):
     lead = make_aclient("lead")
     deps = [f"dep{n}" for n in range(12)]
-    for dep in deps:
+    for dep in deps[:-1]:
         await lead.tasks.add_task(task_id=dep, task_type="part")
+    await lead.tasks.add_task(task_id=deps[-1], task_type="last-part")
     await lead.tasks.add_task(task_id="synthesis", task_type="synthesis", depends_on=deps)
 
     claimed: list[tasks_pb2.Task] = []
+    rounds = [0] * 16
     done = asyncio.Event()
+    looked = asyncio.Condition()
 
     async def claimer(n: int) -> None:
         client = make_aclient(f"claimer-{n}")
         while not done.is_set():
             task = await client.tasks.claim_task(task_types=["synthesis"], wait=0.5)
+            rounds[n] += 1
             if task is not None:
                 claimed.append(task)
                 done.set()
+            async with looked:
+                looked.notify_all()
 
-    async def part_worker(n: int) -> None:
-        client = make_aclient(f"worker-{n}")
-        while (task := await client.tasks.claim_task(task_types=["part"])) is not None:
+    async def complete_all(client, task_type: str) -> None:  # type: ignore[no-untyped-def]
+        while (task := await client.tasks.claim_task(task_types=[task_type])) is not None:
             await client.tasks.complete_task(
                 task_id=task.task_id, fencing_token=task.lease.fencing_token
             )
 
     claimers = [asyncio.create_task(claimer(n)) for n in range(16)]
-    await asyncio.gather(*(part_worker(n) for n in range(4)))
+    # 11 of the 12 dependencies complete while 16 claimers wait for the dependent…
+    await asyncio.gather(*(complete_all(make_aclient(f"worker-{n}"), "part") for n in range(4)))
+    seen = list(rounds)
+    async with looked:  # until every claimer has looked twice since
+        await looked.wait_for(
+            lambda: done.is_set() or all(r >= s + 2 for r, s in zip(rounds, seen, strict=True))
+        )
+    waiting = await lead.tasks.get_task("synthesis")
+    assert claimed == []
+    assert waiting.wait_reason == tasks_pb2.TASK_WAIT_REASON_DEPENDENCIES
+    assert waiting.dependencies_outstanding == 1
+    # …and the last one releases it to exactly one of them.
+    await complete_all(lead, "last-part")
     await asyncio.wait_for(done.wait(), 15)
     await asyncio.gather(*claimers)
 
-    assert [t.task_id for t in claimed] == ["synthesis"]  # exactly one claim
-    completions = [
-        _ms((await lead.tasks.get_task(dep)).complete_time) for dep in deps
-    ]
+    assert [t.task_id for t in claimed] == ["synthesis"]
+    completions = [_ms((await lead.tasks.get_task(dep)).complete_time) for dep in deps]
     assert _ms(claimed[0].update_time) >= max(completions)  # server times
 
 
@@ -302,3 +317,22 @@ async def test_cancel_stops_the_workers_handler(make_aclient):
     assert await asyncio.wait_for(running, 10) == 1
     assert worker.cancelled == 1 and worker.completed == 0
     assert (await lead.tasks.get_task("long")).status == tasks_pb2.TASK_STATUS_CANCELLED
+
+
+@pytest.mark.standalone_only  # waits out a renewal: once is enough
+def test_sync_worker_skips_the_completion_of_a_task_cancelled_while_its_handler_ran(make_client):
+    lead, client = make_client("lead"), make_client("worker")
+    lead.tasks.add_task(task_id="t", task_type="sync-cancel")
+
+    def handler(task):
+        lead.tasks.cancel_task(task.task_id)
+        time.sleep(1.2)  # a thread cannot be interrupted: the renewal (every 1/3 s) tells it
+        return {"stale": True}
+
+    worker = client.tasks.worker(handler, task_types=["sync-cancel"], lease=1, wait=0)
+
+    worker.run(max_tasks=1)
+
+    assert worker.cancelled == 1 and worker.completed == 0 and worker.lost == 0
+    task = lead.tasks.get_task("t")
+    assert task.status == tasks_pb2.TASK_STATUS_CANCELLED and not task.result.fields
