@@ -15,6 +15,15 @@ each, documents the key layout). Rules that live here, from the TaskService issu
   task, whichever server process the change came through.
 - One round trip per task cycle: CompleteTask and FailTask can lease the caller's next task in
   the same script (`claim_next`).
+- Tasks in time (issue 16): a scheduled task (not_before) waits in the same delayed zset as a
+  backoff, so claims promote it when due and a waiting claim sleeps until then. A task with
+  dependencies is in no queue until the script that completes its last dependency releases it
+  (release_dependents, same atomic step); one that is dead-lettered or cancelled settles its
+  dependents by their policy there too. Dependencies must exist when a task is added, so no
+  cycle can form. A backoff policy decides the delay when FailTask names none and when a lease
+  expires. CancelTask of a claimed task appends a targeted CANCEL_SIGNAL_TYPE signal to the
+  namespace's signals stream in the cancelling script, and leaves a notice for the holder's next
+  heartbeat; its renewals answer TASK_CANCELLED.
 - Lifetimes: a task's hash lives TtlPolicy.task after its last state change (plus the lease
   while claimed, plus the backoff while backing off). A pending task nobody claims within that
   time expires with its data; its queue entry is dropped when a claim meets it. Registrations

@@ -136,6 +136,10 @@ class AsyncCancelWatch:
                         run.cancel()
             except asyncio.CancelledError:
                 raise
+            except AgentcoordError as exc:
+                if exc.code.name in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+                    return  # it would fail again: the renewals alone tell the worker
+                await asyncio.sleep(RESUBSCRIBE_PAUSE)
             except Exception:  # the renewal still tells the worker; subscribe again soon
                 await asyncio.sleep(RESUBSCRIBE_PAUSE)
 
