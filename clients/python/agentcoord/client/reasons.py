@@ -288,3 +288,19 @@ class ErrorReason(StrEnum):
     "quota" names it, "limit" and "used" give its limit and current use); nothing was written.
     Free some use or ask the operator for more; a "signals_per_second" refusal clears within a
     second."""
+
+    LOCK_HELD = "LOCK_HELD"
+    """FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by the caller
+    under an earlier acquisition) and its wait, or the call's deadline, ran out first. ErrorInfo
+    metadata "holder" (agent id) and "expire_time" (RFC 3339) say by whom and until when. Retry
+    later or with a longer wait."""
+
+    LOCK_NOT_HELD = "LOCK_NOT_HELD"
+    """FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold the lock
+    under that fencing token: it expired, was released (or force-released), or another
+    acquisition holds it now. Stop using the guarded resource under that token; acquire again if
+    still needed."""
+
+    LOCK_NOT_FOUND = "LOCK_NOT_FOUND"
+    """NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never acquired,
+    released, or its TTL ran out. Acquire it if wanted."""

@@ -257,6 +257,19 @@ const (
 	// use); nothing was written. Free some use or ask the operator for more; a
 	// "signals_per_second" refusal clears within a second.
 	ErrorReason_QUOTA_EXCEEDED ErrorReason = 155
+	// FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by
+	// the caller under an earlier acquisition) and its wait, or the call's deadline,
+	// ran out first. ErrorInfo metadata "holder" (agent id) and "expire_time" (RFC
+	// 3339) say by whom and until when. Retry later or with a longer wait.
+	ErrorReason_LOCK_HELD ErrorReason = 180
+	// FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold
+	// the lock under that fencing token: it expired, was released (or
+	// force-released), or another acquisition holds it now. Stop using the guarded
+	// resource under that token; acquire again if still needed.
+	ErrorReason_LOCK_NOT_HELD ErrorReason = 181
+	// NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never
+	// acquired, released, or its TTL ran out. Acquire it if wanted.
+	ErrorReason_LOCK_NOT_FOUND ErrorReason = 182
 )
 
 // Enum value maps for ErrorReason.
@@ -334,6 +347,9 @@ var (
 		153: "NAMESPACE_DELETING",
 		154: "RESERVED_NAMESPACE",
 		155: "QUOTA_EXCEEDED",
+		180: "LOCK_HELD",
+		181: "LOCK_NOT_HELD",
+		182: "LOCK_NOT_FOUND",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":        0,
@@ -408,6 +424,9 @@ var (
 		"NAMESPACE_DELETING":              153,
 		"RESERVED_NAMESPACE":              154,
 		"QUOTA_EXCEEDED":                  155,
+		"LOCK_HELD":                       180,
+		"LOCK_NOT_HELD":                   181,
+		"LOCK_NOT_FOUND":                  182,
 	}
 )
 
@@ -442,7 +461,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xd2\f\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x8b\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -519,7 +538,10 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\x13NAMESPACE_NOT_FOUND\x10\x98\x01\x12\x17\n" +
 	"\x12NAMESPACE_DELETING\x10\x99\x01\x12\x17\n" +
 	"\x12RESERVED_NAMESPACE\x10\x9a\x01\x12\x13\n" +
-	"\x0eQUOTA_EXCEEDED\x10\x9b\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x0eQUOTA_EXCEEDED\x10\x9b\x01\x12\x0e\n" +
+	"\tLOCK_HELD\x10\xb4\x01\x12\x12\n" +
+	"\rLOCK_NOT_HELD\x10\xb5\x01\x12\x13\n" +
+	"\x0eLOCK_NOT_FOUND\x10\xb6\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_error_reason_proto_rawDescOnce sync.Once
