@@ -30,6 +30,7 @@ from agentcoord import AgentcoordError
 from agentcoord.v1 import (
     admin_pb2,
     error_reason_pb2,
+    locks_pb2,
     memory_pb2,
     signals_pb2,
     staging_pb2,
@@ -61,7 +62,7 @@ class Rpc:
 
 def contract_rpcs() -> list[Rpc]:
     rpcs = []
-    for module in (admin_pb2, memory_pb2, staging_pb2, signals_pb2, tasks_pb2):
+    for module in (admin_pb2, memory_pb2, staging_pb2, signals_pb2, tasks_pb2, locks_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 rpcs.append(
@@ -314,7 +315,7 @@ class Outcome:
 
 
 async def call(channel: grpc.aio.Channel, rpc: Rpc, body: bytes, metadata) -> Outcome:
-    claim = rpc.path.endswith("/ClaimTask")
+    claim = rpc.path.endswith(("/ClaimTask", "/AcquireLock"))  # both long-poll
     timeout = CLAIM_TIMEOUT_S if claim else CALL_TIMEOUT_S
     try:
         if rpc.streaming:

@@ -142,6 +142,7 @@ def namespace_b(server):
         b.tasks.add_task(task_type="build", task_id="t2", description=marker, payload={"m": marker})
         b.signals.send_signal("alert", {"m": marker})
         b.signals.send_signal("alert", {"m": marker}, target_agent=AGENT)
+        b.locks.acquire_lock("l1", ttl=3600)  # held by AGENT, A's agents' very id
         token_id = b.admin.list_tokens().tokens[0].token_id
     ids = {
         "key": "k1",
@@ -158,6 +159,7 @@ def namespace_b(server):
         "conflict_id": "c1",
         "task_id": "t1",
         "task_type": "build",
+        "lock_id": "l1",
         "capabilitie": "build",
         "signal_type": "alert",
         "token_id": token_id,

@@ -15,9 +15,9 @@ from types import ModuleType
 from redis.asyncio import Redis
 
 from ..config import Settings
-from . import admin, memory, signals, staging, tasks
+from . import admin, locks, memory, signals, staging, tasks
 
-SERVICE_MODULES: tuple[ModuleType, ...] = (admin, memory, staging, signals, tasks)
+SERVICE_MODULES: tuple[ModuleType, ...] = (admin, memory, staging, signals, tasks, locks)
 
 
 @dataclass

@@ -76,6 +76,12 @@ class TaskWakeups:
             (waiting claims return on it themselves).
     """
 
+    AREA = "tasks"
+    """The area of the `ac:{ns}:<area>:wake` channels this class subscribes to (subclasses,
+    e.g. LockWakeups, wake other waiters the same way)."""
+    CLIENT_NAME = "agentcoord-task-wakeups"
+    """The pub/sub connection's name in CLIENT LIST."""
+
     def __init__(self, redis: Redis, shutdown: asyncio.Event) -> None:
         self._redis = redis
         self._shutdown = shutdown
@@ -161,7 +167,7 @@ class TaskWakeups:
             # on any node reaches every node's subscribers.
             return self._redis.pubsub()
         kwargs = dict(shared.connection_kwargs)
-        kwargs["client_name"] = "agentcoord-task-wakeups"
+        kwargs["client_name"] = self.CLIENT_NAME
         kwargs["socket_timeout"] = None  # a subscriber waits for messages indefinitely
         self._pool = ConnectionPool(
             connection_class=shared.connection_class, max_connections=1, **kwargs
@@ -178,7 +184,7 @@ class TaskWakeups:
                         self._pubsub = self._connect()
                     # Sent even if the channel is still listed: a lingering namespace's
                     # UNSUBSCRIBE may be on its way, and this SUBSCRIBE (answered after it) wins.
-                    await self._pubsub.subscribe(channel(namespace))
+                    await self._pubsub.subscribe(Keyspace(namespace).key(self.AREA, "wake"))
                     space.requested = True
                     if self._reader is None:
                         self._reader = asyncio.create_task(
@@ -242,7 +248,7 @@ class TaskWakeups:
                 if now - space.idle_since >= LINGER_SECONDS:
                     del self._spaces[namespace]
                     with contextlib.suppress(Exception):
-                        await self._pubsub.unsubscribe(channel(namespace))
+                        await self._pubsub.unsubscribe(Keyspace(namespace).key(self.AREA, "wake"))
 
     async def _close_at_shutdown(self) -> None:
         await self._shutdown.wait()
