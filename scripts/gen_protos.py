@@ -40,6 +40,8 @@ SYNC_NAMES = {
     "AsyncHandlerRun": "HandlerRun",
     "AsyncCancelWatch": "CancelWatch",
     "AsyncTaskHandler": "TaskHandler",
+    "AsyncLockKeeper": "LockKeeper",
+    "AsyncHeldLock": "HeldLock",
     "AsyncAgent": "Agent",
     "AsyncCoordinator": "Coordinator",
     "AsyncTeamSession": "TeamSession",

@@ -8,6 +8,7 @@ from typing import Any
 
 from .._transport import SyncTransport, Metadata
 from .admin import AdminClient
+from .locks import HeldLock, LocksClient
 from .memory import MemoryClient
 from .signals import SignalsClient
 from .staging import StagingClient
@@ -62,6 +63,13 @@ class Client:
         self.signals = SignalsClient(self._transport)
         self.staging = StagingClient(self._transport)
         self.tasks = TasksClient(self._transport)
+        self.locks = LocksClient(self._transport)
+
+    def lock(self, lock_id: str, *, ttl: float = 30.0, wait: float | None = None) -> HeldLock:
+        """A lock held while an `async with` block runs: `async with client.lock("src.auth",
+        ttl=30) as held: ... held.fencing_token ...`. Waits up to `wait` seconds (None: as long
+        as it takes), renews every `ttl`/3 s, releases at the end; see AsyncHeldLock."""
+        return self.locks.lock(lock_id, ttl=ttl, wait=wait)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
