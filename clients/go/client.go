@@ -26,6 +26,7 @@ type Client struct {
 	Staging agentcoordv1.StagingServiceClient
 	Tasks   agentcoordv1.TaskServiceClient
 	Signals agentcoordv1.SignalServiceClient
+	Locks   agentcoordv1.LockServiceClient
 
 	conn      *grpc.ClientConn
 	principal *agentcoordv1.Principal
@@ -95,6 +96,7 @@ func Dial(ctx context.Context, target, token string, opts ...Option) (*Client, e
 		Staging: agentcoordv1.NewStagingServiceClient(conn),
 		Tasks:   agentcoordv1.NewTaskServiceClient(conn),
 		Signals: agentcoordv1.NewSignalServiceClient(conn),
+		Locks:   agentcoordv1.NewLockServiceClient(conn),
 		conn:    conn,
 	}
 	who, err := c.Admin.WhoAmI(ctx, &agentcoordv1.WhoAmIRequest{})

@@ -19,7 +19,8 @@ import (
 //   - writes the contract makes idempotent: RegisterAgent replaces the capabilities; Heartbeat and
 //     RenewTaskLease extend from now (with the same fencing token); JoinSession ("idempotent");
 //     CompleteTask ("repeating a successful completion with the same lease returns the same task
-//     again"); CancelTask ("cancelling a cancelled task returns it unchanged").
+//     again"); CancelTask ("cancelling a cancelled task returns it unchanged");
+//     RenewLock restarts the lock's TTL from now with the same fencing token.
 //
 // Not retried, because a second delivery is a second effect or a different answer: Stash,
 // BatchStash and ShareContext (overwrites: a late retry could replace a newer value the same agent
@@ -32,7 +33,9 @@ import (
 // count or flag is wrong), IssueToken (a second token), CreateSession, StagePattern,
 // PromotePattern, RejectPattern, CreateConflict, ResolveConflict and SaveCollaborationState (the
 // retry meets EXISTS or a version/revision mismatch). Subscribe is not listed either: Subscription
-// resumes it from its cursor itself.
+// resumes it from its cursor itself. AcquireLock and ReleaseLock are not retried either: a retry
+// of an acquisition that succeeded waits for the caller's own lock (locks do not re-enter), and a
+// repeated release meets LOCK_NOT_HELD.
 var RetrySafeMethods = []string{
 	"agentcoord.v1.AdminService/WhoAmI",
 	"agentcoord.v1.AdminService/GetServerStats",
@@ -66,6 +69,8 @@ var RetrySafeMethods = []string{
 	"agentcoord.v1.TaskService/ListDeadLetters",
 	"agentcoord.v1.TaskService/AggregateResults",
 	"agentcoord.v1.SignalService/ReceiveSignals",
+	"agentcoord.v1.LockService/GetLock",
+	"agentcoord.v1.LockService/RenewLock",
 }
 
 // RetryMaxAttempts is how many times in all the retry policy sends a RetrySafeMethods call.
