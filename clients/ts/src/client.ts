@@ -16,12 +16,14 @@ import type * as http2 from "node:http2";
 
 import { AccessTier, type Principal } from "./gen/agentcoord/v1/access_pb.js";
 import { AdminService, WhoAmIRequestSchema } from "./gen/agentcoord/v1/admin_pb.js";
+import { LockService } from "./gen/agentcoord/v1/locks_pb.js";
 import { MemoryService } from "./gen/agentcoord/v1/memory_pb.js";
 import { SignalService } from "./gen/agentcoord/v1/signals_pb.js";
 import { StagingService } from "./gen/agentcoord/v1/staging_pb.js";
 import { TaskService } from "./gen/agentcoord/v1/tasks_pb.js";
 import { AgentcoordError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isSafeToRetry, neverRan, sleep, type RetryPolicy } from "./retry.js";
+import { acquire, type HeldLock, type LockOptions } from "./lock.js";
 import { Subscription, type SubscribeOptions } from "./subscribe.js";
 import { refusal, requiredTier } from "./tiers.js";
 import { CANCEL_SIGNAL_TYPE, Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
@@ -94,6 +96,7 @@ export class Client {
   readonly signals: ServiceClient<typeof SignalService>;
   readonly staging: ServiceClient<typeof StagingService>;
   readonly tasks: ServiceClient<typeof TaskService>;
+  readonly locks: ServiceClient<typeof LockService>;
   /** The base URL calls go to, e.g. `http://127.0.0.1:50051`. */
   readonly baseUrl: string;
   /** Default unary deadline in milliseconds (0: none). */
@@ -132,6 +135,7 @@ export class Client {
     this.signals = createConnectClient(SignalService, transport);
     this.staging = createConnectClient(StagingService, transport);
     this.tasks = createConnectClient(TaskService, transport);
+    this.locks = createConnectClient(LockService, transport);
   }
 
   /**
@@ -177,6 +181,18 @@ export class Client {
     return new Worker(this.tasks, handler, options, this.lifetime.signal, (signal) =>
       this.subscribe({ signalTypes: [CANCEL_SIGNAL_TYPE], earliest: true, signal }),
     );
+  }
+
+  /**
+   * Acquires the named lock (waiting as `options` says) and keeps it renewed until
+   * {@link HeldLock.release}; its `signal` aborts when the lock is lost. See {@link HeldLock}.
+   */
+  lock(lockId: string, options: LockOptions = {}): Promise<HeldLock> {
+    const signal =
+      options.signal === undefined
+        ? this.lifetime.signal
+        : AbortSignal.any([options.signal, this.lifetime.signal]);
+    return acquire(this.locks, lockId, { ...options, signal });
   }
 
   /**
@@ -277,4 +293,5 @@ export const SERVICES: readonly DescService[] = [
   SignalService,
   StagingService,
   TaskService,
+  LockService,
 ];

@@ -24,6 +24,7 @@ export {
   neverRan,
   type RetryPolicy,
 } from "./retry.js";
+export { HeldLock, type LockOptions } from "./lock.js";
 export { isResumable, Subscription, type SubscribeOptions } from "./subscribe.js";
 export { AccessTier, methodPath, operatorCallable, requiredTier, tierName } from "./tiers.js";
 export {
@@ -39,6 +40,7 @@ export {
 
 export * from "./gen/agentcoord/v1/access_pb.js";
 export * from "./gen/agentcoord/v1/admin_pb.js";
+export * from "./gen/agentcoord/v1/locks_pb.js";
 export * from "./gen/agentcoord/v1/memory_pb.js";
 export * from "./gen/agentcoord/v1/signals_pb.js";
 export * from "./gen/agentcoord/v1/staging_pb.js";

@@ -26,13 +26,14 @@ import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
  *   GetSession, ListSessions, GetSharedContext, LoadCollaborationState,
  *   ListCollaborationStates; GetStagedPattern, ListStagedPatterns, GetPatternRejection,
  *   GetPattern, ListPatterns, GetConflict, ListConflicts; ListAgents, GetTask, ListTasks,
- *   ListDeadLetters, AggregateResults; ReceiveSignals (it does not consume).
+ *   ListDeadLetters, AggregateResults; ReceiveSignals (it does not consume); GetLock.
  *   (GetTask and ListTasks may settle an expired lease: settling twice is settling once.)
  * - RegisterAgent (registering again replaces the capabilities with the same ones),
  *   Heartbeat, RenewTaskLease (extends the same lease to the same length from now),
  *   CompleteTask (the contract: repeating a successful completion with the same lease
  *   returns the same task), JoinSession (joining again is a no-op), CancelTask (cancelling
- *   a cancelled task returns it unchanged).
+ *   a cancelled task returns it unchanged), RenewLock (restarts the TTL from now under the
+ *   same fencing token).
  * - AddTask and SendSignal only with a `requestId` (the contract's idempotency key: a repeat
  *   stores nothing and returns what the first call stored); see {@link isSafeToRetry}.
  *
@@ -40,7 +41,9 @@ import { ErrorReason } from "./gen/agentcoord/v1/error_reason_pb.js";
  * SaveCollaborationState, staging writes, FailTask (a repeat could count a second failed
  * attempt), RequeueDeadLetter, SendSignal without a `requestId` (a repeat sends a
  * second signal),
- * DeregisterAgent, IssueToken, RevokeToken, and Subscribe (which resumes instead: see
+ * DeregisterAgent, IssueToken, RevokeToken, AcquireLock (a repeat of an acquisition that
+ * succeeded waits for the caller's own lock) and ReleaseLock (a repeat meets LOCK_NOT_HELD),
+ * and Subscribe (which resumes instead: see
  * `Subscription`).
  */
 export const SAFE_TO_RETRY: ReadonlySet<string> = new Set([
@@ -76,6 +79,8 @@ export const SAFE_TO_RETRY: ReadonlySet<string> = new Set([
   "TaskService/ListDeadLetters",
   "TaskService/AggregateResults",
   "SignalService/ReceiveSignals",
+  "LockService/GetLock",
+  "LockService/RenewLock",
 ]);
 
 /** `Service/Method` for a generated method descriptor. */
