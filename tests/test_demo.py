@@ -80,6 +80,7 @@ def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_w
     # Tasks in time: the synthesis waits for the six reviews; the cancelled review's worker stops.
     assert "claimed and completed synthesis after all 6 reviews completed" in transcript
     assert "docs-1         handler stopped: docs-readme was cancelled" in transcript
+    assert "every review under its file's lock" in transcript  # file_locks.check
 
 
 @pytest.mark.timeout(200)

@@ -30,6 +30,7 @@ import grpc
 from agentcoord import AgentcoordError, Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import file_locks
 import in_time
 from scenario import (
     EXPECTED_LIBRARY,
@@ -204,6 +205,7 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
         if rejection.rejected_by != LEAD:
             problems.append(f"{pattern_id} rejected by {rejection.rejected_by!r}")
     problems.extend(in_time.check(steward))
+    problems.extend(file_locks.check(steward))  # each review held its file's lock
     return problems
 
 
@@ -266,7 +268,7 @@ def main() -> int:
         say(
             ME,
             f"all checks passed: {len(TASKS)} tasks completed once each, {victim_task} redelivered "
-            f"to {REPLACEMENT}, library = {EXPECTED_LIBRARY}",
+            f"to {REPLACEMENT}, library = {EXPECTED_LIBRARY}, every review under its file's lock",
         )
         return 0
 

@@ -127,3 +127,17 @@ def target() -> str:
 def fail(who: str, text: str) -> None:
     say(who, f"FAILED: {text}")
     sys.exit(1)
+
+
+# --- File locks (LockService): each reviewer holds a lock on the file it reviews while
+# reviewing (file_locks.py). Task id → the lock id of its file (lock ids are ids: no '/').
+# sec-sql and perf-orders review the same file, so their reviewers take turns on it.
+FILE_LOCKS = {
+    "sec-auth": "file.auth.session.py",
+    "sec-sql": "file.orders.repository.py",
+    "perf-orders": "file.orders.repository.py",
+    "perf-cache": "file.products.cache.py",
+    "style-names": "file.payments",
+    "style-long": "file.checkout.py",
+}
+FILE_LOCK_TTL_SECONDS = 5.0  # renewed every TTL/3 while held

@@ -14,6 +14,7 @@ import time
 from agentcoord import Agent, AgentcoordError
 from google.protobuf import json_format
 
+from file_locks import reviewing_file
 from scenario import LEAD, LEASE_SECONDS, SESSION_ID, say, target
 
 
@@ -35,7 +36,8 @@ def main(capability: str, hang: bool) -> None:
             if hang:
                 say(me, "…stops responding while holding the lease")
                 time.sleep(3600)
-            time.sleep(0.3)  # reviewing
+            with reviewing_file(agent, task.task_id):  # holds the file's lock (file_locks.py)
+                time.sleep(0.3)  # reviewing
             pattern = json_format.MessageToDict(task.payload)["pattern"]
             agent.stash(f"finding.{task.task_id}", {"task": task.task_id, "pattern": pattern["id"]})
             agent.stage_pattern(
