@@ -37,6 +37,8 @@ ACTIONS = [
     (r"retry after that", (), "retry after the delay it names"),
     (r"stop working on it", (), "give up: stop working on the task"),
     (r"registeragent again", (), "register again, then retry"),
+    (r"acquire again with a wait", (), "retry, waiting for the lock"),
+    (r"stop using the guarded resource", (), "give up: stop using the resource under that token"),
 ]
 FALLBACK = "give up (the same call fails again)"
 

@@ -89,3 +89,27 @@ def test_grpcurl_describe_of_an_unknown_method_fails(grpcurl, server):
 
     assert result.returncode != 0
     assert "Symbol not found" in result.stderr
+
+
+def test_grpcurl_acquires_reads_renews_and_releases_a_lock_as_the_readme_shows(
+    grpcurl, server, namespace
+):
+    token = server.issue_token("grpcurl-locker", "CONTRIBUTOR", namespace)
+    auth = ("-H", f"authorization: Bearer {token}")
+    lock_id = "file.orders.repository.py"
+
+    def call(method: str, body: dict) -> dict:
+        output = run(
+            grpcurl, *auth, "-d", json.dumps(body), server.address,
+            f"agentcoord.v1.LockService/{method}",
+        )
+        return json.loads(output)
+
+    acquired = call("AcquireLock", {"lock_id": lock_id, "ttl": "30s", "wait": "10s"})["lock"]
+    token_ = int(acquired["fencing_token"])  # an int64: JSON carries it as a string
+    renewed = call("RenewLock", {"lock_id": lock_id, "fencing_token": token_, "ttl": "30s"})
+    seen = call("GetLock", {"lock_id": lock_id})["lock"]
+    released = call("ReleaseLock", {"lock_id": lock_id, "fencing_token": token_})["lock"]
+
+    assert acquired["holder"] == seen["holder"] == released["holder"] == "grpcurl-locker"
+    assert renewed["lock"]["fencing_token"] == seen["fencing_token"] == acquired["fencing_token"]

@@ -292,8 +292,8 @@ class ErrorReason(StrEnum):
     LOCK_HELD = "LOCK_HELD"
     """FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by the caller
     under an earlier acquisition) and its wait, or the call's deadline, ran out first. ErrorInfo
-    metadata "holder" (agent id) and "expire_time" (RFC 3339) say by whom and until when. Retry
-    later or with a longer wait."""
+    metadata "holder" (agent id) and "expire_time" (RFC 3339) say by whom and until when.
+    Acquire again with a wait (or a longer one)."""
 
     LOCK_NOT_HELD = "LOCK_NOT_HELD"
     """FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold the lock

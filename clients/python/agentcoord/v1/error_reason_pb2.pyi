@@ -308,7 +308,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by
     the caller under an earlier acquisition) and its wait, or the call's deadline,
     ran out first. ErrorInfo metadata "holder" (agent id) and "expire_time" (RFC
-    3339) say by whom and until when. Retry later or with a longer wait.
+    3339) say by whom and until when. Acquire again with a wait (or a longer one).
     """
     LOCK_NOT_HELD: _ErrorReason.ValueType  # 181
     """FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold
@@ -626,7 +626,7 @@ LOCK_HELD: ErrorReason.ValueType  # 180
 FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by
 the caller under an earlier acquisition) and its wait, or the call's deadline,
 ran out first. ErrorInfo metadata "holder" (agent id) and "expire_time" (RFC
-3339) say by whom and until when. Retry later or with a longer wait.
+3339) say by whom and until when. Acquire again with a wait (or a longer one).
 """
 LOCK_NOT_HELD: ErrorReason.ValueType  # 181
 """FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold

@@ -260,7 +260,7 @@ const (
 	// FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by
 	// the caller under an earlier acquisition) and its wait, or the call's deadline,
 	// ran out first. ErrorInfo metadata "holder" (agent id) and "expire_time" (RFC
-	// 3339) say by whom and until when. Retry later or with a longer wait.
+	// 3339) say by whom and until when. Acquire again with a wait (or a longer one).
 	ErrorReason_LOCK_HELD ErrorReason = 180
 	// FAILED_PRECONDITION: RenewLock or ReleaseLock by an agent that does not hold
 	// the lock under that fencing token: it expired, was released (or

@@ -613,7 +613,7 @@ export enum ErrorReason {
    * FAILED_PRECONDITION: AcquireLock found the lock held (by another agent, or by
    * the caller under an earlier acquisition) and its wait, or the call's deadline,
    * ran out first. ErrorInfo metadata "holder" (agent id) and "expire_time" (RFC
-   * 3339) say by whom and until when. Retry later or with a longer wait.
+   * 3339) say by whom and until when. Acquire again with a wait (or a longer one).
    *
    * @generated from enum value: LOCK_HELD = 180;
    */
