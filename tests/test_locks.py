@@ -355,3 +355,83 @@ def test_lock_context_manager_waits_for_its_turn_and_gives_up_after_wait(make_cl
     holder.locks.release_lock("file-a", lock.fencing_token)
     with other.lock("file-a", wait=0.3) as held:
         assert held.fencing_token > lock.fencing_token
+
+
+def evalsha_calls(redis_client: redis.Redis) -> int:
+    return int(redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def waiting(redis_client: redis.Redis, namespace: str) -> None:
+    """Returns once the waiters sleep: a server subscribed to the namespace's lock wake-ups
+    and no script ran for 0.3 s (each attempt was refused and its waiter sleeps)."""
+    await subscribed(redis_client, namespace)
+    calls = -1
+    for _ in range(100):
+        now = evalsha_calls(redis_client)
+        if now == calls:
+            return
+        calls = now
+        await asyncio.sleep(0.3)
+    pytest.fail("the waiters never settled into waiting")
+
+
+@pytest.mark.standalone_only  # counts a node's EVALSHA calls
+async def test_a_release_wakes_one_waiter_not_every_one(
+    server, other_server, credentials, redis_client, namespace
+):
+    holder = AsyncClient(server.address, **credentials("holder"))
+    waiters = [AsyncClient(other_server.address, **credentials(f"waiter-{n}")) for n in range(4)]
+    lock = await holder.locks.acquire_lock("file-a", ttl=60)
+    attempts = [
+        asyncio.create_task(w.locks.acquire_lock("file-a", ttl=60, wait=WAIT_S)) for w in waiters
+    ]
+    try:
+        await waiting(redis_client, namespace)
+        before = evalsha_calls(redis_client)
+
+        await holder.locks.release_lock("file-a", lock.fencing_token)
+        done, pending = await asyncio.wait(
+            attempts, timeout=WITHIN_S, return_when=asyncio.FIRST_COMPLETED
+        )
+
+        assert len(done) == 1, "no waiter was woken"
+        assert done.pop().result().fencing_token > lock.fencing_token
+        # the release script and one acquisition: the other three waiters never asked Redis
+        assert evalsha_calls(redis_client) - before == 2
+        assert len(pending) == 3
+    finally:
+        for attempt in attempts:
+            attempt.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
+        await holder.close()
+        for w in waiters:
+            await w.close()
+
+
+async def test_a_waiting_acquire_ends_unavailable_when_the_server_shuts_down(
+    server, redis_url, credentials, namespace
+):
+    handle = ServerThread(server_settings(redis_url)).start()
+    stopping = None
+    holder = AsyncClient(server.address, **credentials("holder"))
+    try:
+        await holder.locks.acquire_lock("file-a", ttl=60)
+        token = handle.issue_token("waiter", "CONTRIBUTOR", namespace)
+        async with AsyncClient(handle.address, token=token) as client:
+            attempt = asyncio.create_task(client.locks.acquire_lock("file-a", wait=30))
+            await asyncio.sleep(0.3)
+
+            # With a 10 s grace, an acquisition that ignored the shutdown would be cut off when
+            # the grace ran out; SERVER_SHUTTING_DOWN means it ended on its own, retryable.
+            stopping = handle.begin_stop(grace=10.0)
+
+            with pytest.raises(AgentcoordError) as caught:
+                await asyncio.wait_for(attempt, 15)
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+            assert caught.value.reason == ErrorReason.SERVER_SHUTTING_DOWN
+            await asyncio.wrap_future(stopping)
+        assert (await holder.locks.get_lock("file-a")).holder == "holder"
+    finally:
+        await holder.close()
+        if stopping is None:
+            handle.stop()
