@@ -58,9 +58,10 @@ class AsyncLockKeeper:
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._interval)
+            sent = time.monotonic()  # a successful renewal's TTL counts from before it was sent
             try:
                 await self._renew()
-                renewed = time.monotonic()
+                renewed = sent
             except AgentcoordError as exc:
                 if exc.reason in _LOST_REASONS:
                     self._lose(exc)
@@ -116,9 +117,10 @@ class LockKeeper:
     def _run(self) -> None:
         renewed = time.monotonic()
         while not self._stop.wait(self._interval):
+            sent = time.monotonic()
             try:
                 self._renew()
-                renewed = time.monotonic()
+                renewed = sent
             except AgentcoordError as exc:
                 if exc.reason in _LOST_REASONS:
                     self.lost = exc

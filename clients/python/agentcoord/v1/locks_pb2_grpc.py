@@ -110,7 +110,9 @@ class LockServiceServicer:
         waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
         "holder" and "expire_time") when it is held and the wait (or the call's
         deadline, whichever ends first) ran out; a waiting call ends before its deadline
-        so that it never acquires a lock its caller has stopped waiting for.
+        so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+        (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+        nothing was acquired; retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

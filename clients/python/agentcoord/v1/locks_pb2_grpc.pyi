@@ -62,7 +62,9 @@ class LockServiceStub:
     waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
     "holder" and "expire_time") when it is held and the wait (or the call's
     deadline, whichever ends first) ran out; a waiting call ends before its deadline
-    so that it never acquires a lock its caller has stopped waiting for.
+    so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+    (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+    nothing was acquired; retry.
     """
     RenewLock: _grpc.UnaryUnaryMultiCallable[_locks_pb2.RenewLockRequest, _locks_pb2.RenewLockResponse]
     """Restarts the TTL of a lock the caller holds under `fencing_token` (the token is
@@ -116,7 +118,9 @@ class LockServiceAsyncStub(LockServiceStub):
     waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
     "holder" and "expire_time") when it is held and the wait (or the call's
     deadline, whichever ends first) ran out; a waiting call ends before its deadline
-    so that it never acquires a lock its caller has stopped waiting for.
+    so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+    (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+    nothing was acquired; retry.
     """
     RenewLock: _aio.UnaryUnaryMultiCallable[_locks_pb2.RenewLockRequest, _locks_pb2.RenewLockResponse]  # type: ignore[assignment]
     """Restarts the TTL of a lock the caller holds under `fencing_token` (the token is
@@ -173,7 +177,9 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
         waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
         "holder" and "expire_time") when it is held and the wait (or the call's
         deadline, whichever ends first) ran out; a waiting call ends before its deadline
-        so that it never acquires a lock its caller has stopped waiting for.
+        so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+        (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+        nothing was acquired; retry.
         """
 
     @_abc_1.abstractmethod

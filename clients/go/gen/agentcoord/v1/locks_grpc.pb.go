@@ -58,7 +58,9 @@ type LockServiceClient interface {
 	// waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
 	// "holder" and "expire_time") when it is held and the wait (or the call's
 	// deadline, whichever ends first) ran out; a waiting call ends before its deadline
-	// so that it never acquires a lock its caller has stopped waiting for.
+	// so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+	// (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+	// nothing was acquired; retry.
 	AcquireLock(ctx context.Context, in *AcquireLockRequest, opts ...grpc.CallOption) (*AcquireLockResponse, error)
 	// Restarts the TTL of a lock the caller holds under `fencing_token` (the token is
 	// unchanged). FAILED_PRECONDITION (LOCK_NOT_HELD) if the lock expired, was
@@ -157,7 +159,9 @@ type LockServiceServer interface {
 	// waits like anyone else. FAILED_PRECONDITION (LOCK_HELD, ErrorInfo metadata
 	// "holder" and "expire_time") when it is held and the wait (or the call's
 	// deadline, whichever ends first) ran out; a waiting call ends before its deadline
-	// so that it never acquires a lock its caller has stopped waiting for.
+	// so that it never acquires a lock its caller has stopped waiting for. UNAVAILABLE
+	// (SERVER_SHUTTING_DOWN) when the server began stopping while the call waited:
+	// nothing was acquired; retry.
 	AcquireLock(context.Context, *AcquireLockRequest) (*AcquireLockResponse, error)
 	// Restarts the TTL of a lock the caller holds under `fencing_token` (the token is
 	// unchanged). FAILED_PRECONDITION (LOCK_NOT_HELD) if the lock expired, was

@@ -116,6 +116,7 @@ class HeldLock:
     succeeded within `ttl`), the asyncio flavour cancels the block at once and it ends with
     that AgentcoordError (LOCK_NOT_HELD) instead of CancelledError; the sync flavour cannot
     interrupt a thread, so it raises the loss when the block ends. `lost` tells either way.
+    A release that fails otherwise (e.g. UNAVAILABLE) is not raised: the lock lapses at its TTL.
     """
 
     def __init__(
@@ -174,6 +175,9 @@ class HeldLock:
             raise lost
         try:
             self._locks.release_lock(self.lock_id, self.fencing_token)
-        except AgentcoordError:
-            if exc is None:
-                raise  # LOCK_NOT_HELD: it expired after the last renewal
+        except AgentcoordError as error:
+            # LOCK_NOT_HELD: it expired after the last renewal, so the end of the block ran
+            # unprotected. Any other failure (e.g. UNAVAILABLE) is not the block's problem: the
+            # lock lapses at its TTL.
+            if exc is None and error.reason == "LOCK_NOT_HELD":
+                raise
