@@ -39,11 +39,23 @@ def other_server(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     handle.stop()
 
 
+def subscribers(redis_client: redis.Redis, channel: str) -> int:
+    """Subscribers of `channel`; on a cluster summed over the nodes (PUBSUB NUMSUB counts only
+    the node asked, and a server's subscription lives on the one node it connected to)."""
+    if not isinstance(redis_client, redis.RedisCluster):
+        return int(dict(redis_client.pubsub_numsub(channel)).get(channel, 0))
+    total = 0
+    for node in redis_client.get_nodes():
+        with redis.Redis(host=node.host, port=node.port, decode_responses=True) as one:
+            total += int(dict(one.pubsub_numsub(channel)).get(channel, 0))
+    return total
+
+
 async def subscribed(redis_client: redis.Redis, namespace: str) -> None:
     """Returns once a server process subscribed to the namespace's lock wake-ups."""
     channel = f"ac:{{{namespace}}}:locks:wake"
     for _ in range(1000):
-        if dict(redis_client.pubsub_numsub(channel)).get(channel, 0) >= 1:
+        if subscribers(redis_client, channel) >= 1:
             return
         await asyncio.sleep(0.01)
     pytest.fail("no server subscribed to the namespace's lock wake-ups")
