@@ -5,7 +5,7 @@
 // `make generate`) plus a thin layer that behaves like the Python and TypeScript clients:
 //
 //   - Dial returns a Client holding one connection and the generated client of each service
-//     (Admin, Memory, Staging, Tasks, Signals). A unary and a stream interceptor attach the
+//     (Admin, Memory, Staging, Tasks, Signals, Locks). A unary and a stream interceptor attach the
 //     bearer token to every call.
 //   - The caller's principal is learnt once, at Dial (WhoAmI), and a call whose required_tier
 //     (a method option in the contract, read from the generated descriptors) is above the
@@ -17,6 +17,9 @@
 //   - Client.NewWorker claims tasks with long-polls, renews each lease in the background while
 //     the handler runs, and completes with the claim's fencing token (or fails the task when the
 //     handler returns an error).
+//   - Client.Lock acquires a named lock (waiting while another agent holds it) and renews it in
+//     the background; HeldLock.Context is cancelled (cause ErrLockLost) when the lock is lost,
+//     HeldLock.FencingToken goes with every write to the guarded resource, Unlock releases.
 //   - gRPC retries (service config) only the RPCs in RetrySafeMethods, on UNAVAILABLE.
 //
 // Quick start:
