@@ -66,9 +66,10 @@ class Client:
         self.locks = LocksClient(self._transport)
 
     def lock(self, lock_id: str, *, ttl: float = 30.0, wait: float | None = None) -> HeldLock:
-        """A lock held while an `async with` block runs: `async with client.lock("src.auth",
-        ttl=30) as held: ... held.fencing_token ...`. Waits up to `wait` seconds (None: as long
-        as it takes), renews every `ttl`/3 s, releases at the end; see AsyncHeldLock."""
+        """A lock held while a `with` block runs (`async with` on AsyncClient):
+        `with client.lock("file.auth.py", ttl=30) as held: ... held.fencing_token ...`. Waits up
+        to `wait` seconds (None: as long as it takes), renews every `ttl`/3 s, releases at the
+        end; see AsyncHeldLock."""
         return self.locks.lock(lock_id, ttl=ttl, wait=wait)
 
     def close(self) -> None:

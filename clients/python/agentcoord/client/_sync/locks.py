@@ -100,13 +100,14 @@ class LocksClient(ServiceClient):
         return response.lock  # type: ignore[no-any-return]
 
     def lock(self, lock_id: str, *, ttl: float = 30.0, wait: float | None = None) -> HeldLock:
-        """`async with client.lock("file-auth.py", ttl=30) as held:` — see AsyncHeldLock."""
+        """The lock `lock_id`, held while a `with` block runs (`async with` on AsyncClient):
+        `with client.locks.lock("file.auth.py", ttl=30) as held:` — see AsyncHeldLock."""
         return HeldLock(self, lock_id, ttl=ttl, wait=wait)
 
 
 class HeldLock:
-    """A lock held for the duration of an `async with` block, renewed in the background every
-    `ttl`/3 seconds and released at the block's end.
+    """A lock held for the duration of a `with` block (`async with` on AsyncClient), renewed in
+    the background every `ttl`/3 seconds and released at the block's end.
 
     Entering waits for the lock: up to `wait` seconds (None: as long as it takes, in AcquireLock
     calls of at most 60 s each), then raises AgentcoordError (LOCK_HELD). Inside the block,
