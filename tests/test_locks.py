@@ -447,3 +447,27 @@ async def test_a_waiting_acquire_ends_unavailable_when_the_server_shuts_down(
         await holder.close()
         if stopping is None:
             handle.stop()
+
+
+@pytest.mark.standalone_only  # client logic: waits out a TTL, once is enough
+async def test_a_lock_whose_renewals_fail_past_its_ttl_is_lost_on_the_client(
+    redis_url, namespace
+):
+    """The server is stopped while a block holds a lock: no renewal can succeed, so once the
+    TTL has passed the client gives the lock up (another agent may hold it by then) and the
+    block ends with LOCK_NOT_HELD instead of running on unprotected."""
+    handle = ServerThread(server_settings(redis_url)).start()
+    stopped = False
+    try:
+        token = handle.issue_token("holder", "CONTRIBUTOR", namespace)
+        async with AsyncClient(handle.address, token=token, timeout=0.5) as client:
+            with pytest.raises(AgentcoordError) as caught:
+                async with client.lock("file-a", ttl=1.5) as held:
+                    await asyncio.to_thread(handle.stop)
+                    stopped = True
+                    await asyncio.sleep(15)
+        assert caught.value.reason == ErrorReason.LOCK_NOT_HELD
+        assert held.lost
+    finally:
+        if not stopped:
+            handle.stop()
