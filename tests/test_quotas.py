@@ -4,12 +4,16 @@ and writes nothing; the signal rate is one bucket in Redis for every server proc
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 
 import grpc
 import pytest
 from agentcoord import AgentcoordError, Client
+from agentcoord.v1 import signals_pb2, signals_pb2_grpc
 from agentcoord_server.identity import OPERATOR_NAMESPACE
+from agentcoord_server.store.live_subscriptions import live_key
 
 from .conftest import server_settings
 from .support import ServerThread
@@ -70,7 +74,12 @@ def test_a_steward_reads_its_own_quotas_only_and_cannot_set_them(operator, team)
 
     assert own.namespace == name
     assert (own.quota.max_tokens, own.quota.max_signals_per_second) == (5, 7)
-    assert usage(own) == {"tokens": (5, 1), "signals_per_second": (7, 0), "pending_tasks": (0, 0)}
+    assert usage(own) == {
+        "tokens": (5, 1),
+        "signals_per_second": (7, 0),
+        "pending_tasks": (0, 0),
+        "live_subscriptions": (0, 0),
+    }
     assert update.value.reason == "TIER_TOO_LOW"
     assert foreign.value.reason == "NAMESPACE_MISMATCH"
 
@@ -144,3 +153,117 @@ def test_the_cli_sets_and_shows_a_namespaces_quotas(server, team):
     quotas = {q["name"]: q for q in json_lines(kept.output, "quotas")[0]["quotas"]}
     assert (quotas["tokens"]["limit"], quotas["signals_per_second"]["limit"]) == ("3", "9")
     assert shown.exit_code == 0 and "tokens" in shown.output and name in shown.output
+
+
+# --- The live-subscriptions quota: open streams counted over every server process, with a
+# lease so a killed server's streams stop counting.
+
+
+class Stream:
+    """A raw Subscribe call held open: admitted once its first (cursor-only) response came."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        stub = signals_pb2_grpc.SignalServiceStub(self.channel)
+        self.call = stub.Subscribe(
+            signals_pb2.SubscribeRequest(), metadata=[("authorization", f"Bearer {token}")]
+        )
+
+    def admitted(self) -> bool:
+        return bool(next(self.call).cursor)
+
+    def refusal(self) -> AgentcoordError:
+        try:
+            next(self.call)
+        except grpc.RpcError as exc:
+            return AgentcoordError.from_rpc_error(exc)
+        raise AssertionError("the stream was opened")
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.channel.close()
+
+
+def live_use(client: Client) -> tuple[int, int]:
+    return usage(client.admin.get_namespace_quota())["live_subscriptions"]
+
+
+def redis_ms(client) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_the_live_subscriptions_quota_counts_the_streams_of_every_server(
+    server, operator, team, redis_url, redis_client
+):
+    name, steward, token = team
+    operator.admin.update_namespace_quota(name, max_live_subscriptions=2)
+    steward.signals.send_signal("tick", {})  # an admitted subscribe from the oldest yields it
+    # A short lease: the second server's stream keeps counting past it only if it is renewed.
+    second = ServerThread(server_settings(redis_url, subscription_lease_seconds=0.5)).start()
+    streams: list[Stream] = []
+    try:
+        streams = [Stream(server.address, token), Stream(second.address, token)]
+        opened = [s.admitted() for s in streams]
+        first_expiry = min(score for _, score in redis_client.zrange(live_key(name), 0, -1, withscores=True))
+        wait_for(lambda: redis_ms(redis_client) > first_expiry, "the first lease to run out")
+        refused_here = Stream(server.address, token).refusal()
+        refused_there = Stream(second.address, token).refusal()
+        with pytest.raises(AgentcoordError) as by_the_client:
+            next(iter(steward.signals.subscribe(earliest=True)))
+        full = live_use(steward)
+        streams.pop().close()
+        wait_for(lambda: live_use(steward) == (2, 1), "the ended stream to stop counting")
+        streams.append(Stream(second.address, token))
+        reopened = streams[-1].admitted()
+    finally:
+        for stream in streams:
+            stream.close()
+        second.stop()
+
+    assert opened == [True, True]
+    for refused in (refused_here, refused_there, by_the_client.value):
+        assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")
+        metadata = refused.metadata
+        assert (metadata["quota"], metadata["limit"], metadata["used"]) == ("live_subscriptions", "2", "2")
+    assert full == (2, 2)
+    assert reopened
+
+
+@pytest.mark.standalone_only  # a server subprocess on the session's Redis, SIGKILLed
+def test_a_killed_servers_subscriptions_stop_counting_when_their_lease_runs_out(
+    server, operator, team, redis_url, tmp_path
+):
+    from .test_faults import ServeProcess
+
+    name, steward, token = team
+    operator.admin.update_namespace_quota(name, max_live_subscriptions=2)
+    killed = ServeProcess(tmp_path, "--subscription-lease-seconds", "1", redis_url=redis_url)
+    streams: list[Stream] = []
+    try:
+        address = killed.wait_serving()
+        streams = [Stream(address, token), Stream(address, token)]
+        opened = [s.admitted() for s in streams]
+        refused = Stream(server.address, token).refusal()
+        killed.process.send_signal(signal.SIGKILL)
+        killed.wait()
+        # Nothing ended those streams on the server: only their leases running out frees them.
+        wait_for(lambda: live_use(steward) == (2, 0), "the killed server's streams to stop counting")
+        survivors = [Stream(server.address, token), Stream(server.address, token)]
+        streams += survivors
+        reopened = [s.admitted() for s in survivors]
+    finally:
+        for stream in streams:
+            stream.close()
+        killed.close()
+
+    assert opened == [True, True]
+    assert (refused.reason, refused.metadata["used"]) == ("QUOTA_EXCEEDED", "2")
+    assert reopened == [True, True]

@@ -146,6 +146,22 @@ def main() -> None:
     "process (0: no limit).",
 )
 @click.option(
+    "--quota-live-subscriptions",
+    envvar="AGENTCOORD_QUOTA_LIVE_SUBSCRIPTIONS",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default live subscriptions (open Subscribe streams) per namespace, counted over "
+    "every server process on the Redis (0: no limit).",
+)
+@click.option(
+    "--subscription-lease-seconds",
+    envvar="AGENTCOORD_SUBSCRIPTION_LEASE_SECONDS",
+    default=30.0,
+    type=click.FloatRange(min=0.1),
+    help="How long an open stream counts toward --quota-live-subscriptions without its "
+    "server renewing it: a killed server's streams stop counting within it.",
+)
+@click.option(
     "--auth-cache-seconds",
     envvar="AGENTCOORD_AUTH_CACHE_SECONDS",
     default=5.0,
@@ -266,6 +282,8 @@ def serve(
     quota_tokens: int,
     quota_pending_tasks: int,
     quota_signals_per_second: int,
+    quota_live_subscriptions: int,
+    subscription_lease_seconds: float,
     auth_cache_seconds: float,
     auth_failure_limit: int,
     auth_failure_window: float,
@@ -328,6 +346,8 @@ def serve(
         quota_tokens=quota_tokens,
         quota_signals_per_second=quota_signals_per_second,
         quota_pending_tasks=quota_pending_tasks,
+        quota_live_subscriptions=quota_live_subscriptions,
+        subscription_lease_seconds=subscription_lease_seconds,
         auth_cache_seconds=auth_cache_seconds,
         auth_failure_limit=auth_failure_limit,
         auth_failure_window=auth_failure_window,

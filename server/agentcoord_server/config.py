@@ -88,6 +88,10 @@ class Settings:
     quota_tokens: int = 0
     quota_signals_per_second: int = 0
     quota_pending_tasks: int = 0
+    quota_live_subscriptions: int = 0
+    # Seconds an open stream counts toward the live-subscriptions quota without its server
+    # refreshing it (every third of this): how long a killed server's streams keep counting.
+    subscription_lease_seconds: float = 30.0
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
     # Failed authentications one peer address may make per window before it is refused
     # without a Redis lookup (a token bucket; identity.FailedAuthLimiter). 0: no limit.

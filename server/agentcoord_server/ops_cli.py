@@ -610,6 +610,12 @@ def namespaces_delete(connection: Connection, name: str, yes: bool, as_json: boo
     default=None,
     help="Pending tasks (queued or backing off).",
 )
+@click.option(
+    "--max-live-subscriptions",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Open Subscribe streams, over every server process.",
+)
 @json_option
 @click.pass_obj
 def namespaces_quota(
@@ -618,6 +624,7 @@ def namespaces_quota(
     max_tokens: int | None,
     max_signals_per_second: int | None,
     max_pending_tasks: int | None,
+    max_live_subscriptions: int | None,
     as_json: bool,
 ) -> None:
     """Show namespace NAME's quotas (limit and current use), or with --max-* set them (the
@@ -625,7 +632,8 @@ def namespaces_quota(
     A STEWARD shows its own namespace's with no NAME."""
     admin = connection.client.admin
     response = call(functools.partial(admin.get_namespace_quota, name))
-    if any(v is not None for v in (max_tokens, max_signals_per_second, max_pending_tasks)):
+    given = (max_tokens, max_signals_per_second, max_pending_tasks, max_live_subscriptions)
+    if any(v is not None for v in given):
         current = response.quota
         response = call(
             functools.partial(
@@ -639,6 +647,11 @@ def namespaces_quota(
                 ),
                 max_pending_tasks=(
                     current.max_pending_tasks if max_pending_tasks is None else max_pending_tasks
+                ),
+                max_live_subscriptions=(
+                    current.max_live_subscriptions
+                    if max_live_subscriptions is None
+                    else max_live_subscriptions
                 ),
             )
         )

@@ -15,6 +15,7 @@ from types import ModuleType
 from redis.asyncio import Redis
 
 from ..config import Settings
+from ..store.live_subscriptions import LiveSubscriptions
 from . import admin, locks, memory, signals, staging, tasks
 
 SERVICE_MODULES: tuple[ModuleType, ...] = (admin, memory, staging, signals, tasks, locks)
@@ -25,7 +26,9 @@ class ServiceContext:
     """What servicers share, built once at start.
 
     redis_mode is an admin_pb2.RedisMode value; shutdown is set when the server begins a
-    graceful stop, so long-lived streams can end with a status instead of being cut.
+    graceful stop, so long-lived streams can end with a status instead of being cut;
+    live_subscriptions admits server-streaming calls under the namespace's live-subscriptions
+    quota (`async with ctx.live_subscriptions.hold(namespace):` around a stream's body).
     """
 
     settings: Settings
@@ -34,3 +37,11 @@ class ServiceContext:
     server_version: str
     started_at: float = field(default_factory=time.monotonic)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    live_subscriptions: LiveSubscriptions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live_subscriptions = LiveSubscriptions(
+            self.redis,
+            default_limit=self.settings.quota_live_subscriptions,
+            lease_seconds=self.settings.subscription_lease_seconds,
+        )

@@ -299,6 +299,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             "tokens": settings.quota_tokens,
             "signals_per_second": settings.quota_signals_per_second,
             "pending_tasks": settings.quota_pending_tasks,
+            "live_subscriptions": settings.quota_live_subscriptions,
         }
         effective = {q: limits[q] or defaults[q] for q in limits}
         rate = effective["signals_per_second"]
@@ -311,6 +312,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             max_tokens=limits["tokens"],
             max_signals_per_second=limits["signals_per_second"],
             max_pending_tasks=limits["pending_tasks"],
+            max_live_subscriptions=limits["live_subscriptions"],
         )
         return quota, [
             admin_pb2.QuotaUsage(
@@ -321,6 +323,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 name="pending_tasks",
                 limit=effective["pending_tasks"],
                 used=int(usage["pending_tasks"]),
+            ),
+            admin_pb2.QuotaUsage(
+                name="live_subscriptions",
+                limit=effective["live_subscriptions"],
+                used=int(usage["live_subscriptions"]),
             ),
         ]
 
@@ -339,6 +346,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             "tokens": request.quota.max_tokens,
             "signals_per_second": request.quota.max_signals_per_second,
             "pending_tasks": request.quota.max_pending_tasks,
+            "live_subscriptions": request.quota.max_live_subscriptions,
         }
         for quota_name, limit in limits.items():
             if limit < 0:

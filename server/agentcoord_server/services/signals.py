@@ -207,9 +207,12 @@ class SignalServicer(signals_pb2_grpc.SignalServiceServicer):
                 raise invalid_field("start", "set after_id or start, not both")
             after = request.after_id
         earliest = request.start == signals_pb2.START_POSITION_EARLIEST
-        async with self.hub.subscribe(
-            principal.namespace, principal.agent_id, types, after=after, earliest=earliest
-        ) as subscription:
+        async with (
+            self._ctx.live_subscriptions.hold(principal.namespace),
+            self.hub.subscribe(
+                principal.namespace, principal.agent_id, types, after=after, earliest=earliest
+            ) as subscription,
+        ):
             yield _cursor_only(subscription.start_cursor)
             batched = request.accept_batches
             async for item in subscription.entries():

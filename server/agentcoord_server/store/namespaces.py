@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from ..errors import AlreadyExists, FailedPrecondition, NotFound
 from .keys import Keyspace
+from .live_subscriptions import live_key
 from .scripts import register_source
 from .tokens import TokenStore
 
@@ -41,7 +42,7 @@ INDEX_KEY = "ac:namespaces"
 BATCH = 500
 """Keys unlinked per command, and SCAN's COUNT hint, while deleting a namespace."""
 
-QUOTAS = ("tokens", "signals_per_second", "pending_tasks")
+QUOTAS = ("tokens", "signals_per_second", "pending_tasks", "live_subscriptions")
 """The quotas a namespace record may set (`quota:<name>` fields; admin.proto NamespaceQuota)."""
 
 # Sets quota fields only on a registered namespace (never recreating a deleted record).
@@ -189,20 +190,28 @@ class NamespaceStore:
         """(the quotas set for `name`: quota → limit, 0 for unset; current use: "tokens" → live
         tokens in the index, "pending_tasks" → queued or backing-off tasks over every type
         (one more round trip, one command per task type), "signal_bucket" → tokens left, "signal_bucket_ms" → when it was
-        last refilled, Unix ms, both absent for a full bucket). Two round trips."""
+        last refilled, Unix ms, both absent for a full bucket, "live_subscriptions" → open
+        streams over every server process whose lease has not run out by this host's clock).
+        Two round trips."""
         keys = Keyspace(name)
+        now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record_key(name), [f"quota:{q}" for q in QUOTAS])
             pipe.zcard(keys.key("tokens", "index"))
             pipe.hmget(keys.key("quota", "signals"), ["tokens", "ms"])
             pipe.zrange(keys.key("tasks", "types"), 0, -1)
-            limits, tokens, bucket, types = await pipe.execute()
+            pipe.zcount(live_key(name), f"({now_ms}", "+inf")
+            limits, tokens, bucket, types, live = await pipe.execute()
         async with self._redis.pipeline(transaction=False) as pipe:
             for task_type in types:
                 pipe.zcard(keys.key("tasks", "q", task_type))
                 pipe.zcard(keys.key("tasks", "d", task_type))
             pending = sum(await pipe.execute()) if types else 0
-        usage: dict[str, float] = {"tokens": int(tokens), "pending_tasks": pending}
+        usage: dict[str, float] = {
+            "tokens": int(tokens),
+            "pending_tasks": pending,
+            "live_subscriptions": int(live),
+        }
         if bucket[0] is not None and bucket[1] is not None:
             usage["signal_bucket"] = float(bucket[0])
             usage["signal_bucket_ms"] = float(bucket[1])

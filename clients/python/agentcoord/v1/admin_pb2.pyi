@@ -819,6 +819,7 @@ class NamespaceQuota(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_SIGNALS_PER_SECOND_FIELD_NUMBER: _builtins.int
     MAX_PENDING_TASKS_FIELD_NUMBER: _builtins.int
+    MAX_LIVE_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Live tokens of the namespace ("tokens"): IssueToken beyond it is refused."""
     max_signals_per_second: _builtins.int
@@ -830,16 +831,23 @@ class NamespaceQuota(_message.Message):
     """Pending tasks, queued or backing off, over every task type
     ("pending_tasks"): AddTask beyond it is refused.
     """
+    max_live_subscriptions: _builtins.int
+    """Live server-streaming calls (Subscribe) open at once over every server
+    process ("live_subscriptions"): a stream beyond it is refused before it
+    opens. A stream of a server that died without ending it stops counting
+    within the server's --subscription-lease-seconds.
+    """
     def __init__(
         self,
         *,
         max_tokens: _builtins.int = ...,
         max_signals_per_second: _builtins.int = ...,
         max_pending_tasks: _builtins.int = ...,
+        max_live_subscriptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_pending_tasks", b"max_pending_tasks", "max_signals_per_second", b"max_signals_per_second", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_live_subscriptions", b"max_live_subscriptions", "max_pending_tasks", b"max_pending_tasks", "max_signals_per_second", b"max_signals_per_second", "max_tokens", b"max_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -856,13 +864,13 @@ class QuotaUsage(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
-    "signals_per_second", "pending_tasks".
+    "signals_per_second", "pending_tasks", "live_subscriptions".
     """
     limit: _builtins.int
     """The limit in force (the namespace's own, or the server's default); 0: none."""
     used: _builtins.int
     """Current use: live tokens; signals of the last second's bucket (the limit
-    minus what is left in the bucket); pending tasks.
+    minus what is left in the bucket); pending tasks; open streams.
     """
     def __init__(
         self,

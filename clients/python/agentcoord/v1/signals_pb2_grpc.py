@@ -115,7 +115,10 @@ class SignalServiceServicer:
         retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
         slower than signals arrive and the server's per-stream buffer
         (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-        server stops. In the last two cases resume with after_id.
+        server stops. In the last two cases resume with after_id. Refused before it
+        opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+        "live_subscriptions") when the namespace already holds its quota of open
+        streams over every server (admin.proto NamespaceQuota); retry later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -72,7 +72,10 @@ class SignalServiceStub:
     retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
     slower than signals arrive and the server's per-stream buffer
     (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-    server stops. In the last two cases resume with after_id.
+    server stops. In the last two cases resume with after_id. Refused before it
+    opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+    "live_subscriptions") when the namespace already holds its quota of open
+    streams over every server (admin.proto NamespaceQuota); retry later.
     """
 
 @_typing.type_check_only
@@ -119,7 +122,10 @@ class SignalServiceAsyncStub(SignalServiceStub):
     retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
     slower than signals arrive and the server's per-stream buffer
     (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-    server stops. In the last two cases resume with after_id.
+    server stops. In the last two cases resume with after_id. Refused before it
+    opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+    "live_subscriptions") when the namespace already holds its quota of open
+    streams over every server (admin.proto NamespaceQuota); retry later.
     """
 
 class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,7 +187,10 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
         slower than signals arrive and the server's per-stream buffer
         (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-        server stops. In the last two cases resume with after_id.
+        server stops. In the last two cases resume with after_id. Refused before it
+        opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+        "live_subscriptions") when the namespace already holds its quota of open
+        streams over every server (admin.proto NamespaceQuota); retry later.
         """
 
 def add_SignalServiceServicer_to_server(servicer: SignalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

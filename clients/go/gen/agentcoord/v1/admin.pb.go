@@ -1567,8 +1567,13 @@ type NamespaceQuota struct {
 	// Pending tasks, queued or backing off, over every task type
 	// ("pending_tasks"): AddTask beyond it is refused.
 	MaxPendingTasks int64 `protobuf:"varint,3,opt,name=max_pending_tasks,json=maxPendingTasks,proto3" json:"max_pending_tasks,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Live server-streaming calls (Subscribe) open at once over every server
+	// process ("live_subscriptions"): a stream beyond it is refused before it
+	// opens. A stream of a server that died without ending it stops counting
+	// within the server's --subscription-lease-seconds.
+	MaxLiveSubscriptions int64 `protobuf:"varint,6,opt,name=max_live_subscriptions,json=maxLiveSubscriptions,proto3" json:"max_live_subscriptions,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *NamespaceQuota) Reset() {
@@ -1622,16 +1627,23 @@ func (x *NamespaceQuota) GetMaxPendingTasks() int64 {
 	return 0
 }
 
+func (x *NamespaceQuota) GetMaxLiveSubscriptions() int64 {
+	if x != nil {
+		return x.MaxLiveSubscriptions
+	}
+	return 0
+}
+
 // QuotaUsage is one quota's effective limit and current use.
 type QuotaUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
-	// "signals_per_second", "pending_tasks".
+	// "signals_per_second", "pending_tasks", "live_subscriptions".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The limit in force (the namespace's own, or the server's default); 0: none.
 	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Current use: live tokens; signals of the last second's bucket (the limit
-	// minus what is left in the bucket); pending tasks.
+	// minus what is left in the bucket); pending tasks; open streams.
 	Used          int64 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2030,12 +2042,13 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x18.agentcoord.v1.TokenInfoR\x06tokens\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
 	"\x17DeleteNamespaceResponse\x126\n" +
-	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"\x90\x01\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"\xc6\x01\n" +
 	"\x0eNamespaceQuota\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x03R\tmaxTokens\x123\n" +
 	"\x16max_signals_per_second\x18\x02 \x01(\x03R\x13maxSignalsPerSecond\x12*\n" +
-	"\x11max_pending_tasks\x18\x03 \x01(\x03R\x0fmaxPendingTasks\"J\n" +
+	"\x11max_pending_tasks\x18\x03 \x01(\x03R\x0fmaxPendingTasks\x124\n" +
+	"\x16max_live_subscriptions\x18\x06 \x01(\x03R\x14maxLiveSubscriptions\"J\n" +
 	"\n" +
 	"QuotaUsage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +

@@ -65,7 +65,10 @@ type SignalServiceClient interface {
 	// retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
 	// slower than signals arrive and the server's per-stream buffer
 	// (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-	// server stops. In the last two cases resume with after_id.
+	// server stops. In the last two cases resume with after_id. Refused before it
+	// opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+	// "live_subscriptions") when the namespace already holds its quota of open
+	// streams over every server (admin.proto NamespaceQuota); retry later.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 }
 
@@ -157,7 +160,10 @@ type SignalServiceServer interface {
 	// retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
 	// slower than signals arrive and the server's per-stream buffer
 	// (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-	// server stops. In the last two cases resume with after_id.
+	// server stops. In the last two cases resume with after_id. Refused before it
+	// opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+	// "live_subscriptions") when the namespace already holds its quota of open
+	// streams over every server (admin.proto NamespaceQuota); retry later.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	mustEmbedUnimplementedSignalServiceServer()
 }

@@ -180,6 +180,7 @@ class AdminClient(ServiceClient):
         max_tokens: int = 0,
         max_signals_per_second: int = 0,
         max_pending_tasks: int = 0,
+        max_live_subscriptions: int = 0,
     ) -> admin_pb2.UpdateNamespaceQuotaResponse:
         """Sets a registered namespace's quotas; every one is set (0: the server's default,
         from its --quota-* flags). Returns them as get_namespace_quota does. OPERATOR.
@@ -191,6 +192,7 @@ class AdminClient(ServiceClient):
             max_tokens=max_tokens,
             max_signals_per_second=max_signals_per_second,
             max_pending_tasks=max_pending_tasks,
+            max_live_subscriptions=max_live_subscriptions,
         )
         return await self._unary(  # type: ignore[no-any-return]
             self._stub.UpdateNamespaceQuota,

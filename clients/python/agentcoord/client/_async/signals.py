@@ -16,7 +16,17 @@ from ._base import ServiceClient
 
 # A subscription interrupted with one of these resumes from its last cursor: the server asked
 # the client to come back (shutdown, Redis hiccup, or it fell behind and its buffer was dropped).
+# Other RESOURCE_EXHAUSTED reasons (QUOTA_EXCEEDED: the namespace's live-subscriptions quota)
+# are raised at once, as the Go and TypeScript clients do.
 RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RESUMABLE_EXHAUSTED_REASONS = frozenset({"SUBSCRIBER_TOO_SLOW"})
+
+
+def is_resumable(error: AgentcoordError) -> bool:
+    """Whether a subscription that ended with `error` resumes from its cursor."""
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error.reason in RESUMABLE_EXHAUSTED_REASONS
+    return error.code in RESUMABLE_CODES
 
 
 class SignalsClient(ServiceClient):
@@ -106,7 +116,9 @@ class SignalsClient(ServiceClient):
         contextlib closing helper); that cancels the call on the server at once.
 
         Raises AgentcoordError: OUT_OF_RANGE (CURSOR_TRIMMED) for a cursor older than the
-        retention; the last error once retries are exhausted; any other failure at once.
+        retention; RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) when the namespace already holds its
+        quota of live subscriptions; the last error once retries are exhausted; any other
+        failure at once.
         """
         types = list(signal_types)
         cursor = after_id
@@ -132,7 +144,7 @@ class SignalsClient(ServiceClient):
                     cursor = response.cursor or cursor
             except grpc.RpcError as rpc_error:
                 error = AgentcoordError.from_rpc_error(rpc_error)
-                if error.code not in RESUMABLE_CODES or retries >= max_retries:
+                if not is_resumable(error) or retries >= max_retries:
                     raise error from None
                 await async_sleep(min(max_backoff, backoff * 2**retries))
                 retries += 1

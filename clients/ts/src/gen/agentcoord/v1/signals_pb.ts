@@ -421,7 +421,10 @@ export const SignalService: GenService<{
    * retention; RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the caller reads
    * slower than signals arrive and the server's per-stream buffer
    * (`--signal-queue-size`) fills; UNAVAILABLE (SERVER_SHUTTING_DOWN) when the
-   * server stops. In the last two cases resume with after_id.
+   * server stops. In the last two cases resume with after_id. Refused before it
+   * opens (no response) with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, quota
+   * "live_subscriptions") when the namespace already holds its quota of open
+   * streams over every server (admin.proto NamespaceQuota); retry later.
    *
    * @generated from rpc agentcoord.v1.SignalService.Subscribe
    */
