@@ -66,7 +66,8 @@ type Subscription struct {
 // Errors (*Error), at once: INVALID_ARGUMENT (INVALID_CURSOR, INVALID_ID) for a malformed AfterID
 // or type; OUT_OF_RANGE (CURSOR_TRIMMED) for an AfterID older than the server's retention;
 // PERMISSION_DENIED / UNAUTHENTICATED; UNAVAILABLE if the server cannot be reached (only an open
-// subscription resumes).
+// subscription resumes); RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, Metadata "quota" "live_subscriptions")
+// when the namespace already holds its quota of open subscriptions over every server.
 func (c *Client) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
 	if opts.MaxRetries <= 0 {
 		opts.MaxRetries = 8

@@ -235,3 +235,43 @@ func TestSubscribeUnpacksBatchesInOrderWithoutLossOrDuplicate(t *testing.T) {
 		t.Fatalf("received %v", got)
 	}
 }
+
+func TestSubscribeBeyondTheLiveSubscriptionsQuotaIsRefusedQuotaExceeded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	operator, err := agentcoord.Dial(ctx, srv.address, srv.operatorToken())
+	if err != nil {
+		t.Fatalf("Dial as operator: %v", err)
+	}
+	defer operator.Close()
+	name := uniqueID("team")
+	if _, err := operator.Admin.CreateNamespace(ctx, &agentcoordv1.CreateNamespaceRequest{Name: name}); err != nil {
+		t.Fatalf("CreateNamespace: %v", err)
+	}
+	issued, err := operator.Admin.IssueToken(ctx, &agentcoordv1.IssueTokenRequest{AgentId: "lead", Namespace: name, Tier: agentcoordv1.AccessTier_ACCESS_TIER_STEWARD})
+	if err != nil {
+		t.Fatalf("IssueToken: %v", err)
+	}
+	quota := &agentcoordv1.NamespaceQuota{MaxLiveSubscriptions: 1}
+	if _, err := operator.Admin.UpdateNamespaceQuota(ctx, &agentcoordv1.UpdateNamespaceQuotaRequest{Namespace: name, Quota: quota}); err != nil {
+		t.Fatalf("UpdateNamespaceQuota: %v", err)
+	}
+	lead, err := agentcoord.Dial(ctx, srv.address, issued.GetToken())
+	if err != nil {
+		t.Fatalf("Dial as the namespace's steward: %v", err)
+	}
+	defer lead.Close()
+	open, err := lead.Subscribe(ctx, agentcoord.SubscribeOptions{})
+	if err != nil {
+		t.Fatalf("the first Subscribe: %v", err)
+	}
+	defer open.Close()
+
+	_, err = lead.Subscribe(ctx, agentcoord.SubscribeOptions{})
+
+	e := asError(t, err)
+	if e.Code != codes.ResourceExhausted || e.Reason != agentcoordv1.ErrorReason_QUOTA_EXCEEDED ||
+		e.Metadata["quota"] != "live_subscriptions" || e.Metadata["limit"] != "1" || e.Metadata["used"] != "1" {
+		t.Fatalf("the second Subscribe: %v (metadata %v)", err, e.Metadata)
+	}
+}

@@ -54,7 +54,8 @@ export interface SubscribeOptions {
  * Iteration throws {@link AgentcoordError}: OUT_OF_RANGE (CURSOR_TRIMMED) when the cursor is
  * older than the retention (signals were missed: re-read the state, subscribe without a
  * cursor); the last error once `maxRetries` resumptions failed in a row; any other failure
- * (UNAUTHENTICATED for a revoked token…) at once.
+ * (UNAUTHENTICATED for a revoked token, RESOURCE_EXHAUSTED / QUOTA_EXCEEDED when the namespace
+ * already holds its quota of open subscriptions…) at once.
  */
 export class Subscription implements AsyncIterable<Signal> {
   /**

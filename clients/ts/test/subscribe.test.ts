@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { after, before, test } from "node:test";
 
 import type { Interceptor } from "@connectrpc/connect";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 
-import { AccessTier, AgentcoordError, Code, neverRan, type Client, type Signal } from "../src/index.js";
+import { AccessTier, AgentcoordError, Code, ErrorReason, neverRan, type Client, type Signal } from "../src/index.js";
 import { TestServer, eventually, outcome, valueOf } from "./support.js";
 
 // A small per-stream buffer, so a reader that stops reading is cut off (SUBSCRIBER_TOO_SLOW).
@@ -263,4 +264,43 @@ test("a subscription yields batched signals one by one, in order, without loss o
   assert.equal(cursorAfterFirst, stored[0], "the cursor stops at the signal yielded, not the batch's end");
   assert.deepEqual(received.map((s) => s.id), sent);
   assert.deepEqual(received.map((s) => s.data?.["n"]), Array.from({ length: 60 }, (_, i) => i + 1));
+});
+
+test("a subscription beyond the namespace's live-subscriptions quota is refused QUOTA_EXCEEDED", async () => {
+  const operator = server.client(server.operatorToken);
+  const controller = new AbortController();
+  let lead: Client | undefined;
+  try {
+    const namespace = `team-${randomBytes(4).toString("hex")}`;
+    await operator.admin.createNamespace({ name: namespace });
+    const { token } = await operator.admin.issueToken({ agentId: "lead", namespace, tier: AccessTier.STEWARD });
+    await operator.admin.updateNamespaceQuota({ namespace, quota: { maxLiveSubscriptions: 1n } });
+    lead = server.client(token);
+    let opened = 0;
+    const first = lead.subscribe({ signal: controller.signal, onOpen: () => void opened++ });
+    const held = (async () => {
+      for await (const _ of first); // nothing is sent to this namespace: it stays open
+    })();
+    held.catch(() => undefined); // ends with the abort below
+    await eventually(() => opened === 1, "the first stream to open");
+
+    const second = lead.subscribe();
+    const refused = await outcome((async () => {
+      for await (const _ of second);
+    })());
+
+    assert.equal(refused.ok, false);
+    const error = refused.ok ? undefined : refused.error;
+    assert.ok(error instanceof AgentcoordError, String(error));
+    assert.equal(error.code, Code.ResourceExhausted);
+    assert.equal(error.reason, ErrorReason.QUOTA_EXCEEDED);
+    assert.deepEqual(
+      [error.errorMetadata["quota"], error.errorMetadata["limit"], error.errorMetadata["used"]],
+      ["live_subscriptions", "1", "1"],
+    );
+  } finally {
+    controller.abort();
+    lead?.close();
+    operator.close();
+  }
 });
