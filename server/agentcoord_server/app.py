@@ -47,6 +47,7 @@ from .metrics import ServerMetrics
 from .redis_client import close_redis, connect_redis, parse_redis_url
 from .redis_supervisor import RedisSupervisor
 from .services import SERVICE_MODULES, ServiceContext
+from .store.keys import Keyspace
 from .store.namespaces import NamespaceStore
 from .store.scripts import preload_registered
 from .store.tokens import TokenStore
@@ -191,6 +192,13 @@ class AgentcoordServer:
                 log.info("tokens exist; the supplied bootstrap token was not registered")
             elif path.exists():
                 log.info("tokens exist; the first STEWARD token was written to", path=str(path))
+            # Tokens bootstrapped before the operator tier existed leave none, and no RPC can
+            # make the first one: say how to get it (operator_token.py).
+            if not await redis.zcard(Keyspace(OPERATOR_NAMESPACE).key("tokens", "index")):
+                log.warning(
+                    "no OPERATOR token exists on this Redis; issue one with "
+                    "`agentcoord operator-token` (see the README, 'Operator token')"
+                )
             return
         if not await redis.set(BOOTSTRAP_LOCK, "1", nx=True, px=30_000):
             log.info("another server is bootstrapping the first token")

@@ -12,6 +12,7 @@ import click
 
 from . import ops_cli
 from .config import Settings, TtlPolicy
+from .operator_token import operator_token
 from .ops_cli import Connection, connection_options
 
 
@@ -470,6 +471,7 @@ def token_list(connection: Connection, namespace: str) -> None:
 
 
 ops_cli.register(main)
+main.add_command(operator_token)
 
 
 if __name__ == "__main__":
