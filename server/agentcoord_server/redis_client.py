@@ -11,6 +11,13 @@ URL forms (DESIGN.md "Runtime"):
   (`rediss+sentinel://`: TLS to the Redis servers) — a primary/replica set watched by Sentinel;
   the password authenticates to the Redis servers, not to the Sentinels.
 
+TLS (`rediss+cluster://`, `rediss+sentinel://`) takes redis-py's TLS options as query parameters,
+as `rediss://` URLs do in redis-py's own URL parsing: `ssl_ca_certs` (a PEM CA bundle file),
+`ssl_ca_path`, `ssl_certfile` and `ssl_keyfile` (a client certificate, for Redis's
+`tls-auth-clients`), `ssl_cert_reqs` (`required`, the default, `optional` or `none`) and
+`ssl_check_hostname` (`true`/`false`), e.g.
+`rediss+cluster://10.0.0.5:6380?ssl_ca_certs=/etc/agentcoord/redis-ca.pem`.
+
 Every store talks to the client through the command surface the three share, so the store
 code is typed against `redis.asyncio.Redis`; a `RedisCluster` is handed out under that type
 (`cast` below) because it offers the same commands, pipelines and scripts.
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from agentcoord.v1 import admin_pb2
 from redis import exceptions as redis_errors
@@ -36,6 +43,17 @@ from redis.asyncio.sentinel import Sentinel
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 STANDALONE_SCHEMES = ("redis", "rediss", "unix")
+TLS_OPTIONS = {
+    "ssl_ca_certs": str,
+    "ssl_ca_path": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_cert_reqs": str,
+    "ssl_check_hostname": bool,
+}
+"""Query parameters a `rediss+cluster://` or `rediss+sentinel://` URL may carry (redis-py's names
+and meanings), with their types."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class RedisStartError(RuntimeError):
@@ -55,6 +73,8 @@ class RedisTarget:
     tls: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    tls_options: dict[str, Any] = field(default_factory=dict)
+    """redis-py TLS keyword arguments from the URL's query (TLS_OPTIONS)."""
 
     @property
     def display(self) -> str:
@@ -82,6 +102,27 @@ def _hosts(netloc: str, scheme: str) -> tuple[tuple[str, int], ...]:
     return tuple(nodes)
 
 
+def _tls_options(query: str, scheme: str, tls: bool) -> dict[str, Any]:
+    """The TLS options of a cluster or Sentinel URL's query string (TLS_OPTIONS)."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        kind = TLS_OPTIONS.get(name)
+        if kind is None:
+            known = ", ".join(TLS_OPTIONS)
+            raise ValueError(f"unknown {scheme}:// URL parameter {name!r}; known: {known}")
+        if not tls:
+            raise ValueError(f"{name} needs TLS: use rediss{scheme.removeprefix('redis')}://")
+        if kind is bool:
+            if value.lower() not in (*_TRUE, *_FALSE):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            options[name] = value.lower() in _TRUE
+        elif name == "ssl_cert_reqs" and value not in ("required", "optional", "none"):
+            raise ValueError(f"ssl_cert_reqs must be required, optional or none, got {value!r}")
+        else:
+            options[name] = value
+    return options
+
+
 def parse_redis_url(url: str) -> RedisTarget:
     """Parses a `REDIS_URL` (forms in the module docstring). Raises ValueError naming what is
     wrong for an unknown scheme, a missing host:port or a Sentinel URL without a master name."""
@@ -96,8 +137,9 @@ def parse_redis_url(url: str) -> RedisTarget:
             f"unknown REDIS_URL scheme {scheme}://; use redis://, rediss://, unix://, "
             "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
         )
+    rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
-    path = path.partition("?")[0]
+    tls = CLUSTER_SCHEMES.get(scheme, SENTINEL_SCHEMES.get(scheme, False))
     creds = netloc.rpartition("@")[0]
     username, _, password = creds.partition(":") if creds else ("", "", "")
     if creds and not password:  # `password@host` is redis-py's convention too
@@ -107,6 +149,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         "nodes": _hosts(netloc, scheme),
         "username": unquote(username) or None,
         "password": unquote(password) or None,
+        "tls_options": _tls_options(query, scheme, tls),
     }
     if scheme in CLUSTER_SCHEMES:
         if path.strip("/"):
@@ -129,6 +172,7 @@ def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
         password=target.password,
         ssl=target.tls,
         require_full_coverage=True,
+        **target.tls_options,
         **options,
     )
 
@@ -164,6 +208,11 @@ async def connect_redis(
                     f"the Redis Cluster at {where} does not cover all 16384 slots "
                     "(CLUSTER INFO says cluster_state:fail); fix the cluster first"
                 ) from None
+            if "certificate verify failed" in text.lower():
+                raise RedisStartError(
+                    f"cannot verify the TLS certificate of the Redis Cluster nodes of {where}; "
+                    "name the CA that signed it: ?ssl_ca_certs=/path/ca.pem"
+                ) from None
             raise RedisStartError(f"cannot reach any Redis Cluster node of {where}") from None
         except (redis_errors.RedisError, OSError) as exc:
             await cluster.aclose()
@@ -177,6 +226,7 @@ async def connect_redis(
             password=target.password,
             ssl=target.tls,
             db=target.db,
+            **target.tls_options,
             **options,
         )
         try:
