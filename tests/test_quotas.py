@@ -217,7 +217,8 @@ def test_the_live_subscriptions_quota_counts_the_streams_of_every_server(
         refused_here = Stream(server.address, token).refusal()
         refused_there = Stream(second.address, token).refusal()
         with pytest.raises(AgentcoordError) as by_the_client:
-            next(iter(steward.signals.subscribe(earliest=True)))
+            # Raised at once, not retried: a retry would first sleep past the test's timeout.
+            next(iter(steward.signals.subscribe(earliest=True, backoff=600, max_backoff=600)))
         full = live_use(steward)
         streams.pop().close()
         wait_for(lambda: live_use(steward) == (2, 1), "the ended stream to stop counting")
@@ -267,3 +268,14 @@ def test_a_killed_servers_subscriptions_stop_counting_when_their_lease_runs_out(
     assert opened == [True, True]
     assert (refused.reason, refused.metadata["used"]) == ("QUOTA_EXCEEDED", "2")
     assert reopened == [True, True]
+
+
+def test_the_cli_sets_the_live_subscriptions_quota(server, team):
+    name, _, _ = team
+    operator_token = server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE)
+
+    result = cli(server, operator_token, "namespaces", "quota", name, "--max-live-subscriptions", "4", "--json")
+
+    assert result.exit_code == 0, result.output
+    quotas = {q["name"]: q for q in json_lines(result.output, "quotas")[0]["quotas"]}
+    assert quotas["live_subscriptions"]["limit"] == "4"

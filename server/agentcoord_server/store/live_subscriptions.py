@@ -111,10 +111,6 @@ class LiveSubscriptions:
         self._admit = register_source(redis, _ADMIT, "subscriptions_admit")
         self._refresh = register_source(redis, _REFRESH, "subscriptions_refresh")
 
-    def held(self, namespace: str) -> int:
-        """Streams of `namespace` this process holds open."""
-        return len(self._held.get(namespace, ()))
-
     @contextlib.asynccontextmanager
     async def hold(self, namespace: str) -> AsyncIterator[None]:
         """Counts one live stream of `namespace` for the block's duration. One round trip to
