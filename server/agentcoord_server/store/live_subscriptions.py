@@ -108,6 +108,7 @@ class LiveSubscriptions:
         # has just removed (which would count it for one more lease).
         self._lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()  # referenced until done
         self._admit = register_source(redis, _ADMIT, "subscriptions_admit")
         self._refresh = register_source(redis, _REFRESH, "subscriptions_refresh")
 
@@ -128,10 +129,18 @@ class LiveSubscriptions:
         """
         key = live_key(namespace)
         member = f"{self.process_id}:{next(self._ids)}"
-        reply = await self._admit(
-            keys=[key, Keyspace(namespace).key("namespace")],
-            args=[member, self._lease_ms, self._default_limit],
-        )
+        try:
+            reply = await self._admit(
+                keys=[key, Keyspace(namespace).key("namespace")],
+                args=[member, self._lease_ms, self._default_limit],
+            )
+        except asyncio.CancelledError:
+            # The call ended while the script ran, which may have counted it: uncount it now
+            # rather than for a whole lease.
+            release = asyncio.create_task(self._release(key, member), context=contextvars.Context())
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            raise
         if reply[0] == "quota":
             raise quota_exceeded(QUOTA, int(reply[1]), int(reply[2]))
         members = self._held.setdefault(namespace, set())
