@@ -81,6 +81,9 @@ class Settings:
     ttl: TtlPolicy = field(default_factory=TtlPolicy)
     max_value_bytes: int = 1 * MiB  # largest stashed/shared value (serialized), bytes
     signal_queue_size: int = 1024  # signals one subscription buffers; more: RESOURCE_EXHAUSTED
+    # Working-memory events a namespace's log keeps for WatchEntries to resume from (about:
+    # trimmed in whole stream nodes); older revisions get OUT_OF_RANGE (REVISION_COMPACTED).
+    memory_history: int = 10_000
     # Identity and TLS (issue #3). The bootstrap token is a secret: kept out of repr and logs.
     bootstrap_token: str | None = field(default=None, repr=False)
     bootstrap_operator_token: str | None = field(default=None, repr=False)

@@ -9,6 +9,8 @@ Validation happens completely before the store call, so a refused request writes
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,10 +18,11 @@ from agentcoord.v1 import memory_pb2, memory_pb2_grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from ..errors import NotFound, ResourceExhausted, invalid_field
+from ..errors import NotFound, PermissionDenied, ResourceExhausted, invalid_field
 from ..identity import ID_RE, current_principal
 from ..store.keys import validate_id
 from ..store.memory import (
+    EntryEventRecord,
     MemoryStore,
     StashItem,
     StoredCollaborationState,
@@ -27,6 +30,7 @@ from ..store.memory import (
     StoredSession,
     now_ms,
 )
+from ..store.memory_watch import MemoryExpirySweeper, WatchFilter, WatchHub, WatchProgress
 from .values import checked_json, fitting, response_budget, too_large
 
 if TYPE_CHECKING:
@@ -64,7 +68,9 @@ def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
 
 
 def _ttl_ms(
-    message: memory_pb2.StashRequest | memory_pb2.StashItem, settings: Settings, path: str
+    message: memory_pb2.StashRequest | memory_pb2.StashItem | memory_pb2.TouchEntryRequest,
+    settings: Settings,
+    path: str,
 ) -> int:
     """The TTL a stash asks for, in ms: its strategy's (default WORKING_RESULTS) or its explicit
     duration (1 ms .. 30 days). Raises InvalidArgument naming `path`."""
@@ -125,10 +131,52 @@ def _entry(stored: StoredEntry) -> memory_pb2.MemoryEntry:
         stash_time=_timestamp(stored.stash_ms),
         expire_time=_timestamp(stored.expire_ms),
         size_bytes=stored.size,
+        revision=stored.revision,
     )
     if stored.value is not None:
         entry.value.ParseFromString(stored.value)
     return entry
+
+
+_EVENT_TYPES = {
+    "P": memory_pb2.ENTRY_EVENT_TYPE_PUT,
+    "D": memory_pb2.ENTRY_EVENT_TYPE_DELETE,
+    "E": memory_pb2.ENTRY_EVENT_TYPE_EXPIRE,
+}
+
+
+def _event(record: EntryEventRecord, with_value: bool) -> memory_pb2.EntryEvent:
+    """The wire form of a logged event (PUTs carry the entry's metadata, or the context
+    item's value, and values only when asked)."""
+    event = memory_pb2.EntryEvent(
+        type=_EVENT_TYPES[record.kind],
+        revision=record.revision,
+        owner=record.owner,
+        key=record.key,
+        session_id=record.session_id,
+        event_time=_timestamp(record.time_ms),
+    )
+    if record.kind != "P" or record.value is None:
+        return event
+    if record.session_id:
+        if with_value:
+            item = memory_pb2.SharedContextItem.FromString(record.value)
+            event.value.CopyFrom(item.value)
+        return event
+    event.entry.CopyFrom(
+        _entry(
+            StoredEntry(
+                record.key,
+                record.owner,
+                record.time_ms,
+                record.expire_ms,
+                len(record.value),
+                record.value if with_value else None,
+                revision=record.revision,
+            )
+        )
+    )
+    return event
 
 
 def _session(stored: StoredSession) -> memory_pb2.Session:
@@ -202,7 +250,9 @@ def _check_batch(count: int, field: str) -> None:
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._settings = ctx.settings
-        self._store = MemoryStore(ctx.redis)
+        self._store = MemoryStore(ctx.redis, ctx.settings.memory_history)
+        self.hub = WatchHub(ctx.redis, self._store, ctx.settings.signal_queue_size, ctx.shutdown)
+        self.sweeper: MemoryExpirySweeper | None = None
         self._session_ttl_ms = ctx.settings.ttl.session * 1000
         # Values are up to max_value_bytes each, so a batch or a page of them can exceed one
         # gRPC message (max_message_bytes): pages are cut to fit, whole reads are refused.
@@ -242,8 +292,84 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.StashResponse:
         caller = current_principal()
         item = self._stash_item(request, "")
-        (stored,) = await self._store.stash(caller.namespace, caller.agent_id, [item])
+        expected: int | None = None
+        if request.HasField("expected_revision"):
+            expected = request.expected_revision
+            if expected < 0:
+                raise invalid_field("expected_revision", "must not be negative")
+        (stored,) = await self._store.stash(caller.namespace, caller.agent_id, [item], expected)
         return memory_pb2.StashResponse(entry=_entry(stored))
+
+    async def TouchEntry(
+        self, request: memory_pb2.TouchEntryRequest, context: grpc.aio.ServicerContext
+    ) -> memory_pb2.TouchEntryResponse:
+        caller = current_principal()
+        key = validate_id(request.key, "key")
+        ttl = _ttl_ms(request, self._settings, "") if request.WhichOneof("ttl") else None
+        default = int(self._settings.ttl.working_results) * 1000
+        stored = await self._store.touch(caller.namespace, caller.agent_id, key, ttl, default)
+        return memory_pb2.TouchEntryResponse(entry=_entry(stored))
+
+    async def WatchEntries(
+        self, request: memory_pb2.WatchEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[memory_pb2.WatchEntriesResponse]:
+        caller = current_principal()
+        prefix = request.key_prefix
+        if prefix and not ID_RE.fullmatch(prefix):
+            raise invalid_field(
+                "key_prefix",
+                "must be up to 128 letters, digits, '.', '_' or '-'",
+                reason="INVALID_ID",
+            )
+        if request.all_owners and request.owner:
+            raise invalid_field("owner", "set owner or all_owners, not both")
+        session_id = ""
+        if request.session_id:
+            session_id = validate_id(request.session_id, "session_id")
+            if request.owner or request.all_owners:
+                raise invalid_field("session_id", "set session_id or owner/all_owners, not both")
+        after: int | None = None
+        if request.HasField("after_revision"):
+            after = request.after_revision
+            if after < 0:
+                raise invalid_field("after_revision", "must not be negative")
+        if session_id:
+            await self._check_participant(caller.namespace, session_id, caller.agent_id)
+        flt = WatchFilter(
+            owner=_owner(request.owner, caller.agent_id) if not request.all_owners else "",
+            all_owners=request.all_owners,
+            key_prefix=prefix,
+            session_id=session_id,
+        )
+        with_values = request.include_values
+        async with self.hub.watch(caller.namespace, flt, after=after) as watcher:
+            yield memory_pb2.WatchEntriesResponse(revision=watcher.start_revision)
+            async for item in watcher.events():
+                if isinstance(item, WatchProgress):
+                    yield memory_pb2.WatchEntriesResponse(revision=item.revision)
+                    continue
+                response = memory_pb2.WatchEntriesResponse()
+                size = 0
+                for record in item:
+                    event = _event(record, with_values)
+                    grows = event.ByteSize() + 8
+                    if response.events and size + grows > self._response_budget:
+                        response.revision = response.events[-1].revision
+                        yield response
+                        response, size = memory_pb2.WatchEntriesResponse(), 0
+                    response.events.append(event)
+                    size += grows
+                response.revision = response.events[-1].revision
+                yield response
+
+    async def _check_participant(self, namespace: str, session_id: str, agent: str) -> None:
+        session = await self._store.get_session(namespace, session_id)
+        if agent not in session.participants:
+            raise PermissionDenied(
+                f"{agent!r} is not a participant of session {session_id!r}",
+                reason="NOT_A_PARTICIPANT",
+                metadata={"session_id": session_id},
+            )
 
     async def BatchStash(
         self, request: memory_pb2.BatchStashRequest, context: grpc.aio.ServicerContext
@@ -485,6 +611,19 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
 
+_SERVICERS: dict[int, MemoryServicer] = {}
+
+
+def servicer_for(ctx: ServiceContext) -> MemoryServicer:
+    """The MemoryServicer of the server owning `ctx` (tests inspect its hub and sweeper)."""
+    return _SERVICERS[id(ctx)]
+
+
 def register(server: grpc.aio.Server, ctx: ServiceContext) -> str:
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(ctx), server)  # type: ignore[no-untyped-call]
+    servicer = MemoryServicer(ctx)
+    # Every process sweeps due entries (exact EXPIRE events); it stops with the server.
+    servicer.sweeper = MemoryExpirySweeper(servicer._store, ctx.shutdown)
+    _SERVICERS[id(ctx)] = servicer
+    weakref.finalize(ctx, _SERVICERS.pop, id(ctx), None)
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name

@@ -2,8 +2,18 @@
 
 Layout (all keys of a namespace share its `{ns}` hash tag, so every script is single-slot):
 
-    ac:{ns}:memory:<owner>:<key>              HASH  v = value bytes, t = stash ms, e = expire ms
+    ac:{ns}:memory:<owner>:<key>              HASH  v = value bytes, t = stash ms, e = expire ms,
+                                                    r = revision, l = ttl ms
                                                     (PEXPIRE = the entry's TTL)
+    ac:{ns}:memory-rev                        STRING the namespace's last revision (no TTL)
+    ac:{ns}:memory-log                        STREAM the namespace's entry events, id
+                                                    '<revision>-0', the latest `history` kept
+                                                    (lua/memory_events.lua has the fields)
+    ac:{ns}:memory-expiry                     ZSET  member '<owner>/<key>', score expire ms:
+                                                    what the expiry sweep will end
+    ac:memory-expiring                        ZSET  (server-wide) member namespace, score the
+                                                    ms its earliest entry is due (the sweep's
+                                                    schedule; memory_watch.MemoryExpirySweeper)
     ac:{ns}:memory-index:<owner>:keys         ZSET  score 0, member key: listing in key order
     ac:{ns}:memory-index:<owner>:expiry       ZSET  score expire ms, member key: pruning
     ac:{ns}:memory-owners                     ZSET  score the owner's latest expire ms, member
@@ -35,6 +45,12 @@ The clear and list scripts build per-entry key names from a prefix passed in ARG
 declaring each key: every key they touch carries the same `{ns}` hash tag as their KEYS, so they
 stay single-slot (and atomic) on Redis Cluster.
 
+Every change to an entry (stash, delete, clear, expiry, and sharing context) bumps the
+namespace's revision and appends its event to the event log in the script that makes the change
+(memory_events.lua), so WatchEntries (memory_watch.py) misses nothing and sees nothing that did
+not happen. A stash whose new expiry is the namespace's earliest also schedules the namespace in
+`ac:memory-expiring` (a second, small script: that key is in another cluster slot).
+
 Store methods take validated ids and raise domain errors (errors.py); no gRPC types here.
 """
 
@@ -55,6 +71,7 @@ from ..errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
 )
@@ -69,6 +86,10 @@ MAX_PARTICIPANTS = 1000
 ids of at most 128 characters (~130 KB) keep it within one message with its metadata
 (config.FIXED_FIELDS_BYTES)."""
 LIST_BUDGET = 2000  # index members one List call examines at most (expired ones included)
+HISTORY = 10_000
+"""Default number of entry events a namespace's log keeps (Settings.memory_history): watchers
+resume from any revision within it; older cursors get OUT_OF_RANGE (REVISION_COMPACTED)."""
+EXPIRING_KEY = "ac:memory-expiring"
 
 
 def now_ms() -> int:
@@ -96,6 +117,51 @@ class StoredEntry:
     expire_ms: int
     size: int
     value: bytes | None = None
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EntryEventRecord:
+    """One event of a namespace's log. `kind` is 'P' (put), 'D' (delete) or 'E' (expire);
+    `session_id` is set for shared-context items; `value` (serialized google.protobuf.Value, or
+    for context items the serialized SharedContextItem) and `expire_ms` only for puts."""
+
+    revision: int
+    kind: str
+    owner: str
+    key: str
+    time_ms: int
+    session_id: str = ""
+    value: bytes | None = None
+    expire_ms: int = 0
+
+    @classmethod
+    def from_fields(cls, entry_id: Any, fields: Any) -> EntryEventRecord:
+        """From a stream entry (id '<revision>-0'; fields as a flat list or a dict)."""
+        if isinstance(fields, dict):
+            f = {_text(k): v for k, v in fields.items()}
+        else:
+            f = {_text(fields[i]): fields[i + 1] for i in range(0, len(fields), 2)}
+        value = f.get("v")
+        return cls(
+            revision=int(_text(entry_id).partition("-")[0]),
+            kind=_text(f["k"]),
+            owner=_text(f["o"]),
+            key=_text(f["y"]),
+            time_ms=_int(f["t"]),
+            session_id=_text(f["s"]) if "s" in f else "",
+            value=value.encode() if isinstance(value, str) else value,
+            expire_ms=_int(f["e"]) if "e" in f else 0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A catch-up page: events after the asked revision (oldest first) and the namespace's
+    revision when it was read."""
+
+    events: list[EntryEventRecord]
+    current: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +203,21 @@ class MemoryStore:
     Scripts are registered once here (at server start) and run with EVALSHA.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, history: int = HISTORY) -> None:
         self._redis = redis
-        self._stash = load_script(redis, "memory_stash")
+        self.history = history
+        events = "memory_events"
+        self._stash = load_script(redis, "memory_stash", prelude=events)
         self._retrieve = load_script(redis, "memory_retrieve")
-        self._delete = load_script(redis, "memory_delete")
-        self._clear = load_script(redis, "memory_clear")
+        self._delete = load_script(redis, "memory_delete", prelude=events)
+        self._clear = load_script(redis, "memory_clear", prelude=events)
+        self._touch = load_script(redis, "memory_touch", prelude=events)
+        self._expire = load_script(redis, "memory_expire", prelude=events)
+        self._expiring = load_script(redis, "memory_expiring_claim")
+        self._watch_read = load_script(redis, "memory_watch_read")
         self._list = load_script(redis, "memory_list")
         self._session_create = load_script(redis, "memory_session_create")
-        self._session_activity = load_script(redis, "memory_session_activity")
+        self._session_activity = load_script(redis, "memory_session_activity", prelude=events)
         self._session_list = load_script(redis, "memory_session_list")
         self._collab_save = load_script(redis, "memory_collab_save")
         self._collab_list = load_script(redis, "index_read")
@@ -169,28 +241,171 @@ class MemoryStore:
     def _owner_keys(ks: Keyspace, owner: str) -> tuple[str, str]:
         return ks.key("memory-index", owner, "keys"), ks.key("memory-index", owner, "expiry")
 
+    @staticmethod
+    def _event_keys(ks: Keyspace) -> list[str]:
+        return [ks.key("memory-expiry"), ks.key("memory-rev"), ks.key("memory-log")]
+
     async def stash(
-        self, namespace: str, owner: str, items: Sequence[StashItem]
+        self,
+        namespace: str,
+        owner: str,
+        items: Sequence[StashItem],
+        expected_revision: int | None = None,
     ) -> list[StoredEntry]:
         """Writes `items` (1..100, distinct validated keys) for `owner` atomically, in one round
-        trip; an existing key is overwritten and its TTL restarted. Returns their metadata
-        (no values) in order."""
+        trip; an existing key is overwritten and its TTL restarted. Each entry gets a new
+        revision and a PUT event. Returns their metadata (no values) in order.
+
+        With `expected_revision` (one item only): 0 writes only if the key is not live, else
+        raises AlreadyExists (ENTRY_EXISTS); N > 0 only if it is live at revision N, else
+        raises NotFound (ENTRY_NOT_FOUND) or Aborted (ENTRY_REVISION_MISMATCH, metadata
+        "revision"). Nothing is written then.
+        """
         ks = Keyspace(namespace)
         keys = [
             *self._owner_keys(ks, owner),
             ks.key("memory-owners"),
+            *self._event_keys(ks),
             *(ks.key("memory", owner, i.key) for i in items),
         ]
         now = now_ms()
-        args: list[Any] = [now]
+        expected = "" if expected_revision is None else expected_revision
+        args: list[Any] = [now, self.history, expected, owner]
         for item in items:
             args += [item.key, item.value, item.ttl_ms]
-        args.append(owner)
-        expires = await self._run(self._stash, keys, args)
+        reply = await self._run(self._stash, keys, args)
+        status = _text(reply[0])
+        if status != "OK":
+            key = items[0].key
+            meta = {"key": key}
+            if status == "EXISTS":
+                raise AlreadyExists(
+                    f"entry {key!r} exists (revision {_int(reply[1])}); a create-only stash "
+                    "never overwrites",
+                    reason="ENTRY_EXISTS",
+                    metadata={**meta, "revision": str(_int(reply[1]))},
+                )
+            if status == "MISSING":
+                raise NotFound(
+                    f"no entry {key!r} of {owner!r} to update",
+                    reason="ENTRY_NOT_FOUND",
+                    metadata=meta,
+                )
+            raise Aborted(
+                f"entry {key!r} is at revision {_int(reply[1])}, not {expected_revision}",
+                reason="ENTRY_REVISION_MISMATCH",
+                metadata={**meta, "revision": str(_int(reply[1]))},
+            )
+        await self._schedule(namespace, _int(reply[1]))
         return [
-            StoredEntry(i.key, owner, now, int(expire), len(i.value))
-            for i, expire in zip(items, expires, strict=True)
+            StoredEntry(
+                i.key,
+                owner,
+                now,
+                _int(reply[2 + 2 * n]),
+                len(i.value),
+                revision=_int(reply[3 + 2 * n]),
+            )
+            for n, i in enumerate(items)
         ]
+
+    async def _schedule(self, namespace: str, earliest: int) -> None:
+        """Tells the expiry sweep that `namespace`'s earliest expiry moved to `earliest` ms
+        (0: it did not move earlier; nothing to do)."""
+        if earliest:
+            await self._run(self._expiring, [EXPIRING_KEY], ["due", namespace, earliest])
+
+    async def touch(
+        self, namespace: str, owner: str, key: str, ttl_ms: int | None, default_ttl_ms: int
+    ) -> StoredEntry:
+        """Restarts the TTL of `owner`'s entry `key`: `ttl_ms`, or the TTL it was stashed with
+        (`default_ttl_ms` for entries stashed before it was recorded). Value and revision stay.
+        Returns its metadata. Raises NotFound (ENTRY_NOT_FOUND) if it is missing or expired."""
+        ks = Keyspace(namespace)
+        keys = [
+            ks.key("memory", owner, key),
+            *self._owner_keys(ks, owner),
+            ks.key("memory-owners"),
+            *self._event_keys(ks),
+        ]
+        args = [
+            key,
+            owner,
+            now_ms(),
+            self.history,
+            "" if ttl_ms is None else ttl_ms,
+            default_ttl_ms,
+        ]
+        reply = await self._run(self._touch, keys, args)
+        if _text(reply[0]) != "OK":
+            raise NotFound(
+                f"no entry {key!r} of {owner!r}", reason="ENTRY_NOT_FOUND", metadata={"key": key}
+            )
+        await self._schedule(namespace, _int(reply[1]))
+        return StoredEntry(
+            key, owner, _int(reply[2]), _int(reply[3]), int(reply[4]), revision=_int(reply[5])
+        )
+
+    async def read_events(self, namespace: str, after: int, limit: int) -> EventPage:
+        """Up to `limit` events after revision `after`, oldest first, in one round trip.
+        Raises OutOfRange (REVISION_COMPACTED) if events right after `after` are no longer kept
+        or `after` is beyond the namespace's current revision."""
+        ks = Keyspace(namespace)
+        current, rows = await self._run(
+            self._watch_read, [ks.key("memory-log"), ks.key("memory-rev")], [after, limit]
+        )
+        current = int(current)
+        events = [EntryEventRecord.from_fields(entry_id, fields) for entry_id, fields in rows]
+        if after > current or (after < current and (not events or events[0].revision != after + 1)):
+            oldest = events[0].revision - 1 if events else current
+            raise OutOfRange(
+                f"revision {after} is outside the kept history (resume from {oldest} to "
+                f"{current}); re-read the entries, then watch from their revision",
+                reason="REVISION_COMPACTED",
+                metadata={"oldest_revision": str(oldest), "revision": str(current)},
+            )
+        return EventPage(events, current)
+
+    async def current_revision(self, namespace: str) -> int:
+        """The namespace's last revision (0 before its first change)."""
+        value = await self._redis.get(Keyspace(namespace).key("memory-rev"))
+        return int(value) if value else 0
+
+    # --- the expiry sweep (memory_watch.MemoryExpirySweeper) -------------------------------
+
+    async def due_namespaces(self, now: int, limit: int) -> list[str]:
+        """Namespaces whose earliest entry is due at `now` ms (at most `limit`)."""
+        rows = await self._redis.zrangebyscore(EXPIRING_KEY, "-inf", now, start=0, num=limit)
+        return [_text(r) for r in rows]
+
+    async def sweep(self, namespace: str, now: int, lease_ms: int, batch: int) -> int:
+        """Ends `namespace`'s entries due at `now` (at most `batch`), emitting each one's EXPIRE
+        event exactly once whichever process gets there first; returns how many it ended.
+        The namespace is claimed for `lease_ms` first, so processes rarely duplicate work."""
+        claim = await self._run(
+            self._expiring, [EXPIRING_KEY], ["claim", namespace, now, now + lease_ms]
+        )
+        if not claim:
+            return 0
+        ks = Keyspace(namespace)
+        members = await self._redis.zrangebyscore(
+            ks.key("memory-expiry"), "-inf", now, start=0, num=batch
+        )
+        keys = self._event_keys(ks)
+        args: list[Any] = [now, self.history]
+        for member in members:
+            owner, _, key = _text(member).partition("/")
+            keys += [ks.key("memory", owner, key), *self._owner_keys(ks, owner)]
+            args += [owner, key]
+        count, left = await self._run(self._expire, keys, args)
+        if int(count) == len(members) == batch:
+            left = now  # more are due: come back at once
+        await self._run(
+            self._expiring,
+            [EXPIRING_KEY],
+            ["done", namespace, claim, "" if left is None else _int(left)],
+        )
+        return int(count)
 
     async def retrieve(
         self, namespace: str, owner: str, keys: Sequence[str]
@@ -204,18 +419,28 @@ class MemoryStore:
         ks = Keyspace(namespace)
         rows = await self._run(self._retrieve, [ks.key("memory", owner, key) for key in keys], [])
         out: list[StoredEntry | None] = []
-        for key, (value, stash, expire) in zip(keys, rows, strict=True):
+        for key, (value, stash, expire, revision) in zip(keys, rows, strict=True):
             if value is None:
                 out.append(None)
             else:
-                out.append(StoredEntry(key, owner, _int(stash), _int(expire), len(value), value))
+                out.append(
+                    StoredEntry(
+                        key,
+                        owner,
+                        _int(stash),
+                        _int(expire),
+                        len(value),
+                        value,
+                        revision=_int(revision) if revision else 0,
+                    )
+                )
         return out
 
     async def delete(self, namespace: str, owner: str, key: str) -> None:
         """Deletes `owner`'s entry `key`. Raises NotFound (ENTRY_NOT_FOUND) if there is none."""
         ks = Keyspace(namespace)
-        keys = [ks.key("memory", owner, key), *self._owner_keys(ks, owner)]
-        if not await self._run(self._delete, keys, [key]):
+        keys = [ks.key("memory", owner, key), *self._owner_keys(ks, owner), *self._event_keys(ks)]
+        if not await self._run(self._delete, keys, [key, owner, now_ms(), self.history]):
             raise NotFound(
                 f"no entry {key!r} of {owner!r}", reason="ENTRY_NOT_FOUND", metadata={"key": key}
             )
@@ -232,7 +457,11 @@ class MemoryStore:
             if not members:
                 return total
             entries = [ks.key("memory", owner, m) for m in members]
-            deleted, left = await self._run(self._clear, [index, expiry, *entries], members)
+            deleted, left = await self._run(
+                self._clear,
+                [index, expiry, *self._event_keys(ks), *entries],
+                [now_ms(), self.history, owner, *members],
+            )
             total += int(deleted)
             if not left:
                 return total
@@ -251,7 +480,11 @@ class MemoryStore:
             entries = [ks.key("memory", owner, k) for k in keys]
             rows = await self._run(self._list, [index, expiry, *entries], keys)
             return [
-                StoredEntry(key, owner, _int(row[0]), _int(row[1]), int(row[2])) if row else None
+                StoredEntry(
+                    key, owner, _int(row[0]), _int(row[1]), int(row[2]), revision=_int(row[3])
+                )
+                if row
+                else None
                 for key, row in zip(keys, rows, strict=True)
             ]
 
@@ -306,10 +539,12 @@ class MemoryStore:
     async def _activity(
         self, namespace: str, session_id: str, op: str, agent: str, ttl_ms: int, *extra: Any
     ) -> list[Any]:
+        ks = Keyspace(namespace)
+        extras = [*extra, "", "", ""][:3]  # ARGV[6..8]; ARGV[9] is always the history
         reply = await self._run(
             self._session_activity,
-            self._session_keys(Keyspace(namespace), session_id),
-            [session_id, op, agent, now_ms(), ttl_ms, *extra],
+            [*self._session_keys(ks, session_id), ks.key("memory-rev"), ks.key("memory-log")],
+            [session_id, op, agent, now_ms(), ttl_ms, *extras, self.history],
         )
         status = _text(reply[0])
         if status == "NO_SESSION":

@@ -304,3 +304,18 @@ class ErrorReason(StrEnum):
     LOCK_NOT_FOUND = "LOCK_NOT_FOUND"
     """NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never acquired,
     released, or its TTL ran out. Acquire it if wanted."""
+
+    ENTRY_EXISTS = "ENTRY_EXISTS"
+    """ALREADY_EXISTS: a create-only Stash (expected_revision 0) named a live entry. Read it
+    (Retrieve gives its revision) and update with that, or pick another key."""
+
+    ENTRY_REVISION_MISMATCH = "ENTRY_REVISION_MISMATCH"
+    """ABORTED: a conditional Stash's expected_revision is not the entry's revision (ErrorInfo
+    metadata "revision" is the current one): someone wrote it since you read it. Re-read, merge,
+    stash again with the new revision."""
+
+    REVISION_COMPACTED = "REVISION_COMPACTED"
+    """OUT_OF_RANGE: WatchEntries' after_revision is older than the namespace's event history
+    keeps (ErrorInfo metadata "oldest_revision"), or newer than its current revision. Events
+    were missed: re-read the entries you follow, then watch from the revision they carry (or
+    without after_revision)."""

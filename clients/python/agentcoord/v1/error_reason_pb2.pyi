@@ -320,6 +320,23 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never
     acquired, released, or its TTL ran out. Acquire it if wanted.
     """
+    ENTRY_EXISTS: _ErrorReason.ValueType  # 175
+    """--- Working-memory watch and conditional stash.
+
+    ALREADY_EXISTS: a create-only Stash (expected_revision 0) named a live entry.
+    Read it (Retrieve gives its revision) and update with that, or pick another key.
+    """
+    ENTRY_REVISION_MISMATCH: _ErrorReason.ValueType  # 176
+    """ABORTED: a conditional Stash's expected_revision is not the entry's revision
+    (ErrorInfo metadata "revision" is the current one): someone wrote it since you
+    read it. Re-read, merge, stash again with the new revision.
+    """
+    REVISION_COMPACTED: _ErrorReason.ValueType  # 177
+    """OUT_OF_RANGE: WatchEntries' after_revision is older than the namespace's event
+    history keeps (ErrorInfo metadata "oldest_revision"), or newer than its
+    current revision. Events were missed: re-read the entries you follow, then
+    watch from the revision they carry (or without after_revision).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason an agentcoord server sends in the
@@ -637,5 +654,22 @@ resource under that token; acquire again if still needed.
 LOCK_NOT_FOUND: ErrorReason.ValueType  # 182
 """NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never
 acquired, released, or its TTL ran out. Acquire it if wanted.
+"""
+ENTRY_EXISTS: ErrorReason.ValueType  # 175
+"""--- Working-memory watch and conditional stash.
+
+ALREADY_EXISTS: a create-only Stash (expected_revision 0) named a live entry.
+Read it (Retrieve gives its revision) and update with that, or pick another key.
+"""
+ENTRY_REVISION_MISMATCH: ErrorReason.ValueType  # 176
+"""ABORTED: a conditional Stash's expected_revision is not the entry's revision
+(ErrorInfo metadata "revision" is the current one): someone wrote it since you
+read it. Re-read, merge, stash again with the new revision.
+"""
+REVISION_COMPACTED: ErrorReason.ValueType  # 177
+"""OUT_OF_RANGE: WatchEntries' after_revision is older than the namespace's event
+history keeps (ErrorInfo metadata "oldest_revision"), or newer than its
+current revision. Events were missed: re-read the entries you follow, then
+watch from the revision they carry (or without after_revision).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -65,6 +65,38 @@ TTL_STRATEGY_TASK: TtlStrategy.ValueType  # 6
 """Tasks; default 4 hours."""
 Global___TtlStrategy: _TypeAlias = TtlStrategy  # noqa: Y015
 
+class _EntryEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntryEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTRY_EVENT_TYPE_UNSPECIFIED: _EntryEventType.ValueType  # 0
+    """Never sent."""
+    ENTRY_EVENT_TYPE_PUT: _EntryEventType.ValueType  # 1
+    """The entry was stashed (created or overwritten), or a context item shared."""
+    ENTRY_EVENT_TYPE_DELETE: _EntryEventType.ValueType  # 2
+    """The entry was deleted (DeleteEntry, ClearWorkingMemory)."""
+    ENTRY_EVENT_TYPE_EXPIRE: _EntryEventType.ValueType  # 3
+    """The entry's TTL ran out. Sent once, within about a second of its expire_time,
+    whether or not anyone watched at that moment.
+    """
+
+class EntryEventType(_EntryEventType, metaclass=_EntryEventTypeEnumTypeWrapper):
+    """EntryEventType says what happened to an entry."""
+
+ENTRY_EVENT_TYPE_UNSPECIFIED: EntryEventType.ValueType  # 0
+"""Never sent."""
+ENTRY_EVENT_TYPE_PUT: EntryEventType.ValueType  # 1
+"""The entry was stashed (created or overwritten), or a context item shared."""
+ENTRY_EVENT_TYPE_DELETE: EntryEventType.ValueType  # 2
+"""The entry was deleted (DeleteEntry, ClearWorkingMemory)."""
+ENTRY_EVENT_TYPE_EXPIRE: EntryEventType.ValueType  # 3
+"""The entry's TTL ran out. Sent once, within about a second of its expire_time,
+whether or not anyone watched at that moment.
+"""
+Global___EntryEventType: _TypeAlias = EntryEventType  # noqa: Y015
+
 @_typing.final
 class MemoryEntry(_message.Message):
     """MemoryEntry is one working-memory entry."""
@@ -77,12 +109,20 @@ class MemoryEntry(_message.Message):
     STASH_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The entry's key (an id)."""
     owner: _builtins.str
     """The agent id that stashed it."""
     size_bytes: _builtins.int
     """Size of the stored value in bytes (the serialized google.protobuf.Value)."""
+    revision: _builtins.int
+    """The namespace revision of the entry's last change (stash): a number that only
+    grows across the namespace's working memory and is never reused. Pass it as
+    StashRequest.expected_revision to update only this version, or as
+    WatchEntriesRequest.after_revision to watch what follows. 0 for entries stashed
+    before revisions existed.
+    """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
         """The stored value, exactly as stashed. Unset in Stash, BatchStash and
@@ -106,10 +146,11 @@ class MemoryEntry(_message.Message):
         stash_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         size_bytes: _builtins.int = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "stash_time", b"stash_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "key", b"key", "owner", b"owner", "size_bytes", b"size_bytes", "stash_time", b"stash_time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "key", b"key", "owner", b"owner", "revision", b"revision", "size_bytes", b"size_bytes", "stash_time", b"stash_time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,10 +164,17 @@ class StashRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TTL_STRATEGY_FIELD_NUMBER: _builtins.int
     TTL_DURATION_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key (an id). Stashing an existing key of the caller overwrites it."""
     ttl_strategy: Global___TtlStrategy.ValueType
     """A named lifetime from the server's TTL policy."""
+    expected_revision: _builtins.int
+    """If set, stash only if the entry is at this revision: 0 means it must not exist
+    (create only; ALREADY_EXISTS ENTRY_EXISTS otherwise), N > 0 that it is live at
+    revision N (NOT_FOUND ENTRY_NOT_FOUND if missing, ABORTED ENTRY_REVISION_MISMATCH with
+    ErrorInfo metadata "revision" = the current one otherwise). Unset: always.
+    """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
         """Any JSON-like value. At most the server's value size limit (default 1 MiB,
@@ -144,13 +192,19 @@ class StashRequest(_message.Message):
         value: _struct_pb2.Value | None = ...,
         ttl_strategy: Global___TtlStrategy.ValueType = ...,
         ttl_duration: _duration_pb2.Duration | None = ...,
+        expected_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "expected_revision", b"expected_revision", "ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "expected_revision", b"expected_revision", "key", b"key", "ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_revision: _TypeAlias = _typing.Literal["expected_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_revision: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision"]  # noqa: Y015
     _WhichOneofReturnType_ttl: _TypeAlias = _typing.Literal["ttl_strategy", "ttl_duration"]  # noqa: Y015
     _WhichOneofArgType_ttl: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_revision) -> _WhichOneofReturnType__expected_revision | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_ttl) -> _WhichOneofReturnType_ttl | None: ...
 
 Global___StashRequest: _TypeAlias = StashRequest  # noqa: Y015
@@ -421,6 +475,197 @@ class DeleteEntryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEntryResponse: _TypeAlias = DeleteEntryResponse  # noqa: Y015
+
+@_typing.final
+class TouchEntryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TTL_STRATEGY_FIELD_NUMBER: _builtins.int
+    TTL_DURATION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The caller's key whose TTL to restart."""
+    ttl_strategy: Global___TtlStrategy.ValueType
+    """A named lifetime from the server's TTL policy."""
+    @_builtins.property
+    def ttl_duration(self) -> _duration_pb2.Duration:
+        """An explicit lifetime: at least 1 millisecond, at most 30 days."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        ttl_strategy: Global___TtlStrategy.ValueType = ...,
+        ttl_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "ttl", b"ttl", "ttl_duration", b"ttl_duration", "ttl_strategy", b"ttl_strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_ttl: _TypeAlias = _typing.Literal["ttl_strategy", "ttl_duration"]  # noqa: Y015
+    _WhichOneofArgType_ttl: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_ttl) -> _WhichOneofReturnType_ttl | None: ...
+
+Global___TouchEntryRequest: _TypeAlias = TouchEntryRequest  # noqa: Y015
+
+@_typing.final
+class TouchEntryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___MemoryEntry:
+        """The entry's metadata after the touch (value unset; revision unchanged)."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___MemoryEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TouchEntryResponse: _TypeAlias = TouchEntryResponse  # noqa: Y015
+
+@_typing.final
+class EntryEvent(_message.Message):
+    """EntryEvent is one change to a working-memory entry or a shared-context item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    type: Global___EntryEventType.ValueType
+    """What happened."""
+    revision: _builtins.int
+    """The namespace revision of this change: resume with after_revision = it."""
+    owner: _builtins.str
+    """The entry's owner (for shared context: the participant that shared it)."""
+    key: _builtins.str
+    """The entry's (or context item's) key."""
+    session_id: _builtins.str
+    """Set for a session's shared-context item: its session."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened, by the server's clock."""
+
+    @_builtins.property
+    def entry(self) -> Global___MemoryEntry:
+        """PUT of an entry: its metadata (revision = this event's), with the value if the
+        request asked for values. Unset for DELETE and EXPIRE.
+        """
+
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """PUT of a shared-context item, if the request asked for values: the value."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___EntryEventType.ValueType = ...,
+        revision: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        key: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        entry: Global___MemoryEntry | None = ...,
+        value: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "event_time", b"event_time", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "event_time", b"event_time", "key", b"key", "owner", b"owner", "revision", b"revision", "session_id", b"session_id", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntryEvent: _TypeAlias = EntryEvent  # noqa: Y015
+
+@_typing.final
+class WatchEntriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    ALL_OWNERS_FIELD_NUMBER: _builtins.int
+    KEY_PREFIX_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    INCLUDE_VALUES_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Whose entries to watch; empty: the caller's (unless all_owners). Ignored with
+    session_id.
+    """
+    all_owners: _builtins.bool
+    """Watch every owner's entries in the namespace (owner must be empty)."""
+    key_prefix: _builtins.str
+    """Only keys starting with this (letters, digits, '.', '_', '-'); empty: all."""
+    session_id: _builtins.str
+    """Watch this session's shared context instead of working memory (the caller
+    must be a participant when the watch starts).
+    """
+    after_revision: _builtins.int
+    """Start after this revision (exclusive): events with a higher revision follow,
+    oldest first. Unset: start at the current revision (live changes only).
+    """
+    include_values: _builtins.bool
+    """Put the stashed value in PUT events (entry.value / value). False: metadata."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        all_owners: _builtins.bool = ...,
+        key_prefix: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        after_revision: _builtins.int | None = ...,
+        include_values: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_revision", b"_after_revision", "after_revision", b"after_revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_revision", b"_after_revision", "after_revision", b"after_revision", "all_owners", b"all_owners", "include_values", b"include_values", "key_prefix", b"key_prefix", "owner", b"owner", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_revision: _TypeAlias = _typing.Literal["after_revision"]  # noqa: Y015
+    _WhichOneofArgType__after_revision: _TypeAlias = _typing.Literal["_after_revision", b"_after_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_revision) -> _WhichOneofReturnType__after_revision | None: ...
+
+Global___WatchEntriesRequest: _TypeAlias = WatchEntriesRequest  # noqa: Y015
+
+@_typing.final
+class WatchEntriesResponse(_message.Message):
+    """WatchEntriesResponse is one step of a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The position after this response: the last event's revision, or how far the
+    namespace's history was read (first response: where the watch starts).
+    Resume with after_revision = the last one received.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryEvent]:
+        """The next events, oldest first (empty in progress responses)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___EntryEvent] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEntriesResponse: _TypeAlias = WatchEntriesResponse  # noqa: Y015
 
 @_typing.final
 class ClearWorkingMemoryRequest(_message.Message):

@@ -96,6 +96,16 @@ class MemoryServiceStub:
                 request_serializer=agentcoord_dot_v1_dot_memory__pb2.GetSessionRequest.SerializeToString,
                 response_deserializer=agentcoord_dot_v1_dot_memory__pb2.GetSessionResponse.FromString,
                 _registered_method=True)
+        self.TouchEntry = channel.unary_unary(
+                '/agentcoord.v1.MemoryService/TouchEntry',
+                request_serializer=agentcoord_dot_v1_dot_memory__pb2.TouchEntryRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_memory__pb2.TouchEntryResponse.FromString,
+                _registered_method=True)
+        self.WatchEntries = channel.unary_stream(
+                '/agentcoord.v1.MemoryService/WatchEntries',
+                request_serializer=agentcoord_dot_v1_dot_memory__pb2.WatchEntriesRequest.SerializeToString,
+                response_deserializer=agentcoord_dot_v1_dot_memory__pb2.WatchEntriesResponse.FromString,
+                _registered_method=True)
         self.ListSessions = channel.unary_unary(
                 '/agentcoord.v1.MemoryService/ListSessions',
                 request_serializer=agentcoord_dot_v1_dot_memory__pb2.ListSessionsRequest.SerializeToString,
@@ -141,7 +151,11 @@ class MemoryServiceServicer:
     def Stash(self, request, context):
         """Stores a value under a key in the caller's working memory. Overwriting a key
         replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-        if the value is larger than the server's value size limit.
+        if the value is larger than the server's value size limit. With
+        expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+        (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+        NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+        another write changed it since. A refused stash writes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +240,34 @@ class MemoryServiceServicer:
     def GetSession(self, request, context):
         """Reads a session: purpose, metadata, creator, participants, times. Does not
         refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TouchEntry(self, request, context):
+        """Restarts the TTL of one of the caller's own entries without rewriting it: its
+        value and revision stay, its expire_time moves to now + the TTL (the request's,
+        else the one it was last stashed with). No watch event. NOT_FOUND
+        (ENTRY_NOT_FOUND) if it is missing or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEntries(self, request, context):
+        """Streams the changes to working-memory entries (of one owner, or of every owner
+        of the namespace, optionally under a key prefix) or to a session's shared
+        context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+        Starts after after_revision (catch-up from the namespace's event history, then
+        live, with no gap and no duplicate) or, unset, at the current revision.
+        OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+        kept (the history holds the latest `--memory-history` events of a namespace):
+        re-read the entries, then watch from the revision they carry. Idle streams get
+        progress responses (events empty, revision moved on). A watcher that falls
+        `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+        (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+        needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -343,6 +385,16 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.GetSession,
                     request_deserializer=agentcoord_dot_v1_dot_memory__pb2.GetSessionRequest.FromString,
                     response_serializer=agentcoord_dot_v1_dot_memory__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'TouchEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.TouchEntry,
+                    request_deserializer=agentcoord_dot_v1_dot_memory__pb2.TouchEntryRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_memory__pb2.TouchEntryResponse.SerializeToString,
+            ),
+            'WatchEntries': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEntries,
+                    request_deserializer=agentcoord_dot_v1_dot_memory__pb2.WatchEntriesRequest.FromString,
+                    response_serializer=agentcoord_dot_v1_dot_memory__pb2.WatchEntriesResponse.SerializeToString,
             ),
             'ListSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSessions,
@@ -679,6 +731,60 @@ class MemoryService:
             '/agentcoord.v1.MemoryService/GetSession',
             agentcoord_dot_v1_dot_memory__pb2.GetSessionRequest.SerializeToString,
             agentcoord_dot_v1_dot_memory__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TouchEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentcoord.v1.MemoryService/TouchEntry',
+            agentcoord_dot_v1_dot_memory__pb2.TouchEntryRequest.SerializeToString,
+            agentcoord_dot_v1_dot_memory__pb2.TouchEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentcoord.v1.MemoryService/WatchEntries',
+            agentcoord_dot_v1_dot_memory__pb2.WatchEntriesRequest.SerializeToString,
+            agentcoord_dot_v1_dot_memory__pb2.WatchEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,7 +43,11 @@ class MemoryServiceStub:
     Stash: _grpc.UnaryUnaryMultiCallable[_memory_pb2.StashRequest, _memory_pb2.StashResponse]
     """Stores a value under a key in the caller's working memory. Overwriting a key
     replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-    if the value is larger than the server's value size limit.
+    if the value is larger than the server's value size limit. With
+    expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+    (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+    NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+    another write changed it since. A refused stash writes nothing.
     """
     Retrieve: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RetrieveRequest, _memory_pb2.RetrieveResponse]
     """Reads one entry of any agent in the namespace (default: the caller's own).
@@ -87,6 +91,26 @@ class MemoryServiceStub:
     GetSession: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetSessionRequest, _memory_pb2.GetSessionResponse]
     """Reads a session: purpose, metadata, creator, participants, times. Does not
     refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
+    """
+    TouchEntry: _grpc.UnaryUnaryMultiCallable[_memory_pb2.TouchEntryRequest, _memory_pb2.TouchEntryResponse]
+    """Restarts the TTL of one of the caller's own entries without rewriting it: its
+    value and revision stay, its expire_time moves to now + the TTL (the request's,
+    else the one it was last stashed with). No watch event. NOT_FOUND
+    (ENTRY_NOT_FOUND) if it is missing or expired.
+    """
+    WatchEntries: _grpc.UnaryStreamMultiCallable[_memory_pb2.WatchEntriesRequest, _memory_pb2.WatchEntriesResponse]
+    """Streams the changes to working-memory entries (of one owner, or of every owner
+    of the namespace, optionally under a key prefix) or to a session's shared
+    context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+    Starts after after_revision (catch-up from the namespace's event history, then
+    live, with no gap and no duplicate) or, unset, at the current revision.
+    OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+    kept (the history holds the latest `--memory-history` events of a namespace):
+    re-read the entries, then watch from the revision they carry. Idle streams get
+    progress responses (events empty, revision moved on). A watcher that falls
+    `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+    (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+    needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListSessionsRequest, _memory_pb2.ListSessionsResponse]
     """Lists the namespace's live sessions in id order."""
@@ -133,7 +157,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     Stash: _aio.UnaryUnaryMultiCallable[_memory_pb2.StashRequest, _memory_pb2.StashResponse]  # type: ignore[assignment]
     """Stores a value under a key in the caller's working memory. Overwriting a key
     replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-    if the value is larger than the server's value size limit.
+    if the value is larger than the server's value size limit. With
+    expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+    (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+    NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+    another write changed it since. A refused stash writes nothing.
     """
     Retrieve: _aio.UnaryUnaryMultiCallable[_memory_pb2.RetrieveRequest, _memory_pb2.RetrieveResponse]  # type: ignore[assignment]
     """Reads one entry of any agent in the namespace (default: the caller's own).
@@ -177,6 +205,26 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     GetSession: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetSessionRequest, _memory_pb2.GetSessionResponse]  # type: ignore[assignment]
     """Reads a session: purpose, metadata, creator, participants, times. Does not
     refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
+    """
+    TouchEntry: _aio.UnaryUnaryMultiCallable[_memory_pb2.TouchEntryRequest, _memory_pb2.TouchEntryResponse]  # type: ignore[assignment]
+    """Restarts the TTL of one of the caller's own entries without rewriting it: its
+    value and revision stay, its expire_time moves to now + the TTL (the request's,
+    else the one it was last stashed with). No watch event. NOT_FOUND
+    (ENTRY_NOT_FOUND) if it is missing or expired.
+    """
+    WatchEntries: _aio.UnaryStreamMultiCallable[_memory_pb2.WatchEntriesRequest, _memory_pb2.WatchEntriesResponse]  # type: ignore[assignment]
+    """Streams the changes to working-memory entries (of one owner, or of every owner
+    of the namespace, optionally under a key prefix) or to a session's shared
+    context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+    Starts after after_revision (catch-up from the namespace's event history, then
+    live, with no gap and no duplicate) or, unset, at the current revision.
+    OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+    kept (the history holds the latest `--memory-history` events of a namespace):
+    re-read the entries, then watch from the revision they carry. Idle streams get
+    progress responses (events empty, revision moved on). A watcher that falls
+    `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+    (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+    needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListSessionsRequest, _memory_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists the namespace's live sessions in id order."""
@@ -226,7 +274,11 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.StashResponse, _abc.Awaitable[_memory_pb2.StashResponse]]:
         """Stores a value under a key in the caller's working memory. Overwriting a key
         replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-        if the value is larger than the server's value size limit.
+        if the value is larger than the server's value size limit. With
+        expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+        (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+        NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+        another write changed it since. A refused stash writes nothing.
         """
 
     @_abc_1.abstractmethod
@@ -330,6 +382,38 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetSessionResponse, _abc.Awaitable[_memory_pb2.GetSessionResponse]]:
         """Reads a session: purpose, metadata, creator, participants, times. Does not
         refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def TouchEntry(
+        self,
+        request: _memory_pb2.TouchEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.TouchEntryResponse, _abc.Awaitable[_memory_pb2.TouchEntryResponse]]:
+        """Restarts the TTL of one of the caller's own entries without rewriting it: its
+        value and revision stay, its expire_time moves to now + the TTL (the request's,
+        else the one it was last stashed with). No watch event. NOT_FOUND
+        (ENTRY_NOT_FOUND) if it is missing or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEntries(
+        self,
+        request: _memory_pb2.WatchEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_memory_pb2.WatchEntriesResponse], _abc.AsyncIterator[_memory_pb2.WatchEntriesResponse]]:
+        """Streams the changes to working-memory entries (of one owner, or of every owner
+        of the namespace, optionally under a key prefix) or to a session's shared
+        context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+        Starts after after_revision (catch-up from the namespace's event history, then
+        live, with no gap and no duplicate) or, unset, at the current revision.
+        OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+        kept (the history holds the latest `--memory-history` events of a namespace):
+        re-read the entries, then watch from the revision they carry. Idle streams get
+        progress responses (events empty, revision moved on). A watcher that falls
+        `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+        (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+        needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
         """
 
     @_abc_1.abstractmethod

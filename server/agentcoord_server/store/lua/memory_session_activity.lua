@@ -5,7 +5,7 @@
 -- ARGV[1] session id, ARGV[2] op: join | leave | share | read, ARGV[3] the caller's agent id,
 -- ARGV[4] now ms, ARGV[5] session ttl ms, ARGV[6] context key ('' with read: all),
 -- ARGV[7] serialized SharedContextItem (share), ARGV[8] most participants a session may have
--- (join)
+-- (join), ARGV[9] events the log keeps
 -- Returns {'NO_SESSION'}, {'NOT_A_PARTICIPANT'} or {'SESSION_FULL'} and changes nothing; else
 --   join/leave: {'OK', purpose, metadata, created by, create ms, expire ms, {participants}}
 --   share: {'OK', expire ms}
@@ -27,6 +27,7 @@ elseif op == 'leave' then
   redis.call('SREM', KEYS[2], agent)
 elseif op == 'share' then
   redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
+  emit(KEYS[6], KEYS[7], ARGV[9], 'P', agent, ARGV[6], ARGV[4], ARGV[1], ARGV[7], 0)
 elseif ARGV[6] ~= '' then
   local item = redis.call('HGET', KEYS[3], ARGV[6])
   if item then items = {item} else status = 'NO_CONTEXT' end

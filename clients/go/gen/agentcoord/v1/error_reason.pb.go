@@ -270,6 +270,18 @@ const (
 	// NOT_FOUND: GetLock (or a forced ReleaseLock) named a lock nobody holds: never
 	// acquired, released, or its TTL ran out. Acquire it if wanted.
 	ErrorReason_LOCK_NOT_FOUND ErrorReason = 182
+	// ALREADY_EXISTS: a create-only Stash (expected_revision 0) named a live entry.
+	// Read it (Retrieve gives its revision) and update with that, or pick another key.
+	ErrorReason_ENTRY_EXISTS ErrorReason = 175
+	// ABORTED: a conditional Stash's expected_revision is not the entry's revision
+	// (ErrorInfo metadata "revision" is the current one): someone wrote it since you
+	// read it. Re-read, merge, stash again with the new revision.
+	ErrorReason_ENTRY_REVISION_MISMATCH ErrorReason = 176
+	// OUT_OF_RANGE: WatchEntries' after_revision is older than the namespace's event
+	// history keeps (ErrorInfo metadata "oldest_revision"), or newer than its
+	// current revision. Events were missed: re-read the entries you follow, then
+	// watch from the revision they carry (or without after_revision).
+	ErrorReason_REVISION_COMPACTED ErrorReason = 177
 )
 
 // Enum value maps for ErrorReason.
@@ -350,6 +362,9 @@ var (
 		180: "LOCK_HELD",
 		181: "LOCK_NOT_HELD",
 		182: "LOCK_NOT_FOUND",
+		175: "ENTRY_EXISTS",
+		176: "ENTRY_REVISION_MISMATCH",
+		177: "REVISION_COMPACTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":        0,
@@ -427,6 +442,9 @@ var (
 		"LOCK_HELD":                       180,
 		"LOCK_NOT_HELD":                   181,
 		"LOCK_NOT_FOUND":                  182,
+		"ENTRY_EXISTS":                    175,
+		"ENTRY_REVISION_MISMATCH":         176,
+		"REVISION_COMPACTED":              177,
 	}
 )
 
@@ -461,7 +479,7 @@ var File_agentcoord_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\x8b\r\n" +
+	" agentcoord/v1/error_reason.proto\x12\ragentcoord.v1*\xd5\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bINTERNAL\x10\x01\x12\x14\n" +
@@ -541,7 +559,10 @@ const file_agentcoord_v1_error_reason_proto_rawDesc = "" +
 	"\x0eQUOTA_EXCEEDED\x10\x9b\x01\x12\x0e\n" +
 	"\tLOCK_HELD\x10\xb4\x01\x12\x12\n" +
 	"\rLOCK_NOT_HELD\x10\xb5\x01\x12\x13\n" +
-	"\x0eLOCK_NOT_FOUND\x10\xb6\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
+	"\x0eLOCK_NOT_FOUND\x10\xb6\x01\x12\x11\n" +
+	"\fENTRY_EXISTS\x10\xaf\x01\x12\x1c\n" +
+	"\x17ENTRY_REVISION_MISMATCH\x10\xb0\x01\x12\x17\n" +
+	"\x12REVISION_COMPACTED\x10\xb1\x01BLZJgithub.com/agentcoord/agentcoord/clients/go/gen/agentcoord/v1;agentcoordv1b\x06proto3"
 
 var (
 	file_agentcoord_v1_error_reason_proto_rawDescOnce sync.Once

@@ -95,6 +95,64 @@ func (TtlStrategy) EnumDescriptor() ([]byte, []int) {
 	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{0}
 }
 
+// EntryEventType says what happened to an entry.
+type EntryEventType int32
+
+const (
+	// Never sent.
+	EntryEventType_ENTRY_EVENT_TYPE_UNSPECIFIED EntryEventType = 0
+	// The entry was stashed (created or overwritten), or a context item shared.
+	EntryEventType_ENTRY_EVENT_TYPE_PUT EntryEventType = 1
+	// The entry was deleted (DeleteEntry, ClearWorkingMemory).
+	EntryEventType_ENTRY_EVENT_TYPE_DELETE EntryEventType = 2
+	// The entry's TTL ran out. Sent once, within about a second of its expire_time,
+	// whether or not anyone watched at that moment.
+	EntryEventType_ENTRY_EVENT_TYPE_EXPIRE EntryEventType = 3
+)
+
+// Enum value maps for EntryEventType.
+var (
+	EntryEventType_name = map[int32]string{
+		0: "ENTRY_EVENT_TYPE_UNSPECIFIED",
+		1: "ENTRY_EVENT_TYPE_PUT",
+		2: "ENTRY_EVENT_TYPE_DELETE",
+		3: "ENTRY_EVENT_TYPE_EXPIRE",
+	}
+	EntryEventType_value = map[string]int32{
+		"ENTRY_EVENT_TYPE_UNSPECIFIED": 0,
+		"ENTRY_EVENT_TYPE_PUT":         1,
+		"ENTRY_EVENT_TYPE_DELETE":      2,
+		"ENTRY_EVENT_TYPE_EXPIRE":      3,
+	}
+)
+
+func (x EntryEventType) Enum() *EntryEventType {
+	p := new(EntryEventType)
+	*p = x
+	return p
+}
+
+func (x EntryEventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EntryEventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentcoord_v1_memory_proto_enumTypes[1].Descriptor()
+}
+
+func (EntryEventType) Type() protoreflect.EnumType {
+	return &file_agentcoord_v1_memory_proto_enumTypes[1]
+}
+
+func (x EntryEventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EntryEventType.Descriptor instead.
+func (EntryEventType) EnumDescriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{1}
+}
+
 // MemoryEntry is one working-memory entry.
 type MemoryEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -110,7 +168,13 @@ type MemoryEntry struct {
 	// When the entry expires: stash_time + its TTL.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Size of the stored value in bytes (the serialized google.protobuf.Value).
-	SizeBytes     int64 `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	SizeBytes int64 `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The namespace revision of the entry's last change (stash): a number that only
+	// grows across the namespace's working memory and is never reused. Pass it as
+	// StashRequest.expected_revision to update only this version, or as
+	// WatchEntriesRequest.after_revision to watch what follows. 0 for entries stashed
+	// before revisions existed.
+	Revision      int64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -187,6 +251,13 @@ func (x *MemoryEntry) GetSizeBytes() int64 {
 	return 0
 }
 
+func (x *MemoryEntry) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type StashRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key (an id). Stashing an existing key of the caller overwrites it.
@@ -200,9 +271,14 @@ type StashRequest struct {
 	//
 	//	*StashRequest_TtlStrategy
 	//	*StashRequest_TtlDuration
-	Ttl           isStashRequest_Ttl `protobuf_oneof:"ttl"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ttl isStashRequest_Ttl `protobuf_oneof:"ttl"`
+	// If set, stash only if the entry is at this revision: 0 means it must not exist
+	// (create only; ALREADY_EXISTS ENTRY_EXISTS otherwise), N > 0 that it is live at
+	// revision N (NOT_FOUND ENTRY_NOT_FOUND if missing, ABORTED ENTRY_REVISION_MISMATCH with
+	// ErrorInfo metadata "revision" = the current one otherwise). Unset: always.
+	ExpectedRevision *int64 `protobuf:"varint,5,opt,name=expected_revision,json=expectedRevision,proto3,oneof" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StashRequest) Reset() {
@@ -272,6 +348,13 @@ func (x *StashRequest) GetTtlDuration() *durationpb.Duration {
 		}
 	}
 	return nil
+}
+
+func (x *StashRequest) GetExpectedRevision() int64 {
+	if x != nil && x.ExpectedRevision != nil {
+		return *x.ExpectedRevision
+	}
+	return 0
 }
 
 type isStashRequest_Ttl interface {
@@ -875,6 +958,407 @@ func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
 	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{12}
 }
 
+type TouchEntryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's key whose TTL to restart.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The new lifetime from now. Neither set: the TTL the entry was last stashed with
+	// (entries stashed before TouchEntry existed: the WORKING_RESULTS strategy's).
+	//
+	// Types that are valid to be assigned to Ttl:
+	//
+	//	*TouchEntryRequest_TtlStrategy
+	//	*TouchEntryRequest_TtlDuration
+	Ttl           isTouchEntryRequest_Ttl `protobuf_oneof:"ttl"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchEntryRequest) Reset() {
+	*x = TouchEntryRequest{}
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchEntryRequest) ProtoMessage() {}
+
+func (x *TouchEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchEntryRequest.ProtoReflect.Descriptor instead.
+func (*TouchEntryRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TouchEntryRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *TouchEntryRequest) GetTtl() isTouchEntryRequest_Ttl {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *TouchEntryRequest) GetTtlStrategy() TtlStrategy {
+	if x != nil {
+		if x, ok := x.Ttl.(*TouchEntryRequest_TtlStrategy); ok {
+			return x.TtlStrategy
+		}
+	}
+	return TtlStrategy_TTL_STRATEGY_UNSPECIFIED
+}
+
+func (x *TouchEntryRequest) GetTtlDuration() *durationpb.Duration {
+	if x != nil {
+		if x, ok := x.Ttl.(*TouchEntryRequest_TtlDuration); ok {
+			return x.TtlDuration
+		}
+	}
+	return nil
+}
+
+type isTouchEntryRequest_Ttl interface {
+	isTouchEntryRequest_Ttl()
+}
+
+type TouchEntryRequest_TtlStrategy struct {
+	// A named lifetime from the server's TTL policy.
+	TtlStrategy TtlStrategy `protobuf:"varint,2,opt,name=ttl_strategy,json=ttlStrategy,proto3,enum=agentcoord.v1.TtlStrategy,oneof"`
+}
+
+type TouchEntryRequest_TtlDuration struct {
+	// An explicit lifetime: at least 1 millisecond, at most 30 days.
+	TtlDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl_duration,json=ttlDuration,proto3,oneof"`
+}
+
+func (*TouchEntryRequest_TtlStrategy) isTouchEntryRequest_Ttl() {}
+
+func (*TouchEntryRequest_TtlDuration) isTouchEntryRequest_Ttl() {}
+
+type TouchEntryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry's metadata after the touch (value unset; revision unchanged).
+	Entry         *MemoryEntry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchEntryResponse) Reset() {
+	*x = TouchEntryResponse{}
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchEntryResponse) ProtoMessage() {}
+
+func (x *TouchEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchEntryResponse.ProtoReflect.Descriptor instead.
+func (*TouchEntryResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TouchEntryResponse) GetEntry() *MemoryEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+// EntryEvent is one change to a working-memory entry or a shared-context item.
+type EntryEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Type EntryEventType `protobuf:"varint,1,opt,name=type,proto3,enum=agentcoord.v1.EntryEventType" json:"type,omitempty"`
+	// The namespace revision of this change: resume with after_revision = it.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The entry's owner (for shared context: the participant that shared it).
+	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The entry's (or context item's) key.
+	Key string `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	// Set for a session's shared-context item: its session.
+	SessionId string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// When it happened, by the server's clock.
+	EventTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
+	// PUT of an entry: its metadata (revision = this event's), with the value if the
+	// request asked for values. Unset for DELETE and EXPIRE.
+	Entry *MemoryEntry `protobuf:"bytes,7,opt,name=entry,proto3" json:"entry,omitempty"`
+	// PUT of a shared-context item, if the request asked for values: the value.
+	Value         *structpb.Value `protobuf:"bytes,8,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryEvent) Reset() {
+	*x = EntryEvent{}
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryEvent) ProtoMessage() {}
+
+func (x *EntryEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryEvent.ProtoReflect.Descriptor instead.
+func (*EntryEvent) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *EntryEvent) GetType() EntryEventType {
+	if x != nil {
+		return x.Type
+	}
+	return EntryEventType_ENTRY_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *EntryEvent) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *EntryEvent) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *EntryEvent) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *EntryEvent) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *EntryEvent) GetEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventTime
+	}
+	return nil
+}
+
+func (x *EntryEvent) GetEntry() *MemoryEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *EntryEvent) GetValue() *structpb.Value {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type WatchEntriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose entries to watch; empty: the caller's (unless all_owners). Ignored with
+	// session_id.
+	Owner string `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Watch every owner's entries in the namespace (owner must be empty).
+	AllOwners bool `protobuf:"varint,2,opt,name=all_owners,json=allOwners,proto3" json:"all_owners,omitempty"`
+	// Only keys starting with this (letters, digits, '.', '_', '-'); empty: all.
+	KeyPrefix string `protobuf:"bytes,3,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
+	// Watch this session's shared context instead of working memory (the caller
+	// must be a participant when the watch starts).
+	SessionId string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Start after this revision (exclusive): events with a higher revision follow,
+	// oldest first. Unset: start at the current revision (live changes only).
+	AfterRevision *int64 `protobuf:"varint,5,opt,name=after_revision,json=afterRevision,proto3,oneof" json:"after_revision,omitempty"`
+	// Put the stashed value in PUT events (entry.value / value). False: metadata.
+	IncludeValues bool `protobuf:"varint,6,opt,name=include_values,json=includeValues,proto3" json:"include_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEntriesRequest) Reset() {
+	*x = WatchEntriesRequest{}
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEntriesRequest) ProtoMessage() {}
+
+func (x *WatchEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEntriesRequest.ProtoReflect.Descriptor instead.
+func (*WatchEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchEntriesRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *WatchEntriesRequest) GetAllOwners() bool {
+	if x != nil {
+		return x.AllOwners
+	}
+	return false
+}
+
+func (x *WatchEntriesRequest) GetKeyPrefix() string {
+	if x != nil {
+		return x.KeyPrefix
+	}
+	return ""
+}
+
+func (x *WatchEntriesRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *WatchEntriesRequest) GetAfterRevision() int64 {
+	if x != nil && x.AfterRevision != nil {
+		return *x.AfterRevision
+	}
+	return 0
+}
+
+func (x *WatchEntriesRequest) GetIncludeValues() bool {
+	if x != nil {
+		return x.IncludeValues
+	}
+	return false
+}
+
+// WatchEntriesResponse is one step of a watch.
+type WatchEntriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next events, oldest first (empty in progress responses).
+	Events []*EntryEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// The position after this response: the last event's revision, or how far the
+	// namespace's history was read (first response: where the watch starts).
+	// Resume with after_revision = the last one received.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEntriesResponse) Reset() {
+	*x = WatchEntriesResponse{}
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEntriesResponse) ProtoMessage() {}
+
+func (x *WatchEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEntriesResponse.ProtoReflect.Descriptor instead.
+func (*WatchEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchEntriesResponse) GetEvents() []*EntryEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchEntriesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ClearWorkingMemoryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -883,7 +1367,7 @@ type ClearWorkingMemoryRequest struct {
 
 func (x *ClearWorkingMemoryRequest) Reset() {
 	*x = ClearWorkingMemoryRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1379,7 @@ func (x *ClearWorkingMemoryRequest) String() string {
 func (*ClearWorkingMemoryRequest) ProtoMessage() {}
 
 func (x *ClearWorkingMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[13]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1392,7 @@ func (x *ClearWorkingMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearWorkingMemoryRequest.ProtoReflect.Descriptor instead.
 func (*ClearWorkingMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{13}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{18}
 }
 
 type ClearWorkingMemoryResponse struct {
@@ -921,7 +1405,7 @@ type ClearWorkingMemoryResponse struct {
 
 func (x *ClearWorkingMemoryResponse) Reset() {
 	*x = ClearWorkingMemoryResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[14]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1417,7 @@ func (x *ClearWorkingMemoryResponse) String() string {
 func (*ClearWorkingMemoryResponse) ProtoMessage() {}
 
 func (x *ClearWorkingMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[14]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1430,7 @@ func (x *ClearWorkingMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearWorkingMemoryResponse.ProtoReflect.Descriptor instead.
 func (*ClearWorkingMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{14}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClearWorkingMemoryResponse) GetDeletedCount() int64 {
@@ -973,7 +1457,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[15]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1469,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[15]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1482,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{15}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListEntriesRequest) GetOwner() string {
@@ -1041,7 +1525,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[16]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1537,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[16]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1550,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{16}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*MemoryEntry {
@@ -1107,7 +1591,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[17]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1603,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[17]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1616,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{17}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1198,7 +1682,7 @@ type CreateSessionRequest struct {
 
 func (x *CreateSessionRequest) Reset() {
 	*x = CreateSessionRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1694,7 @@ func (x *CreateSessionRequest) String() string {
 func (*CreateSessionRequest) ProtoMessage() {}
 
 func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[18]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1707,7 @@ func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{18}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateSessionRequest) GetSessionId() string {
@@ -1257,7 +1741,7 @@ type CreateSessionResponse struct {
 
 func (x *CreateSessionResponse) Reset() {
 	*x = CreateSessionResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1753,7 @@ func (x *CreateSessionResponse) String() string {
 func (*CreateSessionResponse) ProtoMessage() {}
 
 func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[19]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1766,7 @@ func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{19}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateSessionResponse) GetSession() *Session {
@@ -1302,7 +1786,7 @@ type JoinSessionRequest struct {
 
 func (x *JoinSessionRequest) Reset() {
 	*x = JoinSessionRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1798,7 @@ func (x *JoinSessionRequest) String() string {
 func (*JoinSessionRequest) ProtoMessage() {}
 
 func (x *JoinSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[20]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1811,7 @@ func (x *JoinSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinSessionRequest.ProtoReflect.Descriptor instead.
 func (*JoinSessionRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{20}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JoinSessionRequest) GetSessionId() string {
@@ -1347,7 +1831,7 @@ type JoinSessionResponse struct {
 
 func (x *JoinSessionResponse) Reset() {
 	*x = JoinSessionResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1843,7 @@ func (x *JoinSessionResponse) String() string {
 func (*JoinSessionResponse) ProtoMessage() {}
 
 func (x *JoinSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[21]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1856,7 @@ func (x *JoinSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinSessionResponse.ProtoReflect.Descriptor instead.
 func (*JoinSessionResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{21}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinSessionResponse) GetSession() *Session {
@@ -1392,7 +1876,7 @@ type LeaveSessionRequest struct {
 
 func (x *LeaveSessionRequest) Reset() {
 	*x = LeaveSessionRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1888,7 @@ func (x *LeaveSessionRequest) String() string {
 func (*LeaveSessionRequest) ProtoMessage() {}
 
 func (x *LeaveSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[22]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1901,7 @@ func (x *LeaveSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveSessionRequest.ProtoReflect.Descriptor instead.
 func (*LeaveSessionRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{22}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LeaveSessionRequest) GetSessionId() string {
@@ -1437,7 +1921,7 @@ type LeaveSessionResponse struct {
 
 func (x *LeaveSessionResponse) Reset() {
 	*x = LeaveSessionResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1933,7 @@ func (x *LeaveSessionResponse) String() string {
 func (*LeaveSessionResponse) ProtoMessage() {}
 
 func (x *LeaveSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[23]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1946,7 @@ func (x *LeaveSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveSessionResponse.ProtoReflect.Descriptor instead.
 func (*LeaveSessionResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{23}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LeaveSessionResponse) GetSession() *Session {
@@ -1482,7 +1966,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1978,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[24]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1991,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{24}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -1527,7 +2011,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +2023,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[25]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +2036,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{25}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetSessionResponse) GetSession() *Session {
@@ -1576,7 +2060,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +2072,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[26]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +2085,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{26}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSessionsRequest) GetPageSize() int32 {
@@ -1630,7 +2114,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +2126,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[27]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +2139,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{27}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -1689,7 +2173,7 @@ type SharedContextItem struct {
 
 func (x *SharedContextItem) Reset() {
 	*x = SharedContextItem{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +2185,7 @@ func (x *SharedContextItem) String() string {
 func (*SharedContextItem) ProtoMessage() {}
 
 func (x *SharedContextItem) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[28]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +2198,7 @@ func (x *SharedContextItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SharedContextItem.ProtoReflect.Descriptor instead.
 func (*SharedContextItem) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{28}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SharedContextItem) GetKey() string {
@@ -1759,7 +2243,7 @@ type ShareContextRequest struct {
 
 func (x *ShareContextRequest) Reset() {
 	*x = ShareContextRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2255,7 @@ func (x *ShareContextRequest) String() string {
 func (*ShareContextRequest) ProtoMessage() {}
 
 func (x *ShareContextRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[29]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2268,7 @@ func (x *ShareContextRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareContextRequest.ProtoReflect.Descriptor instead.
 func (*ShareContextRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{29}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ShareContextRequest) GetSessionId() string {
@@ -1818,7 +2302,7 @@ type ShareContextResponse struct {
 
 func (x *ShareContextResponse) Reset() {
 	*x = ShareContextResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2314,7 @@ func (x *ShareContextResponse) String() string {
 func (*ShareContextResponse) ProtoMessage() {}
 
 func (x *ShareContextResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[30]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2327,7 @@ func (x *ShareContextResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareContextResponse.ProtoReflect.Descriptor instead.
 func (*ShareContextResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{30}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ShareContextResponse) GetItem() *SharedContextItem {
@@ -1865,7 +2349,7 @@ type GetSharedContextRequest struct {
 
 func (x *GetSharedContextRequest) Reset() {
 	*x = GetSharedContextRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2361,7 @@ func (x *GetSharedContextRequest) String() string {
 func (*GetSharedContextRequest) ProtoMessage() {}
 
 func (x *GetSharedContextRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[31]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2374,7 @@ func (x *GetSharedContextRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSharedContextRequest.ProtoReflect.Descriptor instead.
 func (*GetSharedContextRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{31}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetSharedContextRequest) GetSessionId() string {
@@ -1917,7 +2401,7 @@ type GetSharedContextResponse struct {
 
 func (x *GetSharedContextResponse) Reset() {
 	*x = GetSharedContextResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2413,7 @@ func (x *GetSharedContextResponse) String() string {
 func (*GetSharedContextResponse) ProtoMessage() {}
 
 func (x *GetSharedContextResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[32]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2426,7 @@ func (x *GetSharedContextResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSharedContextResponse.ProtoReflect.Descriptor instead.
 func (*GetSharedContextResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{32}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetSharedContextResponse) GetItems() []*SharedContextItem {
@@ -1979,7 +2463,7 @@ type CollaborationState struct {
 
 func (x *CollaborationState) Reset() {
 	*x = CollaborationState{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2475,7 @@ func (x *CollaborationState) String() string {
 func (*CollaborationState) ProtoMessage() {}
 
 func (x *CollaborationState) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[33]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2488,7 @@ func (x *CollaborationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollaborationState.ProtoReflect.Descriptor instead.
 func (*CollaborationState) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{33}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CollaborationState) GetTrustLevel() float64 {
@@ -2082,7 +2566,7 @@ type CollaborationStateRecord struct {
 
 func (x *CollaborationStateRecord) Reset() {
 	*x = CollaborationStateRecord{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[34]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2578,7 @@ func (x *CollaborationStateRecord) String() string {
 func (*CollaborationStateRecord) ProtoMessage() {}
 
 func (x *CollaborationStateRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[34]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2591,7 @@ func (x *CollaborationStateRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollaborationStateRecord.ProtoReflect.Descriptor instead.
 func (*CollaborationStateRecord) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{34}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CollaborationStateRecord) GetSessionId() string {
@@ -2161,7 +2645,7 @@ type SaveCollaborationStateRequest struct {
 
 func (x *SaveCollaborationStateRequest) Reset() {
 	*x = SaveCollaborationStateRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[35]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2657,7 @@ func (x *SaveCollaborationStateRequest) String() string {
 func (*SaveCollaborationStateRequest) ProtoMessage() {}
 
 func (x *SaveCollaborationStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[35]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2670,7 @@ func (x *SaveCollaborationStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveCollaborationStateRequest.ProtoReflect.Descriptor instead.
 func (*SaveCollaborationStateRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{35}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SaveCollaborationStateRequest) GetSessionId() string {
@@ -2222,7 +2706,7 @@ type SaveCollaborationStateResponse struct {
 
 func (x *SaveCollaborationStateResponse) Reset() {
 	*x = SaveCollaborationStateResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[36]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2718,7 @@ func (x *SaveCollaborationStateResponse) String() string {
 func (*SaveCollaborationStateResponse) ProtoMessage() {}
 
 func (x *SaveCollaborationStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[36]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2731,7 @@ func (x *SaveCollaborationStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveCollaborationStateResponse.ProtoReflect.Descriptor instead.
 func (*SaveCollaborationStateResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{36}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SaveCollaborationStateResponse) GetVersion() int64 {
@@ -2274,7 +2758,7 @@ type LoadCollaborationStateRequest struct {
 
 func (x *LoadCollaborationStateRequest) Reset() {
 	*x = LoadCollaborationStateRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[37]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2770,7 @@ func (x *LoadCollaborationStateRequest) String() string {
 func (*LoadCollaborationStateRequest) ProtoMessage() {}
 
 func (x *LoadCollaborationStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[37]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2783,7 @@ func (x *LoadCollaborationStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadCollaborationStateRequest.ProtoReflect.Descriptor instead.
 func (*LoadCollaborationStateRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{37}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LoadCollaborationStateRequest) GetSessionId() string {
@@ -2319,7 +2803,7 @@ type LoadCollaborationStateResponse struct {
 
 func (x *LoadCollaborationStateResponse) Reset() {
 	*x = LoadCollaborationStateResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[38]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2815,7 @@ func (x *LoadCollaborationStateResponse) String() string {
 func (*LoadCollaborationStateResponse) ProtoMessage() {}
 
 func (x *LoadCollaborationStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[38]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2828,7 @@ func (x *LoadCollaborationStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadCollaborationStateResponse.ProtoReflect.Descriptor instead.
 func (*LoadCollaborationStateResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{38}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *LoadCollaborationStateResponse) GetRecord() *CollaborationStateRecord {
@@ -2368,7 +2852,7 @@ type ListCollaborationStatesRequest struct {
 
 func (x *ListCollaborationStatesRequest) Reset() {
 	*x = ListCollaborationStatesRequest{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[39]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2864,7 @@ func (x *ListCollaborationStatesRequest) String() string {
 func (*ListCollaborationStatesRequest) ProtoMessage() {}
 
 func (x *ListCollaborationStatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[39]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2877,7 @@ func (x *ListCollaborationStatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCollaborationStatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCollaborationStatesRequest) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{39}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListCollaborationStatesRequest) GetPageSize() int32 {
@@ -2422,7 +2906,7 @@ type ListCollaborationStatesResponse struct {
 
 func (x *ListCollaborationStatesResponse) Reset() {
 	*x = ListCollaborationStatesResponse{}
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[40]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2918,7 @@ func (x *ListCollaborationStatesResponse) String() string {
 func (*ListCollaborationStatesResponse) ProtoMessage() {}
 
 func (x *ListCollaborationStatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentcoord_v1_memory_proto_msgTypes[40]
+	mi := &file_agentcoord_v1_memory_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2931,7 @@ func (x *ListCollaborationStatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCollaborationStatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCollaborationStatesResponse) Descriptor() ([]byte, []int) {
-	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{40}
+	return file_agentcoord_v1_memory_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListCollaborationStatesResponse) GetRecords() []*CollaborationStateRecord {
@@ -2468,7 +2952,7 @@ var File_agentcoord_v1_memory_proto protoreflect.FileDescriptor
 
 const file_agentcoord_v1_memory_proto_rawDesc = "" +
 	"\n" +
-	"\x1aagentcoord/v1/memory.proto\x12\ragentcoord.v1\x1a\x1aagentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x01\n" +
+	"\x1aagentcoord/v1/memory.proto\x12\ragentcoord.v1\x1a\x1aagentcoord/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n" +
 	"\vMemoryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12,\n" +
@@ -2478,13 +2962,16 @@ const file_agentcoord_v1_memory_proto_rawDesc = "" +
 	"\vexpire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\"\xd6\x01\n" +
+	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x03R\brevision\"\x9e\x02\n" +
 	"\fStashRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12,\n" +
 	"\x05value\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x05value\x12?\n" +
 	"\fttl_strategy\x18\x03 \x01(\x0e2\x1a.agentcoord.v1.TtlStrategyH\x00R\vttlStrategy\x12>\n" +
-	"\fttl_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationH\x00R\vttlDurationB\x05\n" +
-	"\x03ttl\"A\n" +
+	"\fttl_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationH\x00R\vttlDuration\x120\n" +
+	"\x11expected_revision\x18\x05 \x01(\x03H\x01R\x10expectedRevision\x88\x01\x01B\x05\n" +
+	"\x03ttlB\x14\n" +
+	"\x12_expected_revision\"A\n" +
 	"\rStashResponse\x120\n" +
 	"\x05entry\x18\x01 \x01(\v2\x1a.agentcoord.v1.MemoryEntryR\x05entry\"9\n" +
 	"\x0fRetrieveRequest\x12\x10\n" +
@@ -2513,7 +3000,40 @@ const file_agentcoord_v1_memory_proto_rawDesc = "" +
 	"\aresults\x18\x01 \x03(\v2\x1d.agentcoord.v1.RetrieveResultR\aresults\"&\n" +
 	"\x12DeleteEntryRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\"\x15\n" +
-	"\x13DeleteEntryResponse\"\x1b\n" +
+	"\x13DeleteEntryResponse\"\xad\x01\n" +
+	"\x11TouchEntryRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12?\n" +
+	"\fttl_strategy\x18\x02 \x01(\x0e2\x1a.agentcoord.v1.TtlStrategyH\x00R\vttlStrategy\x12>\n" +
+	"\fttl_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationH\x00R\vttlDurationB\x05\n" +
+	"\x03ttl\"F\n" +
+	"\x12TouchEntryResponse\x120\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1a.agentcoord.v1.MemoryEntryR\x05entry\"\xbd\x02\n" +
+	"\n" +
+	"EntryEvent\x121\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1d.agentcoord.v1.EntryEventTypeR\x04type\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x05 \x01(\tR\tsessionId\x129\n" +
+	"\n" +
+	"event_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\teventTime\x120\n" +
+	"\x05entry\x18\a \x01(\v2\x1a.agentcoord.v1.MemoryEntryR\x05entry\x12,\n" +
+	"\x05value\x18\b \x01(\v2\x16.google.protobuf.ValueR\x05value\"\xee\x01\n" +
+	"\x13WatchEntriesRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1d\n" +
+	"\n" +
+	"all_owners\x18\x02 \x01(\bR\tallOwners\x12\x1d\n" +
+	"\n" +
+	"key_prefix\x18\x03 \x01(\tR\tkeyPrefix\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x04 \x01(\tR\tsessionId\x12*\n" +
+	"\x0eafter_revision\x18\x05 \x01(\x03H\x00R\rafterRevision\x88\x01\x01\x12%\n" +
+	"\x0einclude_values\x18\x06 \x01(\bR\rincludeValuesB\x11\n" +
+	"\x0f_after_revision\"e\n" +
+	"\x14WatchEntriesResponse\x121\n" +
+	"\x06events\x18\x01 \x03(\v2\x19.agentcoord.v1.EntryEventR\x06events\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x1b\n" +
 	"\x19ClearWorkingMemoryRequest\"A\n" +
 	"\x1aClearWorkingMemoryResponse\x12#\n" +
 	"\rdeleted_count\x18\x01 \x01(\x03R\fdeletedCount\"\x85\x01\n" +
@@ -2634,7 +3154,12 @@ const file_agentcoord_v1_memory_proto_rawDesc = "" +
 	"\x19TTL_STRATEGY_COORDINATION\x10\x03\x12!\n" +
 	"\x1dTTL_STRATEGY_CONFLICT_CONTEXT\x10\x04\x12\x18\n" +
 	"\x14TTL_STRATEGY_SESSION\x10\x05\x12\x15\n" +
-	"\x11TTL_STRATEGY_TASK\x10\x062\xa9\r\n" +
+	"\x11TTL_STRATEGY_TASK\x10\x06*\x86\x01\n" +
+	"\x0eEntryEventType\x12 \n" +
+	"\x1cENTRY_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ENTRY_EVENT_TYPE_PUT\x10\x01\x12\x1b\n" +
+	"\x17ENTRY_EVENT_TYPE_DELETE\x10\x02\x12\x1b\n" +
+	"\x17ENTRY_EVENT_TYPE_EXPIRE\x10\x032\xe3\x0e\n" +
 	"\rMemoryService\x12H\n" +
 	"\x05Stash\x12\x1b.agentcoord.v1.StashRequest\x1a\x1c.agentcoord.v1.StashResponse\"\x04\x88\xb5\x18\x02\x12Q\n" +
 	"\bRetrieve\x12\x1e.agentcoord.v1.RetrieveRequest\x1a\x1f.agentcoord.v1.RetrieveResponse\"\x04\x88\xb5\x18\x01\x12W\n" +
@@ -2648,7 +3173,10 @@ const file_agentcoord_v1_memory_proto_rawDesc = "" +
 	"\vJoinSession\x12!.agentcoord.v1.JoinSessionRequest\x1a\".agentcoord.v1.JoinSessionResponse\"\x04\x88\xb5\x18\x02\x12]\n" +
 	"\fLeaveSession\x12\".agentcoord.v1.LeaveSessionRequest\x1a#.agentcoord.v1.LeaveSessionResponse\"\x04\x88\xb5\x18\x02\x12W\n" +
 	"\n" +
-	"GetSession\x12 .agentcoord.v1.GetSessionRequest\x1a!.agentcoord.v1.GetSessionResponse\"\x04\x88\xb5\x18\x01\x12]\n" +
+	"GetSession\x12 .agentcoord.v1.GetSessionRequest\x1a!.agentcoord.v1.GetSessionResponse\"\x04\x88\xb5\x18\x01\x12W\n" +
+	"\n" +
+	"TouchEntry\x12 .agentcoord.v1.TouchEntryRequest\x1a!.agentcoord.v1.TouchEntryResponse\"\x04\x88\xb5\x18\x02\x12_\n" +
+	"\fWatchEntries\x12\".agentcoord.v1.WatchEntriesRequest\x1a#.agentcoord.v1.WatchEntriesResponse\"\x04\x88\xb5\x18\x010\x01\x12]\n" +
 	"\fListSessions\x12\".agentcoord.v1.ListSessionsRequest\x1a#.agentcoord.v1.ListSessionsResponse\"\x04\x88\xb5\x18\x01\x12]\n" +
 	"\fShareContext\x12\".agentcoord.v1.ShareContextRequest\x1a#.agentcoord.v1.ShareContextResponse\"\x04\x88\xb5\x18\x02\x12i\n" +
 	"\x10GetSharedContext\x12&.agentcoord.v1.GetSharedContextRequest\x1a'.agentcoord.v1.GetSharedContextResponse\"\x04\x88\xb5\x18\x02\x12{\n" +
@@ -2668,134 +3196,152 @@ func file_agentcoord_v1_memory_proto_rawDescGZIP() []byte {
 	return file_agentcoord_v1_memory_proto_rawDescData
 }
 
-var file_agentcoord_v1_memory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentcoord_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_agentcoord_v1_memory_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agentcoord_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_agentcoord_v1_memory_proto_goTypes = []any{
 	(TtlStrategy)(0),                        // 0: agentcoord.v1.TtlStrategy
-	(*MemoryEntry)(nil),                     // 1: agentcoord.v1.MemoryEntry
-	(*StashRequest)(nil),                    // 2: agentcoord.v1.StashRequest
-	(*StashResponse)(nil),                   // 3: agentcoord.v1.StashResponse
-	(*RetrieveRequest)(nil),                 // 4: agentcoord.v1.RetrieveRequest
-	(*RetrieveResponse)(nil),                // 5: agentcoord.v1.RetrieveResponse
-	(*StashItem)(nil),                       // 6: agentcoord.v1.StashItem
-	(*BatchStashRequest)(nil),               // 7: agentcoord.v1.BatchStashRequest
-	(*BatchStashResponse)(nil),              // 8: agentcoord.v1.BatchStashResponse
-	(*BatchRetrieveRequest)(nil),            // 9: agentcoord.v1.BatchRetrieveRequest
-	(*RetrieveResult)(nil),                  // 10: agentcoord.v1.RetrieveResult
-	(*BatchRetrieveResponse)(nil),           // 11: agentcoord.v1.BatchRetrieveResponse
-	(*DeleteEntryRequest)(nil),              // 12: agentcoord.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),             // 13: agentcoord.v1.DeleteEntryResponse
-	(*ClearWorkingMemoryRequest)(nil),       // 14: agentcoord.v1.ClearWorkingMemoryRequest
-	(*ClearWorkingMemoryResponse)(nil),      // 15: agentcoord.v1.ClearWorkingMemoryResponse
-	(*ListEntriesRequest)(nil),              // 16: agentcoord.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),             // 17: agentcoord.v1.ListEntriesResponse
-	(*Session)(nil),                         // 18: agentcoord.v1.Session
-	(*CreateSessionRequest)(nil),            // 19: agentcoord.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),           // 20: agentcoord.v1.CreateSessionResponse
-	(*JoinSessionRequest)(nil),              // 21: agentcoord.v1.JoinSessionRequest
-	(*JoinSessionResponse)(nil),             // 22: agentcoord.v1.JoinSessionResponse
-	(*LeaveSessionRequest)(nil),             // 23: agentcoord.v1.LeaveSessionRequest
-	(*LeaveSessionResponse)(nil),            // 24: agentcoord.v1.LeaveSessionResponse
-	(*GetSessionRequest)(nil),               // 25: agentcoord.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),              // 26: agentcoord.v1.GetSessionResponse
-	(*ListSessionsRequest)(nil),             // 27: agentcoord.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),            // 28: agentcoord.v1.ListSessionsResponse
-	(*SharedContextItem)(nil),               // 29: agentcoord.v1.SharedContextItem
-	(*ShareContextRequest)(nil),             // 30: agentcoord.v1.ShareContextRequest
-	(*ShareContextResponse)(nil),            // 31: agentcoord.v1.ShareContextResponse
-	(*GetSharedContextRequest)(nil),         // 32: agentcoord.v1.GetSharedContextRequest
-	(*GetSharedContextResponse)(nil),        // 33: agentcoord.v1.GetSharedContextResponse
-	(*CollaborationState)(nil),              // 34: agentcoord.v1.CollaborationState
-	(*CollaborationStateRecord)(nil),        // 35: agentcoord.v1.CollaborationStateRecord
-	(*SaveCollaborationStateRequest)(nil),   // 36: agentcoord.v1.SaveCollaborationStateRequest
-	(*SaveCollaborationStateResponse)(nil),  // 37: agentcoord.v1.SaveCollaborationStateResponse
-	(*LoadCollaborationStateRequest)(nil),   // 38: agentcoord.v1.LoadCollaborationStateRequest
-	(*LoadCollaborationStateResponse)(nil),  // 39: agentcoord.v1.LoadCollaborationStateResponse
-	(*ListCollaborationStatesRequest)(nil),  // 40: agentcoord.v1.ListCollaborationStatesRequest
-	(*ListCollaborationStatesResponse)(nil), // 41: agentcoord.v1.ListCollaborationStatesResponse
-	(*structpb.Value)(nil),                  // 42: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),           // 43: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),             // 44: google.protobuf.Duration
-	(*structpb.Struct)(nil),                 // 45: google.protobuf.Struct
+	(EntryEventType)(0),                     // 1: agentcoord.v1.EntryEventType
+	(*MemoryEntry)(nil),                     // 2: agentcoord.v1.MemoryEntry
+	(*StashRequest)(nil),                    // 3: agentcoord.v1.StashRequest
+	(*StashResponse)(nil),                   // 4: agentcoord.v1.StashResponse
+	(*RetrieveRequest)(nil),                 // 5: agentcoord.v1.RetrieveRequest
+	(*RetrieveResponse)(nil),                // 6: agentcoord.v1.RetrieveResponse
+	(*StashItem)(nil),                       // 7: agentcoord.v1.StashItem
+	(*BatchStashRequest)(nil),               // 8: agentcoord.v1.BatchStashRequest
+	(*BatchStashResponse)(nil),              // 9: agentcoord.v1.BatchStashResponse
+	(*BatchRetrieveRequest)(nil),            // 10: agentcoord.v1.BatchRetrieveRequest
+	(*RetrieveResult)(nil),                  // 11: agentcoord.v1.RetrieveResult
+	(*BatchRetrieveResponse)(nil),           // 12: agentcoord.v1.BatchRetrieveResponse
+	(*DeleteEntryRequest)(nil),              // 13: agentcoord.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),             // 14: agentcoord.v1.DeleteEntryResponse
+	(*TouchEntryRequest)(nil),               // 15: agentcoord.v1.TouchEntryRequest
+	(*TouchEntryResponse)(nil),              // 16: agentcoord.v1.TouchEntryResponse
+	(*EntryEvent)(nil),                      // 17: agentcoord.v1.EntryEvent
+	(*WatchEntriesRequest)(nil),             // 18: agentcoord.v1.WatchEntriesRequest
+	(*WatchEntriesResponse)(nil),            // 19: agentcoord.v1.WatchEntriesResponse
+	(*ClearWorkingMemoryRequest)(nil),       // 20: agentcoord.v1.ClearWorkingMemoryRequest
+	(*ClearWorkingMemoryResponse)(nil),      // 21: agentcoord.v1.ClearWorkingMemoryResponse
+	(*ListEntriesRequest)(nil),              // 22: agentcoord.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),             // 23: agentcoord.v1.ListEntriesResponse
+	(*Session)(nil),                         // 24: agentcoord.v1.Session
+	(*CreateSessionRequest)(nil),            // 25: agentcoord.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),           // 26: agentcoord.v1.CreateSessionResponse
+	(*JoinSessionRequest)(nil),              // 27: agentcoord.v1.JoinSessionRequest
+	(*JoinSessionResponse)(nil),             // 28: agentcoord.v1.JoinSessionResponse
+	(*LeaveSessionRequest)(nil),             // 29: agentcoord.v1.LeaveSessionRequest
+	(*LeaveSessionResponse)(nil),            // 30: agentcoord.v1.LeaveSessionResponse
+	(*GetSessionRequest)(nil),               // 31: agentcoord.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),              // 32: agentcoord.v1.GetSessionResponse
+	(*ListSessionsRequest)(nil),             // 33: agentcoord.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),            // 34: agentcoord.v1.ListSessionsResponse
+	(*SharedContextItem)(nil),               // 35: agentcoord.v1.SharedContextItem
+	(*ShareContextRequest)(nil),             // 36: agentcoord.v1.ShareContextRequest
+	(*ShareContextResponse)(nil),            // 37: agentcoord.v1.ShareContextResponse
+	(*GetSharedContextRequest)(nil),         // 38: agentcoord.v1.GetSharedContextRequest
+	(*GetSharedContextResponse)(nil),        // 39: agentcoord.v1.GetSharedContextResponse
+	(*CollaborationState)(nil),              // 40: agentcoord.v1.CollaborationState
+	(*CollaborationStateRecord)(nil),        // 41: agentcoord.v1.CollaborationStateRecord
+	(*SaveCollaborationStateRequest)(nil),   // 42: agentcoord.v1.SaveCollaborationStateRequest
+	(*SaveCollaborationStateResponse)(nil),  // 43: agentcoord.v1.SaveCollaborationStateResponse
+	(*LoadCollaborationStateRequest)(nil),   // 44: agentcoord.v1.LoadCollaborationStateRequest
+	(*LoadCollaborationStateResponse)(nil),  // 45: agentcoord.v1.LoadCollaborationStateResponse
+	(*ListCollaborationStatesRequest)(nil),  // 46: agentcoord.v1.ListCollaborationStatesRequest
+	(*ListCollaborationStatesResponse)(nil), // 47: agentcoord.v1.ListCollaborationStatesResponse
+	(*structpb.Value)(nil),                  // 48: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),           // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),             // 50: google.protobuf.Duration
+	(*structpb.Struct)(nil),                 // 51: google.protobuf.Struct
 }
 var file_agentcoord_v1_memory_proto_depIdxs = []int32{
-	42, // 0: agentcoord.v1.MemoryEntry.value:type_name -> google.protobuf.Value
-	43, // 1: agentcoord.v1.MemoryEntry.stash_time:type_name -> google.protobuf.Timestamp
-	43, // 2: agentcoord.v1.MemoryEntry.expire_time:type_name -> google.protobuf.Timestamp
-	42, // 3: agentcoord.v1.StashRequest.value:type_name -> google.protobuf.Value
+	48, // 0: agentcoord.v1.MemoryEntry.value:type_name -> google.protobuf.Value
+	49, // 1: agentcoord.v1.MemoryEntry.stash_time:type_name -> google.protobuf.Timestamp
+	49, // 2: agentcoord.v1.MemoryEntry.expire_time:type_name -> google.protobuf.Timestamp
+	48, // 3: agentcoord.v1.StashRequest.value:type_name -> google.protobuf.Value
 	0,  // 4: agentcoord.v1.StashRequest.ttl_strategy:type_name -> agentcoord.v1.TtlStrategy
-	44, // 5: agentcoord.v1.StashRequest.ttl_duration:type_name -> google.protobuf.Duration
-	1,  // 6: agentcoord.v1.StashResponse.entry:type_name -> agentcoord.v1.MemoryEntry
-	1,  // 7: agentcoord.v1.RetrieveResponse.entry:type_name -> agentcoord.v1.MemoryEntry
-	42, // 8: agentcoord.v1.StashItem.value:type_name -> google.protobuf.Value
+	50, // 5: agentcoord.v1.StashRequest.ttl_duration:type_name -> google.protobuf.Duration
+	2,  // 6: agentcoord.v1.StashResponse.entry:type_name -> agentcoord.v1.MemoryEntry
+	2,  // 7: agentcoord.v1.RetrieveResponse.entry:type_name -> agentcoord.v1.MemoryEntry
+	48, // 8: agentcoord.v1.StashItem.value:type_name -> google.protobuf.Value
 	0,  // 9: agentcoord.v1.StashItem.ttl_strategy:type_name -> agentcoord.v1.TtlStrategy
-	44, // 10: agentcoord.v1.StashItem.ttl_duration:type_name -> google.protobuf.Duration
-	6,  // 11: agentcoord.v1.BatchStashRequest.items:type_name -> agentcoord.v1.StashItem
-	1,  // 12: agentcoord.v1.BatchStashResponse.entries:type_name -> agentcoord.v1.MemoryEntry
-	1,  // 13: agentcoord.v1.RetrieveResult.entry:type_name -> agentcoord.v1.MemoryEntry
-	10, // 14: agentcoord.v1.BatchRetrieveResponse.results:type_name -> agentcoord.v1.RetrieveResult
-	1,  // 15: agentcoord.v1.ListEntriesResponse.entries:type_name -> agentcoord.v1.MemoryEntry
-	45, // 16: agentcoord.v1.Session.metadata:type_name -> google.protobuf.Struct
-	43, // 17: agentcoord.v1.Session.create_time:type_name -> google.protobuf.Timestamp
-	43, // 18: agentcoord.v1.Session.expire_time:type_name -> google.protobuf.Timestamp
-	45, // 19: agentcoord.v1.CreateSessionRequest.metadata:type_name -> google.protobuf.Struct
-	18, // 20: agentcoord.v1.CreateSessionResponse.session:type_name -> agentcoord.v1.Session
-	18, // 21: agentcoord.v1.JoinSessionResponse.session:type_name -> agentcoord.v1.Session
-	18, // 22: agentcoord.v1.LeaveSessionResponse.session:type_name -> agentcoord.v1.Session
-	18, // 23: agentcoord.v1.GetSessionResponse.session:type_name -> agentcoord.v1.Session
-	18, // 24: agentcoord.v1.ListSessionsResponse.sessions:type_name -> agentcoord.v1.Session
-	42, // 25: agentcoord.v1.SharedContextItem.value:type_name -> google.protobuf.Value
-	43, // 26: agentcoord.v1.SharedContextItem.share_time:type_name -> google.protobuf.Timestamp
-	42, // 27: agentcoord.v1.ShareContextRequest.value:type_name -> google.protobuf.Value
-	29, // 28: agentcoord.v1.ShareContextResponse.item:type_name -> agentcoord.v1.SharedContextItem
-	29, // 29: agentcoord.v1.GetSharedContextResponse.items:type_name -> agentcoord.v1.SharedContextItem
-	43, // 30: agentcoord.v1.CollaborationState.session_start:type_name -> google.protobuf.Timestamp
-	45, // 31: agentcoord.v1.CollaborationState.extra:type_name -> google.protobuf.Struct
-	34, // 32: agentcoord.v1.CollaborationStateRecord.state:type_name -> agentcoord.v1.CollaborationState
-	43, // 33: agentcoord.v1.CollaborationStateRecord.update_time:type_name -> google.protobuf.Timestamp
-	34, // 34: agentcoord.v1.SaveCollaborationStateRequest.state:type_name -> agentcoord.v1.CollaborationState
-	43, // 35: agentcoord.v1.SaveCollaborationStateResponse.update_time:type_name -> google.protobuf.Timestamp
-	35, // 36: agentcoord.v1.LoadCollaborationStateResponse.record:type_name -> agentcoord.v1.CollaborationStateRecord
-	35, // 37: agentcoord.v1.ListCollaborationStatesResponse.records:type_name -> agentcoord.v1.CollaborationStateRecord
-	2,  // 38: agentcoord.v1.MemoryService.Stash:input_type -> agentcoord.v1.StashRequest
-	4,  // 39: agentcoord.v1.MemoryService.Retrieve:input_type -> agentcoord.v1.RetrieveRequest
-	7,  // 40: agentcoord.v1.MemoryService.BatchStash:input_type -> agentcoord.v1.BatchStashRequest
-	9,  // 41: agentcoord.v1.MemoryService.BatchRetrieve:input_type -> agentcoord.v1.BatchRetrieveRequest
-	12, // 42: agentcoord.v1.MemoryService.DeleteEntry:input_type -> agentcoord.v1.DeleteEntryRequest
-	14, // 43: agentcoord.v1.MemoryService.ClearWorkingMemory:input_type -> agentcoord.v1.ClearWorkingMemoryRequest
-	16, // 44: agentcoord.v1.MemoryService.ListEntries:input_type -> agentcoord.v1.ListEntriesRequest
-	19, // 45: agentcoord.v1.MemoryService.CreateSession:input_type -> agentcoord.v1.CreateSessionRequest
-	21, // 46: agentcoord.v1.MemoryService.JoinSession:input_type -> agentcoord.v1.JoinSessionRequest
-	23, // 47: agentcoord.v1.MemoryService.LeaveSession:input_type -> agentcoord.v1.LeaveSessionRequest
-	25, // 48: agentcoord.v1.MemoryService.GetSession:input_type -> agentcoord.v1.GetSessionRequest
-	27, // 49: agentcoord.v1.MemoryService.ListSessions:input_type -> agentcoord.v1.ListSessionsRequest
-	30, // 50: agentcoord.v1.MemoryService.ShareContext:input_type -> agentcoord.v1.ShareContextRequest
-	32, // 51: agentcoord.v1.MemoryService.GetSharedContext:input_type -> agentcoord.v1.GetSharedContextRequest
-	36, // 52: agentcoord.v1.MemoryService.SaveCollaborationState:input_type -> agentcoord.v1.SaveCollaborationStateRequest
-	38, // 53: agentcoord.v1.MemoryService.LoadCollaborationState:input_type -> agentcoord.v1.LoadCollaborationStateRequest
-	40, // 54: agentcoord.v1.MemoryService.ListCollaborationStates:input_type -> agentcoord.v1.ListCollaborationStatesRequest
-	3,  // 55: agentcoord.v1.MemoryService.Stash:output_type -> agentcoord.v1.StashResponse
-	5,  // 56: agentcoord.v1.MemoryService.Retrieve:output_type -> agentcoord.v1.RetrieveResponse
-	8,  // 57: agentcoord.v1.MemoryService.BatchStash:output_type -> agentcoord.v1.BatchStashResponse
-	11, // 58: agentcoord.v1.MemoryService.BatchRetrieve:output_type -> agentcoord.v1.BatchRetrieveResponse
-	13, // 59: agentcoord.v1.MemoryService.DeleteEntry:output_type -> agentcoord.v1.DeleteEntryResponse
-	15, // 60: agentcoord.v1.MemoryService.ClearWorkingMemory:output_type -> agentcoord.v1.ClearWorkingMemoryResponse
-	17, // 61: agentcoord.v1.MemoryService.ListEntries:output_type -> agentcoord.v1.ListEntriesResponse
-	20, // 62: agentcoord.v1.MemoryService.CreateSession:output_type -> agentcoord.v1.CreateSessionResponse
-	22, // 63: agentcoord.v1.MemoryService.JoinSession:output_type -> agentcoord.v1.JoinSessionResponse
-	24, // 64: agentcoord.v1.MemoryService.LeaveSession:output_type -> agentcoord.v1.LeaveSessionResponse
-	26, // 65: agentcoord.v1.MemoryService.GetSession:output_type -> agentcoord.v1.GetSessionResponse
-	28, // 66: agentcoord.v1.MemoryService.ListSessions:output_type -> agentcoord.v1.ListSessionsResponse
-	31, // 67: agentcoord.v1.MemoryService.ShareContext:output_type -> agentcoord.v1.ShareContextResponse
-	33, // 68: agentcoord.v1.MemoryService.GetSharedContext:output_type -> agentcoord.v1.GetSharedContextResponse
-	37, // 69: agentcoord.v1.MemoryService.SaveCollaborationState:output_type -> agentcoord.v1.SaveCollaborationStateResponse
-	39, // 70: agentcoord.v1.MemoryService.LoadCollaborationState:output_type -> agentcoord.v1.LoadCollaborationStateResponse
-	41, // 71: agentcoord.v1.MemoryService.ListCollaborationStates:output_type -> agentcoord.v1.ListCollaborationStatesResponse
-	55, // [55:72] is the sub-list for method output_type
-	38, // [38:55] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	50, // 10: agentcoord.v1.StashItem.ttl_duration:type_name -> google.protobuf.Duration
+	7,  // 11: agentcoord.v1.BatchStashRequest.items:type_name -> agentcoord.v1.StashItem
+	2,  // 12: agentcoord.v1.BatchStashResponse.entries:type_name -> agentcoord.v1.MemoryEntry
+	2,  // 13: agentcoord.v1.RetrieveResult.entry:type_name -> agentcoord.v1.MemoryEntry
+	11, // 14: agentcoord.v1.BatchRetrieveResponse.results:type_name -> agentcoord.v1.RetrieveResult
+	0,  // 15: agentcoord.v1.TouchEntryRequest.ttl_strategy:type_name -> agentcoord.v1.TtlStrategy
+	50, // 16: agentcoord.v1.TouchEntryRequest.ttl_duration:type_name -> google.protobuf.Duration
+	2,  // 17: agentcoord.v1.TouchEntryResponse.entry:type_name -> agentcoord.v1.MemoryEntry
+	1,  // 18: agentcoord.v1.EntryEvent.type:type_name -> agentcoord.v1.EntryEventType
+	49, // 19: agentcoord.v1.EntryEvent.event_time:type_name -> google.protobuf.Timestamp
+	2,  // 20: agentcoord.v1.EntryEvent.entry:type_name -> agentcoord.v1.MemoryEntry
+	48, // 21: agentcoord.v1.EntryEvent.value:type_name -> google.protobuf.Value
+	17, // 22: agentcoord.v1.WatchEntriesResponse.events:type_name -> agentcoord.v1.EntryEvent
+	2,  // 23: agentcoord.v1.ListEntriesResponse.entries:type_name -> agentcoord.v1.MemoryEntry
+	51, // 24: agentcoord.v1.Session.metadata:type_name -> google.protobuf.Struct
+	49, // 25: agentcoord.v1.Session.create_time:type_name -> google.protobuf.Timestamp
+	49, // 26: agentcoord.v1.Session.expire_time:type_name -> google.protobuf.Timestamp
+	51, // 27: agentcoord.v1.CreateSessionRequest.metadata:type_name -> google.protobuf.Struct
+	24, // 28: agentcoord.v1.CreateSessionResponse.session:type_name -> agentcoord.v1.Session
+	24, // 29: agentcoord.v1.JoinSessionResponse.session:type_name -> agentcoord.v1.Session
+	24, // 30: agentcoord.v1.LeaveSessionResponse.session:type_name -> agentcoord.v1.Session
+	24, // 31: agentcoord.v1.GetSessionResponse.session:type_name -> agentcoord.v1.Session
+	24, // 32: agentcoord.v1.ListSessionsResponse.sessions:type_name -> agentcoord.v1.Session
+	48, // 33: agentcoord.v1.SharedContextItem.value:type_name -> google.protobuf.Value
+	49, // 34: agentcoord.v1.SharedContextItem.share_time:type_name -> google.protobuf.Timestamp
+	48, // 35: agentcoord.v1.ShareContextRequest.value:type_name -> google.protobuf.Value
+	35, // 36: agentcoord.v1.ShareContextResponse.item:type_name -> agentcoord.v1.SharedContextItem
+	35, // 37: agentcoord.v1.GetSharedContextResponse.items:type_name -> agentcoord.v1.SharedContextItem
+	49, // 38: agentcoord.v1.CollaborationState.session_start:type_name -> google.protobuf.Timestamp
+	51, // 39: agentcoord.v1.CollaborationState.extra:type_name -> google.protobuf.Struct
+	40, // 40: agentcoord.v1.CollaborationStateRecord.state:type_name -> agentcoord.v1.CollaborationState
+	49, // 41: agentcoord.v1.CollaborationStateRecord.update_time:type_name -> google.protobuf.Timestamp
+	40, // 42: agentcoord.v1.SaveCollaborationStateRequest.state:type_name -> agentcoord.v1.CollaborationState
+	49, // 43: agentcoord.v1.SaveCollaborationStateResponse.update_time:type_name -> google.protobuf.Timestamp
+	41, // 44: agentcoord.v1.LoadCollaborationStateResponse.record:type_name -> agentcoord.v1.CollaborationStateRecord
+	41, // 45: agentcoord.v1.ListCollaborationStatesResponse.records:type_name -> agentcoord.v1.CollaborationStateRecord
+	3,  // 46: agentcoord.v1.MemoryService.Stash:input_type -> agentcoord.v1.StashRequest
+	5,  // 47: agentcoord.v1.MemoryService.Retrieve:input_type -> agentcoord.v1.RetrieveRequest
+	8,  // 48: agentcoord.v1.MemoryService.BatchStash:input_type -> agentcoord.v1.BatchStashRequest
+	10, // 49: agentcoord.v1.MemoryService.BatchRetrieve:input_type -> agentcoord.v1.BatchRetrieveRequest
+	13, // 50: agentcoord.v1.MemoryService.DeleteEntry:input_type -> agentcoord.v1.DeleteEntryRequest
+	20, // 51: agentcoord.v1.MemoryService.ClearWorkingMemory:input_type -> agentcoord.v1.ClearWorkingMemoryRequest
+	22, // 52: agentcoord.v1.MemoryService.ListEntries:input_type -> agentcoord.v1.ListEntriesRequest
+	25, // 53: agentcoord.v1.MemoryService.CreateSession:input_type -> agentcoord.v1.CreateSessionRequest
+	27, // 54: agentcoord.v1.MemoryService.JoinSession:input_type -> agentcoord.v1.JoinSessionRequest
+	29, // 55: agentcoord.v1.MemoryService.LeaveSession:input_type -> agentcoord.v1.LeaveSessionRequest
+	31, // 56: agentcoord.v1.MemoryService.GetSession:input_type -> agentcoord.v1.GetSessionRequest
+	15, // 57: agentcoord.v1.MemoryService.TouchEntry:input_type -> agentcoord.v1.TouchEntryRequest
+	18, // 58: agentcoord.v1.MemoryService.WatchEntries:input_type -> agentcoord.v1.WatchEntriesRequest
+	33, // 59: agentcoord.v1.MemoryService.ListSessions:input_type -> agentcoord.v1.ListSessionsRequest
+	36, // 60: agentcoord.v1.MemoryService.ShareContext:input_type -> agentcoord.v1.ShareContextRequest
+	38, // 61: agentcoord.v1.MemoryService.GetSharedContext:input_type -> agentcoord.v1.GetSharedContextRequest
+	42, // 62: agentcoord.v1.MemoryService.SaveCollaborationState:input_type -> agentcoord.v1.SaveCollaborationStateRequest
+	44, // 63: agentcoord.v1.MemoryService.LoadCollaborationState:input_type -> agentcoord.v1.LoadCollaborationStateRequest
+	46, // 64: agentcoord.v1.MemoryService.ListCollaborationStates:input_type -> agentcoord.v1.ListCollaborationStatesRequest
+	4,  // 65: agentcoord.v1.MemoryService.Stash:output_type -> agentcoord.v1.StashResponse
+	6,  // 66: agentcoord.v1.MemoryService.Retrieve:output_type -> agentcoord.v1.RetrieveResponse
+	9,  // 67: agentcoord.v1.MemoryService.BatchStash:output_type -> agentcoord.v1.BatchStashResponse
+	12, // 68: agentcoord.v1.MemoryService.BatchRetrieve:output_type -> agentcoord.v1.BatchRetrieveResponse
+	14, // 69: agentcoord.v1.MemoryService.DeleteEntry:output_type -> agentcoord.v1.DeleteEntryResponse
+	21, // 70: agentcoord.v1.MemoryService.ClearWorkingMemory:output_type -> agentcoord.v1.ClearWorkingMemoryResponse
+	23, // 71: agentcoord.v1.MemoryService.ListEntries:output_type -> agentcoord.v1.ListEntriesResponse
+	26, // 72: agentcoord.v1.MemoryService.CreateSession:output_type -> agentcoord.v1.CreateSessionResponse
+	28, // 73: agentcoord.v1.MemoryService.JoinSession:output_type -> agentcoord.v1.JoinSessionResponse
+	30, // 74: agentcoord.v1.MemoryService.LeaveSession:output_type -> agentcoord.v1.LeaveSessionResponse
+	32, // 75: agentcoord.v1.MemoryService.GetSession:output_type -> agentcoord.v1.GetSessionResponse
+	16, // 76: agentcoord.v1.MemoryService.TouchEntry:output_type -> agentcoord.v1.TouchEntryResponse
+	19, // 77: agentcoord.v1.MemoryService.WatchEntries:output_type -> agentcoord.v1.WatchEntriesResponse
+	34, // 78: agentcoord.v1.MemoryService.ListSessions:output_type -> agentcoord.v1.ListSessionsResponse
+	37, // 79: agentcoord.v1.MemoryService.ShareContext:output_type -> agentcoord.v1.ShareContextResponse
+	39, // 80: agentcoord.v1.MemoryService.GetSharedContext:output_type -> agentcoord.v1.GetSharedContextResponse
+	43, // 81: agentcoord.v1.MemoryService.SaveCollaborationState:output_type -> agentcoord.v1.SaveCollaborationStateResponse
+	45, // 82: agentcoord.v1.MemoryService.LoadCollaborationState:output_type -> agentcoord.v1.LoadCollaborationStateResponse
+	47, // 83: agentcoord.v1.MemoryService.ListCollaborationStates:output_type -> agentcoord.v1.ListCollaborationStatesResponse
+	65, // [65:84] is the sub-list for method output_type
+	46, // [46:65] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_agentcoord_v1_memory_proto_init() }
@@ -2812,14 +3358,19 @@ func file_agentcoord_v1_memory_proto_init() {
 		(*StashItem_TtlStrategy)(nil),
 		(*StashItem_TtlDuration)(nil),
 	}
-	file_agentcoord_v1_memory_proto_msgTypes[35].OneofWrappers = []any{}
+	file_agentcoord_v1_memory_proto_msgTypes[13].OneofWrappers = []any{
+		(*TouchEntryRequest_TtlStrategy)(nil),
+		(*TouchEntryRequest_TtlDuration)(nil),
+	}
+	file_agentcoord_v1_memory_proto_msgTypes[16].OneofWrappers = []any{}
+	file_agentcoord_v1_memory_proto_msgTypes[40].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentcoord_v1_memory_proto_rawDesc), len(file_agentcoord_v1_memory_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   41,
+			NumEnums:      2,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	MemoryService_JoinSession_FullMethodName             = "/agentcoord.v1.MemoryService/JoinSession"
 	MemoryService_LeaveSession_FullMethodName            = "/agentcoord.v1.MemoryService/LeaveSession"
 	MemoryService_GetSession_FullMethodName              = "/agentcoord.v1.MemoryService/GetSession"
+	MemoryService_TouchEntry_FullMethodName              = "/agentcoord.v1.MemoryService/TouchEntry"
+	MemoryService_WatchEntries_FullMethodName            = "/agentcoord.v1.MemoryService/WatchEntries"
 	MemoryService_ListSessions_FullMethodName            = "/agentcoord.v1.MemoryService/ListSessions"
 	MemoryService_ShareContext_FullMethodName            = "/agentcoord.v1.MemoryService/ShareContext"
 	MemoryService_GetSharedContext_FullMethodName        = "/agentcoord.v1.MemoryService/GetSharedContext"
@@ -52,7 +54,11 @@ const (
 type MemoryServiceClient interface {
 	// Stores a value under a key in the caller's working memory. Overwriting a key
 	// replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-	// if the value is larger than the server's value size limit.
+	// if the value is larger than the server's value size limit. With
+	// expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+	// (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+	// NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+	// another write changed it since. A refused stash writes nothing.
 	Stash(ctx context.Context, in *StashRequest, opts ...grpc.CallOption) (*StashResponse, error)
 	// Reads one entry of any agent in the namespace (default: the caller's own).
 	// NOT_FOUND (ENTRY_NOT_FOUND) when it is missing or expired.
@@ -88,6 +94,24 @@ type MemoryServiceClient interface {
 	// Reads a session: purpose, metadata, creator, participants, times. Does not
 	// refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
+	// Restarts the TTL of one of the caller's own entries without rewriting it: its
+	// value and revision stay, its expire_time moves to now + the TTL (the request's,
+	// else the one it was last stashed with). No watch event. NOT_FOUND
+	// (ENTRY_NOT_FOUND) if it is missing or expired.
+	TouchEntry(ctx context.Context, in *TouchEntryRequest, opts ...grpc.CallOption) (*TouchEntryResponse, error)
+	// Streams the changes to working-memory entries (of one owner, or of every owner
+	// of the namespace, optionally under a key prefix) or to a session's shared
+	// context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+	// Starts after after_revision (catch-up from the namespace's event history, then
+	// live, with no gap and no duplicate) or, unset, at the current revision.
+	// OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+	// kept (the history holds the latest `--memory-history` events of a namespace):
+	// re-read the entries, then watch from the revision they carry. Idle streams get
+	// progress responses (events empty, revision moved on). A watcher that falls
+	// `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+	// (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+	// needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
+	WatchEntries(ctx context.Context, in *WatchEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEntriesResponse], error)
 	// Lists the namespace's live sessions in id order.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// Stores a value under a key in a session's shared context (participants only)
@@ -233,6 +257,35 @@ func (c *memoryServiceClient) GetSession(ctx context.Context, in *GetSessionRequ
 	return out, nil
 }
 
+func (c *memoryServiceClient) TouchEntry(ctx context.Context, in *TouchEntryRequest, opts ...grpc.CallOption) (*TouchEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TouchEntryResponse)
+	err := c.cc.Invoke(ctx, MemoryService_TouchEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *memoryServiceClient) WatchEntries(ctx context.Context, in *WatchEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEntriesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MemoryService_ServiceDesc.Streams[0], MemoryService_WatchEntries_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEntriesRequest, WatchEntriesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemoryService_WatchEntriesClient = grpc.ServerStreamingClient[WatchEntriesResponse]
+
 func (c *memoryServiceClient) ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListSessionsResponse)
@@ -307,7 +360,11 @@ func (c *memoryServiceClient) ListCollaborationStates(ctx context.Context, in *L
 type MemoryServiceServer interface {
 	// Stores a value under a key in the caller's working memory. Overwriting a key
 	// replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-	// if the value is larger than the server's value size limit.
+	// if the value is larger than the server's value size limit. With
+	// expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+	// (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+	// NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+	// another write changed it since. A refused stash writes nothing.
 	Stash(context.Context, *StashRequest) (*StashResponse, error)
 	// Reads one entry of any agent in the namespace (default: the caller's own).
 	// NOT_FOUND (ENTRY_NOT_FOUND) when it is missing or expired.
@@ -343,6 +400,24 @@ type MemoryServiceServer interface {
 	// Reads a session: purpose, metadata, creator, participants, times. Does not
 	// refresh its TTL. NOT_FOUND (SESSION_NOT_FOUND) if it is missing or expired.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
+	// Restarts the TTL of one of the caller's own entries without rewriting it: its
+	// value and revision stay, its expire_time moves to now + the TTL (the request's,
+	// else the one it was last stashed with). No watch event. NOT_FOUND
+	// (ENTRY_NOT_FOUND) if it is missing or expired.
+	TouchEntry(context.Context, *TouchEntryRequest) (*TouchEntryResponse, error)
+	// Streams the changes to working-memory entries (of one owner, or of every owner
+	// of the namespace, optionally under a key prefix) or to a session's shared
+	// context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+	// Starts after after_revision (catch-up from the namespace's event history, then
+	// live, with no gap and no duplicate) or, unset, at the current revision.
+	// OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+	// kept (the history holds the latest `--memory-history` events of a namespace):
+	// re-read the entries, then watch from the revision they carry. Idle streams get
+	// progress responses (events empty, revision moved on). A watcher that falls
+	// `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+	// (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+	// needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
+	WatchEntries(*WatchEntriesRequest, grpc.ServerStreamingServer[WatchEntriesResponse]) error
 	// Lists the namespace's live sessions in id order.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// Stores a value under a key in a session's shared context (participants only)
@@ -410,6 +485,12 @@ func (UnimplementedMemoryServiceServer) LeaveSession(context.Context, *LeaveSess
 }
 func (UnimplementedMemoryServiceServer) GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSession not implemented")
+}
+func (UnimplementedMemoryServiceServer) TouchEntry(context.Context, *TouchEntryRequest) (*TouchEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TouchEntry not implemented")
+}
+func (UnimplementedMemoryServiceServer) WatchEntries(*WatchEntriesRequest, grpc.ServerStreamingServer[WatchEntriesResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEntries not implemented")
 }
 func (UnimplementedMemoryServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
@@ -648,6 +729,35 @@ func _MemoryService_GetSession_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_TouchEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TouchEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).TouchEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MemoryService_TouchEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).TouchEntry(ctx, req.(*TouchEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MemoryService_WatchEntries_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEntriesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MemoryServiceServer).WatchEntries(m, &grpc.GenericServerStream[WatchEntriesRequest, WatchEntriesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemoryService_WatchEntriesServer = grpc.ServerStreamingServer[WatchEntriesResponse]
+
 func _MemoryService_ListSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListSessionsRequest)
 	if err := dec(in); err != nil {
@@ -808,6 +918,10 @@ var MemoryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _MemoryService_GetSession_Handler,
 		},
 		{
+			MethodName: "TouchEntry",
+			Handler:    _MemoryService_TouchEntry_Handler,
+		},
+		{
 			MethodName: "ListSessions",
 			Handler:    _MemoryService_ListSessions_Handler,
 		},
@@ -832,6 +946,12 @@ var MemoryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _MemoryService_ListCollaborationStates_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEntries",
+			Handler:       _MemoryService_WatchEntries_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "agentcoord/v1/memory.proto",
 }

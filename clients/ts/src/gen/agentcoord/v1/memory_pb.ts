@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentcoord/v1/memory.proto.
  */
 export const file_agentcoord_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("ChphZ2VudGNvb3JkL3YxL21lbW9yeS5wcm90bxINYWdlbnRjb29yZC52MSLFAQoLTWVtb3J5RW50cnkSCwoDa2V5GAEgASgJEg0KBW93bmVyGAIgASgJEiUKBXZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi4KCnN0YXNoX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzaXplX2J5dGVzGAYgASgDIrABCgxTdGFzaFJlcXVlc3QSCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjIKDHR0bF9zdHJhdGVneRgDIAEoDjIaLmFnZW50Y29vcmQudjEuVHRsU3RyYXRlZ3lIABIxCgx0dGxfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IAEIFCgN0dGwiOgoNU3Rhc2hSZXNwb25zZRIpCgVlbnRyeRgBIAEoCzIaLmFnZW50Y29vcmQudjEuTWVtb3J5RW50cnkiLQoPUmV0cmlldmVSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgVvd25lchgCIAEoCSI9ChBSZXRyaWV2ZVJlc3BvbnNlEikKBWVudHJ5GAEgASgLMhouYWdlbnRjb29yZC52MS5NZW1vcnlFbnRyeSKtAQoJU3Rhc2hJdGVtEgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIyCgx0dGxfc3RyYXRlZ3kYAyABKA4yGi5hZ2VudGNvb3JkLnYxLlR0bFN0cmF0ZWd5SAASMQoMdHRsX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSABCBQoDdHRsIjwKEUJhdGNoU3Rhc2hSZXF1ZXN0EicKBWl0ZW1zGAEgAygLMhguYWdlbnRjb29yZC52MS5TdGFzaEl0ZW0iQQoSQmF0Y2hTdGFzaFJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5hZ2VudGNvb3JkLnYxLk1lbW9yeUVudHJ5IjMKFEJhdGNoUmV0cmlldmVSZXF1ZXN0EgwKBGtleXMYASADKAkSDQoFb3duZXIYAiABKAkiVwoOUmV0cmlldmVSZXN1bHQSCwoDa2V5GAEgASgJEg0KBWZvdW5kGAIgASgIEikKBWVudHJ5GAMgASgLMhouYWdlbnRjb29yZC52MS5NZW1vcnlFbnRyeSJHChVCYXRjaFJldHJpZXZlUmVzcG9uc2USLgoHcmVzdWx0cxgBIAMoCzIdLmFnZW50Y29vcmQudjEuUmV0cmlldmVSZXN1bHQiIQoSRGVsZXRlRW50cnlSZXF1ZXN0EgsKA2tleRgBIAEoCSIVChNEZWxldGVFbnRyeVJlc3BvbnNlIhsKGUNsZWFyV29ya2luZ01lbW9yeVJlcXVlc3QiMwoaQ2xlYXJXb3JraW5nTWVtb3J5UmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAyJeChJMaXN0RW50cmllc1JlcXVlc3QSDQoFb3duZXIYASABKAkSEgoKa2V5X3ByZWZpeBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJbChNMaXN0RW50cmllc1Jlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5hZ2VudGNvb3JkLnYxLk1lbW9yeUVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLlAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3B1cnBvc2UYAiABKAkSKQoIbWV0YWRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhIKCmNyZWF0ZWRfYnkYBCABKAkSFAoMcGFydGljaXBhbnRzGAUgAygJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgdwdXJwb3NlGAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJAChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLmFnZW50Y29vcmQudjEuU2Vzc2lvbiIoChJKb2luU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI+ChNKb2luU2Vzc2lvblJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5hZ2VudGNvb3JkLnYxLlNlc3Npb24iKQoTTGVhdmVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj8KFExlYXZlU2Vzc2lvblJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5hZ2VudGNvb3JkLnYxLlNlc3Npb24iJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI9ChJHZXRTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLmFnZW50Y29vcmQudjEuU2Vzc2lvbiI8ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlkKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEigKCHNlc3Npb25zGAEgAygLMhYuYWdlbnRjb29yZC52MS5TZXNzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKKAQoRU2hhcmVkQ29udGV4dEl0ZW0SCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhEKCXNoYXJlZF9ieRgDIAEoCRIuCgpzaGFyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJdChNTaGFyZUNvbnRleHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSCwoDa2V5GAIgASgJEiUKBXZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIkYKFFNoYXJlQ29udGV4dFJlc3BvbnNlEi4KBGl0ZW0YASABKAsyIC5hZ2VudGNvb3JkLnYxLlNoYXJlZENvbnRleHRJdGVtIjoKF0dldFNoYXJlZENvbnRleHRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSCwoDa2V5GAIgASgJIksKGEdldFNoYXJlZENvbnRleHRSZXNwb25zZRIvCgVpdGVtcxgBIAMoCzIgLmFnZW50Y29vcmQudjEuU2hhcmVkQ29udGV4dEl0ZW0imQIKEkNvbGxhYm9yYXRpb25TdGF0ZRITCgt0cnVzdF9sZXZlbBgBIAEoARIgChhzdWNjZXNzZnVsX2ludGVydmVudGlvbnMYAiABKAMSHAoUZmFpbGVkX2ludGVydmVudGlvbnMYAyABKAMSGgoSdG90YWxfaW50ZXJhY3Rpb25zGAQgASgDEh0KFWN1cnJlbnRfZW1wYXRoeV9sZXZlbBgFIAEoBRIYChB0cnVzdF90cmFqZWN0b3J5GAYgAygBEjEKDXNlc3Npb25fc3RhcnQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBWV4dHJhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCKxAQoYQ29sbGFib3JhdGlvblN0YXRlUmVjb3JkEhIKCnNlc3Npb25faWQYASABKAkSDQoFb3duZXIYAiABKAkSMAoFc3RhdGUYAyABKAsyIS5hZ2VudGNvb3JkLnYxLkNvbGxhYm9yYXRpb25TdGF0ZRIPCgd2ZXJzaW9uGAQgASgDEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKZAQodU2F2ZUNvbGxhYm9yYXRpb25TdGF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIwCgVzdGF0ZRgCIAEoCzIhLmFnZW50Y29vcmQudjEuQ29sbGFib3JhdGlvblN0YXRlEh0KEGV4cGVjdGVkX3ZlcnNpb24YAyABKANIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJiCh5TYXZlQ29sbGFib3JhdGlvblN0YXRlUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoAxIvCgt1cGRhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMwodTG9hZENvbGxhYm9yYXRpb25TdGF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSJZCh5Mb2FkQ29sbGFib3JhdGlvblN0YXRlUmVzcG9uc2USNwoGcmVjb3JkGAEgASgLMicuYWdlbnRjb29yZC52MS5Db2xsYWJvcmF0aW9uU3RhdGVSZWNvcmQiRwoeTGlzdENvbGxhYm9yYXRpb25TdGF0ZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJInQKH0xpc3RDb2xsYWJvcmF0aW9uU3RhdGVzUmVzcG9uc2USOAoHcmVjb3JkcxgBIAMoCzInLmFnZW50Y29vcmQudjEuQ29sbGFib3JhdGlvblN0YXRlUmVjb3JkEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSriAQoLVHRsU3RyYXRlZ3kSHAoYVFRMX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASIAocVFRMX1NUUkFURUdZX1dPUktJTkdfUkVTVUxUUxABEiAKHFRUTF9TVFJBVEVHWV9TVEFHRURfUEFUVEVSTlMQAhIdChlUVExfU1RSQVRFR1lfQ09PUkRJTkFUSU9OEAMSIQodVFRMX1NUUkFURUdZX0NPTkZMSUNUX0NPTlRFWFQQBBIYChRUVExfU1RSQVRFR1lfU0VTU0lPThAFEhUKEVRUTF9TVFJBVEVHWV9UQVNLEAYyqQ0KDU1lbW9yeVNlcnZpY2USSAoFU3Rhc2gSGy5hZ2VudGNvb3JkLnYxLlN0YXNoUmVxdWVzdBocLmFnZW50Y29vcmQudjEuU3Rhc2hSZXNwb25zZSIEiLUYAhJRCghSZXRyaWV2ZRIeLmFnZW50Y29vcmQudjEuUmV0cmlldmVSZXF1ZXN0Gh8uYWdlbnRjb29yZC52MS5SZXRyaWV2ZVJlc3BvbnNlIgSItRgBElcKCkJhdGNoU3Rhc2gSIC5hZ2VudGNvb3JkLnYxLkJhdGNoU3Rhc2hSZXF1ZXN0GiEuYWdlbnRjb29yZC52MS5CYXRjaFN0YXNoUmVzcG9uc2UiBIi1GAISYAoNQmF0Y2hSZXRyaWV2ZRIjLmFnZW50Y29vcmQudjEuQmF0Y2hSZXRyaWV2ZVJlcXVlc3QaJC5hZ2VudGNvb3JkLnYxLkJhdGNoUmV0cmlldmVSZXNwb25zZSIEiLUYARJaCgtEZWxldGVFbnRyeRIhLmFnZW50Y29vcmQudjEuRGVsZXRlRW50cnlSZXF1ZXN0GiIuYWdlbnRjb29yZC52MS5EZWxldGVFbnRyeVJlc3BvbnNlIgSItRgCEm8KEkNsZWFyV29ya2luZ01lbW9yeRIoLmFnZW50Y29vcmQudjEuQ2xlYXJXb3JraW5nTWVtb3J5UmVxdWVzdBopLmFnZW50Y29vcmQudjEuQ2xlYXJXb3JraW5nTWVtb3J5UmVzcG9uc2UiBIi1GAISWgoLTGlzdEVudHJpZXMSIS5hZ2VudGNvb3JkLnYxLkxpc3RFbnRyaWVzUmVxdWVzdBoiLmFnZW50Y29vcmQudjEuTGlzdEVudHJpZXNSZXNwb25zZSIEiLUYARJgCg1DcmVhdGVTZXNzaW9uEiMuYWdlbnRjb29yZC52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBokLmFnZW50Y29vcmQudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlIgSItRgCEloKC0pvaW5TZXNzaW9uEiEuYWdlbnRjb29yZC52MS5Kb2luU2Vzc2lvblJlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLkpvaW5TZXNzaW9uUmVzcG9uc2UiBIi1GAISXQoMTGVhdmVTZXNzaW9uEiIuYWdlbnRjb29yZC52MS5MZWF2ZVNlc3Npb25SZXF1ZXN0GiMuYWdlbnRjb29yZC52MS5MZWF2ZVNlc3Npb25SZXNwb25zZSIEiLUYAhJXCgpHZXRTZXNzaW9uEiAuYWdlbnRjb29yZC52MS5HZXRTZXNzaW9uUmVxdWVzdBohLmFnZW50Y29vcmQudjEuR2V0U2Vzc2lvblJlc3BvbnNlIgSItRgBEl0KDExpc3RTZXNzaW9ucxIiLmFnZW50Y29vcmQudjEuTGlzdFNlc3Npb25zUmVxdWVzdBojLmFnZW50Y29vcmQudjEuTGlzdFNlc3Npb25zUmVzcG9uc2UiBIi1GAESXQoMU2hhcmVDb250ZXh0EiIuYWdlbnRjb29yZC52MS5TaGFyZUNvbnRleHRSZXF1ZXN0GiMuYWdlbnRjb29yZC52MS5TaGFyZUNvbnRleHRSZXNwb25zZSIEiLUYAhJpChBHZXRTaGFyZWRDb250ZXh0EiYuYWdlbnRjb29yZC52MS5HZXRTaGFyZWRDb250ZXh0UmVxdWVzdBonLmFnZW50Y29vcmQudjEuR2V0U2hhcmVkQ29udGV4dFJlc3BvbnNlIgSItRgCEnsKFlNhdmVDb2xsYWJvcmF0aW9uU3RhdGUSLC5hZ2VudGNvb3JkLnYxLlNhdmVDb2xsYWJvcmF0aW9uU3RhdGVSZXF1ZXN0Gi0uYWdlbnRjb29yZC52MS5TYXZlQ29sbGFib3JhdGlvblN0YXRlUmVzcG9uc2UiBIi1GAISewoWTG9hZENvbGxhYm9yYXRpb25TdGF0ZRIsLmFnZW50Y29vcmQudjEuTG9hZENvbGxhYm9yYXRpb25TdGF0ZVJlcXVlc3QaLS5hZ2VudGNvb3JkLnYxLkxvYWRDb2xsYWJvcmF0aW9uU3RhdGVSZXNwb25zZSIEiLUYARJ+ChdMaXN0Q29sbGFib3JhdGlvblN0YXRlcxItLmFnZW50Y29vcmQudjEuTGlzdENvbGxhYm9yYXRpb25TdGF0ZXNSZXF1ZXN0Gi4uYWdlbnRjb29yZC52MS5MaXN0Q29sbGFib3JhdGlvblN0YXRlc1Jlc3BvbnNlIgSItRgBQkxaSmdpdGh1Yi5jb20vYWdlbnRjb29yZC9hZ2VudGNvb3JkL2NsaWVudHMvZ28vZ2VuL2FnZW50Y29vcmQvdjE7YWdlbnRjb29yZHYxYgZwcm90bzM", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChphZ2VudGNvb3JkL3YxL21lbW9yeS5wcm90bxINYWdlbnRjb29yZC52MSLXAQoLTWVtb3J5RW50cnkSCwoDa2V5GAEgASgJEg0KBW93bmVyGAIgASgJEiUKBXZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEi4KCnN0YXNoX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzaXplX2J5dGVzGAYgASgDEhAKCHJldmlzaW9uGAcgASgDIuYBCgxTdGFzaFJlcXVlc3QSCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEjIKDHR0bF9zdHJhdGVneRgDIAEoDjIaLmFnZW50Y29vcmQudjEuVHRsU3RyYXRlZ3lIABIxCgx0dGxfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIeChFleHBlY3RlZF9yZXZpc2lvbhgFIAEoA0gBiAEBQgUKA3R0bEIUChJfZXhwZWN0ZWRfcmV2aXNpb24iOgoNU3Rhc2hSZXNwb25zZRIpCgVlbnRyeRgBIAEoCzIaLmFnZW50Y29vcmQudjEuTWVtb3J5RW50cnkiLQoPUmV0cmlldmVSZXF1ZXN0EgsKA2tleRgBIAEoCRINCgVvd25lchgCIAEoCSI9ChBSZXRyaWV2ZVJlc3BvbnNlEikKBWVudHJ5GAEgASgLMhouYWdlbnRjb29yZC52MS5NZW1vcnlFbnRyeSKtAQoJU3Rhc2hJdGVtEgsKA2tleRgBIAEoCRIlCgV2YWx1ZRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIyCgx0dGxfc3RyYXRlZ3kYAyABKA4yGi5hZ2VudGNvb3JkLnYxLlR0bFN0cmF0ZWd5SAASMQoMdHRsX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSABCBQoDdHRsIjwKEUJhdGNoU3Rhc2hSZXF1ZXN0EicKBWl0ZW1zGAEgAygLMhguYWdlbnRjb29yZC52MS5TdGFzaEl0ZW0iQQoSQmF0Y2hTdGFzaFJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5hZ2VudGNvb3JkLnYxLk1lbW9yeUVudHJ5IjMKFEJhdGNoUmV0cmlldmVSZXF1ZXN0EgwKBGtleXMYASADKAkSDQoFb3duZXIYAiABKAkiVwoOUmV0cmlldmVSZXN1bHQSCwoDa2V5GAEgASgJEg0KBWZvdW5kGAIgASgIEikKBWVudHJ5GAMgASgLMhouYWdlbnRjb29yZC52MS5NZW1vcnlFbnRyeSJHChVCYXRjaFJldHJpZXZlUmVzcG9uc2USLgoHcmVzdWx0cxgBIAMoCzIdLmFnZW50Y29vcmQudjEuUmV0cmlldmVSZXN1bHQiIQoSRGVsZXRlRW50cnlSZXF1ZXN0EgsKA2tleRgBIAEoCSIVChNEZWxldGVFbnRyeVJlc3BvbnNlIo4BChFUb3VjaEVudHJ5UmVxdWVzdBILCgNrZXkYASABKAkSMgoMdHRsX3N0cmF0ZWd5GAIgASgOMhouYWdlbnRjb29yZC52MS5UdGxTdHJhdGVneUgAEjEKDHR0bF9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAQgUKA3R0bCI/ChJUb3VjaEVudHJ5UmVzcG9uc2USKQoFZW50cnkYASABKAsyGi5hZ2VudGNvb3JkLnYxLk1lbW9yeUVudHJ5Iv0BCgpFbnRyeUV2ZW50EisKBHR5cGUYASABKA4yHS5hZ2VudGNvb3JkLnYxLkVudHJ5RXZlbnRUeXBlEhAKCHJldmlzaW9uGAIgASgDEg0KBW93bmVyGAMgASgJEgsKA2tleRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEi4KCmV2ZW50X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBWVudHJ5GAcgASgLMhouYWdlbnRjb29yZC52MS5NZW1vcnlFbnRyeRIlCgV2YWx1ZRgIIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSKoAQoTV2F0Y2hFbnRyaWVzUmVxdWVzdBINCgVvd25lchgBIAEoCRISCgphbGxfb3duZXJzGAIgASgIEhIKCmtleV9wcmVmaXgYAyABKAkSEgoKc2Vzc2lvbl9pZBgEIAEoCRIbCg5hZnRlcl9yZXZpc2lvbhgFIAEoA0gAiAEBEhYKDmluY2x1ZGVfdmFsdWVzGAYgASgIQhEKD19hZnRlcl9yZXZpc2lvbiJTChRXYXRjaEVudHJpZXNSZXNwb25zZRIpCgZldmVudHMYASADKAsyGS5hZ2VudGNvb3JkLnYxLkVudHJ5RXZlbnQSEAoIcmV2aXNpb24YAiABKAMiGwoZQ2xlYXJXb3JraW5nTWVtb3J5UmVxdWVzdCIzChpDbGVhcldvcmtpbmdNZW1vcnlSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgDIl4KEkxpc3RFbnRyaWVzUmVxdWVzdBINCgVvd25lchgBIAEoCRISCgprZXlfcHJlZml4GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlsKE0xpc3RFbnRyaWVzUmVzcG9uc2USKwoHZW50cmllcxgBIAMoCzIaLmFnZW50Y29vcmQudjEuTWVtb3J5RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuUBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHcHVycG9zZRgCIAEoCRIpCghtZXRhZGF0YRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKY3JlYXRlZF9ieRgEIAEoCRIUCgxwYXJ0aWNpcGFudHMYBSADKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChRDcmVhdGVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB3B1cnBvc2UYAiABKAkSKQoIbWV0YWRhdGEYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IkAKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuYWdlbnRjb29yZC52MS5TZXNzaW9uIigKEkpvaW5TZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj4KE0pvaW5TZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLmFnZW50Y29vcmQudjEuU2Vzc2lvbiIpChNMZWF2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiPwoUTGVhdmVTZXNzaW9uUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLmFnZW50Y29vcmQudjEuU2Vzc2lvbiInChFHZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIj0KEkdldFNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuYWdlbnRjb29yZC52MS5TZXNzaW9uIjwKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKAoIc2Vzc2lvbnMYASADKAsyFi5hZ2VudGNvb3JkLnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIooBChFTaGFyZWRDb250ZXh0SXRlbRILCgNrZXkYASABKAkSJQoFdmFsdWUYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSEQoJc2hhcmVkX2J5GAMgASgJEi4KCnNoYXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KE1NoYXJlQ29udGV4dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgNrZXkYAiABKAkSJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiRgoUU2hhcmVDb250ZXh0UmVzcG9uc2USLgoEaXRlbRgBIAEoCzIgLmFnZW50Y29vcmQudjEuU2hhcmVkQ29udGV4dEl0ZW0iOgoXR2V0U2hhcmVkQ29udGV4dFJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRILCgNrZXkYAiABKAkiSwoYR2V0U2hhcmVkQ29udGV4dFJlc3BvbnNlEi8KBWl0ZW1zGAEgAygLMiAuYWdlbnRjb29yZC52MS5TaGFyZWRDb250ZXh0SXRlbSKZAgoSQ29sbGFib3JhdGlvblN0YXRlEhMKC3RydXN0X2xldmVsGAEgASgBEiAKGHN1Y2Nlc3NmdWxfaW50ZXJ2ZW50aW9ucxgCIAEoAxIcChRmYWlsZWRfaW50ZXJ2ZW50aW9ucxgDIAEoAxIaChJ0b3RhbF9pbnRlcmFjdGlvbnMYBCABKAMSHQoVY3VycmVudF9lbXBhdGh5X2xldmVsGAUgASgFEhgKEHRydXN0X3RyYWplY3RvcnkYBiADKAESMQoNc2Vzc2lvbl9zdGFydBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFZXh0cmEYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IrEBChhDb2xsYWJvcmF0aW9uU3RhdGVSZWNvcmQSEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVvd25lchgCIAEoCRIwCgVzdGF0ZRgDIAEoCzIhLmFnZW50Y29vcmQudjEuQ29sbGFib3JhdGlvblN0YXRlEg8KB3ZlcnNpb24YBCABKAMSLwoLdXBkYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpkBCh1TYXZlQ29sbGFib3JhdGlvblN0YXRlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEjAKBXN0YXRlGAIgASgLMiEuYWdlbnRjb29yZC52MS5Db2xsYWJvcmF0aW9uU3RhdGUSHQoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoA0gAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uImIKHlNhdmVDb2xsYWJvcmF0aW9uU3RhdGVSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgDEi8KC3VwZGF0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIzCh1Mb2FkQ29sbGFib3JhdGlvblN0YXRlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIlkKHkxvYWRDb2xsYWJvcmF0aW9uU3RhdGVSZXNwb25zZRI3CgZyZWNvcmQYASABKAsyJy5hZ2VudGNvb3JkLnYxLkNvbGxhYm9yYXRpb25TdGF0ZVJlY29yZCJHCh5MaXN0Q29sbGFib3JhdGlvblN0YXRlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkidAofTGlzdENvbGxhYm9yYXRpb25TdGF0ZXNSZXNwb25zZRI4CgdyZWNvcmRzGAEgAygLMicuYWdlbnRjb29yZC52MS5Db2xsYWJvcmF0aW9uU3RhdGVSZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKuIBCgtUdGxTdHJhdGVneRIcChhUVExfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABIgChxUVExfU1RSQVRFR1lfV09SS0lOR19SRVNVTFRTEAESIAocVFRMX1NUUkFURUdZX1NUQUdFRF9QQVRURVJOUxACEh0KGVRUTF9TVFJBVEVHWV9DT09SRElOQVRJT04QAxIhCh1UVExfU1RSQVRFR1lfQ09ORkxJQ1RfQ09OVEVYVBAEEhgKFFRUTF9TVFJBVEVHWV9TRVNTSU9OEAUSFQoRVFRMX1NUUkFURUdZX1RBU0sQBiqGAQoORW50cnlFdmVudFR5cGUSIAocRU5UUllfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhgKFEVOVFJZX0VWRU5UX1RZUEVfUFVUEAESGwoXRU5UUllfRVZFTlRfVFlQRV9ERUxFVEUQAhIbChdFTlRSWV9FVkVOVF9UWVBFX0VYUElSRRADMuMOCg1NZW1vcnlTZXJ2aWNlEkgKBVN0YXNoEhsuYWdlbnRjb29yZC52MS5TdGFzaFJlcXVlc3QaHC5hZ2VudGNvb3JkLnYxLlN0YXNoUmVzcG9uc2UiBIi1GAISUQoIUmV0cmlldmUSHi5hZ2VudGNvb3JkLnYxLlJldHJpZXZlUmVxdWVzdBofLmFnZW50Y29vcmQudjEuUmV0cmlldmVSZXNwb25zZSIEiLUYARJXCgpCYXRjaFN0YXNoEiAuYWdlbnRjb29yZC52MS5CYXRjaFN0YXNoUmVxdWVzdBohLmFnZW50Y29vcmQudjEuQmF0Y2hTdGFzaFJlc3BvbnNlIgSItRgCEmAKDUJhdGNoUmV0cmlldmUSIy5hZ2VudGNvb3JkLnYxLkJhdGNoUmV0cmlldmVSZXF1ZXN0GiQuYWdlbnRjb29yZC52MS5CYXRjaFJldHJpZXZlUmVzcG9uc2UiBIi1GAESWgoLRGVsZXRlRW50cnkSIS5hZ2VudGNvb3JkLnYxLkRlbGV0ZUVudHJ5UmVxdWVzdBoiLmFnZW50Y29vcmQudjEuRGVsZXRlRW50cnlSZXNwb25zZSIEiLUYAhJvChJDbGVhcldvcmtpbmdNZW1vcnkSKC5hZ2VudGNvb3JkLnYxLkNsZWFyV29ya2luZ01lbW9yeVJlcXVlc3QaKS5hZ2VudGNvb3JkLnYxLkNsZWFyV29ya2luZ01lbW9yeVJlc3BvbnNlIgSItRgCEloKC0xpc3RFbnRyaWVzEiEuYWdlbnRjb29yZC52MS5MaXN0RW50cmllc1JlcXVlc3QaIi5hZ2VudGNvb3JkLnYxLkxpc3RFbnRyaWVzUmVzcG9uc2UiBIi1GAESYAoNQ3JlYXRlU2Vzc2lvbhIjLmFnZW50Y29vcmQudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaJC5hZ2VudGNvb3JkLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZSIEiLUYAhJaCgtKb2luU2Vzc2lvbhIhLmFnZW50Y29vcmQudjEuSm9pblNlc3Npb25SZXF1ZXN0GiIuYWdlbnRjb29yZC52MS5Kb2luU2Vzc2lvblJlc3BvbnNlIgSItRgCEl0KDExlYXZlU2Vzc2lvbhIiLmFnZW50Y29vcmQudjEuTGVhdmVTZXNzaW9uUmVxdWVzdBojLmFnZW50Y29vcmQudjEuTGVhdmVTZXNzaW9uUmVzcG9uc2UiBIi1GAISVwoKR2V0U2Vzc2lvbhIgLmFnZW50Y29vcmQudjEuR2V0U2Vzc2lvblJlcXVlc3QaIS5hZ2VudGNvb3JkLnYxLkdldFNlc3Npb25SZXNwb25zZSIEiLUYARJXCgpUb3VjaEVudHJ5EiAuYWdlbnRjb29yZC52MS5Ub3VjaEVudHJ5UmVxdWVzdBohLmFnZW50Y29vcmQudjEuVG91Y2hFbnRyeVJlc3BvbnNlIgSItRgCEl8KDFdhdGNoRW50cmllcxIiLmFnZW50Y29vcmQudjEuV2F0Y2hFbnRyaWVzUmVxdWVzdBojLmFnZW50Y29vcmQudjEuV2F0Y2hFbnRyaWVzUmVzcG9uc2UiBIi1GAEwARJdCgxMaXN0U2Vzc2lvbnMSIi5hZ2VudGNvb3JkLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaIy5hZ2VudGNvb3JkLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgSItRgBEl0KDFNoYXJlQ29udGV4dBIiLmFnZW50Y29vcmQudjEuU2hhcmVDb250ZXh0UmVxdWVzdBojLmFnZW50Y29vcmQudjEuU2hhcmVDb250ZXh0UmVzcG9uc2UiBIi1GAISaQoQR2V0U2hhcmVkQ29udGV4dBImLmFnZW50Y29vcmQudjEuR2V0U2hhcmVkQ29udGV4dFJlcXVlc3QaJy5hZ2VudGNvb3JkLnYxLkdldFNoYXJlZENvbnRleHRSZXNwb25zZSIEiLUYAhJ7ChZTYXZlQ29sbGFib3JhdGlvblN0YXRlEiwuYWdlbnRjb29yZC52MS5TYXZlQ29sbGFib3JhdGlvblN0YXRlUmVxdWVzdBotLmFnZW50Y29vcmQudjEuU2F2ZUNvbGxhYm9yYXRpb25TdGF0ZVJlc3BvbnNlIgSItRgCEnsKFkxvYWRDb2xsYWJvcmF0aW9uU3RhdGUSLC5hZ2VudGNvb3JkLnYxLkxvYWRDb2xsYWJvcmF0aW9uU3RhdGVSZXF1ZXN0Gi0uYWdlbnRjb29yZC52MS5Mb2FkQ29sbGFib3JhdGlvblN0YXRlUmVzcG9uc2UiBIi1GAESfgoXTGlzdENvbGxhYm9yYXRpb25TdGF0ZXMSLS5hZ2VudGNvb3JkLnYxLkxpc3RDb2xsYWJvcmF0aW9uU3RhdGVzUmVxdWVzdBouLmFnZW50Y29vcmQudjEuTGlzdENvbGxhYm9yYXRpb25TdGF0ZXNSZXNwb25zZSIEiLUYAUJMWkpnaXRodWIuY29tL2FnZW50Y29vcmQvYWdlbnRjb29yZC9jbGllbnRzL2dvL2dlbi9hZ2VudGNvb3JkL3YxO2FnZW50Y29vcmR2MWIGcHJvdG8z", [file_agentcoord_v1_access, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * MemoryEntry is one working-memory entry.
@@ -63,6 +63,17 @@ export type MemoryEntry = Message<"agentcoord.v1.MemoryEntry"> & {
    * @generated from field: int64 size_bytes = 6;
    */
   sizeBytes: bigint;
+
+  /**
+   * The namespace revision of the entry's last change (stash): a number that only
+   * grows across the namespace's working memory and is never reused. Pass it as
+   * StashRequest.expected_revision to update only this version, or as
+   * WatchEntriesRequest.after_revision to watch what follows. 0 for entries stashed
+   * before revisions existed.
+   *
+   * @generated from field: int64 revision = 7;
+   */
+  revision: bigint;
 };
 
 /**
@@ -113,6 +124,16 @@ export type StashRequest = Message<"agentcoord.v1.StashRequest"> & {
     value: Duration;
     case: "ttlDuration";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * If set, stash only if the entry is at this revision: 0 means it must not exist
+   * (create only; ALREADY_EXISTS ENTRY_EXISTS otherwise), N > 0 that it is live at
+   * revision N (NOT_FOUND ENTRY_NOT_FOUND if missing, ABORTED ENTRY_REVISION_MISMATCH with
+   * ErrorInfo metadata "revision" = the current one otherwise). Unset: always.
+   *
+   * @generated from field: optional int64 expected_revision = 5;
+   */
+  expectedRevision?: bigint | undefined;
 };
 
 /**
@@ -388,6 +409,226 @@ export const DeleteEntryResponseSchema: GenMessage<DeleteEntryResponse> = /*@__P
   messageDesc(file_agentcoord_v1_memory, 12);
 
 /**
+ * @generated from message agentcoord.v1.TouchEntryRequest
+ */
+export type TouchEntryRequest = Message<"agentcoord.v1.TouchEntryRequest"> & {
+  /**
+   * The caller's key whose TTL to restart.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * The new lifetime from now. Neither set: the TTL the entry was last stashed with
+   * (entries stashed before TouchEntry existed: the WORKING_RESULTS strategy's).
+   *
+   * @generated from oneof agentcoord.v1.TouchEntryRequest.ttl
+   */
+  ttl: {
+    /**
+     * A named lifetime from the server's TTL policy.
+     *
+     * @generated from field: agentcoord.v1.TtlStrategy ttl_strategy = 2;
+     */
+    value: TtlStrategy;
+    case: "ttlStrategy";
+  } | {
+    /**
+     * An explicit lifetime: at least 1 millisecond, at most 30 days.
+     *
+     * @generated from field: google.protobuf.Duration ttl_duration = 3;
+     */
+    value: Duration;
+    case: "ttlDuration";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentcoord.v1.TouchEntryRequest.
+ * Use `create(TouchEntryRequestSchema)` to create a new message.
+ */
+export const TouchEntryRequestSchema: GenMessage<TouchEntryRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_memory, 13);
+
+/**
+ * @generated from message agentcoord.v1.TouchEntryResponse
+ */
+export type TouchEntryResponse = Message<"agentcoord.v1.TouchEntryResponse"> & {
+  /**
+   * The entry's metadata after the touch (value unset; revision unchanged).
+   *
+   * @generated from field: agentcoord.v1.MemoryEntry entry = 1;
+   */
+  entry?: MemoryEntry | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.TouchEntryResponse.
+ * Use `create(TouchEntryResponseSchema)` to create a new message.
+ */
+export const TouchEntryResponseSchema: GenMessage<TouchEntryResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_memory, 14);
+
+/**
+ * EntryEvent is one change to a working-memory entry or a shared-context item.
+ *
+ * @generated from message agentcoord.v1.EntryEvent
+ */
+export type EntryEvent = Message<"agentcoord.v1.EntryEvent"> & {
+  /**
+   * What happened.
+   *
+   * @generated from field: agentcoord.v1.EntryEventType type = 1;
+   */
+  type: EntryEventType;
+
+  /**
+   * The namespace revision of this change: resume with after_revision = it.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * The entry's owner (for shared context: the participant that shared it).
+   *
+   * @generated from field: string owner = 3;
+   */
+  owner: string;
+
+  /**
+   * The entry's (or context item's) key.
+   *
+   * @generated from field: string key = 4;
+   */
+  key: string;
+
+  /**
+   * Set for a session's shared-context item: its session.
+   *
+   * @generated from field: string session_id = 5;
+   */
+  sessionId: string;
+
+  /**
+   * When it happened, by the server's clock.
+   *
+   * @generated from field: google.protobuf.Timestamp event_time = 6;
+   */
+  eventTime?: Timestamp | undefined;
+
+  /**
+   * PUT of an entry: its metadata (revision = this event's), with the value if the
+   * request asked for values. Unset for DELETE and EXPIRE.
+   *
+   * @generated from field: agentcoord.v1.MemoryEntry entry = 7;
+   */
+  entry?: MemoryEntry | undefined;
+
+  /**
+   * PUT of a shared-context item, if the request asked for values: the value.
+   *
+   * @generated from field: google.protobuf.Value value = 8;
+   */
+  value?: Value | undefined;
+};
+
+/**
+ * Describes the message agentcoord.v1.EntryEvent.
+ * Use `create(EntryEventSchema)` to create a new message.
+ */
+export const EntryEventSchema: GenMessage<EntryEvent> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_memory, 15);
+
+/**
+ * @generated from message agentcoord.v1.WatchEntriesRequest
+ */
+export type WatchEntriesRequest = Message<"agentcoord.v1.WatchEntriesRequest"> & {
+  /**
+   * Whose entries to watch; empty: the caller's (unless all_owners). Ignored with
+   * session_id.
+   *
+   * @generated from field: string owner = 1;
+   */
+  owner: string;
+
+  /**
+   * Watch every owner's entries in the namespace (owner must be empty).
+   *
+   * @generated from field: bool all_owners = 2;
+   */
+  allOwners: boolean;
+
+  /**
+   * Only keys starting with this (letters, digits, '.', '_', '-'); empty: all.
+   *
+   * @generated from field: string key_prefix = 3;
+   */
+  keyPrefix: string;
+
+  /**
+   * Watch this session's shared context instead of working memory (the caller
+   * must be a participant when the watch starts).
+   *
+   * @generated from field: string session_id = 4;
+   */
+  sessionId: string;
+
+  /**
+   * Start after this revision (exclusive): events with a higher revision follow,
+   * oldest first. Unset: start at the current revision (live changes only).
+   *
+   * @generated from field: optional int64 after_revision = 5;
+   */
+  afterRevision?: bigint | undefined;
+
+  /**
+   * Put the stashed value in PUT events (entry.value / value). False: metadata.
+   *
+   * @generated from field: bool include_values = 6;
+   */
+  includeValues: boolean;
+};
+
+/**
+ * Describes the message agentcoord.v1.WatchEntriesRequest.
+ * Use `create(WatchEntriesRequestSchema)` to create a new message.
+ */
+export const WatchEntriesRequestSchema: GenMessage<WatchEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_memory, 16);
+
+/**
+ * WatchEntriesResponse is one step of a watch.
+ *
+ * @generated from message agentcoord.v1.WatchEntriesResponse
+ */
+export type WatchEntriesResponse = Message<"agentcoord.v1.WatchEntriesResponse"> & {
+  /**
+   * The next events, oldest first (empty in progress responses).
+   *
+   * @generated from field: repeated agentcoord.v1.EntryEvent events = 1;
+   */
+  events: EntryEvent[];
+
+  /**
+   * The position after this response: the last event's revision, or how far the
+   * namespace's history was read (first response: where the watch starts).
+   * Resume with after_revision = the last one received.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message agentcoord.v1.WatchEntriesResponse.
+ * Use `create(WatchEntriesResponseSchema)` to create a new message.
+ */
+export const WatchEntriesResponseSchema: GenMessage<WatchEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_agentcoord_v1_memory, 17);
+
+/**
  * @generated from message agentcoord.v1.ClearWorkingMemoryRequest
  */
 export type ClearWorkingMemoryRequest = Message<"agentcoord.v1.ClearWorkingMemoryRequest"> & {
@@ -398,7 +639,7 @@ export type ClearWorkingMemoryRequest = Message<"agentcoord.v1.ClearWorkingMemor
  * Use `create(ClearWorkingMemoryRequestSchema)` to create a new message.
  */
 export const ClearWorkingMemoryRequestSchema: GenMessage<ClearWorkingMemoryRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 13);
+  messageDesc(file_agentcoord_v1_memory, 18);
 
 /**
  * @generated from message agentcoord.v1.ClearWorkingMemoryResponse
@@ -417,7 +658,7 @@ export type ClearWorkingMemoryResponse = Message<"agentcoord.v1.ClearWorkingMemo
  * Use `create(ClearWorkingMemoryResponseSchema)` to create a new message.
  */
 export const ClearWorkingMemoryResponseSchema: GenMessage<ClearWorkingMemoryResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 14);
+  messageDesc(file_agentcoord_v1_memory, 19);
 
 /**
  * @generated from message agentcoord.v1.ListEntriesRequest
@@ -458,7 +699,7 @@ export type ListEntriesRequest = Message<"agentcoord.v1.ListEntriesRequest"> & {
  * Use `create(ListEntriesRequestSchema)` to create a new message.
  */
 export const ListEntriesRequestSchema: GenMessage<ListEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 15);
+  messageDesc(file_agentcoord_v1_memory, 20);
 
 /**
  * @generated from message agentcoord.v1.ListEntriesResponse
@@ -484,7 +725,7 @@ export type ListEntriesResponse = Message<"agentcoord.v1.ListEntriesResponse"> &
  * Use `create(ListEntriesResponseSchema)` to create a new message.
  */
 export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 16);
+  messageDesc(file_agentcoord_v1_memory, 21);
 
 /**
  * Session is a team session: agents working together on one purpose.
@@ -548,7 +789,7 @@ export type Session = Message<"agentcoord.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 17);
+  messageDesc(file_agentcoord_v1_memory, 22);
 
 /**
  * @generated from message agentcoord.v1.CreateSessionRequest
@@ -581,7 +822,7 @@ export type CreateSessionRequest = Message<"agentcoord.v1.CreateSessionRequest">
  * Use `create(CreateSessionRequestSchema)` to create a new message.
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 18);
+  messageDesc(file_agentcoord_v1_memory, 23);
 
 /**
  * @generated from message agentcoord.v1.CreateSessionResponse
@@ -600,7 +841,7 @@ export type CreateSessionResponse = Message<"agentcoord.v1.CreateSessionResponse
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 19);
+  messageDesc(file_agentcoord_v1_memory, 24);
 
 /**
  * @generated from message agentcoord.v1.JoinSessionRequest
@@ -619,7 +860,7 @@ export type JoinSessionRequest = Message<"agentcoord.v1.JoinSessionRequest"> & {
  * Use `create(JoinSessionRequestSchema)` to create a new message.
  */
 export const JoinSessionRequestSchema: GenMessage<JoinSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 20);
+  messageDesc(file_agentcoord_v1_memory, 25);
 
 /**
  * @generated from message agentcoord.v1.JoinSessionResponse
@@ -638,7 +879,7 @@ export type JoinSessionResponse = Message<"agentcoord.v1.JoinSessionResponse"> &
  * Use `create(JoinSessionResponseSchema)` to create a new message.
  */
 export const JoinSessionResponseSchema: GenMessage<JoinSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 21);
+  messageDesc(file_agentcoord_v1_memory, 26);
 
 /**
  * @generated from message agentcoord.v1.LeaveSessionRequest
@@ -657,7 +898,7 @@ export type LeaveSessionRequest = Message<"agentcoord.v1.LeaveSessionRequest"> &
  * Use `create(LeaveSessionRequestSchema)` to create a new message.
  */
 export const LeaveSessionRequestSchema: GenMessage<LeaveSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 22);
+  messageDesc(file_agentcoord_v1_memory, 27);
 
 /**
  * @generated from message agentcoord.v1.LeaveSessionResponse
@@ -676,7 +917,7 @@ export type LeaveSessionResponse = Message<"agentcoord.v1.LeaveSessionResponse">
  * Use `create(LeaveSessionResponseSchema)` to create a new message.
  */
 export const LeaveSessionResponseSchema: GenMessage<LeaveSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 23);
+  messageDesc(file_agentcoord_v1_memory, 28);
 
 /**
  * @generated from message agentcoord.v1.GetSessionRequest
@@ -695,7 +936,7 @@ export type GetSessionRequest = Message<"agentcoord.v1.GetSessionRequest"> & {
  * Use `create(GetSessionRequestSchema)` to create a new message.
  */
 export const GetSessionRequestSchema: GenMessage<GetSessionRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 24);
+  messageDesc(file_agentcoord_v1_memory, 29);
 
 /**
  * @generated from message agentcoord.v1.GetSessionResponse
@@ -714,7 +955,7 @@ export type GetSessionResponse = Message<"agentcoord.v1.GetSessionResponse"> & {
  * Use `create(GetSessionResponseSchema)` to create a new message.
  */
 export const GetSessionResponseSchema: GenMessage<GetSessionResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 25);
+  messageDesc(file_agentcoord_v1_memory, 30);
 
 /**
  * @generated from message agentcoord.v1.ListSessionsRequest
@@ -742,7 +983,7 @@ export type ListSessionsRequest = Message<"agentcoord.v1.ListSessionsRequest"> &
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 26);
+  messageDesc(file_agentcoord_v1_memory, 31);
 
 /**
  * @generated from message agentcoord.v1.ListSessionsResponse
@@ -768,7 +1009,7 @@ export type ListSessionsResponse = Message<"agentcoord.v1.ListSessionsResponse">
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 27);
+  messageDesc(file_agentcoord_v1_memory, 32);
 
 /**
  * SharedContextItem is one value in a session's shared context.
@@ -810,7 +1051,7 @@ export type SharedContextItem = Message<"agentcoord.v1.SharedContextItem"> & {
  * Use `create(SharedContextItemSchema)` to create a new message.
  */
 export const SharedContextItemSchema: GenMessage<SharedContextItem> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 28);
+  messageDesc(file_agentcoord_v1_memory, 33);
 
 /**
  * @generated from message agentcoord.v1.ShareContextRequest
@@ -843,7 +1084,7 @@ export type ShareContextRequest = Message<"agentcoord.v1.ShareContextRequest"> &
  * Use `create(ShareContextRequestSchema)` to create a new message.
  */
 export const ShareContextRequestSchema: GenMessage<ShareContextRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 29);
+  messageDesc(file_agentcoord_v1_memory, 34);
 
 /**
  * @generated from message agentcoord.v1.ShareContextResponse
@@ -862,7 +1103,7 @@ export type ShareContextResponse = Message<"agentcoord.v1.ShareContextResponse">
  * Use `create(ShareContextResponseSchema)` to create a new message.
  */
 export const ShareContextResponseSchema: GenMessage<ShareContextResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 30);
+  messageDesc(file_agentcoord_v1_memory, 35);
 
 /**
  * @generated from message agentcoord.v1.GetSharedContextRequest
@@ -888,7 +1129,7 @@ export type GetSharedContextRequest = Message<"agentcoord.v1.GetSharedContextReq
  * Use `create(GetSharedContextRequestSchema)` to create a new message.
  */
 export const GetSharedContextRequestSchema: GenMessage<GetSharedContextRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 31);
+  messageDesc(file_agentcoord_v1_memory, 36);
 
 /**
  * @generated from message agentcoord.v1.GetSharedContextResponse
@@ -907,7 +1148,7 @@ export type GetSharedContextResponse = Message<"agentcoord.v1.GetSharedContextRe
  * Use `create(GetSharedContextResponseSchema)` to create a new message.
  */
 export const GetSharedContextResponseSchema: GenMessage<GetSharedContextResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 32);
+  messageDesc(file_agentcoord_v1_memory, 37);
 
 /**
  * CollaborationState is what an agent remembers about working with others in a
@@ -979,7 +1220,7 @@ export type CollaborationState = Message<"agentcoord.v1.CollaborationState"> & {
  * Use `create(CollaborationStateSchema)` to create a new message.
  */
 export const CollaborationStateSchema: GenMessage<CollaborationState> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 33);
+  messageDesc(file_agentcoord_v1_memory, 38);
 
 /**
  * CollaborationStateRecord is a stored collaboration state with its version.
@@ -1028,7 +1269,7 @@ export type CollaborationStateRecord = Message<"agentcoord.v1.CollaborationState
  * Use `create(CollaborationStateRecordSchema)` to create a new message.
  */
 export const CollaborationStateRecordSchema: GenMessage<CollaborationStateRecord> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 34);
+  messageDesc(file_agentcoord_v1_memory, 39);
 
 /**
  * @generated from message agentcoord.v1.SaveCollaborationStateRequest
@@ -1063,7 +1304,7 @@ export type SaveCollaborationStateRequest = Message<"agentcoord.v1.SaveCollabora
  * Use `create(SaveCollaborationStateRequestSchema)` to create a new message.
  */
 export const SaveCollaborationStateRequestSchema: GenMessage<SaveCollaborationStateRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 35);
+  messageDesc(file_agentcoord_v1_memory, 40);
 
 /**
  * @generated from message agentcoord.v1.SaveCollaborationStateResponse
@@ -1089,7 +1330,7 @@ export type SaveCollaborationStateResponse = Message<"agentcoord.v1.SaveCollabor
  * Use `create(SaveCollaborationStateResponseSchema)` to create a new message.
  */
 export const SaveCollaborationStateResponseSchema: GenMessage<SaveCollaborationStateResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 36);
+  messageDesc(file_agentcoord_v1_memory, 41);
 
 /**
  * @generated from message agentcoord.v1.LoadCollaborationStateRequest
@@ -1108,7 +1349,7 @@ export type LoadCollaborationStateRequest = Message<"agentcoord.v1.LoadCollabora
  * Use `create(LoadCollaborationStateRequestSchema)` to create a new message.
  */
 export const LoadCollaborationStateRequestSchema: GenMessage<LoadCollaborationStateRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 37);
+  messageDesc(file_agentcoord_v1_memory, 42);
 
 /**
  * @generated from message agentcoord.v1.LoadCollaborationStateResponse
@@ -1127,7 +1368,7 @@ export type LoadCollaborationStateResponse = Message<"agentcoord.v1.LoadCollabor
  * Use `create(LoadCollaborationStateResponseSchema)` to create a new message.
  */
 export const LoadCollaborationStateResponseSchema: GenMessage<LoadCollaborationStateResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 38);
+  messageDesc(file_agentcoord_v1_memory, 43);
 
 /**
  * @generated from message agentcoord.v1.ListCollaborationStatesRequest
@@ -1155,7 +1396,7 @@ export type ListCollaborationStatesRequest = Message<"agentcoord.v1.ListCollabor
  * Use `create(ListCollaborationStatesRequestSchema)` to create a new message.
  */
 export const ListCollaborationStatesRequestSchema: GenMessage<ListCollaborationStatesRequest> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 39);
+  messageDesc(file_agentcoord_v1_memory, 44);
 
 /**
  * @generated from message agentcoord.v1.ListCollaborationStatesResponse
@@ -1181,7 +1422,7 @@ export type ListCollaborationStatesResponse = Message<"agentcoord.v1.ListCollabo
  * Use `create(ListCollaborationStatesResponseSchema)` to create a new message.
  */
 export const ListCollaborationStatesResponseSchema: GenMessage<ListCollaborationStatesResponse> = /*@__PURE__*/
-  messageDesc(file_agentcoord_v1_memory, 40);
+  messageDesc(file_agentcoord_v1_memory, 45);
 
 /**
  * TtlStrategy names a lifetime from the server's TTL policy (DESIGN.md, "TTL
@@ -1248,6 +1489,48 @@ export const TtlStrategySchema: GenEnum<TtlStrategy> = /*@__PURE__*/
   enumDesc(file_agentcoord_v1_memory, 0);
 
 /**
+ * EntryEventType says what happened to an entry.
+ *
+ * @generated from enum agentcoord.v1.EntryEventType
+ */
+export enum EntryEventType {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: ENTRY_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The entry was stashed (created or overwritten), or a context item shared.
+   *
+   * @generated from enum value: ENTRY_EVENT_TYPE_PUT = 1;
+   */
+  PUT = 1,
+
+  /**
+   * The entry was deleted (DeleteEntry, ClearWorkingMemory).
+   *
+   * @generated from enum value: ENTRY_EVENT_TYPE_DELETE = 2;
+   */
+  DELETE = 2,
+
+  /**
+   * The entry's TTL ran out. Sent once, within about a second of its expire_time,
+   * whether or not anyone watched at that moment.
+   *
+   * @generated from enum value: ENTRY_EVENT_TYPE_EXPIRE = 3;
+   */
+  EXPIRE = 3,
+}
+
+/**
+ * Describes the enum agentcoord.v1.EntryEventType.
+ */
+export const EntryEventTypeSchema: GenEnum<EntryEventType> = /*@__PURE__*/
+  enumDesc(file_agentcoord_v1_memory, 1);
+
+/**
  * MemoryService is the agents' short-term memory: working memory (keyed JSON-like
  * values with a TTL), team sessions that share context among their participants,
  * and each agent's persisted collaboration state.
@@ -1262,7 +1545,11 @@ export const MemoryService: GenService<{
   /**
    * Stores a value under a key in the caller's working memory. Overwriting a key
    * replaces its value and restarts its TTL. RESOURCE_EXHAUSTED (VALUE_TOO_LARGE)
-   * if the value is larger than the server's value size limit.
+   * if the value is larger than the server's value size limit. With
+   * expected_revision (a conditional stash): 0 creates only, ALREADY_EXISTS
+   * (ENTRY_EXISTS) if the key is live; N > 0 updates only the entry at revision N:
+   * NOT_FOUND (ENTRY_NOT_FOUND) if it is missing, ABORTED (ENTRY_REVISION_MISMATCH) if
+   * another write changed it since. A refused stash writes nothing.
    *
    * @generated from rpc agentcoord.v1.MemoryService.Stash
    */
@@ -1384,6 +1671,40 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof GetSessionRequestSchema;
     output: typeof GetSessionResponseSchema;
+  },
+  /**
+   * Restarts the TTL of one of the caller's own entries without rewriting it: its
+   * value and revision stay, its expire_time moves to now + the TTL (the request's,
+   * else the one it was last stashed with). No watch event. NOT_FOUND
+   * (ENTRY_NOT_FOUND) if it is missing or expired.
+   *
+   * @generated from rpc agentcoord.v1.MemoryService.TouchEntry
+   */
+  touchEntry: {
+    methodKind: "unary";
+    input: typeof TouchEntryRequestSchema;
+    output: typeof TouchEntryResponseSchema;
+  },
+  /**
+   * Streams the changes to working-memory entries (of one owner, or of every owner
+   * of the namespace, optionally under a key prefix) or to a session's shared
+   * context: PUT, DELETE and EXPIRE events, oldest first, each with its revision.
+   * Starts after after_revision (catch-up from the namespace's event history, then
+   * live, with no gap and no duplicate) or, unset, at the current revision.
+   * OUT_OF_RANGE (REVISION_COMPACTED) if events after after_revision are no longer
+   * kept (the history holds the latest `--memory-history` events of a namespace):
+   * re-read the entries, then watch from the revision they carry. Idle streams get
+   * progress responses (events empty, revision moved on). A watcher that falls
+   * `--signal-queue-size` events behind ends RESOURCE_EXHAUSTED
+   * (SUBSCRIBER_TOO_SLOW); resume from the last revision received. Session context
+   * needs the caller to be a participant (PERMISSION_DENIED NOT_A_PARTICIPANT).
+   *
+   * @generated from rpc agentcoord.v1.MemoryService.WatchEntries
+   */
+  watchEntries: {
+    methodKind: "server_streaming";
+    input: typeof WatchEntriesRequestSchema;
+    output: typeof WatchEntriesResponseSchema;
   },
   /**
    * Lists the namespace's live sessions in id order.
