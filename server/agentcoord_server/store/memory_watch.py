@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from ..errors import DomainError, ResourceExhausted, Unavailable
 from ..redis_client import close_redis, dedicated_client
 from .keys import Keyspace
-from .memory import EntryEventRecord, MemoryStore, now_ms
+from .memory import RAW, EntryEventRecord, MemoryStore, now_ms
 from .signal_fanout import cancellable
 
 log = structlog.get_logger("agentcoord.memory")
@@ -258,8 +258,17 @@ class _LogReader:
             )
             self.ready.set()
             while True:
-                reply: Any = await redis.xread(
-                    {key: f"{self.position}-0"}, count=READ_COUNT, block=BLOCK_MS
+                # Undecoded: values are protobuf bytes.
+                reply: Any = await redis.execute_command(
+                    "XREAD",
+                    "COUNT",
+                    READ_COUNT,
+                    "BLOCK",
+                    BLOCK_MS,
+                    "STREAMS",
+                    key,
+                    f"{self.position}-0",
+                    **RAW,
                 )
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:

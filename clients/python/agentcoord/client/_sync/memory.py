@@ -17,12 +17,17 @@ import math
 from collections.abc import Iterator, Iterable, Mapping
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from agentcoord.v1 import memory_pb2, memory_pb2_grpc
 
-from .._transport import SyncTransport
+from .._transport import SyncTransport, sync_sleep
+from ..errors import AgentcoordError
 from ._base import ServiceClient
+
+# A watch interrupted with one of these resumes from its last revision (as subscribe does).
+RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 Ttl = float | datetime.timedelta
 
@@ -96,7 +101,7 @@ def _strategy(name: str | int) -> int:
 
 
 def _set_ttl(
-    message: memory_pb2.StashRequest | memory_pb2.StashItem,
+    message: memory_pb2.StashRequest | memory_pb2.StashItem | memory_pb2.TouchEntryRequest,
     ttl: Ttl | None,
     ttl_strategy: str | int | None,
 ) -> None:
@@ -123,13 +128,20 @@ class MemoryClient(ServiceClient):
         *,
         ttl: Ttl | None = None,
         ttl_strategy: str | int | None = None,
+        expected_revision: int | None = None,
     ) -> memory_pb2.MemoryEntry:
         """Stores `value` under `key` in this agent's working memory; overwriting restarts the
         TTL. `ttl` is an explicit lifetime (seconds or timedelta, 1 ms to 30 days);
         `ttl_strategy` a strategy name ("working_results", "coordination", "session"…) whose
         seconds the server configures. Neither: WORKING_RESULTS (1 h by default).
 
-        Returns the entry's metadata (owner, stash_time, expire_time, size_bytes; no value).
+        `expected_revision` makes it conditional: 0 creates only (ALREADY_EXISTS ENTRY_EXISTS
+        if the key is live), N > 0 updates only the entry at revision N (NOT_FOUND
+        ENTRY_NOT_FOUND if missing, ABORTED ENTRY_REVISION_MISMATCH if someone wrote it since:
+        re-read, merge, retry with the new revision). Nothing is written when refused.
+
+        Returns the entry's metadata (owner, stash_time, expire_time, size_bytes, revision; no
+        value).
         Raises AgentcoordError: INVALID_ARGUMENT (INVALID_ID for a bad key, NON_FINITE_NUMBER
         for NaN/±Infinity in the value), RESOURCE_EXHAUSTED (VALUE_TOO_LARGE, default limit
         1 MiB), PERMISSION_DENIED below
@@ -137,8 +149,89 @@ class MemoryClient(ServiceClient):
         """
         request = memory_pb2.StashRequest(key=key, value=to_value(value))
         _set_ttl(request, ttl, ttl_strategy)
+        if expected_revision is not None:
+            request.expected_revision = expected_revision
         response = self._unary(self._stub.Stash, request)
         return response.entry  # type: ignore[no-any-return]
+
+    def touch_entry(
+        self,
+        key: str,
+        *,
+        ttl: Ttl | None = None,
+        ttl_strategy: str | int | None = None,
+    ) -> memory_pb2.MemoryEntry:
+        """Restarts the TTL of this agent's entry `key` without rewriting it: from now, `ttl`
+        (seconds or timedelta) or `ttl_strategy`, else the TTL it was stashed with. Value and
+        revision stay; watchers see no event. Returns its metadata (new expire_time).
+        Raises AgentcoordError NOT_FOUND (ENTRY_NOT_FOUND) if it is missing or expired."""
+        request = memory_pb2.TouchEntryRequest(key=key)
+        _set_ttl(request, ttl, ttl_strategy)
+        response = self._unary(self._stub.TouchEntry, request)
+        return response.entry  # type: ignore[no-any-return]
+
+    def watch_entries(
+        self,
+        *,
+        owner: str | None = None,
+        all_owners: bool = False,
+        key_prefix: str = "",
+        session_id: str = "",
+        after_revision: int | None = None,
+        include_values: bool = False,
+        max_retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> Iterator[memory_pb2.EntryEvent]:
+        """Yields changes to working-memory entries, oldest first, live, without end:
+        EntryEvent with type PUT (entry metadata, and entry.value with `include_values`),
+        DELETE or EXPIRE, and `revision`.
+
+        Watches `owner`'s entries (default: this agent's), or every owner's with `all_owners`,
+        only keys starting with `key_prefix`; or, with `session_id`, that session's shared
+        context (participants only; PUT events carry `value`). Starts after `after_revision`
+        (a revision from an event or a MemoryEntry: resume there), else at the current one.
+        When the server ends the stream UNAVAILABLE or RESOURCE_EXHAUSTED it resumes after the
+        last revision seen (progress included), so nothing is lost or repeated: up to
+        `max_retries` times in a row, `backoff` seconds doubled per retry (at most
+        `max_backoff`). OBSERVER or above. Close the iterator to stop (cancels the call).
+
+        Raises AgentcoordError: OUT_OF_RANGE (REVISION_COMPACTED) when events after the
+        revision are no longer kept (re-read, then watch again), PERMISSION_DENIED
+        (NOT_A_PARTICIPANT) for a session the caller is not in, the last error once retries
+        are exhausted, any other failure at once.
+        """
+        cursor = after_revision
+        retries = 0
+        while True:
+            request = memory_pb2.WatchEntriesRequest(
+                owner=owner or "",
+                all_owners=all_owners,
+                key_prefix=key_prefix,
+                session_id=session_id,
+                include_values=include_values,
+            )
+            if cursor is not None:
+                request.after_revision = cursor
+            # The raw call, so that closing this iterator cancels the server-side stream.
+            call = self._stub.WatchEntries(request)
+            try:
+                for response in call:
+                    retries = 0
+                    for event in response.events:
+                        cursor = event.revision
+                        yield event
+                    cursor = response.revision
+            except grpc.RpcError as rpc_error:
+                error = AgentcoordError.from_rpc_error(rpc_error)
+                if error.code not in RESUMABLE_CODES or retries >= max_retries:
+                    raise error from None
+                sync_sleep(min(max_backoff, backoff * 2**retries))
+                retries += 1
+                continue
+            finally:
+                call.cancel()
+            return
 
     def retrieve(self, key: str, *, owner: str | None = None) -> Any:
         """The value stored under `key` by `owner` (default: this agent), as a Python value.
