@@ -49,6 +49,7 @@ READS = (
     "Aggregate",
     "WhoAmI",
     "Subscribe",
+    "Watch",
 )
 
 
@@ -63,6 +64,12 @@ def request_for(method, ids: dict[str, str], fencing_token: int):
     fill(request, ids, fencing_token)
     if method.name == "Subscribe":
         request.start = signals_pb2.START_POSITION_EARLIEST
+    if method.name == "WatchEntries":
+        # A watch of B's owner from the first revision, values included (the filled
+        # session_id would make it a refused request rather than a watch).
+        request.session_id = ""
+        request.after_revision = 0
+        request.include_values = True
     return request
 
 
@@ -222,4 +229,5 @@ def test_the_requests_name_namespace_bs_data(server, namespace_b):
         "ListTasks",
         "ReceiveSignals",
         "Subscribe",
+        "WatchEntries",
     } <= seen, seen
