@@ -25,6 +25,7 @@ import { AgentcoordError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isSafeToRetry, neverRan, sleep, type RetryPolicy } from "./retry.js";
 import { acquire, type HeldLock, type LockOptions } from "./lock.js";
 import { Subscription, type SubscribeOptions } from "./subscribe.js";
+import { Watcher, type WatchOptions } from "./watch.js";
 import { refusal, requiredTier } from "./tiers.js";
 import { CANCEL_SIGNAL_TYPE, Worker, type TaskHandler, type WorkerOptions } from "./worker.js";
 
@@ -174,6 +175,19 @@ export class Client {
         ? this.lifetime.signal
         : AbortSignal.any([options.signal, this.lifetime.signal]);
     return new Subscription(this.signals, { ...options, signal });
+  }
+
+  /**
+   * Changes to working-memory entries (or a session's shared context), live and oldest first,
+   * as an `AsyncIterable` that resumes from its last revision after UNAVAILABLE or
+   * SUBSCRIBER_TOO_SLOW. See {@link Watcher} for the options and errors.
+   */
+  watchEntries(options: WatchOptions = {}): Watcher {
+    const signal =
+      options.signal === undefined
+        ? this.lifetime.signal
+        : AbortSignal.any([options.signal, this.lifetime.signal]);
+    return new Watcher(this.memory, { ...options, signal });
   }
 
   /** A task worker running `handler` on claimed tasks; see {@link Worker}. */

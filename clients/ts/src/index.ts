@@ -26,6 +26,7 @@ export {
 } from "./retry.js";
 export { HeldLock, type LockOptions } from "./lock.js";
 export { isResumable, Subscription, type SubscribeOptions } from "./subscribe.js";
+export { Watcher, type WatchOptions } from "./watch.js";
 export { AccessTier, methodPath, operatorCallable, requiredTier, tierName } from "./tiers.js";
 export {
   CANCEL_SIGNAL_TYPE,
