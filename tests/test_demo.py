@@ -76,6 +76,7 @@ def test_code_review_fleet_completes_every_task_once_and_redelivers_the_killed_w
     assert returncode == 0, transcript
     assert "killed performance-1 (SIGKILL)" in transcript
     assert "performance-2  claimed perf-orders (priority 8, attempt 2)" in transcript
+    assert "style-1        saw the lead revise scope: now 16 files" in transcript  # issue #16
     assert "all checks passed" in transcript
     # Tasks in time: the synthesis waits for the six reviews; the cancelled review's worker stops.
     assert "claimed and completed synthesis after all 6 reviews completed" in transcript

@@ -38,6 +38,10 @@ from scenario import (
     LEAD,
     MONITOR,
     REPLACEMENT,
+    REVISED_SCOPE,
+    SCOPE_KEY,
+    SCOPE_SEEN_KEY,
+    SCOPE_WATCHER,
     TASKS,
     TIERS,
     VICTIM,
@@ -158,6 +162,22 @@ class Fleet:
                 self.server.wait()
 
 
+def check_scope_watch(steward: Client) -> list[str]:
+    """The watched scope (issue #16): the lead's revised entry is what the watcher recorded."""
+    problems = []
+    scope = steward.memory.retrieve_entry(SCOPE_KEY, owner=LEAD)
+    if steward.memory.retrieve(SCOPE_KEY, owner=LEAD) != REVISED_SCOPE:
+        problems.append(f"the lead's {SCOPE_KEY} was never revised")
+    try:
+        seen = steward.memory.retrieve(SCOPE_SEEN_KEY, owner=SCOPE_WATCHER)
+    except AgentcoordError as error:
+        return [*problems, f"{SCOPE_WATCHER} never reacted to the revised scope: {error.reason}"]
+    expected = {"files_changed": REVISED_SCOPE["files_changed"], "revision": scope.revision}
+    if seen != expected:
+        problems.append(f"{SCOPE_WATCHER} saw {seen}, expected {expected}")
+    return problems
+
+
 def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]:
     """What the scenario implies, compared with what the server holds; returns the failures."""
     problems = []
@@ -206,6 +226,7 @@ def check(steward: Client, victim_task: str, codes: dict[str, int]) -> list[str]
             problems.append(f"{pattern_id} rejected by {rejection.rejected_by!r}")
     problems.extend(in_time.check(steward))
     problems.extend(file_locks.check(steward))  # each review held its file's lock
+    problems.extend(check_scope_watch(steward))  # style-1 saw the lead's revised scope
     return problems
 
 

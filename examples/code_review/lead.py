@@ -12,9 +12,37 @@ import json
 from agentcoord import Agent, AgentcoordError
 
 import in_time
-from scenario import PROMOTION_THRESHOLD, SCOPE, SESSION_ID, TASKS, fail, say, target
+from scenario import (
+    PROMOTION_THRESHOLD,
+    REVISED_SCOPE,
+    SCOPE,
+    SCOPE_KEY,
+    SESSION_ID,
+    TASKS,
+    fail,
+    say,
+    target,
+)
 
 ME = "lead"
+
+
+# --- the watched scope (issue #16) ---------------------------------------------------------
+
+
+def publish_scope(agent: Agent) -> int:
+    """Stashes the scope in the lead's working memory; returns its revision."""
+    return agent.client.memory.stash(SCOPE_KEY, SCOPE).revision
+
+
+def revise_scope(agent: Agent, revision: int) -> None:
+    """Mid-run, the scope grows: a conditional stash on the revision the lead wrote, so a
+    concurrent change by anyone else would be refused rather than overwritten."""
+    entry = agent.client.memory.stash(SCOPE_KEY, REVISED_SCOPE, expected_revision=revision)
+    say(
+        ME,
+        f"revised {SCOPE_KEY}: {REVISED_SCOPE['files_changed']} files (revision {entry.revision})",
+    )
 
 
 def main() -> None:
@@ -23,6 +51,7 @@ def main() -> None:
         session.create(purpose="Review PR #42", metadata={"pull_request": 42})
         session.share("scope", SCOPE)
         say(ME, f"opened team session {SESSION_ID} and shared its scope")
+        scope_revision = publish_scope(agent)
 
         coordinator = agent.coordinator()
         # From the earliest retained signal: no completion can slip past, however fast the workers.
@@ -51,6 +80,8 @@ def main() -> None:
                 ME,
                 f"{signal.data['task_id']} done by {signal.sender} ({len(completed)}/{len(TASKS)})",
             )
+            if len(completed) == 1:
+                revise_scope(agent, scope_revision)
             if completed == set(TASKS):
                 break
         signals.close()

@@ -97,6 +97,20 @@ TASKS = {
     ),
 }
 
+# --- the watched scope (issue #16): the lead keeps the review's scope in its working memory
+# under SCOPE_KEY and revises it after the first completed review (a conditional stash on the
+# revision it wrote); SCOPE_WATCHER watches that entry and records what it saw under
+# SCOPE_SEEN_KEY, which the final check compares with the lead's entry.
+SCOPE_KEY = "scope"
+SCOPE_SEEN_KEY = "scope-seen"
+SCOPE_WATCHER = "style-1"
+REVISED_SCOPE = {
+    **SCOPE,
+    "files_changed": 16,
+    "lines_changed": 540,
+    "added": "tests/test_refresh.py",
+}
+
 EXPECTED_LIBRARY = sorted(
     p["id"] for *_, p in TASKS.values() if p["confidence"] >= PROMOTION_THRESHOLD
 )
