@@ -84,6 +84,7 @@ def test_a_steward_reads_its_own_quotas_only_and_cannot_set_them(operator, team)
         "signals_per_second": (7, 0),
         "pending_tasks": (0, 0),
         "live_subscriptions": (0, 0),
+        **NO_MEMORY_USE,
     }
     assert update.value.reason == "TIER_TOO_LOW"
     assert foreign.value.reason == "NAMESPACE_MISMATCH"
@@ -298,3 +299,53 @@ def test_the_cli_sets_the_live_subscriptions_quota(server, team):
     assert result.exit_code == 0, result.output
     quotas = {q["name"]: q for q in json_lines(result.output, "quotas")[0]["quotas"]}
     assert quotas["live_subscriptions"]["limit"] == "4"
+
+
+# --- working-memory quotas (issue #14 item 2, with issue #16's namespace-wide counts) -------
+
+NO_MEMORY_USE = {"memory_entries": (0, 0), "memory_bytes": (0, 0)}
+
+
+def test_the_memory_entries_quota_refuses_new_keys_but_not_overwrites(operator, team):
+    name, steward, _ = team
+    operator.admin.update_namespace_quota(name, max_memory_entries=2)
+    steward.memory.stash("a", 1)
+    steward.memory.stash("b", 2)
+
+    with pytest.raises(AgentcoordError) as caught:
+        steward.memory.stash("c", 3)
+    with pytest.raises(AgentcoordError) as batch:
+        steward.memory.batch_stash({"a": 10, "d": 4})
+    steward.memory.stash("a", 11)  # an overwrite adds no entry
+    steward.memory.delete_entry("b")
+    steward.memory.stash("c", 3)  # the delete made room
+
+    metadata = caught.value.metadata
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.reason == "QUOTA_EXCEEDED"
+    assert (metadata["quota"], metadata["limit"], metadata["used"]) == ("memory_entries", "2", "2")
+    assert batch.value.reason == "QUOTA_EXCEEDED"
+    assert steward.memory.retrieve("a") == 11  # the refused batch wrote nothing
+    assert usage(steward.admin.get_namespace_quota())["memory_entries"] == (2, 2)
+
+
+def test_the_memory_bytes_quota_counts_value_bytes_and_frees_them_on_expiry(operator, team):
+    name, steward, _ = team
+    first = steward.memory.stash("big", "x" * 100, ttl=0.3)
+    operator.admin.update_namespace_quota(name, max_memory_bytes=first.size_bytes + 50)
+
+    with pytest.raises(AgentcoordError) as caught:
+        steward.memory.stash("more", "y" * 100)
+    with pytest.raises(AgentcoordError) as missing:
+        steward.memory.retrieve("more")
+    events = steward.memory.watch_entries(after_revision=first.revision)
+    expired = next(events)  # the sweep ended "big" and gave its bytes back
+    events.close()
+    steward.memory.stash("more", "y" * 100)
+
+    metadata = caught.value.metadata
+    assert (metadata["quota"], metadata["used"]) == ("memory_bytes", str(first.size_bytes))
+    assert missing.value.reason == "ENTRY_NOT_FOUND"
+    assert (expired.key, expired.type) == ("big", 3)  # ENTRY_EVENT_TYPE_EXPIRE
+    used = usage(steward.admin.get_namespace_quota())["memory_bytes"]
+    assert used == (first.size_bytes + 50, first.size_bytes)

@@ -163,6 +163,29 @@ def main() -> None:
     "server renewing it: a killed server's streams stop counting within it.",
 )
 @click.option(
+    "--quota-memory-entries",
+    envvar="AGENTCOORD_QUOTA_MEMORY_ENTRIES",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default working-memory entries per namespace (0: no limit).",
+)
+@click.option(
+    "--quota-memory-bytes",
+    envvar="AGENTCOORD_QUOTA_MEMORY_BYTES",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Default bytes of working-memory values per namespace (0: no limit).",
+)
+@click.option(
+    "--memory-history",
+    envvar="AGENTCOORD_MEMORY_HISTORY",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Working-memory events each namespace keeps for WatchEntries to resume from; older "
+    "revisions are OUT_OF_RANGE.",
+)
+@click.option(
     "--auth-cache-seconds",
     envvar="AGENTCOORD_AUTH_CACHE_SECONDS",
     default=5.0,
@@ -285,6 +308,9 @@ def serve(
     quota_signals_per_second: int,
     quota_live_subscriptions: int,
     subscription_lease_seconds: float,
+    quota_memory_entries: int,
+    quota_memory_bytes: int,
+    memory_history: int,
     auth_cache_seconds: float,
     auth_failure_limit: int,
     auth_failure_window: float,
@@ -349,6 +375,9 @@ def serve(
         quota_pending_tasks=quota_pending_tasks,
         quota_live_subscriptions=quota_live_subscriptions,
         subscription_lease_seconds=subscription_lease_seconds,
+        quota_memory_entries=quota_memory_entries,
+        quota_memory_bytes=quota_memory_bytes,
+        memory_history=memory_history,
         auth_cache_seconds=auth_cache_seconds,
         auth_failure_limit=auth_failure_limit,
         auth_failure_window=auth_failure_window,

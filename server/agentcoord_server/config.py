@@ -95,6 +95,8 @@ class Settings:
     # Seconds an open stream counts toward the live-subscriptions quota without its server
     # refreshing it (every third of this): how long a killed server's streams keep counting.
     subscription_lease_seconds: float = 30.0
+    quota_memory_entries: int = 0  # working-memory entries (issue #14 item 2)
+    quota_memory_bytes: int = 0  # bytes of working-memory values
     auth_cache_seconds: float = 5.0  # how stale a cached token may be; 0..5 (DESIGN.md)
     # Failed authentications one peer address may make per window before it is refused
     # without a Redis lookup (a token bucket; identity.FailedAuthLimiter). 0: no limit.

@@ -625,6 +625,15 @@ def namespaces_delete(connection: Connection, name: str, yes: bool, as_json: boo
     default=None,
     help="Open Subscribe streams, over every server process.",
 )
+@click.option(
+    "--max-memory-entries", type=click.IntRange(min=0), default=None, help="Working-memory entries."
+)
+@click.option(
+    "--max-memory-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Bytes of working-memory values.",
+)
 @json_option
 @click.pass_obj
 def namespaces_quota(
@@ -634,6 +643,8 @@ def namespaces_quota(
     max_signals_per_second: int | None,
     max_pending_tasks: int | None,
     max_live_subscriptions: int | None,
+    max_memory_entries: int | None,
+    max_memory_bytes: int | None,
     as_json: bool,
 ) -> None:
     """Show namespace NAME's quotas (limit and current use), or with --max-* set them (the
@@ -642,7 +653,8 @@ def namespaces_quota(
     admin = connection.client.admin
     response = call(functools.partial(admin.get_namespace_quota, name))
     given = (max_tokens, max_signals_per_second, max_pending_tasks, max_live_subscriptions)
-    if any(v is not None for v in given):
+    memory = (max_memory_entries, max_memory_bytes)
+    if any(v is not None for v in (*given, *memory)):
         current = response.quota
         response = call(
             functools.partial(
@@ -661,6 +673,12 @@ def namespaces_quota(
                     current.max_live_subscriptions
                     if max_live_subscriptions is None
                     else max_live_subscriptions
+                ),
+                max_memory_entries=(
+                    current.max_memory_entries if max_memory_entries is None else max_memory_entries
+                ),
+                max_memory_bytes=(
+                    current.max_memory_bytes if max_memory_bytes is None else max_memory_bytes
                 ),
             )
         )

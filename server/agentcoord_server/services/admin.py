@@ -300,6 +300,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             "signals_per_second": settings.quota_signals_per_second,
             "pending_tasks": settings.quota_pending_tasks,
             "live_subscriptions": settings.quota_live_subscriptions,
+            "memory_entries": settings.quota_memory_entries,
+            "memory_bytes": settings.quota_memory_bytes,
         }
         effective = {q: limits[q] or defaults[q] for q in limits}
         rate = effective["signals_per_second"]
@@ -313,6 +315,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             max_signals_per_second=limits["signals_per_second"],
             max_pending_tasks=limits["pending_tasks"],
             max_live_subscriptions=limits["live_subscriptions"],
+            max_memory_entries=limits["memory_entries"],
+            max_memory_bytes=limits["memory_bytes"],
         )
         return quota, [
             admin_pb2.QuotaUsage(
@@ -328,6 +332,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 name="live_subscriptions",
                 limit=effective["live_subscriptions"],
                 used=int(usage["live_subscriptions"]),
+            ),
+            *(
+                admin_pb2.QuotaUsage(name=name, limit=effective[name], used=int(usage[name]))
+                for name in ("memory_entries", "memory_bytes")
             ),
         ]
 
@@ -347,6 +355,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             "signals_per_second": request.quota.max_signals_per_second,
             "pending_tasks": request.quota.max_pending_tasks,
             "live_subscriptions": request.quota.max_live_subscriptions,
+            "memory_entries": request.quota.max_memory_entries,
+            "memory_bytes": request.quota.max_memory_bytes,
         }
         for quota_name, limit in limits.items():
             if limit < 0:

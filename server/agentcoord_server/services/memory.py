@@ -250,7 +250,12 @@ def _check_batch(count: int, field: str) -> None:
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self._settings = ctx.settings
-        self._store = MemoryStore(ctx.redis, ctx.settings.memory_history)
+        self._store = MemoryStore(
+            ctx.redis,
+            ctx.settings.memory_history,
+            max_entries=ctx.settings.quota_memory_entries,
+            max_bytes=ctx.settings.quota_memory_bytes,
+        )
         self.hub = WatchHub(ctx.redis, self._store, ctx.settings.signal_queue_size, ctx.shutdown)
         self.sweeper: MemoryExpirySweeper | None = None
         self._session_ttl_ms = ctx.settings.ttl.session * 1000

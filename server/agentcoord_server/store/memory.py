@@ -74,6 +74,7 @@ from ..errors import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    quota_exceeded,
 )
 from .keys import Keyspace
 from .paging import page_by_lex
@@ -203,9 +204,14 @@ class MemoryStore:
     Scripts are registered once here (at server start) and run with EVALSHA.
     """
 
-    def __init__(self, redis: Redis, history: int = HISTORY) -> None:
+    def __init__(
+        self, redis: Redis, history: int = HISTORY, max_entries: int = 0, max_bytes: int = 0
+    ) -> None:
         self._redis = redis
         self.history = history
+        # The server's default working-memory quotas per namespace (0: none).
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
         events = "memory_events"
         self._stash = load_script(redis, "memory_stash", prelude=events)
         self._retrieve = load_script(redis, "memory_retrieve")
@@ -243,7 +249,14 @@ class MemoryStore:
 
     @staticmethod
     def _event_keys(ks: Keyspace) -> list[str]:
-        return [ks.key("memory-expiry"), ks.key("memory-rev"), ks.key("memory-log")]
+        """The namespace keys every entry-changing script takes (memory_events.lua)."""
+        return [
+            ks.key("memory-expiry"),
+            ks.key("memory-rev"),
+            ks.key("memory-log"),
+            ks.key("memory-sizes"),
+            ks.key("memory-usage"),
+        ]
 
     async def stash(
         self,
@@ -265,16 +278,19 @@ class MemoryStore:
         keys = [
             *self._owner_keys(ks, owner),
             ks.key("memory-owners"),
+            ks.key("namespace"),
             *self._event_keys(ks),
             *(ks.key("memory", owner, i.key) for i in items),
         ]
         now = now_ms()
         expected = "" if expected_revision is None else expected_revision
-        args: list[Any] = [now, self.history, expected, owner]
+        args: list[Any] = [now, self.history, expected, owner, self.max_entries, self.max_bytes]
         for item in items:
             args += [item.key, item.value, item.ttl_ms]
         reply = await self._run(self._stash, keys, args)
         status = _text(reply[0])
+        if status == "QUOTA":
+            raise quota_exceeded(_text(reply[1]), int(reply[2]), int(reply[3]))
         if status != "OK":
             key = items[0].key
             meta = {"key": key}

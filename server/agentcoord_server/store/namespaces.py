@@ -42,7 +42,14 @@ INDEX_KEY = "ac:namespaces"
 BATCH = 500
 """Keys unlinked per command, and SCAN's COUNT hint, while deleting a namespace."""
 
-QUOTAS = ("tokens", "signals_per_second", "pending_tasks", "live_subscriptions")
+QUOTAS = (
+    "tokens",
+    "signals_per_second",
+    "pending_tasks",
+    "live_subscriptions",
+    "memory_entries",
+    "memory_bytes",
+)
 """The quotas a namespace record may set (`quota:<name>` fields; admin.proto NamespaceQuota)."""
 
 # Sets quota fields only on a registered namespace (never recreating a deleted record).
@@ -189,7 +196,8 @@ class NamespaceStore:
         tokens in the index, "pending_tasks" → queued or backing-off tasks over every type
         (one more round trip, one command per task type), "signal_bucket" → tokens left, "signal_bucket_ms" → when it was
         last refilled, Unix ms, both absent for a full bucket, "live_subscriptions" → open
-        streams over every server process whose lease has not run out by this host's clock).
+        streams over every server process whose lease has not run out by this host's clock,
+        "memory_entries" / "memory_bytes" → working-memory entries and their value bytes).
         Two round trips."""
         keys = Keyspace(name)
         now_ms = int(time.time() * 1000)
@@ -199,7 +207,9 @@ class NamespaceStore:
             pipe.hmget(keys.key("quota", "signals"), ["tokens", "ms"])
             pipe.zrange(keys.key("tasks", "types"), 0, -1)
             pipe.zcount(live_key(name), f"({now_ms}", "+inf")
-            limits, tokens, bucket, types, live = await pipe.execute()
+            pipe.hlen(keys.key("memory-sizes"))  # kept by the memory scripts (memory_events.lua)
+            pipe.get(keys.key("memory-usage"))
+            limits, tokens, bucket, types, live, entries, value_bytes = await pipe.execute()
         async with self._redis.pipeline(transaction=False) as pipe:
             for task_type in types:
                 pipe.zcard(keys.key("tasks", "q", task_type))
@@ -209,6 +219,8 @@ class NamespaceStore:
             "tokens": int(tokens),
             "pending_tasks": pending,
             "live_subscriptions": int(live),
+            "memory_entries": int(entries),
+            "memory_bytes": int(value_bytes or 0),
         }
         if bucket[0] is not None and bucket[1] is not None:
             usage["signal_bucket"] = float(bucket[0])

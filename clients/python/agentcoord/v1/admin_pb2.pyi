@@ -820,6 +820,8 @@ class NamespaceQuota(_message.Message):
     MAX_SIGNALS_PER_SECOND_FIELD_NUMBER: _builtins.int
     MAX_PENDING_TASKS_FIELD_NUMBER: _builtins.int
     MAX_LIVE_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Live tokens of the namespace ("tokens"): IssueToken beyond it is refused."""
     max_signals_per_second: _builtins.int
@@ -837,6 +839,14 @@ class NamespaceQuota(_message.Message):
     opens. A stream of a server that died without ending it stops counting
     within the server's --subscription-lease-seconds.
     """
+    max_memory_entries: _builtins.int
+    """Working-memory entries over every owner ("memory_entries"): a Stash or
+    BatchStash that would add entries beyond it is refused (overwriting is not).
+    """
+    max_memory_bytes: _builtins.int
+    """Bytes of working-memory values (serialized) over every owner
+    ("memory_bytes"): a stash that would grow them beyond it is refused.
+    """
     def __init__(
         self,
         *,
@@ -844,10 +854,12 @@ class NamespaceQuota(_message.Message):
         max_signals_per_second: _builtins.int = ...,
         max_pending_tasks: _builtins.int = ...,
         max_live_subscriptions: _builtins.int = ...,
+        max_memory_entries: _builtins.int = ...,
+        max_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_live_subscriptions", b"max_live_subscriptions", "max_pending_tasks", b"max_pending_tasks", "max_signals_per_second", b"max_signals_per_second", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_live_subscriptions", b"max_live_subscriptions", "max_memory_bytes", b"max_memory_bytes", "max_memory_entries", b"max_memory_entries", "max_pending_tasks", b"max_pending_tasks", "max_signals_per_second", b"max_signals_per_second", "max_tokens", b"max_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -864,13 +876,15 @@ class QuotaUsage(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
-    "signals_per_second", "pending_tasks", "live_subscriptions".
+    "signals_per_second", "pending_tasks", "live_subscriptions", "memory_entries",
+    "memory_bytes".
     """
     limit: _builtins.int
     """The limit in force (the namespace's own, or the server's default); 0: none."""
     used: _builtins.int
     """Current use: live tokens; signals of the last second's bucket (the limit
-    minus what is left in the bucket); pending tasks; open streams.
+    minus what is left in the bucket); pending tasks; open streams;
+    working-memory entries; bytes of their values.
     """
     def __init__(
         self,

@@ -27,7 +27,8 @@ elseif op == 'leave' then
   redis.call('SREM', KEYS[2], agent)
 elseif op == 'share' then
   redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
-  emit(KEYS[6], KEYS[7], ARGV[9], 'P', agent, ARGV[6], ARGV[4], ARGV[1], ARGV[7], 0)
+  NS.rev, NS.log, NS.history = KEYS[6], KEYS[7], ARGV[9]
+  emit('P', agent, ARGV[6], ARGV[4], ARGV[1], ARGV[7], 0)
 elseif ARGV[6] ~= '' then
   local item = redis.call('HGET', KEYS[3], ARGV[6])
   if item then items = {item} else status = 'NO_CONTEXT' end

@@ -4,25 +4,30 @@
 -- KEYS[2] the owner's expiry index (zset, score = expire time ms: pruning)
 -- KEYS[3] the namespace's owner index (zset, member owner, score = its latest expire ms:
 --         GetServerStats finds the owners to count through it)
--- KEYS[4] the namespace's expiry set, KEYS[5] its revision, KEYS[6] its event log
--- KEYS[6+i] entry i's hash {v = value bytes, t = stash ms, e = expire ms, r = revision,
+-- KEYS[4] the namespace's record (hash: quota:memory_entries, quota:memory_bytes)
+-- KEYS[5..9] the namespace keys of memory_events.lua (expiry, revision, log, sizes, usage)
+-- KEYS[9+i] entry i's hash {v = value bytes, t = stash ms, e = expire ms, r = revision,
 --           l = ttl ms}
 -- ARGV[1] now (ms since the epoch), ARGV[2] events the log keeps, ARGV[3] expected revision
--- ('' none, 0 create only, N update revision N; single entry only), ARGV[4] the owner; then
--- per entry i: ARGV[3i+2] key, ARGV[3i+3] value, ARGV[3i+4] ttl ms.
+-- ('' none, 0 create only, N update revision N; single entry only), ARGV[4] the owner,
+-- ARGV[5] / ARGV[6] the server's default entries / bytes quota (0: none; the record's fields
+-- override them); then per entry i: ARGV[3i+4] key, ARGV[3i+5] value, ARGV[3i+6] ttl ms.
 -- Returns {'OK', earliest, expire 1, revision 1, ...}: earliest is the namespace's new
 -- earliest expiry when this stash moved it earlier (or the set was empty), else 0; or
--- {'EXISTS', revision}, {'MISSING'}, {'MISMATCH', revision} and writes nothing.
-local now, history, expected, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local n = #KEYS - 6
+-- {'EXISTS', revision}, {'MISSING'}, {'MISMATCH', revision}, {'QUOTA', name, limit, used}
+-- and writes nothing.
+local now, expected, owner = tonumber(ARGV[1]), ARGV[3], ARGV[4]
+namespace_keys(5, ARGV[2])
+local FIRST = 9
+local n = #KEYS - FIRST
 
 local function live(i)
-  local key = ARGV[3 * i + 2]
-  local score = redis.call('ZSCORE', KEYS[4], owner .. '/' .. key)
+  local key = ARGV[3 * i + 4]
+  local score = redis.call('ZSCORE', NS.expiry, owner .. '/' .. key)
   if score and tonumber(score) <= now then return nil end
-  local rev = redis.call('HGET', KEYS[6 + i], 'r')
+  local rev = redis.call('HGET', KEYS[FIRST + i], 'r')
   if rev then return tonumber(rev) end
-  if redis.call('EXISTS', KEYS[6 + i]) == 1 then return 0 end
+  if redis.call('EXISTS', KEYS[FIRST + i]) == 1 then return 0 end
   return nil
 end
 
@@ -38,22 +43,51 @@ if expected ~= '' then
   end
 end
 
-local before = earliest(KEYS[4])
+-- Quotas: an overwritten (or due) entry frees its own count and bytes.
+local quota = redis.call('HMGET', KEYS[4], 'quota:memory_entries', 'quota:memory_bytes')
+local max_entries = tonumber(quota[1] or '0')
+if max_entries == 0 then max_entries = tonumber(ARGV[5]) end
+local max_bytes = tonumber(quota[2] or '0')
+if max_bytes == 0 then max_bytes = tonumber(ARGV[6]) end
+if max_entries > 0 or max_bytes > 0 then
+  local entries = redis.call('HLEN', NS.sizes)
+  local bytes = tonumber(redis.call('GET', NS.usage) or '0')
+  local more_entries, more_bytes = 0, 0
+  for i = 1, n do
+    local old = redis.call('HGET', NS.sizes, owner .. '/' .. ARGV[3 * i + 4])
+    if old then
+      more_bytes = more_bytes - tonumber(old)
+    else
+      more_entries = more_entries + 1
+    end
+    more_bytes = more_bytes + #ARGV[3 * i + 5]
+  end
+  if max_entries > 0 and more_entries > 0 and entries + more_entries > max_entries then
+    return {'QUOTA', 'memory_entries', max_entries, entries}
+  end
+  if max_bytes > 0 and more_bytes > 0 and bytes + more_bytes > max_bytes then
+    return {'QUOTA', 'memory_bytes', max_bytes, bytes}
+  end
+end
+
+local before = earliest()
 local out = {'OK', 0}
 local longest, soonest = 0, nil
 for i = 1, n do
-  local key, value, ttl = ARGV[3 * i + 2], ARGV[3 * i + 3], tonumber(ARGV[3 * i + 4])
+  local key, value, ttl = ARGV[3 * i + 4], ARGV[3 * i + 5], tonumber(ARGV[3 * i + 6])
+  local entry, member = KEYS[FIRST + i], owner .. '/' .. key
   local expire = now + ttl
   -- A previous version whose TTL ran out but that the sweep has not reached yet ends first,
   -- so its EXPIRE is emitted once and before this PUT.
-  expire_due(KEYS[4], KEYS[5], KEYS[6], history, KEYS[6 + i], KEYS[1], KEYS[2], owner, key, now)
-  local rev = emit(KEYS[5], KEYS[6], history, 'P', owner, key, now, '', value, expire)
+  expire_due(entry, KEYS[1], KEYS[2], owner, key, now)
+  local rev = emit('P', owner, key, now, '', value, expire)
   -- The hash always has the same fields, so HSET overwrites a previous value completely.
-  redis.call('HSET', KEYS[6 + i], 'v', value, 't', now, 'e', expire, 'r', rev, 'l', ttl)
-  redis.call('PEXPIRE', KEYS[6 + i], ttl)
+  redis.call('HSET', entry, 'v', value, 't', now, 'e', expire, 'r', rev, 'l', ttl)
+  redis.call('PEXPIRE', entry, ttl)
   redis.call('ZADD', KEYS[1], 0, key)
   redis.call('ZADD', KEYS[2], expire, key)
-  redis.call('ZADD', KEYS[4], expire, owner .. '/' .. key)
+  redis.call('ZADD', NS.expiry, expire, member)
+  count(member, #value)
   if ttl > longest then longest = ttl end
   if not soonest or expire < soonest then soonest = expire end
   out[#out + 1] = expire

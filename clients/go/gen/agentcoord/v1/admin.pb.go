@@ -1572,8 +1572,14 @@ type NamespaceQuota struct {
 	// opens. A stream of a server that died without ending it stops counting
 	// within the server's --subscription-lease-seconds.
 	MaxLiveSubscriptions int64 `protobuf:"varint,6,opt,name=max_live_subscriptions,json=maxLiveSubscriptions,proto3" json:"max_live_subscriptions,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Working-memory entries over every owner ("memory_entries"): a Stash or
+	// BatchStash that would add entries beyond it is refused (overwriting is not).
+	MaxMemoryEntries int64 `protobuf:"varint,10,opt,name=max_memory_entries,json=maxMemoryEntries,proto3" json:"max_memory_entries,omitempty"`
+	// Bytes of working-memory values (serialized) over every owner
+	// ("memory_bytes"): a stash that would grow them beyond it is refused.
+	MaxMemoryBytes int64 `protobuf:"varint,11,opt,name=max_memory_bytes,json=maxMemoryBytes,proto3" json:"max_memory_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NamespaceQuota) Reset() {
@@ -1634,16 +1640,32 @@ func (x *NamespaceQuota) GetMaxLiveSubscriptions() int64 {
 	return 0
 }
 
+func (x *NamespaceQuota) GetMaxMemoryEntries() int64 {
+	if x != nil {
+		return x.MaxMemoryEntries
+	}
+	return 0
+}
+
+func (x *NamespaceQuota) GetMaxMemoryBytes() int64 {
+	if x != nil {
+		return x.MaxMemoryBytes
+	}
+	return 0
+}
+
 // QuotaUsage is one quota's effective limit and current use.
 type QuotaUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The quota's name, as in QUOTA_EXCEEDED's metadata: "tokens",
-	// "signals_per_second", "pending_tasks", "live_subscriptions".
+	// "signals_per_second", "pending_tasks", "live_subscriptions", "memory_entries",
+	// "memory_bytes".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The limit in force (the namespace's own, or the server's default); 0: none.
 	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Current use: live tokens; signals of the last second's bucket (the limit
-	// minus what is left in the bucket); pending tasks; open streams.
+	// minus what is left in the bucket); pending tasks; open streams;
+	// working-memory entries; bytes of their values.
 	Used          int64 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2042,13 +2064,16 @@ const file_agentcoord_v1_admin_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x18.agentcoord.v1.TokenInfoR\x06tokens\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
 	"\x17DeleteNamespaceResponse\x126\n" +
-	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"\xc6\x01\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x18.agentcoord.v1.NamespaceR\tnamespace\"\x9e\x02\n" +
 	"\x0eNamespaceQuota\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x03R\tmaxTokens\x123\n" +
 	"\x16max_signals_per_second\x18\x02 \x01(\x03R\x13maxSignalsPerSecond\x12*\n" +
 	"\x11max_pending_tasks\x18\x03 \x01(\x03R\x0fmaxPendingTasks\x124\n" +
-	"\x16max_live_subscriptions\x18\x06 \x01(\x03R\x14maxLiveSubscriptions\"J\n" +
+	"\x16max_live_subscriptions\x18\x06 \x01(\x03R\x14maxLiveSubscriptions\x12,\n" +
+	"\x12max_memory_entries\x18\n" +
+	" \x01(\x03R\x10maxMemoryEntries\x12(\n" +
+	"\x10max_memory_bytes\x18\v \x01(\x03R\x0emaxMemoryBytes\"J\n" +
 	"\n" +
 	"QuotaUsage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +

@@ -181,6 +181,8 @@ class AdminClient(ServiceClient):
         max_signals_per_second: int = 0,
         max_pending_tasks: int = 0,
         max_live_subscriptions: int = 0,
+        max_memory_entries: int = 0,
+        max_memory_bytes: int = 0,
     ) -> admin_pb2.UpdateNamespaceQuotaResponse:
         """Sets a registered namespace's quotas; every one is set (0: the server's default,
         from its --quota-* flags). Returns them as get_namespace_quota does. OPERATOR.
@@ -193,6 +195,8 @@ class AdminClient(ServiceClient):
             max_signals_per_second=max_signals_per_second,
             max_pending_tasks=max_pending_tasks,
             max_live_subscriptions=max_live_subscriptions,
+            max_memory_entries=max_memory_entries,
+            max_memory_bytes=max_memory_bytes,
         )
         return await self._unary(  # type: ignore[no-any-return]
             self._stub.UpdateNamespaceQuota,
