@@ -58,6 +58,7 @@ async def run(client: AsyncClient) -> None:
     await measure("Stash (~10 KB nested, overwrite)", lambda: memory.stash("large", LARGE))
     await memory.stash("small", SMALL)
     await measure("Retrieve (small value)", lambda: memory.retrieve("small"))
+    await run_watch_rows(client)
     await measure("Retrieve (~10 KB nested)", lambda: memory.retrieve("large"))
     batch = {f"b{i:03d}": SMALL for i in range(100)}
     await measure("BatchStash (100 small items)", lambda: memory.batch_stash(batch), total=1000)
@@ -93,6 +94,40 @@ async def run(client: AsyncClient) -> None:
     await measure(
         "LoadCollaborationState", lambda: memory.load_collaboration_state("bench-session")
     )
+
+
+async def run_watch_rows(client: AsyncClient) -> None:
+    """Issue #16: TouchEntry, a conditional stash, and stashes with watchers open (each
+    delivered to 16 watchers of the owner through the process's one reader)."""
+    memory = client.memory
+    await memory.stash("touched", SMALL)
+    await measure("TouchEntry", lambda: memory.touch_entry("touched"))
+    await measure(
+        "Stash (create-only, new key)",
+        lambda: memory.stash(f"c{next(_keys)}", SMALL, expected_revision=0),
+    )
+    received = 0
+
+    async def watch(ready: asyncio.Event) -> None:
+        nonlocal received
+        async for _ in memory.watch_entries(key_prefix="w"):
+            if not ready.is_set():
+                ready.set()
+            received += 1
+
+    readies = [asyncio.Event() for _ in range(16)]
+    watchers = [asyncio.create_task(watch(ready)) for ready in readies]
+    await asyncio.sleep(0.5)
+    await memory.stash("w-warm", SMALL)
+    await asyncio.gather(*(ready.wait() for ready in readies))
+    await measure("Stash with 16 watchers open", lambda: memory.stash(f"w{next(_keys)}", SMALL))
+    for task in watchers:
+        task.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    print(f"{'  events delivered to the 16 watchers':<44} {received:>9}")
+
+
+_keys = itertools.count()
 
 
 if __name__ == "__main__":

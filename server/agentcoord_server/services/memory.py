@@ -147,7 +147,15 @@ _EVENT_TYPES = {
 
 def _event(record: EntryEventRecord, with_value: bool) -> memory_pb2.EntryEvent:
     """The wire form of a logged event (PUTs carry the entry's metadata, or the context
-    item's value, and values only when asked)."""
+    item's value, and values only when asked); built once per record and form, since a live
+    event is shared by every watcher of its namespace in this process."""
+    event = record.cache.get(with_value)
+    if event is None:
+        event = record.cache[with_value] = _build_event(record, with_value)
+    return event  # type: ignore[no-any-return]
+
+
+def _build_event(record: EntryEventRecord, with_value: bool) -> memory_pb2.EntryEvent:
     event = memory_pb2.EntryEvent(
         type=_EVENT_TYPES[record.kind],
         revision=record.revision,

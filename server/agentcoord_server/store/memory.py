@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -121,11 +121,12 @@ class StoredEntry:
     revision: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EntryEventRecord:
     """One event of a namespace's log. `kind` is 'P' (put), 'D' (delete) or 'E' (expire);
     `session_id` is set for shared-context items; `value` (serialized google.protobuf.Value, or
-    for context items the serialized SharedContextItem) and `expire_ms` only for puts."""
+    for context items the serialized SharedContextItem) and `expire_ms` only for puts. `cache`
+    is the service's wire form, built once however many watchers carry a live event."""
 
     revision: int
     kind: str
@@ -135,6 +136,7 @@ class EntryEventRecord:
     session_id: str = ""
     value: bytes | None = None
     expire_ms: int = 0
+    cache: dict[bool, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_fields(cls, entry_id: Any, fields: Any) -> EntryEventRecord:

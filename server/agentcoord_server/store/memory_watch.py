@@ -44,10 +44,10 @@ log = structlog.get_logger("agentcoord.memory")
 
 BLOCK_MS = 5000
 """How long one XREAD waits for new events before asking again (ms)."""
-READ_COUNT = 1000
-"""Most events one XREAD returns."""
-CATCH_UP_LIMIT = 500
-"""Events per catch-up page."""
+READ_COUNT = 200
+"""Most events one XREAD returns (events carry values of up to --max-value-bytes each)."""
+CATCH_UP_LIMIT = 200
+"""Events per catch-up page (likewise bounded for the values they carry)."""
 BATCH_EVENTS = 100
 """Most live events handed over at once."""
 PROGRESS_SECONDS = 10.0
