@@ -175,29 +175,29 @@ async def test_watch_catches_up_then_goes_live_with_no_gap_and_no_duplicate(make
     writer, other = make_aclient("lead"), make_aclient("reviewer")
     watcher = make_aclient("watcher", "OBSERVER")
     anchor = await writer.memory.stash("anchor", 0)
-    for i in range(30):
-        await writer.memory.stash(f"k{i}", i)
+    for batch in range(3):  # more than one catch-up page
+        await writer.memory.batch_stash({f"k{i}": i for i in range(batch * 100, batch * 100 + 100)})
     events = watcher.memory.watch_entries(
         all_owners=True, after_revision=anchor.revision, include_values=True
     )
 
     async def write_more() -> None:
-        for i in range(30, 90):
+        for i in range(300, 360):
             await (writer if i % 2 else other).memory.stash(f"k{i}", i)
         await writer.memory.delete_entry("k0")
 
     try:
         first = await anext(events)  # the stream is open: write while it catches up
         writes = asyncio.create_task(write_more())
-        seen = [first, *await take(events, 90)]
+        seen = [first, *await take(events, 360)]
         await writes
     finally:
         await events.aclose()
 
     revisions = [e.revision for e in seen]
-    assert revisions == list(range(anchor.revision + 1, anchor.revision + 92))
+    assert revisions == list(range(anchor.revision + 1, anchor.revision + 362))
     puts = [e for e in seen if e.type == PUT]
-    assert [e.entry.value.number_value for e in puts] == list(range(90))
+    assert [e.entry.value.number_value for e in puts] == list(range(360))
     assert {e.owner for e in puts} == {"lead", "reviewer"}
     assert all(e.entry.revision == e.revision for e in puts)
     assert (seen[-1].type, seen[-1].key, seen[-1].owner) == (DELETE, "k0", "lead")
