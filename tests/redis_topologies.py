@@ -249,7 +249,9 @@ class LocalSentinel:
         def caught_up() -> bool:
             info = replica.info("replication")
             offset = primary.info("replication")["master_repl_offset"]
-            return info.get("master_link_status") == "up" and (info["slave_repl_offset"] >= offset)
+            return info.get("master_link_status") == "up" and (
+                info["slave_repl_offset"] >= offset
+            )
 
         _wait(caught_up, timeout, "the replica to catch up")
 

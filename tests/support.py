@@ -164,7 +164,5 @@ def async_redis(url: str) -> aredis.Redis:
     """An asyncio client (decoded replies) on the Redis `url` names, a cluster included."""
     if url.startswith("redis+cluster://"):
         host, port = url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)
-        return cast(
-            aredis.Redis, aredis.RedisCluster(host=host, port=int(port), decode_responses=True)
-        )
+        return cast(aredis.Redis, aredis.RedisCluster(host=host, port=int(port), decode_responses=True))
     return aredis.Redis.from_url(url, decode_responses=True)

@@ -61,10 +61,7 @@ async def test_caller_request_id_is_echoed_in_errors(server):
 
 def test_development_identity_headers_are_ignored_by_a_token_server(server, namespace):
     metadata = [("x-agent-id", "a"), ("x-access-tier", "STEWARD"), ("x-namespace", namespace)]
-    with (
-        Client(server.address, metadata=metadata) as client,
-        pytest.raises(AgentcoordError) as caught,
-    ):
+    with Client(server.address, metadata=metadata) as client, pytest.raises(AgentcoordError) as caught:
         client.admin.who_am_i()
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED

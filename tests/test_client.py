@@ -33,21 +33,13 @@ class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
 
 def rich_status() -> status_pb2.Status:
     info, bad = any_pb2.Any(), any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason="KEY_INVALID", domain="agentcoord", metadata={"request_id": "r1"}
-        )
-    )
+    info.Pack(error_details_pb2.ErrorInfo(reason="KEY_INVALID", domain="agentcoord", metadata={"request_id": "r1"}))
     bad.Pack(
         error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field="key", description="bad")
-            ]
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field="key", description="bad")]
         )
     )
-    return status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message="key: bad", details=[info, bad]
-    )
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="key: bad", details=[info, bad])
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +66,7 @@ def test_sync_client_sends_bearer_token_and_extra_metadata(grpc_server, grpc_add
     assert sent["x-trace"] == "t1"
 
 
-def test_sync_client_takes_token_from_environment(
-    grpc_server, grpc_addr, grpc_servicer, monkeypatch
-):
+def test_sync_client_takes_token_from_environment(grpc_server, grpc_addr, grpc_servicer, monkeypatch):
     monkeypatch.setenv("AGENTCOORD_TOKEN", "from-env")
     with Client(grpc_addr) as client:
         client.admin.who_am_i()
@@ -126,9 +116,7 @@ async def test_async_client_sends_bearer_token_and_extra_metadata(aio_recording_
     assert servicer.metadata[-1]["x-trace"] == "t2"
 
 
-async def test_async_client_raises_one_error_type_with_reason_and_field_violations(
-    aio_recording_server,
-):
+async def test_async_client_raises_one_error_type_with_reason_and_field_violations(aio_recording_server):
     address, _ = aio_recording_server
     async with AsyncClient(address) as client:
         with pytest.raises(AgentcoordError) as caught:

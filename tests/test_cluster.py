@@ -38,9 +38,7 @@ def two_servers(cluster_url: str):  # type: ignore[no-untyped-def]
     second.stop()
 
 
-async def test_server_stats_say_cluster_and_name_every_primary(
-    two_servers, redis_cluster, namespace
-):
+async def test_server_stats_say_cluster_and_name_every_primary(two_servers, redis_cluster, namespace):
     first, _ = two_servers
     async with AsyncClient(first.address, token=first.issue_token("s", "STEWARD", namespace)) as c:
         await c.memory.stash("k", 1)
@@ -57,10 +55,7 @@ async def test_two_servers_on_one_cluster_hand_each_task_to_exactly_one_claimant
 ):
     servers = two_servers
     clients = [
-        AsyncClient(
-            servers[n % 2].address,
-            token=servers[n % 2].issue_token(f"w{n}", "CONTRIBUTOR", namespace),
-        )
+        AsyncClient(servers[n % 2].address, token=servers[n % 2].issue_token(f"w{n}", "CONTRIBUTOR", namespace))
         for n in range(16)
     ]
     ids = [f"t{i:03d}" for i in range(100)]

@@ -11,9 +11,7 @@ def test_every_rpc_of_every_service_declares_required_tier():
     tiers = required_tiers(module.PB2 for module in SERVICE_MODULES)
 
     assert tiers, "no RPCs found"
-    undeclared = [
-        path for path, tier in tiers.items() if tier == access_pb2.ACCESS_TIER_UNSPECIFIED
-    ]
+    undeclared = [path for path, tier in tiers.items() if tier == access_pb2.ACCESS_TIER_UNSPECIFIED]
     assert undeclared == []
 
 

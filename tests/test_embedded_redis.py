@@ -250,8 +250,6 @@ def test_data_directory_and_its_files_are_private(tmp_path):
     }
 
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-    assert {"appendonly.aof", "dump.rdb", "redis.log", "redis.conf", "agentcoord.lock"} <= set(
-        modes
-    )
+    assert {"appendonly.aof", "dump.rdb", "redis.log", "redis.conf", "agentcoord.lock"} <= set(modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}
     assert stat.S_IMODE(unrelated.stat().st_mode) == 0o755

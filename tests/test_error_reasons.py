@@ -18,14 +18,9 @@ from agentcoord.client.errors import as_reason
 from agentcoord.v1 import error_reason_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [
-    ROOT / "server" / "agentcoord_server",
-    ROOT / "clients" / "python" / "agentcoord" / "client",
-]
+SOURCES = [ROOT / "server" / "agentcoord_server", ROOT / "clients" / "python" / "agentcoord" / "client"]
 # reason="X", reason = "X", reason: str = "X" (a default), reason=ErrorReason.X
-LITERAL = re.compile(
-    r'\breason\s*(?::\s*str\s*)?=\s*(?:"([A-Z][A-Z0-9_]*)"|ErrorReason\.([A-Z][A-Z0-9_]*))'
-)
+LITERAL = re.compile(r'\breason\s*(?::\s*str\s*)?=\s*(?:"([A-Z][A-Z0-9_]*)"|ErrorReason\.([A-Z][A-Z0-9_]*))')
 
 
 def reasons_in_sources() -> dict[str, list[str]]:

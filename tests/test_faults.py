@@ -272,17 +272,8 @@ def test_a_stopped_external_redis_fails_calls_unavailable_then_subscribers_resum
 ):
     socket_path = tmp_path / "redis.sock"
     external = subprocess.Popen(
-        [
-            find_redis_server(),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(socket_path),
-            "--save",
-            "",
-            "--dir",
-            str(tmp_path),
-        ],
+        [find_redis_server(), "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+         "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -291,10 +282,8 @@ def test_a_stopped_external_redis_fails_calls_unavailable_then_subscribers_resum
         wait_until(socket_path.exists, what="the external redis-server")
         server = ServeProcess(
             tmp_path / "data",
-            "--redis-timeout",
-            "1",
-            "--auth-cache-seconds",
-            "0.5",  # open streams re-check their token every 0.5 s
+            "--redis-timeout", "1",
+            "--auth-cache-seconds", "0.5",  # open streams re-check their token every 0.5 s
             redis_url=f"unix://{socket_path}",
         )
         with Client(server.wait_serving(), token=TOKEN, timeout=10) as client:
@@ -391,18 +380,8 @@ def test_a_second_live_server_on_the_same_data_directory_is_refused_in_one_line(
     try:
         address = first.wait_serving()
         second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agentcoord_server.cli",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(data_dir),
-                "--log-format",
-                "json",
-            ],
+            [sys.executable, "-m", "agentcoord_server.cli", "serve", "--listen", "127.0.0.1:0",
+             "--data-dir", str(data_dir), "--log-format", "json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -425,18 +404,8 @@ def test_a_listen_address_in_use_is_refused_in_one_line(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agentcoord_server.cli",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--log-format",
-                "json",
-            ],
+            [sys.executable, "-m", "agentcoord_server.cli", "serve", "--listen",
+             f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"), "--log-format", "json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -446,9 +415,7 @@ def test_a_listen_address_in_use_is_refused_in_one_line(tmp_path):
     assert refused.returncode == 1
     assert "Traceback" not in refused.stderr, refused.stderr
     # The log lines of the start, then one line saying what failed.
-    assert refused.stderr.splitlines()[-1].startswith(
-        f"agentcoord: cannot listen on 127.0.0.1:{port}"
-    )
+    assert refused.stderr.splitlines()[-1].startswith(f"agentcoord: cannot listen on 127.0.0.1:{port}")
     assert not EmbeddedRedis(tmp_path / "data")._answers()  # the Redis it started is stopped
 
 

@@ -38,10 +38,7 @@ def test_grpcurl_lists_services_without_proto_files(grpcurl, server):
 def test_grpcurl_describes_a_service(grpcurl, server):
     description = run(grpcurl, server.address, "describe", "agentcoord.v1.AdminService")
 
-    assert (
-        "rpc WhoAmI ( .agentcoord.v1.WhoAmIRequest ) returns ( .agentcoord.v1.WhoAmIResponse )"
-        in description
-    )
+    assert "rpc WhoAmI ( .agentcoord.v1.WhoAmIRequest ) returns ( .agentcoord.v1.WhoAmIResponse )" in description
 
 
 def test_grpcurl_calls_who_am_i_with_a_bearer_token(grpcurl, server, namespace):
@@ -49,18 +46,13 @@ def test_grpcurl_calls_who_am_i_with_a_bearer_token(grpcurl, server, namespace):
 
     output = run(
         grpcurl,
-        "-H",
-        f"authorization: Bearer {token}",
+        "-H", f"authorization: Bearer {token}",
         server.address,
         "agentcoord.v1.AdminService/WhoAmI",
     )
 
     assert json.loads(output) == {
-        "principal": {
-            "agent_id": "grpcurl-user",
-            "namespace": namespace,
-            "tier": "ACCESS_TIER_OBSERVER",
-        }
+        "principal": {"agent_id": "grpcurl-user", "namespace": namespace, "tier": "ACCESS_TIER_OBSERVER"}
     }
 
 
@@ -69,10 +61,8 @@ def test_grpcurl_issues_a_token_with_plain_json(grpcurl, server, namespace):
 
     output = run(
         grpcurl,
-        "-H",
-        f"authorization: Bearer {steward}",
-        "-d",
-        '{"agent_id": "worker-7", "tier": "ACCESS_TIER_CONTRIBUTOR", "lifetime": "3600s"}',
+        "-H", f"authorization: Bearer {steward}",
+        "-d", '{"agent_id": "worker-7", "tier": "ACCESS_TIER_CONTRIBUTOR", "lifetime": "3600s"}',
         server.address,
         "agentcoord.v1.AdminService/IssueToken",
     )
@@ -88,24 +78,13 @@ def test_grpcurl_describes_a_method(grpcurl, server):
     description = run(grpcurl, server.address, "describe", "agentcoord.v1.TaskService.ClaimTask")
 
     assert "agentcoord.v1.TaskService.ClaimTask is a method:" in description
-    assert (
-        "rpc ClaimTask ( .agentcoord.v1.ClaimTaskRequest ) returns ( .agentcoord.v1.ClaimTaskResponse )"
-        in description
-    )
+    assert "rpc ClaimTask ( .agentcoord.v1.ClaimTaskRequest ) returns ( .agentcoord.v1.ClaimTaskResponse )" in description
 
 
 def test_grpcurl_describe_of_an_unknown_method_fails(grpcurl, server):
     result = subprocess.run(
-        [
-            grpcurl,
-            "-plaintext",
-            server.address,
-            "describe",
-            "agentcoord.v1.TaskService.NoSuchMethod",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [grpcurl, "-plaintext", server.address, "describe", "agentcoord.v1.TaskService.NoSuchMethod"],
+        capture_output=True, text=True, timeout=30,
     )
 
     assert result.returncode != 0

@@ -28,10 +28,6 @@ def test_reflection_lists_and_describes_services(server):
     assert {"agentcoord.v1.AdminService", "grpc.health.v1.Health"} <= services
     assert admin_file.name == "agentcoord/v1/admin.proto"
     assert [m.name for m in admin_file.service[0].method][:5] == [
-        "WhoAmI",
-        "GetServerStats",
-        "IssueToken",
-        "RevokeToken",
-        "ListTokens",
+        "WhoAmI", "GetServerStats", "IssueToken", "RevokeToken", "ListTokens"
     ]
     assert "CreateNamespace" in [m.name for m in admin_file.service[0].method]

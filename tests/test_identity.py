@@ -96,19 +96,14 @@ def test_tier_too_low_carries_reason_and_both_tiers(server, namespace):
     request = message_factory.GetMessageClass(issue.input_type)()
 
     with grpc.insecure_channel(server.address) as channel:
-        stub = channel.unary_unary(
-            path_of(issue), request_serializer=type(request).SerializeToString
-        )
+        stub = channel.unary_unary(path_of(issue), request_serializer=type(request).SerializeToString)
         with pytest.raises(grpc.RpcError) as caught:
             stub(request, metadata=[("authorization", f"Bearer {token}")], timeout=5)
     error = AgentcoordError.from_rpc_error(caught.value)
 
     assert error.code == grpc.StatusCode.PERMISSION_DENIED
     assert error.reason == "TIER_TOO_LOW"
-    assert (error.metadata["required_tier"], error.metadata["caller_tier"]) == (
-        "STEWARD",
-        "OBSERVER",
-    )
+    assert (error.metadata["required_tier"], error.metadata["caller_tier"]) == ("STEWARD", "OBSERVER")
 
 
 @pytest.mark.parametrize(
@@ -123,10 +118,7 @@ def test_tier_too_low_carries_reason_and_both_tiers(server, namespace):
 )
 def test_missing_malformed_and_unknown_tokens_are_unauthenticated(server, header, reason):
     metadata = [("authorization", header)] if header is not None else []
-    with (
-        Client(server.address, metadata=metadata) as client,
-        pytest.raises(AgentcoordError) as caught,
-    ):
+    with Client(server.address, metadata=metadata) as client, pytest.raises(AgentcoordError) as caught:
         client.admin.who_am_i()
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -142,11 +134,7 @@ def test_bearer_scheme_is_case_insensitive(server, namespace):
 
 def test_identity_headers_cannot_change_who_a_token_holder_is(server, namespace):
     token = server.issue_token("w1", "CONTRIBUTOR", namespace)
-    claims = [
-        ("x-agent-id", "someone-else"),
-        ("x-access-tier", "STEWARD"),
-        ("x-namespace", "default"),
-    ]
+    claims = [("x-agent-id", "someone-else"), ("x-access-tier", "STEWARD"), ("x-namespace", "default")]
 
     with Client(server.address, token=token, metadata=claims) as client:
         principal = client.admin.who_am_i()

@@ -27,9 +27,7 @@ class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
         self.calls.append("WhoAmI")
         if self.who_am_i_fails:
             context.abort(grpc.StatusCode.UNAVAILABLE, "down")
-        return admin_pb2.WhoAmIResponse(
-            principal=access_pb2.Principal(agent_id="a", tier=self.tier)
-        )
+        return admin_pb2.WhoAmIResponse(principal=access_pb2.Principal(agent_id="a", tier=self.tier))
 
     def IssueToken(self, request, context):
         self.calls.append("IssueToken")

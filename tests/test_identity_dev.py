@@ -29,9 +29,7 @@ def dev_server(redis_url):
 
 
 def test_dev_identity_headers_become_the_principal(dev_server, namespace):
-    with Client(
-        dev_server.address, metadata=dev_identity("alice", "VALIDATOR", namespace)
-    ) as client:
+    with Client(dev_server.address, metadata=dev_identity("alice", "VALIDATOR", namespace)) as client:
         principal = client.admin.who_am_i()
 
     assert (principal.agent_id, principal.namespace, principal.tier) == (
@@ -42,9 +40,7 @@ def test_dev_identity_headers_become_the_principal(dev_server, namespace):
 
 
 def test_dev_identity_still_enforces_tiers(dev_server, namespace):
-    with Client(
-        dev_server.address, metadata=dev_identity("alice", "CONTRIBUTOR", namespace)
-    ) as client:
+    with Client(dev_server.address, metadata=dev_identity("alice", "CONTRIBUTOR", namespace)) as client:
         with pytest.raises(AgentcoordError) as caught:
             client.admin.list_tokens()
 
@@ -62,10 +58,7 @@ def test_dev_identity_without_headers_is_unauthenticated(dev_server):
 
 def test_unknown_tier_in_dev_identity_is_unauthenticated(dev_server, namespace):
     metadata = [("x-agent-id", "a"), ("x-access-tier", "ROOT"), ("x-namespace", namespace)]
-    with (
-        Client(dev_server.address, metadata=metadata) as client,
-        pytest.raises(AgentcoordError) as caught,
-    ):
+    with Client(dev_server.address, metadata=metadata) as client, pytest.raises(AgentcoordError) as caught:
         client.admin.who_am_i()
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -74,10 +67,7 @@ def test_unknown_tier_in_dev_identity_is_unauthenticated(dev_server, namespace):
 
 def test_agent_id_with_key_characters_is_refused(dev_server, namespace):
     metadata = [("x-agent-id", "a:*"), ("x-access-tier", "STEWARD"), ("x-namespace", namespace)]
-    with (
-        Client(dev_server.address, metadata=metadata) as client,
-        pytest.raises(AgentcoordError) as caught,
-    ):
+    with Client(dev_server.address, metadata=metadata) as client, pytest.raises(AgentcoordError) as caught:
         client.admin.who_am_i()
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -86,10 +76,7 @@ def test_agent_id_with_key_characters_is_refused(dev_server, namespace):
 
 def test_dev_server_does_not_accept_tokens(dev_server, server, namespace):
     token = server.issue_token("w1", "STEWARD", namespace)
-    with (
-        Client(dev_server.address, token=token) as client,
-        pytest.raises(AgentcoordError) as caught,
-    ):
+    with Client(dev_server.address, token=token) as client, pytest.raises(AgentcoordError) as caught:
         client.admin.who_am_i()
 
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -102,9 +89,7 @@ def test_dev_identity_refuses_non_loopback_addresses(listen):
 
 
 def test_cli_refuses_dev_identity_on_a_public_address():
-    result = CliRunner().invoke(
-        main, ["serve", "--insecure-dev-identity", "--listen", "0.0.0.0:50051"]
-    )
+    result = CliRunner().invoke(main, ["serve", "--insecure-dev-identity", "--listen", "0.0.0.0:50051"])
 
     assert result.exit_code == 2
     assert "loopback" in result.output

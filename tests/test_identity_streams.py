@@ -99,9 +99,7 @@ async def test_open_stream_of_a_revoked_token_ends_unauthenticated_within_the_bo
 @pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
 async def test_stream_of_an_expiring_token_ends_unauthenticated(stream_server):
     channel, store, _, namespace = stream_server
-    token, _ = await store.issue(
-        namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER, lifetime_s=1
-    )
+    token, _ = await store.issue(namespace, "watcher", access_pb2.ACCESS_TIER_OBSERVER, lifetime_s=1)
     call = channel.unary_stream(SILENT)(b"", metadata=[("authorization", f"Bearer {token}")])
     assert await call.read() == b"first"
 

@@ -40,15 +40,7 @@ RPCS = [
 REQUIRED = required_tiers(m.PB2 for m in SERVICE_MODULES)
 FOR_OPERATOR = operator_callable(m.PB2 for m in SERVICE_MODULES)
 READS = (
-    "Get",
-    "List",
-    "Retrieve",
-    "BatchRetrieve",
-    "Receive",
-    "Load",
-    "Aggregate",
-    "WhoAmI",
-    "Subscribe",
+    "Get", "List", "Retrieve", "BatchRetrieve", "Receive", "Load", "Aggregate", "WhoAmI", "Subscribe",
     "Watch",
 )
 

@@ -58,9 +58,7 @@ def rpc(method: str, **extra: str) -> dict[str, str]:
     return {"grpc_service": f"agentcoord.v1.{service}", "grpc_method": name, **extra}
 
 
-def eventually(
-    server: ServerThread, check: Callable[[Samples], bool], timeout: float = 5.0
-) -> Samples:
+def eventually(server: ServerThread, check: Callable[[Samples], bool], timeout: float = 5.0) -> Samples:
     """Scrapes until `check` holds: the server counts a call as its handler unwinds, just after
     the client has its answer."""
     deadline = time.monotonic() + timeout
@@ -100,10 +98,7 @@ def test_rpcs_are_counted_by_method_and_code_with_grpc_prometheus_names(metrics_
     assert delta("agentcoord_auth_failures_total", reason="UNKNOWN_TOKEN") == 1
     assert delta("agentcoord_auth_cache_hits_total") >= 2  # the reader's 2nd and 3rd calls
     # Methods nobody called yet are exported as zeros (go-grpc-prometheus's InitializeMetrics).
-    assert (
-        "grpc_server_started_total",
-        frozenset(rpc("TaskService/CancelTask", grpc_type="unary").items()),
-    ) in after
+    assert ("grpc_server_started_total", frozenset(rpc("TaskService/CancelTask", grpc_type="unary").items())) in after
 
 
 def test_stream_messages_and_live_subscriptions_are_reported(metrics_server, namespace):
@@ -128,17 +123,13 @@ def test_stream_messages_and_live_subscriptions_are_reported(metrics_server, nam
     assert value(live, "agentcoord_signal_subscriptions", namespace=namespace) == 1
     assert value(live, "agentcoord_signal_fanout_queued", namespace=namespace) == 0
     # the cursor-only first response, then the two signals
-    sent = value(live, "grpc_server_msg_sent_total", **sub) - value(
-        before, "grpc_server_msg_sent_total", **sub
-    )
+    sent = value(live, "grpc_server_msg_sent_total", **sub) - value(before, "grpc_server_msg_sent_total", **sub)
     assert sent >= 3
     cancelled = value(before, "grpc_server_handled_total", **sub, grpc_code="CANCELLED")
     gone = eventually(
         metrics_server,
-        lambda s: (
-            ("agentcoord_signal_subscriptions", frozenset({("namespace", namespace)})) not in s
-            and value(s, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") > cancelled
-        ),
+        lambda s: ("agentcoord_signal_subscriptions", frozenset({("namespace", namespace)})) not in s
+        and value(s, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") > cancelled,
     )
     assert value(gone, "agentcoord_signal_subscriptions", namespace=namespace) == 0
     assert value(gone, "grpc_server_handled_total", **sub, grpc_code="CANCELLED") == cancelled + 1
@@ -163,11 +154,7 @@ def test_task_queues_dead_letters_lease_expiries_and_redeliveries(metrics_server
     depth = lambda task_type, state: value(  # noqa: E731
         after, "agentcoord_task_queue_depth", namespace=namespace, task_type=task_type, state=state
     )
-    assert (depth("build", "pending"), depth("build", "claimed"), depth("build", "delayed")) == (
-        2,
-        1,
-        0,
-    )
+    assert (depth("build", "pending"), depth("build", "claimed"), depth("build", "delayed")) == (2, 1, 0)
     assert (depth("lint", "pending"), depth("lint", "claimed")) == (0, 0)
     assert value(after, "agentcoord_task_dead_letters", namespace=namespace) == 1
     assert value(after, "agentcoord_task_lease_expiries_total", namespace=namespace) == 1
@@ -194,27 +181,11 @@ def test_the_grafana_dashboard_queries_only_metrics_the_server_exports(metrics_s
 
 
 def test_agentcoord_serve_takes_the_metrics_address_from_the_environment(redis_url, tmp_path):
-    env = {
-        **os.environ,
-        "AGENTCOORD_METRICS_LISTEN": "127.0.0.1:0",
-        "AGENTCOORD_LOG_FORMAT": "json",
-    }
+    env = {**os.environ, "AGENTCOORD_METRICS_LISTEN": "127.0.0.1:0", "AGENTCOORD_LOG_FORMAT": "json"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentcoord_server.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--redis-url",
-            redis_url,
-            "--data-dir",
-            str(tmp_path),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "agentcoord_server.cli", "serve", "--listen", "127.0.0.1:0",
+         "--redis-url", redis_url, "--data-dir", str(tmp_path)],
+        env=env, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert process.stderr is not None

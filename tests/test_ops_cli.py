@@ -126,16 +126,8 @@ def test_signals_tail_prints_live_signals_of_the_chosen_type(server, namespace):
     tail = threading.Thread(
         target=lambda: results.append(
             cli(
-                server,
-                watcher,
-                "signals",
-                "tail",
-                "--type",
-                "deploy",
-                "--earliest",
-                "--count",
-                "2",
-                "--json",
+                server, watcher, "signals", "tail", "--type", "deploy", "--earliest",
+                "--count", "2", "--json",
             )
         ),
         daemon=True,
@@ -172,9 +164,7 @@ def test_health_reports_serving_without_a_token(server):
 
 def test_health_fails_when_nothing_listens(tmp_path):
     result = CliRunner().invoke(
-        main,
-        ["health", "--server", "unix:" + str(tmp_path / "none.sock"), "--timeout", "1"],
-        env={},
+        main, ["health", "--server", "unix:" + str(tmp_path / "none.sock"), "--timeout", "1"], env={}
     )
 
     assert result.exit_code == 1
@@ -186,9 +176,7 @@ def test_operator_creates_a_namespace_issues_its_steward_lists_and_deletes_it(se
     name = f"cli{time.time_ns()}"
 
     created = cli(server, operator, "namespaces", "create", name, "--description", "team", "--json")
-    issued = cli(
-        server, operator, "token", "issue", "lead", "--tier", "STEWARD", "--namespace", name
-    )
+    issued = cli(server, operator, "token", "issue", "lead", "--tier", "STEWARD", "--namespace", name)
     steward_token = issued.stdout.strip().splitlines()[-1]
     with Client(server.address, token=steward_token) as steward:
         principal = steward.admin.who_am_i()

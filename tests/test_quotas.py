@@ -24,9 +24,7 @@ pytestmark = pytest.mark.every_backend
 
 @pytest.fixture
 def operator(server):
-    client = Client(
-        server.address, token=server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE)
-    )
+    client = Client(server.address, token=server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE))
     yield client
     client.close()
 
@@ -55,10 +53,7 @@ def test_the_token_quota_refuses_the_token_beyond_it_and_writes_nothing(operator
         steward.admin.issue_token("worker-2", "CONTRIBUTOR")
     listed = [t.agent_id for t in steward.admin.iter_tokens()]
 
-    assert (caught.value.code, caught.value.reason) == (
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "QUOTA_EXCEEDED",
-    )
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")
     metadata = caught.value.metadata
     assert (metadata["quota"], metadata["limit"], metadata["used"]) == ("tokens", "2", "2")
     assert listed == ["lead", "worker-1"]
@@ -133,10 +128,7 @@ def test_the_signal_rate_is_one_bucket_shared_by_every_server(server, operator, 
                     accepted += 1
                 except AgentcoordError as exc:
                     assert exc.reason == "QUOTA_EXCEEDED"
-                    assert (exc.metadata["quota"], exc.metadata["limit"]) == (
-                        "signals_per_second",
-                        "1",
-                    )
+                    assert (exc.metadata["quota"], exc.metadata["limit"]) == ("signals_per_second", "1")
                     refused += 1
                     break
             with pytest.raises(AgentcoordError) as on_the_other_server:
@@ -154,19 +146,8 @@ def test_the_cli_sets_and_shows_a_namespaces_quotas(server, team):
     name, _, steward_token = team
     operator_token = server.issue_token("operator", "OPERATOR", OPERATOR_NAMESPACE)
 
-    set_result = cli(
-        server, operator_token, "namespaces", "quota", name, "--max-tokens", "3", "--json"
-    )
-    kept = cli(
-        server,
-        operator_token,
-        "namespaces",
-        "quota",
-        name,
-        "--max-signals-per-second",
-        "9",
-        "--json",
-    )
+    set_result = cli(server, operator_token, "namespaces", "quota", name, "--max-tokens", "3", "--json")
+    kept = cli(server, operator_token, "namespaces", "quota", name, "--max-signals-per-second", "9", "--json")
     shown = cli(server, steward_token, "namespaces", "quota")
 
     assert set_result.exit_code == 0, set_result.output

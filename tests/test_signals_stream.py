@@ -78,9 +78,7 @@ def reader_connection(redis_client, namespace: str, timeout: float = 10.0) -> di
     deadline = time.monotonic() + timeout
     while True:
         named = [
-            c
-            for c in redis_client.client_list()
-            if c.get("name") == f"agentcoord-signals:{namespace}"
+            c for c in redis_client.client_list() if c.get("name") == f"agentcoord-signals:{namespace}"
         ]
         if len(named) == 1:
             return named[0]

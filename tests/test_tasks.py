@@ -366,7 +366,6 @@ async def test_concurrent_retries_of_one_add_task_add_exactly_one_task(
     assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:q:review") == 1
     assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:index") == 1
 
-
 def test_request_ids_are_scoped_to_the_adding_agent(make_client):
     one = make_client("one").tasks.add_task(task_type="review", request_id="req-1")
     two = make_client("two").tasks.add_task(task_type="review", request_id="req-1")
@@ -583,6 +582,7 @@ def test_list_tasks_reports_expired_leases_as_settled_under_every_filter(
     assert ids(assignee="worker") == ["gone", "live"]  # the last holder stays the assignee
     (gone,) = [t for t in client.tasks.list_tasks().tasks if t.task_id == "gone"]
     assert gone.status == tasks_pb2.TASK_STATUS_PENDING and gone.last_error == "lease expired"
+
 
 
 def test_a_task_id_reused_with_another_type_is_claimed_only_as_its_new_type(

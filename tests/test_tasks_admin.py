@@ -331,6 +331,7 @@ def test_list_agents_reaches_an_agent_behind_many_lapsed_registrations(
     assert seen == ["zed"]
 
 
+
 def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, namespace):
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review")
@@ -344,6 +345,7 @@ def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, 
     assert [t.task_id for t in client.tasks.list_tasks().tasks] == ["t1"]
 
 
+
 def test_a_reused_task_id_is_not_listed_as_a_dead_letter(make_client, redis_client, namespace):
     client = make_client()
     dead_letter(client, "t1")
@@ -351,6 +353,7 @@ def test_a_reused_task_id_is_not_listed_as_a_dead_letter(make_client, redis_clie
     client.tasks.add_task(task_id="t1", task_type="review")
 
     assert list(client.tasks.list_dead_letters().tasks) == []
+
 
 
 def test_dead_letters_dying_in_the_same_millisecond_page_in_member_order(

@@ -31,10 +31,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _issue(
-    subject: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    server: bool,
+    subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *, server: bool
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -48,9 +45,7 @@ def _issue(
         .not_valid_after(now + datetime.timedelta(days=1))
     )
     if issuer is None:
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True
-        )
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     elif server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
@@ -123,9 +118,7 @@ def mtls_server(redis_url, pki):
 
 
 def test_tls_client_with_the_ca_and_a_token_is_served(tls_server, pki, credentials):
-    with Client(
-        tls_server.address, root_certificates=pki["ca"].cert, **credentials("w1", "OBSERVER")
-    ) as client:
+    with Client(tls_server.address, root_certificates=pki["ca"].cert, **credentials("w1", "OBSERVER")) as client:
         assert client.admin.who_am_i().agent_id == "w1"
 
 
@@ -139,12 +132,7 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(tls_server, credentials):
 
 def test_client_that_does_not_trust_the_servers_ca_is_refused(tls_server, pki, credentials):
     stranger_ca = pki["stranger"].cert  # a leaf of another CA: not the server's issuer
-    with Client(
-        tls_server.address,
-        root_certificates=stranger_ca,
-        timeout=3,
-        **credentials("w1", "OBSERVER"),
-    ) as client:
+    with Client(tls_server.address, root_certificates=stranger_ca, timeout=3, **credentials("w1", "OBSERVER")) as client:
         with pytest.raises(AgentcoordError) as caught:
             client.admin.who_am_i()
 
@@ -171,23 +159,13 @@ def test_mtls_client_with_a_certificate_from_the_client_ca_is_served(mtls_server
 
 
 @pytest.mark.parametrize("who", ["no certificate", "stranger"])
-def test_mtls_refuses_clients_without_a_certificate_from_the_client_ca(
-    mtls_server, pki, credentials, who
-):
-    extra = (
-        {}
-        if who == "no certificate"
-        else {
-            "client_certificate": pki["stranger"].cert,
-            "client_key": pki["stranger"].key,
-        }
-    )
+def test_mtls_refuses_clients_without_a_certificate_from_the_client_ca(mtls_server, pki, credentials, who):
+    extra = {} if who == "no certificate" else {
+        "client_certificate": pki["stranger"].cert,
+        "client_key": pki["stranger"].key,
+    }
     with Client(
-        mtls_server.address,
-        root_certificates=pki["ca"].cert,
-        timeout=3,
-        **extra,
-        **credentials("w1", "OBSERVER"),
+        mtls_server.address, root_certificates=pki["ca"].cert, timeout=3, **extra, **credentials("w1", "OBSERVER")
     ) as client:
         with pytest.raises(AgentcoordError) as caught:
             client.admin.who_am_i()

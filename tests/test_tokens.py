@@ -80,9 +80,7 @@ def test_token_with_lifetime_expires_with_its_keys(make_client, server, redis_cl
 
     assert 0 < redis_client.pttl(f"ac:tokens:{digest}") <= 1000
     assert 0 < redis_client.pttl(f"ac:{{{namespace}}}:tokens:{issued.info.token_id}") <= 1000
-    assert (
-        issued.info.expire_time.ToMilliseconds() - issued.info.create_time.ToMilliseconds() == 1000
-    )
+    assert issued.info.expire_time.ToMilliseconds() - issued.info.create_time.ToMilliseconds() == 1000
     with Client(server.address, token=issued.token) as client:
         client.admin.who_am_i()  # works before it expires
         time.sleep(1.1)
@@ -154,9 +152,7 @@ def test_revoking_an_unknown_token_is_not_found(make_client):
 
 
 def test_steward_cannot_revoke_another_namespaces_token(make_client, server, namespace):
-    theirs = make_client("boss", "STEWARD", ns=f"{namespace}-other").admin.issue_token(
-        "w1", "OBSERVER"
-    )
+    theirs = make_client("boss", "STEWARD", ns=f"{namespace}-other").admin.issue_token("w1", "OBSERVER")
 
     with pytest.raises(AgentcoordError) as caught:
         make_client("lead", "STEWARD").admin.revoke_token(theirs.info.token_id)
@@ -213,11 +209,7 @@ def test_bad_issue_requests_are_invalid_and_write_nothing(
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [
-        ({"page_size": -1}, "page_size"),
-        ({"page_size": 1001}, "page_size"),
-        ({"page_token": "a:*"}, "page_token"),
-    ],
+    [({"page_size": -1}, "page_size"), ({"page_size": 1001}, "page_size"), ({"page_token": "a:*"}, "page_token")],
 )
 def test_bad_list_requests_are_invalid(make_client, kwargs, field):
     with pytest.raises(AgentcoordError) as caught:

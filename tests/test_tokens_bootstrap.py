@@ -111,10 +111,7 @@ def test_supplied_bootstrap_token_is_ignored_when_tokens_exist(empty_redis_url, 
         server_settings(empty_redis_url, data_dir=tmp_path, bootstrap_token=supplied)
     ).start()
     try:
-        with (
-            Client(handle.address, token=supplied) as client,
-            pytest.raises(AgentcoordError) as caught,
-        ):
+        with Client(handle.address, token=supplied) as client, pytest.raises(AgentcoordError) as caught:
             client.admin.who_am_i()
     finally:
         handle.stop()
@@ -176,8 +173,7 @@ def test_servers_starting_together_on_an_empty_redis_make_one_bootstrap_token(
     empty_redis_url, tmp_path
 ):
     handles = [
-        ServerThread(server_settings(empty_redis_url, data_dir=tmp_path / f"s{i}"))
-        for i in range(4)
+        ServerThread(server_settings(empty_redis_url, data_dir=tmp_path / f"s{i}")) for i in range(4)
     ]
     threads = [threading.Thread(target=h.start) for h in handles]
     for thread in threads:

@@ -27,9 +27,7 @@ def run(server, token: str, *args: str, env: dict[str, str] | None = None):
 def test_token_issue_prints_a_working_token_and_list_shows_it_without_the_secret(server, namespace):
     steward = server.issue_token("lead", "STEWARD", namespace)
 
-    issued = run(
-        server, steward, "issue", "worker-3", "--tier", "contributor", "--description", "cli"
-    )
+    issued = run(server, steward, "issue", "worker-3", "--tier", "contributor", "--description", "cli")
     token = printed_token(issued.stdout)
     listed = run(server, steward, "list")
 

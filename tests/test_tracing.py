@@ -42,9 +42,7 @@ def caller_tracer():
     return TracerProvider().get_tracer("test-caller")
 
 
-def spans_of(
-    exporter: InMemorySpanExporter, trace_id: int, *server_spans: str, timeout: float = 5.0
-):
+def spans_of(exporter: InMemorySpanExporter, trace_id: int, *server_spans: str, timeout: float = 5.0):
     """The spans of a trace once the named SERVER spans have ended: the server ends a call's
     span as its handler unwinds, just after the client has its answer (and after the call's
     Redis spans)."""
@@ -92,9 +90,7 @@ def test_a_failed_call_records_its_status_code(traced_server, exporter, caller_t
             with pytest.raises(AgentcoordError):
                 client.tasks.get_task("missing")
 
-    spans = spans_of(
-        exporter, caller.get_span_context().trace_id, "agentcoord.v1.TaskService/GetTask"
-    )
+    spans = spans_of(exporter, caller.get_span_context().trace_id, "agentcoord.v1.TaskService/GetTask")
     (span,) = [s for s in spans if s.kind == SpanKind.SERVER]
     assert span.attributes["rpc.grpc.status_code"] == 5  # NOT_FOUND
     assert span.status.status_code != StatusCode.ERROR  # a client error, not the server's
@@ -111,9 +107,7 @@ def test_the_canonical_log_line_carries_the_trace_id(traced_server, caller_trace
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 lines = [json.loads(x) for x in out.getvalue().splitlines() if x.startswith("{")]
-                rpc = [
-                    x for x in lines if x.get("event") == "rpc" and x.get("namespace") == namespace
-                ]
+                rpc = [x for x in lines if x.get("event") == "rpc" and x.get("namespace") == namespace]
                 if rpc:
                     break
                 time.sleep(0.01)

@@ -482,7 +482,9 @@ def token_issue(
 @click.pass_obj
 def token_revoke(connection: Connection, token_id: str, namespace: str) -> None:
     """Revoke the token TOKEN_ID of your namespace; prints what was revoked (JSON)."""
-    info = ops_cli.call(lambda: connection.client.admin.revoke_token(token_id, namespace=namespace))
+    info = ops_cli.call(
+        lambda: connection.client.admin.revoke_token(token_id, namespace=namespace)
+    )
     ops_cli.echo_json(ops_cli.to_dict(info))
 
 

@@ -362,7 +362,9 @@ class EmbeddedRedis:
         config_path = self.data_dir / CONFIG_FILE
         _write_private(config_path, config)
         # What Redis prints before it opens its log (a bad config, say) goes to the log too.
-        log_fd = os.open(self.data_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(
+            self.data_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
         try:
             self._process = subprocess.Popen(
                 _dying_with_parent([self.executable, str(config_path)]),

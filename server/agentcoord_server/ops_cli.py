@@ -289,9 +289,7 @@ def stats(connection: Connection, as_json: bool) -> None:
 @click.command()
 @connection_options
 @click.option("--service", default="", help="A service name; empty: the server as a whole.")
-@click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True
-)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
 @click.pass_obj
 def health(connection: Connection, service: str, timeout: float) -> None:
     """Ask the server's gRPC health service; exit 0 when SERVING, 1 otherwise (needs no token;
@@ -315,16 +313,7 @@ def health(connection: Connection, service: str, timeout: float) -> None:
 # -- tasks ------------------------------------------------------------------------------------
 
 
-TASK_COLUMNS = (
-    "task_id",
-    "task_type",
-    "status",
-    "priority",
-    "attempts",
-    "assignee",
-    "updated",
-    "last_error",
-)
+TASK_COLUMNS = ("task_id", "task_type", "status", "priority", "attempts", "assignee", "updated", "last_error")
 
 
 def _task_row(task: Mapping[str, Any]) -> list[Any]:
@@ -410,7 +399,9 @@ def tasks_dead_letters(connection: Connection, limit: int, as_json: bool) -> Non
     """List dead-lettered tasks, oldest first."""
     client = connection.client
     found = _pages(
-        lambda token: client.tasks.list_dead_letters(page_size=min(limit, 1000), page_token=token),
+        lambda token: client.tasks.list_dead_letters(
+            page_size=min(limit, 1000), page_token=token
+        ),
         limit,
     )
     _emit_tasks("dead letters", found, as_json)

@@ -146,7 +146,9 @@ class TracingInterceptor(_CachingInterceptor):
     def _start(self, context: grpc.aio.ServicerContext, name: str, attributes: dict[str, Any]):  # type: ignore[no-untyped-def]
         from opentelemetry.trace import SpanKind
 
-        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        carrier = {
+            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+        }
         # Extracting costs µs even from nothing: only when a propagator's header is present.
         fields = self._tracing.propagated_fields
         parent = self._tracing._propagate.extract(carrier) if fields & carrier.keys() else None

@@ -103,7 +103,9 @@ class NamespaceStore:
         fields = cast(dict[str, str], await self._redis.hgetall(record_key(name)))
         return _record(name, fields) if fields else None
 
-    async def create(self, name: str, *, created_by: str, description: str = "") -> NamespaceRecord:
+    async def create(
+        self, name: str, *, created_by: str, description: str = ""
+    ) -> NamespaceRecord:
         """Registers `name` (a validated id). Two round trips.
 
         Raises AlreadyExists (NAMESPACE_EXISTS) if it is registered, FailedPrecondition
