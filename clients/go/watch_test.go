@@ -2,6 +2,8 @@ package agentcoord_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +119,47 @@ func TestWatchCatchesUpThenGoesLiveAndResumesAcrossARestart(t *testing.T) {
 	}
 	if w.Revision() != last.GetRevision() {
 		t.Fatalf("Revision() = %d, want %d", w.Revision(), last.GetRevision())
+	}
+}
+
+func TestWatchResumesAfterTheServerDropsASlowReader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	writer := dialAs(t, "slow-watch-writer", contributor)
+	// As in the Subscribe test: a fixed 64 KiB window, so the server's 8-event buffer
+	// (--signal-queue-size in TestMain) fills while this reader does not read.
+	reader := dialAs(t, "slow-watch-reader", observer, agentcoord.WithDialOptions(
+		grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16)))
+	who, err := writer.Admin.WhoAmI(ctx, &agentcoordv1.WhoAmIRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := reader.Watch(ctx, agentcoord.WatchOptions{Owner: who.GetPrincipal().GetAgentId(), IncludeValues: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const count = 80
+	padding := strings.Repeat("x", 16<<10)
+	for n := 1; n <= count; n++ {
+		value, _ := structpb.NewValue(map[string]any{"n": n, "padding": padding})
+		if _, err := writer.Memory.Stash(ctx, &agentcoordv1.StashRequest{Key: fmt.Sprintf("k%d", n), Value: value}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var got []int
+	for range count {
+		event, err := w.Recv()
+		if err != nil {
+			t.Fatalf("Recv after %v: %v", got, err)
+		}
+		got = append(got, int(event.GetEntry().GetValue().GetStructValue().GetFields()["n"].GetNumberValue()))
+	}
+	if !equal(got, sequence(1, count)) {
+		t.Fatalf("received %v", got)
+	}
+	if w.Resumes() == 0 {
+		t.Fatal("the server never dropped the slow watcher (SUBSCRIBER_TOO_SLOW), so no resume was tested")
 	}
 }
