@@ -608,7 +608,8 @@ class WatchEntriesRequest(_message.Message):
     """Only keys starting with this (letters, digits, '.', '_', '-'); empty: all."""
     session_id: _builtins.str
     """Watch this session's shared context instead of working memory (the caller
-    must be a participant when the watch starts).
+    must be a participant when the watch starts). Context items have PUT events
+    only: they expire with their session, which sends no events.
     """
     after_revision: _builtins.int
     """Start after this revision (exclusive): events with a higher revision follow,

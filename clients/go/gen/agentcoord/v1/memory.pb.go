@@ -1219,7 +1219,8 @@ type WatchEntriesRequest struct {
 	// Only keys starting with this (letters, digits, '.', '_', '-'); empty: all.
 	KeyPrefix string `protobuf:"bytes,3,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
 	// Watch this session's shared context instead of working memory (the caller
-	// must be a participant when the watch starts).
+	// must be a participant when the watch starts). Context items have PUT events
+	// only: they expire with their session, which sends no events.
 	SessionId string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Start after this revision (exclusive): events with a higher revision follow,
 	// oldest first. Unset: start at the current revision (live changes only).

@@ -569,7 +569,8 @@ export type WatchEntriesRequest = Message<"agentcoord.v1.WatchEntriesRequest"> &
 
   /**
    * Watch this session's shared context instead of working memory (the caller
-   * must be a participant when the watch starts).
+   * must be a participant when the watch starts). Context items have PUT events
+   * only: they expire with their session, which sends no events.
    *
    * @generated from field: string session_id = 4;
    */
