@@ -206,10 +206,12 @@ async def test_watch_catches_up_then_goes_live_with_no_gap_and_no_duplicate(make
 async def test_watch_filters_by_owner_and_key_prefix_and_leaves_values_out(make_aclient):
     lead, other = make_aclient("lead"), make_aclient("other")
     watcher = make_aclient("watcher", "OBSERVER")
-    events = watcher.memory.watch_entries(owner="lead", key_prefix="scope")
+    anchor = await lead.memory.stash("anchor", 0)  # revisions are namespace-wide
+    events = watcher.memory.watch_entries(
+        owner="lead", key_prefix="scope", after_revision=anchor.revision
+    )
     try:
         opened = asyncio.create_task(take(events, 2))
-        await asyncio.sleep(0.3)  # let the watch open (it starts at the current revision)
         await other.memory.stash("scope", "not lead's")
         await lead.memory.stash("notes", "no prefix")
         first = await lead.memory.stash("scope", {"files": ["a.py"]})
@@ -226,10 +228,12 @@ async def test_watch_filters_by_owner_and_key_prefix_and_leaves_values_out(make_
 async def test_watch_sees_shared_context_of_a_session_it_participates_in(make_aclient):
     lead, outsider = make_aclient("lead"), make_aclient("outsider")
     await lead.memory.create_session("review")
-    events = lead.memory.watch_entries(session_id="review", include_values=True)
+    anchor = await lead.memory.stash("anchor", 0)
+    events = lead.memory.watch_entries(
+        session_id="review", include_values=True, after_revision=anchor.revision
+    )
     try:
         pending = asyncio.create_task(take(events, 1))
-        await asyncio.sleep(0.3)
         await lead.memory.stash("private", 1)  # working memory: not this watch's
         await lead.memory.share_context("review", "plan", {"step": 1})
         (event,) = await pending

@@ -6,7 +6,8 @@ come back as int). Tiers: reads need OBSERVER, writes (stash, sessions, share, s
 reading a session's shared context also needs CONTRIBUTOR (participants only, and joining does).
 Every failure raises AgentcoordError; its `reason` tells the cases apart (ENTRY_NOT_FOUND,
 VALUE_TOO_LARGE, INVALID_ID, SESSION_EXISTS, SESSION_NOT_FOUND, NOT_A_PARTICIPANT,
-VERSION_MISMATCH, COLLABORATION_STATE_NOT_FOUND…).
+VERSION_MISMATCH, COLLABORATION_STATE_NOT_FOUND, ENTRY_EXISTS, ENTRY_REVISION_MISMATCH,
+REVISION_COMPACTED, QUOTA_EXCEEDED…). `watch_entries` follows changes live and resumes by itself.
 """
 
 from __future__ import annotations
