@@ -344,3 +344,31 @@ async def test_expire_events_are_sent_once_and_seen_by_a_watcher_that_starts_lat
         await lead.memory.retrieve("short0")
     assert gone.value.reason == "ENTRY_NOT_FOUND"
     assert await lead.memory.retrieve("touched") == 1
+
+
+async def test_a_hole_in_the_history_ends_live_and_catching_up_watchers_out_of_range(
+    make_aclient, redis_client, namespace
+):
+    """Never a silent gap: events that are gone (here a revision with no event, as if the log
+    had been trimmed under a reader that fell a whole history behind) end the watch."""
+    lead = make_aclient("lead")
+    anchor = await lead.memory.stash("anchor", 0)
+    live = lead.memory.watch_entries(after_revision=anchor.revision)
+    try:
+        opened = await lead.memory.stash("before", 1)
+        assert (await anext(live)).revision == opened.revision  # the watch is live
+        redis_client.incr(Keyspace(namespace).key("memory-rev"))  # a revision without event
+        await lead.memory.stash("after", 2)
+        with pytest.raises(AgentcoordError) as ended:
+            await anext(live)
+    finally:
+        await live.aclose()
+    caught_up = []
+    with pytest.raises(AgentcoordError) as refused:
+        async for event in lead.memory.watch_entries(after_revision=anchor.revision):
+            caught_up.append(event.key)
+
+    assert caught_up == ["before"]  # what precedes the hole, then the refusal
+
+    for error in (ended.value, refused.value):
+        assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, "REVISION_COMPACTED")

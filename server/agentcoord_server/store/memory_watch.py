@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from ..errors import DomainError, ResourceExhausted, Unavailable
+from ..errors import DomainError, OutOfRange, ResourceExhausted, Unavailable
 from ..redis_client import close_redis, dedicated_client
 from .keys import Keyspace
 from .memory import RAW, EntryEventRecord, MemoryStore, now_ms
@@ -273,6 +273,8 @@ class _LogReader:
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         event = EntryEventRecord.from_fields(entry_id, fields)
+                        if event.revision != self.position + 1:
+                            self._fell_behind(event.revision)
                         self.position = event.revision
                         self._offer(event)
         except asyncio.CancelledError:
@@ -293,6 +295,20 @@ class _LogReader:
             if redis is not None:
                 with contextlib.suppress(Exception):
                     await close_redis(redis)
+
+    def _fell_behind(self, revision: int) -> None:
+        """The log was trimmed past this reader's position (it fell a whole history behind):
+        live watchers missed events, so they end OUT_OF_RANGE rather than see a gap. Watchers
+        still catching up read the log themselves and are unaffected."""
+        error = OutOfRange(
+            f"the server's reader fell behind the kept history (events {self.position + 1} to "
+            f"{revision - 1} are gone); re-read the entries, then watch from their revision",
+            reason="REVISION_COMPACTED",
+            metadata={"oldest_revision": str(revision - 1), "revision": str(revision)},
+        )
+        for watcher in tuple(self.watchers):
+            if watcher._live:
+                watcher.fail(error)
 
     def stop(self) -> None:
         self._timer.cancel()
