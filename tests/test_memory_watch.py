@@ -16,6 +16,7 @@ import grpc
 import pytest
 from agentcoord import AgentcoordError, Client
 from agentcoord.v1 import memory_pb2
+from agentcoord_server.config import TtlPolicy
 from agentcoord_server.store.keys import Keyspace
 
 from .conftest import server_settings
@@ -372,3 +373,28 @@ async def test_a_hole_in_the_history_ends_live_and_catching_up_watchers_out_of_r
 
     for error in (ended.value, refused.value):
         assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, "REVISION_COMPACTED")
+
+
+def test_a_sessions_expiry_is_one_expire_event_for_its_context_seen_later(
+    redis_url, namespace, redis_client
+):
+    server = ServerThread(server_settings(redis_url, ttl=TtlPolicy(session=1))).start()
+    try:
+        token = server.issue_token("lead", "CONTRIBUTOR", namespace)
+        with Client(server.address, token=token) as lead:
+            lead.memory.create_session("short")
+            anchor = lead.memory.stash("anchor", 0)
+            lead.memory.share_context("short", "plan", {"step": 1})
+            # Nobody watches while it expires; the sweep leaves only the anchor.
+            wait_for_sweep(redis_client, Keyspace(namespace).key("memory-expiry"), 1)
+            lead.memory.create_session("short")  # the id is free again
+            events = lead.memory.watch_entries(session_id="short", after_revision=anchor.revision)
+            seen = [next(events), next(events)]
+            events.close()
+    finally:
+        server.stop()
+
+    assert [(e.type, e.key, e.session_id) for e in seen] == [
+        (PUT, "plan", "short"),
+        (EXPIRE, "", "short"),
+    ]

@@ -224,7 +224,7 @@ class MemoryStore:
         self._expiring = load_script(redis, "memory_expiring_claim")
         self._watch_read = load_script(redis, "memory_watch_read")
         self._list = load_script(redis, "memory_list")
-        self._session_create = load_script(redis, "memory_session_create")
+        self._session_create = load_script(redis, "memory_session_create", prelude=events)
         self._session_activity = load_script(redis, "memory_session_activity", prelude=events)
         self._session_list = load_script(redis, "memory_session_list")
         self._collab_save = load_script(redis, "memory_collab_save")
@@ -419,7 +419,12 @@ class MemoryStore:
         args: list[Any] = [now, self.history]
         for member in members:
             owner, _, key = _text(member).partition("/")
-            keys += [ks.key("memory", owner, key), *self._owner_keys(ks, owner)]
+            if owner:
+                keys += [ks.key("memory", owner, key), *self._owner_keys(ks, owner)]
+            else:  # '/<session id>': a session (its context expires with it)
+                keys += [
+                    ks.key("sessions", key, part) for part in ("context", "info", "participants")
+                ]
             args += [owner, key]
         count, left = await self._run(self._expire, keys, args)
         if int(count) == len(members) == batch:
@@ -547,10 +552,11 @@ class MemoryStore:
         """Creates a session with `creator` as its only participant, expiring in `ttl_ms`.
         Raises AlreadyExists (SESSION_EXISTS), changing nothing, if it is live."""
         now = now_ms()
+        ks = Keyspace(namespace)
         reply = await self._run(
             self._session_create,
-            self._session_keys(Keyspace(namespace), session_id),
-            [session_id, purpose, metadata, creator, now, ttl_ms],
+            [*self._session_keys(ks, session_id), *self._event_keys(ks)[:3]],
+            [session_id, purpose, metadata, creator, now, ttl_ms, self.history],
         )
         if reply[0] == b"EXISTS":
             raise AlreadyExists(
@@ -558,6 +564,7 @@ class MemoryStore:
                 reason="SESSION_EXISTS",
                 metadata={"session_id": session_id},
             )
+        await self._schedule(namespace, _int(reply[2]))
         return StoredSession(session_id, purpose, metadata, creator, now, int(reply[1]), [creator])
 
     async def _activity(
@@ -567,7 +574,12 @@ class MemoryStore:
         extras = [*extra, "", "", ""][:3]  # ARGV[6..8]; ARGV[9] is always the history
         reply = await self._run(
             self._session_activity,
-            [*self._session_keys(ks, session_id), ks.key("memory-rev"), ks.key("memory-log")],
+            [
+                *self._session_keys(ks, session_id),
+                ks.key("memory-rev"),
+                ks.key("memory-log"),
+                ks.key("memory-expiry"),
+            ],
             [session_id, op, agent, now_ms(), ttl_ms, *extras, self.history],
         )
         status = _text(reply[0])

@@ -75,7 +75,10 @@ class WatchFilter:
 
     def matches(self, event: EntryEventRecord) -> bool:
         if self.session_id:
-            return event.session_id == self.session_id and event.key.startswith(self.key_prefix)
+            # A session's EXPIRE has no key (its whole context went): every watcher of it sees it.
+            return event.session_id == self.session_id and (
+                not event.key or event.key.startswith(self.key_prefix)
+            )
         if event.session_id:
             return False
         if not self.all_owners and event.owner != self.owner:

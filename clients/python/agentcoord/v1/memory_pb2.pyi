@@ -549,9 +549,13 @@ class EntryEvent(_message.Message):
     revision: _builtins.int
     """The namespace revision of this change: resume with after_revision = it."""
     owner: _builtins.str
-    """The entry's owner (for shared context: the participant that shared it)."""
+    """The entry's owner (for shared context: the participant that shared it; empty
+    for a session's EXPIRE).
+    """
     key: _builtins.str
-    """The entry's (or context item's) key."""
+    """The entry's (or context item's) key; empty for a session's EXPIRE (its whole
+    shared context expired with it).
+    """
     session_id: _builtins.str
     """Set for a session's shared-context item: its session."""
     @_builtins.property
@@ -608,8 +612,9 @@ class WatchEntriesRequest(_message.Message):
     """Only keys starting with this (letters, digits, '.', '_', '-'); empty: all."""
     session_id: _builtins.str
     """Watch this session's shared context instead of working memory (the caller
-    must be a participant when the watch starts). Context items have PUT events
-    only: they expire with their session, which sends no events.
+    must be a participant when the watch starts). Context items have PUT events;
+    when the session expires (sessions created since watching exists), one EXPIRE
+    event with an empty key says its whole context is gone.
     """
     after_revision: _builtins.int
     """Start after this revision (exclusive): events with a higher revision follow,

@@ -1,7 +1,10 @@
 -- A participant's activity in a session, atomically with its check and the TTL refresh
 -- (MemoryStore.join_session / leave_session / share_context / read_context).
 -- KEYS[1] info hash, KEYS[2] participants set, KEYS[3] shared context hash (field = context key,
--- value = serialized SharedContextItem), KEYS[4] session index, KEYS[5] session expiry index
+-- value = serialized SharedContextItem), KEYS[4] session index, KEYS[5] session expiry index,
+-- KEYS[6] the namespace's working-memory revision, KEYS[7] its event log (share emits a PUT
+-- event with the session id; memory_events.lua is prepended), KEYS[8] its expiry set (the
+-- session's member '/<id>' follows the session's expiry; see memory_session_create.lua)
 -- ARGV[1] session id, ARGV[2] op: join | leave | share | read, ARGV[3] the caller's agent id,
 -- ARGV[4] now ms, ARGV[5] session ttl ms, ARGV[6] context key ('' with read: all),
 -- ARGV[7] serialized SharedContextItem (share), ARGV[8] most participants a session may have
@@ -48,6 +51,9 @@ redis.call('ZADD', KEYS[5], expire, ARGV[1])
 for j = 4, 5 do
   if redis.call('PTTL', KEYS[j]) < ttl then redis.call('PEXPIRE', KEYS[j], ttl) end
 end
+-- XX: only moved later, never added (a session created before watching existed has none), so
+-- the sweep's schedule never has to move earlier for it.
+redis.call('ZADD', KEYS[8], 'XX', expire, '/' .. ARGV[1])
 if op == 'join' or op == 'leave' then
   local info = redis.call('HMGET', KEYS[1], 'p', 'm', 'b', 'c')
   return {'OK', info[1], info[2], info[3], info[4], expire, redis.call('SMEMBERS', KEYS[2])}

@@ -1106,9 +1106,11 @@ type EntryEvent struct {
 	Type EntryEventType `protobuf:"varint,1,opt,name=type,proto3,enum=agentcoord.v1.EntryEventType" json:"type,omitempty"`
 	// The namespace revision of this change: resume with after_revision = it.
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	// The entry's owner (for shared context: the participant that shared it).
+	// The entry's owner (for shared context: the participant that shared it; empty
+	// for a session's EXPIRE).
 	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
-	// The entry's (or context item's) key.
+	// The entry's (or context item's) key; empty for a session's EXPIRE (its whole
+	// shared context expired with it).
 	Key string `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	// Set for a session's shared-context item: its session.
 	SessionId string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1219,8 +1221,9 @@ type WatchEntriesRequest struct {
 	// Only keys starting with this (letters, digits, '.', '_', '-'); empty: all.
 	KeyPrefix string `protobuf:"bytes,3,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
 	// Watch this session's shared context instead of working memory (the caller
-	// must be a participant when the watch starts). Context items have PUT events
-	// only: they expire with their session, which sends no events.
+	// must be a participant when the watch starts). Context items have PUT events;
+	// when the session expires (sessions created since watching exists), one EXPIRE
+	// event with an empty key says its whole context is gone.
 	SessionId string `protobuf:"bytes,4,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Start after this revision (exclusive): events with a higher revision follow,
 	// oldest first. Unset: start at the current revision (live changes only).

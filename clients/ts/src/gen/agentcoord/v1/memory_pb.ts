@@ -491,14 +491,16 @@ export type EntryEvent = Message<"agentcoord.v1.EntryEvent"> & {
   revision: bigint;
 
   /**
-   * The entry's owner (for shared context: the participant that shared it).
+   * The entry's owner (for shared context: the participant that shared it; empty
+   * for a session's EXPIRE).
    *
    * @generated from field: string owner = 3;
    */
   owner: string;
 
   /**
-   * The entry's (or context item's) key.
+   * The entry's (or context item's) key; empty for a session's EXPIRE (its whole
+   * shared context expired with it).
    *
    * @generated from field: string key = 4;
    */
@@ -569,8 +571,9 @@ export type WatchEntriesRequest = Message<"agentcoord.v1.WatchEntriesRequest"> &
 
   /**
    * Watch this session's shared context instead of working memory (the caller
-   * must be a participant when the watch starts). Context items have PUT events
-   * only: they expire with their session, which sends no events.
+   * must be a participant when the watch starts). Context items have PUT events;
+   * when the session expires (sessions created since watching exists), one EXPIRE
+   * event with an empty key says its whole context is gone.
    *
    * @generated from field: string session_id = 4;
    */
