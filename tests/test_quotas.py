@@ -11,7 +11,7 @@ import uuid
 import grpc
 import pytest
 from agentcoord import AgentcoordError, Client
-from agentcoord.v1 import signals_pb2, signals_pb2_grpc
+from agentcoord.v1 import memory_pb2, signals_pb2, signals_pb2_grpc
 from agentcoord_server.identity import OPERATOR_NAMESPACE
 from agentcoord_server.store.live_subscriptions import live_key
 
@@ -330,3 +330,24 @@ def test_the_memory_bytes_quota_counts_value_bytes_and_frees_them_on_expiry(oper
     assert (expired.key, expired.type) == ("big", 3)  # ENTRY_EVENT_TYPE_EXPIRE
     used = usage(steward.admin.get_namespace_quota())["memory_bytes"]
     assert used == (first.size_bytes + 50, first.size_bytes)
+
+
+def test_a_watch_counts_toward_the_live_subscriptions_quota(operator, team):
+    name, steward, _ = team
+    operator.admin.update_namespace_quota(name, max_live_subscriptions=1)
+    stub = steward.memory._stub
+    opened = stub.WatchEntries(memory_pb2.WatchEntriesRequest())
+    second = stub.WatchEntries(memory_pb2.WatchEntriesRequest(), timeout=10)
+    try:
+        first = next(opened)  # the open watch counts
+        with pytest.raises(grpc.RpcError) as refused_watch:
+            next(second)  # admitted, it would answer with its start revision
+        with pytest.raises(AgentcoordError) as refused_subscribe:
+            next(iter(steward.signals.subscribe(backoff=600, max_backoff=600)))
+    finally:
+        opened.cancel()
+        second.cancel()
+
+    assert first.revision == 0
+    for error in (AgentcoordError.from_rpc_error(refused_watch.value), refused_subscribe.value):
+        assert (error.reason, error.metadata["quota"]) == ("QUOTA_EXCEEDED", "live_subscriptions")

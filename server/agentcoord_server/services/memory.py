@@ -257,6 +257,7 @@ def _check_batch(count: int, field: str) -> None:
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
         self._settings = ctx.settings
         self._store = MemoryStore(
             ctx.redis,
@@ -355,7 +356,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             session_id=session_id,
         )
         with_values = request.include_values
-        async with self.hub.watch(caller.namespace, flt, after=after) as watcher:
+        # A watch is a live stream like Subscribe: it counts toward the namespace's
+        # live-subscriptions quota while open.
+        async with (
+            self._ctx.live_subscriptions.hold(caller.namespace),
+            self.hub.watch(caller.namespace, flt, after=after) as watcher,
+        ):
             yield memory_pb2.WatchEntriesResponse(revision=watcher.start_revision)
             async for item in watcher.events():
                 if isinstance(item, WatchProgress):

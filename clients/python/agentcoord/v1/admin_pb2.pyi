@@ -834,10 +834,10 @@ class NamespaceQuota(_message.Message):
     ("pending_tasks"): AddTask beyond it is refused.
     """
     max_live_subscriptions: _builtins.int
-    """Live server-streaming calls (Subscribe) open at once over every server
-    process ("live_subscriptions"): a stream beyond it is refused before it
-    opens. A stream of a server that died without ending it stops counting
-    within the server's --subscription-lease-seconds.
+    """Live server-streaming calls (Subscribe, WatchEntries) open at once over
+    every server process ("live_subscriptions"): a stream beyond it is refused
+    before it opens. A stream of a server that died without ending it stops
+    counting within the server's --subscription-lease-seconds.
     """
     max_memory_entries: _builtins.int
     """Working-memory entries over every owner ("memory_entries"): a Stash or

@@ -1567,10 +1567,10 @@ type NamespaceQuota struct {
 	// Pending tasks, queued or backing off, over every task type
 	// ("pending_tasks"): AddTask beyond it is refused.
 	MaxPendingTasks int64 `protobuf:"varint,3,opt,name=max_pending_tasks,json=maxPendingTasks,proto3" json:"max_pending_tasks,omitempty"`
-	// Live server-streaming calls (Subscribe) open at once over every server
-	// process ("live_subscriptions"): a stream beyond it is refused before it
-	// opens. A stream of a server that died without ending it stops counting
-	// within the server's --subscription-lease-seconds.
+	// Live server-streaming calls (Subscribe, WatchEntries) open at once over
+	// every server process ("live_subscriptions"): a stream beyond it is refused
+	// before it opens. A stream of a server that died without ending it stops
+	// counting within the server's --subscription-lease-seconds.
 	MaxLiveSubscriptions int64 `protobuf:"varint,6,opt,name=max_live_subscriptions,json=maxLiveSubscriptions,proto3" json:"max_live_subscriptions,omitempty"`
 	// Working-memory entries over every owner ("memory_entries"): a Stash or
 	// BatchStash that would add entries beyond it is refused (overwriting is not).

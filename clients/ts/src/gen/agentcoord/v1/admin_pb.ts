@@ -831,10 +831,10 @@ export type NamespaceQuota = Message<"agentcoord.v1.NamespaceQuota"> & {
   maxPendingTasks: bigint;
 
   /**
-   * Live server-streaming calls (Subscribe) open at once over every server
-   * process ("live_subscriptions"): a stream beyond it is refused before it
-   * opens. A stream of a server that died without ending it stops counting
-   * within the server's --subscription-lease-seconds.
+   * Live server-streaming calls (Subscribe, WatchEntries) open at once over
+   * every server process ("live_subscriptions"): a stream beyond it is refused
+   * before it opens. A stream of a server that died without ending it stops
+   * counting within the server's --subscription-lease-seconds.
    *
    * @generated from field: int64 max_live_subscriptions = 6;
    */
