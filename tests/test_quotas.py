@@ -337,16 +337,18 @@ def test_a_watch_counts_toward_the_live_subscriptions_quota(operator, team):
     operator.admin.update_namespace_quota(name, max_live_subscriptions=1)
     stub = steward.memory._stub
     opened = stub.WatchEntries(memory_pb2.WatchEntriesRequest())
-    second = stub.WatchEntries(memory_pb2.WatchEntriesRequest(), timeout=10)
+    second = None
     try:
         first = next(opened)  # the open watch counts
+        second = stub.WatchEntries(memory_pb2.WatchEntriesRequest(), timeout=10)
         with pytest.raises(grpc.RpcError) as refused_watch:
             next(second)  # admitted, it would answer with its start revision
         with pytest.raises(AgentcoordError) as refused_subscribe:
             next(iter(steward.signals.subscribe(backoff=600, max_backoff=600)))
     finally:
         opened.cancel()
-        second.cancel()
+        if second is not None:
+            second.cancel()
 
     assert first.revision == 0
     for error in (AgentcoordError.from_rpc_error(refused_watch.value), refused_subscribe.value):
