@@ -37,12 +37,7 @@ from .identity import (
     operator_callable,
     required_tiers,
 )
-from .interceptors import (
-    DrainInterceptor,
-    ErrorInterceptor,
-    IdentityInterceptor,
-    LoggingInterceptor,
-)
+from .interceptors import Drain, Identity, RpcWrapper
 from .metrics import ServerMetrics
 from .redis_client import close_redis, connect_redis, parse_redis_url
 from .redis_supervisor import RedisSupervisor
@@ -154,7 +149,7 @@ class AgentcoordServer:
         self._extra_handlers = extra_handlers
         self._embedded: EmbeddedRedis | None = None
         self._supervisor: RedisSupervisor | None = None
-        self._drain = DrainInterceptor()
+        self._drain = Drain()
         self.failed = asyncio.Event()
         """Set when the server cannot go on serving (the embedded Redis died for good)."""
         self.failure = ""
@@ -347,36 +342,35 @@ class AgentcoordServer:
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
         ]
-        server = grpc.aio.server(
-            interceptors=[
-                *([self.metrics.interceptor()] if self.metrics else []),
-                LoggingInterceptor(),
-                *([self.tracing.interceptor()] if self.tracing else []),
-                ErrorInterceptor(),
-                self._drain,
-                IdentityInterceptor(
-                    authenticator,
-                    tiers,
-                    operator_callable=for_operator,
-                    # Streams re-check at the cache bound (uncached), so revocation reaches
-                    # them within it too; at least every 0.1 s when caching is off.
-                    recheck_seconds=self.settings.auth_cache_seconds or 0.1,
-                    limiter=FailedAuthLimiter(
-                        max_failures=self.settings.auth_failure_limit,
-                        window_seconds=self.settings.auth_failure_window,
-                    ),
+        wrapper = RpcWrapper(
+            identity=Identity(
+                authenticator,
+                tiers,
+                operator_callable=for_operator,
+                # Streams re-check at the cache bound (uncached), so revocation reaches them
+                # within it too; at least every 0.1 s when caching is off.
+                recheck_seconds=self.settings.auth_cache_seconds or 0.1,
+                limiter=FailedAuthLimiter(
+                    max_failures=self.settings.auth_failure_limit,
+                    window_seconds=self.settings.auth_failure_window,
                 ),
-            ],
-            options=options,
-            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+            ),
+            drain=self._drain,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
-        self._service_names = [module.register(server, self.ctx) for module in SERVICE_MODULES]
+        # No grpc interceptors: every handler is wrapped once, as it registers (interceptors.py).
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs
+        )
+        registrar = wrapper.registrar(server)
+        self._service_names = [module.register(registrar, self.ctx) for module in SERVICE_MODULES]
         scripts = await preload_registered(redis)
         for add in self._extra_handlers:
-            add(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            add(registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
         reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], registrar
         )
         credentials = server_credentials(self.settings)
         try:

@@ -5,7 +5,8 @@ What is exported (README "Metrics" lists them with their labels):
 - Per RPC, with go-grpc-prometheus's names and labels (grpc_type, grpc_service, grpc_method and,
   on `handled`, grpc_code): `grpc_server_started_total`, `grpc_server_handled_total`,
   `grpc_server_handling_seconds` (histogram), `grpc_server_msg_received_total`,
-  `grpc_server_msg_sent_total`. Counted by `MetricsInterceptor`, the outermost interceptor.
+  `grpc_server_msg_sent_total`. Counted by the RPC wrapper (interceptors.py), outside everything
+  else it does, so the status is the one sent and the time includes the rest.
 - Redis: `agentcoord_redis_command_duration_seconds` and `agentcoord_redis_command_errors_total`
   by command and, for EVALSHA, the Lua script's name (both bounded sets).
 - Authentication: `agentcoord_auth_cache_hits_total`, `agentcoord_auth_cache_misses_total`,
@@ -29,10 +30,9 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import grpc
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -45,7 +45,6 @@ from prometheus_client.registry import Collector
 
 from . import errors
 from .identity import Authenticator, Principal
-from .interceptors import Behavior, _CachingInterceptor, _code_of, _wrap_handler
 from .store.keys import Keyspace
 from .store.scripts import script_name
 
@@ -106,69 +105,6 @@ class _RpcStats:
         self.handled: dict[str, int] = {"OK": 0}  # by status code name
         self.handling = _Histogram(RPC_BUCKETS)
         self.sent = 0
-
-
-class MetricsInterceptor(_CachingInterceptor):
-    """Counts and times every RPC (go-grpc-prometheus's metrics). Install it outermost, so the
-    status it records is the one sent and the time includes the other interceptors."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        super().__init__()
-        self._metrics = metrics
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        stats = self._metrics.rpc("unary", method)
-        handling, handled = stats.handling, stats.handled
-        perf_counter = time.perf_counter
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            stats.started += 1
-            began = perf_counter()
-            code = "UNKNOWN"
-            try:
-                response = await behavior(request, context)
-                code = _code_of(context, grpc.StatusCode.OK)
-                return response
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                handling.observe(perf_counter() - began)
-                handled[code] = handled.get(code, 0) + 1
-
-        return measured
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        stats = self._metrics.rpc("server_stream", method)
-        handling, handled = stats.handling, stats.handled
-        perf_counter = time.perf_counter
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            stats.started += 1
-            began = perf_counter()
-            code = "UNKNOWN"
-            try:
-                async for item in behavior(request, context):
-                    stats.sent += 1
-                    yield item
-                code = _code_of(context, grpc.StatusCode.OK)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                handling.observe(perf_counter() - began)
-                handled[code] = handled.get(code, 0) + 1
-
-        return measured
 
 
 class _CountingLookup:
@@ -259,9 +195,6 @@ class ServerMetrics:
         go-grpc-prometheus's InitializeMetrics does, so rates start from a known point."""
         for grpc_type, method in methods:
             self.rpc(grpc_type, method)
-
-    def interceptor(self) -> MetricsInterceptor:
-        return MetricsInterceptor(self)
 
     def instrument_authenticator(
         self, make: Callable[[Any], Authenticator], tokens: Any
