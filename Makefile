@@ -137,7 +137,8 @@ demo: install
 
 # Timing is measured here, never asserted in tests. `make bench` runs agentcoord side by side
 # with its floor (a few minutes) and writes bench/report.md and bench/*.png;
-# BENCH_ARGS="--pin" pins the servers and the load generators to different cores.
+# BENCH_ARGS="--pin" pins the servers and the load generators to different cores;
+# BENCH_ARGS="--before DIR" measures another checkout's server beside this one (side_by_side.py).
 bench: install $(GHZ)
 	$(PY) -m bench.side_by_side $(BENCH_ARGS)
 

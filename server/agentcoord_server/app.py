@@ -342,7 +342,7 @@ class AgentcoordServer:
             if self.metrics is None
             else self.metrics.instrument_authenticator(self._authenticator, tokens)
         )
-        if authenticator.revocable:
+        if authenticator.revocable and not self._reuse_port:  # a worker's parent did it
             await bootstrap_tokens(self.settings, tokens, redis)
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
         for_operator = operator_callable(m.PB2 for m in SERVICE_MODULES)
@@ -452,8 +452,9 @@ class AgentcoordServer:
             task_ttl=self.settings.ttl.task,
         )
         if self._metrics_dir is not None:
+            # A worker: its parent serves them, on the port it put in our settings.
             self.metrics.write_to(self._metrics_dir)
-            return None
+            return int(self.settings.metrics_listen.rpartition(":")[2])
         return self.metrics.start_http(self.settings.metrics_listen)
 
     async def wait_for_termination(self) -> None:
@@ -524,8 +525,14 @@ async def serve(
     if reuse_port:
         pending: set[asyncio.Future[None]] = set()
 
+        async def change_health(change: Callable[[], Any]) -> None:
+            try:
+                await change()
+            except Exception as exc:  # Redis died again: the next signal says so
+                log.warning("following the embedded Redis failed", error=repr(exc))
+
         def notified(change: Callable[[], Any]) -> None:
-            future = asyncio.ensure_future(change())
+            future = asyncio.ensure_future(change_health(change))
             pending.add(future)  # held until done
             future.add_done_callback(pending.discard)
 

@@ -268,6 +268,11 @@ class ServerMetrics:
         """Writes the metrics to `directory` (prometheus_client multiprocess files) instead of
         serving them: a worker of `serve --workers N`, whose parent serves them."""
         self._writer = MultiprocessWriter(self.registry, directory, MULTIPROCESS_FLUSH_SECONDS)
+        # The counts once now, from here (the loop's thread), so the parent's /metrics has this
+        # worker's methods (all at 0) as soon as it serves, not a second later.
+        now = CollectorRegistry()
+        now.register(_CountsCollector(asyncio.get_running_loop(), self, on_loop=True))
+        MultiprocessWriter(now, directory, 0).flush()
         self._writer.start()
 
     def stop_http(self) -> None:
@@ -411,14 +416,20 @@ def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
 class _CountsCollector(Collector):
     """Exports ServerMetrics' counts, copied on the server's loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, metrics: ServerMetrics, *, on_loop: bool = False
+    ) -> None:
         self._loop = loop
         self._metrics = metrics
+        self._on_loop = on_loop  # collected on the loop's own thread: copy directly
 
     def describe(self) -> Iterable[Metric]:
         return ()
 
     async def _snapshot(self) -> dict[str, Any]:
+        return self.snapshot_now()
+
+    def snapshot_now(self) -> dict[str, Any]:
         m = self._metrics
         return {
             "rpcs": [
@@ -431,7 +442,7 @@ class _CountsCollector(Collector):
         }
 
     def collect(self) -> Iterable[Metric]:
-        snap = _on_loop(self._loop, self._snapshot())
+        snap = self.snapshot_now() if self._on_loop else _on_loop(self._loop, self._snapshot())
         if snap is None:
             return
         started = CounterMetricFamily(

@@ -256,8 +256,17 @@ class WorkerParent:
             redis_url = await self._start_redis()
             await self._bootstrap(redis_url)
             self._serve_metrics()
+            metrics_listen = self.settings.metrics_listen
+            if self._metrics_http is not None and metrics_listen is not None:
+                host = metrics_listen.rpartition(":")[0]
+                metrics_listen = f"{host}:{self._metrics_http.server_port}"  # port 0 resolved
             spec = WorkerSpec(
-                settings=dataclasses.replace(self.settings, listen=listen, redis_url=redis_url),
+                settings=dataclasses.replace(
+                    self.settings,
+                    listen=listen,
+                    redis_url=redis_url,
+                    metrics_listen=metrics_listen,
+                ),
                 parent_pid=os.getpid(),
                 metrics_dir=self._metrics_dir,
             )
