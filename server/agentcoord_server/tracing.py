@@ -7,9 +7,10 @@ exporter reads the rest of its configuration (headers, timeout, certificates…)
 environment, and `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES` name the service (default
 "agentcoord").
 
-Per RPC, the RPC wrapper (interceptors.py) opens a SERVER span named `agentcoord.v1.Service/Method` (OTel's
-RPC conventions), a child of the caller's W3C `traceparent` metadata when there is one, and binds
-its trace id to the log context, so the canonical log line carries `trace_id`. Every Redis
+Per RPC, the RPC wrapper (interceptors.py) opens a SERVER span named
+`agentcoord.v1.Service/Method` (OTel's RPC conventions), a child of the caller's W3C
+`traceparent` metadata when there is one, and binds its trace id to the log context, so the
+canonical log line carries `trace_id`. Every Redis
 command the server's client executes inside a span gets a CLIENT child span (`redis <script>`
 for a Lua script). When tracing is off none of this is installed: no per-call cost.
 """
