@@ -122,13 +122,23 @@ run: install
 test: install $(GRPCURL) debian-redis
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The acceptance suites once more against `agentcoord serve --workers 2` (a representative subset,
+# on the standalone Redis): the session server is then two processes on one port (conftest.py).
+WORKERS_SUITES := tests/test_memory.py tests/test_tasks.py tests/test_tasks_claim_next.py \
+	tests/test_signals.py tests/test_agents.py tests/test_admin.py tests/test_isolation.py
+.PHONY: test-workers
+test: test-workers
+test-workers: install
+	AGENTCOORD_TEST_WORKERS=2 $(VENV)/bin/pytest $(WORKERS_SUITES) -k "not cluster" -q
+
 # The code-review fleet end to end: a server on an embedded Redis, agents as separate processes.
 demo: install
 	$(PY) examples/code_review/fleet.py
 
 # Timing is measured here, never asserted in tests. `make bench` runs agentcoord side by side
 # with its floor (a few minutes) and writes bench/report.md and bench/*.png;
-# BENCH_ARGS="--pin" pins the servers and the load generators to different cores.
+# BENCH_ARGS="--pin" pins the servers and the load generators to different cores;
+# BENCH_ARGS="--before DIR" measures another checkout's server beside this one (side_by_side.py).
 bench: install $(GHZ)
 	$(PY) -m bench.side_by_side $(BENCH_ARGS)
 

@@ -2,13 +2,18 @@
 
     .venv/bin/python -m bench.side_by_side [--duration 3] [--pin] [--rounds 1] [--out bench]
 
-One embedded Redis; two agentcoord server processes on it (as `agentcoord serve` runs them) and
+One embedded Redis; two agentcoord servers on it (`agentcoord serve --workers 1`) and
 the floor (bench/floor_server.py: bare grpc.aio + uvloop, one Redis command per call). Measures:
 
 - Retrieve and Stash with ghz (Go load generator; `make bench` installs a pinned version into
   ./bin) at concurrency 1, 16, 64, agentcoord and floor interleaved point by point: ops/s,
   p50/p99, server CPU µs per op (the server process's utime+stime from /proc around the run)
   and the ratio to the floor.
+- The same ghz load against `agentcoord serve --workers 2` (`--workers N`; 1: skip): ops/s and
+  CPU µs per call over the parent and all its workers, beside the single process.
+- With `--before DIR` (the `agentcoord_server` package of another checkout, e.g.
+  `git archive <commit> server | tar -x -C DIR`, then `--before DIR/server`), that server too,
+  interleaved: before/after figures of a change from one run.
 - redis-benchmark GET/SET as the store's own limit, when a redis-benchmark binary is found.
 - Task cycles/s with 1 and 32 workers: ClaimTask + CompleteTask (two RPCs) against
   CompleteTask with claim_next (one RPC), on agentcoord and on the floor's analogue.
@@ -69,9 +74,17 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads, in seconds (/proc/<pid>/stat)."""
+    """utime + stime of a process and its descendants (the workers of `serve --workers N`),
+    all their threads, in seconds (/proc/<pid>/stat). A descendant that exits between two
+    readings takes its share with it: nothing here restarts one."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(int(child))
+    return total
 
 
 @dataclass
@@ -496,7 +509,9 @@ def plot(
     if points:
         fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
         for ax, method in zip(axes[0], methods, strict=True):
-            for target, style in (("agentcoord", "o-"), ("floor", "s--")):
+            targets = sorted({k[0] for k in points} - {"agentcoord", "floor"})
+            styles = [("agentcoord", "o-"), ("floor", "s--"), *((t, "^:") for t in targets)]
+            for target, style in styles:
                 xs = [c for c in CONCURRENCY if (target, method, c) in points]
                 ax.plot(
                     xs, [points[(target, method, c)].ops_per_s for c in xs], style, label=target
@@ -599,6 +614,102 @@ def write_report(
         ),
         "",
     ]
+    workers_name = f"workers-{args.workers}"
+    workers_rows = []
+    before_rows = []
+    for method in methods:
+        for c in CONCURRENCY:
+            a, f = points.get(("agentcoord", method, c)), points.get(("floor", method, c))
+            w, b = points.get((workers_name, method, c)), points.get(("before", method, c))
+            if a is not None and w is not None:
+                workers_rows.append(
+                    [
+                        method,
+                        c,
+                        f"{a.ops_per_s:,.0f}",
+                        f"{w.ops_per_s:,.0f}",
+                        f"{w.ops_per_s / a.ops_per_s:.2f}×",
+                        f"{w.p50_ms:.2f} / {w.p99_ms:.2f}",
+                        f"{a.cpu_us_per_op:.0f}",
+                        f"{w.cpu_us_per_op:.0f}",
+                        f"{w.cpu_us_per_op / max(a.cpu_us_per_op, 1e-9):.2f}×",
+                        w.errors,
+                    ]
+                )
+            if a is not None and b is not None and f is not None:
+                before_rows.append(
+                    [
+                        method,
+                        c,
+                        f"{b.ops_per_s:,.0f}",
+                        f"{a.ops_per_s:,.0f}",
+                        f"{f.ops_per_s:,.0f}",
+                        f"{b.cpu_us_per_op:.0f}",
+                        f"{a.cpu_us_per_op:.0f}",
+                        f"{f.cpu_us_per_op:.0f}",
+                        f"{b.cpu_us_per_op / max(f.cpu_us_per_op, 1e-9):.2f}×",
+                        f"{a.cpu_us_per_op / max(f.cpu_us_per_op, 1e-9):.2f}×",
+                    ]
+                )
+    if before_rows:
+        parts += [
+            f"## Per-RPC overhead: before ({args.before_label}) and after, in the same run",
+            "",
+            "The server of the other checkout (`--before`) measured interleaved with this "
+            "one and the floor: what the change of the per-call wrapper bought, as server "
+            "CPU per call and its ratio to the floor's.",
+            "",
+            table(
+                [
+                    "method",
+                    "c",
+                    "before ops/s",
+                    "after ops/s",
+                    "floor ops/s",
+                    "before CPU µs/op",
+                    "after CPU µs/op",
+                    "floor CPU µs/op",
+                    "before / floor",
+                    "after / floor",
+                ],
+                before_rows,
+            ),
+            "",
+        ]
+    if workers_rows:
+        pinning = (
+            "Pinned, the parent and its workers share CPU 0 (taskset is inherited) and the load "
+            "generators CPU 1: on this machine the workers cannot add throughput then, and "
+            "the figures show what running as N processes costs."
+            if args.pin
+            else "Unpinned, the workers and the load generators share the machine's cores."
+        )
+        parts += [
+            f"## `agentcoord serve --workers {args.workers}` beside one process",
+            "",
+            "The same ghz load against a server of "
+            f"{args.workers} worker processes on one port (SO_REUSEPORT). CPU per call is the "
+            "parent's and all workers' utime+stime over the calls, so a ratio near 1× means "
+            "the workers add no cost per call; on a machine with cores to spare, throughput "
+            f"then grows with the workers. {pinning}",
+            "",
+            table(
+                [
+                    "method",
+                    "c",
+                    "1 process ops/s",
+                    f"{args.workers} workers ops/s",
+                    "ratio",
+                    f"{args.workers} workers p50/p99 ms",
+                    "1 process CPU µs/op",
+                    f"{args.workers} workers CPU µs/op (all)",
+                    "CPU ratio",
+                    "errors",
+                ],
+                workers_rows,
+            ),
+            "",
+        ]
     if "throughput.png" in plots:
         parts += ["![throughput against concurrency](throughput.png)", ""]
     parts += ["## The store's limit (redis-benchmark, 16 clients)", ""]
@@ -674,41 +785,62 @@ def write_report(
 # -- main ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Servers:
+    a: Server
+    b: Server
+    floor: Server
+    workers: Server | None  # `serve --workers N`
+    before: Server | None  # another checkout's server (--before)
+
+
 @contextlib.contextmanager
-def servers(
-    redis_url: str, args: argparse.Namespace, pin: str | None
-) -> Iterator[tuple[Server, Server, Server]]:
+def servers(redis_url: str, args: argparse.Namespace, pin: str | None) -> Iterator[Servers]:
     env = dict(os.environ)
     if args.server_pythonpath:  # measure another checkout's server (e.g. before a change)
         env["PYTHONPATH"] = args.server_pythonpath
     tmp = Path(tempfile.mkdtemp(prefix="acbench-"))
     started: list[Server] = []
+
+    def agentcoord(name: str, workers: int | None, environment: dict[str, str]) -> Server:
+        # `--workers` is named unless None (a checkout from before it existed).
+        workers_args = [] if workers is None else ["--workers", str(workers)]
+        server = start_server(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "agentcoord_server.cli",
+                "serve",
+                "--listen",
+                "{listen}",
+                "--redis-url",
+                redis_url,
+                "--data-dir",
+                str(tmp / name),
+                "--bootstrap-token",
+                TOKEN,
+                "--log-format",
+                "json",
+                *workers_args,
+            ],
+            pin,
+            environment,
+        )
+        started.append(server)
+        time.sleep(0.5)  # the first one bootstraps the token
+        return server
+
     try:
+        one = None if args.server_pythonpath else 1
         for name in ("agentcoord", "agentcoord-b"):
-            started.append(
-                start_server(
-                    name,
-                    [
-                        sys.executable,
-                        "-m",
-                        "agentcoord_server.cli",
-                        "serve",
-                        "--listen",
-                        "{listen}",
-                        "--redis-url",
-                        redis_url,
-                        "--data-dir",
-                        str(tmp / name),
-                        "--bootstrap-token",
-                        TOKEN,
-                        "--log-format",
-                        "json",
-                    ],
-                    pin,
-                    env,
-                )
-            )
-            time.sleep(0.5)  # the first one bootstraps the token
+            agentcoord(name, one, env)
+        workers = None
+        if args.workers > 1 and not args.server_pythonpath:
+            workers = agentcoord(f"workers-{args.workers}", args.workers, env)
+        before = None
+        if args.before:
+            before = agentcoord("before", None, {**os.environ, "PYTHONPATH": args.before})
         started.append(
             start_server(
                 "floor",
@@ -725,7 +857,8 @@ def servers(
                 dict(os.environ),
             )
         )
-        yield started[0], started[1], started[2]
+        floor = started[-1]
+        yield Servers(started[0], started[1], floor, workers, before)
     finally:
         for server in started:
             stop_server(server)
@@ -739,18 +872,22 @@ async def run(args: argparse.Namespace) -> None:
     if args.pin:
         os.sched_setaffinity(0, {1})
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    with embedded_redis() as redis_url, servers(redis_url, args, server_cpu) as (a, b, floor):
+    with embedded_redis() as redis_url, servers(redis_url, args, server_cpu) as started:
+        a, b, floor = started.a, started.b, started.floor
+        extra = [s for s in (started.workers, started.before) if s is not None]
         points: list[Point] = []
         if not args.skip_ghz:
             if not GHZ.exists():
                 raise SystemExit(f"{GHZ} is missing: run `make bench` (it installs ghz)")
             stash = {"key": "bench", "value": {"agent": "a1", "n": 42, "ok": True}}
-            for server in (a, floor):  # Retrieve reads what this stashed
+            for server in (a, floor, *extra):  # Retrieve reads what this stashed
                 ghz(server, "Stash", stash, 1, 0.3, load_cpu)
             for round_no in range(args.rounds):
                 for c in CONCURRENCY:
                     for method, data in (("Retrieve", {"key": "bench"}), ("Stash", stash)):
-                        order = (a, floor) if (round_no + c) % 2 == 0 else (floor, a)
+                        order = [a, floor, *extra]
+                        if (round_no + c) % 2:
+                            order.reverse()
                         for server in order:
                             p = ghz(server, method, data, c, args.duration, load_cpu)
                             points.append(p)
@@ -768,12 +905,12 @@ async def run(args: argparse.Namespace) -> None:
                 for mode in ("two_rpcs", "claim_next"):
                     for server in (a, floor):
                         tag = f"{mode}-{workers}-{server.name}-{time.monotonic_ns()}"
-                        c = await task_cycles(server, redis_url, mode, workers, args.duration, tag)
-                        cycles.append(c)
+                        cy = await task_cycles(server, redis_url, mode, workers, args.duration, tag)
+                        cycles.append(cy)
                         print(
-                            f"{c.target:<11} cycles {mode:<10} {workers:>2} workers "
-                            f"{c.cycles_per_s:>7,.0f}/s  p50 {c.p50_ms:6.2f} ms"
-                            f"  p99 {c.p99_ms:6.2f} ms  server CPU {c.cpu_us_per_cycle:5.0f} µs",
+                            f"{cy.target:<11} cycles {mode:<10} {workers:>2} workers "
+                            f"{cy.cycles_per_s:>7,.0f}/s  p50 {cy.p50_ms:6.2f} ms"
+                            f"  p99 {cy.p99_ms:6.2f} ms  server CPU {cy.cpu_us_per_cycle:5.0f} µs",
                             flush=True,
                         )
         wakes: list[Wake] = []
@@ -807,6 +944,24 @@ def main() -> None:
     parser.add_argument("--skip-ghz", action="store_true")
     parser.add_argument("--skip-tasks", action="store_true")
     parser.add_argument("--skip-wake", action="store_true")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also measure `agentcoord serve --workers N` (1: do not)",
+    )
+    parser.add_argument(
+        "--before",
+        default="",
+        help="also measure the server of another checkout: the directory holding its "
+        "agentcoord_server package (e.g. a `git archive <commit> server` unpacked), to compare "
+        "before and after a change in one run",
+    )
+    parser.add_argument(
+        "--before-label",
+        default="before",
+        help="what the report calls the --before server (e.g. its commit)",
+    )
     parser.add_argument(
         "--server-pythonpath",
         default="",

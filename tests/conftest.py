@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,7 +33,7 @@ from agentcoord_server.config import Settings
 from agentcoord_server.embedded_redis import EmbeddedRedis
 
 from .redis_topologies import LocalCluster
-from .support import ServerThread, sync_redis
+from .support import ServerThread, ServeWorkers, sync_redis
 
 BACKENDS = ("standalone", "cluster")
 """What `redis_backend` can be: the embedded standalone Redis, or a local 3+3 Redis Cluster."""
@@ -133,8 +134,20 @@ def server_settings(redis_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+TEST_WORKERS = int(os.environ.get("AGENTCOORD_TEST_WORKERS") or 1)
+"""AGENTCOORD_TEST_WORKERS=N (N ≥ 2): the session `server` is `agentcoord serve --workers N` in a
+child process (support.ServeWorkers) instead of a server thread, so a suite that reaches the
+server only through its address and `issue_token` runs against N processes (`make test` runs a
+subset so). Servers a test starts itself stay in-process."""
+
+
 @pytest.fixture(scope="session")
 def server(redis_url: str) -> Iterator[ServerThread]:
+    if TEST_WORKERS > 1:
+        workers = ServeWorkers(server_settings(redis_url), TEST_WORKERS).start()
+        yield workers  # type: ignore[misc]
+        workers.stop()
+        return
     handle = ServerThread(server_settings(redis_url)).start()
     yield handle
     handle.stop()

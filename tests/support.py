@@ -8,6 +8,11 @@ channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -166,3 +171,121 @@ def async_redis(url: str) -> aredis.Redis:
         host, port = url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)
         return cast(aredis.Redis, aredis.RedisCluster(host=host, port=int(port), decode_responses=True))
     return aredis.Redis.from_url(url, decode_responses=True)
+
+
+class ServeWorkers:
+    """`agentcoord serve --workers N` in a child process over `settings.redis_url`, with the
+    interface the suites use of ServerThread (`address`, `issue_token`, `run`, `stop`), so the
+    acceptance suites can run against N processes (AGENTCOORD_TEST_WORKERS, conftest.py).
+    There is no `server` attribute: nothing of the server's own objects is reachable.
+    """
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        assert settings.redis_url, "the workers run over the session's Redis"
+        self.settings = settings
+        self.workers = workers
+        self.address = ""
+        self.lines: list[str] = []
+        self._serving = threading.Event()
+        self._process: subprocess.Popen[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis: aredis.Redis | None = None
+        self._loop_ready = threading.Event()
+
+    def start(self, timeout: float = 60.0) -> ServeWorkers:
+        s = self.settings
+        self._process = subprocess.Popen(
+            [
+                sys.executable, "-m", "agentcoord_server.cli", "serve",
+                "--workers", str(self.workers),
+                "--listen", s.listen,
+                "--redis-url", s.redis_url or "",
+                "--data-dir", str(s.data_dir),
+                "--log-format", "json",
+                "--auth-cache-seconds", str(s.auth_cache_seconds),
+                "--auth-failure-limit", str(s.auth_failure_limit),
+                "--shutdown-grace", str(s.shutdown_grace),
+                "--shutdown-drain", "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._run_loop, daemon=True).start()
+        if not self._serving.wait(timeout) or not self.address:
+            self.stop()
+            raise TimeoutError("the workers did not serve:\n" + "".join(self.lines[-30:]))
+        self._loop_ready.wait(timeout)
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        serving = 0
+        for line in self._process.stdout:
+            self.lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "workers started":
+                self.address = event["listen"]
+            elif event.get("event") == "serving":
+                serving += 1
+                if serving == self.workers:
+                    self._serving.set()
+        self._serving.set()
+
+    def _run_loop(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._redis = async_redis(self.settings.redis_url or "")
+            self._loop_ready.set()
+            await asyncio.Event().wait()
+
+        with contextlib.suppress(BaseException):
+            uvloop.run(main())
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Runs a coroutine on this helper's loop (which has a Redis client, `redis`)."""
+        assert self._loop is not None
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def issue_token(
+        self,
+        agent_id: str,
+        tier: str | int,
+        namespace: str,
+        *,
+        lifetime_s: float | None = None,
+        description: str = "test",
+    ) -> str:
+        """As ServerThread.issue_token, through a token store of this helper's own."""
+        assert self._redis is not None
+        level = tier if isinstance(tier, int) else parse_tier(tier)
+        token, _ = self.run(
+            TokenStore(self._redis).issue(
+                namespace,
+                agent_id,
+                level,
+                lifetime_s=lifetime_s,
+                description=description,
+                issued_by="tests",
+            )
+        )
+        return token
+
+    def stop(self, timeout: float = 30.0, **_: Any) -> None:
+        """SIGTERM, then waits for the parent (which stops its workers) to exit."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._loop is not None and self._redis is not None:
+            with contextlib.suppress(Exception):
+                self.run(self._redis.aclose())

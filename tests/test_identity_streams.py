@@ -1,8 +1,8 @@
 """Open server streams re-check their token: revoked → the stream ends UNAUTHENTICATED within the
 bound, even while the handler has nothing to send; a valid token's stream is left alone.
 
-The identity interceptor does this for every server-streaming RPC, so it is tested here on a
-stream of its own (any handler), behind the real interceptor chain and the real token store.
+The RPC wrapper's identity step does this for every server-streaming RPC, so it is tested here on
+a stream of its own (any handler), behind the real wrapper and the real token store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import grpc
 import pytest
 from agentcoord.v1 import access_pb2
 from agentcoord_server.identity import TokenAuthenticator
-from agentcoord_server.interceptors import ErrorInterceptor, IdentityInterceptor, LoggingInterceptor
+from agentcoord_server.interceptors import Identity, RpcWrapper
 from agentcoord_server.store.tokens import TokenStore
 
 from .support import async_redis
@@ -49,18 +49,15 @@ async def stream_server(redis_url, namespace):
     redis = async_redis(redis_url)
     store = TokenStore(redis)
     handlers = Handlers()
-    server = grpc.aio.server(
-        interceptors=[
-            LoggingInterceptor(),
-            ErrorInterceptor(),
-            IdentityInterceptor(
-                TokenAuthenticator(store, cache_seconds=BOUND_S),
-                {SILENT: access_pb2.ACCESS_TIER_OBSERVER, TICKING: access_pb2.ACCESS_TIER_OBSERVER},
-                recheck_seconds=BOUND_S,
-            ),
-        ]
+    server = grpc.aio.server()
+    wrapper = RpcWrapper(
+        identity=Identity(
+            TokenAuthenticator(store, cache_seconds=BOUND_S),
+            {SILENT: access_pb2.ACCESS_TIER_OBSERVER, TICKING: access_pb2.ACCESS_TIER_OBSERVER},
+            recheck_seconds=BOUND_S,
+        )
     )
-    server.add_generic_rpc_handlers(
+    wrapper.registrar(server).add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE,
@@ -217,16 +214,13 @@ async def test_a_handler_error_while_the_watchdog_aborts_ends_with_the_watchdogs
 
     out = io.StringIO()
     configure_logging("json", "debug", stream=out)
-    server = grpc.aio.server(
-        interceptors=[
-            LoggingInterceptor(),
-            ErrorInterceptor(),
-            IdentityInterceptor(
-                authenticator, {SILENT: access_pb2.ACCESS_TIER_OBSERVER}, recheck_seconds=0.1
-            ),
-        ]
+    server = grpc.aio.server()
+    wrapper = RpcWrapper(
+        identity=Identity(
+            authenticator, {SILENT: access_pb2.ACCESS_TIER_OBSERVER}, recheck_seconds=0.1
+        )
     )
-    server.add_generic_rpc_handlers(
+    wrapper.registrar(server).add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
                 SERVICE, {"Silent": grpc.unary_stream_rpc_method_handler(failing)}

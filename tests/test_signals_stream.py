@@ -230,7 +230,7 @@ def stream_watchdogs(handle: ServerThread) -> set[asyncio.Task[Any]]:
         return {
             task
             for task in asyncio.all_tasks()
-            if getattr(task.get_coro(), "__qualname__", "").endswith("IdentityInterceptor._watch")
+            if getattr(task.get_coro(), "__qualname__", "").endswith("Identity._watch")
         }
 
     return handle.run(find())

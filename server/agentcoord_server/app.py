@@ -37,12 +37,7 @@ from .identity import (
     operator_callable,
     required_tiers,
 )
-from .interceptors import (
-    DrainInterceptor,
-    ErrorInterceptor,
-    IdentityInterceptor,
-    LoggingInterceptor,
-)
+from .interceptors import Drain, Identity, RpcWrapper
 from .metrics import ServerMetrics
 from .redis_client import close_redis, connect_redis, parse_redis_url
 from .redis_supervisor import RedisSupervisor
@@ -114,6 +109,86 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+async def bootstrap_tokens(settings: Settings, tokens: TokenStore, redis: Redis) -> None:
+    """First start (no token in Redis): one STEWARD token for namespace `default` and the
+    server-wide OPERATOR token (`<data dir>/operator-token`, or `--bootstrap-operator-token`).
+
+    A generated token goes to `<data dir>/bootstrap-token` (0600) and the log says where;
+    `--bootstrap-token` registers the given token instead and writes no file. Neither token
+    is ever logged. With tokens present nothing is created (a supplied bootstrap token is
+    then ignored, so revoking it stays effective across restarts).
+    """
+    path = Path(settings.data_dir) / BOOTSTRAP_FILE
+    if await tokens.any_exist():
+        if settings.bootstrap_token:
+            log.info("tokens exist; the supplied bootstrap token was not registered")
+        elif path.exists():
+            log.info("tokens exist; the first STEWARD token was written to", path=str(path))
+        # Tokens bootstrapped before the operator tier existed leave none, and no RPC can
+        # make the first one: say how to get it (operator_token.py).
+        if not await redis.zcard(Keyspace(OPERATOR_NAMESPACE).key("tokens", "index")):
+            log.warning(
+                "no OPERATOR token exists on this Redis; issue one with "
+                "`agentcoord operator-token` (see the README, 'Operator token')"
+            )
+        return
+    if not await redis.set(BOOTSTRAP_LOCK, "1", nx=True, px=30_000):
+        log.info("another server is bootstrapping the first token")
+        return
+    try:
+        if await tokens.any_exist():  # another server finished bootstrapping meanwhile
+            return
+        supplied = settings.bootstrap_token
+        token, record = await tokens.issue(
+            BOOTSTRAP_NAMESPACE,
+            BOOTSTRAP_AGENT,
+            access_pb2.ACCESS_TIER_STEWARD,
+            description="bootstrap STEWARD token",
+            issued_by="bootstrap",
+            token=supplied,
+        )
+        # The server-wide operator (DESIGN.md "Tenancy"), and `default` registered as the
+        # namespace the bootstrap STEWARD administers.
+        operator_token, operator_record = await tokens.issue(
+            OPERATOR_NAMESPACE,
+            OPERATOR_AGENT,
+            access_pb2.ACCESS_TIER_OPERATOR,
+            description="bootstrap OPERATOR token",
+            issued_by="bootstrap",
+            token=settings.bootstrap_operator_token,
+        )
+        try:
+            await NamespaceStore(redis, tokens).create(
+                BOOTSTRAP_NAMESPACE, created_by="bootstrap", description="bootstrap namespace"
+            )
+        except AlreadyExists:
+            pass
+        if not settings.bootstrap_operator_token:
+            operator_path = Path(settings.data_dir) / OPERATOR_FILE
+            write_secret_file(operator_path, operator_token)
+            log.warning(
+                "bootstrap: wrote the OPERATOR token; use it to create namespaces",
+                path=str(operator_path.resolve()),
+                token_id=operator_record.token_id,
+            )
+        if supplied:
+            log.info(
+                "registered the supplied bootstrap token as STEWARD",
+                namespace=BOOTSTRAP_NAMESPACE,
+                token_id=record.token_id,
+            )
+            return
+        write_secret_file(path, token)
+        log.warning(
+            "bootstrap: wrote a STEWARD token for namespace default; use it to issue others",
+            path=str(path.resolve()),
+            token_id=record.token_id,
+        )
+    finally:
+        await redis.delete(BOOTSTRAP_LOCK)
+
+
+
 class AgentcoordServer:
     """One agentcoord server process.
 
@@ -123,6 +198,10 @@ class AgentcoordServer:
             this for a deliberately slow method).
         tracer_provider: an OpenTelemetry TracerProvider to trace with; None: the one the
             OTEL_* environment describes, if any (tracing.py).
+        reuse_port: bind with SO_REUSEPORT, as one of `agentcoord serve --workers N`'s
+            processes (workers.py); otherwise a port in use fails the start.
+        metrics_dir: with metrics on, write them to this prometheus_client multiprocess
+            directory for the workers' parent to serve, instead of serving /metrics.
     """
 
     def __init__(
@@ -131,6 +210,8 @@ class AgentcoordServer:
         *,
         extra_handlers: Sequence[Callable[[grpc.aio.Server], None]] = (),
         tracer_provider: Any = None,
+        reuse_port: bool = False,
+        metrics_dir: Path | None = None,
     ) -> None:
         if settings.insecure_dev_identity and not is_loopback(settings.listen):
             raise ValueError("--insecure-dev-identity binds loopback addresses only")
@@ -152,9 +233,11 @@ class AgentcoordServer:
             )
         self.settings = settings
         self._extra_handlers = extra_handlers
+        self._reuse_port = reuse_port
+        self._metrics_dir = metrics_dir
         self._embedded: EmbeddedRedis | None = None
         self._supervisor: RedisSupervisor | None = None
-        self._drain = DrainInterceptor()
+        self._drain = Drain()
         self.failed = asyncio.Event()
         """Set when the server cannot go on serving (the embedded Redis died for good)."""
         self.failure = ""
@@ -176,84 +259,6 @@ class AgentcoordServer:
             )
             return DevIdentityAuthenticator()
         return TokenAuthenticator(tokens, cache_seconds=self.settings.auth_cache_seconds)
-
-    async def _bootstrap(self, tokens: TokenStore, redis: Redis) -> None:
-        """First start (no token in Redis): one STEWARD token for namespace `default` and the
-        server-wide OPERATOR token (`<data dir>/operator-token`, or `--bootstrap-operator-token`).
-
-        A generated token goes to `<data dir>/bootstrap-token` (0600) and the log says where;
-        `--bootstrap-token` registers the given token instead and writes no file. Neither token
-        is ever logged. With tokens present nothing is created (a supplied bootstrap token is
-        then ignored, so revoking it stays effective across restarts).
-        """
-        path = Path(self.settings.data_dir) / BOOTSTRAP_FILE
-        if await tokens.any_exist():
-            if self.settings.bootstrap_token:
-                log.info("tokens exist; the supplied bootstrap token was not registered")
-            elif path.exists():
-                log.info("tokens exist; the first STEWARD token was written to", path=str(path))
-            # Tokens bootstrapped before the operator tier existed leave none, and no RPC can
-            # make the first one: say how to get it (operator_token.py).
-            if not await redis.zcard(Keyspace(OPERATOR_NAMESPACE).key("tokens", "index")):
-                log.warning(
-                    "no OPERATOR token exists on this Redis; issue one with "
-                    "`agentcoord operator-token` (see the README, 'Operator token')"
-                )
-            return
-        if not await redis.set(BOOTSTRAP_LOCK, "1", nx=True, px=30_000):
-            log.info("another server is bootstrapping the first token")
-            return
-        try:
-            if await tokens.any_exist():  # another server finished bootstrapping meanwhile
-                return
-            supplied = self.settings.bootstrap_token
-            token, record = await tokens.issue(
-                BOOTSTRAP_NAMESPACE,
-                BOOTSTRAP_AGENT,
-                access_pb2.ACCESS_TIER_STEWARD,
-                description="bootstrap STEWARD token",
-                issued_by="bootstrap",
-                token=supplied,
-            )
-            # The server-wide operator (DESIGN.md "Tenancy"), and `default` registered as the
-            # namespace the bootstrap STEWARD administers.
-            operator_token, operator_record = await tokens.issue(
-                OPERATOR_NAMESPACE,
-                OPERATOR_AGENT,
-                access_pb2.ACCESS_TIER_OPERATOR,
-                description="bootstrap OPERATOR token",
-                issued_by="bootstrap",
-                token=self.settings.bootstrap_operator_token,
-            )
-            try:
-                await NamespaceStore(redis, tokens).create(
-                    BOOTSTRAP_NAMESPACE, created_by="bootstrap", description="bootstrap namespace"
-                )
-            except AlreadyExists:
-                pass
-            if not self.settings.bootstrap_operator_token:
-                operator_path = Path(self.settings.data_dir) / OPERATOR_FILE
-                write_secret_file(operator_path, operator_token)
-                log.warning(
-                    "bootstrap: wrote the OPERATOR token; use it to create namespaces",
-                    path=str(operator_path.resolve()),
-                    token_id=operator_record.token_id,
-                )
-            if supplied:
-                log.info(
-                    "registered the supplied bootstrap token as STEWARD",
-                    namespace=BOOTSTRAP_NAMESPACE,
-                    token_id=record.token_id,
-                )
-                return
-            write_secret_file(path, token)
-            log.warning(
-                "bootstrap: wrote a STEWARD token for namespace default; use it to issue others",
-                path=str(path.resolve()),
-                token_id=record.token_id,
-            )
-        finally:
-            await redis.delete(BOOTSTRAP_LOCK)
 
     async def _connect_redis(self) -> tuple[Redis, int]:
         if self.settings.redis_url:
@@ -292,14 +297,16 @@ class AgentcoordServer:
 
     async def _release(self) -> None:
         """Closes the Redis connections and stops the embedded Redis (each at most once)."""
+        if self.metrics is not None:
+            # First, and off the loop: a worker's metrics writer flushes once more, reading
+            # the server's state on this loop and from Redis.
+            await asyncio.to_thread(self.metrics.stop_http)
         redis, self._redis = self._redis, None
         if redis is not None:
             await close_redis(redis)
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()
-        if self.metrics is not None:
-            self.metrics.stop_http()
         tracing, self.tracing = self.tracing, None
         if tracing is not None:
             tracing.shutdown()
@@ -335,48 +342,49 @@ class AgentcoordServer:
             if self.metrics is None
             else self.metrics.instrument_authenticator(self._authenticator, tokens)
         )
-        if authenticator.revocable:
-            await self._bootstrap(tokens, redis)
+        if authenticator.revocable and not self._reuse_port:  # a worker's parent did it
+            await bootstrap_tokens(self.settings, tokens, redis)
         tiers = required_tiers(m.PB2 for m in SERVICE_MODULES)
         for_operator = operator_callable(m.PB2 for m in SERVICE_MODULES)
         options = [
             *KEEPALIVE_OPTIONS,
             # grpc enables SO_REUSEPORT by default: a second server on a port in use would then
-            # start and silently share the port's connections instead of failing to bind.
-            ("grpc.so_reuseport", 0),
+            # start and silently share the port's connections instead of failing to bind. The
+            # workers of `serve --workers N` share it on purpose; their parent has checked that
+            # no other program holds the port and keeps it reserved (workers.py).
+            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
         ]
-        server = grpc.aio.server(
-            interceptors=[
-                *([self.metrics.interceptor()] if self.metrics else []),
-                LoggingInterceptor(),
-                *([self.tracing.interceptor()] if self.tracing else []),
-                ErrorInterceptor(),
-                self._drain,
-                IdentityInterceptor(
-                    authenticator,
-                    tiers,
-                    operator_callable=for_operator,
-                    # Streams re-check at the cache bound (uncached), so revocation reaches
-                    # them within it too; at least every 0.1 s when caching is off.
-                    recheck_seconds=self.settings.auth_cache_seconds or 0.1,
-                    limiter=FailedAuthLimiter(
-                        max_failures=self.settings.auth_failure_limit,
-                        window_seconds=self.settings.auth_failure_window,
-                    ),
+        wrapper = RpcWrapper(
+            identity=Identity(
+                authenticator,
+                tiers,
+                operator_callable=for_operator,
+                # Streams re-check at the cache bound (uncached), so revocation reaches them
+                # within it too; at least every 0.1 s when caching is off.
+                recheck_seconds=self.settings.auth_cache_seconds or 0.1,
+                limiter=FailedAuthLimiter(
+                    max_failures=self.settings.auth_failure_limit,
+                    window_seconds=self.settings.auth_failure_window,
                 ),
-            ],
-            options=options,
-            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+            ),
+            drain=self._drain,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
-        self._service_names = [module.register(server, self.ctx) for module in SERVICE_MODULES]
+        # No grpc interceptors: every handler is wrapped once, as it registers (interceptors.py).
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs
+        )
+        registrar = wrapper.registrar(server)
+        self._service_names = [module.register(registrar, self.ctx) for module in SERVICE_MODULES]
         scripts = await preload_registered(redis)
         for add in self._extra_handlers:
-            add(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            add(registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
         reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], registrar
         )
         credentials = server_credentials(self.settings)
         try:
@@ -398,6 +406,7 @@ class AgentcoordServer:
             "serving",
             listen=self.settings.listen,
             port=self.port,
+            pid=os.getpid(),
             version=__version__,
             tls=credentials is not None,
             mtls=self.settings.tls_client_ca is not None,
@@ -442,6 +451,10 @@ class AgentcoordServer:
             tasks_service.store_for(ctx),
             task_ttl=self.settings.ttl.task,
         )
+        if self._metrics_dir is not None:
+            # A worker: its parent serves them, on the port it put in our settings.
+            self.metrics.write_to(self._metrics_dir)
+            return int(self.settings.metrics_listen.rpartition(":")[2])
         return self.metrics.start_http(self.settings.metrics_listen)
 
     async def wait_for_termination(self) -> None:
@@ -485,18 +498,46 @@ class ServeFailed(RuntimeError):
     """The server stopped because it could not go on serving; the message is one line."""
 
 
-async def serve(settings: Settings) -> None:
+REDIS_DOWN_SIGNAL = signal.SIGUSR1
+"""What the parent of `serve --workers N` sends its workers when the embedded Redis died."""
+REDIS_UP_SIGNAL = signal.SIGUSR2
+"""… and when it is back (the parent has loaded the scripts)."""
+
+
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, metrics_dir: Path | None = None
+) -> None:
     """Runs until SIGTERM or SIGINT, then stops (drained). The caller must exit the process
     right after it returns or raises: see `AgentcoordServer.stop(exiting=True)`.
+
+    reuse_port, metrics_dir: as one of the processes of `serve --workers N` (workers.py; see
+    AgentcoordServer). Such a worker also goes NOT_SERVING on REDIS_DOWN_SIGNAL and SERVING
+    again on REDIS_UP_SIGNAL, sent by its parent, which supervises the embedded Redis.
 
     Raises DataDirectoryInUse / EmbeddedRedisError if the embedded Redis cannot start, and
     ServeFailed (after stopping) if it died and could not be brought back.
     """
-    server = AgentcoordServer(settings)
+    server = AgentcoordServer(settings, reuse_port=reuse_port, metrics_dir=metrics_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reuse_port:
+        pending: set[asyncio.Future[None]] = set()
+
+        async def change_health(change: Callable[[], Any]) -> None:
+            try:
+                await change()
+            except Exception as exc:  # Redis died again: the next signal says so
+                log.warning("following the embedded Redis failed", error=repr(exc))
+
+        def notified(change: Callable[[], Any]) -> None:
+            future = asyncio.ensure_future(change_health(change))
+            pending.add(future)  # held until done
+            future.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(REDIS_DOWN_SIGNAL, notified, server._redis_down)
+        loop.add_signal_handler(REDIS_UP_SIGNAL, notified, server._redis_up)
     await server.start()
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())]
     try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -280,6 +282,15 @@ def main() -> None:
     help="Largest conflict positions, and conflict interests, in bytes (serialized), each.",
 )
 @click.option(
+    "--workers",
+    "workers_text",
+    envvar="AGENTCOORD_WORKERS",
+    default=None,
+    show_default="the cores this process may run on",
+    help="Server processes sharing the port (SO_REUSEPORT) under one parent, which owns the "
+    "embedded Redis and restarts a worker that dies. 1: a single process.",
+)
+@click.option(
     "--insecure-dev-identity",
     envvar="AGENTCOORD_INSECURE_DEV_IDENTITY",
     is_flag=True,
@@ -323,17 +334,18 @@ def serve(
     max_signal_bytes: int,
     max_pattern_bytes: int,
     max_conflict_bytes: int,
+    workers_text: str | None,
 ) -> None:
     """Serve agentcoord over gRPC until SIGTERM or SIGINT.
 
     OpenTelemetry tracing is on when the standard OTEL_* environment asks for it
     (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER; needs agentcoord[otel])."""
-    from .app import ServeFailed, is_loopback
+    from .app import is_loopback
     from .app import serve as run_server
-    from .embedded_redis import EmbeddedRedisError
     from .logs import configure_logging
-    from .redis_client import RedisStartError, parse_redis_url
+    from .redis_client import parse_redis_url
 
+    workers = parse_workers(workers_text)
     try:
         ttl = TtlPolicy.parse(ttl_spec)
     except ValueError as exc:
@@ -396,19 +408,50 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-message-bytes") from None
     configure_logging(log_format, log_level, cache=True)
+    if workers == 1:
+        run_until_exit(lambda: run_server(settings))
+    else:
+        from .workers import serve_workers
+
+        run_until_exit(lambda: serve_workers(settings, workers))
+
+
+def parse_workers(text: str | None) -> int:
+    """`--workers`: a whole number ≥ 1; unset: the cores this process may run on. Anything
+    else ends the command with one line (not click's usage text)."""
+    if text is None or text == "":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise click.ClickException(f"--workers must be a whole number ≥ 1, not {text!r}")
+    return workers
+
+
+def run_until_exit(serving: Callable[[], Awaitable[None]]) -> NoReturn:
+    """Runs `serving()` on uvloop, then exits the process (0, or 1 with its one-line error).
+
+    The exit happens inside the loop: ending the loop would cancel the calls grpc is still
+    answering (UNAVAILABLE, draining) and shut grpc down, which fails calls it has received
+    but not handed to us with CANCELLED. Exiting closes the connections, which clients see as
+    UNAVAILABLE. Redis and everything of ours is already stopped by then.
+    """
+    from .app import ServeFailed
+    from .embedded_redis import EmbeddedRedisError
+    from .redis_client import RedisStartError
 
     async def run() -> None:
         try:
-            await run_server(settings)
+            await serving()
         except (EmbeddedRedisError, ServeFailed, RedisStartError) as exc:
             click.echo(f"agentcoord: {exc}", err=True)
             code = 1
         else:
             code = 0
-        # Exit here, inside the loop: ending the loop would cancel the calls grpc is still
-        # answering (UNAVAILABLE, draining) and shut grpc down, which fails calls it has
-        # received but not handed to us with CANCELLED. Exiting closes the connections, which
-        # clients see as UNAVAILABLE. Redis and everything of ours is already stopped.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -419,6 +462,7 @@ def serve(
         asyncio.run(run())
     else:
         uvloop.run(run())
+    raise AssertionError("unreachable: run() exits the process")
 
 
 @main.group()

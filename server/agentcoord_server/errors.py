@@ -1,6 +1,6 @@
 """Domain errors raised by stores, servicers and the identity interceptor.
 
-They carry no gRPC types: `interceptors.ErrorInterceptor` maps them to `google.rpc.Status` in one
+They carry no gRPC types: `interceptors.RpcWrapper` maps them to `google.rpc.Status` in one
 table (`STATUS_CODES`), the way etcd's rpctypes/error.go does. Subclass the closest base and
 give it a specific UPPER_SNAKE `reason`; the reason is what clients branch on.
 """

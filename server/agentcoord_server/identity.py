@@ -223,8 +223,10 @@ class TokenAuthenticator:
     The token is hashed (SHA-256) and its grant looked up by that hash; the stored hash is
     compared to the computed one in constant time (hmac.compare_digest). Grants are cached
     in-process for at most `cache_seconds` (≤ 5 s: DESIGN.md bounds how stale a revocation may
-    be), keyed by hash, never by the token; at most `max_entries` are kept (oldest evicted).
-    A token's own expiry is checked on every call, cached or not.
+    be), at most `max_entries` (oldest evicted). The caches are keyed by the token as presented,
+    so a cached call computes no hash: they live in this process's memory only, like the
+    request that carried the token, and are never written, logged or sent anywhere (Redis
+    holds only hashes). A token's own expiry is checked on every call, cached or not.
 
     Hashes found in no grant are remembered too (a negative cache, at most `max_entries`,
     oldest evicted), for `negative_cache_seconds` (default and at most `cache_seconds`), so a
@@ -257,47 +259,49 @@ class TokenAuthenticator:
         self.cache_seconds = cache_seconds
         self.negative_cache_seconds = negative_cache_seconds
         self._max_entries = max_entries
+        # token → (grant, when it was looked up: time.monotonic()).
         self._cache: dict[str, tuple[TokenGrant, float]] = {}
-        # digest → when it was found unknown (time.monotonic()); insertion order is age order.
+        # token → when it was found unknown (time.monotonic()); insertion order is age order.
         self._unknown: dict[str, float] = {}
 
     async def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], *, fresh: bool = False
     ) -> Principal:
-        digest = token_digest(bearer_token(metadata))
+        token = bearer_token(metadata)
         now = time.monotonic()
-        cached = None if fresh else self._cache.get(digest)
+        cached = None if fresh else self._cache.get(token)
         if cached is not None and now - cached[1] < self.cache_seconds:
             grant = cached[0]
         else:
-            self._cache.pop(digest, None)
+            self._cache.pop(token, None)
             if not fresh:
-                unknown_since = self._unknown.get(digest)
+                unknown_since = self._unknown.get(token)
                 if unknown_since is not None:
                     if now - unknown_since < self.negative_cache_seconds:
                         raise _unknown_token()
-                    del self._unknown[digest]
+                    del self._unknown[token]
+            digest = token_digest(token)
             found = await self._tokens.lookup(digest)
             if found is None or not hmac.compare_digest(found.digest, digest):
-                self._remember_unknown(digest, now)
+                self._remember_unknown(token, now)
                 raise _unknown_token()
-            self._unknown.pop(digest, None)
+            self._unknown.pop(token, None)
             grant = found
             if self.cache_seconds > 0:
                 if len(self._cache) >= self._max_entries:
                     del self._cache[next(iter(self._cache))]
-                self._cache[digest] = (grant, now)
+                self._cache[token] = (grant, now)
         if grant.expires_at is not None and time.time() >= grant.expires_at:
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         return grant.principal
 
-    def _remember_unknown(self, digest: str, now: float) -> None:
+    def _remember_unknown(self, token: str, now: float) -> None:
         if self.negative_cache_seconds <= 0:
             return
-        self._unknown.pop(digest, None)  # re-inserted last: the dict stays in age order
+        self._unknown.pop(token, None)  # re-inserted last: the dict stays in age order
         while len(self._unknown) >= self._max_entries:
             del self._unknown[next(iter(self._unknown))]
-        self._unknown[digest] = now
+        self._unknown[token] = now
 
 
 def _unknown_token() -> Unauthenticated:
@@ -343,6 +347,11 @@ class FailedAuthLimiter:
     @property
     def enabled(self) -> bool:
         return self.max_failures > 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether any peer has a failure on record (if not, no peer is over the limit)."""
+        return bool(self._buckets)
 
     def _level(self, peer: str, now: float) -> float:
         bucket = self._buckets.get(peer)

@@ -1,19 +1,32 @@
-"""Server interceptors: the canonical log line, error mapping and identity.
+"""What every RPC goes through, folded into one wrapper per method, built once at start.
 
-Installed outermost first: LoggingInterceptor → ErrorInterceptor → DrainInterceptor →
-IdentityInterceptor → servicer.
-Each wraps a method's handler once (cached per method), so per-call work is only the call itself.
+`RpcWrapper` wraps each method handler once, when the services register (`registrar`), so a
+call runs one Python frame of ours around the servicer instead of a chain of interceptors. In
+that frame, in this order (each step only when it applies):
+
+1. metrics: the call is counted and timed (`--metrics-listen`; metrics.py);
+2. the canonical log line: a request id (the caller's `x-request-id` or a new one) bound to the
+   log context, returned in the trailing metadata and in every error's ErrorInfo, and one line
+   per RPC when it ends (method, agent, namespace, code, duration_ms, request_id);
+3. tracing: a SERVER span continuing the caller's trace (OTEL_*; tracing.py);
+4. errors: the request body parsed (a body that does not parse is MALFORMED_REQUEST) and every
+   exception mapped to a `google.rpc.Status` (ErrorInfo, BadRequest, RetryInfo);
+5. drain (agentcoord methods): refused UNAVAILABLE once a stop has begun (`Drain`);
+6. identity (agentcoord methods): authenticated and the method's required tier enforced before
+   the servicer runs (`Identity`); open streams re-checked.
+
+Health and reflection get 1–4 only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import math
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -32,7 +45,6 @@ from .identity import (
     FailedAuthLimiter,
     Principal,
     bind_principal,
-    metadata_value,
     peer_address,
     tier_name,
 )
@@ -59,49 +71,6 @@ STATUS_CODES: Mapping[type[errors.DomainError], grpc.StatusCode] = {
 }
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
-Wrapper = Callable[[Behavior, str], Behavior]
-
-
-def _wrap_handler(
-    handler: grpc.RpcMethodHandler, unary: Wrapper, stream: Wrapper, method: str
-) -> grpc.RpcMethodHandler:
-    """Returns handler with its behaviour wrapped (unary or server-streaming responses)."""
-    if handler.request_streaming:
-        return handler  # agentcoord has no client-streaming RPCs
-    if handler.response_streaming:
-        behavior = handler.unary_stream  # type: ignore[attr-defined]
-        if not inspect.isasyncgenfunction(behavior):
-            # A stream that writes with context.write() and returns (grpc's health Watch):
-            # to a wrapper it is one awaited call, like a unary one.
-            return handler._replace(unary_stream=unary(behavior, method))  # type: ignore[attr-defined]
-        return handler._replace(unary_stream=stream(behavior, method))  # type: ignore[attr-defined]
-    return handler._replace(unary_unary=unary(handler.unary_unary, method))  # type: ignore[attr-defined]
-
-
-class _CachingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each method's handler once and reuses it for every later call."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method  # type: ignore[attr-defined]
-        try:
-            return self._cache[method]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        handler = await continuation(handler_call_details)
-        wrapped = None if handler is None else self.wrap(handler, method)
-        self._cache[method] = wrapped
-        return wrapped  # type: ignore[return-value]
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        raise NotImplementedError
-
 
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
@@ -116,71 +85,7 @@ def _code_of(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str
     return _CODE_NAMES.get(int(code), str(code))
 
 
-class LoggingInterceptor(_CachingInterceptor):
-    """Binds request_id and method to the log context and writes one canonical line per RPC.
 
-    The request id is the caller's `x-request-id` metadata or a new one; it is returned in the
-    trailing metadata and in every error's ErrorInfo.
-    """
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    @staticmethod
-    def _begin(context: grpc.aio.ServicerContext, method: str) -> str:
-        request_id = metadata_value(context.invocation_metadata() or (), "x-request-id")
-        if not request_id or len(request_id) > 128:
-            request_id = uuid.uuid4().hex
-        # No clear_contextvars(): grpc.aio serves each RPC in a task of its own, with its own copy
-        # of the context, so nothing bound here outlives the call (and clearing cost ~15% of a
-        # unary call's throughput).
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
-        context.set_trailing_metadata((("x-request-id", request_id),))
-        return request_id
-
-    @staticmethod
-    def _end(context: grpc.aio.ServicerContext, started: float, default: grpc.StatusCode) -> None:
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        log.info("rpc", code=_code_of(context, default), duration_ms=duration_ms)
-
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._begin(context, method)
-            started = time.perf_counter()
-            outcome = grpc.StatusCode.UNKNOWN
-            try:
-                response = await behavior(request, context)
-                outcome = grpc.StatusCode.OK
-                return response
-            except asyncio.CancelledError:
-                outcome = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._end(context, started, outcome)
-
-        return logged
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            self._begin(context, method)
-            started = time.perf_counter()
-            outcome = grpc.StatusCode.UNKNOWN
-            try:
-                async for item in behavior(request, context):
-                    yield item
-                outcome = grpc.StatusCode.OK
-            except (asyncio.CancelledError, GeneratorExit):
-                outcome = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._end(context, started, outcome)
-
-        return logged
-
-
-# The status travels in trailers, which a client refuses above 16 KiB (grpc's hard metadata
-# limit; 8 KiB soft): texts that echo request data (a 200,000-character map key in a field path)
-# are cut so the whole status stays under 8 KiB, whatever the request held.
 MAX_MESSAGE_BYTES = 256
 MAX_TEXT_BYTES = 160
 MAX_VIOLATIONS = 8
@@ -351,82 +256,76 @@ def _parser(deserializer: Deserializer) -> Callable[[bytes], Any]:
     return parse
 
 
-class ErrorInterceptor(_CachingInterceptor):
-    """Parses each request and maps every exception to a `google.rpc.Status` with ErrorInfo
-    (and BadRequest).
 
-    DomainError subclasses map through STATUS_CODES; Redis connection failures become
-    UNAVAILABLE (retryable); anything else is a bug: INTERNAL with the request id and no stack
-    trace on the wire (the trace is logged).
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Ends the call with the google.rpc.Status `exc` maps to (raises grpc's AbortError)."""
+    domain = _translate(exc)
+    try:
+        status = _status_for(domain, status_code_for(domain))
+    except Exception as bug:  # e.g. non-string ErrorInfo metadata
+        # Left to grpc, this would go out as UNKNOWN "Unexpected <class>: <text>".
+        domain = _translate(bug)
+        status = _status_for(domain, status_code_for(domain))
+    await context.abort_with_status(status)
 
-    Request bodies are parsed here rather than by grpc: grpc.aio deserializes before any
-    interceptor runs and answers a body that does not parse with UNKNOWN, no request id and no
-    log line. So each handler is given no request deserializer (grpc passes the bytes through)
-    and the body is parsed once, here, inside the logging and error mapping.
+
+class Drain:
+    """Answers agentcoord calls UNAVAILABLE (SERVER_SHUTTING_DOWN) once a stop has begun, and
+    counts the calls admitted before, so the stop can wait for them.
+
+    Why not leave this to grpc: once `server.stop()` runs, grpc core fails a call it has
+    received but not yet handed to the application with CANCELLED, which clients rightly do not
+    retry although the call never ran. So the server keeps serving through a drain window —
+    health NOT_SERVING, every new call refused here with a retryable status, before anything
+    reaches Redis — and only then stops (DESIGN.md, "Runtime"). Health and reflection pass
+    through, so probes keep reading NOT_SERVING.
+
+    Checked inside the error mapping (the refusal becomes a google.rpc.Status with the request
+    id) and before identity (no token lookup for a refused call).
     """
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        deserializer = handler.request_deserializer  # type: ignore[attr-defined]
-        if deserializer is None or handler.request_streaming:
-            return _wrap_handler(handler, self._unary, self._stream, method)
-        parse = _parser(deserializer)
-        handler = handler._replace(request_deserializer=None)  # type: ignore[attr-defined]
-        return _wrap_handler(
-            handler,
-            lambda behavior, m: self._unary(behavior, m, parse),
-            lambda behavior, m: self._stream(behavior, m, parse),
-            method,
-        )
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
 
-    @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        domain = _translate(exc)
+    def begin(self) -> None:
+        """From now on new agentcoord calls are refused."""
+        self.draining = True
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After `begin()`: waits until no admitted call is running, at most `timeout` seconds.
+        Returns whether none is."""
         try:
-            status = _status_for(domain, status_code_for(domain))
-        except Exception as bug:  # e.g. non-string ErrorInfo metadata
-            # Left to grpc, this would go out as UNKNOWN "Unexpected <class>: <text>".
-            domain = _translate(bug)
-            status = _status_for(domain, status_code_for(domain))
-        await context.abort_with_status(status)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
-    def _unary(
-        self, behavior: Behavior, method: str, parse: Deserializer | None = None
-    ) -> Behavior:
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if parse is not None:
-                    request = parse(request)
-                return await behavior(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as exc:
-                await self._abort(context, exc)
+    def admit(self) -> None:
+        """Counts a call in; raises Unavailable (SERVER_SHUTTING_DOWN) once draining."""
+        if self.draining:
+            raise errors.Unavailable(
+                "the server is shutting down; retry on another server or after its restart",
+                reason="SERVER_SHUTTING_DOWN",
+            )
+        self.in_flight += 1
 
-        return mapped
-
-    def _stream(
-        self, behavior: Behavior, method: str, parse: Deserializer | None = None
-    ) -> Behavior:
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                if parse is not None:
-                    request = parse(request)
-                async for item in behavior(request, context):
-                    yield item
-            except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
-                raise
-            except Exception as exc:
-                await self._abort(context, exc)
-
-        return mapped
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.draining:
+            self._idle.set()
 
 
-class IdentityInterceptor(_CachingInterceptor):
+class Identity:
     """Authenticates every agentcoord RPC and enforces its declared required_tier.
 
     Both happen before the servicer runs, so no storage is touched for a refused call.
-    Methods outside `agentcoord.` (health, reflection) pass through unauthenticated; an
-    agentcoord method that declares no tier is refused (fail closed).
+    Methods outside `agentcoord.` (health, reflection) are not checked; an agentcoord method
+    that declares no tier is refused (fail closed).
 
     Server streams of a revocable identity (tokens) are re-authenticated, bypassing the auth
     cache, every `recheck_seconds` while they are open, by one watchdog task per stream: a
@@ -439,7 +338,7 @@ class IdentityInterceptor(_CachingInterceptor):
     is refused before its call is authenticated (so a flood of bad tokens from one peer costs
     no Redis lookups), while other peers' calls go on. The streams' re-checks are not counted.
 
-    Raises (mapped by ErrorInterceptor): Unauthenticated, PermissionDenied, ResourceExhausted
+    Raises (mapped by the wrapper): Unauthenticated, PermissionDenied, ResourceExhausted
     (TOO_MANY_FAILED_AUTHENTICATIONS).
     """
 
@@ -452,7 +351,6 @@ class IdentityInterceptor(_CachingInterceptor):
         recheck_seconds: float = 5.0,
         limiter: FailedAuthLimiter | None = None,
     ) -> None:
-        super().__init__()
         if recheck_seconds <= 0:
             raise ValueError("recheck_seconds must be positive")
         self._authenticator = authenticator
@@ -460,19 +358,19 @@ class IdentityInterceptor(_CachingInterceptor):
         self._tiers = dict(tiers)
         self._operator_callable = operator_callable
         self._recheck_seconds = recheck_seconds
+        self.revocable = authenticator.revocable
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if not method.startswith("/agentcoord."):
-            return handler
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    async def _admit(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    async def admit(
+        self, context: grpc.aio.ServicerContext, metadata: Sequence[Any], method: str
+    ) -> None:
+        """Authenticates the call and checks its tier; binds the principal (and its agent and
+        namespace to the log context)."""
         required = self._tiers.get(method, 0)
         if required == 0:
             raise errors.PermissionDenied(
                 f"{method} declares no required tier", reason="NO_REQUIRED_TIER"
             )
-        principal = await self._authenticate(context)
+        principal = await self._authenticate(context, metadata)
         structlog.contextvars.bind_contextvars(
             agent=principal.agent_id, namespace=principal.namespace
         )
@@ -499,10 +397,18 @@ class IdentityInterceptor(_CachingInterceptor):
             )
         bind_principal(principal)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, metadata: Sequence[Any]
+    ) -> Principal:
         limiter = self._limiter
-        if not limiter.enabled:
-            return await self._authenticator.authenticate(context.invocation_metadata() or ())
+        if not limiter.failing:
+            # No peer has a failure on record (the usual case): nobody is over the limit, and
+            # the peer's address is needed only if this call fails.
+            try:
+                return await self._authenticator.authenticate(metadata)
+            except errors.Unauthenticated:
+                limiter.record_failure(peer_address(context.peer()))
+                raise
         peer = peer_address(context.peer())
         wait = limiter.retry_after(peer)
         if wait > 0:
@@ -514,44 +420,17 @@ class IdentityInterceptor(_CachingInterceptor):
                 retry_delay=wait,
             )
         try:
-            return await self._authenticator.authenticate(context.invocation_metadata() or ())
+            return await self._authenticator.authenticate(metadata)
         except errors.Unauthenticated:
             limiter.record_failure(peer)
             raise
 
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(context, method)
-            return await behavior(request, context)
-
-        return admitted
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await self._admit(context, method)
-            if not self._authenticator.revocable:
-                async for item in behavior(request, context):
-                    yield item
-                return
-            rpc = asyncio.current_task()
-            assert rpc is not None
-            ending = asyncio.Event()
-            watchdog = asyncio.create_task(self._watch(context, rpc, ending))
-            try:
-                async for item in behavior(request, context):
-                    yield item
-            except Exception:
-                # The watchdog is already sending its status: a second abort (the handler's
-                # error, mapped by ErrorInterceptor) would fail with "Abort already called!".
-                if not ending.is_set():
-                    raise
-            finally:
-                watchdog.cancel()
-
-        return admitted
-
     async def _watch(
-        self, context: grpc.aio.ServicerContext, rpc: asyncio.Task[Any], ending: asyncio.Event
+        self,
+        context: grpc.aio.ServicerContext,
+        metadata: Sequence[Any],
+        rpc: asyncio.Task[Any],
+        ending: asyncio.Event,
     ) -> None:
         """Re-authenticates an open stream's caller (uncached) every recheck_seconds.
 
@@ -561,7 +440,6 @@ class IdentityInterceptor(_CachingInterceptor):
         send is released at once (its finally blocks run). `ending` is set before the status
         is sent, so the stream wrapper knows the call's status is already decided.
         """
-        metadata = context.invocation_metadata() or ()
         try:
             while True:
                 await asyncio.sleep(self._recheck_seconds)
@@ -578,78 +456,285 @@ class IdentityInterceptor(_CachingInterceptor):
             rpc.cancel()
 
 
-class DrainInterceptor(_CachingInterceptor):
-    """Answers agentcoord calls UNAVAILABLE (SERVER_SHUTTING_DOWN) once a stop has begun, and
-    counts the calls admitted before, so the stop can wait for them.
-
-    Why not leave this to grpc: once `server.stop()` runs, grpc core fails a call it has
-    received but not yet handed to the application with CANCELLED, which clients rightly do not
-    retry although the call never ran. So the server keeps serving through a drain window —
-    health NOT_SERVING, every new call refused here with a retryable status, before anything
-    reaches Redis — and only then stops (DESIGN.md, "Runtime"). Health and reflection pass
-    through, so probes keep reading NOT_SERVING.
-
-    Installed inside ErrorInterceptor (the refusal becomes a google.rpc.Status with the
-    request id) and outside IdentityInterceptor (no token lookup for a refused call).
-    """
+class RequestIds:
+    """New request ids: 32 hex characters (as uuid4().hex was), a random 64-bit prefix drawn
+    once per process followed by a counter, so making one is a string format, not a
+    getrandom() call. Build it in the serving process (after any fork)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.draining = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
 
-    def begin(self) -> None:
-        """From now on new agentcoord calls are refused."""
-        self.draining = True
-        if self._in_flight == 0:
-            self._idle.set()
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """After `begin()`: waits until no admitted call is running, at most `timeout` seconds.
-        Returns whether none is."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+
+_REQUEST_ID = "x-request-id"
+_MAX_REQUEST_ID = 128
+_OK = grpc.StatusCode.OK
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CANCELLED = grpc.StatusCode.CANCELLED
+
+
+def _caller_request_id(metadata: Sequence[Any]) -> str | None:
+    for key, value in metadata:
+        if key == _REQUEST_ID:
+            if isinstance(value, bytes):
+                value = value.decode(errors="replace")
+            return value if value and len(value) <= _MAX_REQUEST_ID else None
+    return None
+
+
+class RpcWrapper:
+    """Builds the one wrapper per method that does everything listed in this module's
+    docstring; `registrar(server)` applies it to every handler a service registers.
+
+    Args:
+        identity: authentication and tiers for agentcoord methods (None: none; tests only).
+        drain: the shutdown drain for agentcoord methods (None: none).
+        metrics: a metrics.ServerMetrics (None: metrics off, nothing counted).
+        tracing: a tracing.Tracing (None: tracing off, nothing traced).
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity | None = None,
+        drain: Drain | None = None,
+        metrics: Any = None,
+        tracing: Any = None,
+    ) -> None:
+        self._identity = identity
+        self._drain = drain
+        self._metrics = metrics
+        self._tracing = tracing
+        self._request_ids = RequestIds()
+
+    def registrar(self, server: grpc.aio.Server) -> Any:
+        """An object to register services with in place of `server`: every handler added
+        through it is wrapped once (the generated `add_*Servicer_to_server` functions, health,
+        reflection and any generic handler all take it)."""
+        return _Registrar(server, self)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if not method.startswith("/agentcoord."):
-            return handler
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    def _admit(self) -> None:
-        if self.draining:
-            raise errors.Unavailable(
-                "the server is shutting down; retry on another server or after its restart",
-                reason="SERVER_SHUTTING_DOWN",
+        """`handler` with its behaviour wrapped; the request body is then parsed by the
+        wrapper (so a body that does not parse gets a proper status), not by grpc."""
+        if handler.request_streaming:
+            return handler  # agentcoord has no client-streaming RPCs
+        deserializer = handler.request_deserializer
+        parse = None if deserializer is None else _parser(deserializer)
+        handler = handler._replace(request_deserializer=None)  # type: ignore[attr-defined]
+        if handler.response_streaming:
+            behavior = handler.unary_stream
+            if not inspect.isasyncgenfunction(behavior):
+                # A stream that writes with context.write() and returns (grpc's health Watch):
+                # to the wrapper it is one awaited call, like a unary one.
+                return handler._replace(  # type: ignore[attr-defined]
+                    unary_stream=self._unary(behavior, method, parse)
+                )
+            return handler._replace(  # type: ignore[attr-defined]
+                unary_stream=self._stream(behavior, method, parse)
             )
-        self._in_flight += 1
+        return handler._replace(  # type: ignore[attr-defined]
+            unary_unary=self._unary(handler.unary_unary, method, parse)
+        )
 
-    def _release(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0 and self.draining:
-            self._idle.set()
+    def _parts(self, method: str, grpc_type: str) -> tuple[Any, ...]:
+        agentcoord = method.startswith("/agentcoord.")
+        stats = None if self._metrics is None else self._metrics.rpc(grpc_type, method)
+        tracing = self._tracing
+        span_name, span_attributes = ("", {}) if tracing is None else tracing.names(method)
+        return (
+            self._identity if agentcoord else None,
+            self._drain if agentcoord else None,
+            stats,
+            tracing,
+            span_name,
+            span_attributes,
+        )
 
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        async def drained(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._admit()
+    def _unary(self, behavior: Behavior, method: str, parse: Any) -> Behavior:
+        identity, drain, stats, tracing, span_name, span_attributes = self._parts(method, "unary")
+        new_request_id = self._request_ids.new
+        bind = structlog.contextvars.bind_contextvars
+        perf_counter = time.perf_counter
+
+        async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if stats is not None:
+                stats.started += 1
+            began = perf_counter()
+            metadata = context.invocation_metadata() or ()
+            request_id = _caller_request_id(metadata) or new_request_id()
+            # No clear_contextvars(): grpc.aio serves each RPC in a task of its own, with its
+            # own copy of the context, so nothing bound here outlives the call.
+            bind(request_id=request_id, method=method)
+            context.set_trailing_metadata(((_REQUEST_ID, request_id),))
+            span = span_scope = None
+            if tracing is not None:
+                span_scope = tracing.start(metadata, span_name, span_attributes, request_id)
+                span = span_scope.__enter__()
+                tracing.bind(span)
+            outcome = _UNKNOWN
             try:
-                return await behavior(request, context)
+                try:
+                    if parse is not None:
+                        request = parse(request)
+                    if drain is None:
+                        if identity is not None:
+                            await identity.admit(context, metadata, method)
+                        response = await behavior(request, context)
+                    else:
+                        drain.admit()
+                        try:
+                            if identity is not None:
+                                await identity.admit(context, metadata, method)
+                            response = await behavior(request, context)
+                        finally:
+                            drain.release()
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc)
+                outcome = _OK
+                return response
+            except asyncio.CancelledError:
+                outcome = _CANCELLED
+                raise
             finally:
-                self._release()
+                code = _code_of(context, outcome)
+                if span_scope is not None:
+                    tracing.finish(span, code)
+                    span_scope.__exit__(None, None, None)
+                log.info("rpc", code=code, duration_ms=round((perf_counter() - began) * 1000, 3))
+                if stats is not None:
+                    stats.handling.observe(perf_counter() - began)
+                    handled = stats.handled
+                    handled[code] = handled.get(code, 0) + 1
 
-        return drained
+        return rpc
 
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        async def drained(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            self._admit()
+    def _stream(self, behavior: Behavior, method: str, parse: Any) -> Behavior:
+        identity, drain, stats, tracing, span_name, span_attributes = self._parts(
+            method, "server_stream"
+        )
+        new_request_id = self._request_ids.new
+        bind = structlog.contextvars.bind_contextvars
+        perf_counter = time.perf_counter
+
+        async def rpc(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if stats is not None:
+                stats.started += 1
+            began = perf_counter()
+            metadata = context.invocation_metadata() or ()
+            request_id = _caller_request_id(metadata) or new_request_id()
+            bind(request_id=request_id, method=method)
+            context.set_trailing_metadata(((_REQUEST_ID, request_id),))
+            span = span_scope = None
+            if tracing is not None:
+                span_scope = tracing.start(metadata, span_name, span_attributes, request_id)
+                span = span_scope.__enter__()
+                tracing.bind(span)
+            outcome = _UNKNOWN
+            admitted = False
+            watchdog: asyncio.Task[Any] | None = None
+            ending: asyncio.Event | None = None
             try:
-                async for item in behavior(request, context):
-                    yield item
+                try:
+                    if parse is not None:
+                        request = parse(request)
+                    if drain is not None:
+                        drain.admit()
+                        admitted = True
+                    if identity is not None:
+                        await identity.admit(context, metadata, method)
+                        if identity.revocable:
+                            rpc_task = asyncio.current_task()
+                            assert rpc_task is not None
+                            ending = asyncio.Event()
+                            watchdog = asyncio.create_task(
+                                identity._watch(context, metadata, rpc_task, ending)
+                            )
+                    if stats is None:
+                        async for item in behavior(request, context):
+                            yield item
+                    else:
+                        async for item in behavior(request, context):
+                            stats.sent += 1
+                            yield item
+                except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    # When the watchdog is already sending its status, a second abort (the
+                    # handler's error) would fail with "Abort already called!".
+                    if ending is None or not ending.is_set():
+                        await _abort(context, exc)
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
+                    if admitted:
+                        drain.release()  # type: ignore[union-attr]
+                outcome = _OK
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = _CANCELLED
+                raise
             finally:
-                self._release()
+                code = _code_of(context, outcome)
+                if span_scope is not None:
+                    tracing.finish(span, code)
+                    span_scope.__exit__(None, None, None)
+                log.info("rpc", code=code, duration_ms=round((perf_counter() - began) * 1000, 3))
+                if stats is not None:
+                    stats.handling.observe(perf_counter() - began)
+                    handled = stats.handled
+                    handled[code] = handled.get(code, 0) + 1
 
-        return drained
+        return rpc
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come out wrapped, each wrapped once (on its
+    first call) and reused. Unknown methods are not remembered, so random method names cost
+    no memory."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrapper: RpcWrapper) -> None:
+        self._inner = inner
+        self._wrapper = wrapper
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrapped[method] = self._wrapper.wrap(handler, method)
+        return wrapped
+
+
+class _Registrar:
+    """Stands in for a grpc.aio.Server while services register: see RpcWrapper.registrar."""
+
+    def __init__(self, server: grpc.aio.Server, wrapper: RpcWrapper) -> None:
+        self._server = server
+        self._wrapper = wrapper
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGenericHandler(h, self._wrapper) for h in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._wrapper.wrap(handler, f"/{service_name}/{name}")
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)

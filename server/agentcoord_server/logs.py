@@ -36,6 +36,8 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (print() writes the line and its newline apart): the workers of
+        # `serve --workers N` share one stderr, and a pipe keeps writes of up to 4 KiB whole.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=cache,
     )

@@ -5,7 +5,8 @@ What is exported (README "Metrics" lists them with their labels):
 - Per RPC, with go-grpc-prometheus's names and labels (grpc_type, grpc_service, grpc_method and,
   on `handled`, grpc_code): `grpc_server_started_total`, `grpc_server_handled_total`,
   `grpc_server_handling_seconds` (histogram), `grpc_server_msg_received_total`,
-  `grpc_server_msg_sent_total`. Counted by `MetricsInterceptor`, the outermost interceptor.
+  `grpc_server_msg_sent_total`. Counted by the RPC wrapper (interceptors.py), outside everything
+  else it does, so the status is the one sent and the time includes the rest.
 - Redis: `agentcoord_redis_command_duration_seconds` and `agentcoord_redis_command_errors_total`
   by command and, for EVALSHA, the Lua script's name (both bounded sets).
 - Authentication: `agentcoord_auth_cache_hits_total`, `agentcoord_auth_cache_misses_total`,
@@ -19,6 +20,12 @@ Labels stay bounded: method, code, command, script, reason, namespace and task t
 agent id, key or task id. Namespaces are those that called this process since it started (at
 most MAX_NAMESPACES); task types the latest MAX_TASK_TYPES of each namespace's index.
 
+With `serve --workers N` each worker writes its figures to a prometheus_client multiprocess
+directory every MULTIPROCESS_FLUSH_SECONDS (and when it stops), and the parent serves /metrics
+from it (`serve_multiprocess`): counters and histograms are summed over the workers (a dead
+worker's counts stay), per-process gauges summed over the live ones, and the figures read from
+Redis (REDIS_WIDE) taken as the max over the live ones. A scrape is then at most that old.
+
 Cost: a method's counters are bound once, when its handler is first wrapped, and are plain
 numbers only the event loop writes, so a call pays two integer increments and one bisect (see
 `python -m bench.bench_overhead`). Nothing is installed when metrics are off.
@@ -27,12 +34,14 @@ numbers only the event loop writes, so a call pays two integer increments and on
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-import grpc
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -41,11 +50,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from . import errors
 from .identity import Authenticator, Principal
-from .interceptors import Behavior, _CachingInterceptor, _code_of, _wrap_handler
 from .store.keys import Keyspace
 from .store.scripts import script_name
 
@@ -106,69 +116,6 @@ class _RpcStats:
         self.handled: dict[str, int] = {"OK": 0}  # by status code name
         self.handling = _Histogram(RPC_BUCKETS)
         self.sent = 0
-
-
-class MetricsInterceptor(_CachingInterceptor):
-    """Counts and times every RPC (go-grpc-prometheus's metrics). Install it outermost, so the
-    status it records is the one sent and the time includes the other interceptors."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        super().__init__()
-        self._metrics = metrics
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        stats = self._metrics.rpc("unary", method)
-        handling, handled = stats.handling, stats.handled
-        perf_counter = time.perf_counter
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            stats.started += 1
-            began = perf_counter()
-            code = "UNKNOWN"
-            try:
-                response = await behavior(request, context)
-                code = _code_of(context, grpc.StatusCode.OK)
-                return response
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                handling.observe(perf_counter() - began)
-                handled[code] = handled.get(code, 0) + 1
-
-        return measured
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        stats = self._metrics.rpc("server_stream", method)
-        handling, handled = stats.handling, stats.handled
-        perf_counter = time.perf_counter
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            stats.started += 1
-            began = perf_counter()
-            code = "UNKNOWN"
-            try:
-                async for item in behavior(request, context):
-                    stats.sent += 1
-                    yield item
-                code = _code_of(context, grpc.StatusCode.OK)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                handling.observe(perf_counter() - began)
-                handled[code] = handled.get(code, 0) + 1
-
-        return measured
 
 
 class _CountingLookup:
@@ -244,6 +191,7 @@ class ServerMetrics:
         # queues are reported.
         self.namespaces: dict[str, None] = {}
         self._http: Any = None
+        self._writer: MultiprocessWriter | None = None
         self.port = 0
 
     def rpc(self, grpc_type: str, method: str) -> _RpcStats:
@@ -259,9 +207,6 @@ class ServerMetrics:
         go-grpc-prometheus's InitializeMetrics does, so rates start from a known point."""
         for grpc_type, method in methods:
             self.rpc(grpc_type, method)
-
-    def interceptor(self) -> MetricsInterceptor:
-        return MetricsInterceptor(self)
 
     def instrument_authenticator(
         self, make: Callable[[Any], Authenticator], tokens: Any
@@ -319,11 +264,138 @@ class ServerMetrics:
         self.port = int(httpd.server_port)
         return self.port
 
+    def write_to(self, directory: Path) -> None:
+        """Writes the metrics to `directory` (prometheus_client multiprocess files) instead of
+        serving them: a worker of `serve --workers N`, whose parent serves them."""
+        self._writer = MultiprocessWriter(self.registry, directory, MULTIPROCESS_FLUSH_SECONDS)
+        # The counts once now, from here (the loop's thread), so the parent's /metrics has this
+        # worker's methods (all at 0) as soon as it serves, not a second later.
+        now = CollectorRegistry()
+        now.register(_CountsCollector(asyncio.get_running_loop(), self, on_loop=True))
+        MultiprocessWriter(now, directory, 0).flush()
+        self._writer.start()
+
     def stop_http(self) -> None:
+        """Stops serving (or writing) the metrics; a writer writes once more first."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
         httpd, self._http = self._http, None
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
+
+
+MULTIPROCESS_FLUSH_SECONDS = 1.0
+"""How often a worker of `serve --workers N` writes its metrics for the parent to serve."""
+REDIS_WIDE = {
+    "agentcoord_task_dead_letters": "gauge",
+    "agentcoord_task_lease_expiries": "counter",
+    "agentcoord_task_queue_depth": "gauge",
+}
+"""Families read from Redis, the same in every worker: aggregated with max, not summed."""
+
+
+class MultiprocessWriter:
+    """Writes what `registry` collects to prometheus_client's multiprocess files of this
+    process in `directory`, every `interval` seconds from a thread of its own (the collectors
+    read the server's state on its loop) and once more at `stop()`."""
+
+    def __init__(self, registry: CollectorRegistry, directory: Path, interval: float) -> None:
+        self._registry = registry
+        self._directory = directory
+        self._interval = interval
+        self._files: dict[str, MmapedDict] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(COLLECT_TIMEOUT * 2)
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stopping.wait(self._interval)
+            try:
+                self.flush()
+            except Exception as exc:  # the next flush tries again; a scrape is never failed
+                log.warning("metrics: writing the multiprocess files failed", error=repr(exc))
+            if stopping:
+                return
+
+    def _file(self, prefix: str) -> MmapedDict:
+        f = self._files.get(prefix)
+        if f is None:
+            path = self._directory / f"{prefix}_{os.getpid()}.db"
+            f = self._files[prefix] = MmapedDict(str(path))
+        return f
+
+    def flush(self) -> None:
+        for family in self._registry.collect():
+            if family.name in REDIS_WIDE:
+                prefix = "gauge_livemax"
+            elif family.type == "gauge":
+                prefix = "gauge_livesum"
+            elif family.type in ("counter", "histogram"):
+                prefix = family.type
+            else:
+                continue
+            f = self._file(prefix)
+            # The files hold each bucket's own count (the collector adds them up and derives
+            # _count); the exposition's buckets are cumulative.
+            below: dict[tuple[tuple[str, str], ...], float] = {}
+            for sample in family.samples:
+                value = sample.value
+                if family.type == "histogram":
+                    if sample.name.endswith("_count"):
+                        continue
+                    if sample.name.endswith("_bucket"):
+                        series = tuple(sorted(kv for kv in sample.labels.items() if kv[0] != "le"))
+                        cumulative = value
+                        value -= below.get(series, 0.0)
+                        below[series] = cumulative
+                key = mmap_key(
+                    family.name,
+                    sample.name,
+                    list(sample.labels),
+                    list(sample.labels.values()),
+                    family.documentation,
+                )
+                f.write_value(key, value, 0.0)
+
+
+class _WorkersCollector(Collector):
+    """The workers' multiprocess files, with REDIS_WIDE families given their own types back
+    (they are stored as gauges so that they aggregate with max)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._inner = MultiProcessCollector(None, path=str(directory))
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():
+            metric.type = REDIS_WIDE.get(metric.name, metric.type)
+            yield metric
+
+
+def serve_multiprocess(listen: str, directory: Path) -> Any:
+    """Serves /metrics on `host:port` from the workers' multiprocess files in `directory`
+    (the parent of `serve --workers N`). Returns the HTTP server (`.server_port`;
+    `.shutdown()`). Raises OSError if the address is in use."""
+    registry = CollectorRegistry()
+    registry.register(_WorkersCollector(directory))
+    host, _, port = listen.rpartition(":")
+    httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", registry)
+    return httpd
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
@@ -344,14 +416,20 @@ def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
 class _CountsCollector(Collector):
     """Exports ServerMetrics' counts, copied on the server's loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, metrics: ServerMetrics, *, on_loop: bool = False
+    ) -> None:
         self._loop = loop
         self._metrics = metrics
+        self._on_loop = on_loop  # collected on the loop's own thread: copy directly
 
     def describe(self) -> Iterable[Metric]:
         return ()
 
     async def _snapshot(self) -> dict[str, Any]:
+        return self.snapshot_now()
+
+    def snapshot_now(self) -> dict[str, Any]:
         m = self._metrics
         return {
             "rpcs": [
@@ -364,7 +442,7 @@ class _CountsCollector(Collector):
         }
 
     def collect(self) -> Iterable[Metric]:
-        snap = _on_loop(self._loop, self._snapshot())
+        snap = self.snapshot_now() if self._on_loop else _on_loop(self._loop, self._snapshot())
         if snap is None:
             return
         started = CounterMetricFamily(

@@ -7,25 +7,23 @@ exporter reads the rest of its configuration (headers, timeout, certificates…)
 environment, and `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES` name the service (default
 "agentcoord").
 
-Per RPC, `TracingInterceptor` opens a SERVER span named `agentcoord.v1.Service/Method` (OTel's
-RPC conventions), a child of the caller's W3C `traceparent` metadata when there is one, and binds
-its trace id to the log context, so the canonical log line carries `trace_id`. Every Redis
+Per RPC, the RPC wrapper (interceptors.py) opens a SERVER span named
+`agentcoord.v1.Service/Method` (OTel's RPC conventions), a child of the caller's W3C
+`traceparent` metadata when there is one, and binds its trace id to the log context, so the
+canonical log line carries `trace_id`. Every Redis
 command the server's client executes inside a span gets a CLIENT child span (`redis <script>`
 for a Lua script). When tracing is off none of this is installed: no per-call cost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import structlog
 
 from . import __version__
-from .interceptors import Behavior, _CachingInterceptor, _code_of, _wrap_handler
 from .store.scripts import script_name
 
 log = structlog.get_logger("agentcoord.tracing")
@@ -101,9 +99,6 @@ class Tracing:
         # The metadata keys the configured propagators read (OTEL_PROPAGATORS; W3C by default).
         self.propagated_fields = frozenset(propagate.get_global_textmap().fields)
 
-    def interceptor(self) -> TracingInterceptor:
-        return TracingInterceptor(self)
-
     def instrument_redis(self, redis: Any) -> None:
         """Gives every command `redis` executes inside a traced call a CLIENT child span."""
         from opentelemetry.trace import SpanKind
@@ -131,99 +126,47 @@ class Tracing:
         if self._owned:
             self._provider.shutdown()
 
+    # -- per RPC (the RpcWrapper in interceptors.py calls these) --
 
-class TracingInterceptor(_CachingInterceptor):
-    """A SERVER span per RPC, continuing the caller's trace (W3C `traceparent` metadata).
-    Install it inside LoggingInterceptor, so the trace id it binds reaches the log line."""
+    @staticmethod
+    def names(method: str) -> tuple[str, dict[str, Any]]:
+        """The span name and attributes of `/pkg.Service/Method` (OTel's RPC conventions)."""
+        service, _, name = method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        return f"{service}/{name}", attributes
 
-    def __init__(self, tracing: Tracing) -> None:
-        super().__init__()
-        self._tracing = tracing
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return _wrap_handler(handler, self._unary, self._stream, method)
-
-    def _start(self, context: grpc.aio.ServicerContext, name: str, attributes: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def start(
+        self, metadata: Any, name: str, attributes: dict[str, Any], request_id: str
+    ) -> Any:
+        """The SERVER span of a call (a context manager making it current), a child of the
+        caller's trace when its metadata carries one."""
         from opentelemetry.trace import SpanKind
 
-        carrier = {
-            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
-        }
+        carrier = {k: v for k, v in metadata if isinstance(v, str)}
         # Extracting costs µs even from nothing: only when a propagator's header is present.
-        fields = self._tracing.propagated_fields
-        parent = self._tracing._propagate.extract(carrier) if fields & carrier.keys() else None
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        if request_id:
-            attributes = {**attributes, "agentcoord.request_id": request_id}
-        return self._tracing.tracer.start_as_current_span(
+        fields = self.propagated_fields
+        parent = self._propagate.extract(carrier) if fields & carrier.keys() else None
+        return self.tracer.start_as_current_span(
             name,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=attributes,
+            attributes={**attributes, "agentcoord.request_id": request_id},
             record_exception=False,
             set_status_on_exception=False,
         )
 
     @staticmethod
-    def _bind(span: Any) -> None:
+    def bind(span: Any) -> None:
+        """Binds the span's trace id to the log context (the canonical line carries it)."""
         trace_id = span.get_span_context().trace_id
         if trace_id:
             structlog.contextvars.bind_contextvars(trace_id=f"{trace_id:032x}")
 
     @staticmethod
-    def _finish(span: Any, code: str) -> None:
+    def finish(span: Any, code: str) -> None:
+        """Records the call's status code (a status name) on its span."""
         from opentelemetry.trace import Status, StatusCode
 
         span.set_attribute("rpc.grpc.status_code", _CODE_NUMBERS.get(code, 2))
         if code in _SERVER_ERROR_CODES:
             span.set_status(Status(StatusCode.ERROR, code))
-
-    @staticmethod
-    def _names(method: str) -> tuple[str, dict[str, Any]]:
-        service, _, name = method.lstrip("/").partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        return f"{service}/{name}", attributes
-
-    def _unary(self, behavior: Behavior, method: str) -> Behavior:
-        name, attributes = self._names(method)
-
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with self._start(context, name, attributes) as span:
-                self._bind(span)
-                code = "UNKNOWN"
-                try:
-                    response = await behavior(request, context)
-                    code = _code_of(context, grpc.StatusCode.OK)
-                    return response
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except BaseException:
-                    code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    self._finish(span, code)
-
-        return traced
-
-    def _stream(self, behavior: Behavior, method: str) -> Behavior:
-        name, attributes = self._names(method)
-
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with self._start(context, name, attributes) as span:
-                self._bind(span)
-                code = "UNKNOWN"
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                    code = _code_of(context, grpc.StatusCode.OK)
-                except (asyncio.CancelledError, GeneratorExit):
-                    code = "CANCELLED"
-                    raise
-                except BaseException:
-                    code = _code_of(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    self._finish(span, code)
-
-        return traced
