@@ -8,6 +8,7 @@ channel.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
@@ -166,3 +167,39 @@ def async_redis(url: str) -> aredis.Redis:
         host, port = url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)
         return cast(aredis.Redis, aredis.RedisCluster(host=host, port=int(port), decode_responses=True))
     return aredis.Redis.from_url(url, decode_responses=True)
+
+
+# -- task records (tasks_common.lua: one record hash per namespace, no key per task) ---------
+
+
+def task_record(client: redis.Redis, namespace: str, task_id: str) -> dict[str, str] | None:
+    """The stored record of a task (expired or not), None when there is none."""
+    raw = client.hget(f"ac:{{{namespace}}}:tasks:rec", task_id)
+    return None if raw is None else cast(dict[str, str], json.loads(raw))
+
+
+def set_task_fields(client: redis.Redis, namespace: str, task_id: str, **fields: object) -> None:
+    """Overwrites fields of a stored task record (test setup: e.g. a lease that ran out)."""
+    record = task_record(client, namespace, task_id)
+    assert record is not None, task_id
+    record.update({k: str(v) for k, v in fields.items()})
+    client.hset(f"ac:{{{namespace}}}:tasks:rec", task_id, json.dumps(record))
+
+
+def expire_task(client: redis.Redis, namespace: str, task_id: str) -> None:
+    """What the TASK TTL does to a task: its record's expiry passes (long ago)."""
+    set_task_fields(client, namespace, task_id, exp=1)
+    client.zadd(f"ac:{{{namespace}}}:tasks:exp", {task_id: 1})
+
+
+def task_ttl_ms(client: redis.Redis, namespace: str, task_id: str) -> int:
+    """How long the task's record lives from now (ms, by Redis's clock)."""
+    record = task_record(client, namespace, task_id)
+    assert record is not None, task_id
+    seconds, micros = client.time()
+    return int(record["exp"]) - (int(seconds) * 1000 + int(micros) // 1000)
+
+
+def queued_tasks(client: redis.Redis, namespace: str, task_type: str) -> int:
+    """How many tasks of `task_type` are in the namespace's pending queue."""
+    return int(client.hget(f"ac:{{{namespace}}}:tasks:counts", f"q:{task_type}") or 0)
