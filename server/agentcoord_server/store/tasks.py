@@ -123,7 +123,7 @@ _KEYS = (
     ("tasks", "stats", "types"),
     ("tasks", "stats", "type_agents"),
     ("tasks", "recent"),
-    ("tasks", "recent", "types"),
+    ("tasks", "recent_types"),
     ("agents", "index"),
     ("agents", "cx"),
     ("namespace",),
@@ -824,14 +824,14 @@ class TaskStore:
         summaries, then an HSCAN of the per-type-and-agent counts for its fields).
 
         For one type, every figure comes from that type's own fields (`<type>:<agent>` in
-        tasks:stats:type_agents, the type's ring in tasks:recent:types): its total is the sum
+        tasks:stats:type_agents, the type's ring in tasks:recent_types): its total is the sum
         of its by-agent counts, so the answer stays consistent when those fields are gone.
         """
         ks = Keyspace(namespace)
         if task_type:
             slots = [f"{task_type}:{i}" for i in range(RECENT_RESULTS)]
             ring: list[str | None] = await self._redis.hmget(  # type: ignore[assignment]
-                ks.key("tasks", "recent", "types"), [f"{task_type}:n", *slots]
+                ks.key("tasks", "recent_types"), [f"{task_type}:n", *slots]
             )
             pushed = _int(ring[0])
             # Newest first: the n-th push went to slot (n - 1) mod RECENT_RESULTS.

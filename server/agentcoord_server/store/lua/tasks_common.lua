@@ -34,7 +34,7 @@
 --   KEYS[17] tasks:stats:types        hash: type → completions
 --   KEYS[18] tasks:stats:type_agents  hash: '<type>:<agent>' → completions
 --   KEYS[19] tasks:recent     list: the latest completion summaries (cjson), newest first
---   KEYS[20] tasks:recent:types       hash: a ring of RECENT_RESULTS summaries per type:
+--   KEYS[20] tasks:recent_types       hash: a ring of RECENT_RESULTS summaries per type:
 --                             '<type>:n' pushes so far, '<type>:<n mod size>' the n-th
 --   KEYS[21] agents:index     zset: registered agent ids (all scores 0)
 --   KEYS[22] agents:cx        hash: agent → comma-joined ids of tasks it held that were
