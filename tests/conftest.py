@@ -36,6 +36,9 @@ from .redis_topologies import LocalCluster
 from .support import ServerThread, guarded, sync_redis
 
 BACKENDS = ("standalone", "cluster")
+"""What `redis_backend` can be: the embedded standalone Redis, or a local 3+3 Redis Cluster."""
+
+_register_script = AsyncScriptCommands.register_script
 
 
 def _register_guarded(self: Any, script: Any) -> Any:
@@ -44,13 +47,10 @@ def _register_guarded(self: Any, script: Any) -> Any:
     return _register_script(self, guarded(script) if isinstance(script, str) else script)
 
 
-# On the mixin both asyncio clients (Redis, RedisCluster) register scripts with.
-_register_script = AsyncScriptCommands.register_script
-AsyncScriptCommands.register_script = _register_guarded  # type: ignore[method-assign]
-"""What `redis_backend` can be: the embedded standalone Redis, or a local 3+3 Redis Cluster."""
-
-
 def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest only (bench/ imports this module too, and measures unguarded scripts): on
+    # the mixin both asyncio clients (Redis, RedisCluster) register scripts with.
+    AsyncScriptCommands.register_script = _register_guarded  # type: ignore[method-assign]
     config.addinivalue_line(
         "markers",
         "every_backend: run the module's server tests on the standalone Redis and on the cluster",

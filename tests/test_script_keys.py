@@ -16,7 +16,7 @@ import pytest
 import redis
 from agentcoord_server.store import scripts
 
-from .support import KEY_GUARD_LUA, guarded, unguarded
+from .support import KEY_GUARD_LUA, KEY_GUARD_MARK, guarded, unguarded
 
 pytestmark = pytest.mark.every_backend
 
@@ -93,11 +93,9 @@ def built_keys(source: str) -> list[str]:
 
 
 def test_every_script_the_server_registers_declares_its_keys(server):
-    sources = {
-        scripts.script_name(s.sha): unguarded(s.script)
-        for registered in list(scripts._registered.values())
-        for s in registered
-    }
+    registered = [s for found in list(scripts._registered.values()) for s in found]
+    sources = {scripts.script_name(s.sha): unguarded(s.script) for s in registered}
+    assert all(s.script.startswith(KEY_GUARD_MARK) for s in registered)  # the run-time check
     assert {"tasks_claim", "tasks_complete", "tasks_cancel", "signals_send", "staging_stage"} <= set(
         sources
     )
