@@ -365,8 +365,9 @@ end
 -- The best queued member of `types`: member, type (nil when none is queued).
 local function best_queued(types)
   local best_member, best_band, best_seq, best_type = nil, nil, nil, nil
-  for _, ttype in ipairs(types) do
-    local n = type_number(ttype, false)
+  local numbers = redis.call('HMGET', K_TYPENO, unpack(types))
+  for i, ttype in ipairs(types) do
+    local n = tonumber(numbers[i])
     if n then
       local top = redis.call('ZRANGEBYSCORE', K_Q, n * 16, n * 16 + 15, 'WITHSCORES', 'LIMIT', 0, 1)
       if top[1] then
