@@ -487,20 +487,22 @@ local function claimed_next(t, agent, now)
   return nil
 end
 
--- Runs the claim_next of CompleteTask/FailTask for the task `id` just ended and remembers
--- what it leased on that task (claimed_next), so a repeated call answers with the same task.
--- Returns the leased task, or false when none was pending.
-local function claim_next(id, agent, types, lease_ms, ttl, agent_ttl, now)
+-- Runs the claim_next of CompleteTask/FailTask for the task `t` just ended (saved) and
+-- remembers on it what it leased (claimed_next), so a repeated call answers with the same
+-- task. Returns the leased task (false when none was pending) and `t` as it now is.
+local function claim_next(t, agent, types, lease_ms, ttl, agent_ttl, now)
   local reply = claim(agent, types, lease_ms, ttl, agent_ttl, now)
   if reply[1] ~= 'ok' then
-    return false
+    return false, t
   end
   local h = {}
   for i = 1, #reply[2], 2 do
     h[reply[2][i]] = reply[2][i + 1]
   end
-  local t = load(id, now)  -- reloaded: the claim may have leased this very task again
+  if h['id'] == t.id then
+    t = load(t.id, now)  -- a failed task leased again: the claim's copy is the current one
+  end
   t.next, t.next_token = h['id'], h['token']
   save(t)
-  return reply[2]
+  return reply[2], t
 end

@@ -63,6 +63,6 @@ extend_ttl(K_RECENT_TYPES, ttl)
 
 local next_task = false
 if want_next then
-  next_task = claim_next(id, agent, types, lease_ms, ttl, agent_ttl, now)
+  next_task, t = claim_next(t, agent, types, lease_ms, ttl, agent_ttl, now)
 end
-return {'ok', flat(load(id, now)), next_task}
+return {'ok', flat(t), next_task}

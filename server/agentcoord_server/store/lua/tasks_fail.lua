@@ -25,7 +25,7 @@ t.next, t.next_token = nil, nil
 settle_failure(t, now, ttl, err, retryable, backoff)
 local next_task = false
 if want_next then
-  next_task = claim_next(id, agent, types, lease_ms, ttl, agent_ttl, now)
+  -- The next task may be this one, claimed again: claim_next returns it as it now is.
+  next_task, t = claim_next(t, agent, types, lease_ms, ttl, agent_ttl, now)
 end
--- Read after the claim: the next task may be this one, claimed again.
-return {'ok', flat(load(id, now)), next_task}
+return {'ok', flat(t), next_task}
