@@ -10,7 +10,7 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
-from .support import expire_task, queued_tasks, set_task_fields, task_ttl_ms
+from .support import expire_task, queued_tasks, set_task_fields, task_record, task_ttl_ms
 
 pytestmark = pytest.mark.every_backend
 
@@ -596,3 +596,18 @@ def test_a_task_id_reused_with_another_type_is_claimed_only_as_its_new_type(
     assert client.tasks.claim_task(task_types=["review"]) is None
     claimed = client.tasks.claim_task(task_types=["deploy"])
     assert claimed is not None and claimed.task_id == "t1" and claimed.task_type == "deploy"
+
+
+def test_an_expired_task_is_deleted_by_the_next_add_with_its_queue_entry(
+    make_client, redis_client, namespace
+):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    expire_task(redis_client, namespace, "t1")  # its TASK TTL ran out: absent to every read
+
+    client.tasks.add_task(task_id="t2", task_type="review")
+
+    assert task_record(redis_client, namespace, "t1") is None  # memory given back, lazily
+    assert queued_tasks(redis_client, namespace, "review") == 1
+    assert client.tasks.claim_task(task_types=["review"]).task_id == "t2"
+    assert client.tasks.claim_task(task_types=["review"]) is None
