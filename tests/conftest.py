@@ -31,15 +31,27 @@ import redis
 from agentcoord import AsyncClient, Client
 from agentcoord_server.config import Settings
 from agentcoord_server.embedded_redis import EmbeddedRedis
+from redis.commands.core import AsyncScriptCommands
 
 from .redis_topologies import LocalCluster
-from .support import ServerThread, ServeWorkers, sync_redis
+from .support import ServerThread, ServeWorkers, guarded, sync_redis
 
 BACKENDS = ("standalone", "cluster")
 """What `redis_backend` can be: the embedded standalone Redis, or a local 3+3 Redis Cluster."""
 
+_register_script = AsyncScriptCommands.register_script
+
+
+def _register_guarded(self: Any, script: Any) -> Any:
+    """Every script an in-process test server registers runs under the key guard
+    (support.KEY_GUARD_LUA): a script touching a key it did not declare fails its RPC."""
+    return _register_script(self, guarded(script) if isinstance(script, str) else script)
+
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest only (bench/ imports this module too, and measures unguarded scripts): on
+    # the mixin both asyncio clients (Redis, RedisCluster) register scripts with.
+    AsyncScriptCommands.register_script = _register_guarded  # type: ignore[method-assign]
     config.addinivalue_line(
         "markers",
         "every_backend: run the module's server tests on the standalone Redis and on the cluster",

@@ -289,3 +289,81 @@ class ServeWorkers:
         if self._loop is not None and self._redis is not None:
             with contextlib.suppress(Exception):
                 self.run(self._redis.aclose())
+
+
+# -- task records (tasks_common.lua: one record hash per namespace, no key per task) ---------
+
+
+def task_record(client: redis.Redis, namespace: str, task_id: str) -> dict[str, str] | None:
+    """The stored record of a task (expired or not), None when there is none."""
+    raw = client.hget(f"ac:{{{namespace}}}:tasks:rec", task_id)
+    return None if raw is None else cast(dict[str, str], json.loads(raw))
+
+
+def set_task_fields(client: redis.Redis, namespace: str, task_id: str, **fields: object) -> None:
+    """Overwrites fields of a stored task record (test setup: e.g. a lease that ran out)."""
+    record = task_record(client, namespace, task_id)
+    assert record is not None, task_id
+    record.update({k: str(v) for k, v in fields.items()})
+    client.hset(f"ac:{{{namespace}}}:tasks:rec", task_id, json.dumps(record))
+
+
+def expire_task(client: redis.Redis, namespace: str, task_id: str) -> None:
+    """What the TASK TTL does to a task: its record's expiry passes (long ago)."""
+    set_task_fields(client, namespace, task_id, exp=1)
+    client.zadd(f"ac:{{{namespace}}}:tasks:exp", {task_id: 1})
+
+
+def task_ttl_ms(client: redis.Redis, namespace: str, task_id: str) -> int:
+    """How long the task's record lives from now (ms, by Redis's clock)."""
+    record = task_record(client, namespace, task_id)
+    assert record is not None, task_id
+    seconds, micros = client.time()
+    return int(record["exp"]) - (int(seconds) * 1000 + int(micros) // 1000)
+
+
+def queued_tasks(client: redis.Redis, namespace: str, task_type: str) -> int:
+    """How many tasks of `task_type` are in the namespace's pending queue."""
+    return int(client.hget(f"ac:{{{namespace}}}:tasks:counts", f"q:{task_type}") or 0)
+
+
+# -- the script key guard (issue 13: every key a script touches is declared in KEYS) ---------
+
+KEY_GUARD_MARK = "-- agentcoord test key guard\n"
+KEY_GUARD_LUA = (
+    KEY_GUARD_MARK
+    + """local __declared = {}
+for _, k in ipairs(KEYS) do __declared[k] = true end
+local __keyless = {time = true, publish = true, ['replicate_commands'] = true}
+local __all_keys = {del = true, exists = true, unlink = true, mget = true, touch = true}
+local function __check(cmd, ...)
+  local c = string.lower(cmd)
+  if __keyless[c] then return end
+  local args = {...}
+  local n = __all_keys[c] and #args or math.min(1, #args)
+  for i = 1, n do
+    if not __declared[args[i]] then
+      error('undeclared key ' .. tostring(args[i]) .. ' in ' .. cmd)
+    end
+  end
+end
+local __redis = redis
+local redis = setmetatable({
+  call = function(cmd, ...) __check(cmd, ...) return __redis.call(cmd, ...) end,
+  pcall = function(cmd, ...) __check(cmd, ...) return __redis.pcall(cmd, ...) end,
+}, {__index = __redis})
+"""
+)
+"""Prepended to a script, it makes every redis.call/pcall on a key that is not in KEYS fail
+the script ("undeclared key …"): the rule Redis documents for scripts, checked at run time
+(a cluster only checks that keys share a slot, and every namespace key shares `{ns}`)."""
+
+
+def guarded(source: str) -> str:
+    """`source` run under KEY_GUARD_LUA (once)."""
+    return source if source.startswith(KEY_GUARD_MARK) else KEY_GUARD_LUA + source
+
+
+def unguarded(source: str) -> str:
+    """A registered script's own text, without KEY_GUARD_LUA."""
+    return source.removeprefix(KEY_GUARD_LUA)

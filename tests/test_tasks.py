@@ -10,6 +10,8 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
+from .support import expire_task, queued_tasks, set_task_fields, task_record, task_ttl_ms
+
 pytestmark = pytest.mark.every_backend
 
 
@@ -187,8 +189,7 @@ def test_completion_after_the_lease_expired_is_refused_even_before_anyone_reclai
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review")
     task = client.tasks.claim_task(task_types=["review"], lease=1)
-    key = f"ac:{{{namespace}}}:tasks:t:t1"
-    redis_client.hset(key, "lease_exp", 1)  # the lease ran out long ago
+    set_task_fields(redis_client, namespace, "t1", lease_exp=1)  # the lease ran out long ago
 
     with pytest.raises(AgentcoordError) as caught:
         client.tasks.complete_task(task_id="t1", fencing_token=task.lease.fencing_token)
@@ -289,8 +290,7 @@ def test_lease_expiry_on_the_last_attempt_dead_letters_the_task(
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review", max_attempts=1)
     client.tasks.claim_task(task_types=["review"], lease=1)
-    redis_client.zadd(f"ac:{{{namespace}}}:tasks:l:review", {"t1": 1})  # expired long ago
-    redis_client.hset(f"ac:{{{namespace}}}:tasks:t:t1", "lease_exp", 1)
+    expire_lease(redis_client, namespace, "t1", "review")  # expired long ago
 
     assert client.tasks.claim_task(task_types=["review"]) is None
 
@@ -350,7 +350,7 @@ def test_add_task_with_the_same_request_id_returns_the_existing_task(
 
     assert retry.task_id == first.task_id
     assert retry.description == "once"
-    assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:q:review") == 1
+    assert queued_tasks(redis_client, namespace, "review") == 1
 
 
 async def test_concurrent_retries_of_one_add_task_add_exactly_one_task(
@@ -363,7 +363,7 @@ async def test_concurrent_retries_of_one_add_task_add_exactly_one_task(
     )
 
     assert len({t.task_id for t in tasks}) == 1
-    assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:q:review") == 1
+    assert queued_tasks(redis_client, namespace, "review") == 1
     assert redis_client.zcard(f"ac:{{{namespace}}}:tasks:index") == 1
 
 def test_request_ids_are_scoped_to_the_adding_agent(make_client):
@@ -394,7 +394,7 @@ def test_added_task_gets_defaults_a_server_made_id_and_the_task_ttl(
     assert (task.priority, task.max_attempts, task.attempts) == (5, 3, 0)
     assert task.created_by == "adder"
     assert task.status == tasks_pb2.TASK_STATUS_PENDING
-    pttl = redis_client.pttl(f"ac:{{{namespace}}}:tasks:t:{task.task_id}")
+    pttl = task_ttl_ms(redis_client, namespace, task.task_id)
     assert 4 * 3600 * 1000 - 5000 < pttl <= 4 * 3600 * 1000
 
 
@@ -511,8 +511,8 @@ def test_tasks_of_another_namespace_are_invisible(make_client, namespace):
 
 def expire_lease(redis_client, namespace, task_id, task_type):
     """Makes the task's lease have run out long ago, as if its worker died (no sleeping)."""
-    redis_client.hset(f"ac:{{{namespace}}}:tasks:t:{task_id}", "lease_exp", 1)
-    redis_client.zadd(f"ac:{{{namespace}}}:tasks:l:{task_type}", {task_id: 1})
+    set_task_fields(redis_client, namespace, task_id, lease_exp=1)
+    redis_client.zadd(f"ac:{{{namespace}}}:tasks:l", {task_id: 1})
 
 
 @pytest.mark.standalone_only  # waits out a TTL, lease or bound: once is enough
@@ -544,7 +544,7 @@ def test_get_task_settles_the_expired_lease_so_the_next_claim_sees_the_same_stat
 
     assert seen.status == again.status == tasks_pb2.TASK_STATUS_PENDING
     assert again.update_time == seen.update_time  # settled once, not on every read
-    assert redis_client.zscore(f"ac:{{{namespace}}}:tasks:l:review", "t1") is None
+    assert redis_client.zscore(f"ac:{{{namespace}}}:tasks:l", "t1") is None
     claimed = client.tasks.claim_task(task_types=["review"])
     assert claimed.task_id == "t1" and claimed.attempts == 2
     assert claimed.lease.fencing_token > first.lease.fencing_token
@@ -590,9 +590,24 @@ def test_a_task_id_reused_with_another_type_is_claimed_only_as_its_new_type(
 ):
     client = make_client()
     client.tasks.add_task(task_id="t1", task_type="review")
-    redis_client.delete(f"ac:{{{namespace}}}:tasks:t:t1")  # what the TASK TTL does
+    expire_task(redis_client, namespace, "t1")  # what the TASK TTL does
     client.tasks.add_task(task_id="t1", task_type="deploy")
 
     assert client.tasks.claim_task(task_types=["review"]) is None
     claimed = client.tasks.claim_task(task_types=["deploy"])
     assert claimed is not None and claimed.task_id == "t1" and claimed.task_type == "deploy"
+
+
+def test_an_expired_task_is_deleted_by_the_next_add_with_its_queue_entry(
+    make_client, redis_client, namespace
+):
+    client = make_client()
+    client.tasks.add_task(task_id="t1", task_type="review")
+    expire_task(redis_client, namespace, "t1")  # its TASK TTL ran out: absent to every read
+
+    client.tasks.add_task(task_id="t2", task_type="review")
+
+    assert task_record(redis_client, namespace, "t1") is None  # memory given back, lazily
+    assert queued_tasks(redis_client, namespace, "review") == 1
+    assert client.tasks.claim_task(task_types=["review"]).task_id == "t2"
+    assert client.tasks.claim_task(task_types=["review"]) is None

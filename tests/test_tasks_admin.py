@@ -7,6 +7,8 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
+from .support import expire_task, task_ttl_ms
+
 pytestmark = pytest.mark.every_backend
 
 
@@ -341,7 +343,7 @@ def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, 
     task = client.tasks.claim_task(task_types=["review"], lease=600)
     client.tasks.complete_task(task_id="t1", fencing_token=task.lease.fencing_token)
 
-    assert redis_client.pttl(index) >= redis_client.pttl(f"ac:{{{namespace}}}:tasks:t:t1") - 1000
+    assert redis_client.pttl(index) >= task_ttl_ms(redis_client, namespace, "t1") - 1000
     assert [t.task_id for t in client.tasks.list_tasks().tasks] == ["t1"]
 
 
@@ -349,7 +351,7 @@ def test_task_index_lives_as_long_as_the_tasks_in_it(make_client, redis_client, 
 def test_a_reused_task_id_is_not_listed_as_a_dead_letter(make_client, redis_client, namespace):
     client = make_client()
     dead_letter(client, "t1")
-    redis_client.delete(f"ac:{{{namespace}}}:tasks:t:t1")  # what the TASK TTL does
+    expire_task(redis_client, namespace, "t1")  # what the TASK TTL does
     client.tasks.add_task(task_id="t1", task_type="review")
 
     assert list(client.tasks.list_dead_letters().tasks) == []
@@ -384,7 +386,7 @@ def test_aggregate_for_a_type_whose_counts_lapsed_is_consistent(
         client.tasks.add_task(task_id=task_id, task_type=task_type)
         claim_and_complete(client, task_type)
     # "security" had no completion for the TASK TTL while "perf" kept the namespace's stats alive.
-    redis_client.delete(f"ac:{{{namespace}}}:tasks:stats:agents:security")
+    redis_client.hdel(f"ac:{{{namespace}}}:tasks:stats:type_agents", "security:alice")
 
     security = client.tasks.aggregate_results("security")
 

@@ -7,6 +7,8 @@ import pytest
 from agentcoord import AgentcoordError
 from agentcoord.v1 import tasks_pb2
 
+from .support import task_record
+
 
 def test_completion_with_claim_next_returns_the_next_highest_priority_task_under_a_new_lease(
     make_client,
@@ -154,8 +156,8 @@ def test_worker_claims_each_next_task_with_the_completion_and_leaves_none_claime
 
     assert seen == ["t0", "t1", "t2"]
     # t1 and t2 were leased by the completions before them, not by a ClaimTask
-    assert redis_client.hget(f"ac:{{{namespace}}}:tasks:t:t0", "next") == "t1"
-    assert redis_client.hget(f"ac:{{{namespace}}}:tasks:t:t1", "next") == "t2"
+    assert task_record(redis_client, namespace, "t0")["next"] == "t1"
+    assert task_record(redis_client, namespace, "t1")["next"] == "t2"
     statuses = [client.tasks.get_task(f"t{n}").status for n in range(5)]
     assert statuses == [tasks_pb2.TASK_STATUS_COMPLETED] * 3 + [tasks_pb2.TASK_STATUS_PENDING] * 2
 

@@ -45,6 +45,7 @@ from .services import SERVICE_MODULES, ServiceContext
 from .store.keys import Keyspace
 from .store.namespaces import NamespaceStore
 from .store.scripts import preload_registered
+from .store.tasks_migrate import migrate_task_layout
 from .store.tokens import TokenStore
 
 log = structlog.get_logger("agentcoord.server")
@@ -380,6 +381,10 @@ class AgentcoordServer:
         registrar = wrapper.registrar(server)
         self._service_names = [module.register(registrar, self.ctx) for module in SERVICE_MODULES]
         scripts = await preload_registered(redis)
+        # Before serving: tasks of the layout before issue 13 must be claimable at once.
+        moved = await migrate_task_layout(redis, task_ttl=self.settings.ttl.task)
+        if moved:
+            log.info("moved tasks to the current key layout", tasks=moved)
         for add in self._extra_handlers:
             add(registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)

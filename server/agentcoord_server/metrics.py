@@ -517,7 +517,7 @@ class _StateCollector(Collector):
     """Reads, at scrape time and on the server's loop, what is cheaper to count than to track:
     the fan-out hub's subscriptions and buffers, and the task queues of every namespace that has
     called this process, from the indexes GetServerStats reads (`tasks:types`, the per-type
-    queues, `tasks:dead`; two pipelined round trips of O(1) or O(log n) commands, no SCAN)."""
+    counts in `tasks:counts`, `tasks:dead`; two pipelined round trips of O(1) or O(log n) commands, no SCAN)."""
 
     def __init__(
         self,
@@ -567,11 +567,11 @@ class _StateCollector(Collector):
             if queues:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for ns, task_type in queues:
-                        ks = Keyspace(ns)
-                        pipe.zcard(ks.key("tasks", "q", task_type))
-                        pipe.zcard(ks.key("tasks", "l", task_type))
-                        pipe.zcard(ks.key("tasks", "d", task_type))
-                    depths = await pipe.execute()
+                        pipe.hmget(
+                            Keyspace(ns).key("tasks", "counts"),
+                            [f"q:{task_type}", f"l:{task_type}", f"d:{task_type}"],
+                        )
+                    depths = [int(n or 0) for row in await pipe.execute() for n in row]
         return {
             "subscriptions": subscriptions,
             "queued": queued,

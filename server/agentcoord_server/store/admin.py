@@ -4,7 +4,7 @@ Nothing here SCANs: every count is the cardinality (ZCARD, or ZCOUNT over "not y
 scores) of an index the stores already keep up to date in the same scripts that write, so a
 GetServerStats costs the same on a namespace of ten keys or ten million. Two round trips:
 INFO with one pipeline of the namespace's fixed indexes, then one pipeline of per-owner and
-per-task-type counts, at most MAX_OWNERS + 4 * MAX_TASK_TYPES commands. Every key is in the
+per-task-type counts, at most MAX_OWNERS + 2 * MAX_TASK_TYPES commands. Every key is in the
 namespace's `{ns}` hash tag, so on a Redis Cluster both pipelines go to one node.
 
 Indexes read (each store's module docstring documents its own):
@@ -14,8 +14,8 @@ Indexes read (each store's module docstring documents its own):
 - sessions: `session-index:expiry`; staged patterns: `staging:expiry`; open conflicts:
            `conflicts:open` — ZCOUNT of unexpired members (each removed when its item goes).
 - library: `patterns:index` (no TTL). Signals: XLEN of the stream (trimmed by age on writes).
-- tasks:   `tasks:types` (types by latest add) → `tasks:q|d|l:<type>` ZCARDs, completions
-           from `tasks:stats*`, dead letters: ZCOUNT of `tasks:dead` over the TASK TTL (a
+- tasks:   `tasks:types` (types by latest add) → the `q|d|l:<type>` fields of `tasks:counts`
+           (the task scripts keep them with each task's place), completions from `tasks:stats*`, dead letters: ZCOUNT of `tasks:dead` over the TASK TTL (a
            dead task lives that long after dying).
 """
 
@@ -144,9 +144,10 @@ class AdminStore:
             for owner in owners:
                 pipe.zcount(ks.key("memory-index", owner, "expiry"), *live)
             for task_type in types:
-                pipe.zcard(ks.key("tasks", "q", task_type))
-                pipe.zcard(ks.key("tasks", "d", task_type))
-                pipe.zcard(ks.key("tasks", "l", task_type))
+                pipe.hmget(
+                    ks.key("tasks", "counts"),
+                    [f"q:{task_type}", f"d:{task_type}", f"l:{task_type}"],
+                )
                 pipe.hget(ks.key("tasks", "stats", "types"), task_type)
             replies = await pipe.execute() if owners or types else []
         entries = replies[: len(owners)]
@@ -154,10 +155,10 @@ class AdminStore:
         task_types = [
             TaskTypeCounts(
                 task_type=task_type,
-                pending=int(per_type[4 * i]),
-                backing_off=int(per_type[4 * i + 1]),
-                claimed=int(per_type[4 * i + 2]),
-                completed=int(per_type[4 * i + 3] or 0),
+                pending=int(per_type[2 * i][0] or 0),
+                backing_off=int(per_type[2 * i][1] or 0),
+                claimed=int(per_type[2 * i][2] or 0),
+                completed=int(per_type[2 * i + 1] or 0),
             )
             for i, task_type in enumerate(types)
         ]

@@ -214,9 +214,8 @@ class NamespaceStore:
             limits, tokens, bucket, types, live, entries, value_bytes = await pipe.execute()
         async with self._redis.pipeline(transaction=False) as pipe:
             for task_type in types:
-                pipe.zcard(keys.key("tasks", "q", task_type))
-                pipe.zcard(keys.key("tasks", "d", task_type))
-            pending = sum(await pipe.execute()) if types else 0
+                pipe.hmget(keys.key("tasks", "counts"), [f"q:{task_type}", f"d:{task_type}"])
+            pending = sum(int(n or 0) for row in await pipe.execute() for n in row) if types else 0
         usage: dict[str, float] = {
             "tokens": int(tokens),
             "pending_tasks": pending,

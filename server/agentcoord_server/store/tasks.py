@@ -1,14 +1,20 @@
 """Tasks and agent registrations in Redis (TaskService's store; no gRPC types).
 
 Every state change is one Lua script in store/lua/tasks_*.lua (tasks_common.lua, prepended to
-each, documents the key layout). Rules that live here, from the TaskService issue and DESIGN.md:
+each, documents the key layout). Every key a script touches is declared in its KEYS — the same
+fixed list of per-namespace keys for every script (`_keys`), plus the caller's registration and
+one key of the script's own — so no script builds a key name: task records live in one hash
+per namespace (expiry kept by a zset, pruned lazily), and one queue, one lease and one delayed
+zset hold the tasks of every type (issue 13). Rules that live here, from the TaskService issue
+and DESIGN.md:
 
 - Exactly one claimant per task: choosing a task and leasing it is one atomic script.
 - A dead worker's task is handed out again: the claim script first returns the expired leases
-  (and due backoffs) of the types it looks at, so no background job has to have run. GetTask
+  (and due backoffs) of the namespace, so no background job has to have run. GetTask
   and ListTasks settle an expired lease they meet the same way, so reads tell the truth.
-- Priority 10 first, FIFO among equal priorities: queue score = (10 - priority) band followed
-  by a 13-digit add sequence. A task that goes back to pending keeps its place in line.
+- Priority 10 first, FIFO among equal priorities: queue score = type number * 16 + (10 -
+  priority), member = 13-digit add sequence ':' id (equal scores order by member). A task that
+  goes back to pending keeps its place in line.
 - Times are Redis server time (`TIME` inside the scripts), in ms.
 - A waiting claim holds no Redis connection: every script that makes a task pending publishes a
   wake-up, and this process's one subscriber (store/task_wakeups.py) wakes one waiting claim per
@@ -24,9 +30,9 @@ each, documents the key layout). Rules that live here, from the TaskService issu
   expires. CancelTask of a claimed task appends a targeted CANCEL_SIGNAL_TYPE signal to the
   namespace's signals stream in the cancelling script, and leaves a notice for the holder's next
   heartbeat; its renewals answer TASK_CANCELLED.
-- Lifetimes: a task's hash lives TtlPolicy.task after its last state change (plus the lease
-  while claimed, plus the backoff while backing off). A pending task nobody claims within that
-  time expires with its data; its queue entry is dropped when a claim meets it. Registrations
+- Lifetimes: a task's record lives TtlPolicy.task after its last state change (plus the lease
+  while claimed, plus the backoff while backing off): past that, every script treats it as
+  absent, and AddTask (and a claim that meets it) deletes it with its queue entry. Registrations
   live TtlPolicy.coordination after the last register, heartbeat or claim. The sequence and
   fencing counters have no TTL, so fencing tokens never repeat within a namespace.
 """
@@ -34,6 +40,7 @@ each, documents the key layout). Rules that live here, from the TaskService issu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +62,7 @@ from .keys import Keyspace, validate_id
 from .paging import page_by_lex
 from .scripts import load_script
 from .signals import SignalStore
-from .task_wakeups import TaskWakeups
+from .task_wakeups import TaskWakeups, channel
 
 PENDING, CLAIMED, COMPLETED, DEAD, CANCELLED = (
     "pending",
@@ -96,19 +103,68 @@ class ClaimNext:
     lease_ms: int
 
 
+_KEYS = (
+    ("tasks", "rec"),
+    ("tasks", "exp"),
+    ("tasks", "q"),
+    ("tasks", "l"),
+    ("tasks", "d"),
+    ("tasks", "typeno"),
+    ("tasks", "index"),
+    ("tasks", "dead"),
+    ("tasks", "deps"),
+    ("tasks", "seq"),
+    ("tasks", "fence"),
+    ("tasks", "lease_expiries"),
+    ("tasks", "counts"),
+    ("tasks", "types"),
+    ("tasks", "stats"),
+    ("tasks", "stats", "agents"),
+    ("tasks", "stats", "types"),
+    ("tasks", "stats", "type_agents"),
+    ("tasks", "recent"),
+    ("tasks", "recent_types"),
+    ("agents", "index"),
+    ("agents", "cx"),
+    ("namespace",),
+)
+"""KEYS[1..23] of every tasks_*.lua script, in tasks_common.lua's order."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _keys(namespace: str) -> tuple[str, ...]:
+    """A namespace's fixed script keys (KEYS[1..23]), built once per namespace (bounded)."""
+    ks = Keyspace(namespace)
+    return tuple(ks.key(*parts) for parts in _KEYS)
+
+
 class _Script:
     """A tasks_*.lua script (tasks_common.lua prepended), run with EVALSHA.
 
-    Called with `args` whose first element is the namespace's key prefix; it also passes one
-    key of that namespace as KEYS[1], so a cluster-aware client routes the call to the
-    namespace's slot (every key the script builds shares its `{ns}` hash tag).
+    Called with the namespace, the calling agent ('' for none) and `args` (ARGV[2…]); KEYS are
+    the namespace's fixed keys, the agent's registration and `extra` (or a placeholder), so
+    every key a script touches is declared, and all share the namespace's `{ns}` hash tag (one
+    slot). ARGV[1] is the namespace's wake-up channel (task_wakeups.channel).
     """
 
     def __init__(self, redis: Redis, name: str) -> None:
         self._script: AsyncScript = load_script(redis, name, prelude="tasks_common")
 
-    async def __call__(self, *, args: Sequence[str | int | float], keys: Sequence[str] = ()) -> Any:
-        return await self._script(keys=[f"{args[0]}tasks:seq", *keys], args=args)
+    async def __call__(
+        self,
+        namespace: str,
+        *,
+        agent: str = "",
+        args: Sequence[str | int | float],
+        extra: str = "",
+    ) -> Any:
+        ks = Keyspace(namespace)
+        keys = [
+            *_keys(namespace),
+            ks.key("agents", "a", agent) if agent else ks.key("agents", "a"),
+            extra or ks.key("tasks", "none"),
+        ]
+        return await self._script(keys=keys, args=[channel(namespace), *args])
 
 
 def _int(value: str | None) -> int:
@@ -313,9 +369,10 @@ class TaskStore:
         self, namespace: str, agent_id: str, capabilities: Sequence[str]
     ) -> AgentRecord:
         """(Re)registers `agent_id` with `capabilities` (validated ids) for the agent TTL."""
-        prefix = Keyspace(namespace).prefix
         flat = await self._register(
-            args=[prefix, agent_id, ",".join(capabilities), self._agent_ttl_ms]
+            namespace,
+            agent=agent_id,
+            args=[agent_id, ",".join(capabilities), self._agent_ttl_ms],
         )
         return self._agent(flat)
 
@@ -327,7 +384,7 @@ class TaskStore:
         were cancelled (the registration is extended all the same).
         """
         flat = await self._heartbeat(
-            args=[Keyspace(namespace).prefix, agent_id, self._agent_ttl_ms]
+            namespace, agent=agent_id, args=[agent_id, self._agent_ttl_ms]
         )
         if len(flat) == 3 and flat[0] == "cancelled" and isinstance(flat[2], list):
             raise FailedPrecondition(
@@ -348,7 +405,8 @@ class TaskStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(ks.key("agents", "a", agent_id))
             pipe.zrem(ks.key("agents", "index"), agent_id)
-            deleted, _ = await pipe.execute()
+            pipe.hdel(ks.key("agents", "cx"), agent_id)  # its cancellation notices went with it
+            deleted, _, _ = await pipe.execute()
         return bool(deleted)
 
     async def list_agents(
@@ -413,9 +471,12 @@ class TaskStore:
         (QUOTA_EXCEEDED, quota "pending_tasks") at the namespace's pending-tasks quota;
         NotFound (DEPENDENCY_NOT_FOUND) for a dependency that does not exist.
         """
+        ks = Keyspace(namespace)
         reply = await self._add(
+            namespace,
+            agent=agent_id,
+            extra=ks.key("tasks", "req", agent_id, request_id) if request_id else "",
             args=[
-                Keyspace(namespace).prefix,
                 task_id,
                 agent_id,
                 task_type,
@@ -473,7 +534,6 @@ class TaskStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         args: list[str | int] = [
-            Keyspace(namespace).prefix,
             agent_id,
             lease_ms,
             self._task_ttl_ms,
@@ -482,7 +542,7 @@ class TaskStore:
         ]
         while True:
             mark = self.wakeups.mark(namespace)
-            reply = await self._claim(args=args)
+            reply = await self._claim(namespace, agent=agent_id, args=args)
             if reply[0] == "ok":
                 return self._claimed(namespace, reply[1])
             if reply[0] == "no_types":
@@ -520,8 +580,9 @@ class TaskStore:
         cancelled while the caller held it; LEASE_LOST).
         """
         reply = await self._renew(
+            namespace,
+            agent=agent_id,
             args=[
-                Keyspace(namespace).prefix,
                 task_id,
                 fencing_token,
                 agent_id,
@@ -565,8 +626,9 @@ class TaskStore:
         completed then).
         """
         reply = await self._complete(
+            namespace,
+            agent=agent_id,
             args=[
-                Keyspace(namespace).prefix,
                 task_id,
                 fencing_token,
                 agent_id,
@@ -602,8 +664,9 @@ class TaskStore:
         (NO_TASK_TYPES, as for complete_task).
         """
         reply = await self._fail(
+            namespace,
+            agent=agent_id,
             args=[
-                Keyspace(namespace).prefix,
                 task_id,
                 fencing_token,
                 agent_id,
@@ -635,7 +698,7 @@ class TaskStore:
 
         Raises NotFound (TASK_NOT_FOUND).
         """
-        reply = await self._get(args=[Keyspace(namespace).prefix, task_id, self._task_ttl_ms])
+        reply = await self._get(namespace, args=[task_id, self._task_ttl_ms])
         if not reply:
             raise _not_found(task_id)
         return TaskRecord.from_flat(reply[1])
@@ -681,8 +744,8 @@ class TaskStore:
     ) -> tuple[list[TaskRecord], str]:
         score, after_id = _cursor(page_token)
         next_score, next_id, flats, _woke = await self._list(
+            namespace,
             args=[
-                Keyspace(namespace).prefix,
                 index,
                 score,
                 after_id,
@@ -711,15 +774,17 @@ class TaskStore:
         FailedPrecondition (TASK_COMPLETED).
         """
         reply = await self._cancel(
+            namespace,
+            agent=agent_id,
             args=[
-                Keyspace(namespace).prefix,
                 task_id,
                 agent_id,
                 "1" if privileged else "0",
                 self._task_ttl_ms,
                 CANCEL_SIGNAL_TYPE,
+                self._agent_ttl_ms,
             ],
-            keys=[SignalStore.stream_key(namespace)],
+            extra=SignalStore.stream_key(namespace),
         )
         if reply[0] == "not_found":
             raise _not_found(task_id)
@@ -742,7 +807,7 @@ class TaskStore:
 
         Raises NotFound (TASK_NOT_FOUND), FailedPrecondition (NOT_DEAD_LETTERED).
         """
-        reply = await self._requeue(args=[Keyspace(namespace).prefix, task_id, self._task_ttl_ms])
+        reply = await self._requeue(namespace, args=[task_id, self._task_ttl_ms])
         if reply[0] == "not_found":
             raise _not_found(task_id)
         if reply[0] == "not_dead":
@@ -755,32 +820,47 @@ class TaskStore:
 
     async def aggregate_results(self, namespace: str, task_type: str) -> Aggregate:
         """Exact completion counts (kept by the completion script) and recent summaries, for
-        all types or one (`task_type`). One pipelined round trip.
+        all types (one pipelined round trip) or one (`task_type`: its ring of recent
+        summaries, then an HSCAN of the per-type-and-agent counts for its fields).
 
-        For one type, every figure comes from that type's own keys, which live TASK TTL after
-        the type's last completion: its total is the sum of its by-agent counts, so the answer
-        stays consistent when the type's keys lapsed while other types kept completing.
+        For one type, every figure comes from that type's own fields (`<type>:<agent>` in
+        tasks:stats:type_agents, the type's ring in tasks:recent_types): its total is the sum
+        of its by-agent counts, so the answer stays consistent when those fields are gone.
         """
         ks = Keyspace(namespace)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if task_type:
-                pipe.hgetall(ks.key("tasks", "stats", "agents", task_type))
-                pipe.lrange(ks.key("tasks", "recent", task_type), 0, RECENT_RESULTS - 1)
-            else:
+        if task_type:
+            slots = [f"{task_type}:{i}" for i in range(RECENT_RESULTS)]
+            ring: list[str | None] = await self._redis.hmget(  # type: ignore[assignment]
+                ks.key("tasks", "recent_types"), [f"{task_type}:n", *slots]
+            )
+            pushed = _int(ring[0])
+            # Newest first: the n-th push went to slot (n - 1) mod RECENT_RESULTS.
+            raws = [
+                ring[1 + (pushed - 1 - i) % RECENT_RESULTS]
+                for i in range(min(pushed, RECENT_RESULTS))
+            ]
+            by_agent = {}
+            async for field, value in self._redis.hscan_iter(
+                ks.key("tasks", "stats", "type_agents"), match=f"{task_type}:*", count=1000
+            ):
+                by_agent[field.partition(":")[2]] = int(value)
+            total = sum(by_agent.values())
+            by_type = {task_type: total} if total else {}
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(ks.key("tasks", "stats", "agents"))
                 pipe.lrange(ks.key("tasks", "recent"), 0, RECENT_RESULTS - 1)
                 pipe.hget(ks.key("tasks", "stats"), "total")
                 pipe.hgetall(ks.key("tasks", "stats", "types"))
-            replies = await pipe.execute()
-        by_agent = {k: int(v) for k, v in replies[0].items()}
-        if task_type:
-            total = sum(by_agent.values())
-            by_type = {task_type: total} if total else {}
-        else:
+                replies = await pipe.execute()
+            by_agent = {k: int(v) for k, v in replies[0].items()}
+            raws = replies[1]
             total = _int(replies[2])
             by_type = {k: int(v) for k, v in replies[3].items()}
         recent = []
-        for raw in replies[1]:
+        for raw in raws:
+            if raw is None:  # a slot whose hash lapsed between pushes
+                continue
             item = json.loads(raw)
             result = item.get("result")
             recent.append(

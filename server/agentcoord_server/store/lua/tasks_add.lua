@@ -1,51 +1,51 @@
--- AddTask. ARGV: prefix, task_id, agent, type, description, priority (1..10), payload JSON,
--- max_attempts, request_id ('' for none), task TTL ms, the server's default pending-tasks
--- quota (0: none; the namespace record's "quota:pending_tasks" overrides it), not_before ms
--- (0: none), dependency failure policy ('cancel'|'run'), backoff policy initial ms (0: no
--- policy), multiplier, maximum ms, dependency ids….
+-- AddTask. KEYS: see tasks_common.lua (KEYS[25]: the idempotency key
+-- tasks:req:<agent>:<request id>, used only with a request id). ARGV: wake channel, task_id,
+-- agent, type, description, priority (1..10), payload JSON, max_attempts, request_id ('' for
+-- none), task TTL ms, the server's default pending-tasks quota (0: none; the namespace
+-- record's "quota:pending_tasks" overrides it), not_before ms (0: none), dependency failure
+-- policy ('cancel'|'run'), backoff policy initial ms (0: no policy), multiplier, maximum ms,
+-- dependency ids….
 -- Returns {'ok', task} | {'replayed', task} | {'exists'} | {'quota', limit, used} (the
 -- namespace has as many pending tasks, queued or backing off, as its quota allows; nothing
--- written) | {'unknown_dep', id} (nothing written). The count walks the namespace's task
--- types, so it is done only under a quota.
+-- written) | {'unknown_dep', id} (nothing written).
 --
 -- Dependencies must exist when the task is added, so the graph they form has no cycle. A
 -- completed dependency counts as done; a dead-lettered or cancelled one settles the task at
 -- once by its policy (cancelled, or counted as done); the others register the task in the
 -- namespace's dependents hash (release_dependents settles it when they do).
-local P, id, agent, ttype = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, agent, ttype = ARGV[2], ARGV[3], ARGV[4]
 local desc, pri, payload, max_attempts = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local req, ttl = ARGV[9], tonumber(ARGV[10])
 local not_before, on_fail = tonumber(ARGV[12]), ARGV[13]
 local bo_i, bo_m, bo_x = tonumber(ARGV[14]), ARGV[15], ARGV[16]
 local deps = {unpack(ARGV, 17)}
 local now = now_ms()
+prune(now)
 
-local rkey = nil
 if req ~= '' then
-  rkey = P .. 'tasks:req:' .. agent .. ':' .. req
-  local earlier = redis.call('GET', rkey)
+  local earlier = redis.call('GET', K_EXTRA)
   if earlier then
-    local ekey = P .. 'tasks:t:' .. earlier
-    if redis.call('EXISTS', ekey) == 1 then
-      return {'replayed', redis.call('HGETALL', ekey)}
+    local e = load(earlier, now)
+    if e then
+      return {'replayed', flat(e)}
     end
   end
 end
 
-local tkey = P .. 'tasks:t:' .. id
-if redis.call('EXISTS', tkey) == 1 then
-  return {'exists'}
+local old = load_raw(id)
+if old then
+  if tonumber(old.exp or '0') > now then
+    return {'exists'}
+  end
+  drop(old)  -- its TASK TTL ran out: the id is free again
 end
 
-local limit = tonumber(redis.call('HGET', P .. 'namespace', 'quota:pending_tasks') or '0')
+local limit = tonumber(redis.call('HGET', K_NAMESPACE, 'quota:pending_tasks') or '0')
 if limit == 0 then
   limit = tonumber(ARGV[11] or '0')
 end
 if limit > 0 then
-  local used = 0
-  for _, t in ipairs(redis.call('ZRANGE', P .. 'tasks:types', 0, -1)) do
-    used = used + redis.call('ZCARD', P .. 'tasks:q:' .. t) + redis.call('ZCARD', P .. 'tasks:d:' .. t)
-  end
+  local used = redis.call('ZCARD', K_Q) + redis.call('ZCARD', K_D)
   if used >= limit then
     return {'quota', limit, used}
   end
@@ -53,10 +53,11 @@ end
 
 local left, waiting, failed_dep = 0, {}, nil
 for _, dep in ipairs(deps) do
-  local status = redis.call('HGET', P .. 'tasks:t:' .. dep, 'status')
-  if not status then
+  local d = load(dep, now)
+  if not d then
     return {'unknown_dep', dep}
   end
+  local status = d.status
   if status == 'dead' or status == 'cancelled' then
     if on_fail ~= 'run' and not failed_dep then
       failed_dep = 'dependency ' .. dep .. ' was ' .. (status == 'dead' and 'dead-lettered' or 'cancelled')
@@ -67,48 +68,42 @@ for _, dep in ipairs(deps) do
   end
 end
 
-local seq = redis.call('INCR', P .. 'tasks:seq')
--- (10 - priority) band then add order: ZRANGE 0 0 is the highest priority, oldest first.
--- Built as a string so the 14-digit score never goes through Lua's number formatting.
-local score = tostring(10 - pri) .. string.format('%013d', seq)
-redis.call('HSET', tkey,
-  'id', id, 'type', ttype, 'desc', desc, 'pri', pri, 'payload', payload,
-  'status', 'pending', 'attempts', 0, 'max', max_attempts, 'by', agent,
-  'created', now, 'updated', now, 'score', score, 'seq', seq)
+local seq = redis.call('INCR', K_SEQ)
+local t = {
+  id = id, type = ttype, desc = desc, pri = pri, payload = payload, status = 'pending',
+  attempts = 0, max = max_attempts, by = agent, created = now, updated = now, seq = seq}
 if #deps > 0 then
-  redis.call('HSET', tkey, 'deps', table.concat(deps, ','), 'deps_left', left, 'on_fail', on_fail)
+  t.deps, t.deps_left, t.on_fail = table.concat(deps, ','), left, on_fail
 end
 if not_before > 0 then
-  redis.call('HSET', tkey, 'nb', not_before)
+  t.nb = not_before
 end
 if bo_i > 0 then
-  redis.call('HSET', tkey, 'bo_i', bo_i, 'bo_m', bo_m, 'bo_x', bo_x)
+  t.bo_i, t.bo_m, t.bo_x = bo_i, bo_m, bo_x
 end
-set_task_ttl(P, tkey, ttl, now)
+set_task_ttl(t, ttl, now)
 
 if failed_dep then
-  redis.call('HSET', tkey, 'status', 'cancelled', 'err', failed_dep)
+  t.status, t.err = 'cancelled', failed_dep
 elseif left > 0 then
-  redis.call('HSET', tkey, 'why', 'deps')
-  local dependents = P .. 'tasks:deps'
+  t.why = 'deps'
   for _, dep in ipairs(waiting) do
-    local list = redis.call('HGET', dependents, dep) or ','
-    redis.call('HSET', dependents, dep, list .. id .. ',')
+    local list = redis.call('HGET', K_DEPS, dep) or ','
+    redis.call('HSET', K_DEPS, dep, list .. id .. ',')
   end
-  extend_ttl(dependents, ttl)
+  extend_ttl(K_DEPS, ttl)
 else
-  enqueue(P, id, now, ttl)
+  enqueue(t, now, ttl)
 end
-local index = P .. 'tasks:index'
-redis.call('ZADD', index, seq, id)
-extend_ttl(index, ttl)
--- The types tasks were added to, by latest add: GetServerStats counts each type's queues.
+save(t)
+redis.call('ZADD', K_INDEX, seq, id)
+extend_ttl(K_INDEX, ttl)
+-- The types tasks were added to, by latest add: GetServerStats counts each type's tasks.
 -- A type nobody added to for two TASK TTLs is dropped (its tasks have almost surely expired).
-local types = P .. 'tasks:types'
-redis.call('ZADD', types, now, ttype)
-redis.call('ZREMRANGEBYSCORE', types, '-inf', now - 2 * ttl)
-extend_ttl(types, 2 * ttl)
-if rkey then
-  redis.call('SET', rkey, id, 'PX', ttl)
+redis.call('ZADD', K_TYPES, now, ttype)
+redis.call('ZREMRANGEBYSCORE', K_TYPES, '-inf', now - 2 * ttl)
+extend_ttl(K_TYPES, 2 * ttl)
+if req ~= '' then
+  redis.call('SET', K_EXTRA, id, 'PX', ttl)
 end
-return {'ok', redis.call('HGETALL', tkey)}
+return {'ok', flat(t)}

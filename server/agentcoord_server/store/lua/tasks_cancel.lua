@@ -1,45 +1,44 @@
--- CancelTask. KEYS[1] the namespace's tasks:seq (routing only), KEYS[2] the namespace's signals
--- stream (store/signals.py). ARGV: prefix, task_id, agent, privileged ('1' for VALIDATOR+), task
--- TTL ms, the cancellation signal's type.
+-- CancelTask. KEYS: see tasks_common.lua (KEYS[25]: the namespace's signals stream,
+-- store/signals.py). ARGV: wake channel, task_id, agent, privileged ('1' for VALIDATOR+),
+-- task TTL ms, the cancellation signal's type, agent TTL ms.
 -- Returns {'ok', task} | {'not_found'} | {'denied'} | {'completed'}.
 --
 -- A claimed task's holder learns of it in this same step: a signal targeted at it is appended
 -- to the signals stream (fields as signals_send.lua writes them: t type, s sender, d data, a
--- target; the next send or read trims the stream by age as usual), and its registration, if it
--- has one, remembers the task id ('cx') for its next Heartbeat. The task keeps its token and
--- assignee, so the holder's RenewTaskLease answers TASK_CANCELLED rather than LEASE_LOST.
+-- target; the next send or read trims the stream by age as usual), and agents:cx remembers
+-- the task id for the holder's next Heartbeat (RegisterAgent clears it, as re-registering
+-- dropped the registration that used to hold it). The task keeps its token and assignee, so
+-- the holder's RenewTaskLease answers TASK_CANCELLED rather than LEASE_LOST.
 -- Dependents waiting for the task are settled by their policy (release_dependents).
-local P, id, agent, privileged, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local tkey = P .. 'tasks:t:' .. id
-local f = redis.call('HMGET', tkey, 'status', 'by', 'type', 'assignee', 'token')
-if not f[1] then
+local id, agent, privileged, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local agent_ttl = tonumber(ARGV[7])
+local now = now_ms()
+local t = load(id, now)
+if not t then
   return {'not_found'}
 end
-if f[2] ~= agent and privileged ~= '1' then
+if t.by ~= agent and privileged ~= '1' then
   return {'denied'}
 end
-if f[1] == 'completed' then
+if t.status == 'completed' then
   return {'completed'}
 end
-if f[1] ~= 'cancelled' then
-  local now = now_ms()
-  for _, key in ipairs({'tasks:q:', 'tasks:d:', 'tasks:l:'}) do
-    redis.call('ZREM', P .. key .. f[3], id)
+if t.status ~= 'cancelled' then
+  local was = t.status
+  unplace(t)
+  redis.call('ZREM', K_DEAD, id)
+  t.status, t.updated, t.avail, t.why = 'cancelled', now, '', ''
+  set_task_ttl(t, ttl, now)
+  save(t)
+  if was == 'claimed' then
+    local data = cjson.encode({task_id = id, fencing_token = tonumber(t.token)})
+    redis.call('XADD', K_EXTRA, '*', 't', ARGV[6], 's', agent, 'd', data, 'a', t.assignee)
+    local cx = redis.call('HGET', K_CX, t.assignee)
+    redis.call('HSET', K_CX, t.assignee, cx and (cx .. ',' .. id) or id)
+    extend_ttl(K_CX, agent_ttl)
   end
-  redis.call('ZREM', P .. 'tasks:dead', id)
-  redis.call('HSET', tkey, 'status', 'cancelled', 'updated', now, 'avail', '', 'why', '')
-  set_task_ttl(P, tkey, ttl, now)
-  if f[1] == 'claimed' then
-    local data = cjson.encode({task_id = id, fencing_token = tonumber(f[5])})
-    redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', agent, 'd', data, 'a', f[4])
-    local akey = P .. 'agents:a:' .. f[4]
-    if redis.call('EXISTS', akey) == 1 then
-      local cx = redis.call('HGET', akey, 'cx')
-      redis.call('HSET', akey, 'cx', cx and (cx .. ',' .. id) or id)
-    end
-  end
-  if f[1] ~= 'dead' then
-    release_dependents(P, id, true, now, ttl)
+  if was ~= 'dead' then
+    release_dependents(id, true, now, ttl)
   end
 end
-return {'ok', redis.call('HGETALL', tkey)}
+return {'ok', flat(load(id, now))}

@@ -1,32 +1,72 @@
 -- Shared helpers of every tasks_*.lua script: store/tasks.py prepends this file to each one.
 --
--- Keys (P = 'ac:{ns}:', built from ARGV[1]; ids were validated before they got here, so they
--- hold no ':'; every key shares the {ns} hash tag, so one script touches one cluster slot):
---   P..'tasks:t:'..id            hash: one task
---   P..'tasks:q:'..type          zset: pending task ids by (10 - priority) band + add sequence
---   P..'tasks:l:'..type          zset: claimed task ids by lease expiry (ms)
---   P..'tasks:d:'..type          zset: task ids in backoff, by when they become claimable (ms)
---   P..'tasks:dead'              zset: dead-lettered task ids by when they died (ms)
---   P..'tasks:index'             zset: every task id by add sequence (ListTasks)
---   P..'tasks:types'             zset: task types by their latest add (ms; GetServerStats)
---   P..'tasks:seq', 'tasks:fence' counters (no TTL: fencing tokens never repeat)
---   P..'tasks:req:'..agent..':'..request_id   string: AddTask idempotency → task id
---   P..'tasks:stats*', 'tasks:recent*'         completion counts and recent summaries
---   P..'tasks:lease_expiries'    counter: leases that ran out (metrics)
---   P..'tasks:deps'              hash: task id → ",dependent,ids," of the tasks waiting for it
---                                to settle (one hash per namespace, not a key per task)
---   P..'agents:a:'..agent, P..'agents:index'  registrations
--- Pub/sub channel (not a key: it names no data, so it needs no place in KEYS):
---   P..'tasks:wake'              one message per task that became pending (or due after a
---                                backoff), its task type: wakes one claim waiting in each
---                                server process subscribed to it (store/task_wakeups.py)
+-- Every key a script touches is declared in KEYS (Redis's rule for scripts; proxies and
+-- servers that enforce it, and a cluster's slot routing, are only right with it): no key name
+-- is built here from a prefix, an id or a type. So a claim, which pops an id it cannot know in
+-- advance, and a completion, which touches the queues of a type its caller does not name,
+-- find everything in keys of fixed names, one of each per namespace. Every script is called
+-- with the same KEYS (TaskStore._keys; all in the namespace's {ns} hash tag, one slot):
+--   KEYS[1]  tasks:rec        hash: task id → the task's record (cjson object of strings)
+--   KEYS[2]  tasks:exp        zset: task id → when its record expires (ms); a record past it
+--                             is absent to every read, and is deleted in bounded batches
+--                             (prune) by AddTask and by a claim that finds it
+--   KEYS[3]  tasks:q          zset: the pending queue of every type: score = type number * 16
+--                             + (10 - priority), member = 13-digit add sequence ':' task id,
+--                             so one type's best task is ZRANGEBYSCORE over its 16 scores,
+--                             LIMIT 0 1 (highest priority, then oldest)
+--   KEYS[4]  tasks:l          zset: claimed task ids by lease expiry (ms), every type
+--   KEYS[5]  tasks:d          zset: task ids in backoff or scheduled, by when they become
+--                             claimable (ms), every type
+--   KEYS[6]  tasks:typeno     hash: task type → its small number (assigned at first use;
+--                             ':n' holds the last one given); lives at least as long as
+--                             tasks:q, so no queue score outlives its type's number
+--   KEYS[7]  tasks:index      zset: every task id by add sequence (ListTasks)
+--   KEYS[8]  tasks:dead       zset: dead-lettered task ids by when they died (ms)
+--   KEYS[9]  tasks:deps       hash: task id → ",dependent,ids," of the tasks waiting for it
+--   KEYS[10] tasks:seq, KEYS[11] tasks:fence   counters (no TTL: fencing tokens never repeat)
+--   KEYS[12] tasks:lease_expiries              counter: leases that ran out (metrics)
+--   KEYS[13] tasks:counts     hash: 'q:<type>', 'l:<type>', 'd:<type>' → how many of the
+--                             type's tasks are queued, claimed, delayed (GetServerStats,
+--                             metrics, quotas); kept with the record's 'at' by place/unplace
+--   KEYS[14] tasks:types      zset: task types by their latest add (ms; GetServerStats)
+--   KEYS[15] tasks:stats      hash: 'total' completions
+--   KEYS[16] tasks:stats:agents       hash: agent → completions
+--   KEYS[17] tasks:stats:types        hash: type → completions
+--   KEYS[18] tasks:stats:type_agents  hash: '<type>:<agent>' → completions
+--   KEYS[19] tasks:recent     list: the latest completion summaries (cjson), newest first
+--   KEYS[20] tasks:recent_types       hash: a ring of RECENT_RESULTS summaries per type:
+--                             '<type>:n' pushes so far, '<type>:<n mod size>' the n-th
+--   KEYS[21] agents:index     zset: registered agent ids (all scores 0)
+--   KEYS[22] agents:cx        hash: agent → comma-joined ids of tasks it held that were
+--                             cancelled since its last heartbeat (CancelTask writes the holder's
+--                             entry: a key of its own would be a name the caller cannot know)
+--   KEYS[23] namespace        the namespace's registry record (its quota:pending_tasks field)
+--   KEYS[24] agents:a:<caller>  the calling agent's registration (a claim by capabilities
+--                             reads its 'caps'; every claim refreshes it)
+--   KEYS[25] a script's own extra key: AddTask's idempotency string
+--            tasks:req:<caller>:<request id>, CancelTask's signals stream; else unused
+-- ARGV[1] of every script is the namespace's wake-up pub/sub channel, ac:{ns}:tasks:wake (not
+-- a key: it names no data): one message per task that became pending (or due after a delay),
+-- its task type, wakes one claim waiting in each server process subscribed (task_wakeups.py).
+-- Ids and types were validated before they got here, so they hold no ':'.
 -- Times are Redis server time in ms, never a client's clock.
 --
--- Task hash fields for tasks in time (tasks-time): 'nb' not_before (ms), 'why' the wait reason
--- of a pending task ('scheduled', 'backoff', 'deps' or ''), 'deps' the dependency ids
--- (comma-joined), 'deps_left' how many have not completed, 'on_fail' 'cancel'|'run' (what a
--- failed dependency does), 'bo_i'/'bo_m'/'bo_x' the backoff policy (initial ms, multiplier,
--- maximum ms).
+-- Record fields (all strings): id, type, desc, pri, payload, status, attempts, max, by,
+-- created, updated, seq, exp (expiry ms), at ('q'|'l'|'d' or absent: the zset it is in), and
+-- as they apply: assignee, token, lease_exp, result, err, avail, completed, next/next_token
+-- (claim_next's lease), nb not_before (ms), why the wait reason of a pending task
+-- ('scheduled', 'backoff', 'deps' or ''), deps (comma-joined), deps_left, on_fail
+-- 'cancel'|'run', bo_i/bo_m/bo_x the backoff policy (initial ms, multiplier, maximum ms).
+
+local K_REC, K_EXP, K_Q, K_L, K_D, K_TYPENO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_INDEX, K_DEAD, K_DEPS, K_SEQ, K_FENCE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_EXPIRIES, K_COUNTS, K_TYPES = KEYS[12], KEYS[13], KEYS[14]
+local K_STATS, K_STATS_AGENTS, K_STATS_TYPES, K_STATS_TYPE_AGENTS = KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local K_RECENT, K_RECENT_TYPES = KEYS[19], KEYS[20]
+local K_AGENTS, K_CX, K_NAMESPACE, K_AGENT, K_EXTRA = KEYS[21], KEYS[22], KEYS[23], KEYS[24], KEYS[25]
+local WAKE = ARGV[1]
+
+local PRUNE_BATCH = 50
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -34,8 +74,8 @@ local function now_ms()
 end
 
 -- Tells the claims waiting in every server process that a task of `ttype` became pending.
-local function wake(P, ttype)
-  redis.call('PUBLISH', P .. 'tasks:wake', ttype)
+local function wake(ttype)
+  redis.call('PUBLISH', WAKE, ttype)
 end
 
 -- Sets a TTL of `ms` on `key` unless it already lives longer (PEXPIRE GT needs Redis 7).
@@ -46,34 +86,140 @@ local function extend_ttl(key, ms)
   end
 end
 
--- The task hash lives `ms` from now; 'exp' mirrors it for Task.expire_time. The ListTasks
--- index lives at least as long, so a task that is still there is still listed.
-local function set_task_ttl(P, tkey, ms, now)
-  redis.call('HSET', tkey, 'exp', now + ms)
-  redis.call('PEXPIRE', tkey, ms)
-  extend_ttl(P .. 'tasks:index', ms)
+-- The record of `id` as stored, expired or not (nil when there is none).
+local function load_raw(id)
+  local raw = redis.call('HGET', K_REC, id)
+  if not raw then
+    return nil
+  end
+  return cjson.decode(raw)
 end
 
--- Makes the pending task `id` claimable: into its type's queue (keeping its place in line),
--- or, while its not_before is ahead, into the delayed zset the claims promote from. Wakes a
--- waiting claim either way (one that finds it not yet due learns when it is and sleeps).
-local function enqueue(P, id, now, ttl)
-  local tkey = P .. 'tasks:t:' .. id
-  local f = redis.call('HMGET', tkey, 'type', 'score', 'nb')
-  local ttype, score, nb = f[1], f[2], tonumber(f[3] or '0') or 0
-  if nb > now then
-    redis.call('HSET', tkey, 'why', 'scheduled', 'avail', nb)
-    local delayed = P .. 'tasks:d:' .. ttype
-    redis.call('ZADD', delayed, nb, id)
-    extend_ttl(delayed, ttl + nb - now)
-    set_task_ttl(P, tkey, ttl + nb - now, now)
-  else
-    redis.call('HSET', tkey, 'why', '', 'avail', '')
-    local queue = P .. 'tasks:q:' .. ttype
-    redis.call('ZADD', queue, score, id)
-    extend_ttl(queue, ttl)
+-- The record of `id`, nil when there is none or it has expired (TASK TTL).
+local function load(id, now)
+  local t = load_raw(id)
+  if t and tonumber(t.exp or '0') > now then
+    return t
   end
-  wake(P, ttype)
+  return nil
+end
+
+-- Every value is stored as a string, the way HSET stored the fields of the per-task hashes
+-- this replaced: '%.17g' writes an integer ms or token in full, never in exponent form.
+local function save(t)
+  for k, v in pairs(t) do
+    if type(v) == 'number' then
+      t[k] = string.format('%.17g', v)
+    end
+  end
+  redis.call('HSET', K_REC, t.id, cjson.encode(t))
+end
+
+-- The record as an HGETALL-style flat list, what the scripts return (TaskRecord.from_flat).
+local function flat(t)
+  local out = {}
+  for k, v in pairs(t) do
+    out[#out + 1] = k
+    out[#out + 1] = tostring(v)
+  end
+  return out
+end
+
+local function queue_member(t)
+  return string.format('%013d', tonumber(t.seq)) .. ':' .. t.id
+end
+
+-- The number of type `ttype` (nil when it has none and `create` is false).
+local function type_number(ttype, create)
+  local n = redis.call('HGET', K_TYPENO, ttype)
+  if n or not create then
+    return tonumber(n)
+  end
+  n = redis.call('HINCRBY', K_TYPENO, ':n', 1)
+  redis.call('HSET', K_TYPENO, ttype, n)
+  return n
+end
+
+-- Takes the task out of the queue, lease or delayed zset it is in ('at'), counting it out.
+local function unplace(t)
+  local at = t.at
+  if not at then
+    return
+  end
+  if at == 'q' then
+    redis.call('ZREM', K_Q, queue_member(t))
+  else
+    redis.call('ZREM', at == 'l' and K_L or K_D, t.id)
+  end
+  redis.call('HINCRBY', K_COUNTS, at .. ':' .. t.type, -1)
+  t.at = nil
+end
+
+-- Puts the task into the queue ('q', keeping its place in line), the lease zset ('l', score =
+-- lease expiry) or the delayed zset ('d', score = when it is due), counting it in; `ms` is how
+-- long that zset must live at least.
+local function place(t, at, score, ms)
+  unplace(t)
+  if at == 'q' then
+    local n = type_number(t.type, true)
+    redis.call('ZADD', K_Q, n * 16 + 10 - tonumber(t.pri), queue_member(t))
+    extend_ttl(K_Q, ms)
+    extend_ttl(K_TYPENO, ms)
+  else
+    local key = at == 'l' and K_L or K_D
+    redis.call('ZADD', key, score, t.id)
+    extend_ttl(key, ms)
+  end
+  redis.call('HINCRBY', K_COUNTS, at .. ':' .. t.type, 1)
+  t.at = at
+end
+
+-- The task record lives `ms` from now; 'exp' is also Task.expire_time. The record hash, the
+-- expiry zset, the counts and the ListTasks index live at least as long, so a task that is
+-- still there is still listed and counted.
+local function set_task_ttl(t, ms, now)
+  t.exp = now + ms
+  redis.call('ZADD', K_EXP, t.exp, t.id)
+  for _, key in ipairs({K_REC, K_EXP, K_COUNTS, K_INDEX}) do
+    extend_ttl(key, ms)
+  end
+end
+
+-- Deletes the record `t` (expired), out of its zset and counts.
+local function drop(t)
+  unplace(t)
+  redis.call('HDEL', K_REC, t.id)
+  redis.call('ZREM', K_EXP, t.id)
+end
+
+-- Deletes up to PRUNE_BATCH records whose TASK TTL has run out: the lazy rule that stands in
+-- for the per-key TTL a record in a shared hash cannot have.
+local function prune(now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_EXP, '-inf', now, 'LIMIT', 0, PRUNE_BATCH)) do
+    local t = load_raw(id)
+    if t and tonumber(t.exp or '0') <= now then
+      drop(t)
+    else
+      redis.call('ZREM', K_EXP, id)
+    end
+  end
+end
+
+-- Makes the pending task `t` claimable: into the queue (keeping its place in line), or,
+-- while its not_before is ahead, into the delayed zset the claims promote from. Wakes a
+-- waiting claim either way (one that finds it not yet due learns when it is and sleeps).
+-- The caller saves `t`.
+local function enqueue(t, now, ttl)
+  local nb = tonumber(t.nb or '0') or 0
+  if nb > now then
+    t.why, t.avail = 'scheduled', nb
+    place(t, 'd', nb, ttl + nb - now)
+    set_task_ttl(t, ttl + nb - now, now)
+  else
+    t.why, t.avail = '', ''
+    place(t, 'q', 0, ttl)
+  end
+  wake(t.type)
 end
 
 -- Task `first` settled for good: completed (failed = false), or dead-lettered or cancelled
@@ -81,36 +227,38 @@ end
 -- them claimable — or, when it failed and they ask for it (on_fail 'cancel'), are cancelled,
 -- which settles their own dependents in turn (a worklist, not recursion). Runs inside the
 -- settling script, so a dependent is released in the same atomic step as its last dependency
--- completes: no claim can see it early, and no background job is needed.
-local function release_dependents(P, first, failed, now, ttl)
-  local deps = P .. 'tasks:deps'
+-- completes: no claim can see it early, and no background job is needed. `first` is saved
+-- by the caller before this runs.
+local function release_dependents(first, failed, now, ttl)
   local work = {{first, failed}}
   local i = 1
   while i <= #work do
     local id, bad = work[i][1], work[i][2]
     i = i + 1
-    local list = redis.call('HGET', deps, id)
+    local list = redis.call('HGET', K_DEPS, id)
     if list then
-      redis.call('HDEL', deps, id)
-      local how = redis.call('HGET', P .. 'tasks:t:' .. id, 'status')
+      redis.call('HDEL', K_DEPS, id)
+      local settled = load(id, now)
+      local how = settled and settled.status
       for dependent in string.gmatch(list, '[^,]+') do
-        local dkey = P .. 'tasks:t:' .. dependent
-        local f = redis.call('HMGET', dkey, 'status', 'why', 'deps_left', 'on_fail')
-        if f[1] == 'pending' and f[2] == 'deps' then
-          if bad and f[4] ~= 'run' then
+        local d = load(dependent, now)
+        if d and d.status == 'pending' and d.why == 'deps' then
+          if bad and d.on_fail ~= 'run' then
             local what = how == 'dead' and 'dead-lettered' or 'cancelled'
-            redis.call('HSET', dkey, 'status', 'cancelled', 'why', '', 'updated', now,
-              'err', 'dependency ' .. id .. ' was ' .. what)
-            set_task_ttl(P, dkey, ttl, now)
+            d.status, d.why, d.updated = 'cancelled', '', now
+            d.err = 'dependency ' .. id .. ' was ' .. what
+            set_task_ttl(d, ttl, now)
+            save(d)
             work[#work + 1] = {dependent, true}
           else
-            local left = tonumber(f[3]) - 1
-            redis.call('HSET', dkey, 'deps_left', left)
+            local left = tonumber(d.deps_left) - 1
+            d.deps_left = left
             if left <= 0 then
-              redis.call('HSET', dkey, 'updated', now)
-              set_task_ttl(P, dkey, ttl, now)
-              enqueue(P, dependent, now, ttl)
+              d.updated = now
+              set_task_ttl(d, ttl, now)
+              enqueue(d, now, ttl)
             end
+            save(d)
           end
         end
       end
@@ -120,95 +268,88 @@ end
 
 -- The delay before retry number `attempts` + 1 under the task's backoff policy (ms; 0 when
 -- it has none): min(maximum, initial * multiplier^(attempts - 1)).
-local function policy_delay(tkey, attempts)
-  local f = redis.call('HMGET', tkey, 'bo_i', 'bo_m', 'bo_x')
-  if not f[1] then
+local function policy_delay(t, attempts)
+  if not t.bo_i then
     return 0
   end
-  local delay = tonumber(f[1]) * tonumber(f[2]) ^ math.max(0, attempts - 1)
-  return math.floor(math.min(tonumber(f[3]), delay))
+  local delay = tonumber(t.bo_i) * tonumber(t.bo_m) ^ math.max(0, attempts - 1)
+  return math.floor(math.min(tonumber(t.bo_x), delay))
 end
 
 -- A claim ended without success (FailTask or an expired lease): back to pending (keeping its
 -- place in line, after `backoff` ms if > 0; backoff < 0 means "none given": the task's backoff
 -- policy decides) or, when not retryable or out of attempts, dead (settling its dependents).
-local function settle_failure(P, id, now, ttl, err, retryable, backoff)
-  local tkey = P .. 'tasks:t:' .. id
-  local f = redis.call('HMGET', tkey, 'attempts', 'max', 'score', 'type')
-  local attempts, max_attempts, score, ttype = tonumber(f[1]), tonumber(f[2]), f[3], f[4]
-  redis.call('ZREM', P .. 'tasks:l:' .. ttype, id)
+-- Saves `t`.
+local function settle_failure(t, now, ttl, err, retryable, backoff)
+  local attempts, max_attempts = tonumber(t.attempts), tonumber(t.max)
+  unplace(t)
   if backoff < 0 then
-    backoff = policy_delay(tkey, attempts)
+    backoff = policy_delay(t, attempts)
   end
+  t.err, t.updated = err, now
   if (not retryable) or attempts >= max_attempts then
-    redis.call('HSET', tkey, 'status', 'dead', 'err', err, 'updated', now, 'avail', '', 'why', '')
-    local dead = P .. 'tasks:dead'
-    redis.call('ZADD', dead, now, id)
-    extend_ttl(dead, ttl)
-    set_task_ttl(P, tkey, ttl, now)
-    release_dependents(P, id, true, now, ttl)
+    t.status, t.avail, t.why = 'dead', '', ''
+    redis.call('ZADD', K_DEAD, now, t.id)
+    extend_ttl(K_DEAD, ttl)
+    set_task_ttl(t, ttl, now)
+    save(t)
+    release_dependents(t.id, true, now, ttl)
   elseif backoff > 0 then
-    redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', now + backoff,
-      'why', 'backoff')
-    local delayed = P .. 'tasks:d:' .. ttype
-    redis.call('ZADD', delayed, now + backoff, id)
-    extend_ttl(delayed, ttl + backoff)
-    set_task_ttl(P, tkey, ttl + backoff, now)
-    wake(P, ttype)  -- a waiting claim learns when it is due and sleeps until then
+    t.status, t.avail, t.why = 'pending', now + backoff, 'backoff'
+    place(t, 'd', now + backoff, ttl + backoff)
+    set_task_ttl(t, ttl + backoff, now)
+    save(t)
+    wake(t.type)  -- a waiting claim learns when it is due and sleeps until then
   else
-    redis.call('HSET', tkey, 'status', 'pending', 'err', err, 'updated', now, 'avail', '')
-    local queue = P .. 'tasks:q:' .. ttype
-    redis.call('ZADD', queue, score, id)
-    extend_ttl(queue, ttl)
-    set_task_ttl(P, tkey, ttl, now)
-    wake(P, ttype)
+    t.status, t.avail = 'pending', ''
+    place(t, 'q', 0, ttl)
+    set_task_ttl(t, ttl, now)
+    save(t)
+    wake(t.type)
   end
 end
 
--- Settles task `id` if it is claimed under a lease that has run out (FailTask's rule, error
+-- Settles the task `t` if it is claimed under a lease that has run out (FailTask's rule, error
 -- 'lease expired'). Claims, GetTask and ListTasks all call it, so what a read reports is what
 -- the next claim would find, and no background job has to have run. Returns true when the
 -- task was settled back to pending (a waiting claim may want it).
-local function settle_if_expired(P, id, now, ttl)
-  local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'lease_exp')
-  if f[1] == 'claimed' and tonumber(f[2]) <= now then
-    settle_failure(P, id, now, ttl, 'lease expired', true, -1)
+local function settle_if_expired(t, now, ttl)
+  if t.status == 'claimed' and tonumber(t.lease_exp) <= now then
+    settle_failure(t, now, ttl, 'lease expired', true, -1)
     -- Counted for the agentcoord_task_lease_expiries metric.
-    local expiries = P .. 'tasks:lease_expiries'
-    redis.call('INCR', expiries)
-    extend_ttl(expiries, ttl)
-    return redis.call('HGET', P .. 'tasks:t:' .. id, 'status') == 'pending'
+    redis.call('INCR', K_EXPIRIES)
+    extend_ttl(K_EXPIRIES, ttl)
+    return t.status == 'pending'
   end
   return false
 end
 
--- Checks that `agent` holds the live lease `token` on task `id`. Returns nil when it does,
--- else the refusal to return from the script: {'cancelled'} when the task was cancelled
--- while `agent` held it under that token.
-local function check_lease(tkey, token, agent, now)
-  local f = redis.call('HMGET', tkey, 'status', 'token', 'assignee', 'lease_exp')
-  if not f[1] then
+-- Checks that `agent` holds the live lease `token` on task `t` (nil: no such task). Returns
+-- nil when it does, else the refusal to return from the script: {'cancelled'} when the task
+-- was cancelled while `agent` held it under that token.
+local function check_lease(t, token, agent, now)
+  if not t then
     return {'not_found'}
   end
-  if f[1] == 'cancelled' and f[2] == token and f[3] == agent then
+  if t.status == 'cancelled' and t.token == token and t.assignee == agent then
     return {'cancelled'}
   end
-  if f[1] ~= 'claimed' or f[2] ~= token or f[3] ~= agent then
-    return {'lease_lost', f[1]}
+  if t.status ~= 'claimed' or t.token ~= token or t.assignee ~= agent then
+    return {'lease_lost', t.status}
   end
-  if tonumber(f[4]) <= now then
+  if tonumber(t.lease_exp) <= now then
     return {'lease_lost', 'expired'}
   end
   return nil
 end
 
--- The types a claim looks at: `types` when given, else the agent's registered capabilities.
--- Returns nil when there are none.
-local function claim_types(P, agent, types)
+-- The types a claim looks at: `types` when given, else the caller's registered capabilities
+-- (K_AGENT is the caller's registration). Returns nil when there are none.
+local function claim_types(types)
   if #types > 0 then
     return types
   end
-  local caps = redis.call('HGET', P .. 'agents:a:' .. agent, 'caps')
+  local caps = redis.call('HGET', K_AGENT, 'caps')
   local found = {}
   if caps then
     for t in string.gmatch(caps, '[^,]+') do
@@ -221,84 +362,112 @@ local function claim_types(P, agent, types)
   return found
 end
 
+-- The best queued member of `types`: member, type (nil when none is queued).
+local function best_queued(types)
+  local best_member, best_band, best_seq, best_type = nil, nil, nil, nil
+  local numbers = redis.call('HMGET', K_TYPENO, unpack(types))
+  for i, ttype in ipairs(types) do
+    local n = tonumber(numbers[i])
+    if n then
+      local top = redis.call('ZRANGEBYSCORE', K_Q, n * 16, n * 16 + 15, 'WITHSCORES', 'LIMIT', 0, 1)
+      if top[1] then
+        local band, seq = tonumber(top[2]) - n * 16, tonumber(string.sub(top[1], 1, 13))
+        if best_band == nil or band < best_band or (band == best_band and seq < best_seq) then
+          best_member, best_band, best_seq, best_type = top[1], band, seq, ttype
+        end
+      end
+    end
+  end
+  return best_member, best_type
+end
+
 -- ClaimTask's rule, shared with CompleteTask/FailTask's claim_next: leases the best pending
--- task of `types` to `agent` for `lease_ms`. Returns {'ok', task} or {'empty', due} where due
--- is the ms until the earliest lease of those types runs out or backoff ends (-1: none), so a
--- waiting claim can look again exactly then.
+-- task of `types` to `agent` (the caller, K_AGENT) for `lease_ms`. Returns {'ok', task} or
+-- {'empty', due} where due is the ms until the earliest lease or delay of the namespace runs
+-- out (-1: none), so a waiting claim can look again then (any type's: the zsets are shared,
+-- so a waiter may look once too early, never too late).
 --
--- Before choosing, it reclaims the expired leases and due backoffs of the types it looks at,
--- so a dead worker's task is claimable again by the first claim after its lease expires —
--- no background job is needed. The choice and the lease are one atomic step: one claimant.
-local function claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
-  local akey = P .. 'agents:a:' .. agent
+-- Before choosing, it reclaims expired leases and due delays (of every type: they share one
+-- zset each), so a dead worker's task is claimable again by the first claim after its lease
+-- expires — no background job is needed. The choice and the lease are one atomic step: one
+-- claimant.
+local function claim(agent, types, lease_ms, ttl, agent_ttl, now)
   -- A claim is a sign of life, like a heartbeat.
-  if redis.call('EXISTS', akey) == 1 then
-    redis.call('HSET', akey, 'seen', now)
-    redis.call('PEXPIRE', akey, agent_ttl)
-    local index = P .. 'agents:index'
-    redis.call('ZADD', index, 0, agent)
-    extend_ttl(index, agent_ttl)
+  if redis.call('EXISTS', K_AGENT) == 1 then
+    redis.call('HSET', K_AGENT, 'seen', now)
+    redis.call('PEXPIRE', K_AGENT, agent_ttl)
+    redis.call('ZADD', K_AGENTS, 0, agent)
+    extend_ttl(K_AGENTS, agent_ttl)
   end
 
   local BATCH = 100
-  for _, t in ipairs(types) do
-    local leases = P .. 'tasks:l:' .. t
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, BATCH)) do
-      settle_if_expired(P, id, now, ttl)
-      redis.call('ZREM', leases, id)  -- settled, or a stale entry (task gone or settled before)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_L, '-inf', now, 'LIMIT', 0, BATCH)) do
+    local t = load_raw(id)
+    if t and t.at == 'l' and tonumber(t.exp or '0') <= now then
+      drop(t)
+    elseif t and t.at == 'l' and t.status == 'claimed' then
+      settle_if_expired(t, now, ttl)
+    elseif t and t.at == 'l' then
+      unplace(t)
+      save(t)
+    else
+      redis.call('ZREM', K_L, id)  -- a stale entry: its task is gone or elsewhere
     end
-    local delayed = P .. 'tasks:d:' .. t
-    local queue = P .. 'tasks:q:' .. t
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, BATCH)) do
-      redis.call('ZREM', delayed, id)
-      local f = redis.call('HMGET', P .. 'tasks:t:' .. id, 'status', 'score', 'type')
-      if f[1] == 'pending' and f[3] == t then
-        redis.call('ZADD', queue, f[2], id)
-        extend_ttl(queue, ttl)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_D, '-inf', now, 'LIMIT', 0, BATCH)) do
+    local t = load_raw(id)
+    if t and t.at == 'd' and tonumber(t.exp or '0') <= now then
+      drop(t)
+    elseif t and t.at == 'd' then
+      if t.status == 'pending' then
+        place(t, 'q', 0, ttl)
+      else
+        unplace(t)
       end
+      save(t)
+    else
+      redis.call('ZREM', K_D, id)
     end
   end
 
-  -- Queue members whose task hash expired (TASK TTL), or whose id has since been added again
-  -- as a task of another type, are dropped as they surface.
+  -- Queue members whose record expired (TASK TTL), or whose id has since been added again,
+  -- are dropped as they surface.
   for _ = 1, BATCH do
-    local best_id, best_score, best_queue, best_type = nil, nil, nil, nil
-    for _, t in ipairs(types) do
-      local queue = P .. 'tasks:q:' .. t
-      local top = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-      if top[1] and (best_score == nil or tonumber(top[2]) < best_score) then
-        best_id, best_score, best_queue, best_type = top[1], tonumber(top[2]), queue, t
-      end
-    end
-    if best_id == nil then
+    local member, ttype = best_queued(types)
+    if member == nil then
       break
     end
-    redis.call('ZREM', best_queue, best_id)
-    local tkey = P .. 'tasks:t:' .. best_id
-    local f = redis.call('HMGET', tkey, 'status', 'type')
-    if f[1] == 'pending' and f[2] == best_type then
-      local token = redis.call('INCR', P .. 'tasks:fence')
+    local t = load_raw(string.sub(member, 15))
+    if not (t and t.at == 'q' and queue_member(t) == member) then
+      redis.call('ZREM', K_Q, member)  -- stale
+    elseif tonumber(t.exp or '0') <= now then
+      drop(t)
+    elseif t.type ~= ttype then
+      place(t, 'q', 0, ttl)  -- filed under a number its type no longer has: refiled
+      save(t)
+    elseif t.status ~= 'pending' then
+      unplace(t)
+      save(t)
+    else
+      local token = redis.call('INCR', K_FENCE)
       local expiry = now + lease_ms
-      redis.call('HINCRBY', tkey, 'attempts', 1)
-      redis.call('HSET', tkey, 'status', 'claimed', 'assignee', agent, 'token', token,
-        'lease_exp', expiry, 'updated', now, 'avail', '', 'why', '')
-      local leases = P .. 'tasks:l:' .. f[2]
-      redis.call('ZADD', leases, expiry, best_id)
-      extend_ttl(leases, ttl + lease_ms)
-      set_task_ttl(P, tkey, ttl + lease_ms, now)
-      return {'ok', redis.call('HGETALL', tkey)}
+      t.attempts = tonumber(t.attempts) + 1
+      t.status, t.assignee, t.token, t.lease_exp = 'claimed', agent, token, expiry
+      t.updated, t.avail, t.why = now, '', ''
+      place(t, 'l', expiry, ttl + lease_ms)
+      set_task_ttl(t, ttl + lease_ms, now)
+      save(t)
+      return {'ok', flat(t)}
     end
   end
 
   local due = -1
-  for _, t in ipairs(types) do
-    for _, key in ipairs({P .. 'tasks:l:' .. t, P .. 'tasks:d:' .. t}) do
-      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      if first[1] then
-        local ms = math.max(0, tonumber(first[2]) - now)
-        if due < 0 or ms < due then
-          due = ms
-        end
+  for _, key in ipairs({K_L, K_D}) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[1] then
+      local ms = math.max(0, tonumber(first[2]) - now)
+      if due < 0 or ms < due then
+        due = ms
       end
     end
   end
@@ -306,32 +475,34 @@ local function claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
 end
 
 -- The task `agent` claimed with the claim_next of the CompleteTask/FailTask that ended task
--- `tkey`, when that call is repeated: the same task while that lease is still the agent's.
-local function claimed_next(P, tkey, agent)
-  local f = redis.call('HMGET', tkey, 'next', 'next_token')
-  if not f[1] then
+-- `t`, when that call is repeated: the same task while that lease is still the agent's.
+local function claimed_next(t, agent, now)
+  if not t.next then
     return nil
   end
-  local nkey = P .. 'tasks:t:' .. f[1]
-  local g = redis.call('HMGET', nkey, 'status', 'assignee', 'token')
-  if g[1] == 'claimed' and g[2] == agent and g[3] == f[2] then
-    return redis.call('HGETALL', nkey)
+  local n = load(t.next, now)
+  if n and n.status == 'claimed' and n.assignee == agent and n.token == t.next_token then
+    return flat(n)
   end
   return nil
 end
 
--- Runs the claim_next of CompleteTask/FailTask for the task `tkey` just ended and remembers
--- what it leased on that task (claimed_next), so a repeated call answers with the same task.
--- Returns the leased task, or false when none was pending.
-local function claim_next(P, tkey, agent, types, lease_ms, ttl, agent_ttl, now)
-  local reply = claim(P, agent, types, lease_ms, ttl, agent_ttl, now)
+-- Runs the claim_next of CompleteTask/FailTask for the task `t` just ended (saved) and
+-- remembers on it what it leased (claimed_next), so a repeated call answers with the same
+-- task. Returns the leased task (false when none was pending) and `t` as it now is.
+local function claim_next(t, agent, types, lease_ms, ttl, agent_ttl, now)
+  local reply = claim(agent, types, lease_ms, ttl, agent_ttl, now)
   if reply[1] ~= 'ok' then
-    return false
+    return false, t
   end
   local h = {}
   for i = 1, #reply[2], 2 do
     h[reply[2][i]] = reply[2][i + 1]
   end
-  redis.call('HSET', tkey, 'next', h['id'], 'next_token', h['token'])
-  return reply[2]
+  if h['id'] == t.id then
+    t = load(t.id, now)  -- a failed task leased again: the claim's copy is the current one
+  end
+  t.next, t.next_token = h['id'], h['token']
+  save(t)
+  return reply[2], t
 end

@@ -1,65 +1,68 @@
--- CompleteTask. ARGV: prefix, task_id, fencing token, agent, result JSON, task TTL ms,
--- recent summaries kept, largest result kept in a summary (bytes), claim_next ('1'/'0'),
--- next lease ms, agent TTL ms, next task types… (none: the agent's capabilities).
+-- CompleteTask. KEYS: see tasks_common.lua (KEYS[24]: the caller's registration). ARGV: wake
+-- channel, task_id, fencing token, agent, result JSON, task TTL ms, recent summaries kept,
+-- largest result kept in a summary (bytes), claim_next ('1'/'0'), next lease ms, agent TTL
+-- ms, next task types… (none: the agent's capabilities).
 -- Returns {'ok', task, next task or false} | {'not_found'} | {'lease_lost', why} |
 -- {'no_types'} (claim_next without types or capabilities: nothing was done).
 -- Counts are HINCRBY'd here, in the same atomic step, so AggregateResults is exact. The
 -- claim_next lease is taken in the same step too, so a task cycle is one round trip; a stale
 -- fencing token completes nothing and claims nothing.
-local P, id, token, agent, result = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local id, token, agent, result = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, recent_n, summary_max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local want_next, lease_ms, agent_ttl = ARGV[9] == '1', tonumber(ARGV[10]), tonumber(ARGV[11])
 local now = now_ms()
-local tkey = P .. 'tasks:t:' .. id
 
-local types = want_next and claim_types(P, agent, {unpack(ARGV, 12)}) or nil
+local types = want_next and claim_types({unpack(ARGV, 12)}) or nil
 if want_next and not types then
   return {'no_types'}
 end
 
-local f = redis.call('HMGET', tkey, 'status', 'token', 'assignee')
-if f[1] == 'completed' and f[2] == token and f[3] == agent then
+local t = load(id, now)
+if t and t.status == 'completed' and t.token == token and t.assignee == agent then
   -- A repeat of our own completion: the same answer, the same next task if still ours.
   local again = false
   if want_next then
-    again = claimed_next(P, tkey, agent) or false
+    again = claimed_next(t, agent, now) or false
   end
-  return {'ok', redis.call('HGETALL', tkey), again}
+  return {'ok', flat(t), again}
 end
-local refused = check_lease(tkey, token, agent, now)
+local refused = check_lease(t, token, agent, now)
 if refused then
   return refused
 end
 
-local ttype = redis.call('HGET', tkey, 'type')
-redis.call('HSET', tkey, 'status', 'completed', 'result', result, 'completed', now,
-  'updated', now)
-redis.call('HDEL', tkey, 'next', 'next_token')
-redis.call('ZREM', P .. 'tasks:l:' .. ttype, id)
-set_task_ttl(P, tkey, ttl, now)
-release_dependents(P, id, false, now, ttl)
+local ttype = t.type
+unplace(t)
+t.status, t.result, t.completed, t.updated = 'completed', result, now, now
+t.next, t.next_token = nil, nil
+set_task_ttl(t, ttl, now)
+save(t)
+release_dependents(id, false, now, ttl)
 
 local function count(key, field)
   redis.call('HINCRBY', key, field, 1)
   extend_ttl(key, ttl)
 end
-count(P .. 'tasks:stats', 'total')
-count(P .. 'tasks:stats:agents', agent)
-count(P .. 'tasks:stats:types', ttype)
-count(P .. 'tasks:stats:agents:' .. ttype, agent)
+count(K_STATS, 'total')
+count(K_STATS_AGENTS, agent)
+count(K_STATS_TYPES, ttype)
+count(K_STATS_TYPE_AGENTS, ttype .. ':' .. agent)
 
 local kept = result
 if #result > summary_max then
   kept = false
 end
 local summary = cjson.encode({id = id, type = ttype, agent = agent, at = now, result = kept})
-for _, key in ipairs({P .. 'tasks:recent', P .. 'tasks:recent:' .. ttype}) do
-  redis.call('LPUSH', key, summary)
-  redis.call('LTRIM', key, 0, recent_n - 1)
-  extend_ttl(key, ttl)
-end
+redis.call('LPUSH', K_RECENT, summary)
+redis.call('LTRIM', K_RECENT, 0, recent_n - 1)
+extend_ttl(K_RECENT, ttl)
+-- The type's ring: the n-th summary in slot n mod recent_n.
+local n = redis.call('HINCRBY', K_RECENT_TYPES, ttype .. ':n', 1)
+redis.call('HSET', K_RECENT_TYPES, ttype .. ':' .. ((n - 1) % recent_n), summary)
+extend_ttl(K_RECENT_TYPES, ttl)
+
 local next_task = false
 if want_next then
-  next_task = claim_next(P, tkey, agent, types, lease_ms, ttl, agent_ttl, now)
+  next_task, t = claim_next(t, agent, types, lease_ms, ttl, agent_ttl, now)
 end
-return {'ok', redis.call('HGETALL', tkey), next_task}
+return {'ok', flat(t), next_task}

@@ -1,20 +1,20 @@
--- ListTasks / ListDeadLetters. ARGV: prefix, index ('index' or 'dead'), cursor score ('' for
--- the start), cursor id, page size, status filter, type filter, assignee filter, budget,
+-- ListTasks / ListDeadLetters. KEYS: see tasks_common.lua. ARGV: wake channel, index
+-- ('index': KEYS[7], or 'dead': KEYS[8]), cursor score ('' for the start), cursor id, page size, status filter, type filter, assignee filter, budget,
 -- task TTL ms.
 -- Returns {next cursor score ('' when done), next cursor id, {task, …}, woke ('1' when an
 -- expired lease was settled back to pending, else '0')}.
 --
 -- Walks the index zset from the cursor (score, then id: Redis orders ties by member), so pages
--- neither skip nor repeat; examines at most `budget` entries per call. Entries whose task hash
+-- neither skip nor repeat; examines at most `budget` entries per call. Entries whose task record
 -- has expired (TASK TTL) are removed once the walk is over. A task met under a lease that has
 -- run out is settled before the filters look at it (settle_if_expired), so the statuses and
 -- filters see what the next claim would find.
-local P, which, cur_score, cur_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local which, cur_score, cur_id = ARGV[2], ARGV[3], ARGV[4]
 local page_size, want_status, want_type, want_assignee = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
 local budget, ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
 local woke = false
-local index = P .. 'tasks:' .. which
+local index = which == 'dead' and K_DEAD or K_INDEX
 local out, gone = {}, {}
 local examined = 0
 local min = cur_score == '' and '-inf' or cur_score
@@ -51,17 +51,16 @@ while true do
     local id, score = batch[i], batch[i + 1]
     if floor == nil or tonumber(score) > floor or bytes_after(id, cur_id) then
       examined = examined + 1
-      local tkey = P .. 'tasks:t:' .. id
-      local f = redis.call('HMGET', tkey, 'status', 'type', 'assignee')
-      if f[1] == 'claimed' then
-        woke = settle_if_expired(P, id, now, ttl) or woke
-        f[1] = redis.call('HGET', tkey, 'status')
+      local t = load(id, now)
+      if t and t.status == 'claimed' then
+        woke = settle_if_expired(t, now, ttl) or woke
       end
-      if not f[1] then
+      if not t then
         gone[#gone + 1] = id
-      elseif (want_status == '' or f[1] == want_status) and (want_type == '' or f[2] == want_type)
-        and (want_assignee == '' or f[3] == want_assignee) then
-        out[#out + 1] = redis.call('HGETALL', tkey)
+      elseif (want_status == '' or t.status == want_status)
+        and (want_type == '' or t.type == want_type)
+        and (want_assignee == '' or t.assignee == want_assignee) then
+        out[#out + 1] = flat(t)
       end
       if #out >= page_size or examined >= budget then
         return finish(score, id)

@@ -1,17 +1,18 @@
--- RenewTaskLease. ARGV: prefix, task_id, fencing token, agent, lease ms, task TTL ms.
+-- RenewTaskLease. KEYS: see tasks_common.lua. ARGV: wake channel, task_id, fencing token,
+-- agent, lease ms, task TTL ms.
 -- Returns {'ok', token, expiry ms} | {'not_found'} | {'lease_lost', why}.
-local P, id, token, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, token, agent = ARGV[2], ARGV[3], ARGV[4]
 local lease_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
-local tkey = P .. 'tasks:t:' .. id
-local refused = check_lease(tkey, token, agent, now)
+local t = load(id, now)
+local refused = check_lease(t, token, agent, now)
 if refused then
   return refused
 end
 local expiry = now + lease_ms
-local leases = P .. 'tasks:l:' .. redis.call('HGET', tkey, 'type')
-redis.call('HSET', tkey, 'lease_exp', expiry)
-redis.call('ZADD', leases, expiry, id)
-extend_ttl(leases, ttl + lease_ms)
-set_task_ttl(P, tkey, ttl + lease_ms, now)
+t.lease_exp = expiry
+redis.call('ZADD', K_L, expiry, id)  -- already counted in 'l': only its expiry moves
+extend_ttl(K_L, ttl + lease_ms)
+set_task_ttl(t, ttl + lease_ms, now)
+save(t)
 return {'ok', token, expiry}

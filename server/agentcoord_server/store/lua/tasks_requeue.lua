@@ -1,20 +1,18 @@
--- RequeueDeadLetter. ARGV: prefix, task_id, task TTL ms.
+-- RequeueDeadLetter. KEYS: see tasks_common.lua. ARGV: wake channel, task_id, task TTL ms.
 -- Returns {'ok', task} | {'not_found'} | {'not_dead', status}.
-local P, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local tkey = P .. 'tasks:t:' .. id
-local f = redis.call('HMGET', tkey, 'status', 'type', 'score')
-if not f[1] then
+local id, ttl = ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local t = load(id, now)
+if not t then
   return {'not_found'}
 end
-if f[1] ~= 'dead' then
-  return {'not_dead', f[1]}
+if t.status ~= 'dead' then
+  return {'not_dead', t.status}
 end
-local now = now_ms()
-redis.call('ZREM', P .. 'tasks:dead', id)
-redis.call('HSET', tkey, 'status', 'pending', 'attempts', 0, 'updated', now, 'avail', '')
-local queue = P .. 'tasks:q:' .. f[2]
-redis.call('ZADD', queue, f[3], id)
-extend_ttl(queue, ttl)
-set_task_ttl(P, tkey, ttl, now)
-wake(P, f[2])
-return {'ok', redis.call('HGETALL', tkey)}
+redis.call('ZREM', K_DEAD, id)
+t.status, t.attempts, t.updated, t.avail = 'pending', 0, now, ''
+place(t, 'q', 0, ttl)
+set_task_ttl(t, ttl, now)
+save(t)
+wake(t.type)
+return {'ok', flat(t)}
