@@ -974,7 +974,7 @@ def write_report(
             )
             + ", one sender "
             "broadcasting at the rate asked for, or one call after another for the ceiling; "
-            f"{args.duration} s of sending per row. Latency: from just before the SendSignal call "
+            f"{args.fanout_duration} s of sending per row. Latency: from just before the SendSignal call "
             "to the subscriber's iterator yielding the signal (CLOCK_MONOTONIC, one host), per "
             "delivery. Lost and duplicated are counted per subscriber by signal id. "
             "Deliveries/s: deliveries over the time from the first send to the last delivery. "
@@ -1173,7 +1173,7 @@ async def run(args: argparse.Namespace) -> None:
             for subscribers, rate in FAN_OUT:
                 tag = f"{subscribers}-{rate:g}-{time.monotonic_ns()}"
                 f = await fan_out(
-                    a, subscribers, rate, args.duration, load_cpu, tag, args.fanout_client
+                    a, subscribers, rate, args.fanout_duration, load_cpu, tag, args.fanout_client
                 )
                 fans.append(f)
                 print(
@@ -1203,6 +1203,9 @@ def main() -> None:
     parser.add_argument("--skip-tasks", action="store_true")
     parser.add_argument("--skip-wake", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument(
+        "--fanout-duration", type=float, default=5.0, help="seconds of sending per fan-out row"
+    )
     parser.add_argument(
         "--fanout-client",
         choices=("go", "python"),
