@@ -20,7 +20,7 @@ the floor (bench/floor_server.py: bare grpc.aio + uvloop, one Redis command per 
 - AddTask → waiting ClaimTask latency, with the claim waiting in the same server process and
   in the other one, with 1 and 32 waiting claims.
 - Signal fan-out against one server process: 100 subscribers × 100 broadcasts/s,
-  1,000 × 20/s, and 1,000 with the sender going as fast as it can (the ceiling), subscribers
+  1,000 × 20/s, and 1,000 with the senders going as fast as they can (the ceiling), subscribers
   held by several processes (bench/fanout_subscribers.py): deliveries/s, p50/p99 latency,
   lost and duplicated, server CPU µs per delivery, and a latency CDF (fanout_latency.png).
 
@@ -479,6 +479,7 @@ async def wake_latency(
 FAN_OUT = ((100, 100.0), (1000, 20.0), (1000, 0.0))
 """(subscribers, broadcasts/s): 0 is the ceiling run, the sender going as fast as it can."""
 SUBSCRIBERS_PER_PROCESS = 250
+CEILING_SENDERS = 8  # concurrent SendSignal calls of the ceiling run, so the server never idles
 
 
 @dataclass
@@ -501,7 +502,7 @@ class Fan:
 
     @property
     def label(self) -> str:
-        rate = f"{self.rate:g}/s" if self.rate else "as fast as it can"
+        rate = f"{self.rate:g}/s" if self.rate else f"as fast as {CEILING_SENDERS} senders can"
         return f"{self.subscribers:,} × {rate}"
 
 
@@ -515,10 +516,11 @@ async def fan_out(
     client: str,
 ) -> Fan:
     """`subscribers` live subscriptions held by subscriber processes (at most 250 each), of
-    bench/fanout (Go, `client` "go") or bench/fanout_subscribers.py ("python"); one sender in this process broadcasts at `rate` per second (0: one
-    call after another) for `duration` s. Every broadcast carries time.monotonic() taken just
-    before its SendSignal call; the subscribers count what they get per subscriber by signal
-    id and time each first delivery against it."""
+    bench/fanout (Go, `client` "go") or bench/fanout_subscribers.py ("python"); this process
+    broadcasts for `duration` s at `rate` per second (open loop), or with `rate` 0 from
+    CEILING_SENDERS tasks each sending one call after another. Every broadcast carries
+    time.monotonic() taken just before its SendSignal call; the subscribers count what they
+    get per subscriber by signal id and time each first delivery against it."""
     signal_type = f"fan-{tag}"
     processes = max(2, -(-subscribers // SUBSCRIBERS_PER_PROCESS))
     shares = [subscribers // processes + (n < subscribers % processes) for n in range(processes)]
@@ -567,23 +569,33 @@ async def fan_out(
             r.result()
         await asyncio.sleep(0.2)  # warm-up deliveries drain
         ids: list[str] = []
+        seq = iter(range(1 << 62))
+
+        async def send() -> None:
+            t = time.monotonic()
+            sent = await sender.signals.send_signal(signal_type, {"seq": next(seq), "t": t})
+            ids.append(sent.id)
+
         before = cpu_seconds(server.pid)
         began = time.monotonic()
         stop_at = began + duration
-        while True:
-            now = time.monotonic()
-            if rate:
-                due = began + len(ids) / rate
-                if due >= stop_at:
-                    break
-                if due > now:
-                    await asyncio.sleep(due - now)
-            elif now >= stop_at:
-                break
-            t = time.monotonic()
-            sent = await sender.signals.send_signal(signal_type, {"seq": len(ids), "t": t})
-            ids.append(sent.id)
-        send_elapsed = time.monotonic() - began
+        if rate:
+            # Open loop: each broadcast starts when due, whether or not the one before has
+            # been answered, so a slow server shows as latency, not as a slower sender.
+            calls = []
+            for n in range(int(rate * duration)):
+                due = began + n / rate
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
+                calls.append(asyncio.ensure_future(send()))
+            await asyncio.gather(*calls)
+        else:
+
+            async def flood() -> None:
+                while time.monotonic() < stop_at:
+                    await send()
+
+            await asyncio.gather(*(flood() for _ in range(CEILING_SENDERS)))
         message = (json.dumps({"ids": ids}) + "\n").encode()
         for child in children:
             assert child.stdin is not None
@@ -610,7 +622,7 @@ async def fan_out(
         rate=rate,
         processes=processes,
         sent=len(ids),
-        sent_per_s=len(ids) / send_elapsed,
+        sent_per_s=len(ids) / duration,  # the calls started in the window
         deliveries=deliveries,
         deliveries_per_s=deliveries / max(last - began, 1e-9),
         p50_ms=statistics.median(latencies) * 1000 if latencies else 0,
@@ -973,7 +985,8 @@ def write_report(
                 else "(bench/fanout_subscribers.py: the Python client, batches accepted)"
             )
             + ", one sender "
-            "broadcasting at the rate asked for, or one call after another for the ceiling; "
+            "broadcasting at the rate asked for (open loop: each call starts when due), or for the "
+            f"ceiling {CEILING_SENDERS} concurrent calls one after another; "
             f"{args.fanout_duration} s of sending per row. Latency: from just before the SendSignal call "
             "to the subscriber's iterator yielding the signal (CLOCK_MONOTONIC, one host), per "
             "delivery. Lost and duplicated are counted per subscriber by signal id. "
@@ -986,7 +999,7 @@ def write_report(
                 [
                     "subscribers × broadcasts",
                     "processes",
-                    "sent/s",
+                    "broadcasts started/s",
                     "deliveries/s",
                     "p50 ms",
                     "p99 ms",
