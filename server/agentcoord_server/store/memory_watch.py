@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +33,11 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from ..errors import DomainError, OutOfRange, ResourceExhausted, Unavailable
+from ..errors import DomainError, OutOfRange, Unavailable
 from ..redis_client import close_redis, dedicated_client
 from .keys import Keyspace
 from .memory import RAW, EntryEventRecord, MemoryStore, now_ms
-from .signal_fanout import cancellable
+from .signal_fanout import LiveStream, cancellable
 
 log = structlog.get_logger("agentcoord.memory")
 
@@ -101,66 +100,23 @@ class WatchProgress:
     revision: int
 
 
-class Watcher:
+class Watcher(LiveStream[EntryEventRecord]):
     """One WatchEntries stream: its filter, its bounded buffer and how it ended."""
 
+    BATCH = BATCH_EVENTS
+    OVERFLOW = "the watcher fell {n} events behind; resume from the last revision received"
+
     def __init__(self, hub: WatchHub, namespace: str, flt: WatchFilter, queue_size: int) -> None:
-        self._hub = hub
+        super().__init__(hub, queue_size)
         self.namespace = namespace
         self.filter = flt
         self.start_revision = 0
-        self._queue_size = queue_size
-        self._items: deque[EntryEventRecord] = deque()
-        self._wake = asyncio.Event()
-        self._live = False
-        self._tick = False
         self._reader: _LogReader | None = None
-        self.error: DomainError | None = None
 
-    def offer(self, event: EntryEventRecord) -> None:
+    def offer(self, item: EntryEventRecord) -> None:
         """Called by the reader for each new event in this watcher's index slot."""
-        if self.error is not None or not self._live or not self.filter.matches(event):
-            return
-        if len(self._items) >= self._queue_size:
-            self._hub.overflows += 1
-            self.fail(
-                ResourceExhausted(
-                    f"the watcher fell {self._queue_size} events behind; resume from the last "
-                    "revision received",
-                    reason="SUBSCRIBER_TOO_SLOW",
-                    metadata={"queue_size": str(self._queue_size)},
-                )
-            )
-            return
-        self._items.append(event)
-        self._wake.set()
-
-    def fail(self, error: DomainError) -> None:
-        """Ends the watch with `error` (the first wins) and drops its buffer."""
-        if self.error is None:
-            self.error = error
-            self._items.clear()
-            self._wake.set()
-
-    def tick(self) -> None:
-        self._tick = True
-        self._wake.set()
-
-    async def _next_live(self) -> list[EntryEventRecord] | None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            if self._items:
-                n = min(len(self._items), BATCH_EVENTS)
-                return [self._items.popleft() for _ in range(n)]
-            if self._tick:
-                self._tick = False
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError
-                return None
-            self._wake.clear()
-            await self._wake.wait()
+        if self.filter.matches(item):
+            super().offer(item)
 
     async def events(self) -> AsyncIterator[list[EntryEventRecord] | WatchProgress]:
         """Stored events after `start_revision`, then live ones, in non-empty lists, with a

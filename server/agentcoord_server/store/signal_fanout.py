@@ -30,7 +30,7 @@ import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -99,8 +99,90 @@ def _raise_if_cancel_was_lost() -> None:
         raise asyncio.CancelledError
 
 
-class Subscription:
-    """One live stream's state: its filter, its bounded buffer and how it ended.
+class LiveStream(Generic[T]):
+    """A live stream's bounded buffer and how it ended — what Subscribe's subscriptions and
+    WatchEntries' watchers (store/memory_watch.py) share.
+
+    The hub's reader `offer`s items once the stream is live (during catch-up the store read
+    returns them instead), `tick`s it every progress interval and `fail`s it; the stream's
+    handler takes batches with `_next_live`. A stream more than `queue_size` items behind fails
+    RESOURCE_EXHAUSTED `SUBSCRIBER_TOO_SLOW` (the hub counts it in `overflows`): one slow reader
+    never holds up the others or grows without bound.
+    """
+
+    BATCH = BATCH_SIGNALS
+    """Items `_next_live` returns at most at once."""
+    OVERFLOW = "the subscriber fell {n} signals behind; resume from the last signal id received"
+    """The SUBSCRIBER_TOO_SLOW message, `{n}` the queue size."""
+
+    def __init__(self, hub: Any, queue_size: int) -> None:
+        self._hub = hub
+        self._queue_size = queue_size
+        self._items: deque[T] = deque()
+        self._wake = asyncio.Event()
+        self._live = False
+        self._tick = False  # a progress tick passed (see _NamespaceReader._progress_tick)
+        self.error: DomainError | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: T) -> None:
+        """Called by the reader for every new item this stream may see and wants (never
+        blocks)."""
+        if self.error is not None or not self._live:
+            return  # during catch-up the store read will return this item
+        if len(self._items) >= self._queue_size:
+            self._hub.overflows += 1
+            self.fail(
+                ResourceExhausted(
+                    self.OVERFLOW.format(n=self._queue_size),
+                    reason="SUBSCRIBER_TOO_SLOW",
+                    metadata={"queue_size": str(self._queue_size)},
+                )
+            )
+            return
+        self._items.append(item)
+        self._wake.set()
+
+    def fail(self, error: DomainError) -> None:
+        """Ends the stream with `error` (the first error wins) and drops its buffer."""
+        if self.error is None:
+            self.error = error
+            self._items.clear()
+            self._wake.set()
+
+    def tick(self) -> None:
+        """Called by the reader every progress interval: an idle `_next_live` returns None."""
+        self._tick = True
+        self._wake.set()
+
+    async def _next_live(self) -> list[T] | None:
+        """The buffered items (at most BATCH, never waiting for more than one), or None when a
+        progress tick passes with the buffer empty.
+
+        No timeout per wait: a timer per stream per delivery cost more than the rest of the wait
+        (asyncio.timeout schedules and cancels a loop timer each time); the reader's one timer
+        ticks every stream instead."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            items = self._items
+            if items:
+                if len(items) == 1:
+                    return [items.popleft()]
+                return [items.popleft() for _ in range(min(len(items), self.BATCH))]
+            if self._tick:
+                self._tick = False
+                _raise_if_cancel_was_lost()
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Subscription(LiveStream[SignalEntry]):
+    """One Subscribe stream's state: its filter, its bounded buffer and how it ended.
 
     `entries()` yields lists of SignalEntry objects (oldest first): stored ones after
     `start_cursor`, then live ones. It raises the DomainError that ended it (OutOfRange for a
@@ -116,7 +198,7 @@ class Subscription:
         signal_types: Sequence[str],
         queue_size: int,
     ) -> None:
-        self._hub = hub
+        super().__init__(hub, queue_size)
         self.namespace = namespace
         self.agent_id = agent_id
         self.signal_types = frozenset(signal_types)
@@ -124,70 +206,7 @@ class Subscription:
         # START_POSITION_EARLIEST: the first catch-up read starts at the oldest entry retained
         # then, not after start_cursor, which a send may have trimmed past in the meantime.
         self.from_oldest = False
-        self._queue_size = queue_size
-        self._items: deque[SignalEntry] = deque()
-        self._wake = asyncio.Event()
-        self._live = False
-        self._tick = False  # a progress tick passed (see _NamespaceReader._progress_tick)
         self._reader: _NamespaceReader | None = None  # set on registration
-        self.error: DomainError | None = None
-
-    @property
-    def queued(self) -> int:
-        return len(self._items)
-
-    def offer(self, entry: SignalEntry) -> None:
-        """Called by the reader for every new entry this subscription may see and wants
-        (the reader's index chose it; never blocks)."""
-        if self.error is not None or not self._live:
-            return  # during catch-up the store read will return this entry
-        if len(self._items) >= self._queue_size:
-            self._hub.overflows += 1
-            self.fail(
-                ResourceExhausted(
-                    f"the subscriber fell {self._queue_size} signals behind; resume from the "
-                    "last signal id received",
-                    reason="SUBSCRIBER_TOO_SLOW",
-                    metadata={"queue_size": str(self._queue_size)},
-                )
-            )
-            return
-        self._items.append(entry)
-        self._wake.set()
-
-    def fail(self, error: DomainError) -> None:
-        """Ends the subscription with `error` (the first error wins) and drops its buffer."""
-        if self.error is None:
-            self.error = error
-            self._items.clear()
-            self._wake.set()
-
-    def tick(self) -> None:
-        """Called by the reader every progress interval: an idle `_next_live` returns None."""
-        self._tick = True
-        self._wake.set()
-
-    async def _next_live(self) -> list[SignalEntry] | None:
-        """The buffered entries (at most BATCH_SIGNALS, never waiting for more than one), or
-        None when a progress tick passes with the buffer empty.
-
-        No timeout per wait: a timer per subscription per delivery cost more than the rest of
-        the wait (asyncio.timeout schedules and cancels a loop timer each time); the reader's one
-        timer ticks every subscription instead."""
-        while True:
-            if self.error is not None:
-                raise self.error
-            items = self._items
-            if items:
-                if len(items) == 1:
-                    return [items.popleft()]
-                return [items.popleft() for _ in range(min(len(items), BATCH_SIGNALS))]
-            if self._tick:
-                self._tick = False
-                _raise_if_cancel_was_lost()
-                return None
-            self._wake.clear()
-            await self._wake.wait()
 
     async def entries(self) -> AsyncIterator[list[SignalEntry] | Progress]:
         """Stored signals after `start_cursor`, then live ones, in non-empty lists (a catch-up
